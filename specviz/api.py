@@ -1,0 +1,87 @@
+"""`run(name, pair, prompt, **params) -> Trace`: the one entry point every caller uses.
+
+Validation happens here, once: the method name, every parameter (types and ranges), the prompt
+(non-empty, token cap, room in the context) and what the method needs from the pair.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import torch
+
+from .engine import Output, context_limit, eos_ids
+from .methods import METHODS
+from .methods.base import Cancelled, RunContext, validate_params
+from .trace import Recorder, RowResult, Trace, fill_token_text
+from .verify import Sampling
+
+MAX_PROMPT_TOKENS = 2048
+
+
+def method_class(name: str):
+    if not isinstance(name, str) or name not in METHODS:
+        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+    return METHODS[name]
+
+
+def common_vocab(pair) -> int:
+    """Logit width both models share (embedding matrices are often padded past the tokenizer)."""
+    widths = [pair.target.get_output_embeddings().weight.shape[0]]
+    if pair.draft is not None:
+        widths.append(pair.draft.get_output_embeddings().weight.shape[0])
+    return min(widths)
+
+
+def encode_prompt(pair, prompt: Any, max_prompt_tokens: int = MAX_PROMPT_TOKENS) -> list[int]:
+    if not isinstance(prompt, str):
+        raise ValueError(f"prompt must be a string, got {type(prompt).__name__}")
+    if not prompt.strip():
+        raise ValueError("prompt is empty: type some text to continue")
+    ids = pair.tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if not ids:
+        raise ValueError("prompt encodes to no tokens")
+    if len(ids) > max_prompt_tokens:
+        raise ValueError(f"prompt is {len(ids)} tokens; the limit is {max_prompt_tokens}")
+    room = context_limit(pair.target) - len(ids)
+    if room < 1:
+        raise ValueError(f"prompt is {len(ids)} tokens, which fills the target's context ({context_limit(pair.target)})")
+    return ids
+
+
+def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, record: bool = True,
+        max_prompt_tokens: int = MAX_PROMPT_TOKENS, **params: Any) -> Trace:
+    """Run one method on one prompt and return its full trace.
+
+    `cancel`: set it from another thread to stop the run (the trace so far is returned with
+    finish_reason "cancelled"). `record=False` keeps token events only (recording-overhead runs).
+    """
+    cls = method_class(name)
+    if cls.batch:
+        raise ValueError(f"{name} is a batch method: use specviz.run_batch with a list of prompts")
+    values = validate_params(cls, params)
+    method = cls()
+    method.check_pair(pair)
+    ids = encode_prompt(pair, prompt, max_prompt_tokens)
+    device = pair.target.device
+    prompt_ids = torch.tensor([ids], dtype=torch.long, device=device)
+    rec = Recorder(device, enabled=record)
+    out = Output(values["max_new_tokens"], eos_ids(pair.target, pair.tokenizer), context_limit(pair.target) - len(ids))
+    generator = torch.Generator(device="cpu").manual_seed(values["seed"])
+    ctx = RunContext(pair=pair, prompt_ids=prompt_ids, params=values,
+                     sampling=Sampling(values["temperature"], values["top_k"], values["top_p"]),
+                     generator=generator, rec=rec, out=out, vocab=common_vocab(pair), cancel=cancel)
+    start = time.perf_counter()
+    try:
+        method.generate(ctx)
+    except Cancelled:
+        out.finish_reason = "cancelled"
+    wall = time.perf_counter() - start
+    row = RowResult(prompt=prompt, prompt_ids=ids, output_ids=list(out.ids),
+                    text=pair.tokenizer.decode(out.ids, skip_special_tokens=False), finish_reason=out.finish_reason)
+    fill_token_text(rec.events, pair.tokenizer)
+    return Trace(method=name, params=values, rows=[row], events=rec.events, target_name=pair.target_name,
+                 draft_name=pair.draft_name if cls.needs_draft else None, device=str(device),
+                 dtype=str(pair.dtype).replace("torch.", ""), wall_time=wall, started_at=rec.started_at,
+                 meta={"vocab": ctx.vocab, **ctx.meta})

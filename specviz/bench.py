@@ -1,0 +1,225 @@
+"""`python -m specviz.bench`: methods x prompts -> one row per (method, prompt) with medians.
+
+Speed is measured as ratios inside one process: for every prompt and repeat the methods run one
+after another (their order rotated each repeat), and each method's speedup is its tokens/s over
+the `autoregressive` run of the same prompt (always run, even when not listed).
+
+A method may be given with parameters, `draft_model:gamma=3:vocab_trim=2048`, so variants of
+one method compare side by side; `--param name=value` applies to every method that has it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "code.jsonl"
+BASELINE = "autoregressive"
+
+
+def load_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, str]]:
+    """jsonl: {"id", "prompt"[, "category"]} or Spec-Bench's {"question_id", "category", "turns"} (first turn)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"prompt file not found: {path}")
+    prompts = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{n}: not JSON ({exc})") from None
+        if isinstance(obj, dict) and "prompt" in obj:
+            prompts.append({"id": str(obj.get("id", n)), "category": str(obj.get("category", "")), "prompt": str(obj["prompt"])})
+        elif isinstance(obj, dict) and obj.get("turns"):
+            prompts.append({"id": str(obj.get("question_id", n)), "category": str(obj.get("category", "")), "prompt": str(obj["turns"][0])})
+        else:
+            raise ValueError(f"{path}:{n}: expected {{'id', 'prompt'}} or {{'question_id', 'category', 'turns'}}")
+    if not prompts:
+        raise ValueError(f"{path} holds no prompts")
+    return prompts[:limit] if limit else prompts
+
+
+def parse_value(text: str) -> Any:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_method(spec: str, shared: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """'draft_model:gamma=3:vocab_trim=2048' -> (label, name, params). Validated against the registry."""
+    from .api import method_class
+    from .methods.base import all_params, validate_params
+
+    name, *items = spec.split(":")
+    cls = method_class(name.strip())
+    known = {p.name for p in all_params(cls)}
+    params = {k: v for k, v in shared.items() if k in known}
+    for item in filter(None, (s.strip() for s in items)):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"method parameter {item!r} in {spec!r} must be name=value")
+        params[key.strip()] = parse_value(value.strip())
+    validate_params(cls, params)
+    return spec.strip(), name.strip(), params
+
+
+def run_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], repeats: int, progress: bool = True,
+               overhead: bool = False) -> "pd.DataFrame":
+    import pandas as pd
+    from tqdm import tqdm
+
+    from .api import run
+    from .metrics import compare
+
+    if not any(label == BASELINE for label, _, _ in methods):
+        methods = [(BASELINE, BASELINE, {k: v for k, v in methods[0][2].items() if k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")} if methods else {})] + methods
+    base_params = next(p for label, _, p in methods if label == BASELINE)
+    for label, name, params in methods:  # warm-up: first calls pay one-off allocations
+        run(name, pair, prompts[0]["prompt"], **{**params, "max_new_tokens": 8})
+    rows = []
+    total = len(prompts) * repeats * (len(methods) * (2 if overhead else 1))
+    bar = tqdm(total=total, desc="bench", file=sys.stderr, disable=not progress)
+    for prompt in prompts:
+        traces: dict[str, list] = {label: [] for label, _, _ in methods}
+        bare: dict[str, list[float]] = {label: [] for label, _, _ in methods}
+        for r in range(repeats):
+            order = methods[r % len(methods):] + methods[: r % len(methods)]
+            for label, name, params in order:
+                traces[label].append(run(name, pair, prompt["prompt"], **params))
+                bar.update()
+                if overhead:
+                    bare[label].append(run(name, pair, prompt["prompt"], record=False, **params).wall_time)
+                    bar.update()
+        base = min(traces[BASELINE], key=lambda t: abs(t.wall_time - median(x.wall_time for x in traces[BASELINE])))
+        for label, name, params in methods:
+            runs = traces[label]
+            typical = min(runs, key=lambda t: abs(t.wall_time - median(x.wall_time for x in runs)))
+            stats = compare(typical, base)
+            seconds = median(t.wall_time for t in runs)
+            tps = typical.new_tokens / seconds if seconds else 0.0
+            base_tps = base.new_tokens / median(t.wall_time for t in traces[BASELINE])
+            row = {
+                "method": label,
+                "prompt_id": prompt["id"],
+                "category": prompt["category"],
+                **{k: stats[k] for k in ("new_tokens", "alpha", "tau", "c", "v", "alpha_iid", "theoretical_speedup",
+                                          "modeled_speedup", "mean_drafts_per_round", "early_exits", "wasted_drafts",
+                                          "equal_to_autoregressive")},
+                "seconds": seconds,
+                "tokens_per_s": tps,
+                "speedup": tps / base_tps if base_tps else None,
+                "draft_step_ms": stats["draft_step_s"] * 1e3 if stats["draft_step_s"] else None,
+                "verify_ms": stats["verify_s"] * 1e3 if stats["verify_s"] else None,
+            }
+            row["efficiency"] = row["speedup"] / row["theoretical_speedup"] if row["theoretical_speedup"] else None
+            if overhead:
+                plain = median(bare[label])
+                row["recording_overhead"] = (seconds - plain) / plain if plain else None
+            row.update({f"param_{k}": v for k, v in typical.params.items()})
+            rows.append(row)
+    bar.close()
+    return pd.DataFrame(rows)
+
+
+def summary(df) -> "pd.DataFrame":
+    agg = {"speedup": "median", "tau": "median", "alpha": "median", "tokens_per_s": "median",
+           "equal_to_autoregressive": "mean", "c": "median", "efficiency": "median"}
+    if "recording_overhead" in df:
+        agg["recording_overhead"] = "median"
+    out = df.groupby("method", sort=False).agg({k: v for k, v in agg.items() if k in df}).rename(
+        columns={"equal_to_autoregressive": "share_equal"})
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m specviz.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--methods", default="autoregressive,draft_model,hf_assisted",
+                   help="comma-separated methods; parameters after colons, e.g. 'draft_model:gamma=3:vocab_trim=2048'")
+    p.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="jsonl prompt file (ours or Spec-Bench's)")
+    p.add_argument("--limit", type=int, default=None, help="use the first N prompts")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", default="results.csv", help=".csv or .parquet")
+    p.add_argument("--html", default=None, help="write a self-contained HTML report")
+    p.add_argument("--target", default="embedded")
+    p.add_argument("--draft", default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.add_argument("--batch-size", type=int, default=None, help="batch methods: rows per batch")
+    p.add_argument("--vocab-trim", type=int, default=None, help="VocabTrim K for drafting methods")
+    p.add_argument("--param", action="append", default=[], help="name=value for every method that has it (repeatable)")
+    p.add_argument("--overhead", action="store_true", help="also run each method without recording: recording overhead column")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def split_methods(text: str) -> list[str]:
+    return [s.strip() for s in text.split(",") if s.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.repeats < 1 or args.max_new_tokens < 1:
+            raise ValueError("--repeats and --max-new-tokens must be positive")
+        if not args.out.endswith((".csv", ".parquet")):
+            raise ValueError("--out must end in .csv or .parquet")
+        shared: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+        if args.vocab_trim is not None:
+            shared["vocab_trim"] = args.vocab_trim
+        if args.batch_size is not None:
+            shared["batch_size"] = args.batch_size
+        for item in args.param:
+            key, eq, value = item.partition("=")
+            if not eq:
+                raise ValueError(f"--param {item!r} must be name=value")
+            shared[key.strip()] = parse_value(value.strip())
+        methods = [parse_method(spec, shared) for spec in split_methods(args.methods)]
+        prompts = load_prompts(args.prompts, args.limit)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from .models import load_pair
+
+    try:
+        pair = load_pair(args.target, args.draft, device=args.device, dtype=args.dtype)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    start = time.time()
+    df = run_matrix(pair, methods, prompts, args.repeats, progress=not args.quiet, overhead=args.overhead)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(out) if out.suffix == ".parquet" else df.to_csv(out, index=False)
+    table = summary(df)
+    import pandas as pd
+
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
+        print(table.to_string())
+    command = "python -m specviz.bench " + " ".join(_quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    print(f"\n{len(prompts)} prompts x {len(methods)} methods x {args.repeats} repeats in {time.time() - start:.0f} s on "
+          f"{pair.device} ({pair.dtype}); rows in {out}\nreproduce: {command}")
+    if args.html:
+        from .report import write_report
+
+        write_report(df, table, args.html, command=command, pair=pair)
+        print(f"report: {args.html}")
+    return 0
+
+
+def _quote(arg: str) -> str:
+    return arg if all(ch.isalnum() or ch in "-_=.,:/" for ch in arg) else "'" + arg.replace("'", "'\\''") + "'"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,16 @@
+"""The METHODS registry: name -> Method class. A new method is one file plus one line here."""
+from __future__ import annotations
+
+from .autoregressive import Autoregressive
+from .base import Method
+from .draft_model import DraftModel
+from .hf_assisted import HFAssisted
+
+METHODS: dict[str, type[Method]] = {
+    m.name: m
+    for m in (
+        Autoregressive,
+        DraftModel,
+        HFAssisted,
+    )
+}

@@ -1,0 +1,139 @@
+"""What every decoding method shares: its parameter specs, the per-run context, its contract.
+
+A method is a class with a `name`, typed `PARAMS` (validated at one boundary, and read by the UI
+and the bench to build their controls) and `generate(ctx)`, which reports everything through
+`ctx.rec` and pushes tokens into `ctx.out`. A new instance is made for every run, so a method
+may keep per-run state on `self`; nothing is shared between runs.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from ..engine import Decoder, Output
+from ..trace import Recorder
+from ..verify import Sampling
+
+
+class Cancelled(Exception):
+    """Raised inside a run when its cancel flag is set (the user pressed Stop, a time limit hit)."""
+
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    kind: type  # int, float, str or bool
+    default: Any
+    low: float | None = None  # inclusive bounds for numbers
+    high: float | None = None
+    choices: tuple[Any, ...] | None = None  # allowed values (str params)
+    help: str = ""
+    optional: bool = False  # None allowed (means "method decides")
+
+    def coerce(self, value: Any) -> Any:
+        """Convert and range-check one value; ValueError with a message a person can act on."""
+        if value is None or (isinstance(value, str) and value.strip() == "" and self.kind is not str):
+            if self.optional:
+                return None
+            value = self.default
+        try:
+            if self.kind is bool:
+                if isinstance(value, str):
+                    if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError
+                    value = value.lower() in ("true", "1", "yes")
+                else:
+                    value = bool(value)
+            elif self.kind is int:
+                if isinstance(value, bool):
+                    raise ValueError
+                as_float = float(value)
+                if not as_float.is_integer():
+                    raise ValueError
+                value = int(as_float)
+            elif self.kind is float:
+                if isinstance(value, bool):
+                    raise ValueError
+                value = float(value)
+                if not math.isfinite(value):
+                    raise ValueError
+            else:
+                value = str(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{self.name} must be {self.kind.__name__}, got {value!r}") from None
+        if self.choices is not None and value not in self.choices:
+            raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
+        if self.low is not None and value < self.low:
+            raise ValueError(f"{self.name} must be >= {self.low}; got {value}")
+        if self.high is not None and value > self.high:
+            raise ValueError(f"{self.name} must be <= {self.high}; got {value}")
+        return value
+
+
+MAX_NEW_TOKENS = 1024
+COMMON_PARAMS: tuple[Param, ...] = (
+    Param("max_new_tokens", int, 64, 1, MAX_NEW_TOKENS, help="tokens to generate at most"),
+    Param("temperature", float, 0.0, 0.0, 5.0, help="0 = greedy; > 0 samples (speculative sampling stays exact)"),
+    Param("top_k", int, 0, 0, 1_000_000, help="keep the k most likely tokens (0 = off); same for drafter and target"),
+    Param("top_p", float, 1.0, 0.01, 1.0, help="nucleus sampling mass (1 = off); same for drafter and target"),
+    Param("seed", int, 0, 0, 2**31 - 1, help="seed of this run's own random generator"),
+)
+GAMMA = Param("gamma", int, 4, 1, 16, help="draft tokens per verification round (the paper's gamma / k)")
+
+
+@dataclass
+class RunContext:
+    """Everything one run may touch. Built fresh per run by `specviz.api.run`."""
+
+    pair: Any  # ModelPair
+    prompt_ids: torch.Tensor  # (1, T) prompt tokens on the device
+    params: dict[str, Any]  # validated parameters, common and method-specific
+    sampling: Sampling
+    generator: torch.Generator  # this run's own RNG
+    rec: Recorder
+    out: Output
+    vocab: int  # common vocabulary width of target and drafter logits
+    cancel: threading.Event | None = None
+    meta: dict[str, Any] = field(default_factory=dict)  # method notes that go into Trace.meta
+
+    def check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise Cancelled("run cancelled")
+
+    def decoder(self, model: torch.nn.Module) -> Decoder:
+        return Decoder(model, self.vocab)
+
+
+class Method:
+    name: ClassVar[str] = ""
+    title: ClassVar[str] = ""  # human name for the UI
+    PARAMS: ClassVar[tuple[Param, ...]] = ()
+    needs_draft: ClassVar[bool] = False  # requires pair.draft
+    batch: ClassVar[bool] = False  # takes a list of prompts
+
+    def check_pair(self, pair: Any) -> None:
+        """Raise ValueError when the pair lacks what this method needs."""
+        if self.needs_draft and pair.draft is None:
+            raise ValueError(f"method {self.name!r} needs a draft model: choose a drafter for this target")
+
+    def generate(self, ctx: RunContext) -> None:
+        raise NotImplementedError
+
+
+def all_params(method: type[Method]) -> tuple[Param, ...]:
+    return COMMON_PARAMS + method.PARAMS
+
+
+def validate_params(method: type[Method], params: dict[str, Any]) -> dict[str, Any]:
+    """Every parameter coerced and range-checked; unknown names are an error, not ignored."""
+    specs = {p.name: p for p in all_params(method)}
+    unknown = sorted(set(params) - set(specs))
+    if unknown:
+        raise ValueError(
+            f"unknown parameter(s) for {method.name}: {', '.join(unknown)}; known: {', '.join(sorted(specs))}"
+        )
+    return {name: spec.coerce(params.get(name, spec.default)) for name, spec in specs.items()}

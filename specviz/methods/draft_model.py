@@ -1,0 +1,157 @@
+"""Classic speculative decoding with a separate drafter (Leviathan et al. 2023; Chen et al. 2023).
+
+Per round: the drafter proposes gamma tokens one by one on its own KV cache; the target scores
+[last committed token, d_1..d_gamma] in one forward; the shared rules of `verify.py` accept a
+prefix and emit a correction or bonus token; both caches are cropped back to what was committed.
+Gamma is fixed, or adapted per round with transformers' "heuristic" schedule (+2 after a round
+where every draft passed, -1 otherwise).
+"""
+from __future__ import annotations
+
+import torch
+
+from ..engine import Decoder
+from ..verify import Verdict, greedy_verdict, sampling_verdict
+from .base import GAMMA, Method, Param, RunContext
+
+
+class Drafter:
+    """Proposes draft tokens from a separate causal LM; subclasses change how (VocabTrim's head)."""
+
+    source = "draft"
+
+    def __init__(self, ctx: RunContext, model: torch.nn.Module):
+        self.ctx = ctx
+        self.decoder = ctx.decoder(model)
+
+    def prefill(self, ids: torch.Tensor) -> None:
+        if ids.shape[1]:
+            self.decoder.feed(ids)
+
+    def logits(self, pending: torch.Tensor) -> torch.Tensor:
+        return self.decoder.feed(pending)  # (1, V)
+
+    def propose(self, seq: torch.Tensor, gamma: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draft gamma tokens after seq (1, L): (tokens (gamma,), q (gamma, V)); records a draft event each."""
+        ctx, rec = self.ctx, self.ctx.rec
+        pending = seq[:, self.decoder.length :]  # committed tokens this cache has not seen (>= 1)
+        tokens, qs, spans = [], [], []
+        for _ in range(gamma):
+            t0 = rec.now()
+            token, q = ctx.sampling.choose(self.logits(pending), ctx.generator)
+            spans.append((t0, rec.now()))
+            tokens.append(token)
+            qs.append(q[0])
+            pending = token.view(1, 1)
+        if not tokens:
+            return seq.new_zeros(0), torch.zeros(0, ctx.vocab, device=seq.device)
+        drafts, q = torch.cat(tokens), torch.stack(qs)
+        q_x = q[torch.arange(gamma, device=q.device), drafts].tolist()
+        for depth, (token_id, qv, (t0, t1)) in enumerate(zip(drafts.tolist(), q_x, spans)):
+            rec.add("draft", step=step, token_id=token_id, q=qv, depth=depth, source=self.source, t0=t0, t1=t1)
+        return drafts, q
+
+    def rollback(self, length: int) -> None:
+        self.decoder.rollback(length)
+
+
+def verify_block(ctx: RunContext, target: Decoder, seq: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor,
+                 step: int, source: str = "target") -> Verdict:
+    """One target forward over [last committed, drafts] and the lossless verdict on it."""
+    rec = ctx.rec
+    block = torch.cat([seq[:, -1:], drafts.view(1, -1)], dim=1)
+    t0 = rec.now()
+    logits = target.feed(block, keep=block.shape[1])  # (gamma+1, V)
+    if ctx.sampling.greedy:
+        q_x = q[torch.arange(len(drafts), device=q.device), drafts].tolist() if len(drafts) else []
+        verdict = greedy_verdict(drafts, logits, q_x)
+    else:
+        verdict = sampling_verdict(drafts, q, ctx.sampling.probs(logits), ctx.generator)
+    rec.add("verify", step=step, source=source, t0=t0, t1=rec.now(),
+            info={"tokens": block.shape[1], "drafts": len(drafts), "accepted": verdict.accepted})
+    return verdict
+
+
+def commit(ctx: RunContext, seq: torch.Tensor, drafts: torch.Tensor, verdict: Verdict, step: int,
+           sources: list[str] | None = None) -> torch.Tensor:
+    """Emit accept / reject / correct / bonus events and push tokens; return the extended sequence."""
+    rec, out = ctx.rec, ctx.out
+    now = rec.now()
+    draft_ids = drafts.tolist()
+    gamma, n = len(draft_ids), verdict.accepted
+    new = []
+    for depth, token_id in enumerate(draft_ids):
+        src = sources[depth] if sources else "draft"
+        common = dict(step=step, token_id=token_id, p=verdict.p_draft[depth], q=verdict.q_draft[depth], depth=depth,
+                      source=src, t0=now, t1=now)
+        if depth < n:
+            if out.done:
+                break  # accepted past EOS / the token limit: not part of the output
+            rec.add("accept", position=out.push(token_id), **common)
+            new.append(token_id)
+        else:
+            cause = ("mismatch" if ctx.sampling.greedy else "ratio") if depth == n else "after_reject"
+            rec.add("reject", info={"cause": cause, "ratio": verdict.ratios[depth]}, **common)
+    if not out.done:
+        kind = "bonus" if n == gamma else "correct"
+        rec.add(kind, step=step, position=out.push(verdict.token), token_id=verdict.token, p=verdict.p_token,
+                q=None, depth=n, source="target", t0=now, t1=now)
+        new.append(verdict.token)
+    return torch.cat([seq, torch.tensor([new], dtype=seq.dtype, device=seq.device)], dim=1)
+
+
+def next_gamma(gamma: int, accepted: int, drafted: int, schedule: str, limit: int) -> int:
+    """transformers' heuristic schedule: grow by 2 after a clean sweep, shrink by 1 otherwise."""
+    if schedule == "constant":
+        return gamma
+    return min(limit, gamma + 2) if accepted == drafted else max(1, gamma - 1)
+
+
+class DraftModel(Method):
+    name = "draft_model"
+    title = "Speculative decoding (separate drafter)"
+    needs_draft = True
+    PARAMS = (
+        GAMMA,
+        Param("gamma_schedule", str, "constant", choices=("constant", "heuristic"),
+              help="constant gamma, or +2 after a round with every draft accepted and -1 otherwise"),
+        Param("vocab_trim", int, 0, 0, 1_000_000,
+              help="VocabTrim: keep only the K most frequent target tokens in the drafter's LM head (0 = off)"),
+    )
+
+    def make_drafter(self, ctx: RunContext) -> Drafter:
+        k = ctx.params.get("vocab_trim", 0)
+        if k:
+            from .vocabtrim import TrimmedDrafter
+
+            return TrimmedDrafter(ctx, ctx.pair.draft, k)
+        return Drafter(ctx, ctx.pair.draft)
+
+    def generate(self, ctx: RunContext) -> None:
+        rec, out = ctx.rec, ctx.out
+        gamma, schedule = ctx.params["gamma"], ctx.params["gamma_schedule"]
+        limit = 16
+        target = ctx.decoder(ctx.pair.target)
+        drafter = self.make_drafter(ctx)
+        seq = ctx.prompt_ids
+        head = seq[:, :-1]
+        t0 = rec.now()
+        if head.shape[1]:
+            target.feed(head)
+        t1 = rec.now()
+        rec.add("prefill", source="target", t0=t0, t1=t1, info={"tokens": head.shape[1]})
+        drafter.prefill(head)
+        rec.add("prefill", source=drafter.source, t0=t1, t1=rec.now(), info={"tokens": head.shape[1]})
+        step = 0
+        while not out.done:
+            ctx.check_cancel()
+            length = seq.shape[1]
+            g = min(gamma, out.room - 1)
+            drafts, q = drafter.propose(seq, g, step)
+            verdict = verify_block(ctx, target, seq, drafts, q, step)
+            seq = commit(ctx, seq, drafts, verdict, step, [drafter.source] * len(drafts))
+            target.rollback(length + verdict.accepted)
+            drafter.rollback(length + verdict.accepted)
+            gamma = next_gamma(gamma, verdict.accepted, g, schedule, limit)
+            step += 1
+        ctx.meta["final_gamma"] = gamma

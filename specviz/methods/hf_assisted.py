@@ -1,0 +1,47 @@
+"""transformers' own assisted generation, the peer we compare against (not our loop).
+
+`target.generate(..., assistant_model=draft)` is opaque: the trace holds one prefill span for
+the whole call and an `emit` per output token (no drafts, accepts or timings inside). Greedy
+only, because its sampling draws from torch's global RNG, which concurrent runs would share.
+"""
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig
+
+from .base import GAMMA, Method, Param, RunContext
+
+
+class HFAssisted(Method):
+    name = "hf_assisted"
+    title = "transformers assisted generation (peer)"
+    needs_draft = True
+    PARAMS = (
+        GAMMA,
+        Param("gamma_schedule", str, "constant", choices=("constant", "heuristic"),
+              help="transformers' num_assistant_tokens_schedule"),
+        Param("confidence_threshold", float, 0.0, 0.0, 1.0,
+              help="assistant_confidence_threshold (transformers' default 0.4; 0 = off, a fixed gamma)"),
+    )
+
+    def generate(self, ctx: RunContext) -> None:
+        if not ctx.sampling.greedy:
+            raise ValueError("hf_assisted runs greedy only here (temperature 0): its sampling uses torch's global RNG")
+        rec, out, pair = ctx.rec, ctx.out, ctx.pair
+        eos = sorted(out.eos_ids)
+        cfg = GenerationConfig(
+            max_new_tokens=out.limit, do_sample=False, num_assistant_tokens=ctx.params["gamma"],
+            num_assistant_tokens_schedule=ctx.params["gamma_schedule"],
+            assistant_confidence_threshold=ctx.params["confidence_threshold"],
+            eos_token_id=eos or None, pad_token_id=eos[0] if eos else 0,
+        )
+        t0 = rec.now()
+        with torch.inference_mode():
+            ids = pair.target.generate(ctx.prompt_ids, attention_mask=torch.ones_like(ctx.prompt_ids),
+                                       assistant_model=pair.draft, generation_config=cfg)
+        t1 = rec.now()
+        rec.add("prefill", source="transformers.generate", t0=t0, t1=t1, info={"opaque": True})
+        for token_id in ids[0, ctx.prompt_ids.shape[1]:].tolist():
+            if out.done:
+                break
+            rec.add("emit", step=0, position=out.push(int(token_id)), token_id=int(token_id), source="hf_assisted", t0=t1, t1=t1)

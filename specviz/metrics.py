@@ -1,0 +1,155 @@
+"""Summaries of Traces. Definitions live next to the code that computes them:
+
+- alpha (acceptance rate) = accepted drafts / drafted tokens.
+- tau (mean accepted tokens) = output tokens / verification rounds, the bonus or correction token
+  included (1.00 for autoregressive decoding).
+- per-position acceptance = for each depth d in the draft block, accepted drafts at d / drafts at d.
+- c (cost ratio) = mean duration of one draft step / mean duration of one autoregressive target
+  step (the reference run's decode steps, first token excluded).
+- v (verification cost) = mean duration of one verification / one autoregressive target step.
+- speedup = tokens/s of the method / tokens/s of the autoregressive run of the same prompt, in
+  the same process (the caller pairs them).
+- theoretical speedup (Leviathan et al.) = (1 - alpha^(g+1)) / ((1 - alpha) (g c + 1)), g = mean
+  drafts per round, alpha measured; efficiency = measured speedup / theoretical.
+- alpha_iid = the i.i.d. acceptance that would give the measured tau: solves
+  (1 - a^(g+1)) / (1 - a) = tau. Acceptance is not i.i.d. in practice, so it differs from alpha.
+- modeled speedup = tau / (g c + v): the measured acceptance with the measured costs.
+- MBSU (VocabTrim's memory-bound speed-up) = tau / (c_params g + 1), c_params = drafter
+  parameters (its LM head at the size used) / target parameters.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from statistics import median
+
+from .trace import TOKEN_KINDS, Trace
+
+
+def _durations(trace: Trace, kind: str, min_step: int = -10) -> list[float]:
+    return [e.t1 - e.t0 for e in trace.events if e.kind == kind and e.step >= min_step]
+
+
+def target_step_cost(ar_trace: Trace) -> float | None:
+    """Median seconds of one autoregressive target step (decode steps only, prefill excluded)."""
+    spans = _durations(ar_trace, "emit", min_step=1)
+    return median(spans) if spans else None
+
+
+def iid_alpha(tau: float, gamma: float) -> float | None:
+    """The per-token acceptance a with (1 - a^(g+1)) / (1 - a) = tau (bisection; None if undefined)."""
+    if gamma <= 0 or tau < 1:
+        return None
+    if tau >= gamma + 1:
+        return 1.0
+
+    def expected(a: float) -> float:
+        return sum(a**i for i in range(int(gamma) + 1)) if float(gamma).is_integer() else (1 - a ** (gamma + 1)) / (1 - a)
+
+    lo, hi = 0.0, 1.0 - 1e-12
+    for _ in range(80):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected(mid) < tau else (lo, mid)
+    return (lo + hi) / 2
+
+
+def leviathan_speedup(alpha: float, gamma: float, c: float) -> float:
+    """(1 - alpha^(g+1)) / ((1 - alpha)(g c + 1)): expected speedup for i.i.d. acceptance alpha."""
+    tokens = gamma + 1 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+    return tokens / (gamma * c + 1)
+
+
+@dataclass
+class RunStats:
+    method: str
+    new_tokens: int
+    seconds: float
+    tokens_per_s: float
+    rounds: int  # verification rounds (decode steps for autoregressive)
+    drafted: int
+    accepted: int
+    alpha: float | None
+    tau: float
+    mean_drafts_per_round: float
+    draft_step_s: float | None  # median seconds of one draft step
+    verify_s: float | None  # median seconds of one verification
+    early_exits: int
+    wasted_drafts: int  # drafted tokens that did not become output
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def summarize(trace: Trace) -> RunStats:
+    drafts = [e for e in trace.events if e.kind == "draft"]
+    accepts = sum(1 for e in trace.events if e.kind == "accept")
+    verifies = [e for e in trace.events if e.kind == "verify"]
+    tokens = sum(1 for e in trace.events if e.kind in TOKEN_KINDS)
+    rounds = len(verifies) if verifies else len({(e.row, e.step) for e in trace.events if e.kind in TOKEN_KINDS})
+    draft_spans = [e.t1 - e.t0 for e in drafts]
+    verify_spans = [e.t1 - e.t0 for e in verifies]
+    new_tokens = trace.new_tokens
+    return RunStats(
+        method=trace.method,
+        new_tokens=new_tokens,
+        seconds=trace.wall_time,
+        tokens_per_s=new_tokens / trace.wall_time if trace.wall_time > 0 else 0.0,
+        rounds=rounds,
+        drafted=len(drafts),
+        accepted=accepts,
+        alpha=accepts / len(drafts) if drafts else None,
+        tau=tokens / rounds if rounds else 0.0,
+        mean_drafts_per_round=len(drafts) / rounds if rounds and drafts else 0.0,
+        draft_step_s=median(draft_spans) if draft_spans else None,
+        verify_s=median(verify_spans) if verify_spans else None,
+        early_exits=sum(1 for e in trace.events if e.kind == "early_exit"),
+        wasted_drafts=len(drafts) - accepts,
+    )
+
+
+def acceptance_lengths(trace: Trace) -> list[int]:
+    """Accepted drafts per verification round (the acceptance-length histogram's data)."""
+    counts: dict[tuple[int, int], int] = {(e.row, e.step): 0 for e in trace.events if e.kind == "verify"}
+    for e in trace.events:
+        if e.kind == "accept" and (e.row, e.step) in counts:
+            counts[(e.row, e.step)] += 1
+    return list(counts.values())
+
+
+def per_position_acceptance(trace: Trace) -> dict[int, float]:
+    """depth -> accepted drafts at that depth / drafts at that depth."""
+    drafted: dict[int, int] = {}
+    accepted: dict[int, int] = {}
+    for e in trace.events:
+        if e.kind == "draft":
+            drafted[e.depth] = drafted.get(e.depth, 0) + 1
+        elif e.kind == "accept":
+            accepted[e.depth] = accepted.get(e.depth, 0) + 1
+    return {d: accepted.get(d, 0) / n for d, n in sorted(drafted.items())}
+
+
+def compare(trace: Trace, baseline: Trace) -> dict:
+    """The method against the autoregressive run of the same prompt (same process)."""
+    s, b = summarize(trace), summarize(baseline)
+    step = target_step_cost(baseline)
+    gamma = s.mean_drafts_per_round
+    c = s.draft_step_s / step if step and s.draft_step_s is not None else None
+    v = s.verify_s / step if step and s.verify_s is not None else None
+    speedup = s.tokens_per_s / b.tokens_per_s if b.tokens_per_s else None
+    theoretical = leviathan_speedup(s.alpha, gamma, c) if s.alpha is not None and c is not None and gamma else None
+    a_iid = iid_alpha(s.tau, gamma) if gamma else None
+    return {
+        **s.to_dict(),
+        "speedup": speedup,
+        "equal_to_autoregressive": [r.output_ids for r in trace.rows] == [r.output_ids for r in baseline.rows],
+        "c": c,
+        "v": v,
+        "alpha_iid": a_iid,
+        "theoretical_speedup": theoretical,
+        "efficiency": speedup / theoretical if speedup and theoretical else None,
+        "modeled_speedup": s.tau / (gamma * c + v) if c is not None and v is not None and gamma else None,
+    }
+
+
+def mbsu(tau: float, gamma: float, draft_params: int, target_params: int) -> float:
+    """VocabTrim's memory-bound speed-up: tau / (c_params * gamma + 1)."""
+    return tau / (draft_params / target_params * gamma + 1)

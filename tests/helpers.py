@@ -1,0 +1,53 @@
+"""Assertions shared by the method tests: greedy equality (or a proven numerical tie) and trace invariants."""
+from __future__ import annotations
+
+import torch
+
+from specviz.trace import TOKEN_KINDS, Trace
+
+TIE_GAP = 1e-4  # top-2 logit gap under which float noise of a different shape may flip an argmax
+
+
+def first_divergence(a: list[int], b: list[int]) -> int | None:
+    for i, (x, y) in enumerate(zip(a, b)):
+        if x != y:
+            return i
+    return None if len(a) == len(b) else min(len(a), len(b))
+
+
+@torch.inference_mode()
+def top2_gap(model, ids: list[int]) -> float:
+    logits = model(torch.tensor([ids], device=model.device)).logits[0, -1].float()
+    top = torch.topk(logits, 2).values
+    return float(top[0] - top[1])
+
+
+def assert_greedy_equal(pair, trace: Trace, reference: Trace) -> None:
+    """Token-for-token equality; a divergence is tolerated only at a proven tie of the target's logits."""
+    a, b = reference.output_ids, trace.output_ids
+    i = first_divergence(a, b)
+    if i is None:
+        return
+    assert i < min(len(a), len(b)), f"{trace.method}: lengths differ ({len(b)} vs {len(a)}) with equal prefix"
+    gap = top2_gap(pair.target, reference.rows[0].prompt_ids + a[:i])
+    assert gap < TIE_GAP, f"{trace.method} diverged from autoregressive at token {i} ({b[i]} vs {a[i]}), top-2 gap {gap:.2e}"
+
+
+def assert_trace_invariants(trace: Trace) -> None:
+    """Each output token comes from exactly one accept/correct/bonus/emit event, in order; times are sane."""
+    for row_index, row in enumerate(trace.rows):
+        token_events = [e for e in trace.events if e.kind in TOKEN_KINDS and e.row == row_index]
+        assert [e.position for e in token_events] == list(range(len(row.output_ids))), "token events out of order"
+        assert [e.token_id for e in token_events] == row.output_ids, "token events disagree with the output"
+        row_events = [e for e in trace.events if e.row == row_index]
+        starts = [e.t0 for e in row_events]
+        assert all(x <= y + 1e-9 for x, y in zip(starts, starts[1:])), "event start times go backwards"
+    for e in trace.events:
+        assert e.t1 >= e.t0 - 1e-9, f"{e.kind} ends before it starts"
+        if e.kind in ("accept", "reject"):
+            assert e.q is None or 0.0 <= e.q <= 1.0 + 1e-6
+    # every accept follows a draft of the same token at the same step and depth
+    drafts = {(e.row, e.step, e.depth): e.token_id for e in trace.events if e.kind == "draft"}
+    for e in trace.events:
+        if e.kind in ("accept", "reject") and drafts:
+            assert drafts.get((e.row, e.step, e.depth)) == e.token_id, "accepted/rejected token was not drafted"

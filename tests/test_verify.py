@@ -1,0 +1,66 @@
+"""The acceptance rules on fixed distributions (fast), including a chi-square test of exactness."""
+import pytest
+import torch
+from scipy.stats import chisquare
+
+from specviz.verify import Sampling, greedy_verdict, sampling_verdict
+
+
+def test_greedy_accepts_matching_prefix_and_corrects():
+    logits = torch.full((4, 6), -5.0)
+    for i, best in enumerate([1, 2, 3, 4]):
+        logits[i, best] = 5.0
+    v = greedy_verdict(torch.tensor([1, 2, 0]), logits, [0.9, 0.9, 0.9])
+    assert (v.accepted, v.token) == (2, 3)
+    v = greedy_verdict(torch.tensor([1, 2, 3]), logits, [0.9] * 3)
+    assert (v.accepted, v.token) == (3, 4)  # bonus
+    v = greedy_verdict(torch.tensor([0, 2, 3]), logits, [0.9] * 3)
+    assert (v.accepted, v.token) == (0, 1)
+
+
+def test_top_k_and_top_p_filter_identically():
+    s = Sampling(temperature=1.0, top_k=2)
+    probs = s.probs(torch.tensor([[1.0, 3.0, 2.0, 0.0]]))
+    assert (probs[0, [0, 3]] == 0).all() and probs[0, 1] > probs[0, 2] > 0
+    s = Sampling(temperature=1.0, top_p=0.5)
+    probs = s.probs(torch.log(torch.tensor([[0.6, 0.3, 0.1]])))
+    assert torch.allclose(probs, torch.tensor([[1.0, 0.0, 0.0]]))
+    s = Sampling(temperature=1.0, top_p=0.8)
+    probs = s.probs(torch.log(torch.tensor([[0.6, 0.3, 0.1]])))
+    assert torch.allclose(probs, torch.tensor([[2 / 3, 1 / 3, 0.0]]))
+
+
+@pytest.mark.parametrize("sampling", [Sampling(1.0), Sampling(0.7, top_k=4), Sampling(1.3, top_p=0.9)])
+def test_speculative_sampling_first_token_follows_target(sampling):
+    """20k rounds: the first emitted token (accepted draft or resample) is distributed as p_1."""
+    torch.manual_seed(0)
+    vocab, gamma, draws = 6, 2, 20_000
+    p = sampling.probs(torch.randn(gamma + 1, vocab) * 1.5)
+    q = sampling.probs(torch.randn(gamma, vocab) * 1.5)
+    gen = torch.Generator().manual_seed(1)
+    counts = torch.zeros(vocab)
+    for _ in range(draws):
+        drafts = torch.multinomial(q, 1, generator=gen).squeeze(-1)
+        v = sampling_verdict(drafts, q, p, gen)
+        first = int(drafts[0]) if v.accepted > 0 else v.token
+        counts[first] += 1
+    support = p[0] > 0
+    expected = p[0][support] * draws
+    stat, pvalue = chisquare(counts[support].numpy(), expected.numpy())
+    assert pvalue > 1e-3, f"chi-square p={pvalue:.2e}: counts {counts.tolist()} vs {expected.tolist()}"
+    assert counts[~support].sum() == 0
+
+
+def test_drafter_with_zero_mass_outside_support_stays_exact():
+    """VocabTrim's q is 0 outside the kept ids: the residual still restores p's mass there."""
+    torch.manual_seed(0)
+    p = torch.softmax(torch.randn(2, 5), -1)
+    q = torch.tensor([[0.5, 0.5, 0.0, 0.0, 0.0]])
+    gen = torch.Generator().manual_seed(2)
+    counts = torch.zeros(5)
+    for _ in range(20_000):
+        drafts = torch.multinomial(q, 1, generator=gen).squeeze(-1)
+        v = sampling_verdict(drafts, q, p, gen)
+        counts[int(drafts[0]) if v.accepted else v.token] += 1
+    stat, pvalue = chisquare(counts.numpy(), (p[0] * 20_000).numpy())
+    assert pvalue > 1e-3
