@@ -51,11 +51,13 @@ def encode_prompt(pair, prompt: Any, max_prompt_tokens: int = MAX_PROMPT_TOKENS)
 
 
 def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, record: bool = True,
-        max_prompt_tokens: int = MAX_PROMPT_TOKENS, **params: Any) -> Trace:
+        recorder: Recorder | None = None, max_prompt_tokens: int = MAX_PROMPT_TOKENS, **params: Any) -> Trace:
     """Run one method on one prompt and return its full trace.
 
     `cancel`: set it from another thread to stop the run (the trace so far is returned with
-    finish_reason "cancelled"). `record=False` keeps token events only (recording-overhead runs).
+    finish_reason "cancelled"). `record=False` stores no events (recording-overhead runs).
+    `recorder`: pass your own Recorder to watch `recorder.events` grow from another thread while
+    the run goes on (the UI streams tokens that way; events get their `text` only at the end).
     """
     cls = method_class(name)
     if cls.batch:
@@ -66,7 +68,7 @@ def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, 
     ids = encode_prompt(pair, prompt, max_prompt_tokens)
     device = pair.target.device
     prompt_ids = torch.tensor([ids], dtype=torch.long, device=device)
-    rec = Recorder(device, enabled=record)
+    rec = recorder if recorder is not None else Recorder(device, enabled=record)
     out = Output(values["max_new_tokens"], eos_ids(pair.target, pair.tokenizer), context_limit(pair.target) - len(ids))
     generator = torch.Generator(device="cpu").manual_seed(values["seed"])
     ctx = RunContext(pair=pair, prompt_ids=prompt_ids, params=values,

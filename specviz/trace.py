@@ -178,6 +178,8 @@ class Recorder:
         self._t_start = time.perf_counter()
 
     def now(self) -> float:
+        if not self.enabled:
+            return 0.0
         if self._cuda:
             import torch
 
