@@ -46,6 +46,9 @@ class AdapterConfig:
             rope_theta=self.rope_theta,
             max_position_embeddings=self.max_position_embeddings,
             vocab_size=1,
+            bos_token_id=None,
+            eos_token_id=None,
+            pad_token_id=None,
         )
 
 

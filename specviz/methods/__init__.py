@@ -5,6 +5,8 @@ from .autoregressive import Autoregressive
 from .base import Method
 from .draft_model import DraftModel
 from .hf_assisted import HFAssisted
+from .kangaroo import Kangaroo
+from .sorted import Sorted
 
 METHODS: dict[str, type[Method]] = {
     m.name: m
@@ -12,5 +14,7 @@ METHODS: dict[str, type[Method]] = {
         Autoregressive,
         DraftModel,
         HFAssisted,
+        Kangaroo,
+        Sorted,
     )
 }

@@ -1,0 +1,160 @@
+"""Kangaroo: self-speculative decoding with double early exiting (Liu et al. 2024).
+
+Drafter = the target's first l layers + a small adapter (attention only, see adapter.py) + the
+target's own final norm and LM head. Per round:
+1. draft: push the newest token through layers [0, l) (their KV goes straight into the target's
+   cache), then adapter -> norm -> head -> draft token; repeat;
+2. second early exit: stop drafting as soon as the draft's top-1 probability falls under eta (the
+   low-confidence token is kept as the last draft), or at gamma drafts;
+3. verify: run only layers [l, N) over the stored layer-l states of [last token, d_1..d_k]; the
+   shallow layers are never recomputed (only d_k, which no draft step fed, gets its shallow pass);
+4. crop target (every layer) and adapter caches to the committed length.
+Lossless by the shared rules in verify.py. The reference code drafts greedily; with temperature > 0
+specviz samples drafts from q (processed like p), so speculative sampling stays exact.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..adapter import KangarooAdapter
+from ..layers import LayerStack, causal_mask
+from .base import Method, Param, RunContext
+from .draft_model import commit
+from ..verify import greedy_verdict, sampling_verdict
+
+
+def find_adapter(ctx: RunContext, exit_layer: int) -> KangarooAdapter:
+    adapter = ctx.pair.extras.get("kangaroo_adapter") if ctx.pair.extras else None
+    if adapter is None:
+        raise ValueError("kangaroo needs a trained adapter for this target (the embedded pair ships one); "
+                         "put a KangarooAdapter in pair.extras['kangaroo_adapter']")
+    if adapter.config.exit_layer != exit_layer:
+        raise ValueError(f"the adapter was trained on layer {adapter.config.exit_layer}; exit_layer={exit_layer} does not match it")
+    return adapter
+
+
+class SelfDraftState:
+    """The adapter's own KV cache and the layer-l states of committed tokens it has not seen yet."""
+
+    def __init__(self, adapter: KangarooAdapter, stack: LayerStack):
+        from transformers import DynamicCache
+
+        self.adapter = adapter
+        self.stack = stack
+        self.cache = DynamicCache()
+        self.length = 0  # entries in the adapter's cache
+        self.pending: list[torch.Tensor] = []  # layer-l states (1, 1, d) of positions length.. not fed yet
+
+    @torch.inference_mode()
+    def step(self, hidden_l: torch.Tensor) -> torch.Tensor:
+        """Feed the pending states and this one (1, 1, d); return the adapted state (1, d)."""
+        h = torch.cat(self.pending + [hidden_l], dim=1)
+        self.pending = []
+        pos = torch.arange(self.length, self.length + h.shape[1], device=h.device).unsqueeze(0)
+        out = self.adapter(h, pos, self.cache, causal_mask(h.shape[1], self.length, h.device))
+        self.length += h.shape[1]
+        return out[:, -1]
+
+    def crop(self, length: int) -> None:
+        if self.length > length:
+            self.cache.crop(length - self.length)
+            self.length = length
+
+
+class Kangaroo(Method):
+    name = "kangaroo"
+    title = "Kangaroo (self-speculative, double early exit)"
+    PARAMS = (
+        Param("gamma", int, 6, 1, 16, help="maximum draft depth per round (the paper's reference run: 6)"),
+        Param("eta", float, 0.6, 0.0, 1.0, help="second early exit: stop drafting when the draft's top-1 probability < eta (0 = never)"),
+        Param("exit_layer", int, 2, 1, 64, help="l: the draft uses the target's first l layers (the adapter was trained on one l)"),
+        Param("vocab_trim", int, 0, 0, 1_000_000, help="VocabTrim: keep only the K most frequent target tokens in the draft head (0 = off)"),
+    )
+
+    def generate(self, ctx: RunContext) -> None:
+        rec, out = ctx.rec, ctx.out
+        gamma, eta, l = ctx.params["gamma"], ctx.params["eta"], ctx.params["exit_layer"]
+        stack = LayerStack(ctx.pair.target, ctx.vocab)
+        if l >= stack.depth:
+            raise ValueError(f"exit_layer must be below the target's {stack.depth} layers; got {l}")
+        adapter = find_adapter(ctx, l)
+        draft = SelfDraftState(adapter, stack)
+        head = self.draft_head(ctx, stack)
+        source = f"target[:{l}]+adapter" + (f"[vocab {ctx.params['vocab_trim']}]" if ctx.params["vocab_trim"] else "")
+
+        seq = ctx.prompt_ids
+        t0 = rec.now()
+        if seq.shape[1] > 1:
+            h_l = stack.run(stack.embed_ids(seq[:, :-1]), 0, l)
+            stack.run(h_l, l, stack.depth)
+            draft.pending = [h_l]
+        rec.add("prefill", source="target", t0=t0, t1=rec.now(), info={"tokens": seq.shape[1] - 1, "adapter": True})
+        step = 0
+        while not out.done:
+            ctx.check_cancel()
+            length = seq.shape[1]
+            budget = min(gamma, out.room - 1)
+            # 1-2. draft through layers [0, l) + adapter until the confidence exit or the depth limit
+            states = []  # layer-l states of [last token, d_1 .. d_k]
+            tokens, qs = [], []
+            token = seq[:, -1:]
+            t0 = rec.now()
+            h = stack.run(stack.embed_ids(token), 0, l)
+            states.append(h)
+            for depth in range(budget):
+                logits = head(draft.step(h))
+                token_t, q = ctx.sampling.choose(logits, ctx.generator)
+                confidence = float(q.max().item())
+                t1 = rec.now()
+                token_id = int(token_t.item())
+                rec.add("draft", step=step, token_id=token_id, q=float(q[0, token_id].item()), depth=depth, source=source,
+                        t0=t0, t1=t1, info={"confidence": confidence})
+                tokens.append(token_t)
+                qs.append(q[0])
+                if confidence < eta and depth + 1 < budget:
+                    rec.add("early_exit", step=step, depth=depth, source=source, t0=t1, t1=t1,
+                            info={"reason": "confidence", "confidence": confidence, "eta": eta})
+                    break
+                if depth + 1 == budget:
+                    break
+                t0 = rec.now()
+                h = stack.run(stack.embed_ids(token_t.view(1, 1)), 0, l)
+                states.append(h)
+            drafts = torch.cat(tokens) if tokens else seq.new_zeros(0)
+            q = torch.stack(qs) if qs else None
+            # 3. verify: the last draft's shallow pass, then layers [l, N) over every stored state
+            t0 = rec.now()
+            if tokens:
+                states.append(stack.run(stack.embed_ids(drafts[-1:].view(1, 1)), 0, l))
+            block = torch.cat(states, dim=1)  # (1, k+1, d)
+            logits = stack.logits(stack.run(block, l, stack.depth))[0]  # (k+1, V)
+            if ctx.sampling.greedy:
+                q_x = q[torch.arange(len(tokens)), drafts].tolist() if tokens else []
+                verdict = greedy_verdict(drafts, logits, q_x)
+            else:
+                verdict = sampling_verdict(drafts, q if q is not None else logits.new_zeros(0, ctx.vocab),
+                                           ctx.sampling.probs(logits), ctx.generator)
+            rec.add("verify", step=step, source=f"target[{l}:]", t0=t0, t1=rec.now(),
+                    info={"tokens": block.shape[1], "drafts": len(tokens), "accepted": verdict.accepted})
+            seq = commit(ctx, seq, drafts, verdict, step, [source] * len(tokens))
+            # 4. roll back to [.. last token, d_1..d_n]; keep their layer-l states for the adapter
+            keep = length + verdict.accepted
+            stack.crop(keep)
+            draft.crop(keep)
+            # states of committed positions the adapter has not seen; block[:, 0] is position length-1,
+            # and positions before it (rounds without a draft step) are already in draft.pending
+            start = max(draft.length, length - 1)
+            if keep > start:
+                draft.pending = draft.pending + [block[:, start - (length - 1) : keep - (length - 1)]]
+            step += 1
+
+    def draft_head(self, ctx: RunContext, stack: LayerStack):
+        """Adapted state (1, d) -> draft logits (1, V): the target's norm and head, or VocabTrim's
+        K-row head (composed with Kangaroo: only the drafter's copy of the head is cut)."""
+        k = ctx.params["vocab_trim"]
+        if not k:
+            return stack.logits
+        from .vocabtrim import TrimmedHead, kept_ids
+
+        trimmed = TrimmedHead(stack.head, kept_ids(ctx.pair, k, ctx.vocab, ctx.prompt_ids.device), ctx.vocab)
+        return lambda hidden: trimmed(stack.norm(hidden))
