@@ -82,6 +82,7 @@ def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, 
     wall = time.perf_counter() - start
     row = RowResult(prompt=prompt, prompt_ids=ids, output_ids=list(out.ids),
                     text=pair.tokenizer.decode(out.ids, skip_special_tokens=False), finish_reason=out.finish_reason)
+    rec.events.sort(key=lambda e: e.t0)  # chronological; stable, so same-time events keep their order
     fill_token_text(rec.events, pair.tokenizer)
     return Trace(method=name, params=values, rows=[row], events=rec.events, target_name=pair.target_name,
                  draft_name=pair.draft_name if cls.needs_draft else None, device=str(device),

@@ -71,7 +71,7 @@ class RunStats:
     tau: float
     mean_drafts_per_round: float
     draft_step_s: float | None  # median seconds of one draft step
-    verify_s: float | None  # median seconds of one verification
+    verify_s: float | None  # median seconds of one round's verification (all its parts)
     early_exits: int
     wasted_drafts: int  # drafted tokens that did not become output
 
@@ -82,11 +82,14 @@ class RunStats:
 def summarize(trace: Trace) -> RunStats:
     drafts = [e for e in trace.events if e.kind == "draft"]
     accepts = sum(1 for e in trace.events if e.kind == "accept")
-    verifies = [e for e in trace.events if e.kind == "verify"]
+    verify_time: dict[tuple[int, int], float] = {}  # a round's verification may be split in parts (Mirror-SD)
+    for e in trace.events:
+        if e.kind == "verify":
+            verify_time[(e.row, e.step)] = verify_time.get((e.row, e.step), 0.0) + (e.t1 - e.t0)
     tokens = sum(1 for e in trace.events if e.kind in TOKEN_KINDS)
-    rounds = len(verifies) if verifies else len({(e.row, e.step) for e in trace.events if e.kind in TOKEN_KINDS})
-    draft_spans = [e.t1 - e.t0 for e in drafts]
-    verify_spans = [e.t1 - e.t0 for e in verifies]
+    rounds = len(verify_time) if verify_time else len({(e.row, e.step) for e in trace.events if e.kind in TOKEN_KINDS})
+    draft_spans = [e.t1 - e.t0 for e in drafts if "branch" not in e.info]  # serial draft steps only
+    verify_spans = list(verify_time.values())
     new_tokens = trace.new_tokens
     return RunStats(
         method=trace.method,

@@ -6,6 +6,7 @@ from .base import Method
 from .draft_model import DraftModel
 from .hf_assisted import HFAssisted
 from .kangaroo import Kangaroo
+from .mirror import MirrorSD
 from .sorted import Sorted
 
 METHODS: dict[str, type[Method]] = {
@@ -16,5 +17,6 @@ METHODS: dict[str, type[Method]] = {
         HFAssisted,
         Kangaroo,
         Sorted,
+        MirrorSD,
     )
 }
