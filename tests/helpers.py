@@ -51,3 +51,46 @@ def assert_trace_invariants(trace: Trace) -> None:
     for e in trace.events:
         if e.kind in ("accept", "reject") and drafts:
             assert drafts.get((e.row, e.step, e.depth)) == e.token_id, "accepted/rejected token was not drafted"
+
+
+def word_tokenizer(words: int = 11):
+    """A word-level tokenizer with `words` + 1 ids (id 0 = EOS): small vocabularies for statistics."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<eos>": 0, **{f"w{i}": i + 1 for i in range(words)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<eos>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", unk_token="<eos>", pad_token="<eos>")
+
+
+def peaky_llama(vocab: int, layers: int, seed: int, hidden: int = 16, init: float = 0.5):
+    """A random Llama whose distributions are far from uniform (so p and q really differ)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+                      initializer_range=init, eos_token_id=0, bos_token_id=0, pad_token_id=0)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def near_copy(model, noise: float, seed: int):
+    """A copy of `model` with Gaussian noise on every weight: a drafter that agrees often, not always."""
+    import copy
+
+    torch.manual_seed(seed)
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.add_(torch.randn_like(p) * noise * (p.std() if p.numel() > 1 else 1.0))
+    return twin
+
+
+def damp_layers_after(model, layer: int, scale: float) -> None:
+    """Shrink what layers >= `layer` add to the residual stream, so the state after `layer` is close to
+    the final one: shallow self-drafts (Kangaroo, Mirror's early exit) then agree with the target often."""
+    with torch.no_grad():
+        for block in model.model.layers[layer:]:
+            block.self_attn.o_proj.weight.mul_(scale)
+            block.mlp.down_proj.weight.mul_(scale)

@@ -23,12 +23,12 @@ from .draft_model import commit
 from ..verify import greedy_verdict, sampling_verdict
 
 
-def find_adapter(ctx: RunContext, exit_layer: int) -> KangarooAdapter:
+def find_adapter(ctx: RunContext, exit_layer: int | None) -> KangarooAdapter:
     adapter = ctx.pair.extras.get("kangaroo_adapter") if ctx.pair.extras else None
     if adapter is None:
         raise ValueError("kangaroo needs a trained adapter for this target (the embedded pair ships one); "
                          "put a KangarooAdapter in pair.extras['kangaroo_adapter']")
-    if adapter.config.exit_layer != exit_layer:
+    if exit_layer is not None and adapter.config.exit_layer != exit_layer:
         raise ValueError(f"the adapter was trained on layer {adapter.config.exit_layer}; exit_layer={exit_layer} does not match it")
     return adapter
 
@@ -67,7 +67,8 @@ class Kangaroo(Method):
     PARAMS = (
         Param("gamma", int, 6, 1, 16, help="maximum draft depth per round (the paper's reference run: 6)"),
         Param("eta", float, 0.6, 0.0, 1.0, help="second early exit: stop drafting when the draft's top-1 probability < eta (0 = never)"),
-        Param("exit_layer", int, 2, 1, 64, help="l: the draft uses the target's first l layers (the adapter was trained on one l)"),
+        Param("exit_layer", int, None, 1, 64, optional=True,
+              help="l: the draft uses the target's first l layers (default: the layer the adapter was trained on; embedded: 2)"),
         Param("vocab_trim", int, 0, 0, 1_000_000, help="VocabTrim: keep only the K most frequent target tokens in the draft head (0 = off)"),
     )
 
@@ -75,9 +76,12 @@ class Kangaroo(Method):
         rec, out = ctx.rec, ctx.out
         gamma, eta, l = ctx.params["gamma"], ctx.params["eta"], ctx.params["exit_layer"]
         stack = LayerStack(ctx.pair.target, ctx.vocab)
-        if l >= stack.depth:
+        if l is not None and l >= stack.depth:
             raise ValueError(f"exit_layer must be below the target's {stack.depth} layers; got {l}")
         adapter = find_adapter(ctx, l)
+        l = ctx.params["exit_layer"] = adapter.config.exit_layer  # the trace records the layer really used
+        if l >= stack.depth:
+            raise ValueError(f"the adapter was trained on layer {l}, not below this target's {stack.depth} layers")
         draft = SelfDraftState(adapter, stack)
         head = self.draft_head(ctx, stack)
         source = f"target[:{l}]+adapter" + (f"[vocab {ctx.params['vocab_trim']}]" if ctx.params["vocab_trim"] else "")

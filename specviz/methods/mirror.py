@@ -55,13 +55,23 @@ def clone_rows(cache: DynamicCache, length: int, rows: int, config) -> DynamicCa
     return out
 
 
+def default_exit(pair, depth: int) -> int:
+    """The trained early exit nearest half the target's depth (the embedded target's meta lists them)."""
+    meta = (pair.extras or {}).get("target_meta") or {}
+    exits = [e for e in meta.get("exits", []) if isinstance(e, int) and 1 <= e < depth]
+    if exits:
+        return min(exits, key=lambda e: (abs(e - depth / 2), e))
+    return max(1, depth // 2)
+
+
 class MirrorSD(Method):
     name = "mirror"
     title = "Mirror-SD (early-exit-launched parallel drafting)"
     needs_draft = True
     PARAMS = (
         Param("gamma", int, 4, 1, 16, help="drafts per round (serial drafts and branch rollouts alike)"),
-        Param("exit_layer", int, 6, 1, 64, help="l_e: the target's early exit that launches the branches (trained exits: 2, 4, 6, 8)"),
+        Param("exit_layer", int, None, 1, 64, optional=True,
+              help="l_e: the target's early exit that launches the branches (default: the trained exit nearest half depth; embedded: 6)"),
         Param("kappa", int, 2, 1, 8, help="early-exit candidates, one branch each"),
         Param("parallel", bool, True, help="run the branches in a worker thread beside the target suffix (off: one after the other)"),
     )
@@ -70,6 +80,8 @@ class MirrorSD(Method):
         rec, out = ctx.rec, ctx.out
         gamma, le, kappa = ctx.params["gamma"], ctx.params["exit_layer"], ctx.params["kappa"]
         stack = LayerStack(ctx.pair.target, ctx.vocab)
+        if le is None:
+            le = ctx.params["exit_layer"] = default_exit(ctx.pair, stack.depth)
         if le >= stack.depth:
             raise ValueError(f"exit_layer must be below the target's {stack.depth} layers; got {le}")
         drafter = Drafter(ctx, ctx.pair.draft)

@@ -1,0 +1,67 @@
+"""The bench CLI contract: prompt formats, columns, baseline always run, clear errors."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import make_tiny_pair
+from specviz import bench
+
+SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench_question.jsonl"
+
+
+@pytest.fixture(scope="module")
+def saved_pair(tiny_tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pair")
+    make_tiny_pair("llama", tiny_tokenizer, save_dir=root)
+    return root
+
+
+def write_prompts(path: Path) -> Path:
+    path.write_text("\n".join(json.dumps(p) for p in [
+        {"id": "a", "category": "code", "prompt": "def f(x):"},
+        {"question_id": 7, "category": "writing", "turns": ["Write a poem.", "Again."]},
+    ]) + "\n")
+    return path
+
+
+def test_bench_writes_the_contract_columns(saved_pair, tmp_path, capsys):
+    out = tmp_path / "r.csv"
+    code = bench.main(["--methods", "draft_model,draft_model:gamma=2:vocab_trim=50", "--prompts", str(write_prompts(tmp_path / "p.jsonl")),
+                       "--max-new-tokens", "8", "--repeats", "2", "--out", str(out), "--target", str(saved_pair / "target"),
+                       "--draft", str(saved_pair / "draft"), "--quiet", "--overhead"])
+    assert code == 0
+    df = pd.read_csv(out)
+    for col in ("method", "prompt_id", "category", "new_tokens", "seconds", "tokens_per_s", "speedup", "alpha", "tau",
+                "equal_to_autoregressive", "param_gamma", "recording_overhead"):
+        assert col in df.columns, col
+    assert set(df.method) == {"autoregressive", "draft_model", "draft_model:gamma=2:vocab_trim=50"}  # baseline added
+    assert set(df.prompt_id.astype(str)) == {"a", "7"}
+    assert df.equal_to_autoregressive.all()
+    assert (df[df.method == "autoregressive"].speedup == 1.0).all()
+    printed = capsys.readouterr().out
+    assert "share_equal" in printed and "reproduce: python -m specviz.bench" in printed
+
+
+def test_spec_bench_questions_load():
+    if not SPEC_BENCH.exists():
+        pytest.skip("Spec-Bench question file not present beside the checkout")
+    prompts = bench.load_prompts(SPEC_BENCH)
+    assert len(prompts) == 480
+    assert {p["category"] for p in prompts} >= {"writing", "translation", "summarization", "qa", "math_reasoning", "rag"}
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--methods", "nope"], "unknown method"),
+    (["--methods", "draft_model:gamma=99"], "gamma must be <="),
+    (["--methods", "draft_model:gamma"], "must be name=value"),
+    (["--repeats", "0"], "must be positive"),
+    (["--out", "x.txt"], "--out must end"),
+    (["--prompts", "/nonexistent.jsonl"], "prompt file not found"),
+])
+def test_bad_arguments_exit_non_zero_with_a_message(args, message, capsys):
+    assert bench.main(args + ["--quiet"]) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,273 @@
+"""Every registered single-sequence method is lossless: greedy output equals autoregressive decoding
+token for token (or diverges only at a proven numerical tie), on random tiny models of several
+architectures and on the embedded pair; sampled output follows the target's distribution."""
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy.stats import chisquare
+
+import specviz.engine as engine
+from conftest import ARCHS, make_tiny_model, make_tiny_pair
+from helpers import (assert_greedy_equal, assert_trace_invariants, damp_layers_after, near_copy, peaky_llama,
+                     word_tokenizer)
+from specviz.adapter import KangarooAdapter
+from specviz.api import run
+from specviz.methods import METHODS
+from specviz.models import ModelPair
+
+SPLIT_ARCHS = {"llama", "qwen2", "mistral"}  # layers take rotary embeddings from the model: Kangaroo/Mirror can split them
+SINGLE = [name for name, cls in METHODS.items() if not cls.batch and name != "autoregressive"]
+PROMPTS = ["def add(a, b):\n    return", "import os\n\nclass"]
+
+
+@pytest.fixture(autouse=True)
+def cache_checks(monkeypatch):
+    monkeypatch.setattr(engine, "CHECKS", True)  # every feed/rollback asserts the cache length
+
+
+def with_extras(pair: ModelPair, arch: str) -> ModelPair:
+    vocab = pair.target.get_output_embeddings().weight.shape[0]
+    pair.extras = {
+        "sorted_drafter": make_tiny_model("llama", vocab, layers=3, seed=11),
+        "vocab_ranking": list(range(vocab - 1, -1, -1)),
+    }
+    if arch in SPLIT_ARCHS:
+        torch.manual_seed(5)
+        pair.extras["kangaroo_adapter"] = KangarooAdapter.for_target(pair.target.config, 1).eval()
+    return pair
+
+
+@pytest.fixture(scope="module")
+def pairs(tiny_tokenizer):
+    return {arch: with_extras(make_tiny_pair(arch, tiny_tokenizer, target_layers=3, draft_layers=1, seed=1), arch) for arch in ARCHS}
+
+
+def method_params(name: str) -> list[dict]:
+    return {
+        "draft_model": [{"gamma": 1}, {"gamma": 4}, {"gamma": 3, "gamma_schedule": "heuristic"}, {"gamma": 3, "vocab_trim": 100}],
+        "hf_assisted": [{"gamma": 3}],
+        "kangaroo": [{"gamma": 4, "eta": 0.0, "exit_layer": 1}, {"gamma": 6, "eta": 0.6, "exit_layer": 1},
+                     {"gamma": 3, "exit_layer": 1, "vocab_trim": 100}],
+        "sorted": [{"gamma": 4}, {"gamma": 3, "sub_model": 1}, {"gamma": 4, "theta": 0.01}],
+        "mirror": [{"gamma": 3, "exit_layer": 1, "kappa": 2}, {"gamma": 2, "exit_layer": 2, "kappa": 3, "parallel": False}],
+    }.get(name, [{}])
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("name", SINGLE)
+def test_greedy_equals_autoregressive(pairs, arch, name):
+    pair = pairs[arch]
+    for prompt in PROMPTS:
+        reference = run("autoregressive", pair, prompt, max_new_tokens=24)
+        assert_trace_invariants(reference)
+        for params in method_params(name):
+            if name in ("kangaroo", "mirror") and arch not in SPLIT_ARCHS:
+                with pytest.raises(ValueError, match="cannot be split by layer"):
+                    run(name, pair, prompt, max_new_tokens=24, **params)
+                continue
+            trace = run(name, pair, prompt, max_new_tokens=24, **params)
+            assert_greedy_equal(pair, trace, reference)
+            assert_trace_invariants(trace)
+
+
+@pytest.fixture(scope="module")
+def agreeing_pair(tiny_tokenizer):
+    """A Llama target whose deep layers add little, a drafter that is a noisy copy of it, an identity
+    adapter: drafts are accepted often but not always, so every accept / reject / bonus / rollback path runs."""
+    vocab = len(tiny_tokenizer)
+    target = peaky_llama(vocab, layers=4, seed=3, hidden=32, init=0.2)
+    damp_layers_after(target, 2, 0.1)
+    adapter = KangarooAdapter.for_target(target.config, 2).eval()
+    with torch.no_grad():
+        adapter.attn.o_proj.weight.zero_()
+    extras = {"kangaroo_adapter": adapter, "sorted_drafter": near_copy(target, 0.1, seed=4),
+              "vocab_ranking": list(range(vocab))}
+    return ModelPair(target=target, tokenizer=tiny_tokenizer, draft=near_copy(target, 0.1, seed=5), target_name="agree",
+                     draft_name="agree-draft", device=torch.device("cpu"), dtype=torch.float32, extras=extras)
+
+
+@pytest.mark.parametrize("name,params", [("draft_model", {"gamma": 4}), ("kangaroo", {"gamma": 5, "eta": 0.0, "exit_layer": 2}),
+                                         ("kangaroo", {"gamma": 5, "eta": 0.5, "exit_layer": 2}),
+                                         ("sorted", {"gamma": 4, "theta": 0.3}), ("mirror", {"gamma": 3, "exit_layer": 2, "kappa": 2})])
+def test_partial_acceptance_paths_stay_lossless(agreeing_pair, name, params):
+    for prompt in PROMPTS:
+        reference = run("autoregressive", agreeing_pair, prompt, max_new_tokens=40)
+        trace = run(name, agreeing_pair, prompt, max_new_tokens=40, **params)
+        assert_greedy_equal(agreeing_pair, trace, reference)
+        assert_trace_invariants(trace)
+        kinds = [e.kind for e in trace.events]
+        assert kinds.count("accept") >= 5, f"{name}: too few accepts to exercise the accept path ({kinds.count('accept')})"
+        assert "reject" in kinds or "bonus" in kinds
+    if name == "mirror":
+        fates = {e.info["fate"] for e in trace.events if e.kind == "branch"}
+        assert fates, "mirror launched no branches"
+        hits = trace.meta["mirror"]["hits"]
+        reused = sum(1 for e in trace.events if e.kind == "branch" and e.info["fate"] == "reused")
+        assert hits == reused
+        # a reused branch's tokens are exactly the next round's drafts
+        for e in trace.events:
+            if e.kind == "branch" and e.info["fate"] == "reused":
+                nxt = [d.token_id for d in trace.events if d.kind == "draft" and d.step == e.step + 1]
+                assert nxt == e.info["tokens"][: len(nxt)] and nxt
+                assert e.token_id == trace.output_ids[[t.position for t in trace.token_events() if t.step == e.step][-1]]
+
+
+def test_kangaroo_early_exit_events_carry_confidence(agreeing_pair):
+    trace = run("kangaroo", agreeing_pair, PROMPTS[0], max_new_tokens=40, gamma=6, eta=0.9, exit_layer=2)
+    exits = [e for e in trace.events if e.kind == "early_exit"]
+    assert exits and all(e.info["confidence"] < 0.9 and e.info["reason"] == "confidence" for e in exits)
+    none = run("kangaroo", agreeing_pair, PROMPTS[0], max_new_tokens=40, gamma=6, eta=0.0, exit_layer=2)
+    assert not [e for e in none.events if e.kind == "early_exit"]
+
+
+def test_sorted_sources_name_the_sub_model(agreeing_pair):
+    trace = run("sorted", agreeing_pair, PROMPTS[0], max_new_tokens=30, gamma=4, theta=0.3)
+    sources = {e.source for e in trace.events if e.kind == "draft"}
+    assert sources <= {"sorted[:1]", "sorted[:2]", "sorted[:3]", "sorted[:4]"} and sources
+    fixed = run("sorted", agreeing_pair, PROMPTS[0], max_new_tokens=30, gamma=4, sub_model=2)
+    assert {e.source for e in fixed.events if e.kind == "draft"} == {"sorted[:2]"}
+
+
+def test_sorted_lazy_fill_matches_a_full_forward(agreeing_pair):
+    """Tokens that exited early get their deeper KV later: the drafter's deepest logits then equal a plain forward's."""
+    from specviz.methods.base import RunContext
+    from specviz.methods.sorted import SortedDrafter
+    from specviz.engine import Output
+    from specviz.trace import Recorder
+    from specviz.verify import Sampling
+
+    model = agreeing_pair.extras["sorted_drafter"]
+    ids = torch.tensor([[5, 17, 42, 7, 99, 3, 64, 12, 8]])
+    ctx = RunContext(pair=agreeing_pair, prompt_ids=ids, params={}, sampling=Sampling(), generator=torch.Generator(),
+                     rec=Recorder(), out=Output(10, set(), 100), vocab=model.config.vocab_size)
+    drafter = SortedDrafter(ctx, model, theta=0.0, sub_model=0)  # theta 0: every token exits after layer 1
+    drafter.prefill(ids[:, :3])
+    for i in range(3, 8):
+        drafter.draft_one(ids[:, i : i + 1])
+    drafter.rollback(7)  # drop position 7 everywhere
+    drafter.sub_model = drafter.depth  # now go all the way down: waiting states are filled lazily
+    logits, k, _ = drafter.draft_one(ids[:, 7:9])
+    assert k == drafter.depth
+    expected = model(ids[:, :9]).logits[0, -1]
+    assert torch.allclose(logits[0], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("name,params", [("draft_model", {"gamma": 3}), ("draft_model", {"gamma": 2, "vocab_trim": 6}),
+                                         ("kangaroo", {"gamma": 2, "eta": 0.0, "exit_layer": 1}),
+                                         ("sorted", {"gamma": 2, "theta": 0.4}), ("mirror", {"gamma": 2, "exit_layer": 1})])
+def test_speculative_sampling_preserves_the_target_distribution(name, params):
+    """Joint law of the first two sampled tokens vs the target's exact law (chi-square, 4,000 runs)."""
+    tok = word_tokenizer(7)  # 8 ids, id 0 = EOS
+    vocab = len(tok)
+    target = peaky_llama(vocab, layers=2, seed=21)
+    draft = peaky_llama(vocab, layers=1, seed=22)
+    adapter = KangarooAdapter.for_target(target.config, 1).eval()
+    pair = ModelPair(target=target, tokenizer=tok, draft=draft, target_name="t", draft_name="d", device=torch.device("cpu"),
+                     dtype=torch.float32, extras={"kangaroo_adapter": adapter, "sorted_drafter": peaky_llama(vocab, 2, seed=23),
+                                                  "vocab_ranking": list(range(vocab))})
+    prompt, temperature, runs = "w1 w2", 0.8, 4000
+    ids = tok(prompt, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        first = torch.softmax(target(torch.tensor([ids])).logits[0, -1] / temperature, -1)
+        law = {}
+        for a in range(vocab):
+            if a == 0:
+                law[(0,)] = float(first[0])
+                continue
+            second = torch.softmax(target(torch.tensor([ids + [a]])).logits[0, -1] / temperature, -1)
+            for b in range(vocab):
+                law[(a, b)] = float(first[a] * second[b])
+    counts = {cell: 0 for cell in law}
+    for seed in range(runs):
+        out = run(name, pair, prompt, max_new_tokens=2, temperature=temperature, seed=seed, **params).output_ids
+        counts[tuple(out[:1]) if out[0] == 0 else tuple(out[:2])] += 1
+    cells = sorted(law, key=law.get)
+    observed, expected, pool_o, pool_e = [], [], 0, 0.0
+    for cell in cells:  # pool cells expected under 5 draws
+        if law[cell] * runs < 5:
+            pool_o += counts[cell]
+            pool_e += law[cell] * runs
+        else:
+            observed.append(counts[cell])
+            expected.append(law[cell] * runs)
+    if pool_e:
+        observed.append(pool_o)
+        expected.append(pool_e)
+    _, pvalue = chisquare(observed, [e * sum(observed) / sum(expected) for e in expected])
+    assert pvalue > 1e-3, f"{name}: chi-square p = {pvalue:.2e}"
+
+
+def test_seeded_sampling_is_reproducible(pairs):
+    pair = pairs["llama"]
+    a = run("draft_model", pair, PROMPTS[0], max_new_tokens=20, temperature=1.0, seed=7)
+    b = run("draft_model", pair, PROMPTS[0], max_new_tokens=20, temperature=1.0, seed=7)
+    c = run("draft_model", pair, PROMPTS[0], max_new_tokens=20, temperature=1.0, seed=8)
+    assert a.output_ids == b.output_ids
+    assert a.output_ids != c.output_ids or len(a.output_ids) < 3
+
+
+@pytest.mark.parametrize("prompt,params,message", [
+    ("", {}, "prompt is empty"),
+    ("   ", {}, "prompt is empty"),
+    ("x", {"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+    ("x", {"max_new_tokens": 10**7}, "max_new_tokens must be <="),
+    ("x", {"max_new_tokens": "many"}, "max_new_tokens must be int"),
+    ("x", {"gamma": 0}, "gamma must be >= 1"),
+    ("x", {"gamma": 99}, "gamma must be <= 16"),
+    ("x", {"temperature": -1}, "temperature must be >= 0"),
+    ("x", {"top_p": 0}, "top_p must be >="),
+    ("x", {"gamma_schedule": "wild"}, "gamma_schedule must be one of"),
+    ("x", {"bogus": 1}, "unknown parameter"),
+])
+def test_bad_input_gets_a_clear_message(pairs, prompt, params, message):
+    with pytest.raises(ValueError, match=message):
+        run("draft_model", pairs["llama"], prompt, **params)
+
+
+def test_method_specific_ranges(pairs):
+    pair = pairs["llama"]
+    with pytest.raises(ValueError, match="unknown method"):
+        run("nope", pair, "x")
+    with pytest.raises(ValueError, match="exit_layer must be below"):
+        run("kangaroo", pair, "x", exit_layer=3)
+    with pytest.raises(ValueError, match="eta must be <= 1"):
+        run("kangaroo", pair, "x", eta=1.5)
+    with pytest.raises(ValueError, match="trained on layer"):
+        run("kangaroo", pair, "x", exit_layer=2)
+    with pytest.raises(ValueError, match="sub_model must be 0"):
+        run("sorted", pair, "x", sub_model=5)
+    with pytest.raises(ValueError, match="vocab_trim=.* exceeds"):
+        run("draft_model", pair, "x", vocab_trim=10**6)
+    with pytest.raises(ValueError, match="kappa must be <= 8"):
+        run("mirror", pair, "x", kappa=9)
+    no_draft = ModelPair(target=pair.target, tokenizer=pair.tokenizer, draft=None, target_name="t", draft_name=None,
+                         device=pair.device, dtype=pair.dtype, extras={})
+    with pytest.raises(ValueError, match="needs a draft model"):
+        run("draft_model", no_draft, "x")
+    with pytest.raises(ValueError, match="needs a trained adapter"):
+        run("kangaroo", no_draft, "x", exit_layer=1)
+
+
+def test_cancel_returns_a_partial_trace(pairs):
+    import threading
+
+    cancel = threading.Event()
+    cancel.set()
+    trace = run("draft_model", pairs["llama"], PROMPTS[0], max_new_tokens=50, cancel=cancel)
+    assert trace.rows[0].finish_reason == "cancelled"
+    assert len(trace.output_ids) < 50
+    assert_trace_invariants(trace)
+
+
+EMBEDDED_CASES = [("draft_model", {"gamma": 4}), ("draft_model", {"gamma": 3, "vocab_trim": 2048}),
+                  ("kangaroo", {}), ("sorted", {}), ("sorted", {"sub_model": 1}), ("mirror", {}), ("hf_assisted", {"gamma": 4})]
+
+
+@pytest.mark.parametrize("name,params", EMBEDDED_CASES)
+def test_embedded_pair_is_lossless(embedded_pair, name, params):
+    for prompt in ("def fibonacci(n):\n", "class Stack:\n    def __init__(self):\n"):
+        reference = run("autoregressive", embedded_pair, prompt, max_new_tokens=48)
+        trace = run(name, embedded_pair, prompt, max_new_tokens=48, **params)
+        assert_greedy_equal(embedded_pair, trace, reference)
+        assert_trace_invariants(trace)
