@@ -20,6 +20,14 @@ from .verify import Sampling
 MAX_PROMPT_TOKENS = 2048
 
 
+def synchronize(device: torch.device) -> None:
+    """Wall times on a GPU must wait for the queued kernels (CUDA and MPS run asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
 def method_class(name: str):
     if not isinstance(name, str) or name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
@@ -79,6 +87,7 @@ def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, 
         method.generate(ctx)
     except Cancelled:
         out.finish_reason = "cancelled"
+    synchronize(device)
     wall = time.perf_counter() - start
     row = RowResult(prompt=prompt, prompt_ids=ids, output_ids=list(out.ids),
                     text=pair.tokenizer.decode(out.ids, skip_special_tokens=False), finish_reason=out.finish_reason)

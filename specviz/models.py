@@ -177,7 +177,7 @@ def load_causal_lm(source: str, device: torch.device, dtype: torch.dtype, *, dev
             if is_offline() and not Path(source).is_dir() else ""
         raise ValueError(f"could not load model {source!r}{hint}: {first_line(exc)}") from None
     model_type = getattr(config, "model_type", None)
-    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or not is_decoder_only(config):
         raise ValueError(f"{source!r} is not a causal language model (model_type {model_type!r}); "
                          "speculative decoding needs a decoder-only LM")
     kwargs: dict[str, Any] = {"trust_remote_code": False, "dtype": dtype}
@@ -193,6 +193,16 @@ def load_causal_lm(source: str, device: torch.device, dtype: torch.dtype, *, dev
         model = model.to(device)
     model.eval().requires_grad_(False)
     return model
+
+
+def is_decoder_only(config) -> bool:
+    """Encoder families (BERT, RoBERTa ...) also map to AutoModelForCausalLM; their saved architectures
+    (or `is_decoder`) tell them apart."""
+    if getattr(config, "is_encoder_decoder", False):
+        return False
+    archs = getattr(config, "architectures", None) or []
+    generative = any("CausalLM" in a or "LMHead" in a or "ConditionalGeneration" in a for a in archs)
+    return generative or bool(getattr(config, "is_decoder", False)) or not archs
 
 
 def first_line(exc: BaseException) -> str:
@@ -311,15 +321,29 @@ def _hub_parts(source: str, device: torch.device, dtype: torch.dtype, device_map
     return {"model": model, "tokenizer": load_tokenizer(source)}, param_bytes(model)
 
 
+def compiled(model: nn.Module | None, backend: str) -> nn.Module | None:
+    """A shallow twin whose forward is compiled (dynamic shapes: the KV cache grows every step); the
+    cached original and its parameters stay as they are, and per-layer access still works."""
+    import copy
+
+    if model is None:
+        return None
+    twin = copy.copy(model)
+    twin.forward = torch.compile(model.forward, backend=backend, dynamic=True)
+    return twin
+
+
 def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | torch.device | None = None,
               dtype: str | torch.dtype | None = None, *, target_depth: int | None = None,
-              device_map: str | None = None, cache: ModelCache | None = CACHE) -> ModelPair:
+              device_map: str | None = None, compile: str | None = None,
+              cache: ModelCache | None = CACHE) -> ModelPair:
     """Load (or fetch from the cache) a target and its drafter.
 
     `target="embedded"` gives the shipped pair with its Kangaroo adapter, sorted drafter and
     VocabTrim ranking in `extras`; its drafter is the default. `target_depth` cuts the target to its
     first layers (S2D's nested targets; the embedded target was trained with an exit at 8).
-    `device_map="auto"` lets accelerate shard a large target over several GPUs.
+    `device_map="auto"` lets accelerate shard a large target over several GPUs. `compile` names a
+    `torch.compile` backend ("inductor" on GPUs) for the plain forwards of target and drafter.
     """
     from .layers import nested_model
 
@@ -350,9 +374,8 @@ def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | to
             raise ValueError("the embedded drafter only fits the embedded target (its tokenizer is our own)")
 
     if draft_model is None and draft_name is not None:
-        got = store.get((draft_name, str(dev), str(dt), None), lambda: _hub_parts(draft_name, dev, dt, None))
-        check_tokenizers_match(tokenizer, got["tokenizer"], target_name, draft_name)
-        draft_model = got["model"]
+        check_tokenizers_match(tokenizer, load_tokenizer(draft_name), target_name, draft_name)  # before any weights
+        draft_model = store.get((draft_name, str(dev), str(dt), None), lambda: _hub_parts(draft_name, dev, dt, None))["model"]
     if target_depth is not None:
         depth = len(anatomy(target_model).layers)
         if not isinstance(target_depth, int) or not 1 <= target_depth <= depth:
@@ -360,5 +383,7 @@ def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | to
         if target_depth < depth:
             target_model = nested_model(target_model, target_depth)
             target_name = f"{target_name}[:{target_depth}]"
+    if compile:
+        target_model, draft_model = compiled(target_model, compile), compiled(draft_model, compile)
     return ModelPair(target=target_model, tokenizer=tokenizer, draft=draft_model, target_name=target_name,
                      draft_name=draft_name, device=dev, dtype=dt, extras=extras)

@@ -7,11 +7,13 @@ Chrome trace for Perfetto), so a saved run can be viewed again anywhere.
 from __future__ import annotations
 
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable
 
 SCHEMA_VERSION = 1
+MAX_TRACE_BYTES = 20_000_000  # uploaded trace files larger than this are refused unread
 
 # Kinds of event. Every generated token is produced by exactly one event of a TOKEN_KINDS kind.
 EVENT_KINDS = (
@@ -134,6 +136,15 @@ class Trace:
             raise ValueError(f"not a specviz trace: invalid JSON ({exc})") from None
         return cls.from_dict(d)
 
+    @classmethod
+    def read(cls, path: str | os.PathLike, max_bytes: int = MAX_TRACE_BYTES) -> "Trace":
+        """A trace file from a user (upload): size-capped before it is read, then schema-checked."""
+        size = os.path.getsize(path)
+        if size > max_bytes:
+            raise ValueError(f"trace file is {size / 1e6:.1f} MB; the limit is {max_bytes / 1e6:.0f} MB")
+        with open(path, "rb") as f:
+            return cls.from_json(f.read())
+
     def to_frame(self):
         """One row per event; `info` stays a dict column."""
         import pandas as pd
@@ -165,7 +176,7 @@ class Trace:
 class Recorder:
     """Collects a run's events with timestamps relative to its start.
 
-    On CUDA, `now()` synchronizes first so that a span covers the kernels it launched; that is
+    On CUDA and MPS, `now()` synchronizes first so that a span covers the kernels it launched; that is
     the price of exact per-step times, and `sync=False` turns it off for throughput runs.
     With `enabled=False` nothing is stored (used to measure the recording overhead itself).
     """
@@ -173,17 +184,18 @@ class Recorder:
     def __init__(self, device: Any = "cpu", *, enabled: bool = True, sync: bool = True):
         self.enabled = enabled
         self.events: list[Event] = []
-        self._cuda = enabled and sync and str(device).startswith("cuda")
+        kind = str(device).split(":")[0]
+        self._sync = kind if enabled and sync and kind in ("cuda", "mps") else None
         self.started_at = time.time()
         self._t_start = time.perf_counter()
 
     def now(self) -> float:
         if not self.enabled:
             return 0.0
-        if self._cuda:
+        if self._sync is not None:
             import torch
 
-            torch.cuda.synchronize()
+            torch.cuda.synchronize() if self._sync == "cuda" else torch.mps.synchronize()
         return time.perf_counter() - self._t_start
 
     def add(self, kind: str, **fields: Any) -> None:

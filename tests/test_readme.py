@@ -1,0 +1,133 @@
+"""The shipping surface stays true: README commands = CI's, the Space front matter parses, the Dockerfile
+follows the rules we care about, and its CMD really starts the app and serves a page."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+DOCKERFILE = (ROOT / "Dockerfile").read_text()
+
+
+def readme_commands() -> list[str]:
+    block = re.search(r"```bash\n(.*?)```", README, re.S)
+    assert block, "README has no bash block"
+    return [line.strip() for line in block.group(1).splitlines() if line.strip()]
+
+
+def front_matter() -> dict:
+    match = re.match(r"---\n(.*?)\n---\n", README, re.S)
+    assert match, "README must start with the Space front matter"
+    return yaml.safe_load(match.group(1))
+
+
+def test_readme_opens_with_the_two_commands():
+    body = README.split("\n---\n", 1)[1]
+    first_block = body.index("```bash")
+    assert body[:first_block].count("\n") < 5, "the commands must come first, right after the title"
+    start, test = readme_commands()[:2]
+    assert start == "pip install -r requirements.txt && python app.py"
+    assert test.startswith("pip install -r requirements-dev.txt && ") and "pytest" in test
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text().splitlines()
+    commands = [line.strip() for line in ci if line.strip() and not line.lstrip().startswith("#")]
+    assert commands[-1] == readme_commands()[1]
+
+
+def test_space_front_matter_parses():
+    meta = front_matter()
+    assert meta["sdk"] == "gradio" and meta["app_file"] == "app.py"
+    assert (ROOT / meta["app_file"]).exists()
+    assert re.fullmatch(r"3\.\d+", str(meta["python_version"]))
+    assert 0 < len(meta["short_description"]) <= 60  # the hub's limit
+    import gradio
+
+    assert str(meta["sdk_version"]).split(".")[0] == gradio.__version__.split(".")[0]
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE)
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            word, _, rest = line.partition(" ")
+            out.append((word.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_lint_rules():
+    """The hadolint rules that matter here (hadolint itself is not installable from our registries)."""
+    ins = dockerfile_instructions()
+    words = [w for w, _ in ins]
+    base = dict(ins)["FROM"]
+    assert ":" in base and not base.endswith(":latest"), "DL3006/DL3007: pin the base image tag"
+    assert "slim" in base
+    users = [rest for w, rest in ins if w == "USER"]
+    assert users and users[-1] not in ("root", "0"), "DL3002: the last USER must not be root"
+    assert any("--uid 1000" in rest for w, rest in ins if w == "RUN"), "Spaces run as uid 1000"
+    for w, rest in ins:
+        if w == "RUN" and "pip install" in rest:
+            assert "--no-cache-dir" in rest, "DL3042: pip install --no-cache-dir"
+        if w == "RUN" and "apt-get install" in rest:
+            assert "--no-install-recommends" in rest, "DL3015"
+        assert not re.search(r"(TOKEN|SECRET|PASSWORD|API_KEY)\s*=", rest, re.I), "no secrets baked in"
+    copies = [i for i, w in enumerate(words) if w == "COPY"]
+    pip = next(i for i, (w, rest) in enumerate(ins) if w == "RUN" and "pip install" in rest)
+    assert "requirements.txt" in ins[copies[0]][1] and copies[0] < pip < copies[1], "requirements layer cached first"
+    assert "HEALTHCHECK" in words and "EXPOSE" in words
+    json.loads(dict(ins)["CMD"])  # DL3025: JSON form
+
+
+def docker_cmd() -> list[str]:
+    return json.loads(dict(dockerfile_instructions())["CMD"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_docker_cmd_is_the_readme_command_and_serves_a_page():
+    cmd = docker_cmd()
+    start = readme_commands()[0].split("&&")[-1].split()
+    assert cmd[: len(start)] == start, f"Docker CMD {cmd} does not start with the README's {start}"
+    assert cmd[cmd.index("--host") + 1] == "0.0.0.0" and cmd[cmd.index("--port") + 1] == "7860"
+    port = free_port()
+    args = [sys.executable if a == "python" else a for a in cmd]
+    args[args.index("--port") + 1] = str(port)  # 7860 may be taken on a shared machine
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"app exited with {proc.returncode}: {proc.stdout.read()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=2) as response:
+                    page = response.read().decode()
+                    assert response.status == 200 and "gradio" in page.lower()
+                    return
+            except OSError:
+                time.sleep(0.5)
+        pytest.fail("the app did not serve a page within 90 s")
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
