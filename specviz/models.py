@@ -23,7 +23,15 @@ EMBEDDED_DIR = Path(os.environ.get("SPECVIZ_EMBEDDED_DIR") or Path(__file__).res
 ALLOWLIST_ENV = "SPECVIZ_ALLOWED_MODELS"  # comma-separated ids/paths a public deployment may load
 CACHE_MODELS_ENV = "SPECVIZ_CACHE_MODELS"  # most models held at once (default 4)
 CACHE_BYTES_ENV = "SPECVIZ_CACHE_GB"  # most parameter memory held, GiB (default 8)
+NESTED = re.compile(r"^(.+)\[:(\d{1,3})\]$")  # "embedded[:8]": the first 8 layers as a target of their own
 HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+# Real public pairs (same tokenizer within each family) for GPU or CPU Spaces; need the network.
+CURATED_PAIRS: tuple[tuple[str, str, str], ...] = (
+    ("Qwen/Qwen2.5-1.5B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct", "CPU Space or any GPU"),
+    ("Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-0.5B-Instruct", "GPU (ZeroGPU)"),
+    ("HuggingFaceTB/SmolLM2-1.7B-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct", "CPU Space or any GPU"),
+    ("HuggingFaceTB/SmolLM2-1.7B-Instruct", "HuggingFaceTB/SmolLM2-360M-Instruct", "CPU Space or any GPU"),
+)
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -340,13 +348,18 @@ def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | to
     """Load (or fetch from the cache) a target and its drafter.
 
     `target="embedded"` gives the shipped pair with its Kangaroo adapter, sorted drafter and
-    VocabTrim ranking in `extras`; its drafter is the default. `target_depth` cuts the target to its
-    first layers (S2D's nested targets; the embedded target was trained with an exit at 8).
+    VocabTrim ranking in `extras`; its drafter is the default. `target_depth` (or a name like
+    "embedded[:8]") cuts the target to its first layers (S2D's nested targets; the embedded target was
+    trained with an exit at 8).
     `device_map="auto"` lets accelerate shard a large target over several GPUs. `compile` names a
     `torch.compile` backend ("inductor" on GPUs) for the plain forwards of target and drafter.
     """
     from .layers import nested_model
 
+    if isinstance(target, str) and (nested := NESTED.match(target.strip())):
+        if target_depth is not None:
+            raise ValueError("give the nested depth once: either 'name[:depth]' or target_depth")
+        target, target_depth = nested.group(1), int(nested.group(2))
     target = check_source(target, "target")
     if draft is not None and not (isinstance(draft, str) and draft.strip() == ""):
         draft = check_source(draft, "draft")

@@ -139,6 +139,7 @@ def test_embedded_pair_ships_everything(embedded_pair):
     assert draft_params < target_params / 3
     nested = load_pair("embedded", target_depth=pair.extras["target_meta"]["nested_targets"][0], device="cpu")
     assert nested.target_name.startswith("embedded[:") and nested.target_layers < pair.target_layers
+    assert load_pair(f"embedded[:{nested.target_layers}]", device="cpu").target_layers == nested.target_layers
     with pytest.raises(ValueError, match="target_depth must be between"):
         load_pair("embedded", target_depth=99, device="cpu")
 

@@ -107,14 +107,30 @@ def next_gamma(gamma: int, accepted: int, drafted: int, schedule: str, limit: in
     return min(limit, gamma + 2) if accepted == drafted else max(1, gamma - 1)
 
 
+def prefill_both(ctx: RunContext, target: Decoder, drafter, source: str) -> None:
+    """Prompt (all but its last token, which the first round feeds) into target and drafter caches."""
+    rec, head = ctx.rec, ctx.prompt_ids[:, :-1]
+    t0 = rec.now()
+    if head.shape[1]:
+        target.feed(head)
+    t1 = rec.now()
+    rec.add("prefill", source="target", t0=t0, t1=t1, info={"tokens": head.shape[1]})
+    drafter.prefill(head)
+    rec.add("prefill", source=source, t0=t1, t1=rec.now(), info={"tokens": head.shape[1]})
+
+
+GAMMA_SCHEDULE = Param("gamma_schedule", str, "constant", choices=("constant", "heuristic"),
+                       help="constant gamma, or +2 after a round with every draft accepted and -1 otherwise "
+                            "(transformers' 'heuristic' schedule)")
+
+
 class DraftModel(Method):
     name = "draft_model"
     title = "Speculative decoding (separate drafter)"
     needs_draft = True
     PARAMS = (
         GAMMA,
-        Param("gamma_schedule", str, "constant", choices=("constant", "heuristic"),
-              help="constant gamma, or +2 after a round with every draft accepted and -1 otherwise"),
+        GAMMA_SCHEDULE,
         Param("vocab_trim", int, 0, 0, 1_000_000,
               help="VocabTrim: keep only the K most frequent target tokens in the drafter's LM head (0 = off)"),
     )
@@ -134,14 +150,7 @@ class DraftModel(Method):
         target = ctx.decoder(ctx.pair.target)
         drafter = self.make_drafter(ctx)
         seq = ctx.prompt_ids
-        head = seq[:, :-1]
-        t0 = rec.now()
-        if head.shape[1]:
-            target.feed(head)
-        t1 = rec.now()
-        rec.add("prefill", source="target", t0=t0, t1=t1, info={"tokens": head.shape[1]})
-        drafter.prefill(head)
-        rec.add("prefill", source=drafter.source, t0=t1, t1=rec.now(), info={"tokens": head.shape[1]})
+        prefill_both(ctx, target, drafter, drafter.source)
         step = 0
         while not out.done:
             ctx.check_cancel()

@@ -10,6 +10,7 @@ import torch
 from transformers import GenerationConfig
 
 from .base import GAMMA, Method, Param, RunContext
+from .draft_model import GAMMA_SCHEDULE
 
 
 class HFAssisted(Method):
@@ -18,8 +19,7 @@ class HFAssisted(Method):
     needs_draft = True
     PARAMS = (
         GAMMA,
-        Param("gamma_schedule", str, "constant", choices=("constant", "heuristic"),
-              help="transformers' num_assistant_tokens_schedule"),
+        GAMMA_SCHEDULE,
         Param("confidence_threshold", float, 0.0, 0.0, 1.0,
               help="assistant_confidence_threshold (transformers' default 0.4; 0 = off, a fixed gamma)"),
     )

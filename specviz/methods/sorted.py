@@ -17,7 +17,7 @@ import torch
 from ..engine import Decoder
 from ..layers import LayerStack
 from .base import GAMMA, Method, Param, RunContext
-from .draft_model import commit, verify_block
+from .draft_model import commit, prefill_both, verify_block
 
 
 class SortedDrafter:
@@ -88,14 +88,7 @@ class Sorted(Method):
         drafter = SortedDrafter(ctx, model, ctx.params["theta"], ctx.params["sub_model"])
         target: Decoder = ctx.decoder(ctx.pair.target)
         seq = ctx.prompt_ids
-        head = seq[:, :-1]
-        t0 = rec.now()
-        if head.shape[1]:
-            target.feed(head)
-        t1 = rec.now()
-        rec.add("prefill", source="target", t0=t0, t1=t1, info={"tokens": head.shape[1]})
-        drafter.prefill(head)
-        rec.add("prefill", source="sorted", t0=t1, t1=rec.now(), info={"tokens": head.shape[1]})
+        prefill_both(ctx, target, drafter, "sorted")
         step = 0
         while not out.done:
             ctx.check_cancel()
