@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from .engine import Output, context_limit, eos_ids
+from .models import weights_read_per_token
 from .methods import METHODS
 from .methods.base import Cancelled, RunContext, validate_params
 from .trace import Recorder, RowResult, Trace, fill_token_text
@@ -96,4 +97,4 @@ def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, 
     return Trace(method=name, params=values, rows=[row], events=rec.events, target_name=pair.target_name,
                  draft_name=pair.draft_name if cls.needs_draft else None, device=str(device),
                  dtype=str(pair.dtype).replace("torch.", ""), wall_time=wall, started_at=rec.started_at,
-                 meta={"vocab": ctx.vocab, **ctx.meta})
+                 meta={"vocab": ctx.vocab, "target_params": weights_read_per_token(pair.target), **ctx.meta})

@@ -150,9 +150,15 @@ def compare(trace: Trace, baseline: Trace) -> dict:
         "theoretical_speedup": theoretical,
         "efficiency": speedup / theoretical if speedup and theoretical else None,
         "modeled_speedup": s.tau / (gamma * c + v) if c is not None and v is not None and gamma else None,
+        "mbsu": (mbsu(s.tau, gamma, trace.meta["draft_params"], trace.meta["target_params"])
+                 if gamma and s.tau and trace.meta.get("draft_params") and trace.meta.get("target_params") else None),
     }
 
 
 def mbsu(tau: float, gamma: float, draft_params: int, target_params: int) -> float:
-    """VocabTrim's memory-bound speed-up: tau / (c_params * gamma + 1)."""
+    """VocabTrim's memory-bound speed-up, MBSU = tau / (gamma * c_mem + 1) with c_mem = drafter weights
+    read per step / target weights read per step: the speedup when every forward costs the bytes it
+    reads (the GPU serving regime), whatever this CPU measures. Here tau counts tokens per round
+    (bonus included), gamma the mean drafts per round, and weights exclude input-embedding tables
+    (a lookup reads one row) - see specviz.models.weights_read_per_token."""
     return tau / (draft_params / target_params * gamma + 1)

@@ -144,6 +144,16 @@ def param_bytes(model: nn.Module | None) -> int:
     return total
 
 
+def weights_read_per_token(model: nn.Module) -> int:
+    """Parameters a forward reads for one token: all of them except the input embedding table (a
+    lookup reads one row), unless it is tied to the LM head. The memory-bound cost model of MBSU."""
+    total = sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+    embed = model.get_input_embeddings().weight
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight.data_ptr() == embed.data_ptr()
+    return total if tied else total - embed.numel()
+
+
 # ----------------------------------------------------------------------------- what may be loaded
 def allowlist() -> set[str] | None:
     """Ids/paths a public deployment allows (None: no allowlist; everything local or on the hub)."""

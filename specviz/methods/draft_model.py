@@ -21,8 +21,11 @@ class Drafter:
     source = "draft"
 
     def __init__(self, ctx: RunContext, model: torch.nn.Module):
+        from ..models import weights_read_per_token
+
         self.ctx = ctx
         self.decoder = ctx.decoder(model)
+        ctx.meta["draft_params"] = weights_read_per_token(model)  # MBSU's cost model
 
     def prefill(self, ids: torch.Tensor) -> None:
         if ids.shape[1]:

@@ -84,6 +84,7 @@ class Kangaroo(Method):
             raise ValueError(f"the adapter was trained on layer {l}, not below this target's {stack.depth} layers")
         draft = SelfDraftState(adapter, stack)
         head = self.draft_head(ctx, stack)
+        ctx.meta["draft_params"] = self.draft_params(ctx, stack, adapter, l)
         source = f"target[:{l}]+adapter" + (f"[vocab {ctx.params['vocab_trim']}]" if ctx.params["vocab_trim"] else "")
 
         seq = ctx.prompt_ids
@@ -151,6 +152,14 @@ class Kangaroo(Method):
             if keep > start:
                 draft.pending = draft.pending + [block[:, start - (length - 1) : keep - (length - 1)]]
             step += 1
+
+    @staticmethod
+    def draft_params(ctx: RunContext, stack: LayerStack, adapter: KangarooAdapter, l: int) -> int:
+        """Weights one draft step reads: the first l layers, the adapter, the final norm and the (trimmed) head."""
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        head_rows = ctx.params["vocab_trim"] or stack.head.weight.shape[0]
+        return (sum(count(layer) for layer in stack.layers[:l]) + count(adapter) + count(stack.norm)
+                + head_rows * stack.head.weight.shape[1])
 
     def draft_head(self, ctx: RunContext, stack: LayerStack):
         """Adapted state (1, d) -> draft logits (1, V): the target's norm and head, or VocabTrim's

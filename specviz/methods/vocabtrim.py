@@ -63,6 +63,8 @@ class TrimmedDrafter(Drafter):
         self.source = f"draft[vocab {k}]"
         idx = kept_ids(ctx.pair, k, ctx.vocab, ctx.prompt_ids.device)
         self.head = TrimmedHead(model.get_output_embeddings(), idx, ctx.vocab)
+        full = model.get_output_embeddings().weight.numel()
+        ctx.meta["draft_params"] += self.head.num_parameters() - full  # only K rows of the head are read
         self.base = model.base_model  # the decoder stack, final norm included
 
     @torch.inference_mode()
