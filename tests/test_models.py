@@ -162,3 +162,23 @@ def test_compiled_forwards_give_the_same_tokens(tiny_tokenizer, tmp_path):
     assert fast.target.forward is not plain.target.forward
     assert run("draft_model", fast, "def f(x):", max_new_tokens=8).output_ids == \
         run("draft_model", plain, "def f(x):", max_new_tokens=8).output_ids
+
+
+def test_gpu_choices_without_a_gpu(monkeypatch):
+    """The CUDA path's decisions, exercised on CPU by faking what torch reports."""
+    from specviz.trace import Recorder
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device(None) == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert resolve_dtype(None, torch.device("cuda")) == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    assert resolve_dtype("auto", torch.device("cuda")) == torch.float16
+    assert resolve_dtype(None, torch.device("mps")) == torch.float16
+    synced: list[int] = []
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a: synced.append(1))
+    rec = Recorder("cuda:0")
+    rec.now()
+    Recorder("cuda", sync=False).now()
+    Recorder("cpu").now()
+    assert synced == [1], "only a synchronizing CUDA recorder waits for the GPU"
