@@ -98,3 +98,60 @@ def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, 
                  draft_name=pair.draft_name if cls.needs_draft else None, device=str(device),
                  dtype=str(pair.dtype).replace("torch.", ""), wall_time=wall, started_at=rec.started_at,
                  meta={"vocab": ctx.vocab, "target_params": weights_read_per_token(pair.target), **ctx.meta})
+
+
+MAX_BATCH_PROMPTS = 256
+
+
+def run_batch(name: str, pair, prompts: list[str], *, cancel: threading.Event | None = None, record: bool = True,
+              recorder: Recorder | None = None, max_prompt_tokens: int = MAX_PROMPT_TOKENS, **params: Any) -> Trace:
+    """Run a batch method over several prompts: ONE Trace with one row per prompt (input order);
+    every event carries its `row`. Same validation as `run`, per prompt."""
+    cls = method_class(name)
+    if not cls.batch:
+        raise ValueError(f"{name} is not a batch method: use specviz.run for one prompt "
+                         f"(batch methods: {', '.join(n for n, c in METHODS.items() if c.batch)})")
+    if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
+        raise ValueError("prompts must be a non-empty list of strings")
+    if len(prompts) > MAX_BATCH_PROMPTS:
+        raise ValueError(f"{len(prompts)} prompts; the limit is {MAX_BATCH_PROMPTS}")
+    values = validate_params(cls, params)
+    method = cls()
+    method.check_pair(pair)
+    ids = []
+    for i, prompt in enumerate(prompts):
+        try:
+            ids.append(encode_prompt(pair, prompt, max_prompt_tokens))
+        except ValueError as exc:
+            raise ValueError(f"prompt {i + 1}: {exc}") from None
+    device = pair.target.device
+    rec = recorder if recorder is not None else Recorder(device, enabled=record)
+    generator = torch.Generator(device="cpu").manual_seed(values["seed"])
+    ctx = RunContext(pair=pair, prompt_ids=torch.tensor([ids[0]], device=device), params=values,
+                     sampling=Sampling(values["temperature"], values["top_k"], values["top_p"]),
+                     generator=generator, rec=rec, out=Output(values["max_new_tokens"], set(), 1 << 20),
+                     vocab=common_vocab(pair), cancel=cancel, batch_prompts=ids)
+    start = time.perf_counter()
+    cancelled = False
+    try:
+        method.generate(ctx)
+    except Cancelled:
+        cancelled = True
+    synchronize(device)
+    wall = time.perf_counter() - start
+    outputs = ctx.outputs or []
+    rows = []
+    for i, prompt in enumerate(prompts):
+        out_ids = list(outputs[i].ids) if i < len(outputs) else []
+        reason = outputs[i].finish_reason if i < len(outputs) else ""
+        rows.append(RowResult(prompt=prompt, prompt_ids=ids[i], output_ids=out_ids,
+                              text=pair.tokenizer.decode(out_ids, skip_special_tokens=False),
+                              finish_reason=reason or ("cancelled" if cancelled else "")))
+    rec.events.sort(key=lambda e: e.t0)
+    fill_token_text(rec.events, pair.tokenizer)
+    new_tokens = sum(len(r.output_ids) for r in rows)
+    return Trace(method=name, params=values, rows=rows, events=rec.events, target_name=pair.target_name,
+                 draft_name=pair.draft_name if cls.needs_draft else None, device=str(device),
+                 dtype=str(pair.dtype).replace("torch.", ""), wall_time=wall, started_at=rec.started_at,
+                 meta={"vocab": ctx.vocab, "target_params": weights_read_per_token(pair.target),
+                       "throughput": new_tokens / wall if wall > 0 else 0.0, **ctx.meta})

@@ -113,7 +113,7 @@ def run_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], 
                 "category": prompt["category"],
                 **{k: stats[k] for k in ("new_tokens", "alpha", "tau", "c", "v", "alpha_iid", "theoretical_speedup",
                                           "modeled_speedup", "mean_drafts_per_round", "early_exits", "wasted_drafts",
-                                          "equal_to_autoregressive")},
+                                          "equal_to_autoregressive", "mbsu")},
                 "seconds": seconds,
                 "tokens_per_s": tps,
                 "speedup": tps / base_tps if base_tps else None,
@@ -130,11 +130,52 @@ def run_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], 
     return pd.DataFrame(rows)
 
 
+def run_batch_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], repeats: int,
+                     progress: bool = True) -> "pd.DataFrame":
+    """Batch methods over the whole prompt list: one row per method variant (medians over repeats, the
+    variants' order rotated per repeat); rows are compared with single-sequence autoregressive outputs."""
+    import pandas as pd
+    from tqdm import tqdm
+
+    from .api import run, run_batch
+
+    texts = [p["prompt"] for p in prompts]
+    base_params = {k: v for k, v in methods[0][2].items() if k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}
+    reference = [run(BASELINE, pair, t, **base_params).output_ids for t in texts]
+    for label, name, params in methods:  # warm-up
+        run_batch(name, pair, texts[:2], **{**params, "max_new_tokens": 4})
+    traces: dict[str, list] = {label: [] for label, _, _ in methods}
+    bar = tqdm(total=len(methods) * repeats, desc="bench (batch)", file=sys.stderr, disable=not progress)
+    for r in range(repeats):
+        for label, name, params in methods[r % len(methods):] + methods[: r % len(methods)]:
+            traces[label].append(run_batch(name, pair, texts, **params))
+            bar.update()
+    bar.close()
+    rows = []
+    for label, name, params in methods:
+        runs = traces[label]
+        seconds = median(t.wall_time for t in runs)
+        typical = min(runs, key=lambda t: abs(t.wall_time - seconds))
+        equal = [row.output_ids == ref for row, ref in zip(typical.rows, reference)]
+        rows.append({
+            "method": label, "prompt_id": "all", "category": "batch", "batch_size": typical.params["batch_size"],
+            "rows": len(texts), "new_tokens": typical.new_tokens, "seconds": seconds,
+            "tokens_per_s": typical.new_tokens / seconds if seconds else 0.0,
+            "realign_share": median(t.meta["realign_seconds"] / t.wall_time for t in runs if t.wall_time),
+            "realigned_rounds": typical.meta["realigned_rounds"], "rounds": typical.meta["rounds"],
+            "equal_to_autoregressive": all(equal), "share_equal_rows": sum(equal) / len(equal),
+            **{f"param_{k}": v for k, v in typical.params.items()},
+        })
+    return pd.DataFrame(rows)
+
+
 def summary(df) -> "pd.DataFrame":
     agg = {"speedup": "median", "tau": "median", "alpha": "median", "tokens_per_s": "median",
-           "equal_to_autoregressive": "mean", "c": "median", "efficiency": "median"}
-    if "recording_overhead" in df:
-        agg["recording_overhead"] = "median"
+           "equal_to_autoregressive": "mean", "c": "median", "efficiency": "median", "mbsu": "median",
+           "draft_step_ms": "median"}
+    for optional in ("recording_overhead", "realign_share", "share_equal_rows"):
+        if optional in df:
+            agg[optional] = "median"
     out = df.groupby("method", sort=False).agg({k: v for k, v in agg.items() if k in df}).rename(
         columns={"equal_to_autoregressive": "share_equal"})
     return out
@@ -189,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    import pandas as pd
+
     from .models import load_pair
 
     try:
@@ -197,12 +240,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     start = time.time()
-    df = run_matrix(pair, methods, prompts, args.repeats, progress=not args.quiet, overhead=args.overhead)
+    from .methods import METHODS
+
+    single = [m for m in methods if not METHODS[m[1]].batch]
+    batched = [m for m in methods if METHODS[m[1]].batch]
+    frames = []
+    if single or not batched:
+        frames.append(run_matrix(pair, single, prompts, args.repeats, progress=not args.quiet, overhead=args.overhead))
+    if batched:
+        frames.append(run_batch_matrix(pair, batched, prompts, args.repeats, progress=not args.quiet))
+    df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     df.to_parquet(out) if out.suffix == ".parquet" else df.to_csv(out, index=False)
     table = summary(df)
-    import pandas as pd
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(table.to_string())

@@ -20,6 +20,7 @@ from torch import nn
 
 EMBEDDED = "embedded"
 EMBEDDED_DIR = Path(os.environ.get("SPECVIZ_EMBEDDED_DIR") or Path(__file__).resolve().parent.parent / "assets" / "models")
+RANKING_FILE = "vocab_ranking.json"  # {"ranked_ids": [...]} beside a local target: VocabTrim's calibration
 ALLOWLIST_ENV = "SPECVIZ_ALLOWED_MODELS"  # comma-separated ids/paths a public deployment may load
 CACHE_MODELS_ENV = "SPECVIZ_CACHE_MODELS"  # most models held at once (default 4)
 CACHE_BYTES_ENV = "SPECVIZ_CACHE_GB"  # most parameter memory held, GiB (default 8)
@@ -393,6 +394,9 @@ def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | to
         got = store.get((target, str(dev), str(dt), device_map), lambda: _hub_parts(target, dev, dt, device_map))
         target_model, tokenizer, target_name = got["model"], got["tokenizer"], target
         draft_model, draft_name = None, draft
+        ranking = Path(target) / RANKING_FILE
+        if ranking.is_file():  # VocabTrim calibration shipped beside a local target
+            extras["vocab_ranking"] = json.loads(ranking.read_text())["ranked_ids"]
         if draft == EMBEDDED:
             raise ValueError("the embedded drafter only fits the embedded target (its tokenizer is our own)")
 

@@ -17,6 +17,7 @@ SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_ben
 def saved_pair(tiny_tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("pair")
     make_tiny_pair("llama", tiny_tokenizer, save_dir=root)
+    (root / "target" / "vocab_ranking.json").write_text(json.dumps({"ranked_ids": list(range(len(tiny_tokenizer)))}))
     return root
 
 
@@ -65,3 +66,17 @@ def test_spec_bench_questions_load():
 def test_bad_arguments_exit_non_zero_with_a_message(args, message, capsys):
     assert bench.main(args + ["--quiet"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_runs_batch_methods(saved_pair, tmp_path, capsys):
+    out = tmp_path / "b.csv"
+    code = bench.main(["--methods", "batch_autoregressive,eqspec:gamma=2,exspec", "--batch-size", "2",
+                       "--prompts", str(write_prompts(tmp_path / "p.jsonl")), "--max-new-tokens", "6", "--repeats", "1",
+                       "--out", str(out), "--target", str(saved_pair / "target"), "--draft", str(saved_pair / "draft"), "--quiet"])
+    assert code == 0
+    df = pd.read_csv(out)
+    batch = df[df.category == "batch"]
+    assert set(batch.method) == {"batch_autoregressive", "eqspec:gamma=2", "exspec"}
+    assert (batch.batch_size == 2).all() and batch.equal_to_autoregressive.all()
+    assert ((batch.realign_share >= 0) & (batch.realign_share < 1)).all()
+    assert "realign_share" in capsys.readouterr().out

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from .autoregressive import Autoregressive
 from .base import Method
+from .batch import BatchAutoregressive, EQSpec, EXSpec
 from .draft_model import DraftModel
 from .hf_assisted import HFAssisted
 from .kangaroo import Kangaroo
@@ -18,5 +19,8 @@ METHODS: dict[str, type[Method]] = {
         Kangaroo,
         Sorted,
         MirrorSD,
+        BatchAutoregressive,
+        EQSpec,
+        EXSpec,
     )
 }

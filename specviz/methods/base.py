@@ -99,6 +99,8 @@ class RunContext:
     vocab: int  # common vocabulary width of target and drafter logits
     cancel: threading.Event | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # method notes that go into Trace.meta
+    batch_prompts: list[list[int]] = field(default_factory=list)  # batch methods: every row's prompt ids
+    outputs: list[Output] = field(default_factory=list)  # batch methods: every row's output
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..engine import Decoder
+from ..engine import Decoder, Output
 from ..verify import Verdict, greedy_verdict, sampling_verdict
 from .base import GAMMA, Method, Param, RunContext
 
@@ -75,18 +75,18 @@ def verify_block(ctx: RunContext, target: Decoder, seq: torch.Tensor, drafts: to
     return verdict
 
 
-def commit(ctx: RunContext, seq: torch.Tensor, drafts: torch.Tensor, verdict: Verdict, step: int,
-           sources: list[str] | None = None) -> torch.Tensor:
-    """Emit accept / reject / correct / bonus events and push tokens; return the extended sequence."""
-    rec, out = ctx.rec, ctx.out
+def commit_tokens(ctx: RunContext, out: Output, drafts: list[int], verdict: Verdict, step: int,
+                  sources: list[str] | None = None, row: int = 0) -> list[int]:
+    """Emit accept / reject / correct / bonus events of one row and push its tokens; return them."""
+    rec = ctx.rec
     now = rec.now()
-    draft_ids = drafts.tolist()
+    draft_ids = drafts
     gamma, n = len(draft_ids), verdict.accepted
     new = []
     for depth, token_id in enumerate(draft_ids):
         src = sources[depth] if sources else "draft"
-        common = dict(step=step, token_id=token_id, p=verdict.p_draft[depth], q=verdict.q_draft[depth], depth=depth,
-                      source=src, t0=now, t1=now)
+        common = dict(step=step, row=row, token_id=token_id, p=verdict.p_draft[depth], q=verdict.q_draft[depth],
+                      depth=depth, source=src, t0=now, t1=now)
         if depth < n:
             if out.done:
                 break  # accepted past EOS / the token limit: not part of the output
@@ -97,9 +97,16 @@ def commit(ctx: RunContext, seq: torch.Tensor, drafts: torch.Tensor, verdict: Ve
             rec.add("reject", info={"cause": cause, "ratio": verdict.ratios[depth]}, **common)
     if not out.done:
         kind = "bonus" if n == gamma else "correct"
-        rec.add(kind, step=step, position=out.push(verdict.token), token_id=verdict.token, p=verdict.p_token,
+        rec.add(kind, step=step, row=row, position=out.push(verdict.token), token_id=verdict.token, p=verdict.p_token,
                 q=None, depth=n, source="target", t0=now, t1=now)
         new.append(verdict.token)
+    return new
+
+
+def commit(ctx: RunContext, seq: torch.Tensor, drafts: torch.Tensor, verdict: Verdict, step: int,
+           sources: list[str] | None = None) -> torch.Tensor:
+    """Commit one verdict of the single sequence; return the extended sequence (1, L')."""
+    new = commit_tokens(ctx, ctx.out, drafts.tolist(), verdict, step, sources)
     return torch.cat([seq, torch.tensor([new], dtype=seq.dtype, device=seq.device)], dim=1)
 
 

@@ -24,7 +24,8 @@ def ranking_for(pair) -> list[int]:
     if not ranking:
         raise ValueError(
             "vocab_trim needs a token ranking computed from the target's own outputs; the embedded pair ships one "
-            "(assets/models/vocabtrim). For another target, pass pair.extras['vocab_ranking'] = ids ranked by frequency."
+            "(assets/models/vocabtrim). For another target, put vocab_ranking.json ({'ranked_ids': [...]}) beside a local target "
+            "or pass pair.extras['vocab_ranking'] = ids ranked by frequency."
         )
     return ranking
 
