@@ -29,6 +29,15 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def target_layers(model) -> int | None:
+    from .models import anatomy
+
+    try:
+        return len(anatomy(model).layers)
+    except ValueError:
+        return None
+
+
 def method_class(name: str):
     if not isinstance(name, str) or name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
@@ -97,7 +106,8 @@ def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, 
     return Trace(method=name, params=values, rows=[row], events=rec.events, target_name=pair.target_name,
                  draft_name=pair.draft_name if cls.needs_draft else None, device=str(device),
                  dtype=str(pair.dtype).replace("torch.", ""), wall_time=wall, started_at=rec.started_at,
-                 meta={"vocab": ctx.vocab, "target_params": weights_read_per_token(pair.target), **ctx.meta})
+                 meta={"vocab": ctx.vocab, "target_params": weights_read_per_token(pair.target),
+                       "target_layers": target_layers(pair.target), **ctx.meta})
 
 
 MAX_BATCH_PROMPTS = 256

@@ -230,5 +230,7 @@ def modeled_timeline(trace, layers: int, exit_layer: int, costs: HeterogeneousCo
                       "branches": (t + serial + prefix, t + serial + prefix + branch)})
         t += serial + prefix + max(suffix, branch)
         t_sd += drafts * costs.draft_step_ms + prefix + suffix
+    t_ar = trace.new_tokens * layers * costs.target_layer_ms  # one full target pass per token
     return {"label": "modeled", "costs": costs.__dict__, "rounds": lanes, "mirror_ms": t, "speculative_ms": t_sd,
-            "modeled_speedup_over_sd": t_sd / t if t else None}
+            "autoregressive_ms": t_ar, "modeled_speedup_over_sd": t_sd / t if t else None,
+            "modeled_speedup_over_ar": t_ar / t if t else None}

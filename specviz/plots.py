@@ -1,0 +1,285 @@
+"""Plotly figures from traces and bench frames (nothing here runs a model).
+
+Every figure says whether its times are MEASURED (from the trace's clock) or MODELED (re-timed under
+stated costs). Figures stay cheap for long traces: one trace per lane or fate, never one per event.
+"""
+from __future__ import annotations
+
+import html
+from collections import Counter
+
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .metrics import acceptance_lengths, compare, per_position_acceptance
+from .trace import TOKEN_KINDS, Trace
+
+FATE_COLORS = {"accept": "#2e9d5b", "correct": "#e0662f", "bonus": "#3b6fd8", "emit": "#8a8f98",
+               "reject": "#c8374a", "draft": "#b9a5e6"}
+FATE_LABELS = {"accept": "accepted draft", "correct": "correction (target's token at a rejection)",
+               "bonus": "bonus (all drafts accepted)", "emit": "autoregressive step"}
+LANE_COLORS = {"prefill": "#c9ced6", "draft": "#b9a5e6", "verify": "#f2c14e", "early_exit": "#d1495b",
+               "branch": "#66c2a5", "realign": "#ef8a62", "schedule": "#67a9cf", "emit": "#8a8f98"}
+TEMPLATE = "plotly_white"
+
+
+def esc(text: str) -> str:
+    """Plotly hover labels render a subset of HTML: token text must not be able to inject any."""
+    return html.escape(text, quote=True).replace("\n", "\\n")
+
+
+def empty_figure(title: str, message: str = "no events in this trace") -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_layout(title=title, template=TEMPLATE, height=260, xaxis_visible=False, yaxis_visible=False)
+    return fig
+
+
+def lane_of(e) -> str:
+    """The y lane a span event sits on: who did the work."""
+    if e.kind == "draft":
+        return "draft (branch)" if "branch" in e.info else f"draft: {e.source or 'drafter'}"
+    if e.kind == "verify":
+        part = e.info.get("part")
+        return f"verify: {e.source}" if part else "verify: target"
+    if e.kind == "branch":
+        return "branches (drafter thread)"
+    if e.kind == "emit":
+        return "target step"
+    return e.kind
+
+
+def token_hover(e) -> str:
+    parts = [f"<b>{esc(e.text)}</b> ({FATE_LABELS.get(e.kind, e.kind)})", f"position {e.position}, round {e.step}"]
+    if e.depth >= 0:
+        parts.append(f"depth {e.depth}")
+    if e.p is not None:
+        parts.append(f"p = {e.p:.3f}")
+    if e.q is not None:
+        parts.append(f"q = {e.q:.3f}")
+    parts.append(f"source {esc(e.source)}")
+    if e.row:
+        parts.append(f"row {e.row}")
+    return "<br>".join(parts)
+
+
+def token_timeline(trace: Trace, row: int | None = None) -> go.Figure:
+    """Spans per lane (drafting, verification, exits, branches, realignment) and every output token at
+    the moment it was produced, coloured by fate. MEASURED wall-clock times."""
+    title = f"Token timeline - {trace.method} (MEASURED, ms since run start)"
+    events = [e for e in trace.events if row is None or e.row == row]
+    if not events:
+        return empty_figure(title)
+    fig = go.Figure()
+    spans: dict[str, list] = {}
+    for e in events:
+        if e.kind in ("prefill", "draft", "verify", "branch", "realign", "schedule", "emit") and e.t1 >= e.t0:
+            spans.setdefault(lane_of(e), []).append(e)
+    for lane, items in spans.items():
+        kind = items[0].kind
+        fig.add_trace(go.Bar(
+            y=[lane] * len(items), x=[max((e.t1 - e.t0) * 1e3, 0.02) for e in items], base=[e.t0 * 1e3 for e in items],
+            orientation="h", name=lane, marker_color=LANE_COLORS.get(kind, "#999"), opacity=0.75,
+            hovertext=[f"{esc(lane)}<br>round {e.step}<br>{(e.t1 - e.t0) * 1e3:.2f} ms"
+                       + (f"<br>{esc(str(e.info))}" if e.kind in ("realign", "schedule", "branch") else "") for e in items],
+            hoverinfo="text", showlegend=True))
+    exits = [e for e in events if e.kind == "early_exit"]
+    if exits:
+        fig.add_trace(go.Scatter(
+            x=[e.t0 * 1e3 for e in exits], y=["early exit"] * len(exits), mode="markers", name="early exit",
+            marker=dict(symbol="x", size=9, color=LANE_COLORS["early_exit"]),
+            hovertext=[f"{esc(str(e.info.get('reason', '')))}<br>confidence {e.info.get('confidence', float('nan')):.3f}"
+                       f"<br>round {e.step}" for e in exits], hoverinfo="text"))
+    for fate in ("accept", "correct", "bonus", "emit"):
+        tokens = [e for e in events if e.kind == fate]
+        if tokens:
+            fig.add_trace(go.Scatter(
+                x=[e.t1 * 1e3 for e in tokens], y=["tokens"] * len(tokens), mode="markers", name=FATE_LABELS[fate],
+                marker=dict(size=8, color=FATE_COLORS[fate], line=dict(width=0.5, color="white")),
+                hovertext=[token_hover(e) for e in tokens], hoverinfo="text"))
+    fig.update_layout(title=title, template=TEMPLATE, barmode="overlay", height=360 + 18 * len(spans),
+                      xaxis_title="time (ms, measured)", yaxis_title="", legend=dict(orientation="h", y=-0.25),
+                      margin=dict(l=10, r=10, t=50, b=10))
+    return fig
+
+
+def acceptance_histogram(trace: Trace) -> go.Figure:
+    """Tokens emitted per verification round (accepted drafts + the correction or bonus token)."""
+    title = f"Tokens per verification round - {trace.method}"
+    lengths = acceptance_lengths(trace)
+    if not lengths:
+        return empty_figure(title, "no verification rounds (autoregressive runs emit one token per step)")
+    counts = Counter(lengths)
+    xs = sorted(counts)
+    mean = sum(lengths) / len(lengths)
+    fig = go.Figure(go.Bar(x=xs, y=[counts[x] for x in xs], marker_color=FATE_COLORS["accept"],
+                           hovertemplate="%{y} rounds emitted %{x} tokens<extra></extra>"))
+    fig.add_vline(x=mean, line_dash="dash", annotation_text=f"mean tau = {mean:.2f}")
+    fig.update_layout(title=title, template=TEMPLATE, height=300, bargap=0.15,
+                      xaxis_title="tokens per round (accepted drafts + 1 correction/bonus)", yaxis_title="rounds")
+    return fig
+
+
+def position_acceptance(trace: Trace) -> go.Figure:
+    """How often the draft at depth d is accepted (given it was drafted)."""
+    title = f"Acceptance by draft position - {trace.method}"
+    rates = per_position_acceptance(trace)
+    if not rates:
+        return empty_figure(title, "no drafts in this trace")
+    drafted = Counter(e.depth for e in trace.events if e.kind == "draft" and "branch" not in e.info)
+    xs = [d + 1 for d in rates]
+    fig = go.Figure(go.Bar(x=xs, y=list(rates.values()), marker_color=FATE_COLORS["bonus"],
+                           customdata=[drafted.get(d, 0) for d in rates],
+                           hovertemplate="depth %{x}: %{y:.0%} of %{customdata} drafts accepted<extra></extra>"))
+    fig.update_layout(title=title, template=TEMPLATE, height=300, xaxis_title="draft position in the round (1 = first)",
+                      yaxis_title="acceptance rate", yaxis_range=[0, 1.05], yaxis_tickformat=".0%")
+    return fig
+
+
+def batch_timeline(trace: Trace) -> go.Figure:
+    """One lane per row: verification spans, realignments and tokens, so the ragged progress shows."""
+    title = f"Per-row timeline - {trace.method} (MEASURED)" + (" - NAIVE MODE (broken on purpose)" if trace.meta.get("naive") else "")
+    if not trace.events:
+        return empty_figure(title)
+    fig = go.Figure()
+    label = [f"row {i}" for i in range(len(trace.rows))]
+    for kind in ("verify", "realign", "schedule"):
+        items = [e for e in trace.events if e.kind == kind]
+        if items:
+            fig.add_trace(go.Bar(
+                y=[label[e.row] for e in items], x=[max((e.t1 - e.t0) * 1e3, 0.02) for e in items],
+                base=[e.t0 * 1e3 for e in items], orientation="h", name=kind, marker_color=LANE_COLORS[kind],
+                opacity=0.6 if kind == "verify" else 0.95,
+                hovertext=[f"row {e.row} round {e.step}<br>{kind} {(e.t1 - e.t0) * 1e3:.2f} ms<br>{esc(str(e.info))}" for e in items],
+                hoverinfo="text"))
+    for fate in ("accept", "correct", "bonus", "emit"):
+        tokens = [e for e in trace.events if e.kind == fate]
+        if tokens:
+            fig.add_trace(go.Scatter(x=[e.t1 * 1e3 for e in tokens], y=[label[e.row] for e in tokens], mode="markers",
+                                     name=FATE_LABELS[fate], marker=dict(size=6, color=FATE_COLORS[fate]),
+                                     hovertext=[token_hover(e) for e in tokens], hoverinfo="text"))
+    fig.update_layout(title=title, template=TEMPLATE, barmode="overlay", height=220 + 28 * len(trace.rows),
+                      xaxis_title="time (ms, measured)", legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def mirror_timelines(trace: Trace, costs=None) -> go.Figure:
+    """Mirror-SD: the measured lanes (target prefix/suffix, drafter thread) above a MODELED timeline of
+    target and drafter on separate accelerators under `costs`."""
+    from .methods.mirror import HeterogeneousCosts, modeled_timeline
+
+    if trace.method != "mirror":
+        raise ValueError(f"mirror_timelines needs a Mirror-SD trace; this one is {trace.method!r}")
+    costs = costs or HeterogeneousCosts()
+    layers = int(trace.meta.get("target_layers") or trace.meta.get("mirror", {}).get("layers") or 12)
+    modeled = modeled_timeline(trace, layers, trace.params["exit_layer"], costs)
+    cost_text = ", ".join(f"{k} {v}" for k, v in costs.__dict__.items())
+    fig = make_subplots(rows=2, cols=1, vertical_spacing=0.18, subplot_titles=(
+        "MEASURED on this machine: target layers and the drafter thread (ms)",
+        f"MODELED: target and drafter on separate accelerators (costs: {cost_text}); "
+        f"modeled speedup over speculative decoding {modeled['modeled_speedup_over_sd'] or 0:.2f}x"))
+    lanes: dict[str, list] = {}
+    for e in trace.events:
+        if e.kind in ("verify", "branch") or (e.kind == "draft" and "branch" not in e.info):
+            lanes.setdefault(lane_of(e), []).append(e)
+    for lane, items in lanes.items():
+        fig.add_trace(go.Bar(y=[lane] * len(items), x=[max((e.t1 - e.t0) * 1e3, 0.02) for e in items],
+                             base=[e.t0 * 1e3 for e in items], orientation="h", name=f"measured: {lane}",
+                             marker_color=LANE_COLORS.get(items[0].kind, "#999"), opacity=0.8), row=1, col=1)
+    for part, color in (("draft", LANE_COLORS["draft"]), ("prefix", "#f2c14e"), ("suffix", "#c99a1e"),
+                        ("branches", LANE_COLORS["branch"])):
+        spans = [r[part] for r in modeled["rounds"] if r[part][1] > r[part][0]]
+        if spans:
+            lane = "drafter (accelerator B)" if part in ("draft", "branches") else "target (accelerator A)"
+            fig.add_trace(go.Bar(y=[lane] * len(spans), x=[b - a for a, b in spans], base=[a for a, _ in spans],
+                                 orientation="h", name=f"modeled: {part}", marker_color=color, opacity=0.8), row=2, col=1)
+    fig.update_layout(template=TEMPLATE, barmode="overlay", height=620, legend=dict(orientation="h", y=-0.12),
+                      title=f"Mirror-SD timelines - measured vs modeled (hit rate {trace.meta.get('mirror', {}).get('hit_rate', 0):.0%})")
+    fig.update_xaxes(title_text="ms (measured)", row=1, col=1)
+    fig.update_xaxes(title_text="ms (MODELED)", row=2, col=1)
+    return fig
+
+
+def compare_figures(frame: pd.DataFrame) -> dict[str, go.Figure]:
+    """Per-method charts of a bench-style frame: speedup, tau, tokens/s, share equal to autoregressive."""
+    figs: dict[str, go.Figure] = {}
+    if frame is None or frame.empty:
+        return {key: empty_figure(key, "no results yet") for key in ("speedup", "tau", "tokens_per_s", "equal")}
+    methods = list(dict.fromkeys(frame["method"]))
+    specs = [("speedup", "Speedup over autoregressive (measured, same prompts)", "x autoregressive"),
+             ("tau", "Mean tokens per verification round (tau)", "tokens / round"),
+             ("tokens_per_s", "Throughput (measured)", "tokens / s")]
+    for key, title, axis in specs:
+        if key not in frame or frame[key].dropna().empty:
+            figs[key] = empty_figure(title, f"no {key} column")
+            continue
+        fig = go.Figure()
+        for m in methods:
+            values = frame.loc[frame["method"] == m, key].dropna()
+            fig.add_trace(go.Box(y=values, name=str(m), boxpoints="all", jitter=0.3, pointpos=0,
+                                 hovertemplate=f"{esc(str(m))}: %{{y:.3f}}<extra></extra>"))
+        if key == "speedup":
+            fig.add_hline(y=1.0, line_dash="dot", annotation_text="autoregressive")
+        fig.update_layout(title=title, template=TEMPLATE, height=340, yaxis_title=axis, showlegend=False)
+        figs[key] = fig
+    share = frame.groupby("method", sort=False)["equal_to_autoregressive"].mean() if "equal_to_autoregressive" in frame else None
+    if share is not None:
+        fig = go.Figure(go.Bar(x=[str(m) for m in share.index], y=share.values,
+                               marker_color=[FATE_COLORS["accept"] if v == 1 else FATE_COLORS["correct"] for v in share.values],
+                               hovertemplate="%{x}: %{y:.0%} of outputs equal<extra></extra>"))
+        fig.update_layout(title="Output equals autoregressive (share of prompts)", template=TEMPLATE, height=300,
+                          yaxis_range=[0, 1.05], yaxis_tickformat=".0%")
+        figs["equal"] = fig
+    else:
+        figs["equal"] = empty_figure("Output equals autoregressive", "no equality column")
+    return figs
+
+
+def throughput_figure(frame: pd.DataFrame) -> go.Figure:
+    """Generated tokens/s against batch size, one line per method (with the realigning share in hover)."""
+    title = "Throughput vs batch size (measured)"
+    if frame is None or frame.empty or "batch_size" not in frame:
+        return empty_figure(title, "no batch results")
+    fig = go.Figure()
+    base = frame["method"].astype(str).str.split(":").str[0]
+    for m in dict.fromkeys(base):
+        rows = frame[base == m].sort_values("batch_size")
+        share = rows["realign_share"] if "realign_share" in rows else pd.Series([None] * len(rows))
+        fig.add_trace(go.Scatter(x=rows["batch_size"], y=rows["tokens_per_s"], mode="lines+markers", name=m,
+                                 customdata=share.fillna(0).values,
+                                 hovertemplate=f"{esc(m)} batch %{{x}}: %{{y:.0f}} tok/s, realigning %{{customdata:.0%}}<extra></extra>"))
+    fig.update_layout(title=title, template=TEMPLATE, height=340, xaxis_title="batch size", yaxis_title="generated tokens / s",
+                      xaxis_type="log", xaxis_tickvals=sorted(frame["batch_size"].dropna().unique()))
+    return fig
+
+
+def stats_table(trace: Trace, baseline: Trace) -> pd.DataFrame:
+    """The run against the autoregressive run of the same prompt, as (metric, value) rows."""
+    s = compare(trace, baseline)
+
+    def fmt(value, spec="{:.3f}") -> str:
+        return "-" if value is None else spec.format(value)
+
+    rows = [
+        ("tokens/s (measured)", fmt(s["tokens_per_s"], "{:.1f}")),
+        ("autoregressive tokens/s (measured)", fmt(baseline.new_tokens / baseline.wall_time if baseline.wall_time else None, "{:.1f}")),
+        ("speedup vs autoregressive (measured)", fmt(s["speedup"], "{:.2f}x")),
+        ("alpha: accepted / drafted (measured)", fmt(s["alpha"])),
+        ("alpha fitted from tau, i.i.d. model", fmt(s["alpha_iid"])),
+        ("tau: tokens per round, bonus included", fmt(s["tau"], "{:.2f}")),
+        ("mean drafts per round", fmt(s["mean_drafts_per_round"], "{:.2f}")),
+        ("c: draft step / target step (measured)", fmt(s["c"])),
+        ("v: verify / target step (measured)", fmt(s["v"], "{:.2f}")),
+        ("theoretical speedup (Leviathan, from alpha, c)", fmt(s["theoretical_speedup"], "{:.2f}x")),
+        ("modeled speedup tau / (gamma c + v)", fmt(s["modeled_speedup"], "{:.2f}x")),
+        ("efficiency: measured / theoretical", fmt(s["efficiency"], "{:.2f}")),
+        ("early exits", str(s["early_exits"])),
+        ("wasted drafts", str(s["wasted_drafts"])),
+        ("output equals autoregressive", "yes" if s["equal_to_autoregressive"] else "NO"),
+    ]
+    return pd.DataFrame(rows, columns=["metric", "value"])
+
+
+def token_counts(trace: Trace) -> dict[str, int]:
+    return dict(Counter(e.kind for e in trace.events if e.kind in TOKEN_KINDS))
