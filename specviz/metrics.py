@@ -109,11 +109,11 @@ def summarize(trace: Trace) -> RunStats:
     )
 
 
-def acceptance_lengths(trace: Trace) -> list[int]:
-    """Accepted drafts per verification round (the acceptance-length histogram's data)."""
+def tokens_per_round(trace: Trace) -> list[int]:
+    """Tokens emitted per verification round: accepted drafts + the correction or bonus (tau's samples)."""
     counts: dict[tuple[int, int], int] = {(e.row, e.step): 0 for e in trace.events if e.kind == "verify"}
     for e in trace.events:
-        if e.kind == "accept" and (e.row, e.step) in counts:
+        if e.kind in ("accept", "correct", "bonus") and (e.row, e.step) in counts:
             counts[(e.row, e.step)] += 1
     return list(counts.values())
 

@@ -12,7 +12,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .metrics import acceptance_lengths, compare, per_position_acceptance
+from .metrics import compare, per_position_acceptance, tokens_per_round
 from .trace import TOKEN_KINDS, Trace
 
 FATE_COLORS = {"accept": "#2e9d5b", "correct": "#e0662f", "bonus": "#3b6fd8", "emit": "#8a8f98",
@@ -107,7 +107,7 @@ def token_timeline(trace: Trace, row: int | None = None) -> go.Figure:
 def acceptance_histogram(trace: Trace) -> go.Figure:
     """Tokens emitted per verification round (accepted drafts + the correction or bonus token)."""
     title = f"Tokens per verification round - {trace.method}"
-    lengths = acceptance_lengths(trace)
+    lengths = tokens_per_round(trace)
     if not lengths:
         return empty_figure(title, "no verification rounds (autoregressive runs emit one token per step)")
     counts = Counter(lengths)

@@ -64,6 +64,11 @@ class TrainConfig:
     kangaroo_exit: int = 2
     distill_steps: int = 450
     student_lr: float = 2e-3
+    # drafter refinement: the separate drafter distilled further, half the batches the target's own
+    # greedy continuations (on-policy data, as in DistillSpec), which is the text it drafts at decode time
+    refine_steps: int = 700
+    refine_lr: float = 4e-4
+    refine_prompt: int = 64  # corpus tokens before the target's continuation
     # calibration
     calibration_prompts: int = 48
     calibration_tokens: int = 96
@@ -94,6 +99,8 @@ class TrainConfig:
                 "student_ffn": 128,
                 "kangaroo_exit": 1,
                 "distill_steps": 10,
+                "refine_steps": 4,
+                "refine_prompt": 16,
                 "calibration_prompts": 4,
                 "calibration_tokens": 16,
                 "max_file_bytes": 20_000,
@@ -363,6 +370,42 @@ def distill(cfg: TrainConfig, tok, target, train_ids: np.ndarray, log):
 
 
 @torch.no_grad()
+def target_continuations(target, data: "Batches", cfg: TrainConfig) -> torch.Tensor:
+    """A batch of corpus windows whose tail is replaced by the target's own greedy continuation."""
+    prompts = data.next()[:, : cfg.refine_prompt]
+    new = cfg.seq_len + 1 - cfg.refine_prompt
+    out = target.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new, min_new_tokens=new,
+                          do_sample=False, pad_token_id=target.config.pad_token_id)
+    return out[:, : cfg.seq_len + 1]
+
+
+def refine_drafter(cfg: TrainConfig, target, drafter, train_ids: np.ndarray, log):
+    """More distillation of the separate drafter alone; odd steps on the target's greedy continuations."""
+    for p in target.parameters():
+        p.requires_grad_(False)
+    target.eval()
+    drafter.train()
+    opt = optimizer(drafter.parameters(), cfg.refine_lr)
+    data = Batches(train_ids, cfg, seed=cfg.seed + 5)
+    start = time.time()
+    for step in range(cfg.refine_steps):
+        set_lr(opt, lr_at(step, cfg.refine_steps, cfg.refine_lr))
+        batch = target_continuations(target, data, cfg) if step % 2 else data.next()
+        x = batch[:, :-1]
+        with torch.no_grad():
+            teacher_logp = F.log_softmax(target(x).logits.float(), dim=-1)
+        loss = soft_ce(drafter(x).logits, teacher_logp)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
+        opt.step()
+        if step % 25 == 0 or step == cfg.refine_steps - 1:
+            log(f"refine step {step}/{cfg.refine_steps} drafter={loss.item():.3f} "
+                f"({'target continuations' if step % 2 else 'corpus'}) {(time.time() - start) / (step + 1):.2f} s/step")
+    return drafter.eval()
+
+
+@torch.no_grad()
 def calibrate_vocab(cfg: TrainConfig, tok, target, heldout_texts: list[str], log) -> dict:
     """VocabTrim calibration: how often the target itself emits each id when it generates greedily."""
     from transformers import GenerationConfig
@@ -394,7 +437,9 @@ def calibrate_vocab(cfg: TrainConfig, tok, target, heldout_texts: list[str], log
     }
 
 
-def model_card(cfg: TrainConfig, stats: dict, params: dict, minutes: dict) -> str:
+def model_card(cfg: TrainConfig, stats: dict, params: dict, minutes: dict, refined_separately: bool = False) -> str:
+    refined_note = (f"\nThe refinement was run on the saved models by `python -m specviz.train --refine-only --out {cfg.out}`."
+                    if refined_separately else "")
     rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(stats.items()))
     sizes = "\n".join(f"| {k} | {v / 1e6:.2f} M |" for k, v in params.items())
     times = ", ".join(f"{k} {v:.1f} min" for k, v in minutes.items())
@@ -434,9 +479,39 @@ Held-out next-token loss (nats/token) and greedy agreement with the target's fin
 Training: target {cfg.target_steps} steps of {cfg.batch_size} x {cfg.seq_len} tokens, AdamW (0.9, 0.95),
 peak lr {cfg.target_lr}, cosine to 10 %; exit losses weighted {dict(zip(cfg.target_exits, cfg.exit_weights))}
 on {cfg.aux_position_share:.0%} of positions. Students: {cfg.distill_steps} steps, soft cross-entropy to the
-target's final distribution, peak lr {cfg.student_lr}.
+target's final distribution, peak lr {cfg.student_lr}. Then the separate drafter alone: {cfg.refine_steps} more steps at
+peak lr {cfg.refine_lr}, every second batch the target's own greedy continuation of {cfg.refine_prompt} corpus tokens
+(on-policy distillation, as in DistillSpec: the drafter learns the text it will draft at decode time).{refined_note}
 These are teaching models: they write Python-looking text, not correct programs.
 """
+
+
+def refine_saved(cfg: TrainConfig, tok, train_ids: np.ndarray, heldout_ids: np.ndarray, out: Path, log) -> None:
+    """The refinement phase alone, on models already saved in `out` (same tokenizer: it is retrained
+    deterministically from the same corpus and checked against the saved one)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if AutoTokenizer.from_pretrained(out / "target").get_vocab() != tok.get_vocab():
+        raise SystemExit("the retrained tokenizer differs from the saved one: run the full pipeline instead")
+    target = AutoModelForCausalLM.from_pretrained(out / "target", dtype=torch.float32)
+    drafter = AutoModelForCausalLM.from_pretrained(out / "drafter", dtype=torch.float32)
+    t = time.time()
+    drafter = refine_drafter(cfg, target, drafter, train_ids, log)
+    minutes = (time.time() - t) / 60
+    stats = evaluate({"drafter": lambda x, o: {"": drafter(x).logits}}, heldout_ids, cfg, target)
+    log(f"held-out after refinement: agree/drafter={stats['agree/drafter']} loss/drafter={stats['loss/drafter']}")
+    meta = json.loads((out / "drafter" / SPECVIZ_META).read_text())
+    save_hf(drafter, tok, out / "drafter", {**meta, "refined_steps": cfg.refine_steps})
+    record = json.loads((out / "training-stats.json").read_text())
+    record["heldout"].update({k: v for k, v in stats.items() if k.endswith("/drafter")})
+    record["minutes"]["drafter refinement"] = minutes
+    record["config"].update({k: v for k, v in asdict(cfg).items() if k.startswith("refine")})
+    (out / "training-stats.json").write_text(json.dumps(record, indent=2) + "\n")
+    saved_cfg = TrainConfig(**{**record["config"], "target_exits": tuple(record["config"]["target_exits"]),
+                               "exit_weights": tuple(record["config"]["exit_weights"])})
+    (out / "README.md").write_text(model_card(saved_cfg, record["heldout"], record["params"], record["minutes"],
+                                                refined_separately=True))
+    log(f"refined drafter saved to {out / 'drafter'}")
 
 
 def len_or(cfg: TrainConfig) -> int:
@@ -451,11 +526,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--target-steps", type=int, default=None)
     parser.add_argument("--distill-steps", type=int, default=None)
+    parser.add_argument("--refine-steps", type=int, default=None)
+    parser.add_argument("--refine-only", action="store_true",
+                        help="load the target and drafter saved in --out and run only the drafter refinement phase")
     args = parser.parse_args(argv)
     cfg = TrainConfig(out=args.out, seed=args.seed, threads=args.threads)
     if args.quick:
         cfg = cfg.quickened()
-    overrides = {k: v for k, v in {"target_steps": args.target_steps, "distill_steps": args.distill_steps}.items() if v}
+    overrides = {k: v for k, v in {"target_steps": args.target_steps, "distill_steps": args.distill_steps,
+                                   "refine_steps": args.refine_steps}.items() if v}
     if overrides:
         cfg = TrainConfig(**{**asdict(cfg), **overrides})
     if cfg.threads:
@@ -476,12 +555,18 @@ def main(argv: list[str] | None = None) -> None:
     minutes["tokenizer"] = (time.time() - t) / 60
     log(f"corpus: {len(train_texts)} train files ({len(train_ids)} tokens), {len(heldout_texts)} held out ({len(heldout_ids)} tokens)")
 
+    if args.refine_only:
+        refine_saved(cfg, tok, train_ids, heldout_ids, out, log)
+        return
     t = time.time()
     target = train_target(cfg, tok, train_ids, log)
     minutes["target"] = (time.time() - t) / 60
     t = time.time()
     drafter, sorted_drafter, adapter = distill(cfg, tok, target, train_ids, log)
     minutes["distillation"] = (time.time() - t) / 60
+    t = time.time()
+    drafter = refine_drafter(cfg, target, drafter, train_ids, log)
+    minutes["drafter refinement"] = (time.time() - t) / 60
 
     stats = evaluate(
         {

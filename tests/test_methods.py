@@ -45,7 +45,8 @@ def pairs(tiny_tokenizer):
 
 def method_params(name: str) -> list[dict]:
     return {
-        "draft_model": [{"gamma": 1}, {"gamma": 4}, {"gamma": 3, "gamma_schedule": "heuristic"}, {"gamma": 3, "vocab_trim": 100}],
+        "draft_model": [{"gamma": 1}, {"gamma": 4}, {"gamma": 3, "gamma_schedule": "heuristic"}, {"gamma": 3, "vocab_trim": 100},
+                        {"gamma": 4, "drafter_forward": "transformers"}, {"gamma": 3, "vocab_trim": 100, "drafter_forward": "transformers"}],
         "hf_assisted": [{"gamma": 3}],
         "kangaroo": [{"gamma": 4, "eta": 0.0, "exit_layer": 1}, {"gamma": 6, "eta": 0.6, "exit_layer": 1},
                      {"gamma": 3, "exit_layer": 1, "vocab_trim": 100}],

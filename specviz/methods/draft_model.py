@@ -20,11 +20,14 @@ class Drafter:
 
     source = "draft"
 
-    def __init__(self, ctx: RunContext, model: torch.nn.Module):
+    def __init__(self, ctx: RunContext, model: torch.nn.Module, lean: bool = False):
+        from ..lean import LeanDecoder, supports
         from ..models import weights_read_per_token
 
         self.ctx = ctx
-        self.decoder = ctx.decoder(model)
+        self.lean = lean and supports(model)
+        self.decoder = LeanDecoder(model, ctx.vocab) if self.lean else ctx.decoder(model)
+        ctx.meta["drafter_forward"] = "lean" if self.lean else "transformers"
         ctx.meta["draft_params"] = weights_read_per_token(model)  # MBSU's cost model
 
     def prefill(self, ids: torch.Tensor) -> None:
@@ -129,6 +132,9 @@ def prefill_both(ctx: RunContext, target: Decoder, drafter, source: str) -> None
     rec.add("prefill", source=source, t0=t1, t1=rec.now(), info={"tokens": head.shape[1]})
 
 
+DRAFTER_FORWARD = Param("drafter_forward", str, "lean", choices=("lean", "transformers"),
+                        help="the drafter's forward: specviz's lean Llama-family loop (same weights, less framework "
+                             "work per call) or transformers' model(...); other architectures always use transformers")
 GAMMA_SCHEDULE = Param("gamma_schedule", str, "constant", choices=("constant", "heuristic"),
                        help="constant gamma, or +2 after a round with every draft accepted and -1 otherwise "
                             "(transformers' 'heuristic' schedule)")
@@ -141,17 +147,19 @@ class DraftModel(Method):
     PARAMS = (
         GAMMA,
         GAMMA_SCHEDULE,
+        DRAFTER_FORWARD,
         Param("vocab_trim", int, 0, 0, 1_000_000,
               help="VocabTrim: keep only the K most frequent target tokens in the drafter's LM head (0 = off)"),
     )
 
     def make_drafter(self, ctx: RunContext) -> Drafter:
         k = ctx.params.get("vocab_trim", 0)
+        lean = ctx.params.get("drafter_forward") == "lean"
         if k:
             from .vocabtrim import TrimmedDrafter
 
-            return TrimmedDrafter(ctx, ctx.pair.draft, k)
-        return Drafter(ctx, ctx.pair.draft)
+            return TrimmedDrafter(ctx, ctx.pair.draft, k, lean=lean)
+        return Drafter(ctx, ctx.pair.draft, lean=lean)
 
     def generate(self, ctx: RunContext) -> None:
         rec, out = ctx.rec, ctx.out

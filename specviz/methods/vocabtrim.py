@@ -59,8 +59,8 @@ class TrimmedHead:
 class TrimmedDrafter(Drafter):
     """A separate drafter whose LM head keeps only the K most frequent target ids."""
 
-    def __init__(self, ctx: RunContext, model: torch.nn.Module, k: int):
-        super().__init__(ctx, model)
+    def __init__(self, ctx: RunContext, model: torch.nn.Module, k: int, lean: bool = False):
+        super().__init__(ctx, model, lean=lean)
         self.source = f"draft[vocab {k}]"
         idx = kept_ids(ctx.pair, k, ctx.vocab, ctx.prompt_ids.device)
         self.head = TrimmedHead(model.get_output_embeddings(), idx, ctx.vocab)
@@ -71,6 +71,8 @@ class TrimmedDrafter(Drafter):
     @torch.inference_mode()
     def logits(self, pending: torch.Tensor) -> torch.Tensor:
         dec = self.decoder
+        if self.lean:
+            return self.head(dec.hidden(pending)[:, -1])
         hidden = self.base(input_ids=pending, cache=dec.cache, use_cache=True).last_hidden_state  # (1, T, d)
         dec.length += pending.shape[1]
         return self.head(hidden[:, -1])  # (1, V), -inf outside the kept ids

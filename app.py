@@ -1,0 +1,35 @@
+"""specviz app: `python app.py [--host 127.0.0.1] [--port 7860] [--device cpu|cuda|mps|auto]`.
+
+Starts offline (no analytics, no hub calls for the embedded models) and warms the embedded pair up
+before serving, so the first run does not pay the model load.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default=os.environ.get("SPECVIZ_HOST", "127.0.0.1"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("SPECVIZ_PORT", "7860")))
+    parser.add_argument("--device", default=None, help="cpu, cuda, mps or auto (default: auto)")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    if args.device:
+        os.environ["SPECVIZ_DEVICE"] = args.device
+    from specviz import ui
+    from specviz.models import load_pair
+
+    load_pair("embedded", device=args.device)  # warm the cache: first request is fast, missing assets fail early
+    print(f"specviz: models ready in {time.perf_counter() - start:.1f} s; serving on http://{args.host}:{args.port}", flush=True)
+    ui.launch(args.host, args.port)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,530 @@
+"""The Gradio app over the engine's traces: Playground, Compare, Batch, Step through, Learn.
+
+Handlers validate nothing themselves: the engine boundary (`specviz.api`, `specviz.models`) raises
+ValueError with a clear message, which becomes a `gr.Error` in the page and in the API. Each run gets
+its own Recorder, RNG and caches from the engine; per-user data lives in `gr.State`, never in globals.
+Every run has a cancel flag: the Stop button, a closed page and the time limit all set it.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+import pandas as pd
+
+from . import plots, render
+from .api import run, run_batch
+from .bench import DEFAULT_PROMPTS, load_prompts, run_matrix
+from .methods import METHODS
+from .methods.base import COMMON_PARAMS, Param
+from .models import CURATED_PAIRS, EMBEDDED, load_pair
+from .trace import MAX_TRACE_BYTES, Recorder, Trace
+
+try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated function runs
+    import spaces  # type: ignore
+except ImportError:  # everywhere else the app runs unchanged
+    spaces = None
+
+log = logging.getLogger("specviz.ui")
+RUN_SECONDS = float(os.environ.get("SPECVIZ_RUN_SECONDS", "120"))  # a run past this is cancelled
+CONCURRENCY = int(os.environ.get("SPECVIZ_CONCURRENCY", "4"))
+SINGLE = [name for name, cls in METHODS.items() if not cls.batch and name != "hf_assisted"] + ["hf_assisted"]
+BATCH = [name for name, cls in METHODS.items() if cls.batch]
+COMMON = {p.name for p in COMMON_PARAMS}
+EXAMPLES = [p["prompt"] for p in load_prompts(DEFAULT_PROMPTS)]
+DOWNLOAD_DIR = Path(tempfile.gettempdir()) / "specviz-traces"
+
+
+class InFlight:
+    """How many engine runs this server is executing now: the health endpoint reports it, so an operator
+    (and the cancellation test) can see a cancelled run actually stop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def __enter__(self) -> "InFlight":
+        with self._lock:
+            self.count += 1
+        return self
+
+    def __exit__(self, *exc) -> None:
+        with self._lock:
+            self.count -= 1
+
+
+IN_FLIGHT = InFlight()
+
+
+def gpu(fn: Callable) -> Callable:
+    """@spaces.GPU where ZeroGPU exists; the function itself elsewhere."""
+    return spaces.GPU(fn) if spaces is not None else fn
+
+
+def method_params() -> dict[str, Param]:
+    """Every method-specific parameter by name (the first spec seen gives the control's range)."""
+    found: dict[str, Param] = {}
+    for cls in METHODS.values():
+        for p in cls.PARAMS:
+            found.setdefault(p.name, p)
+    return found
+
+
+PARAMS = method_params()
+
+
+def control(p: Param, visible: bool = False) -> gr.components.Component:
+    label = f"{p.name}: {p.help}" if p.help else p.name
+    if p.kind is bool:
+        return gr.Checkbox(value=bool(p.default), label=label, visible=visible)
+    if p.choices:
+        return gr.Dropdown(choices=list(p.choices), value=p.default, label=label, visible=visible)
+    if p.kind is int and p.low is not None and p.high is not None and p.high - p.low <= 64:
+        return gr.Slider(p.low, p.high, value=p.default if p.default is not None else p.low, step=1, label=label,
+                         visible=visible)
+    return gr.Number(value=p.default, label=label + (" (empty = default)" if p.optional else ""), visible=visible,
+                     precision=0 if p.kind is int else None)
+
+
+def friendly(fn: Callable) -> Callable:
+    """ValueError -> gr.Error with its message; anything else -> a short gr.Error, logged; never a crash."""
+    import functools
+    import inspect
+
+    def convert(exc: Exception) -> gr.Error:
+        if isinstance(exc, gr.Error):
+            return exc
+        if isinstance(exc, ValueError):
+            return gr.Error(str(exc))
+        if "out of memory" in str(exc).lower():
+            return gr.Error("the device ran out of memory: try a smaller model, fewer tokens or a smaller batch")
+        log.error("handler %s failed:\n%s", fn.__name__, traceback.format_exc())
+        return gr.Error(f"internal error ({type(exc).__name__}): {str(exc)[:200]}")
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def gen_wrapper(*args, **kwargs):
+            try:
+                yield from fn(*args, **kwargs)
+            except Exception as exc:  # noqa: BLE001 - the boundary of the server
+                raise convert(exc) from None
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001
+            raise convert(exc) from None
+    return wrapper
+
+
+def get_pair(target: str, draft: str | None):
+    target = (target or EMBEDDED).strip() or EMBEDDED
+    draft = (draft or "").strip() or None
+    return load_pair(target, draft, device=os.environ.get("SPECVIZ_DEVICE") or None)
+
+
+def collect_params(method: str, common: dict[str, Any], specific: dict[str, Any]) -> dict[str, Any]:
+    """Only the parameters this method has (the engine validates their values)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    names = {p.name for p in METHODS[method].PARAMS}
+    params = {k: v for k, v in common.items() if k in COMMON}
+    params.update({k: v for k, v in specific.items() if k in names and v is not None and v != ""})
+    return params
+
+
+def parse_params(params_json: str | dict | None) -> dict[str, Any]:
+    if isinstance(params_json, dict):
+        return params_json
+    if not params_json or not str(params_json).strip():
+        return {}
+    try:
+        value = json.loads(params_json)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"params must be a JSON object, e.g. {{\"gamma\": 4}}: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError("params must be a JSON object, e.g. {\"gamma\": 4}")
+    return value
+
+
+def with_deadline(cancel: threading.Event) -> threading.Timer:
+    timer = threading.Timer(RUN_SECONDS, cancel.set)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
+@gpu
+def run_traced(method: str, target: str, draft: str | None, prompt: str, params: dict, recorder: Recorder | None = None,
+               cancel: threading.Event | None = None) -> Trace:
+    pair = get_pair(target, draft)
+    cancel = cancel or threading.Event()
+    timer = with_deadline(cancel)
+    try:
+        with IN_FLIGHT:
+            return run(method, pair, prompt, cancel=cancel, recorder=recorder, **params)
+    finally:
+        timer.cancel()
+
+
+def save_downloads(trace: Trace) -> list[str]:
+    """JSON, CSV and Chrome-trace files of one run, in a directory of their own."""
+    DOWNLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{trace.method}-", dir=DOWNLOAD_DIR))
+    (folder / "trace.json").write_text(trace.to_json())
+    frame = trace.to_frame()
+    frame["info"] = frame["info"].map(json.dumps)
+    frame.to_csv(folder / "trace.csv", index=False)
+    (folder / "trace.chrome.json").write_text(json.dumps(trace.to_chrome_trace()))
+    return [str(folder / name) for name in ("trace.json", "trace.csv", "trace.chrome.json")]
+
+
+def result_views(trace: Trace, baseline: Trace | None, costs: tuple[float, float, float] | None = None) -> tuple:
+    """(tokens html, timeline, histogram, per-position, stats, mirror figure) of a finished run."""
+    from .methods.mirror import HeterogeneousCosts
+
+    status = f"{trace.new_tokens} tokens in {trace.wall_time:.2f} s (measured) - finish: {trace.rows[0].finish_reason}"
+    stats = plots.stats_table(trace, baseline) if baseline is not None else pd.DataFrame(columns=["metric", "value"])
+    mirror = (plots.mirror_timelines(trace, HeterogeneousCosts(*costs) if costs else None)
+              if trace.method == "mirror" else plots.empty_figure("Mirror-SD timelines", "run mirror to see measured vs modeled lanes"))
+    return (render.trace_html(trace, status=status), plots.token_timeline(trace), plots.acceptance_histogram(trace),
+            plots.position_acceptance(trace), stats, mirror)
+
+
+# ----------------------------------------------------------------------------- handlers
+def playground_stream(prompt, target, draft, method, max_new_tokens, temperature, top_k, top_p, seed, *rest):
+    """Streams the coloured tokens while the run goes on, then draws the plots against an AR baseline."""
+    *specific_values, cost_t, cost_d, cost_c = rest
+    specific = dict(zip(PARAMS, specific_values))
+    common = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    params = collect_params(method, common, specific)
+    pair = get_pair(target, draft)  # load (or hit the cache) before the clock starts; errors surface here
+    recorder = Recorder(pair.target.device)
+    cancel = threading.Event()
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["trace"] = run_traced(method, target, draft, prompt, params, recorder=recorder, cancel=cancel)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the handler
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name="specviz-run", daemon=True)
+    worker.start()
+    skip = tuple(gr.skip() for _ in range(7))  # every output but the tokens
+    decode_cache: dict[int, str] = {}
+
+    def decode(token_id: int) -> str:
+        if token_id not in decode_cache:
+            decode_cache[token_id] = pair.tokenizer.decode([token_id], skip_special_tokens=False)
+        return decode_cache[token_id]
+
+    try:
+        shown = -1
+        while worker.is_alive():
+            worker.join(0.05)
+            events = list(recorder.events)
+            count = sum(1 for e in events if e.kind in ("accept", "correct", "bonus", "emit"))
+            if count != shown:
+                shown = count
+                yield (render.tokens_html(prompt, events, decode=decode, status=f"generating... {count} tokens"),) + skip
+        if "error" in box:
+            raise box["error"]
+        trace = box["trace"]
+        baseline_params = {k: v for k, v in params.items() if k in COMMON}
+        baseline = trace if method == "autoregressive" else run_traced("autoregressive", target, draft, prompt, baseline_params)
+        views = result_views(trace, baseline, (cost_t, cost_d, cost_c))
+        yield views + (trace.to_json(), save_downloads(trace))
+    finally:
+        cancel.set()  # Stop pressed or page closed: the engine run stops at its next round
+
+
+def playground_api(prompt: str, method: str = "draft_model", params_json: str = "{}", target: str = EMBEDDED,
+                   draft: str = "") -> tuple[str, str]:
+    """API: one run -> (generated text, trace JSON). params_json holds method and common parameters."""
+    if not isinstance(method, str) or method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+    params = parse_params(params_json)
+    if METHODS[method].batch:
+        raise ValueError(f"{method} is a batch method: use the batch endpoint")
+    trace = run_traced(method, target, draft, prompt, params)
+    return trace.text, trace.to_json()
+
+
+def compare_methods(methods, prompt_source, pasted, n_prompts, max_new_tokens, repeats, target, draft,
+                    progress=gr.Progress(track_tqdm=True)):
+    """Methods x prompts, interleaved per prompt (the bench's own loop), with a progress bar."""
+    if not methods:
+        raise ValueError("choose at least one method to compare")
+    unknown = [m for m in methods if m not in METHODS or METHODS[m].batch]
+    if unknown:
+        raise ValueError(f"not single-sequence methods: {', '.join(map(str, unknown))}")
+    if prompt_source == "pasted":
+        texts = [line for line in (pasted or "").splitlines() if line.strip()]
+        if not texts:
+            raise ValueError("paste at least one prompt (one per line)")
+        prompts = [{"id": str(i + 1), "category": "pasted", "prompt": t.replace("\\n", "\n")} for i, t in enumerate(texts[:32])]
+    else:
+        prompts = load_prompts(DEFAULT_PROMPTS)[: int(n_prompts)]
+    common = {"max_new_tokens": int(max_new_tokens)}
+    specs = [(m, m, dict(common)) for m in methods]
+    pair = get_pair(target, draft)
+    frame = gpu(run_matrix)(pair, specs, prompts, int(repeats), progress=True)
+    from .bench import summary
+
+    table = summary(frame).reset_index().round(3)
+    figs = plots.compare_figures(frame)
+    return table, figs["speedup"], figs["tau"], figs["tokens_per_s"], figs["equal"]
+
+
+def batch_compare(batch_size, n_prompts, max_new_tokens, gamma, include_naive, target, draft,
+                  progress=gr.Progress()):
+    """EQSPEC vs EXSPEC (and batched AR, and the naive mode if asked) on the same prompts."""
+    pair = get_pair(target, draft)
+    prompts = [p["prompt"] for p in load_prompts(DEFAULT_PROMPTS)[: int(n_prompts)]]
+    if not prompts:
+        raise ValueError("choose at least one prompt")
+    common = {"max_new_tokens": int(max_new_tokens), "batch_size": int(batch_size)}
+    variants = [("batch_autoregressive", {}), ("eqspec", {"gamma": int(gamma)}), ("exspec", {"gamma": int(gamma)})]
+    if include_naive:
+        variants.append(("eqspec", {"gamma": int(gamma), "realign": "naive"}))
+    sizes = sorted({1, int(batch_size)})
+    progress(0, desc="single-sequence references")
+    reference = [run("autoregressive", pair, p, max_new_tokens=int(max_new_tokens)).output_ids for p in prompts]
+    rows, equivalence, traces = [], [], {}
+    total = len(variants) * len(sizes)
+    for i, (size, (name, extra)) in enumerate((s, v) for s in sizes for v in variants):
+        progress((i + 1) / total, desc=f"{name} batch {size}")
+        trace = gpu(run_batch)(name, pair, prompts, **{**common, **extra, "batch_size": size})
+        label = name + (" (NAIVE: broken on purpose)" if extra.get("realign") == "naive" else "")
+        equal = [r.output_ids == ref for r, ref in zip(trace.rows, reference)]
+        rows.append({"method": label, "batch_size": size, "tokens_per_s": round(trace.meta["throughput"], 1),
+                     "realign_share": round(trace.meta["realign_seconds"] / trace.wall_time, 3) if trace.wall_time else 0.0,
+                     "rounds": trace.meta["rounds"], "realigned_rounds": trace.meta["realigned_rounds"],
+                     "rows_equal_to_autoregressive": f"{sum(equal)}/{len(equal)}"})
+        if size == int(batch_size):
+            traces[label] = trace
+            equivalence += [{"method": label, "row": j, "equal": "yes" if e else "NO",
+                             "text": trace.rows[j].text[:60]} for j, e in enumerate(equal)]
+    frame = pd.DataFrame(rows)
+    shown = traces.get("eqspec") or next(iter(traces.values()))
+    ex = traces.get("exspec")
+    return (frame, plots.batch_timeline(shown), plots.batch_timeline(ex) if ex else plots.empty_figure("EXSPEC"),
+            plots.throughput_figure(frame.assign(method=frame["method"].str.split(" ").str[0])), pd.DataFrame(equivalence))
+
+
+def batch_api(prompts_json: str, method: str = "eqspec", params_json: str = "{}", target: str = EMBEDDED,
+              draft: str = "") -> tuple[str, str]:
+    """API: a batch run -> (texts as a JSON list, trace JSON)."""
+    try:
+        prompts = json.loads(prompts_json) if isinstance(prompts_json, str) else prompts_json
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"prompts must be a JSON list of strings: {exc}") from None
+    pair = get_pair(target, draft)
+    cancel = threading.Event()
+    timer = with_deadline(cancel)
+    try:
+        with IN_FLIGHT:
+            trace = gpu(run_batch)(method, pair, prompts, cancel=cancel, **parse_params(params_json))
+    finally:
+        timer.cancel()
+    return json.dumps([r.text for r in trace.rows]), trace.to_json()
+
+
+def load_trace(file) -> tuple:
+    """Upload: size-capped, schema-checked, then shown like a fresh run (no baseline)."""
+    if file is None:
+        raise ValueError("choose a trace JSON file saved from specviz")
+    path = file if isinstance(file, str) else getattr(file, "name", None) or file.get("path")
+    trace = Trace.read(path, MAX_TRACE_BYTES)
+    if trace.method in METHODS and METHODS[trace.method].batch:
+        html = render.trace_html(trace, status=f"batch trace: row 0 of {len(trace.rows)} shown")
+    else:
+        html = render.trace_html(trace, status=f"loaded {trace.method} trace ({trace.new_tokens} tokens)")
+    return html, plots.token_timeline(trace), trace.to_json()
+
+
+def load_trace_api(trace_json: str) -> str:
+    """API: validate a trace JSON string; returns a one-line summary."""
+    if isinstance(trace_json, str) and len(trace_json.encode()) > MAX_TRACE_BYTES:
+        raise ValueError(f"trace is over {MAX_TRACE_BYTES / 1e6:.0f} MB")
+    trace = Trace.from_json(trace_json)
+    return f"{trace.method}: {len(trace.rows)} row(s), {trace.new_tokens} tokens, {len(trace.events)} events"
+
+
+def health() -> str:
+    """API: the server's state as JSON: runs in flight, models cached, peak resident memory."""
+    import resource
+    import sys
+
+    from .models import CACHE
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak_mb = peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+    return json.dumps({"ok": True, "runs_in_flight": IN_FLIGHT.count, "models_cached": [k[0] for k in CACHE.keys()],
+                       "peak_rss_mb": round(peak_mb, 1)})
+
+
+def step_view(trace_json: str, step: float) -> tuple:
+    if not trace_json:
+        return '<div class="sv-note">run the Playground (or load a trace) first</div>', gr.update()
+    trace = Trace.from_json(trace_json)
+    steps = render.rounds(trace)
+    if not steps:
+        return '<div class="sv-note">this trace has no rounds</div>', gr.update()
+    index = min(max(int(step), 0), len(steps) - 1)
+    return render.step_html(trace, steps[index]), gr.update(maximum=len(steps) - 1)
+
+
+def method_changed(method: str) -> list:
+    names = {p.name: p for p in METHODS[method].PARAMS} if method in METHODS else {}
+    doc = (METHODS[method].__doc__ or "").strip().split("\n")[0] if method in METHODS else ""
+    updates = [gr.update(visible=True, value=names[name].default) if name in names else gr.update(visible=False)
+               for name in PARAMS]
+    return [gr.update(value=f"**{METHODS[method].title}**. {doc}" if method in METHODS else "")] + updates + \
+        [gr.update(visible=method == "mirror")]
+
+
+# ----------------------------------------------------------------------------- layout
+LEARN = """
+### Speculative decoding in one paragraph
+A cheap **drafter** guesses the next γ tokens; the expensive **target** checks all of them in one forward
+pass. Greedy: drafts are kept while they equal the target's own choice, then the target's token is
+emitted (a *correction*, or a *bonus* when every draft passed). Sampling: each draft is kept with
+probability min(1, p/q), and a rejection resamples from norm(max(0, p − q)) — so the output follows the
+target's distribution **exactly** (Leviathan et al. 2023; Chen et al. 2023). With acceptance rate α and
+cost ratio c, the expected speedup is (1 − α^(γ+1)) / ((1 − α)(γc + 1)).
+
+| method | paper | idea | headline result (paper, their hardware) |
+| --- | --- | --- | --- |
+| `draft_model` | Leviathan et al. 2023, *Fast Inference from Transformers via Speculative Decoding* | a separate small drafter | 2–3× on T5-XXL, identical outputs |
+| `kangaroo` | Liu et al. 2024, *Kangaroo: Lossless Self-Speculative Decoding via Double Early Exiting* | the target's first layers + a small adapter draft; drafting stops when confidence < η | up to 1.68× on Spec-Bench with 88.7 % fewer extra parameters than Medusa |
+| `sorted` | Kavehzadeh et al. 2024, *S2D: Sorted Speculative Decoding* | one SoFT-trained drafter whose layer prefixes are drafters; per-token choice by confidence; serves several targets | one drafter for many targets, beating per-target drafters on average |
+| VocabTrim | Goel et al. 2025, *VocabTrim* | drafter LM head cut to the K tokens the target emits most | up to 16 % memory-bound speedup on Llama-3.2-3B |
+| `mirror` | Mirror-SD 2025, *Mirror Speculative Decoding* | an early exit of the target launches drafter branches that run in parallel with the target's remaining layers | 2.8–5.8× wall-time speedup on heterogeneous accelerators |
+| `eqspec` / `exspec` | *Batch Speculative Decoding Done Right* | realign padding, positions, masks and KV caches after every ragged round; or group same-length rows | up to 3× throughput at batch 8 on GPU, outputs equal to non-batched decoding |
+
+**What is not included here**: Mirror-SD's *speculative streaming* (a drafter emitting several tokens
+per forward through extra heads) is not implemented; specviz's Mirror-SD drafter emits one token per
+forward. Timings labelled MODELED re-time a measured trace under cost parameters you set; everything
+else is MEASURED on the machine serving this page.
+"""
+
+
+def build_demo() -> gr.Blocks:
+    with gr.Blocks(title="specviz: see speculative decoding", analytics_enabled=False) as demo:
+        gr.Markdown("# specviz\nSee speculative decoding token by token: what was drafted, what the target kept, "
+                    "and what it cost. Every method here is lossless: greedy output equals the target's own.")
+        trace_state = gr.State("")
+        with gr.Row():
+            target = gr.Textbox(value=EMBEDDED, label="target model (embedded, a local path or a Hugging Face id)", scale=2)
+            draft = gr.Textbox(value="", label="drafter (empty: the pair's own; must share the target's tokenizer)", scale=2)
+        gr.Markdown("Curated public pairs (need the network): " + "; ".join(f"`{t}` + `{d}` ({w})" for t, d, w in CURATED_PAIRS),
+                    elem_classes="sv-note")
+        with gr.Tabs():
+            with gr.Tab("Playground", id="playground"):
+                with gr.Row():
+                    with gr.Column(scale=2):
+                        prompt = gr.Textbox(value=EXAMPLES[0], lines=5, label="prompt", elem_id="prompt")
+                        gr.Examples(EXAMPLES[:8], inputs=prompt, label="example prompts")
+                        with gr.Row():
+                            run_btn = gr.Button("Run", variant="primary", elem_id="run")
+                            stop_btn = gr.Button("Stop", elem_id="stop")
+                    with gr.Column(scale=1):
+                        method = gr.Dropdown(SINGLE, value="draft_model", label="method", elem_id="method")
+                        method_doc = gr.Markdown()
+                        specific = [control(p, visible=p.name in {q.name for q in METHODS["draft_model"].PARAMS})
+                                    for p in PARAMS.values()]
+                        with gr.Accordion("sampling and length", open=False):
+                            common = [control(p, visible=True) for p in COMMON_PARAMS]
+                        with gr.Accordion("Mirror-SD modeled costs (ms)", open=False, visible=False) as mirror_box:
+                            costs = [gr.Number(0.5, label="target layer (ms)"), gr.Number(0.4, label="drafter step (ms)"),
+                                     gr.Number(0.05, label="transfer of candidates (ms)")]
+                gr.HTML(render.legend_html())
+                tokens = gr.HTML(elem_id="tokens")
+                timeline = gr.Plot(label="token timeline (measured)")
+                with gr.Row():
+                    hist = gr.Plot(label="tokens per round")
+                    pos = gr.Plot(label="acceptance by position")
+                stats = gr.Dataframe(label="against the autoregressive run of the same prompt", interactive=False)
+                mirror_plot = gr.Plot(label="Mirror-SD: measured vs MODELED")
+                files = gr.File(label="download this run's trace (JSON, CSV, Chrome trace for Perfetto)", file_count="multiple")
+            with gr.Tab("Compare", id="compare"):
+                with gr.Row():
+                    methods = gr.CheckboxGroup(SINGLE, value=["draft_model", "kangaroo"], label="methods (autoregressive is always run)")
+                    with gr.Column():
+                        source = gr.Radio(["bundled", "pasted"], value="bundled", label="prompts")
+                        n_prompts = gr.Slider(1, 16, value=3, step=1, label="bundled prompts to use")
+                        c_tokens = gr.Slider(8, 256, value=48, step=8, label="max new tokens")
+                        c_repeats = gr.Slider(1, 5, value=1, step=1, label="repeats (median)")
+                pasted = gr.Textbox(lines=3, label="pasted prompts, one per line (\\n for a newline)")
+                compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-run")
+                c_table = gr.Dataframe(label="median per method (measured)", interactive=False)
+                with gr.Row():
+                    c_speed, c_tau = gr.Plot(), gr.Plot()
+                with gr.Row():
+                    c_tps, c_equal = gr.Plot(), gr.Plot()
+            with gr.Tab("Batch", id="batch"):
+                with gr.Row():
+                    b_size = gr.Slider(1, 32, value=4, step=1, label="batch size")
+                    b_prompts = gr.Slider(1, 16, value=4, step=1, label="prompts")
+                    b_tokens = gr.Slider(4, 128, value=24, step=4, label="max new tokens")
+                    b_gamma = gr.Slider(1, 8, value=3, step=1, label="gamma")
+                    b_naive = gr.Checkbox(value=True, label="also run the NAIVE mode (broken on purpose: positions not realigned)")
+                batch_btn = gr.Button("Run batch", variant="primary", elem_id="batch-run")
+                b_table = gr.Dataframe(label="throughput, time realigning, equivalence (measured)", interactive=False)
+                b_eq_timeline = gr.Plot(label="EQSPEC rows")
+                b_ex_timeline = gr.Plot(label="EXSPEC rows")
+                b_tput = gr.Plot(label="throughput vs batch size")
+                b_rows = gr.Dataframe(label="per-row equivalence with single-sequence autoregressive", interactive=False)
+            with gr.Tab("Step through", id="step"):
+                gr.Markdown("Replay the last Playground run (or a loaded trace) one verification round at a time.")
+                step_slider = gr.Slider(0, 200, value=0, step=1, label="round", elem_id="step-slider")
+                step_html = gr.HTML(elem_id="step-html")
+                with gr.Accordion("load a saved trace", open=False):
+                    upload = gr.File(label=f"trace JSON (at most {MAX_TRACE_BYTES // 1_000_000} MB)", file_types=[".json"])
+                    load_btn = gr.Button("Load trace")
+                    loaded_html = gr.HTML()
+                    loaded_plot = gr.Plot()
+            with gr.Tab("Learn", id="learn"):
+                gr.Markdown(LEARN)
+
+        method.change(method_changed, method, [method_doc] + specific + [mirror_box], api_visibility="private")
+        demo.load(method_changed, method, [method_doc] + specific + [mirror_box], api_visibility="private")
+        run_event = run_btn.click(friendly(playground_stream), [prompt, target, draft, method] + common + specific + costs,
+                                  [tokens, timeline, hist, pos, stats, mirror_plot, trace_state, files],
+                                  api_visibility="undocumented", api_name="playground_stream")
+        stop_btn.click(None, None, None, cancels=[run_event])
+        trace_state.change(step_view, [trace_state, step_slider], [step_html, step_slider], api_visibility="private")
+        step_slider.change(friendly(step_view), [trace_state, step_slider], [step_html, step_slider], api_visibility="private")
+        compare_btn.click(friendly(compare_methods), [methods, source, pasted, n_prompts, c_tokens, c_repeats, target, draft],
+                          [c_table, c_speed, c_tau, c_tps, c_equal], api_name="compare")
+        batch_btn.click(friendly(batch_compare), [b_size, b_prompts, b_tokens, b_gamma, b_naive, target, draft],
+                        [b_table, b_eq_timeline, b_ex_timeline, b_tput, b_rows], api_name="batch")
+        load_btn.click(friendly(load_trace), upload, [loaded_html, loaded_plot, trace_state], api_visibility="private",
+                       api_name="upload_trace")
+        # plain API endpoints (gradio_client): strings in, strings out
+        api_in = [gr.Textbox(visible=False) for _ in range(5)]
+        api_out = [gr.Textbox(visible=False) for _ in range(2)]
+        gr.Button(visible=False).click(friendly(playground_api), api_in, api_out, api_name="playground")
+        gr.Button(visible=False).click(friendly(batch_api), api_in, api_out, api_name="batch_run")
+        gr.Button(visible=False).click(friendly(load_trace_api), api_in[:1], api_out[:1], api_name="load_trace")
+        gr.Button(visible=False).click(health, None, api_out[:1], api_name="health", queue=False)
+    return demo
+
+
+def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
+    demo = build_demo()
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
+    demo.launch(server_name=host, server_port=port, css=render.CSS, show_error=True, ssr_mode=False,
+                footer_links=["api"], max_file_size=f"{MAX_TRACE_BYTES // 1_000_000}mb")

@@ -1,0 +1,143 @@
+"""The real app in a real browser: Debian's chromium driven by playwright against `python app.py`.
+
+Also the XSS check (gr.HTML does not sanitize: every token must be escaped) and the named API through
+gradio_client. Screenshots of every tab go to docs/screenshots/ (README shows them)."""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from appserver import ROOT, running_app
+
+SHOTS = ROOT / "docs" / "screenshots"
+CHROMIUM = "/usr/bin/chromium"
+LOCAL = ("http://127.0.0.1", "http://localhost", "ws://127.0.0.1", "data:", "blob:", "about:")
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_app({"SPECVIZ_CONCURRENCY": "4"}) as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser, server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.errors, page.outside = [], []
+    page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: page.errors.append(str(e)))
+    page.on("request", lambda r: page.outside.append(r.url) if not r.url.startswith(LOCAL) else None)
+    page.goto(server.url)
+    page.wait_for_selector("#run", timeout=60_000)
+    yield page
+    context.close()
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+    page.wait_for_timeout(300)
+
+
+def set_number(page, label_start: str, value: str) -> None:
+    box = page.get_by_label(label_start, exact=False).first
+    box.fill(value)
+    box.press("Enter")
+
+
+def test_every_tab_in_a_real_browser(page, server):
+    timings = {"app_ready_s": round(server.ready_s, 2)}
+    # Playground on the embedded models: coloured tokens stream in, then every plot
+    t0 = time.time()
+    page.click("#run")
+    page.wait_for_selector("#tokens .sv-tok", timeout=60_000)
+    timings["first_token_s"] = round(time.time() - t0, 2)
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=120_000)
+    timings["plots_s"] = round(time.time() - t0, 2)
+    fates = page.eval_on_selector_all("#tokens .sv-tok", "els => els.map(e => e.dataset.fate)")
+    assert fates and set(fates) <= {"accept", "correct", "bonus", "emit"} and "accept" in fates
+    title = page.get_attribute("#tokens .sv-tok", "title")
+    assert "p=" in title and "round" in title and "source" in title
+    page.wait_for_selector("text=speedup vs autoregressive (measured)", timeout=30_000)
+    page.screenshot(path=str(SHOTS / "playground.png"), full_page=True)
+
+    # Step through the run just made
+    open_tab(page, "Step through")
+    slider = page.locator("#step-slider input[type=number]")
+    slider.fill("2")
+    slider.press("Enter")
+    page.wait_for_selector("#step-html h4:has-text('Round')", timeout=30_000)
+    assert "target's verdict" in page.inner_text("#step-html")
+    page.screenshot(path=str(SHOTS / "step.png"), full_page=True)
+
+    # Compare two methods
+    open_tab(page, "Compare")
+    t1 = time.time()
+    page.click("#compare-run")
+    page.wait_for_function("[...document.querySelectorAll('.js-plotly-plot')].filter(e => e.offsetParent).length >= 4",
+                           timeout=180_000)
+    timings["compare_s"] = round(time.time() - t1, 2)
+    body = page.inner_text("body")
+    assert "kangaroo" in body and "draft_model" in body
+    page.screenshot(path=str(SHOTS / "compare.png"), full_page=True)
+
+    # Batch: EQSPEC vs EXSPEC and the naive mode
+    open_tab(page, "Batch")
+    page.click("#batch-run")
+    page.wait_for_function("document.body.innerText.includes('NAIVE: broken on purpose')", timeout=180_000)
+    page.wait_for_function("[...document.querySelectorAll('.js-plotly-plot')].filter(e => e.offsetParent).length >= 3",
+                           timeout=60_000)
+    page.screenshot(path=str(SHOTS / "batch.png"), full_page=True)
+
+    open_tab(page, "Learn")
+    page.wait_for_function("document.body.innerText.includes('Double Early Exiting')", timeout=10_000)
+    page.screenshot(path=str(SHOTS / "learn.png"), full_page=True)
+    (SHOTS / "timings.json").write_text(json.dumps(timings, indent=2) + "\n")
+    print("browser timings:", timings)
+    assert not page.errors, f"console errors: {page.errors}"
+    assert not page.outside, f"requests outside this machine: {page.outside}"
+
+
+def test_script_in_a_prompt_renders_as_text(page):
+    payload = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2"> def f(x):'
+    page.fill("#prompt textarea", payload)
+    page.click("#run")
+    page.wait_for_selector("#tokens .sv-tok", timeout=60_000)
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=120_000)
+    shown = page.inner_text("#tokens .sv-prompt")
+    assert "<script>window.__xss=1</script>" in shown and 'onerror="window.__xss=2"' in shown
+    assert page.evaluate("typeof window.__xss") == "undefined"
+    assert page.locator("#tokens img").count() == 0 and page.locator("#tokens script").count() == 0
+
+
+def test_api_playground_matches_the_engine(server):
+    from gradio_client import Client
+
+    from specviz.api import run
+    from specviz.models import load_pair
+    from specviz.trace import Trace
+
+    client = Client(server.url, verbose=False)
+    params = {"max_new_tokens": 24, "gamma": 3}
+    text, trace_json = client.predict("def parse(line):\n", "draft_model", json.dumps(params), "embedded", "",
+                                      api_name="/playground")
+    trace = Trace.from_json(trace_json)
+    local = run("draft_model", load_pair("embedded"), "def parse(line):\n", **params)
+    assert trace.output_ids == local.output_ids and text == local.text
+    assert client.predict(trace_json, api_name="/load_trace").startswith("draft_model: 1 row(s)")

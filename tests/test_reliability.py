@@ -1,0 +1,194 @@
+"""Issue 8 through the running app (`python app.py`, driven with gradio_client): every bad input gets a
+clear error and the server goes on answering; 16 concurrent mixed runs each equal the same run done
+alone; a cancelled run stops; the allowlist keeps strangers from loading arbitrary models."""
+from __future__ import annotations
+
+import json
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from gradio_client import Client
+
+from appserver import running_app
+from conftest import make_tiny_pair
+from helpers import word_tokenizer
+from specviz.trace import MAX_TRACE_BYTES, Trace
+
+LONG_PROMPT = "x = 1\n" * 3000
+
+
+@pytest.fixture(scope="module")
+def app():
+    with running_app({"SPECVIZ_CONCURRENCY": "4"}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    return Client(app.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("pairs")
+    make_tiny_pair("llama", tiny_tokenizer, save_dir=root / "ok")
+    make_tiny_pair("llama", word_tokenizer(30), save_dir=root / "other")
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(root / "bert")
+    return root
+
+
+def playground(prompt="def f(x):\n", method="draft_model", params=None, target="embedded", draft=""):
+    return "/playground", (prompt, method, json.dumps(params or {}), target, draft)
+
+
+def batch(prompts=("a = 1\n", "def g():\n"), method="eqspec", params=None):
+    return "/batch_run", (json.dumps(list(prompts)), method, json.dumps(params or {}), "embedded", "")
+
+
+def trace_file(text: str):
+    return "/load_trace", (text,)
+
+
+# (what, request, the message the user must see); {saved} is the directory of locally saved tiny pairs
+BAD_INPUTS = [
+    ("empty prompt", playground(prompt=""), "prompt is empty"),
+    ("prompt over the token cap", playground(prompt=LONG_PROMPT), "the limit is 2048"),
+    ("max_new_tokens 0", playground(params={"max_new_tokens": 0}), "max_new_tokens must be >= 1"),
+    ("max_new_tokens huge", playground(params={"max_new_tokens": 10**7}), "max_new_tokens must be <= 1024"),
+    ("gamma 0", playground(params={"gamma": 0}), "gamma must be >= 1"),
+    ("gamma 17", playground(params={"gamma": 17}), "gamma must be <= 16"),
+    ("Kangaroo eta over 1", playground(method="kangaroo", params={"eta": 1.5}), "eta must be <= 1"),
+    ("S2D theta negative", playground(method="sorted", params={"theta": -0.2}), "theta must be >= 0"),
+    ("S2D sub_model 9", playground(method="sorted", params={"sub_model": 9}), "sub_model must be <="),
+    ("Kangaroo exit layer past the target", playground(method="kangaroo", params={"exit_layer": 40}), "exit_layer"),
+    ("VocabTrim K negative", playground(params={"vocab_trim": -5}), "vocab_trim must be >= 0"),
+    ("VocabTrim K over the vocabulary", playground(params={"vocab_trim": 10**6}), "exceeds"),
+    ("Mirror kappa 0", playground(method="mirror", params={"kappa": 0}), "kappa must be >= 1"),
+    ("temperature negative", playground(params={"temperature": -1}), "temperature must be >= 0"),
+    ("top_p over 1", playground(params={"top_p": 1.5}), "top_p must be <= 1"),
+    ("top_p 0", playground(params={"top_p": 0}), "top_p must be >"),
+    ("unknown parameter", playground(params={"gama": 3}), "unknown parameter"),
+    ("params not JSON", ("/playground", ("x", "draft_model", "{gamma: 4", "embedded", "")), "must be a JSON object"),
+    ("unknown method", playground(method="medusa"), "unknown method 'medusa'"),
+    ("batch method on the single endpoint", playground(method="eqspec"), "batch method"),
+    ("batch_size 0", batch(params={"batch_size": 0}), "batch_size must be >= 1"),
+    ("batch_size 33", batch(method="exspec", params={"batch_size": 33}), "batch_size must be <= 32"),
+    ("batch prompts not a list", ("/batch_run", ("[1, 2", "eqspec", "{}", "embedded", "")), "JSON list"),
+    ("batch with an empty prompt", batch(prompts=("a", "")), "prompt is empty"),
+    ("unknown model id", playground(target="nobody/no-such-model"), "could not load model"),
+    ("malformed model id", playground(target="../../etc/passwd"), "neither a local directory nor a Hugging Face id"),
+    ("drafter tokenizer mismatch", playground(target="{saved}/ok/target", draft="{saved}/other/draft"),
+     "tokenizer does not match"),
+    ("non-causal-LM model", playground(target="{saved}/bert"), "not a causal language model"),
+    ("trace file that is not JSON", trace_file("\x89PNG\r\n"), "invalid JSON"),
+    ("trace file of something else", trace_file(json.dumps({"name": "x"})), "not a specviz trace"),
+    ("trace file over the size cap", trace_file(" " * (MAX_TRACE_BYTES + 1)), "over 20 MB"),
+]
+
+
+def fill(value, saved):
+    return value.replace("{saved}", str(saved)) if isinstance(value, str) and "{saved}" in value else value
+
+
+def healthy(client: Client) -> dict:
+    state = json.loads(client.predict(api_name="/health"))
+    assert state["ok"]
+    return state
+
+
+@pytest.mark.parametrize("what,request_,message", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
+def test_bad_input_gets_a_clear_error_and_the_server_goes_on(client, saved, what, request_, message):
+    endpoint, args = request_
+    with pytest.raises(Exception, match=message):
+        client.predict(*[fill(a, saved) for a in args], api_name=endpoint)
+    healthy(client)
+
+
+def test_after_bad_inputs_a_good_run_is_still_right(client):
+    from specviz.api import run
+    from specviz.models import load_pair
+
+    text, trace_json = client.predict(*playground(params={"max_new_tokens": 24})[1], api_name="/playground")
+    local = run("draft_model", load_pair("embedded"), "def f(x):\n", max_new_tokens=24)
+    assert Trace.from_json(trace_json).output_ids == local.output_ids and text == local.text
+
+
+# methods x seeds for the load test: greedy and sampled, every single-sequence method and a batch run
+MIX = [
+    ("autoregressive", {}), ("draft_model", {"gamma": 4}), ("draft_model", {"temperature": 0.8, "seed": 1}),
+    ("draft_model", {"temperature": 0.8, "seed": 2}), ("kangaroo", {}), ("kangaroo", {"temperature": 1.0, "seed": 3}),
+    ("sorted", {}), ("sorted", {"sub_model": 2}), ("mirror", {}), ("mirror", {"temperature": 0.7, "seed": 4}),
+    ("draft_model", {"vocab_trim": 1024}), ("hf_assisted", {}), ("autoregressive", {"temperature": 0.9, "seed": 5}),
+    ("kangaroo", {"eta": 0.0}), ("draft_model", {"temperature": 1.0, "top_p": 0.9, "seed": 6}),
+]
+PROMPTS = ["def parse(line):\n", "class Queue:\n    def __init__(self):\n", "import os\n\ndef walk(root):\n"]
+
+
+def requests_for_load() -> list[tuple[str, tuple]]:
+    out = []
+    for i, (method, params) in enumerate(MIX):
+        out.append(playground(PROMPTS[i % len(PROMPTS)], method, {"max_new_tokens": 32, **params}))
+    out.append(batch(PROMPTS, "exspec", {"max_new_tokens": 24, "batch_size": 2}))
+    return out
+
+
+def test_sixteen_concurrent_mixed_runs_each_equal_the_run_alone(app, client):
+    requests = requests_for_load()
+    assert len(requests) >= 16
+    alone = [client.predict(*args, api_name=endpoint) for endpoint, args in requests]
+    start = time.time()
+    with ThreadPoolExecutor(len(requests)) as pool:  # one client per user, all at once
+        futures = [pool.submit(lambda r: Client(app.url, verbose=False).predict(*r[1], api_name=r[0]), r)
+                   for r in requests]
+        together = [f.result(timeout=600) for f in futures]
+    seconds = time.time() - start
+    for (endpoint, args), solo, crowd in zip(requests, alone, together):
+        assert crowd[0] == solo[0], f"{endpoint} {args[1]} {args[2]}: text differs under load"
+        a, b = Trace.from_json(solo[1]), Trace.from_json(crowd[1])
+        assert [r.output_ids for r in a.rows] == [r.output_ids for r in b.rows]
+        assert a.params == b.params
+    state = healthy(client)
+    assert state["runs_in_flight"] == 0
+    figures = {"concurrent_runs": len(requests), "seconds": round(seconds, 1), "failures": 0,
+               "server_peak_rss_mb": round(app.peak_rss_mb(), 1)}
+    print("load test:", figures)
+
+
+def stream_args(max_new_tokens: int) -> list:
+    from specviz.methods.base import COMMON_PARAMS
+    from specviz.ui import PARAMS
+
+    common = {p.name: p.default for p in COMMON_PARAMS} | {"max_new_tokens": max_new_tokens}
+    return (["def long_function(a, b, c):\n", "embedded", "", "draft_model"] + [common[p.name] for p in COMMON_PARAMS]
+            + [p.default for p in PARAMS.values()] + [0.5, 0.4, 0.05])
+
+
+def test_a_cancelled_run_stops_and_the_next_run_is_right(client):
+    job = client.submit(*stream_args(1024), api_name="/playground_stream")
+    deadline = time.time() + 60
+    while not job.outputs() and time.time() < deadline:  # wait until tokens stream
+        time.sleep(0.05)
+    assert job.outputs(), "no streamed output within 60 s"
+    assert healthy(client)["runs_in_flight"] >= 1
+    job.cancel()
+    deadline = time.time() + 20
+    while healthy(client)["runs_in_flight"] and time.time() < deadline:
+        time.sleep(0.1)
+    assert healthy(client)["runs_in_flight"] == 0, "the cancelled run is still generating"
+    test_after_bad_inputs_a_good_run_is_still_right(client)
+
+
+def test_allowlist_mode_refuses_other_models(saved):
+    with running_app({"SPECVIZ_ALLOWED_MODELS": "Qwen/Qwen2.5-0.5B-Instruct"}) as server:
+        client = Client(server.url, verbose=False)
+        for target in (str(saved / "ok" / "target"), "nobody/anything"):
+            with pytest.raises(Exception, match="not allowed on this server"):
+                client.predict(*playground(target=target)[1], api_name="/playground")
+        with pytest.raises(Exception, match="not allowed on this server"):
+            client.predict(*playground(draft=str(saved / "ok" / "draft"))[1], api_name="/playground")
+        text, _ = client.predict(*playground(params={"max_new_tokens": 8})[1], api_name="/playground")
+        assert text and json.loads(client.predict(api_name="/health"))["models_cached"] == ["embedded"]
