@@ -50,18 +50,25 @@ def lane_of(e) -> str:
     return e.kind
 
 
-def token_hover(e) -> str:
-    parts = [f"<b>{esc(e.text)}</b> ({FATE_LABELS.get(e.kind, e.kind)})", f"position {e.position}, round {e.step}"]
+def token_facts(e) -> list[str]:
+    """What a reader asks of one output token (plain text): fate, position, round, depth, p, q, source, row.
+    Shared by the plot hovers and the coloured tokens' titles."""
+    facts = [FATE_LABELS.get(e.kind, e.kind), f"position {e.position}", f"round {e.step}"]
     if e.depth >= 0:
-        parts.append(f"depth {e.depth}")
+        facts.append(f"depth {e.depth}")
     if e.p is not None:
-        parts.append(f"p = {e.p:.3f}")
+        facts.append(f"p={e.p:.3f}")
     if e.q is not None:
-        parts.append(f"q = {e.q:.3f}")
-    parts.append(f"source {esc(e.source)}")
+        facts.append(f"q={e.q:.3f}")
+    if e.source:
+        facts.append(f"source {e.source}")
     if e.row:
-        parts.append(f"row {e.row}")
-    return "<br>".join(parts)
+        facts.append(f"row {e.row}")
+    return facts
+
+
+def token_hover(e) -> str:
+    return f"<b>{esc(e.text)}</b><br>" + "<br>".join(esc(f) for f in token_facts(e))
 
 
 def token_timeline(trace: Trace, row: int | None = None) -> go.Figure:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import html
 from typing import Iterable
 
-from .plots import FATE_COLORS, FATE_LABELS
+from .plots import FATE_LABELS, token_facts
 from .trace import TOKEN_KINDS, Event, Trace
 
 CSS = """
@@ -35,16 +35,7 @@ def visible(text: str) -> str:
 
 
 def token_title(e: Event) -> str:
-    parts = [FATE_LABELS.get(e.kind, e.kind), f"position {e.position}", f"round {e.step}"]
-    if e.depth >= 0:
-        parts.append(f"depth {e.depth}")
-    if e.p is not None:
-        parts.append(f"p={e.p:.3f}")
-    if e.q is not None:
-        parts.append(f"q={e.q:.3f}")
-    if e.source:
-        parts.append(f"source {e.source}")
-    return esc(" | ".join(parts))
+    return esc(" | ".join(token_facts(e)))
 
 
 def token_span(e: Event, text: str | None = None) -> str:

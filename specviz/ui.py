@@ -87,9 +87,8 @@ def control(p: Param, visible: bool = False) -> gr.components.Component:
         return gr.Checkbox(value=bool(p.default), label=label, visible=visible)
     if p.choices:
         return gr.Dropdown(choices=list(p.choices), value=p.default, label=label, visible=visible)
-    if p.kind is int and p.low is not None and p.high is not None and p.high - p.low <= 64:
-        return gr.Slider(p.low, p.high, value=p.default if p.default is not None else p.low, step=1, label=label,
-                         visible=visible)
+    if p.kind is int and not p.optional and p.low is not None and p.high is not None and p.high - p.low <= 64:
+        return gr.Slider(p.low, p.high, value=p.default, step=1, label=label, visible=visible)
     return gr.Number(value=p.default, label=label + (" (empty = default)" if p.optional else ""), visible=visible,
                      precision=0 if p.kind is int else None)
 

@@ -69,3 +69,15 @@ def running_app(env: dict[str, str] | None = None, command: list[str] | None = N
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def playground_stream_args(method: str, max_new_tokens: int, prompt: str = "def long_function(a, b, c):\n") -> list:
+    """The Playground's inputs in order, each control at the value the page gives it for `method`."""
+    from specviz.methods import METHODS
+    from specviz.methods.base import COMMON_PARAMS
+    from specviz.ui import PARAMS
+
+    common = {p.name: p.default for p in COMMON_PARAMS} | {"max_new_tokens": max_new_tokens}
+    own = {p.name: p.default for p in METHODS[method].PARAMS}
+    specific = [own.get(name, p.default) for name, p in PARAMS.items()]
+    return [prompt, "embedded", "", method] + [common[p.name] for p in COMMON_PARAMS] + specific + [0.5, 0.4, 0.05]

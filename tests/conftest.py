@@ -88,3 +88,18 @@ def embedded_pair():
     from specviz.models import load_pair
 
     return load_pair("embedded", device="cpu")
+
+
+@pytest.fixture(scope="session")
+def saved_pairs(tiny_tokenizer, tmp_path_factory):
+    """Saved on disk for loading by path: a tiny llama pair (ok/), one with another tokenizer (other/),
+    and an encoder-only BERT (bert/) - the bad model references of the validation tests."""
+    from helpers import word_tokenizer
+    from transformers import BertConfig, BertModel
+
+    root = tmp_path_factory.mktemp("pairs")
+    make_tiny_pair("llama", tiny_tokenizer, save_dir=root / "ok")
+    make_tiny_pair("llama", word_tokenizer(30), save_dir=root / "other")
+    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(root / "bert")
+    return root

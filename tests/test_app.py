@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from appserver import ROOT, running_app
+from appserver import ROOT, playground_stream_args, running_app
 
 SHOTS = ROOT / "docs" / "screenshots"
 CHROMIUM = "/usr/bin/chromium"
@@ -141,3 +141,17 @@ def test_api_playground_matches_the_engine(server):
     local = run("draft_model", load_pair("embedded"), "def parse(line):\n", **params)
     assert trace.output_ids == local.output_ids and text == local.text
     assert client.predict(trace_json, api_name="/load_trace").startswith("draft_model: 1 row(s)")
+
+
+def test_every_method_runs_from_the_playground_controls(server):
+    """Each method with the control values the page shows for it (catches a control the server cannot take)."""
+    from gradio_client import Client
+
+    from specviz.ui import SINGLE
+
+    client = Client(server.url, verbose=False)
+    for method in SINGLE:
+        outputs = client.predict(*playground_stream_args(method, 12), api_name="/playground_stream")
+        assert 'class="sv-tok' in outputs[0], method
+        saved = json.loads(Path(outputs[-1][0]).read_text())  # the downloadable trace.json
+        assert saved["method"] == method and len(saved["rows"][0]["output_ids"]) == 12

@@ -10,9 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from gradio_client import Client
 
-from appserver import running_app
-from conftest import make_tiny_pair
-from helpers import word_tokenizer
+from appserver import playground_stream_args, running_app
 from specviz.trace import MAX_TRACE_BYTES, Trace
 
 LONG_PROMPT = "x = 1\n" * 3000
@@ -30,15 +28,8 @@ def client(app):
 
 
 @pytest.fixture(scope="module")
-def saved(tiny_tokenizer, tmp_path_factory):
-    root = tmp_path_factory.mktemp("pairs")
-    make_tiny_pair("llama", tiny_tokenizer, save_dir=root / "ok")
-    make_tiny_pair("llama", word_tokenizer(30), save_dir=root / "other")
-    from transformers import BertConfig, BertModel
-
-    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32)).save_pretrained(root / "bert")
-    return root
+def saved(saved_pairs):
+    return saved_pairs
 
 
 def playground(prompt="def f(x):\n", method="draft_model", params=None, target="embedded", draft=""):
@@ -63,7 +54,7 @@ BAD_INPUTS = [
     ("gamma 17", playground(params={"gamma": 17}), "gamma must be <= 16"),
     ("Kangaroo eta over 1", playground(method="kangaroo", params={"eta": 1.5}), "eta must be <= 1"),
     ("S2D theta negative", playground(method="sorted", params={"theta": -0.2}), "theta must be >= 0"),
-    ("S2D sub_model 9", playground(method="sorted", params={"sub_model": 9}), "sub_model must be <="),
+    ("S2D sub_model 9", playground(method="sorted", params={"sub_model": 9}), "sub_model must be 0 \\(adaptive\\) or 1..3"),
     ("Kangaroo exit layer past the target", playground(method="kangaroo", params={"exit_layer": 40}), "exit_layer"),
     ("VocabTrim K negative", playground(params={"vocab_trim": -5}), "vocab_trim must be >= 0"),
     ("VocabTrim K over the vocabulary", playground(params={"vocab_trim": 10**6}), "exceeds"),
@@ -158,17 +149,8 @@ def test_sixteen_concurrent_mixed_runs_each_equal_the_run_alone(app, client):
     print("load test:", figures)
 
 
-def stream_args(max_new_tokens: int) -> list:
-    from specviz.methods.base import COMMON_PARAMS
-    from specviz.ui import PARAMS
-
-    common = {p.name: p.default for p in COMMON_PARAMS} | {"max_new_tokens": max_new_tokens}
-    return (["def long_function(a, b, c):\n", "embedded", "", "draft_model"] + [common[p.name] for p in COMMON_PARAMS]
-            + [p.default for p in PARAMS.values()] + [0.5, 0.4, 0.05])
-
-
 def test_a_cancelled_run_stops_and_the_next_run_is_right(client):
-    job = client.submit(*stream_args(1024), api_name="/playground_stream")
+    job = client.submit(*playground_stream_args("draft_model", 1024), api_name="/playground_stream")
     deadline = time.time() + 60
     while not job.outputs() and time.time() < deadline:  # wait until tokens stream
         time.sleep(0.05)

@@ -4,12 +4,9 @@ of input through the running app.)"""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
-from conftest import make_tiny_pair
-from helpers import word_tokenizer
 from specviz import models
 from specviz.api import run
 from specviz.models import ModelCache, load_pair
@@ -19,15 +16,8 @@ LONG_PROMPT = "x = 1\n" * 3000
 
 
 @pytest.fixture(scope="module")
-def saved(tiny_tokenizer, tmp_path_factory):
-    root = tmp_path_factory.mktemp("pairs")
-    make_tiny_pair("llama", tiny_tokenizer, save_dir=root / "ok")
-    make_tiny_pair("llama", word_tokenizer(30), save_dir=root / "other")
-    from transformers import BertConfig, BertModel
-
-    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32)).save_pretrained(root / "bert")
-    return root
+def saved(saved_pairs):
+    return saved_pairs
 
 
 @pytest.fixture(scope="module")
