@@ -78,7 +78,7 @@ def run_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], 
     from tqdm import tqdm
 
     from .api import run
-    from .metrics import compare
+    from .metrics import compare, mirror_stats
 
     if not any(label == BASELINE for label, _, _ in methods):
         methods = [(BASELINE, BASELINE, {k: v for k, v in methods[0][2].items() if k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")} if methods else {})] + methods
@@ -118,6 +118,7 @@ def run_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], 
                 "tokens_per_s": tps,
                 "speedup": tps / base_tps if base_tps else None,
                 "draft_step_ms": stats["draft_step_s"] * 1e3 if stats["draft_step_s"] else None,
+                **mirror_stats(typical),
                 "verify_ms": stats["verify_s"] * 1e3 if stats["verify_s"] else None,
             }
             row["efficiency"] = row["speedup"] / row["theoretical_speedup"] if row["theoretical_speedup"] else None
@@ -173,7 +174,8 @@ def summary(df) -> "pd.DataFrame":
     agg = {"speedup": "median", "tau": "median", "alpha": "median", "tokens_per_s": "median",
            "equal_to_autoregressive": "mean", "c": "median", "efficiency": "median", "mbsu": "median",
            "draft_step_ms": "median"}
-    for optional in ("recording_overhead", "realign_share", "share_equal_rows"):
+    for optional in ("mean_drafts_per_round", "wasted_drafts", "recording_overhead", "realign_share", "share_equal_rows",
+                     "branch_hit_rate", "overlap", "modeled_speedup_over_ar", "modeled_speedup_over_sd"):
         if optional in df:
             agg[optional] = "median"
     out = df.groupby("method", sort=False).agg({k: v for k, v in agg.items() if k in df}).rename(

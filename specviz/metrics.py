@@ -68,7 +68,7 @@ class RunStats:
     drafted: int
     accepted: int
     alpha: float | None
-    tau: float
+    tau: float | None  # None where rounds are not visible (hf_assisted)
     mean_drafts_per_round: float
     draft_step_s: float | None  # median seconds of one draft step
     verify_s: float | None  # median seconds of one round's verification (all its parts)
@@ -91,6 +91,7 @@ def summarize(trace: Trace) -> RunStats:
     draft_spans = [e.t1 - e.t0 for e in drafts if "branch" not in e.info]  # serial draft steps only
     verify_spans = list(verify_time.values())
     new_tokens = trace.new_tokens
+    opaque = any(e.info.get("opaque") for e in trace.events if e.kind == "prefill")  # hf_assisted: no rounds seen
     return RunStats(
         method=trace.method,
         new_tokens=new_tokens,
@@ -100,7 +101,7 @@ def summarize(trace: Trace) -> RunStats:
         drafted=len(drafts),
         accepted=accepts,
         alpha=accepts / len(drafts) if drafts else None,
-        tau=tokens / rounds if rounds else 0.0,
+        tau=None if opaque else (tokens / rounds if rounds else 0.0),
         mean_drafts_per_round=len(drafts) / rounds if rounds and drafts else 0.0,
         draft_step_s=median(draft_spans) if draft_spans else None,
         verify_s=median(verify_spans) if verify_spans else None,
@@ -162,3 +163,27 @@ def mbsu(tau: float, gamma: float, draft_params: int, target_params: int) -> flo
     (bonus included), gamma the mean drafts per round, and weights exclude input-embedding tables
     (a lookup reads one row) - see specviz.models.weights_read_per_token."""
     return tau / (draft_params / target_params * gamma + 1)
+
+
+def mirror_stats(trace: Trace, costs=None) -> dict:
+    """Mirror-SD's own figures from its trace: branch hit rate (the final token among the kappa
+    early-exit candidates), overlap (share of branch-rollout time spent while the target ran its
+    suffix layers: drafter work hidden under the target), and the MODELED speedups under `costs`
+    (default HeterogeneousCosts). Empty for other methods."""
+    if trace.method != "mirror":
+        return {}
+    from .methods.mirror import HeterogeneousCosts, modeled_timeline
+
+    suffix = {e.step: (e.t0, e.t1) for e in trace.events if e.kind == "verify" and e.info.get("part") == "suffix"}
+    spans = {e.step: (e.t0, e.t1) for e in trace.events if e.kind == "branch"}  # one span per round's branches
+    busy = hidden = 0.0
+    for step, (b0, b1) in spans.items():
+        s0, s1 = suffix.get(step, (0.0, 0.0))
+        busy += b1 - b0
+        hidden += max(0.0, min(b1, s1) - max(b0, s0))
+    mirror = trace.meta.get("mirror", {})
+    modeled = modeled_timeline(trace, trace.meta["target_layers"], trace.params["exit_layer"],
+                               costs or HeterogeneousCosts())
+    return {"branch_hit_rate": mirror.get("hit_rate"), "overlap": hidden / busy if busy else None,
+            "modeled_speedup_over_ar": modeled["modeled_speedup_over_ar"],
+            "modeled_speedup_over_sd": modeled["modeled_speedup_over_sd"]}

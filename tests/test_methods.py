@@ -272,3 +272,15 @@ def test_embedded_pair_is_lossless(embedded_pair, name, params):
         trace = run(name, embedded_pair, prompt, max_new_tokens=48, **params)
         assert_greedy_equal(embedded_pair, trace, reference)
         assert_trace_invariants(trace)
+
+
+def test_mirror_stats_read_from_the_trace(embedded_pair):
+    from specviz.metrics import mirror_stats
+
+    trace = run("mirror", embedded_pair, "def fibonacci(n):\n", max_new_tokens=40)
+    stats = mirror_stats(trace)
+    branches = [e for e in trace.events if e.kind == "branch"]
+    assert branches and 0.0 <= stats["overlap"] <= 1.0 and 0.0 <= stats["branch_hit_rate"] <= 1.0
+    reused_rounds = {e.step for e in branches if e.info["fate"] == "reused"}
+    assert stats["branch_hit_rate"] == pytest.approx(len(reused_rounds) / len({e.step for e in branches}))
+    assert stats["modeled_speedup_over_ar"] > 0 and mirror_stats(run("autoregressive", embedded_pair, "x", max_new_tokens=2)) == {}
