@@ -174,3 +174,38 @@ def test_allowlist_mode_refuses_other_models(saved):
             client.predict(*playground(draft=str(saved / "ok" / "draft"))[1], api_name="/playground")
         text, _ = client.predict(*playground(params={"max_new_tokens": 8})[1], api_name="/playground")
         assert text and json.loads(client.predict(api_name="/health"))["models_cached"] == ["embedded"]
+
+
+def test_a_fault_inside_a_method_is_reported_and_the_next_run_is_right(monkeypatch):
+    """An exception and an out-of-memory inside a method, in a real server (in this process, so the fault
+    can be injected): each becomes a clear error, and the next run is right."""
+    import torch
+
+    from appserver import free_port
+    from specviz import ui
+    from specviz.methods.draft_model import DraftModel
+
+    original = DraftModel.generate
+
+    def faulty(self, ctx):
+        prompt = ctx.pair.tokenizer.decode(ctx.prompt_ids[0])
+        if "FAULT" in prompt:
+            raise RuntimeError("injected fault")
+        if "OOM" in prompt:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, ctx)
+
+    monkeypatch.setattr(DraftModel, "generate", faulty)
+    demo = ui.build_demo().queue(default_concurrency_limit=2)
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False, quiet=True)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        with pytest.raises(Exception, match=r"internal error \(RuntimeError\): injected fault"):
+            client.predict(*playground(prompt="# FAULT\n")[1], api_name="/playground")
+        with pytest.raises(Exception, match="ran out of memory"):
+            client.predict(*playground(prompt="# OOM\n")[1], api_name="/playground")
+        assert json.loads(client.predict(api_name="/health"))["runs_in_flight"] == 0
+        test_after_bad_inputs_a_good_run_is_still_right(client)
+    finally:
+        demo.close()
