@@ -183,6 +183,20 @@ def summary(df) -> "pd.DataFrame":
     return out
 
 
+def markdown_table(table: "pd.DataFrame", digits: int = 3) -> str:
+    """The summary as a GitHub markdown table (README results), empty columns left out."""
+    frame = table.reset_index().dropna(axis=1, how="all")
+
+    def cell(v) -> str:
+        if isinstance(v, float):
+            return "" if v != v else f"{v:.{digits}f}"
+        return str(v)
+
+    lines = ["| " + " | ".join(map(str, frame.columns)) + " |", "|" + "---|" * len(frame.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m specviz.bench", description=__doc__.split("\n")[0])
     p.add_argument("--methods", default="autoregressive,draft_model,hf_assisted",
@@ -193,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="results.csv", help=".csv or .parquet")
     p.add_argument("--html", default=None, help="write a self-contained HTML report")
+    p.add_argument("--markdown", default=None, help="also write the summary as a markdown table to this file")
     p.add_argument("--target", default="embedded")
     p.add_argument("--draft", default=None)
     p.add_argument("--device", default=None)
@@ -262,6 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     command = "python -m specviz.bench " + " ".join(_quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     print(f"\n{len(prompts)} prompts x {len(methods)} methods x {args.repeats} repeats in {time.time() - start:.0f} s on "
           f"{pair.device} ({pair.dtype}); rows in {out}\nreproduce: {command}")
+    if args.markdown:
+        Path(args.markdown).write_text(markdown_table(table) + f"\n`{command}`\n")
     if args.html:
         from .report import write_report
 

@@ -33,9 +33,12 @@ def test_bench_writes_the_contract_columns(saved_pair, tmp_path, capsys):
     out = tmp_path / "r.csv"
     code = bench.main(["--methods", "draft_model,draft_model:gamma=2:vocab_trim=50", "--prompts", str(write_prompts(tmp_path / "p.jsonl")),
                        "--max-new-tokens", "8", "--repeats", "2", "--out", str(out), "--target", str(saved_pair / "target"),
-                       "--draft", str(saved_pair / "draft"), "--quiet", "--overhead"])
+                       "--draft", str(saved_pair / "draft"), "--quiet", "--overhead", "--markdown", str(tmp_path / "r.md")])
     assert code == 0
     df = pd.read_csv(out)
+    md = (tmp_path / "r.md").read_text().splitlines()
+    assert md[0].startswith("| method | speedup | tau |") and md[1].startswith("|---|")
+    assert [line.split(" | ")[0] for line in md[2:5]] == ["| autoregressive", "| draft_model", "| draft_model:gamma=2:vocab_trim=50"]
     for col in ("method", "prompt_id", "category", "new_tokens", "seconds", "tokens_per_s", "speedup", "alpha", "tau",
                 "equal_to_autoregressive", "param_gamma", "recording_overhead"):
         assert col in df.columns, col
