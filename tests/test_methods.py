@@ -283,4 +283,6 @@ def test_mirror_stats_read_from_the_trace(embedded_pair):
     assert branches and 0.0 <= stats["overlap"] <= 1.0 and 0.0 <= stats["branch_hit_rate"] <= 1.0
     reused_rounds = {e.step for e in branches if e.info["fate"] == "reused"}
     assert stats["branch_hit_rate"] == pytest.approx(len(reused_rounds) / len({e.step for e in branches}))
+    if stats["branch_hit_rate"]:  # a reused branch saves its round's serial drafting in the modeled timeline
+        assert stats["modeled_speedup_over_sd"] > 1.0
     assert stats["modeled_speedup_over_ar"] > 0 and mirror_stats(run("autoregressive", embedded_pair, "x", max_new_tokens=2)) == {}

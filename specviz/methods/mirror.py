@@ -223,7 +223,8 @@ def modeled_timeline(trace, layers: int, exit_layer: int, costs: HeterogeneousCo
     t = t_sd = 0.0
     lanes = []
     for step in rounds:
-        drafts = sum(1 for e in trace.events if e.kind == "draft" and e.step == step and "branch" not in e.info)
+        # every draft the round verified, also those a reused branch supplied (serial drafting would have paid them)
+        drafts = sum(1 for e in trace.events if e.kind == "draft" and e.step == step)
         serial = 0.0 if step in reused else drafts * costs.draft_step_ms
         lanes.append({"step": step, "draft": (t, t + serial), "prefix": (t + serial, t + serial + prefix),
                       "suffix": (t + serial + prefix, t + serial + prefix + suffix),
