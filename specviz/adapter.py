@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from transformers import LlamaConfig
 from transformers.cache_utils import Cache
+
+from . import kvcache
 from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRMSNorm, LlamaRotaryEmbedding
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -77,9 +79,8 @@ class KangarooAdapter(nn.Module):
             # Causal, aligned to the bottom right: new token i sees every cached entry and new <= i.
             past = cache.get_seq_length(0) if cache is not None else 0
             attention_mask = torch.ones(new, past + new, dtype=torch.bool, device=hidden.device).tril(past)[None, None]
-        attn_out, _ = self.attn(
-            self.input_norm(hidden), position_embeddings=pos_emb, attention_mask=attention_mask, cache=cache, is_causal=False
-        )
+        attn_out, _ = kvcache.forward(self.attn, cache, hidden_states=self.input_norm(hidden), position_embeddings=pos_emb,
+                                      attention_mask=attention_mask, is_causal=False)
         return hidden + attn_out
 
     def num_parameters(self) -> int:

@@ -1,7 +1,8 @@
 """The one place that owns single-sequence KV caches: feed tokens, read logits, roll back.
 
 Invariant kept by every method and asserted in tests: a model's cache holds exactly the tokens
-it was fed that are still committed; rollback is an index (`DynamicCache.crop`), never a copy.
+it was fed that are still committed; rollback is an index (`kvcache.crop`), never a copy; every hand-off of a cache goes through
+`specviz.kvcache`.
 """
 from __future__ import annotations
 
@@ -11,50 +12,11 @@ import os
 
 import torch
 from transformers import DynamicCache
-from transformers.cache_utils import DynamicLayer
+
+from . import kvcache
 
 # Tests switch this on: every feed and rollback then asserts the cache holds exactly `length` entries.
 CHECKS = os.environ.get("SPECVIZ_CHECKS") == "1"
-
-
-class GrowingLayer(DynamicLayer):
-    """A DynamicLayer that writes new keys/values into a buffer grown by doubling instead of
-    `torch.cat`-ing the whole history every step. The cat made each forward copy the full cache (on a
-    small CPU model, 30-55 % of a verification's time); what attention sees is identical: views of
-    exactly the held entries. `crop` (inherited) just narrows the views."""
-
-    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        super().lazy_initialization(key_states, value_states)
-        self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def _owns_views(self) -> bool:
-        return self.buffers is not None and self.keys.numel() > 0 and self.keys.data_ptr() == self.buffers[0].data_ptr()
-
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        if not self.is_initialized:
-            self.lazy_initialization(key_states, value_states)
-        held = self.get_seq_length()
-        end = held + key_states.shape[-2]
-        buffers = self.buffers if (held == 0 or self._owns_views()) else None  # keys replaced from outside
-        if buffers is None or end > buffers[0].shape[-2] or buffers[0].shape[:-2] != key_states.shape[:-2]:
-            capacity = max(end, 2 * held, 64)
-            buffers = (key_states.new_empty((*key_states.shape[:-2], capacity, key_states.shape[-1])),
-                       value_states.new_empty((*value_states.shape[:-2], capacity, value_states.shape[-1])))
-            if held:
-                buffers[0][..., :held, :] = self.keys
-                buffers[1][..., :held, :] = self.values
-            self.buffers = buffers
-        buffers[0][..., held:end, :] = key_states
-        buffers[1][..., held:end, :] = value_states
-        self.keys, self.values = buffers[0][..., :end, :], buffers[1][..., :end, :]
-        return self.keys, self.values
-
-
-def growing_cache(config) -> DynamicCache:
-    """A DynamicCache whose full-attention layers are GrowingLayers (sliding-window layers stay as they are)."""
-    cache = DynamicCache(config=config)
-    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
-    return cache
 
 
 @dataclass
@@ -70,13 +32,13 @@ class Decoder:
         self.reset()
 
     def reset(self) -> None:
-        self.cache = growing_cache(self.model.config)
+        self.cache = kvcache.growing_cache(self.model.config)
         self.length = 0
 
     @torch.inference_mode()
     def feed(self, ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
         """Append ids (1, T) to the cache; return logits (keep, vocab) of the last `keep` positions."""
-        out = self.model(input_ids=ids, cache=self.cache, use_cache=True, logits_to_keep=keep)
+        out = kvcache.forward(self.model, self.cache, input_ids=ids, use_cache=True, logits_to_keep=keep)
         self.length += ids.shape[1]
         if CHECKS:
             self.check()
@@ -85,14 +47,14 @@ class Decoder:
     def rollback(self, length: int) -> None:
         """Drop cached entries beyond `length` tokens."""
         if length < self.length:
-            self.cache.crop(length - self.length)  # transformers 5: a negative count of tokens to drop
+            kvcache.crop(self.cache, length)
             self.length = length
         if CHECKS:
             self.check()
 
     def check(self) -> None:
         """The cache really holds `length` entries (tests call this after every step)."""
-        held = [layer.get_seq_length() for layer in self.cache.layers]
+        held = [kvcache.held(layer) for layer in self.cache.layers]
         assert all(h == self.length for h in held), f"cache layers hold {held} entries, expected {self.length}"
 
 

@@ -14,7 +14,8 @@ import copy
 
 import torch
 from torch import nn
-from transformers import DynamicCache
+
+from . import kvcache
 
 
 def split_parts(model: nn.Module) -> tuple[nn.Module, nn.ModuleList, nn.Module, nn.Module, nn.Module]:
@@ -44,7 +45,7 @@ class LayerStack:
         self.model = model
         self.embed, self.layers, self.norm, self.head, self.rotary = split_parts(model)
         self.vocab = vocab
-        self.cache = DynamicCache(config=model.config)
+        self.cache = kvcache.new_cache(model.config)
         self.lengths = [0] * len(self.layers)  # entries each layer's cache holds
 
     @property
@@ -67,8 +68,8 @@ class LayerStack:
         mask = causal_mask(new, first, hidden.device)
         for i in range(start, end):
             assert self.lengths[i] == first, f"layer {i} holds {self.lengths[i]} entries, layer {start} {first}"
-            out = self.layers[i](hidden, attention_mask=mask, position_ids=pos, cache=self.cache, use_cache=True,
-                                 position_embeddings=pos_emb)
+            out = kvcache.forward(self.layers[i], self.cache, hidden_states=hidden, attention_mask=mask, position_ids=pos,
+                                  use_cache=True, position_embeddings=pos_emb)
             hidden = out[0] if isinstance(out, tuple) else out
             self.lengths[i] += new
         return hidden
@@ -82,12 +83,12 @@ class LayerStack:
         """Every layer keeps at most `length` entries."""
         for i, held in enumerate(self.lengths):
             if held > length:
-                self.cache.layers[i].crop(length - held)
+                kvcache.crop_layer(self.cache.layers[i], length)
                 self.lengths[i] = length
 
     def check(self) -> None:
         for i, layer in enumerate(self.cache.layers[: self.depth]):
-            held = layer.get_seq_length() if self.lengths[i] else 0
+            held = kvcache.held(layer)
             assert held == self.lengths[i], f"layer {i} cache holds {held}, expected {self.lengths[i]}"
 
 

@@ -17,9 +17,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from .engine import context_limit
+from .kvcache import full_attention_only
 from .layers import split_parts
 
-LEAN_TYPES = ("llama", "qwen2", "mistral")  # RMSNorm, RoPE at model level, q/k/v/o + SwiGLU, no q/k norms
+LEAN_TYPES = ("llama", "qwen2", "mistral")  # RMSNorm, RoPE at model level, q/k/v/o + SwiGLU, no q/k norms,
+# and only where no layer has a sliding window
 
 
 def supports(model: nn.Module) -> bool:
@@ -33,9 +35,8 @@ def supports(model: nn.Module) -> bool:
         return False
     if getattr(rotary, "rope_type", "default") != "default" or getattr(rotary, "attention_scaling", 1.0) != 1.0:
         return False
-    if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True) is not False:
-        if cfg.model_type == "mistral":
-            return False  # a window would change which keys are seen
+    if not full_attention_only(cfg):
+        return False  # a sliding window would change which keys are seen
     first = layers[0]
     attn, mlp = first.self_attn, first.mlp
     return (all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))

@@ -7,6 +7,7 @@ Every run has a cancel flag: the Stop button, a closed page and the time limit a
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -15,7 +16,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 import pandas as pd
@@ -156,24 +157,27 @@ def parse_params(params_json: str | dict | None) -> dict[str, Any]:
     return value
 
 
-def with_deadline(cancel: threading.Event) -> threading.Timer:
+@contextlib.contextmanager
+def guarded_run(cancel: threading.Event | None = None) -> Iterator[threading.Event]:
+    """One engine run on this server: counted in flight, and cancelled when it passes RUN_SECONDS.
+    Yields the run's cancel flag (the caller's, if given, so Stop and the deadline share it)."""
+    cancel = cancel or threading.Event()
     timer = threading.Timer(RUN_SECONDS, cancel.set)
     timer.daemon = True
     timer.start()
-    return timer
+    try:
+        with IN_FLIGHT:
+            yield cancel
+    finally:
+        timer.cancel()
 
 
 @gpu
 def run_traced(method: str, target: str, draft: str | None, prompt: str, params: dict, recorder: Recorder | None = None,
                cancel: threading.Event | None = None) -> Trace:
     pair = get_pair(target, draft)
-    cancel = cancel or threading.Event()
-    timer = with_deadline(cancel)
-    try:
-        with IN_FLIGHT:
-            return run(method, pair, prompt, cancel=cancel, recorder=recorder, **params)
-    finally:
-        timer.cancel()
+    with guarded_run(cancel) as flag:
+        return run(method, pair, prompt, cancel=flag, recorder=recorder, **params)
 
 
 def save_downloads(trace: Trace) -> list[str]:
@@ -330,13 +334,8 @@ def batch_api(prompts_json: str, method: str = "eqspec", params_json: str = "{}"
     except json.JSONDecodeError as exc:
         raise ValueError(f"prompts must be a JSON list of strings: {exc}") from None
     pair = get_pair(target, draft)
-    cancel = threading.Event()
-    timer = with_deadline(cancel)
-    try:
-        with IN_FLIGHT:
-            trace = gpu(run_batch)(method, pair, prompts, cancel=cancel, **parse_params(params_json))
-    finally:
-        timer.cancel()
+    with guarded_run() as flag:
+        trace = gpu(run_batch)(method, pair, prompts, cancel=flag, **parse_params(params_json))
     return json.dumps([r.text for r in trace.rows]), trace.to_json()
 
 

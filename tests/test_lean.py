@@ -8,7 +8,8 @@ from transformers import DynamicCache
 
 from conftest import ARCHS, make_tiny_model, make_tiny_pair
 from specviz.api import run
-from specviz.engine import Decoder, GrowingLayer
+from specviz.engine import Decoder
+from specviz.kvcache import GrowingLayer
 from specviz.lean import LeanDecoder, supports
 
 VOCAB = 64
@@ -75,3 +76,12 @@ def test_drafter_forward_is_recorded_and_only_lean_where_supported(tiny_tokenize
         assert run("draft_model", pair, "def f(x):", max_new_tokens=6,
                    drafter_forward="transformers").meta["drafter_forward"] == "transformers"
     assert not supports(make_tiny_model("gpt_neox", VOCAB))
+
+
+def test_models_with_a_sliding_window_stay_on_transformers():
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=8,
+                         max_window_layers=0)
+    assert not supports(AutoModelForCausalLM.from_config(config))

@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
+from .. import kvcache
 
 from ..engine import Output, context_limit, eos_ids
 from ..verify import greedy_verdict, sampling_verdict
@@ -65,12 +65,7 @@ def gather_columns(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return t.gather(2, index[:, None, :, None].expand(-1, t.shape[1], -1, t.shape[3]))
 
 
-def is_filled(layer) -> bool:
-    return bool(getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel())
-
-
-def each_layer(cache: DynamicCache):
-    return (layer for layer in cache.layers if is_filled(layer))
+is_filled, each_layer = kvcache.is_filled, kvcache.filled_layers
 
 
 def left_pad(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -83,7 +78,7 @@ class BatchKV:
 
     def __init__(self, model: torch.nn.Module, vocab: int, naive: bool = False):
         self.model, self.vocab, self.naive = model, vocab, naive
-        self.cache = DynamicCache(config=model.config)
+        self.cache = kvcache.new_cache(model.config)
         self.valid: list[int] = []
 
     @property
@@ -113,7 +108,8 @@ class BatchKV:
         else:
             start = torch.tensor(self.valid, device=device) - torch.tensor(pads_new, device=device)
             positions = (start[:, None] + torch.arange(new, device=device)[None, :]).clamp_min(0)
-        out = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, cache=self.cache, use_cache=True)
+        out = kvcache.forward(self.model, self.cache, input_ids=ids, attention_mask=mask, position_ids=positions,
+                              use_cache=True)
         self.valid = [v + new - p for v, p in zip(self.valid, pads_new)]
         return out.logits[..., : self.vocab]
 
@@ -135,7 +131,7 @@ class BatchKV:
                 layer.keys = gather_columns(layer.keys, index)
                 layer.values = gather_columns(layer.values, index)
         elif width > new_width:
-            self.cache.crop(new_width - width)
+            kvcache.crop(self.cache, new_width)
         infos = []
         for i, (v, k, s) in enumerate(zip(self.valid, kept, shifts)):
             pad_before = width - block - (v - block)

@@ -83,10 +83,9 @@ def commit_tokens(ctx: RunContext, out: Output, drafts: list[int], verdict: Verd
     """Emit accept / reject / correct / bonus events of one row and push its tokens; return them."""
     rec = ctx.rec
     now = rec.now()
-    draft_ids = drafts
-    gamma, n = len(draft_ids), verdict.accepted
+    gamma, n = len(drafts), verdict.accepted
     new = []
-    for depth, token_id in enumerate(draft_ids):
+    for depth, token_id in enumerate(drafts):
         src = sources[depth] if sources else "draft"
         common = dict(step=step, row=row, token_id=token_id, p=verdict.p_draft[depth], q=verdict.q_draft[depth],
                       depth=depth, source=src, t0=now, t1=now)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import kvcache
 from ..adapter import KangarooAdapter
 from ..layers import LayerStack, causal_mask
 from .base import Method, Param, RunContext
@@ -37,11 +38,9 @@ class SelfDraftState:
     """The adapter's own KV cache and the layer-l states of committed tokens it has not seen yet."""
 
     def __init__(self, adapter: KangarooAdapter, stack: LayerStack):
-        from transformers import DynamicCache
-
         self.adapter = adapter
         self.stack = stack
-        self.cache = DynamicCache()
+        self.cache = kvcache.new_cache()
         self.length = 0  # entries in the adapter's cache
         self.pending: list[torch.Tensor] = []  # layer-l states (1, 1, d) of positions length.. not fed yet
 
@@ -57,7 +56,7 @@ class SelfDraftState:
 
     def crop(self, length: int) -> None:
         if self.length > length:
-            self.cache.crop(length - self.length)
+            kvcache.crop(self.cache, length)
             self.length = length
 
 

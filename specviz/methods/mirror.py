@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from .. import kvcache
 from ..layers import LayerStack
 from ..verify import greedy_verdict, sampling_verdict
 from .base import Method, Param, RunContext
@@ -48,7 +49,7 @@ class Branches:
 
 def clone_rows(cache: DynamicCache, length: int, rows: int, config) -> DynamicCache:
     """A new cache holding the first `length` entries of a batch-1 cache, repeated for `rows` rows."""
-    out = DynamicCache(config=config)
+    out = kvcache.new_cache(config)
     for i, layer in enumerate(cache.layers):
         if length and layer.keys is not None and layer.keys.numel():
             out.update(layer.keys[:, :, :length].repeat(rows, 1, 1, 1), layer.values[:, :, :length].repeat(rows, 1, 1, 1), i)
@@ -188,7 +189,7 @@ class MirrorSD(Method):
         tokens, qs = [], []
         length = base
         for i in range(gamma):
-            logits = dec.model(input_ids=feed, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1, : ctx.vocab]
+            logits = kvcache.forward(dec.model, cache, input_ids=feed, use_cache=True, logits_to_keep=1).logits[:, -1, : ctx.vocab]
             length += feed.shape[1]
             token, q = ctx.sampling.choose(logits, generator)
             tokens.append(token)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import kvcache
 from .base import RunContext
 from .draft_model import Drafter
 
@@ -73,6 +74,6 @@ class TrimmedDrafter(Drafter):
         dec = self.decoder
         if self.lean:
             return self.head(dec.hidden(pending)[:, -1])
-        hidden = self.base(input_ids=pending, cache=dec.cache, use_cache=True).last_hidden_state  # (1, T, d)
+        hidden = kvcache.forward(self.base, dec.cache, input_ids=pending, use_cache=True).last_hidden_state  # (1, T, d)
         dec.length += pending.shape[1]
         return self.head(hidden[:, -1])  # (1, V), -inf outside the kept ids
