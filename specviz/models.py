@@ -365,6 +365,7 @@ def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | to
     `device_map="auto"` lets accelerate shard a large target over several GPUs. `compile` names a
     `torch.compile` backend ("inductor" on GPUs) for the plain forwards of target and drafter.
     """
+    from . import selfcheck
     from .layers import nested_model
 
     if isinstance(target, str) and (nested := NESTED.match(target.strip())):
@@ -412,5 +413,9 @@ def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | to
             target_name = f"{target_name}[:{target_depth}]"
     if compile:
         target_model, draft_model = compiled(target_model, compile), compiled(draft_model, compile)
-    return ModelPair(target=target_model, tokenizer=tokenizer, draft=draft_model, target_name=target_name,
+    pair = ModelPair(target=target_model, tokenizer=tokenizer, draft=draft_model, target_name=target_name,
                      draft_name=draft_name, device=dev, dtype=dt, extras=extras)
+    # Never run on an engine that disagrees with the model: each (model, device, dtype) is proven once per process.
+    selfcheck.ensure(pair, ("target", target_name, str(dev), str(dt), compile),
+                     ("drafter", draft_name, str(dev), str(dt), compile) if draft_model is not None else None)
+    return pair
