@@ -14,6 +14,17 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--host", default=os.environ.get("SPECVIZ_HOST", "127.0.0.1"))
@@ -23,6 +34,8 @@ def main() -> None:
     start = time.perf_counter()
     if args.device:
         os.environ["SPECVIZ_DEVICE"] = args.device
+    if not is_loopback(args.host):
+        os.environ.setdefault("SPECVIZ_PUBLIC", "1")  # strangers can reach it: curated models only (README)
     from specviz import ui
     from specviz.models import load_pair
 

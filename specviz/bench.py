@@ -14,6 +14,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from dataclasses import asdict
 from statistics import median
 from typing import Any
 
@@ -78,6 +79,7 @@ def run_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], 
     from tqdm import tqdm
 
     from .api import run
+    from .divergence import annotate
     from .metrics import compare, mirror_stats
 
     if not any(label == BASELINE for label, _, _ in methods):
@@ -103,6 +105,8 @@ def run_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], 
         for label, name, params in methods:
             runs = traces[label]
             typical = min(runs, key=lambda t: abs(t.wall_time - median(x.wall_time for x in runs)))
+            if not typical.params.get("temperature") and typical.output_ids != base.output_ids:
+                annotate(pair, typical, base)  # tie or bug, recorded in the trace
             stats = compare(typical, base)
             seconds = median(t.wall_time for t in runs)
             tps = typical.new_tokens / seconds if seconds else 0.0
@@ -113,7 +117,7 @@ def run_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], 
                 "category": prompt["category"],
                 **{k: stats[k] for k in ("new_tokens", "alpha", "tau", "c", "v", "alpha_iid", "theoretical_speedup",
                                           "modeled_speedup", "mean_drafts_per_round", "early_exits", "wasted_drafts",
-                                          "equal_to_autoregressive", "mbsu")},
+                                          "equal_to_autoregressive", "mbsu", "tie_divergences", "real_divergences")},
                 "seconds": seconds,
                 "tokens_per_s": tps,
                 "speedup": tps / base_tps if base_tps else None,
@@ -139,10 +143,12 @@ def run_batch_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[d
     from tqdm import tqdm
 
     from .api import run, run_batch
+    from .divergence import classify
 
     texts = [p["prompt"] for p in prompts]
     base_params = {k: v for k, v in methods[0][2].items() if k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}
-    reference = [run(BASELINE, pair, t, **base_params).output_ids for t in texts]
+    reference_traces = [run(BASELINE, pair, t, **base_params) for t in texts]
+    reference = [t.output_ids for t in reference_traces]
     for label, name, params in methods:  # warm-up
         run_batch(name, pair, texts[:2], **{**params, "max_new_tokens": 4})
     traces: dict[str, list] = {label: [] for label, _, _ in methods}
@@ -158,6 +164,10 @@ def run_batch_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[d
         seconds = median(t.wall_time for t in runs)
         typical = min(runs, key=lambda t: abs(t.wall_time - seconds))
         equal = [row.output_ids == ref for row, ref in zip(typical.rows, reference)]
+        greedy = not typical.params.get("temperature")
+        found = [d for j, e in enumerate(equal) if greedy and not e
+                 and (d := classify(pair, typical, reference_traces[j], row=j)) is not None]
+        typical.meta["divergence"] = [asdict(d) for d in found]
         rows.append({
             "method": label, "prompt_id": "all", "category": "batch", "batch_size": typical.params["batch_size"],
             "rows": len(texts), "new_tokens": typical.new_tokens, "seconds": seconds,
@@ -165,6 +175,7 @@ def run_batch_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[d
             "realign_share": median(t.meta["realign_seconds"] / t.wall_time for t in runs if t.wall_time),
             "realigned_rounds": typical.meta["realigned_rounds"], "rounds": typical.meta["rounds"],
             "equal_to_autoregressive": all(equal), "share_equal_rows": sum(equal) / len(equal),
+            "tie_divergences": sum(d.tie for d in found), "real_divergences": sum(not d.tie for d in found),
             **{f"param_{k}": v for k, v in typical.params.items()},
         })
     return pd.DataFrame(rows)
@@ -173,7 +184,7 @@ def run_batch_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[d
 def summary(df) -> "pd.DataFrame":
     agg = {"speedup": "median", "tau": "median", "alpha": "median", "tokens_per_s": "median",
            "equal_to_autoregressive": "mean", "c": "median", "efficiency": "median", "mbsu": "median",
-           "draft_step_ms": "median"}
+           "draft_step_ms": "median", "tie_divergences": "sum", "real_divergences": "sum"}
     for optional in ("mean_drafts_per_round", "wasted_drafts", "recording_overhead", "realign_share", "share_equal_rows",
                      "branch_hit_rate", "overlap", "modeled_speedup_over_ar", "modeled_speedup_over_sd"):
         if optional in df:
@@ -274,6 +285,9 @@ def main(argv: list[str] | None = None) -> int:
 
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         print(table.to_string())
+    if "real_divergences" in df and (df["tie_divergences"].fillna(0).sum() or df["real_divergences"].fillna(0).sum()):
+        print(f"\ndivergences from autoregressive: {int(df['tie_divergences'].fillna(0).sum())} proven numerical ties, "
+              f"{int(df['real_divergences'].fillna(0).sum())} REAL (not ties: a bug)")
     command = "python -m specviz.bench " + " ".join(_quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     print(f"\n{len(prompts)} prompts x {len(methods)} methods x {args.repeats} repeats in {time.time() - start:.0f} s on "
           f"{pair.device} ({pair.dtype}); rows in {out}\nreproduce: {command}")

@@ -145,6 +145,7 @@ def compare(trace: Trace, baseline: Trace) -> dict:
         **s.to_dict(),
         "speedup": speedup,
         "equal_to_autoregressive": [r.output_ids for r in trace.rows] == [r.output_ids for r in baseline.rows],
+        **divergence_counts(trace),
         "c": c,
         "v": v,
         "alpha_iid": a_iid,
@@ -154,6 +155,13 @@ def compare(trace: Trace, baseline: Trace) -> dict:
         "mbsu": (mbsu(s.tau, gamma, trace.meta["draft_params"], trace.meta["target_params"])
                  if gamma and s.tau and trace.meta.get("draft_params") and trace.meta.get("target_params") else None),
     }
+
+
+def divergence_counts(trace: Trace) -> dict:
+    """Differences from autoregressive as `specviz.divergence` classified them into the trace."""
+    found = trace.meta.get("divergence") or []
+    return {"tie_divergences": sum(1 for d in found if d["tie"]), "real_divergences": sum(1 for d in found if not d["tie"]),
+            "first_difference": found[0] if found else None}
 
 
 def mbsu(tau: float, gamma: float, draft_params: int, target_params: int) -> float:

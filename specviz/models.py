@@ -156,27 +156,56 @@ def weights_read_per_token(model: nn.Module) -> int:
 
 
 # ----------------------------------------------------------------------------- what may be loaded
+PUBLIC_ENV = "SPECVIZ_PUBLIC"  # "1": serving beyond loopback (app.py sets it from --host); a Space sets SPACE_ID
+MAX_SOURCE_CHARS = 256
+
+
+def public_server() -> bool:
+    """Strangers can reach this process: a Hugging Face Space, or an app bound beyond loopback."""
+    return bool(os.environ.get("SPACE_ID")) or os.environ.get(PUBLIC_ENV, "0").lower() in ("1", "true", "yes")
+
+
+def curated_ids() -> set[str]:
+    return {model for pair in CURATED_PAIRS for model in pair[:2]}
+
+
 def allowlist() -> set[str] | None:
-    """Ids/paths a public deployment allows (None: no allowlist; everything local or on the hub)."""
+    """Ids/paths this server may load besides the embedded models (None: anything local or on the hub).
+    `SPECVIZ_ALLOWED_MODELS` decides ('*' lifts every limit); without it a public server allows the
+    curated hub pairs only, and never a local path."""
     raw = os.environ.get(ALLOWLIST_ENV, "").strip()
-    return {item.strip() for item in raw.split(",") if item.strip()} if raw else None
+    if raw == "*":
+        return None
+    if raw:
+        return {item.strip() for item in raw.split(",") if item.strip()}
+    return curated_ids() if public_server() else None
 
 
 def check_source(source: Any, role: str) -> str:
-    """A model reference that is safe to try: embedded, an existing local dir, or a well-formed hub id."""
+    """A model reference that is safe to try: embedded, an existing local dir, or a well-formed hub id.
+    Where an allowlist holds, everything outside it gets one message that says nothing of the server's
+    files (no path is looked at before the allowlist has passed it)."""
     if not isinstance(source, str) or not source.strip():
         raise ValueError(f"{role} model: give a Hugging Face id (org/name), a local path or '{EMBEDDED}'")
     source = source.strip()
     if source == EMBEDDED:
         return source
     allowed = allowlist()
+    shown = source if len(source) <= 80 else source[:77] + "..."
     if allowed is not None and source not in allowed:
-        raise ValueError(f"{role} model {source!r} is not allowed on this server; allowed: "
+        raise ValueError(f"{role} model {shown!r} is not allowed on this server; allowed: "
                          f"{', '.join(sorted(allowed | {EMBEDDED}))}")
-    if Path(source).expanduser().is_dir():
+    if len(source) > MAX_SOURCE_CHARS:
+        raise ValueError(f"{role} model {shown!r} is too long for a model id or path ({len(source)} characters; "
+                         f"at most {MAX_SOURCE_CHARS})")
+    try:
+        local = Path(source).expanduser().is_dir()
+    except (OSError, ValueError):
+        local = False
+    if local:
         return str(Path(source).expanduser())
     if not HF_ID.match(source):
-        raise ValueError(f"{role} model {source!r} is neither a local directory nor a Hugging Face id like org/name")
+        raise ValueError(f"{role} model {shown!r} is neither a local directory nor a Hugging Face id like org/name")
     return source
 
 

@@ -261,6 +261,18 @@ def throughput_figure(frame: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def equality_text(stats: dict) -> str:
+    """'yes', or the first difference with the target's margin there and whether it is a proven tie."""
+    if stats["equal_to_autoregressive"]:
+        return "yes"
+    d = stats.get("first_difference")
+    if not d:
+        return "NO"
+    verdict = "a proven numerical tie" if d["tie"] else "NOT a tie: a bug"
+    return (f"NO: first difference at token {d['position']}, top-2 margin {d['margin']:.3g} "
+            f"vs logit difference {d['logit_difference']:.3g}: {verdict}")
+
+
 def stats_table(trace: Trace, baseline: Trace) -> pd.DataFrame:
     """The run against the autoregressive run of the same prompt, as (metric, value) rows."""
     s = compare(trace, baseline)
@@ -283,7 +295,7 @@ def stats_table(trace: Trace, baseline: Trace) -> pd.DataFrame:
         ("efficiency: measured / theoretical", fmt(s["efficiency"], "{:.2f}")),
         ("early exits", str(s["early_exits"])),
         ("wasted drafts", str(s["wasted_drafts"])),
-        ("output equals autoregressive", "yes" if s["equal_to_autoregressive"] else "NO"),
+        ("output equals autoregressive", equality_text(s)),
     ]
     return pd.DataFrame(rows, columns=["metric", "value"])
 

@@ -26,6 +26,7 @@ from .api import run, run_batch
 from .bench import DEFAULT_PROMPTS, load_prompts, run_matrix
 from .methods import METHODS
 from .methods.base import COMMON_PARAMS, Param
+from .divergence import annotate
 from .models import CURATED_PAIRS, EMBEDDED, load_pair
 from .trace import MAX_TRACE_BYTES, Recorder, Trace
 
@@ -246,6 +247,8 @@ def playground_stream(prompt, target, draft, method, max_new_tokens, temperature
         trace = box["trace"]
         baseline_params = {k: v for k, v in params.items() if k in COMMON}
         baseline = trace if method == "autoregressive" else run_traced("autoregressive", target, draft, prompt, baseline_params)
+        if not params.get("temperature") and trace.output_ids != baseline.output_ids:
+            annotate(pair, trace, baseline)  # greedy must be equal: a difference is classified, tie or bug, and shown
         views = result_views(trace, baseline, (cost_t, cost_d, cost_c))
         yield views + (trace.to_json(), save_downloads(trace))
     finally:

@@ -182,3 +182,27 @@ def test_gpu_choices_without_a_gpu(monkeypatch):
     Recorder("cuda", sync=False).now()
     Recorder("cpu").now()
     assert synced == [1], "only a synchronizing CUDA recorder waits for the GPU"
+
+
+@pytest.mark.parametrize("public", [{"SPACE_ID": "user/space"}, {"SPECVIZ_PUBLIC": "1"}])
+def test_a_public_server_allows_only_the_curated_hub_models(monkeypatch, tmp_path, public):
+    monkeypatch.delenv(models.ALLOWLIST_ENV, raising=False)
+    for name, value in public.items():
+        monkeypatch.setenv(name, value)
+    curated = models.CURATED_PAIRS[0][1]
+    assert models.check_source(curated, "draft") == curated
+    assert models.check_source("embedded", "target") == "embedded"
+    for probe in ("/etc", str(tmp_path), "nobody/anything", "x" * 5000, "../../etc/passwd"):
+        with pytest.raises(ValueError, match="not allowed on this server") as err:
+            models.check_source(probe, "target")
+        assert str(tmp_path) not in str(err.value) or probe == str(tmp_path)
+    monkeypatch.setenv(models.ALLOWLIST_ENV, "*")  # the operator lifts every limit
+    assert models.check_source(str(tmp_path), "target") == str(tmp_path)
+
+
+def test_a_private_server_rejects_overlong_ids_clearly(monkeypatch):
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    monkeypatch.delenv("SPECVIZ_PUBLIC", raising=False)
+    monkeypatch.delenv(models.ALLOWLIST_ENV, raising=False)
+    with pytest.raises(ValueError, match="too long"):
+        models.check_source("a/" + "x" * 5000, "target")

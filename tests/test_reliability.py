@@ -176,6 +176,26 @@ def test_allowlist_mode_refuses_other_models(saved):
         assert text and json.loads(client.predict(api_name="/health"))["models_cached"] == ["embedded"]
 
 
+def test_a_server_bound_beyond_loopback_refuses_paths_and_unknown_ids_alike(saved):
+    """Default settings on 0.0.0.0: no local path (existing or not, model or not) and no hub id outside the
+    curated pairs can be probed or loaded; every refusal is the same message, naming nothing on disk."""
+    env = {"SPECVIZ_ALLOWED_MODELS": "", "SPACE_ID": ""}
+    with running_app(env, command=["python", "app.py", "--host", "0.0.0.0"]) as server:
+        client = Client(server.url, verbose=False)
+        probes = ["/etc", "/proc/self", "/nonexistent/dir", str(saved / "ok" / "target"), "nobody/anything",
+                  "../../etc/passwd", "x" * 5000]
+        for target in probes:
+            with pytest.raises(Exception) as err:
+                client.predict(*playground(target=target)[1], api_name="/playground")
+            message = str(err.value)
+            assert "not allowed on this server" in message, message
+            assert not any(leak in message for leak in ("Unrecognized", "File name too long", "No such", "config.json"))
+        with pytest.raises(Exception, match="not allowed on this server"):
+            client.predict(*playground(draft=str(saved / "ok" / "draft"))[1], api_name="/playground")
+        text, _ = client.predict(*playground(params={"max_new_tokens": 8})[1], api_name="/playground")
+        assert text and json.loads(client.predict(api_name="/health"))["models_cached"] == ["embedded"]
+
+
 def test_a_fault_inside_a_method_is_reported_and_the_next_run_is_right(monkeypatch):
     """An exception and an out-of-memory inside a method, in a real server (in this process, so the fault
     can be injected): each becomes a clear error, and the next run is right."""
