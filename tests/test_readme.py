@@ -37,10 +37,22 @@ def test_readme_opens_with_the_two_commands():
     assert test.startswith("pip install -r requirements-dev.txt && ") and "pytest" in test
 
 
-def test_ci_runs_the_readme_test_command():
+def test_ci_runs_the_readme_test_command_then_proves_the_floor():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     commands = [line.strip() for line in ci if line.strip() and not line.lstrip().startswith("#")]
-    assert commands[-1] == readme_commands()[1]
+    assert readme_commands()[1] in commands, "CI must run exactly the README's test command"
+    after = commands[commands.index(readme_commands()[1]) + 1:]
+    assert any("floor-requirements.txt" in c for c in after) and any("pytest" in c for c in after)
+
+
+def test_readme_states_the_floor_ci_proves_and_the_lock_pins_everything():
+    floor = dict(line.split("==") for line in (ROOT / ".ci" / "floor-requirements.txt").read_text().splitlines()
+                 if line and not line.startswith("#"))
+    assert f"transformers >= {floor['transformers']}" in README, "README's library range must start at the proven floor"
+    for name in ("requirements.txt", "requirements-dev.txt"):
+        for line in (ROOT / name).read_text().splitlines():
+            if line and not line.startswith(("#", "-r")):
+                assert re.fullmatch(r"[A-Za-z0-9_.-]+==[A-Za-z0-9_.+-]+", line), f"{name}: {line!r} is not an exact pin"
 
 
 def test_space_front_matter_parses():
