@@ -135,10 +135,23 @@ def run_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], 
     return pd.DataFrame(rows)
 
 
+def stream_size(params: dict, pool_factor: int | None, available: int) -> int | None:
+    """Requests in one batch run's stream: pool_factor x batch_size (None: the whole prompt list)."""
+    if pool_factor is None:
+        return None
+    need = pool_factor * int(params.get("batch_size", 1))
+    if need > available:
+        raise ValueError(f"--pool-factor {pool_factor} x batch size {params.get('batch_size')} needs {need} prompts; "
+                         f"the prompt file has {available} (assets/prompts/stream.jsonl has 96)")
+    return need
+
+
 def run_batch_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], repeats: int,
-                     progress: bool = True) -> "pd.DataFrame":
-    """Batch methods over the whole prompt list: one row per method variant (medians over repeats, the
-    variants' order rotated per repeat); rows are compared with single-sequence autoregressive outputs."""
+                     progress: bool = True, pool_factor: int | None = None) -> "pd.DataFrame":
+    """Batch methods over a request stream: the whole prompt list, or with `pool_factor` the first
+    pool_factor x batch_size prompts (EXSPEC's pool then holds them all: pool_factor is its parameter too).
+    One row per method variant (medians over repeats, the variants' order rotated per repeat); rows are
+    compared with single-sequence autoregressive outputs."""
     import pandas as pd
     from tqdm import tqdm
 
@@ -146,8 +159,12 @@ def run_batch_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[d
     from .divergence import classify
 
     texts = [p["prompt"] for p in prompts]
+    sizes = {label: stream_size(params, pool_factor, len(texts)) or len(texts) for label, _, params in methods}
+    if pool_factor is not None:
+        methods = [(label, name, {**params, "pool_factor": pool_factor} if name == "exspec" else params)
+                   for label, name, params in methods]
     base_params = {k: v for k, v in methods[0][2].items() if k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}
-    reference_traces = [run(BASELINE, pair, t, **base_params) for t in texts]
+    reference_traces = [run(BASELINE, pair, t, **base_params) for t in texts[: max(sizes.values())]]
     reference = [t.output_ids for t in reference_traces]
     for label, name, params in methods:  # warm-up
         run_batch(name, pair, texts[:2], **{**params, "max_new_tokens": 4})
@@ -155,7 +172,7 @@ def run_batch_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[d
     bar = tqdm(total=len(methods) * repeats, desc="bench (batch)", file=sys.stderr, disable=not progress)
     for r in range(repeats):
         for label, name, params in methods[r % len(methods):] + methods[: r % len(methods)]:
-            traces[label].append(run_batch(name, pair, texts, **params))
+            traces[label].append(run_batch(name, pair, texts[: sizes[label]], **params))
             bar.update()
     bar.close()
     rows = []
@@ -170,7 +187,8 @@ def run_batch_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[d
         typical.meta["divergence"] = [asdict(d) for d in found]
         rows.append({
             "method": label, "prompt_id": "all", "category": "batch", "batch_size": typical.params["batch_size"],
-            "rows": len(texts), "new_tokens": typical.new_tokens, "seconds": seconds,
+            "pool_factor": pool_factor,
+            "rows": len(typical.rows), "new_tokens": typical.new_tokens, "seconds": seconds,
             "tokens_per_s": typical.new_tokens / seconds if seconds else 0.0,
             "realign_share": median(t.meta["realign_seconds"] / t.wall_time for t in runs if t.wall_time),
             "realigned_rounds": typical.meta["realigned_rounds"], "rounds": typical.meta["rounds"],
@@ -225,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default=None)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=None, help="batch methods: rows per batch")
+    p.add_argument("--pool-factor", type=int, default=None,
+                   help="batch methods: a request stream of pool_factor x batch_size prompts (EXSPEC's pool holds "
+                        "them all); use with --prompts assets/prompts/stream.jsonl (96 prompts of mixed lengths)")
     p.add_argument("--vocab-trim", type=int, default=None, help="VocabTrim K for drafting methods")
     p.add_argument("--param", action="append", default=[], help="name=value for every method that has it (repeatable)")
     p.add_argument("--overhead", action="store_true", help="also run each method without recording: recording overhead column")
@@ -255,6 +276,12 @@ def main(argv: list[str] | None = None) -> int:
             shared[key.strip()] = parse_value(value.strip())
         methods = [parse_method(spec, shared) for spec in split_methods(args.methods)]
         prompts = load_prompts(args.prompts, args.limit)
+        if args.pool_factor is not None:
+            if not 1 <= args.pool_factor <= 8:
+                raise ValueError("--pool-factor must be between 1 and 8")
+            for _, name, params in methods:
+                if name in ("batch_autoregressive", "eqspec", "exspec"):
+                    stream_size(params, args.pool_factor, len(prompts))
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -276,7 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     if single or not batched:
         frames.append(run_matrix(pair, single, prompts, args.repeats, progress=not args.quiet, overhead=args.overhead))
     if batched:
-        frames.append(run_batch_matrix(pair, batched, prompts, args.repeats, progress=not args.quiet))
+        frames.append(run_batch_matrix(pair, batched, prompts, args.repeats, progress=not args.quiet,
+                                       pool_factor=args.pool_factor))
     df = pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -83,3 +83,22 @@ def test_bench_runs_batch_methods(saved_pair, tmp_path, capsys):
     assert (batch.batch_size == 2).all() and batch.equal_to_autoregressive.all()
     assert ((batch.realign_share >= 0) & (batch.realign_share < 1)).all()
     assert "realign_share" in capsys.readouterr().out
+
+
+def test_pool_factor_streams_pool_x_batch_requests_of_mixed_lengths(tmp_path):
+    """EXSPEC's regime: a request stream of pool_factor x batch_size distinct prompts (EXSPEC's pool holds all)."""
+    from specviz.bench import main
+
+    root = Path(__file__).resolve().parents[1]
+    stream = [json.loads(line) for line in (root / "assets" / "prompts" / "stream.jsonl").read_text().splitlines()]
+    assert len(stream) >= 64 and len({s["prompt"] for s in stream}) == len(stream)
+    assert len({len(s["prompt"]) // 100 for s in stream}) >= 4, "lengths must be genuinely mixed"
+    out = tmp_path / "pool.csv"
+    assert main(["--prompts", str(root / "assets" / "prompts" / "stream.jsonl"), "--pool-factor", "2",
+                 "--methods", "eqspec:batch_size=2,exspec:batch_size=2", "--max-new-tokens", "4", "--repeats", "1",
+                 "--quiet", "--out", str(out)]) == 0
+    df = pd.read_csv(out)
+    assert list(df["rows"]) == [4, 4] and set(df["pool_factor"]) == {2}
+    assert df["share_equal_rows"].eq(1.0).all() and df["real_divergences"].eq(0).all()
+    assert main(["--prompts", str(root / "assets" / "prompts" / "stream.jsonl"), "--pool-factor", "9",
+                 "--methods", "exspec", "--out", str(out)]) == 2
