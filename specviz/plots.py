@@ -302,3 +302,44 @@ def stats_table(trace: Trace, baseline: Trace) -> pd.DataFrame:
 
 def token_counts(trace: Trace) -> dict[str, int]:
     return dict(Counter(e.kind for e in trace.events if e.kind in TOKEN_KINDS))
+
+
+def expected_speedup(alpha: float, gamma: int, c: float, v: float) -> float:
+    """Leviathan et al.: expected tokens per round (1 - a^(g+1)) / (1 - a) over the round's cost g c + v
+    (v: verifying g + 1 tokens / one target step; v = 1 is the paper's formula)."""
+    tokens = gamma + 1 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+    return tokens / (gamma * c + v)
+
+
+def speedup_explorer(alpha: float, gamma: int, c: float, v: float, points: list[dict] | None = None,
+                     gamma_max: int = 16) -> go.Figure:
+    """The MODELED expected speedup against gamma for the chosen alpha, c and v, with this session's
+    MEASURED runs as points (at their mean drafts per round), so the gap between model and measurement shows."""
+    gammas = list(range(1, gamma_max + 1))
+    curve = [expected_speedup(alpha, g, c, v) for g in gammas]
+    best = max(gammas, key=lambda g: expected_speedup(alpha, g, c, v))
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=gammas, y=curve, mode="lines", name=f"MODELED: alpha {alpha:.2f}, c {c:.2f}, v {v:.2f}",
+                             hovertemplate="gamma %{x}: %{y:.2f}x (modeled)<extra></extra>"))
+    fig.add_trace(go.Scatter(x=[gamma], y=[expected_speedup(alpha, gamma, c, v)], mode="markers", name=f"gamma = {gamma}",
+                             marker=dict(size=12, symbol="diamond"),
+                             hovertemplate="chosen gamma %{x}: %{y:.2f}x (modeled)<extra></extra>"))
+    for p in points or []:
+        fig.add_trace(go.Scatter(
+            x=[p["gamma"]], y=[p["speedup"]], mode="markers", name=f"MEASURED {esc(p['method'])}",
+            marker=dict(size=10), customdata=[[p.get("alpha") or 0, p.get("c") or 0]],
+            hovertemplate=(f"{esc(p['method'])}: %{{y:.2f}}x measured at %{{x:.2f}} drafts/round "
+                           "(alpha %{customdata[0]:.2f}, c %{customdata[1]:.2f})<extra></extra>")))
+    fig.add_hline(y=1, line_dash="dot", annotation_text="autoregressive")
+    fig.update_layout(title=f"Expected speedup vs gamma (best modeled gamma: {best})", template=TEMPLATE, height=380,
+                      xaxis_title="gamma (drafts per round)", yaxis_title="speedup over autoregressive")
+    return fig
+
+
+def explorer_point(trace: Trace) -> dict | None:
+    """A measured run as an explorer point, from what the Playground stored in its trace."""
+    m = trace.meta.get("against_autoregressive") or {}
+    if not m.get("speedup") or not m.get("mean_drafts_per_round"):
+        return None
+    return {"method": trace.method, "gamma": m["mean_drafts_per_round"], "speedup": m["speedup"],
+            "alpha": m.get("alpha"), "c": m.get("c")}

@@ -22,6 +22,7 @@ import gradio as gr
 import pandas as pd
 
 from . import plots, render
+from .metrics import compare
 from .api import run, run_batch
 from .bench import DEFAULT_PROMPTS, load_prompts, run_matrix
 from .methods import METHODS
@@ -249,6 +250,10 @@ def playground_stream(prompt, target, draft, method, max_new_tokens, temperature
         baseline = trace if method == "autoregressive" else run_traced("autoregressive", target, draft, prompt, baseline_params)
         if not params.get("temperature") and trace.output_ids != baseline.output_ids:
             annotate(pair, trace, baseline)  # greedy must be equal: a difference is classified, tie or bug, and shown
+        if baseline is not trace:  # the explorer plots this run: its measured figures travel in the trace
+            figures = compare(trace, baseline)
+            trace.meta["against_autoregressive"] = {k: figures.get(k) for k in
+                                                    ("speedup", "alpha", "c", "v", "tau", "mean_drafts_per_round")}
         views = result_views(trace, baseline, (cost_t, cost_d, cost_c))
         yield views + (trace.to_json(), save_downloads(trace))
     finally:
@@ -422,6 +427,17 @@ else is MEASURED on the machine serving this page.
 """
 
 
+def explorer_figure(alpha, gamma, c, v, points):
+    return plots.speedup_explorer(float(alpha), int(gamma), float(c), float(v), points)
+
+
+def add_explorer_point(trace_json, alpha, gamma, c, v, points):
+    """After a Playground run: its measured speedup joins this session's points (the last 20 kept)."""
+    point = plots.explorer_point(Trace.from_json(trace_json)) if trace_json else None
+    points = (list(points or []) + [point])[-20:] if point else list(points or [])
+    return points, explorer_figure(alpha, gamma, c, v, points)
+
+
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="specviz: see speculative decoding", analytics_enabled=False) as demo:
         gr.Markdown("# specviz\nSee speculative decoding token by token: what was drafted, what the target kept, "
@@ -497,6 +513,20 @@ def build_demo() -> gr.Blocks:
                     load_btn = gr.Button("Load trace")
                     loaded_html = gr.HTML()
                     loaded_plot = gr.Plot()
+            with gr.Tab("Explorer", id="explorer-tab"):
+                with gr.Column(elem_id="explorer"):
+                    gr.Markdown("The expected speedup of speculative decoding (Leviathan et al. 2023) for an i.i.d. "
+                                "acceptance rate alpha, gamma drafts per round, a draft step costing c target steps and a "
+                                "verification costing v target steps: (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + v)). "
+                                "The curve is MODELED; every Playground run of this session appears as a MEASURED point "
+                                "(at its mean drafts per round), so the gap between model and measurement shows.")
+                    with gr.Row():
+                        x_alpha = gr.Slider(0.0, 1.0, value=0.8, step=0.01, label="alpha (acceptance rate)", elem_id="x-alpha")
+                        x_gamma = gr.Slider(1, 16, value=4, step=1, label="gamma (drafts per round)", elem_id="x-gamma")
+                        x_c = gr.Slider(0.0, 1.0, value=0.15, step=0.01, label="c (draft step / target step)", elem_id="x-c")
+                        x_v = gr.Slider(1.0, 3.0, value=1.2, step=0.05, label="v (verify / target step)", elem_id="x-v")
+                    x_plot = gr.Plot(label="expected speedup vs gamma", elem_id="explorer-plot")
+                    x_points = gr.State([])
             with gr.Tab("Learn", id="learn"):
                 gr.Markdown(LEARN)
 
@@ -506,6 +536,11 @@ def build_demo() -> gr.Blocks:
                                   [tokens, timeline, hist, pos, stats, mirror_plot, trace_state, files],
                                   api_visibility="undocumented", api_name="playground_stream")
         stop_btn.click(None, None, None, cancels=[run_event])
+        explorer_inputs = [x_alpha, x_gamma, x_c, x_v, x_points]
+        run_event.then(add_explorer_point, [trace_state] + explorer_inputs, [x_points, x_plot], api_visibility="private")
+        for slider in (x_alpha, x_gamma, x_c, x_v):
+            slider.change(explorer_figure, explorer_inputs, x_plot, api_visibility="private")
+        demo.load(explorer_figure, explorer_inputs, x_plot, api_visibility="private")
         trace_state.change(step_view, [trace_state, step_slider], [step_html, step_slider], api_visibility="private")
         step_slider.change(friendly(step_view), [trace_state, step_slider], [step_html, step_slider], api_visibility="private")
         compare_btn.click(friendly(compare_methods), [methods, source, pasted, n_prompts, c_tokens, c_repeats, target, draft],

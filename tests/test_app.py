@@ -155,3 +155,27 @@ def test_every_method_runs_from_the_playground_controls(server):
         assert 'class="sv-tok' in outputs[0], method
         saved = json.loads(Path(outputs[-1][0]).read_text())  # the downloadable trace.json
         assert saved["method"] == method and len(saved["rows"][0]["output_ids"]) == 12
+
+
+def test_explorer_draws_the_model_and_this_sessions_measured_runs(page):
+    """Speedup explorer: the MODELED Leviathan curve follows the sliders; a Playground run appears as a MEASURED point."""
+    page.click("#run")
+    page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=120_000)
+    page.wait_for_selector("text=speedup vs autoregressive (measured)", timeout=30_000)
+    open_tab(page, "Explorer")
+    plot = "#explorer-plot .js-plotly-plot"
+    page.wait_for_function("() => { const g = document.querySelector('" + plot + "'); return g && g.data && "
+                           "g.data.some(t => t.name.startsWith('MEASURED draft_model')); }", timeout=60_000)
+    names = page.evaluate(f"document.querySelector('{plot}').data.map(t => t.name)")
+    assert any(n.startswith("MODELED: alpha 0.80") for n in names), names
+    measured = page.evaluate(f"document.querySelector('{plot}').data.find(t => t.name.startsWith('MEASURED')).y[0]")
+    assert 0.2 < measured < 10, measured
+    box = page.locator("#x-alpha input[type=number]")
+    box.fill("0.5")
+    box.press("Enter")
+    page.wait_for_function(f"document.querySelector('{plot}').data[0].name.startsWith('MODELED: alpha 0.50')",
+                           timeout=30_000)
+    title = page.evaluate(f"document.querySelector('{plot}').layout.title.text")
+    assert "best modeled gamma" in title
+    page.screenshot(path=str(SHOTS / "explorer.png"), full_page=True)
+    assert not page.errors, f"console errors: {page.errors}"
