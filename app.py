@@ -37,9 +37,8 @@ def main() -> None:
     if not is_loopback(args.host):
         os.environ.setdefault("SPECVIZ_PUBLIC", "1")  # strangers can reach it: curated models only (README)
     from specviz import ui
-    from specviz.models import load_pair
 
-    load_pair("embedded", device=args.device)  # warm the cache: first request is fast, missing assets fail early
+    ui.engine().call("warm", {"target": "embedded"})  # the engine loads the pair: first request is fast, missing assets fail early
     print(f"specviz: models ready in {time.perf_counter() - start:.1f} s; serving on http://{args.host}:{args.port}", flush=True)
     ui.launch(args.host, args.port)
 

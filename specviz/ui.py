@@ -1,13 +1,15 @@
 """The Gradio app over the engine's traces: Playground, Compare, Batch, Step through, Learn.
 
 Handlers validate nothing themselves: the engine boundary (`specviz.api`, `specviz.models`) raises
-ValueError with a clear message, which becomes a `gr.Error` in the page and in the API. Each run gets
-its own Recorder, RNG and caches from the engine; per-user data lives in `gr.State`, never in globals.
-Every run has a cancel flag: the Stop button, a closed page and the time limit all set it.
+ValueError with a clear message, which becomes a `gr.Error` in the page and in the API. Engine work runs
+as jobs of `specviz.engine_jobs` on the engine process's main thread (`specviz.worker`); this process
+holds no models and draws everything from the traces it gets back. Per-user data lives in `gr.State`,
+never in globals. Every run has a cancel flag: the Stop button, a closed page and the time limit all set it.
 """
 from __future__ import annotations
 
-import contextlib
+import atexit
+import io
 import json
 import logging
 import os
@@ -16,20 +18,18 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import gradio as gr
 import pandas as pd
 
 from . import plots, render
-from .metrics import compare
-from .api import run, run_batch
-from .bench import DEFAULT_PROMPTS, load_prompts, run_matrix
+from .bench import DEFAULT_PROMPTS, load_prompts
 from .methods import METHODS
 from .methods.base import COMMON_PARAMS, Param
-from .divergence import annotate
-from .models import CURATED_PAIRS, EMBEDDED, load_pair
-from .trace import MAX_TRACE_BYTES, Recorder, Trace
+from .models import CURATED_PAIRS, EMBEDDED
+from .trace import MAX_TRACE_BYTES, Event, Trace
+from .worker import ProcessEngine, ThreadEngine
 
 try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated function runs
     import spaces  # type: ignore
@@ -37,7 +37,6 @@ except ImportError:  # everywhere else the app runs unchanged
     spaces = None
 
 log = logging.getLogger("specviz.ui")
-RUN_SECONDS = float(os.environ.get("SPECVIZ_RUN_SECONDS", "120"))  # a run past this is cancelled
 CONCURRENCY = int(os.environ.get("SPECVIZ_CONCURRENCY", "4"))
 SINGLE = [name for name, cls in METHODS.items() if not cls.batch and name != "hf_assisted"] + ["hf_assisted"]
 BATCH = [name for name, cls in METHODS.items() if cls.batch]
@@ -46,25 +45,19 @@ EXAMPLES = [p["prompt"] for p in load_prompts(DEFAULT_PROMPTS)]
 DOWNLOAD_DIR = Path(tempfile.gettempdir()) / "specviz-traces"
 
 
-class InFlight:
-    """How many engine runs this server is executing now: the health endpoint reports it, so an operator
-    (and the cancellation test) can see a cancelled run actually stop."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.count = 0
-
-    def __enter__(self) -> "InFlight":
-        with self._lock:
-            self.count += 1
-        return self
-
-    def __exit__(self, *exc) -> None:
-        with self._lock:
-            self.count -= 1
+_ENGINES: dict[str, Any] = {}
+_ENGINES_LOCK = threading.Lock()
 
 
-IN_FLIGHT = InFlight()
+def engine():
+    """Where engine jobs run: the engine process (default), or this server's threads on ZeroGPU (its
+    `@spaces.GPU` must run here) and with SPECVIZ_ENGINE=thread."""
+    kind = "thread" if spaces is not None or os.environ.get("SPECVIZ_ENGINE") == "thread" else "process"
+    with _ENGINES_LOCK:
+        if kind not in _ENGINES:
+            _ENGINES[kind] = ThreadEngine() if kind == "thread" else ProcessEngine()
+            atexit.register(_ENGINES[kind].close)
+        return _ENGINES[kind]
 
 
 def gpu(fn: Callable) -> Callable:
@@ -129,12 +122,6 @@ def friendly(fn: Callable) -> Callable:
     return wrapper
 
 
-def get_pair(target: str, draft: str | None):
-    target = (target or EMBEDDED).strip() or EMBEDDED
-    draft = (draft or "").strip() or None
-    return load_pair(target, draft, device=os.environ.get("SPECVIZ_DEVICE") or None)
-
-
 def collect_params(method: str, common: dict[str, Any], specific: dict[str, Any]) -> dict[str, Any]:
     """Only the parameters this method has (the engine validates their values)."""
     if method not in METHODS:
@@ -159,29 +146,6 @@ def parse_params(params_json: str | dict | None) -> dict[str, Any]:
     return value
 
 
-@contextlib.contextmanager
-def guarded_run(cancel: threading.Event | None = None) -> Iterator[threading.Event]:
-    """One engine run on this server: counted in flight, and cancelled when it passes RUN_SECONDS.
-    Yields the run's cancel flag (the caller's, if given, so Stop and the deadline share it)."""
-    cancel = cancel or threading.Event()
-    timer = threading.Timer(RUN_SECONDS, cancel.set)
-    timer.daemon = True
-    timer.start()
-    try:
-        with IN_FLIGHT:
-            yield cancel
-    finally:
-        timer.cancel()
-
-
-@gpu
-def run_traced(method: str, target: str, draft: str | None, prompt: str, params: dict, recorder: Recorder | None = None,
-               cancel: threading.Event | None = None) -> Trace:
-    pair = get_pair(target, draft)
-    with guarded_run(cancel) as flag:
-        return run(method, pair, prompt, cancel=flag, recorder=recorder, **params)
-
-
 def save_downloads(trace: Trace) -> list[str]:
     """JSON, CSV and Chrome-trace files of one run, in a directory of their own."""
     DOWNLOAD_DIR.mkdir(parents=True, exist_ok=True)
@@ -194,11 +158,24 @@ def save_downloads(trace: Trace) -> list[str]:
     return [str(folder / name) for name in ("trace.json", "trace.csv", "trace.chrome.json")]
 
 
+def where_measured(trace: Trace) -> str:
+    """Beside every measured figure: where the run ran and whether it had the engine to itself."""
+    note = trace.meta.get("engine") or {}
+    if not note:
+        return ""
+    alone = note.get("runs_at_once", 1) <= 1
+    text = f", {note.get('where', 'engine')}, " + ("alone" if alone else f"sharing the engine with {note['runs_at_once'] - 1} other run(s)")
+    if note.get("queued_s"):
+        text += f", after {note['queued_s']:.2f} s in the queue"
+    return text
+
+
 def result_views(trace: Trace, baseline: Trace | None, costs: tuple[float, float, float] | None = None) -> tuple:
     """(tokens html, timeline, histogram, per-position, stats, mirror figure) of a finished run."""
     from .methods.mirror import HeterogeneousCosts
 
-    status = f"{trace.new_tokens} tokens in {trace.wall_time:.2f} s (measured) - finish: {trace.rows[0].finish_reason}"
+    status = (f"{trace.new_tokens} tokens in {trace.wall_time:.2f} s (measured{where_measured(trace)}) - "
+              f"finish: {trace.rows[0].finish_reason}")
     stats = plots.stats_table(trace, baseline) if baseline is not None else pd.DataFrame(columns=["metric", "value"])
     mirror = (plots.mirror_timelines(trace, HeterogeneousCosts(*costs) if costs else None)
               if trace.method == "mirror" else plots.empty_figure("Mirror-SD timelines", "run mirror to see measured vs modeled lanes"))
@@ -207,53 +184,46 @@ def result_views(trace: Trace, baseline: Trace | None, costs: tuple[float, float
 
 
 # ----------------------------------------------------------------------------- handlers
+def engine_call(name: str, kwargs: dict, on_message: Callable | None = None, cancel: threading.Event | None = None):
+    """An engine job on this server's engine (GPU-decorated on ZeroGPU, where it runs in this process)."""
+    return gpu(engine().call)(name, kwargs, on_message, cancel)
+
+
 def playground_stream(prompt, target, draft, method, max_new_tokens, temperature, top_k, top_p, seed, *rest):
     """Streams the coloured tokens while the run goes on, then draws the plots against an AR baseline."""
     *specific_values, cost_t, cost_d, cost_c = rest
     specific = dict(zip(PARAMS, specific_values))
     common = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     params = collect_params(method, common, specific)
-    pair = get_pair(target, draft)  # load (or hit the cache) before the clock starts; errors surface here
-    recorder = Recorder(pair.target.device)
+    events: list[Event] = []
     cancel = threading.Event()
     box: dict[str, Any] = {}
+    job = dict(method=method, target=target, draft=draft, prompt=prompt, params=params, submitted_at=time.time())
+
+    def on_message(payload: dict) -> None:
+        events.extend(Event(**d) for d in payload.get("events", ()))
 
     def work() -> None:
         try:
-            box["trace"] = run_traced(method, target, draft, prompt, params, recorder=recorder, cancel=cancel)
+            box["result"] = engine_call("playground", job, on_message, cancel)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the handler
             box["error"] = exc
 
-    worker = threading.Thread(target=work, name="specviz-run", daemon=True)
-    worker.start()
+    waiter = threading.Thread(target=work, name="specviz-wait", daemon=True)
+    waiter.start()
     skip = tuple(gr.skip() for _ in range(7))  # every output but the tokens
-    decode_cache: dict[int, str] = {}
-
-    def decode(token_id: int) -> str:
-        if token_id not in decode_cache:
-            decode_cache[token_id] = pair.tokenizer.decode([token_id], skip_special_tokens=False)
-        return decode_cache[token_id]
-
     try:
         shown = -1
-        while worker.is_alive():
-            worker.join(0.05)
-            events = list(recorder.events)
-            count = sum(1 for e in events if e.kind in ("accept", "correct", "bonus", "emit"))
+        while waiter.is_alive():
+            waiter.join(0.05)
+            count = len(events)
             if count != shown:
                 shown = count
-                yield (render.tokens_html(prompt, events, decode=decode, status=f"generating... {count} tokens"),) + skip
+                yield (render.tokens_html(prompt, list(events), status=f"generating... {count} tokens"),) + skip
         if "error" in box:
             raise box["error"]
-        trace = box["trace"]
-        baseline_params = {k: v for k, v in params.items() if k in COMMON}
-        baseline = trace if method == "autoregressive" else run_traced("autoregressive", target, draft, prompt, baseline_params)
-        if not params.get("temperature") and trace.output_ids != baseline.output_ids:
-            annotate(pair, trace, baseline)  # greedy must be equal: a difference is classified, tie or bug, and shown
-        if baseline is not trace:  # the explorer plots this run: its measured figures travel in the trace
-            figures = compare(trace, baseline)
-            trace.meta["against_autoregressive"] = {k: figures.get(k) for k in
-                                                    ("speedup", "alpha", "c", "v", "tau", "mean_drafts_per_round")}
+        trace = Trace.from_json(box["result"]["trace"])
+        baseline = Trace.from_json(box["result"]["baseline"])
         views = result_views(trace, baseline, (cost_t, cost_d, cost_c))
         yield views + (trace.to_json(), save_downloads(trace))
     finally:
@@ -268,13 +238,13 @@ def playground_api(prompt: str, method: str = "draft_model", params_json: str = 
     params = parse_params(params_json)
     if METHODS[method].batch:
         raise ValueError(f"{method} is a batch method: use the batch endpoint")
-    trace = run_traced(method, target, draft, prompt, params)
-    return trace.text, trace.to_json()
+    trace_json = engine_call("single", dict(method=method, target=target, draft=draft, prompt=prompt, params=params))
+    return Trace.from_json(trace_json).text, trace_json
 
 
 def compare_methods(methods, prompt_source, pasted, n_prompts, max_new_tokens, repeats, target, draft,
-                    progress=gr.Progress(track_tqdm=True)):
-    """Methods x prompts, interleaved per prompt (the bench's own loop), with a progress bar."""
+                    progress=gr.Progress()):
+    """Methods x prompts, interleaved per prompt (the bench's own loop, in the engine)."""
     if not methods:
         raise ValueError("choose at least one method to compare")
     unknown = [m for m in methods if m not in METHODS or METHODS[m].batch]
@@ -289,8 +259,9 @@ def compare_methods(methods, prompt_source, pasted, n_prompts, max_new_tokens, r
         prompts = load_prompts(DEFAULT_PROMPTS)[: int(n_prompts)]
     common = {"max_new_tokens": int(max_new_tokens)}
     specs = [(m, m, dict(common)) for m in methods]
-    pair = get_pair(target, draft)
-    frame = gpu(run_matrix)(pair, specs, prompts, int(repeats), progress=True)
+    progress(0, desc=f"{len(methods) + 1} methods x {len(prompts)} prompts x {int(repeats)} repeats")
+    frame = pd.read_json(io.StringIO(engine_call("compare", dict(specs=specs, prompts=prompts, repeats=int(repeats),
+                                                                 target=target, draft=draft))), orient="records")
     from .bench import summary
 
     table = summary(frame).reset_index().round(3)
@@ -301,37 +272,19 @@ def compare_methods(methods, prompt_source, pasted, n_prompts, max_new_tokens, r
 def batch_compare(batch_size, n_prompts, max_new_tokens, gamma, include_naive, target, draft,
                   progress=gr.Progress()):
     """EQSPEC vs EXSPEC (and batched AR, and the naive mode if asked) on the same prompts."""
-    pair = get_pair(target, draft)
     prompts = [p["prompt"] for p in load_prompts(DEFAULT_PROMPTS)[: int(n_prompts)]]
     if not prompts:
         raise ValueError("choose at least one prompt")
-    common = {"max_new_tokens": int(max_new_tokens), "batch_size": int(batch_size)}
-    variants = [("batch_autoregressive", {}), ("eqspec", {"gamma": int(gamma)}), ("exspec", {"gamma": int(gamma)})]
-    if include_naive:
-        variants.append(("eqspec", {"gamma": int(gamma), "realign": "naive"}))
-    sizes = sorted({1, int(batch_size)})
     progress(0, desc="single-sequence references")
-    reference = [run("autoregressive", pair, p, max_new_tokens=int(max_new_tokens)).output_ids for p in prompts]
-    rows, equivalence, traces = [], [], {}
-    total = len(variants) * len(sizes)
-    for i, (size, (name, extra)) in enumerate((s, v) for s in sizes for v in variants):
-        progress((i + 1) / total, desc=f"{name} batch {size}")
-        trace = gpu(run_batch)(name, pair, prompts, **{**common, **extra, "batch_size": size})
-        label = name + (" (NAIVE: broken on purpose)" if extra.get("realign") == "naive" else "")
-        equal = [r.output_ids == ref for r, ref in zip(trace.rows, reference)]
-        rows.append({"method": label, "batch_size": size, "tokens_per_s": round(trace.meta["throughput"], 1),
-                     "realign_share": round(trace.meta["realign_seconds"] / trace.wall_time, 3) if trace.wall_time else 0.0,
-                     "rounds": trace.meta["rounds"], "realigned_rounds": trace.meta["realigned_rounds"],
-                     "rows_equal_to_autoregressive": f"{sum(equal)}/{len(equal)}"})
-        if size == int(batch_size):
-            traces[label] = trace
-            equivalence += [{"method": label, "row": j, "equal": "yes" if e else "NO",
-                             "text": trace.rows[j].text[:60]} for j, e in enumerate(equal)]
-    frame = pd.DataFrame(rows)
+    got = engine_call("batch_compare", dict(batch_size=int(batch_size), prompts=prompts, max_new_tokens=int(max_new_tokens),
+                                            gamma=int(gamma), include_naive=bool(include_naive), target=target, draft=draft),
+                      lambda payload: progress(payload["progress"], desc=payload["desc"]) if "progress" in payload else None)
+    frame = pd.DataFrame(got["rows"])
+    traces = {label: Trace.from_json(text) for label, text in got["traces"].items()}
     shown = traces.get("eqspec") or next(iter(traces.values()))
     ex = traces.get("exspec")
     return (frame, plots.batch_timeline(shown), plots.batch_timeline(ex) if ex else plots.empty_figure("EXSPEC"),
-            plots.throughput_figure(frame.assign(method=frame["method"].str.split(" ").str[0])), pd.DataFrame(equivalence))
+            plots.throughput_figure(frame.assign(method=frame["method"].str.split(" ").str[0])), pd.DataFrame(got["equivalence"]))
 
 
 def batch_api(prompts_json: str, method: str = "eqspec", params_json: str = "{}", target: str = EMBEDDED,
@@ -341,10 +294,9 @@ def batch_api(prompts_json: str, method: str = "eqspec", params_json: str = "{}"
         prompts = json.loads(prompts_json) if isinstance(prompts_json, str) else prompts_json
     except json.JSONDecodeError as exc:
         raise ValueError(f"prompts must be a JSON list of strings: {exc}") from None
-    pair = get_pair(target, draft)
-    with guarded_run() as flag:
-        trace = gpu(run_batch)(method, pair, prompts, cancel=flag, **parse_params(params_json))
-    return json.dumps([r.text for r in trace.rows]), trace.to_json()
+    trace_json = engine_call("batch", dict(method=method, target=target, draft=draft, prompts=prompts,
+                                           params=parse_params(params_json)))
+    return json.dumps([r.text for r in Trace.from_json(trace_json).rows]), trace_json
 
 
 def load_trace(file) -> tuple:
@@ -369,15 +321,17 @@ def load_trace_api(trace_json: str) -> str:
 
 
 def health() -> str:
-    """API: the server's state as JSON: runs in flight, models cached, peak resident memory."""
+    """API: the server's state as JSON: runs in flight (queued or running), models the engine holds, peak
+    resident memory of the server and of the engine process."""
     import resource
     import sys
 
-    from .models import CACHE
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     peak_mb = peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
-    return json.dumps({"ok": True, "runs_in_flight": IN_FLIGHT.count, "models_cached": [k[0] for k in CACHE.keys()],
+    eng = engine()
+    state = eng.call("health", {}, immediate=True)
+    return json.dumps({"ok": True, "runs_in_flight": eng.in_flight.count, "models_cached": state["models_cached"],
+                       "engine": eng.kind, "engine_peak_rss_mb": state["engine_peak_rss_mb"],
                        "peak_rss_mb": round(peak_mb, 1)})
 
 

@@ -205,6 +205,9 @@ def test_a_fault_inside_a_method_is_reported_and_the_next_run_is_right(monkeypat
     from specviz import ui
     from specviz.methods.draft_model import DraftModel
 
+    monkeypatch.setenv("SPECVIZ_ENGINE", "thread")  # the patched method lives in this process (the engine process
+    # has its own faults test: tests/test_worker.py)
+
     original = DraftModel.generate
 
     def faulty(self, ctx):

@@ -1,0 +1,186 @@
+"""What the app asks of the engine, as functions of plain data (strings, numbers, JSON-able dicts).
+
+They run where `specviz.worker` puts them: on the main thread of the engine process (the default), or
+in a server thread. Each takes `cancel` (a threading.Event: Stop, a closed page, the run deadline)
+and `emit` (sends a progress payload to the waiting handler: streamed tokens). Results are JSON-able,
+so nothing but data crosses the process boundary; the UI draws its plots from the traces it gets back.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, Callable
+
+JOBS = ("warm", "single", "playground", "batch", "compare", "batch_compare", "health")
+STREAM_SECONDS = 0.05  # how often streamed tokens are sent while a run goes on
+_RUNNING = {"count": 0}
+_RUNNING_LOCK = threading.Lock()
+
+
+def pair_for(target: str | None, draft: str | None):
+    from .models import EMBEDDED, load_pair
+
+    target = (target or EMBEDDED).strip() or EMBEDDED
+    draft = (draft or "").strip() or None
+    return load_pair(target, draft, device=os.environ.get("SPECVIZ_DEVICE") or None)
+
+
+def engine_note(queued_s: float | None = None) -> dict:
+    """Where a run ran and how many runs shared the engine: shown beside its measured figures."""
+    with _RUNNING_LOCK:
+        running = _RUNNING["count"]
+    where = "engine process, main thread" if threading.current_thread() is threading.main_thread() else "server thread"
+    note = {"where": where, "runs_at_once": running, "pid": os.getpid()}
+    if queued_s is not None:
+        note["queued_s"] = round(max(0.0, queued_s), 3)
+    return note
+
+
+class Running:
+    def __enter__(self):
+        with _RUNNING_LOCK:
+            _RUNNING["count"] += 1
+
+    def __exit__(self, *exc):
+        with _RUNNING_LOCK:
+            _RUNNING["count"] -= 1
+
+
+def warm(target: str = "embedded", *, cancel: threading.Event, emit: Callable) -> str:
+    return pair_for(target, None).describe()
+
+
+def single(method: str, target: str, draft: str | None, prompt: str, params: dict, *, cancel: threading.Event,
+           emit: Callable) -> str:
+    from .api import run
+
+    pair = pair_for(target, draft)
+    with Running():
+        trace = run(method, pair, prompt, cancel=cancel, **params)
+        trace.meta["engine"] = engine_note()
+    return trace.to_json()
+
+
+def stream_tokens(recorder, pair, emit: Callable, stop: threading.Event) -> None:
+    """Send the run's new token events (text decoded here, where the tokenizer is) every STREAM_SECONDS."""
+    from .trace import TOKEN_KINDS
+
+    sent = 0
+    texts: dict[int, str] = {}
+    while True:
+        finished = stop.wait(STREAM_SECONDS)
+        events = list(recorder.events)
+        fresh = [e for e in events[sent:] if e.kind in TOKEN_KINDS]
+        sent = len(events)
+        if fresh:
+            out = []
+            for e in fresh:
+                if e.token_id not in texts:
+                    texts[e.token_id] = pair.tokenizer.decode([e.token_id], skip_special_tokens=False)
+                d = e.to_dict()
+                d["text"] = e.text or texts[e.token_id]
+                out.append(d)
+            emit({"events": out})
+        if finished:
+            return
+
+
+def playground(method: str, target: str, draft: str | None, prompt: str, params: dict, submitted_at: float | None = None,
+               *, cancel: threading.Event, emit: Callable) -> dict:
+    """The Playground's run: tokens streamed as they come, then the autoregressive run of the same prompt,
+    a greedy difference classified (tie or bug), the measured figures against it stored in the trace."""
+    from .api import run
+    from .divergence import annotate
+    from .metrics import compare
+    from .trace import Recorder
+
+    queued = time.time() - submitted_at if submitted_at else None
+    pair = pair_for(target, draft)
+    recorder = Recorder(pair.target.device)
+    stop = threading.Event()
+    streamer = threading.Thread(target=stream_tokens, args=(recorder, pair, emit, stop), name="specviz-stream", daemon=True)
+    streamer.start()
+    try:
+        with Running():
+            note = engine_note(queued)
+            trace = run(method, pair, prompt, cancel=cancel, recorder=recorder, **params)
+    finally:
+        stop.set()
+        streamer.join()
+    trace.meta["engine"] = note
+    baseline = trace
+    if method != "autoregressive":
+        base_params = {k: v for k, v in params.items() if k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}
+        with Running():
+            baseline = run("autoregressive", pair, prompt, cancel=cancel, **base_params)
+        baseline.meta["engine"] = engine_note()
+        if not params.get("temperature") and trace.output_ids != baseline.output_ids:
+            annotate(pair, trace, baseline)  # greedy must be equal: a difference is classified, tie or bug, and shown
+        figures = compare(trace, baseline)
+        trace.meta["against_autoregressive"] = {k: figures.get(k) for k in
+                                                ("speedup", "alpha", "c", "v", "tau", "mean_drafts_per_round")}
+    return {"trace": trace.to_json(), "baseline": baseline.to_json()}
+
+
+def batch(method: str, target: str, draft: str | None, prompts: list, params: dict, *, cancel: threading.Event,
+          emit: Callable) -> str:
+    from .api import run_batch
+
+    pair = pair_for(target, draft)
+    with Running():
+        trace = run_batch(method, pair, prompts, cancel=cancel, **params)
+        trace.meta["engine"] = engine_note()
+    return trace.to_json()
+
+
+def compare(specs: list, prompts: list, repeats: int, target: str, draft: str | None, *, cancel: threading.Event,
+            emit: Callable) -> str:
+    """Methods x prompts, interleaved per prompt (the bench's own loop): the frame as JSON records."""
+    from .bench import run_matrix
+
+    pair = pair_for(target, draft)
+    with Running():
+        frame = run_matrix(pair, [tuple(s) for s in specs], prompts, int(repeats), progress=False)
+    return frame.to_json(orient="records")
+
+
+def batch_compare(batch_size: int, prompts: list, max_new_tokens: int, gamma: int, include_naive: bool, target: str,
+                  draft: str | None, *, cancel: threading.Event, emit: Callable) -> dict:
+    """EQSPEC vs EXSPEC (and batched AR, and the naive mode if asked) on the same prompts."""
+    from .api import run, run_batch
+
+    pair = pair_for(target, draft)
+    common = {"max_new_tokens": int(max_new_tokens), "batch_size": int(batch_size)}
+    variants = [("batch_autoregressive", {}), ("eqspec", {"gamma": int(gamma)}), ("exspec", {"gamma": int(gamma)})]
+    if include_naive:
+        variants.append(("eqspec", {"gamma": int(gamma), "realign": "naive"}))
+    sizes = sorted({1, int(batch_size)})
+    with Running():
+        reference = [run("autoregressive", pair, p, max_new_tokens=int(max_new_tokens)).output_ids for p in prompts]
+        rows, equivalence, traces = [], [], {}
+        for i, (size, (name, extra)) in enumerate((s, v) for s in sizes for v in variants):
+            emit({"progress": (i + 1) / (len(variants) * len(sizes)), "desc": f"{name} batch {size}"})
+            trace = run_batch(name, pair, prompts, cancel=cancel, **{**common, **extra, "batch_size": size})
+            label = name + (" (NAIVE: broken on purpose)" if extra.get("realign") == "naive" else "")
+            equal = [r.output_ids == ref for r, ref in zip(trace.rows, reference)]
+            rows.append({"method": label, "batch_size": size, "tokens_per_s": round(trace.meta["throughput"], 1),
+                         "realign_share": round(trace.meta["realign_seconds"] / trace.wall_time, 3) if trace.wall_time else 0.0,
+                         "rounds": trace.meta["rounds"], "realigned_rounds": trace.meta["realigned_rounds"],
+                         "rows_equal_to_autoregressive": f"{sum(equal)}/{len(equal)}"})
+            if size == int(batch_size):
+                traces[label] = trace.to_json()
+                equivalence += [{"method": label, "row": j, "equal": "yes" if e else "NO",
+                                 "text": trace.rows[j].text[:60]} for j, e in enumerate(equal)]
+    return {"rows": rows, "equivalence": equivalence, "traces": traces}
+
+
+def health(*, cancel: threading.Event, emit: Callable) -> dict:
+    import resource
+    import sys
+
+    from .models import CACHE
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return {"models_cached": [k[0] for k in CACHE.keys()], "engine_pid": os.getpid(),
+            "engine_peak_rss_mb": round(peak / (1 << 20) if sys.platform == "darwin" else peak / 1024, 1)}
