@@ -19,6 +19,9 @@ CSS = """
 .sv-accept { background: #c7ebd5; } .sv-correct { background: #f8d2bf; } .sv-bonus { background: #cbd9f6; }
 .sv-emit { background: #e6e7ea; } .sv-reject { background: #f3c6cc; text-decoration: line-through; }
 .sv-legend span { margin-right: .8rem; font-size: .85rem; } .sv-note { color: #6b7280; font-size: .85rem; }
+.sv-race { display: grid; grid-template-columns: 1fr 1fr; gap: .8rem; }
+.sv-lane h4 { margin: .2rem 0; } .sv-clock { font-variant-numeric: tabular-nums; font-weight: 600; }
+.sv-done { color: #15803d; font-weight: 600; } .sv-verdict { margin-top: .5rem; font-weight: 600; }
 .sv-step table { border-collapse: collapse; margin-top: .4rem; } .sv-step td, .sv-step th { border: 1px solid #e3e5e8; padding: .2rem .5rem; }
 """
 
@@ -107,3 +110,44 @@ def step_html(trace: Trace, step: int, row: int = 0) -> str:
         parts.append(f"<p>Target emits {token_span(e)} ({esc(FATE_LABELS[e.kind])}"
                      + (f", p={e.p:.3f}" if e.p is not None else "") + ")</p>")
     return f'<div class="sv-step">{"".join(parts)}</div>'
+
+
+def lane_html(label: str, trace: Trace, t: float, lane_id: str) -> str:
+    """One side of a race at time `t` (seconds into its measured run): the tokens it had emitted by then."""
+    shown = sorted((e for e in trace.events if e.kind in TOKEN_KINDS and e.row == 0 and e.t1 <= t), key=lambda e: e.position)
+    done = t >= trace.wall_time
+    clock = min(t, trace.wall_time)
+    state = '<span class="sv-done">finished</span>' if done else "running"
+    rate = f"{len(shown) / clock:.0f} tokens/s" if clock > 0 else ""
+    return (f'<div class="sv-lane" id="{esc(lane_id)}" data-tokens="{len(shown)}" data-done="{str(done).lower()}">'
+            f'<h4>{esc(label)}</h4><div><span class="sv-clock">{clock:.2f} s</span> - {len(shown)} tokens {rate} - {state}</div>'
+            f'<div class="sv-tokens"><span class="sv-prompt">{esc(trace.rows[0].prompt)}</span>'
+            f'{"".join(token_span(e) for e in shown)}</div></div>')
+
+
+def race_html(method: Trace, baseline: Trace, t: float) -> str:
+    """Autoregressive and a method side by side at the same moment of their MEASURED runs (each measured
+    alone, played back together), with the running speedup and, at the end, whether the outputs agree."""
+    n_m = sum(1 for e in method.events if e.kind in TOKEN_KINDS and e.row == 0 and e.t1 <= t)
+    n_b = sum(1 for e in baseline.events if e.kind in TOKEN_KINDS and e.row == 0 and e.t1 <= t)
+    clock_m, clock_b = min(t, method.wall_time), min(t, baseline.wall_time)
+    running = (n_m / clock_m) / (n_b / clock_b) if clock_m > 0 and clock_b > 0 and n_b and n_m else None
+    speed = f"running speedup {running:.2f}x" if running else "running speedup -"
+    verdict = ""
+    if t >= max(method.wall_time, baseline.wall_time):
+        final = (baseline.wall_time / baseline.new_tokens) / (method.wall_time / method.new_tokens) \
+            if method.new_tokens and baseline.new_tokens and method.wall_time else None
+        greedy = not method.params.get("temperature")
+        if method.output_ids == baseline.output_ids:
+            same = "outputs EQUAL token for token"
+        elif greedy:
+            same = "outputs DIFFER (greedy must be equal: see the Playground's stats)"
+        else:
+            same = "sampling: two different draws from the same distribution (both shown)"
+        verdict = (f'<div class="sv-verdict" id="race-verdict">finished: {esc(method.method)} '
+                   f"{final:.2f}x the speed of autoregressive - {esc(same)}</div>" if final else "")
+    note = ('<div class="sv-note">Each run was MEASURED alone (two runs at once would share the CPU cores and '
+            'distort both); the two measured timelines play back together in real time.</div>')
+    return (f'<div class="sv-race-wrap"><div id="race-speed">{esc(speed)}</div><div class="sv-race">'
+            f'{lane_html("autoregressive", baseline, t, "race-ar")}{lane_html(method.method, method, t, "race-method")}'
+            f"</div>{verdict}{note}</div>")

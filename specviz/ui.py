@@ -230,6 +230,31 @@ def playground_stream(prompt, target, draft, method, max_new_tokens, temperature
         cancel.set()  # Stop pressed or page closed: the engine run stops at its next round
 
 
+RACE_FPS = 25
+RACE_MAX_SECONDS = 60.0  # a longer pair of runs plays faster, and says so
+
+
+def race(prompt, method, max_new_tokens, target, draft):
+    """Autoregressive vs a method on the same prompt: each run measured alone in the engine, then the two
+    measured timelines played back together in real time."""
+    if method not in METHODS or METHODS[method].batch or method == "autoregressive":
+        raise ValueError("choose a speculative single-sequence method to race against autoregressive")
+    got = engine_call("playground", dict(method=method, target=target, draft=draft, prompt=prompt,
+                                         params={"max_new_tokens": int(max_new_tokens)}, submitted_at=time.time()))
+    trace, baseline = Trace.from_json(got["trace"]), Trace.from_json(got["baseline"])
+    end = max(trace.wall_time, baseline.wall_time)
+    pace = max(1.0, end / RACE_MAX_SECONDS)
+    start = time.perf_counter()
+    while True:
+        t = (time.perf_counter() - start) * pace
+        if t >= end:
+            break
+        yield render.race_html(trace, baseline, t)
+        time.sleep(1 / RACE_FPS)
+    yield render.race_html(trace, baseline, end) + (f'<div class="sv-note">played {pace:.1f}x faster than measured</div>'
+                                                    if pace > 1 else "")
+
+
 def playground_api(prompt: str, method: str = "draft_model", params_json: str = "{}", target: str = EMBEDDED,
                    draft: str = "") -> tuple[str, str]:
     """API: one run -> (generated text, trace JSON). params_json holds method and common parameters."""
@@ -467,6 +492,18 @@ def build_demo() -> gr.Blocks:
                     load_btn = gr.Button("Load trace")
                     loaded_html = gr.HTML()
                     loaded_plot = gr.Plot()
+            with gr.Tab("Race", id="race-tab"):
+                with gr.Column(elem_id="race"):
+                    gr.Markdown("The same prompt by autoregressive decoding and by a speculative method, side by side: "
+                                "tokens appear at the pace each run really had, with both clocks and the running speedup.")
+                    with gr.Row():
+                        r_prompt = gr.Textbox(value=EXAMPLES[1], lines=3, label="prompt", scale=3)
+                        with gr.Column(scale=1):
+                            r_method = gr.Dropdown([m for m in SINGLE if m != "autoregressive"], value="draft_model",
+                                                   label="method")
+                            r_tokens = gr.Slider(8, 256, value=96, step=8, label="max new tokens")
+                    race_btn = gr.Button("Race", variant="primary", elem_id="race-run")
+                    race_out = gr.HTML(elem_id="race-html")
             with gr.Tab("Explorer", id="explorer-tab"):
                 with gr.Column(elem_id="explorer"):
                     gr.Markdown("The expected speedup of speculative decoding (Leviathan et al. 2023) for an i.i.d. "
@@ -490,6 +527,7 @@ def build_demo() -> gr.Blocks:
                                   [tokens, timeline, hist, pos, stats, mirror_plot, trace_state, files],
                                   api_visibility="undocumented", api_name="playground_stream")
         stop_btn.click(None, None, None, cancels=[run_event])
+        race_btn.click(friendly(race), [r_prompt, r_method, r_tokens, target, draft], race_out, api_visibility="private")
         explorer_inputs = [x_alpha, x_gamma, x_c, x_v, x_points]
         run_event.then(add_explorer_point, [trace_state] + explorer_inputs, [x_points, x_plot], api_visibility="private")
         for slider in (x_alpha, x_gamma, x_c, x_v):

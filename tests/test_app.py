@@ -179,3 +179,19 @@ def test_explorer_draws_the_model_and_this_sessions_measured_runs(page):
     assert "best modeled gamma" in title
     page.screenshot(path=str(SHOTS / "explorer.png"), full_page=True)
     assert not page.errors, f"console errors: {page.errors}"
+
+
+def test_race_plays_both_measured_runs_and_judges_the_outputs(page):
+    open_tab(page, "Race")
+    page.click("#race-run")
+    page.wait_for_selector("#race-ar", timeout=60_000)
+    page.wait_for_selector("#race-verdict", timeout=120_000)
+    assert page.get_attribute("#race-ar", "data-done") == "true"
+    assert page.get_attribute("#race-method", "data-done") == "true"
+    assert int(page.get_attribute("#race-method", "data-tokens")) > 0
+    verdict = page.inner_text("#race-verdict")
+    assert "EQUAL" in verdict and "the speed of autoregressive" in verdict, verdict
+    assert "running speedup" in page.inner_text("#race-speed")
+    assert "MEASURED alone" in page.inner_text("#race-html")
+    page.screenshot(path=str(SHOTS / "race.png"), full_page=True)
+    assert not page.errors, f"console errors: {page.errors}"
