@@ -109,13 +109,15 @@ class KangarooAdapter(nn.Module):
         return adapter.to(device=device, dtype=dtype).eval()
 
     @classmethod
-    def for_target(cls, target_config, exit_layer: int) -> "KangarooAdapter":
-        """A freshly initialised adapter shaped for a target's hidden size (random tiny models in tests)."""
+    def for_target(cls, target_config, exit_layer: int, identity: bool = False) -> "KangarooAdapter":
+        """A freshly initialised adapter shaped for a target's hidden size (random tiny models in tests).
+        `identity`: its output projection starts at zero, so the untrained adapter IS the logit lens and
+        distillation can only move it from there (how specviz.parts starts)."""
         text = target_config.get_text_config() if hasattr(target_config, "get_text_config") else target_config
         d = text.hidden_size
         heads = getattr(text, "num_attention_heads", max(1, d // 64))
         head_dim = getattr(text, "head_dim", None) or d // heads
-        return cls(
+        adapter = cls(
             AdapterConfig(
                 hidden_size=d,
                 num_attention_heads=heads,
@@ -126,3 +128,6 @@ class KangarooAdapter(nn.Module):
                 max_position_embeddings=int(getattr(text, "max_position_embeddings", 2048) or 2048),
             )
         )
+        if identity:
+            torch.nn.init.zeros_(adapter.attn.o_proj.weight)
+        return adapter

@@ -21,6 +21,7 @@ from torch import nn
 EMBEDDED = "embedded"
 EMBEDDED_DIR = Path(os.environ.get("SPECVIZ_EMBEDDED_DIR") or Path(__file__).resolve().parent.parent / "assets" / "models")
 RANKING_FILE = "vocab_ranking.json"  # {"ranked_ids": [...]} beside a local target: VocabTrim's calibration
+PARTS_DIR = "specviz-parts"  # trained Kangaroo adapter / sorted drafter beside a local target (specviz.parts)
 ALLOWLIST_ENV = "SPECVIZ_ALLOWED_MODELS"  # comma-separated ids/paths a public deployment may load
 CACHE_MODELS_ENV = "SPECVIZ_CACHE_MODELS"  # most models held at once (default 4)
 CACHE_BYTES_ENV = "SPECVIZ_CACHE_GB"  # most parameter memory held, GiB (default 8)
@@ -383,7 +384,7 @@ def compiled(model: nn.Module | None, backend: str) -> nn.Module | None:
 
 def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | torch.device | None = None,
               dtype: str | torch.dtype | None = None, *, target_depth: int | None = None,
-              device_map: str | None = None, compile: str | None = None,
+              device_map: str | None = None, compile: str | None = None, parts: str | None = None,
               cache: ModelCache | None = CACHE) -> ModelPair:
     """Load (or fetch from the cache) a target and its drafter.
 
@@ -393,6 +394,8 @@ def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | to
     trained with an exit at 8).
     `device_map="auto"` lets accelerate shard a large target over several GPUs. `compile` names a
     `torch.compile` backend ("inductor" on GPUs) for the plain forwards of target and drafter.
+    `parts` is a folder written by `python -m specviz.train kangaroo-adapter|sorted-drafter` (a Kangaroo
+    adapter, a sorted drafter); for a local target, `<target>/specviz-parts` is read without being named.
     """
     from . import selfcheck
     from .layers import nested_model
@@ -427,6 +430,14 @@ def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | to
         ranking = Path(target) / RANKING_FILE
         if ranking.is_file():  # VocabTrim calibration shipped beside a local target
             extras["vocab_ranking"] = json.loads(ranking.read_text())["ranked_ids"]
+        parts_dir = Path(check_source(parts, "parts")) if parts else Path(target) / PARTS_DIR
+        if parts and not parts_dir.is_dir():
+            raise ValueError(f"parts folder {parts!r} not found")
+        if parts_dir.is_dir():
+            from .parts import load_parts
+
+            key = (str(parts_dir), str(dev), str(dt), "parts")
+            extras.update(store.get(key, lambda: (load_parts(parts_dir, target_model, dev, dt), 0)))
         if draft == EMBEDDED:
             raise ValueError("the embedded drafter only fits the embedded target (its tokenizer is our own)")
 

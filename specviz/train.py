@@ -835,7 +835,16 @@ def len_or(cfg: TrainConfig) -> int:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Train specviz's embedded models.")
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in ("kangaroo-adapter", "sorted-drafter"):  # parts for a user's own target
+        from .parts import main as parts_main
+
+        parts_main(argv[0], argv[1:])
+        return
+    parser = argparse.ArgumentParser(description="Train specviz's embedded models; `kangaroo-adapter` and "
+                                     "`sorted-drafter` train those parts for any Llama-family target (specviz.parts).")
     parser.add_argument("--out", default="assets/models")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few steps: a smoke test of every phase")
     parser.add_argument("--seed", type=int, default=0)
