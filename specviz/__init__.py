@@ -1,4 +1,4 @@
-"""specviz: see speculative decoding. `load_pair`, `run`, `METHODS`, `Trace` are the public API.
+"""specviz: see speculative decoding. `load_pair`, `run`, `exactness`, `METHODS`, `Trace` are the public API.
 
 Names are imported on first use (PEP 562), so `import specviz` stays cheap and side-effect free.
 """
@@ -11,6 +11,7 @@ _EXPORTS = {
     "ModelPair": "specviz.models",
     "run": "specviz.api",
     "run_batch": "specviz.api",
+    "exactness": "specviz.exactness",
     "METHODS": "specviz.methods",
     "Trace": "specviz.trace",
     "Event": "specviz.trace",

@@ -76,6 +76,8 @@ def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, 
     finish_reason "cancelled"). `record=False` stores no events (recording-overhead runs).
     `recorder`: pass your own Recorder to watch `recorder.events` grow from another thread while
     the run goes on (the UI streams tokens that way; events get their `text` only at the end).
+    `dist_top_k` (default 8, 0 = off): verdict events carry the top-k of q and p the rule used
+    (trace schema 2; see specviz.trace). `specviz.exactness` tests a method's sampling law.
     """
     cls = method_class(name)
     if cls.batch:

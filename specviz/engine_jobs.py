@@ -12,7 +12,7 @@ import threading
 import time
 from typing import Any, Callable
 
-JOBS = ("warm", "single", "playground", "batch", "compare", "batch_compare", "health")
+JOBS = ("warm", "single", "playground", "batch", "compare", "batch_compare", "exactness_lab", "health")
 STREAM_SECONDS = 0.05  # how often streamed tokens are sent while a run goes on
 _RUNNING = {"count": 0}
 _RUNNING_LOCK = threading.Lock()
@@ -173,6 +173,24 @@ def batch_compare(batch_size: int, prompts: list, max_new_tokens: int, gamma: in
                 equivalence += [{"method": label, "row": j, "equal": "yes" if e else "NO",
                                  "text": trace.rows[j].text[:60]} for j, e in enumerate(equal)]
     return {"rows": rows, "equivalence": equivalence, "traces": traces}
+
+
+def exactness_lab(method: str, target: str, draft: str | None, prompt: str, n: int, tokens: int, params: dict,
+                  broken: bool, seed: int = 0, *, cancel: threading.Event, emit: Callable) -> dict:
+    """The Exactness lab: `method` and plain autoregressive sampling against the target's exact law, and
+    (if asked) the BROKEN-on-purpose rule under the same test. Results are plain dicts (specviz.exactness)."""
+    from .exactness import exactness
+
+    pair = pair_for(target, draft)
+    with Running():
+        emit({"progress": 0.05, "desc": f"{method}: {n} samples + {n} autoregressive"})
+        real = exactness(method, pair, prompt, n=int(n), tokens=int(tokens), seed=int(seed), **params)
+        bad = None
+        if broken and not cancel.is_set():
+            emit({"progress": 0.6, "desc": f"{method}, BROKEN on purpose: {n} samples"})
+            bad = exactness(method, pair, prompt, n=int(n), tokens=int(tokens), seed=int(seed), broken=True,
+                            reference=False, **params)
+    return {"real": real, "broken": bad}
 
 
 def health(*, cancel: threading.Event, emit: Callable) -> dict:

@@ -343,3 +343,55 @@ def explorer_point(trace: Trace) -> dict | None:
         return None
     return {"method": trace.method, "gamma": m["mean_drafts_per_round"], "speedup": m["speedup"],
             "alpha": m.get("alpha"), "c": m.get("c")}
+
+
+def exactness_figure(real: dict, broken: dict | None = None, cells: int = 12) -> go.Figure:
+    """The target's exact law of the first tokens against the empirical shares drawn by the method, by plain
+    autoregressive sampling and (if given) by the BROKEN-on-purpose rule; rare continuations binned as other."""
+    from .exactness import OTHER
+
+    shown = [c for c in real["cells"] if c["key"] != OTHER][:cells]
+    keys = [c["key"] for c in shown] + [OTHER]
+    law = real["law"]
+    labels = [repr(c["text"])[1:-1][:24] for c in shown] + ["other"]
+
+    def share(counts: dict, key: str) -> float:
+        total = sum(counts.values()) or 1
+        if key == OTHER:  # every continuation not shown as its own bar
+            return (total - sum(counts.get(k, 0) for k in keys[:-1])) / total
+        return counts.get(key, 0) / total
+
+    exact = [law.get(k, 0.0) if k != OTHER else 1 - sum(law.get(k2, 0.0) for k2 in keys[:-1]) for k in keys]
+    fig = go.Figure()
+    fig.add_trace(go.Bar(x=labels, y=exact, name="target's exact p", marker_color="#495057"))
+    fig.add_trace(go.Bar(x=labels, y=[share(real["counts"], k) for k in keys],
+                         name=f"{esc(real['method'])} (TV {real['tv_distance']:.3f}, chi-square p {real['chi2_p']:.3g})"))
+    if real.get("reference_counts"):
+        fig.add_trace(go.Bar(x=labels, y=[share(real["reference_counts"], k) for k in keys],
+                             name=f"autoregressive sampling (TV {real['reference_tv_distance']:.3f}, "
+                                  f"p {real['reference_chi2_p']:.3g})"))
+    if broken:
+        fig.add_trace(go.Bar(x=labels, y=[share(broken["counts"], k) for k in keys], marker_color="#d9485f",
+                             name=f"BROKEN on purpose (TV {broken['tv_distance']:.3f}, p {broken['chi2_p']:.3g})"))
+    fig.update_layout(barmode="group", template=TEMPLATE, height=420, yaxis_title="share of samples",
+                      title=f"First {real['tokens']} token(s): {real['n']} samples each against the target's exact law",
+                      legend=dict(orientation="h", y=-0.25), xaxis_tickangle=-30)
+    return fig
+
+
+def exactness_table(real: dict, broken: dict | None = None) -> pd.DataFrame:
+    def verdict(p: float) -> str:
+        return "consistent with the target's law" if p > 0.01 else ("REJECTED: biased" if p < 0.001 else "borderline")
+
+    rows = [{"sampler": real["method"], "N": real["n"], "TV distance": round(real["tv_distance"], 4),
+             "chi-square p": float(f"{real['chi2_p']:.3g}"), "seconds": round(real["method_seconds"], 1),
+             "verdict": verdict(real["chi2_p"])}]
+    if real.get("reference_counts"):
+        rows.append({"sampler": "autoregressive (reference)", "N": real["n"], "TV distance": round(real["reference_tv_distance"], 4),
+                     "chi-square p": float(f"{real['reference_chi2_p']:.3g}"), "seconds": round(real["reference_seconds"], 1),
+                     "verdict": verdict(real["reference_chi2_p"])})
+    if broken:
+        rows.append({"sampler": f"{broken['method']}: BROKEN on purpose", "N": broken["n"],
+                     "TV distance": round(broken["tv_distance"], 4), "chi-square p": float(f"{broken['chi2_p']:.3g}"),
+                     "seconds": round(broken["method_seconds"], 1), "verdict": verdict(broken["chi2_p"])})
+    return pd.DataFrame(rows)

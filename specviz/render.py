@@ -22,6 +22,16 @@ CSS = """
 .sv-race { display: grid; grid-template-columns: 1fr 1fr; gap: .8rem; }
 .sv-lane h4 { margin: .2rem 0; } .sv-clock { font-variant-numeric: tabular-nums; font-weight: 600; }
 .sv-done { color: #15803d; font-weight: 600; } .sv-verdict { margin-top: .5rem; font-weight: 600; }
+.sv-card { border: 1px solid #e3e5e8; border-radius: 6px; padding: .5rem .7rem; margin: .5rem 0; }
+.sv-card.sv-v-accept { border-left: 4px solid #2f9e63; } .sv-card.sv-v-reject { border-left: 4px solid #d9485f; }
+.sv-dists { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; } .sv-dist h5 { margin: .2rem 0; font-size: .85rem; }
+.sv-bar-row { display: grid; grid-template-columns: 7rem 1fr 4rem; gap: .4rem; align-items: center; font-size: .8rem; }
+.sv-bar-label { font-family: ui-monospace, monospace; white-space: pre; overflow: hidden; text-overflow: ellipsis; }
+.sv-bar { height: .8rem; background: #9fb3d9; border-radius: 2px; } .sv-bar-row.sv-hl .sv-bar { background: #e8590c; }
+.sv-bar-row.sv-hl .sv-bar-label { font-weight: 700; } .sv-rule { margin-top: .4rem; font-size: .85rem; }
+.sv-unit { position: relative; height: 1rem; background: #f1f3f5; border: 1px solid #ced4da; border-radius: 2px; margin: .3rem 0; }
+.sv-unit .sv-accept-zone { position: absolute; left: 0; top: 0; bottom: 0; background: #c7ebd5; }
+.sv-unit .sv-u { position: absolute; top: -3px; bottom: -3px; width: 3px; background: #111; }
 .sv-step table { border-collapse: collapse; margin-top: .4rem; } .sv-step td, .sv-step th { border: 1px solid #e3e5e8; padding: .2rem .5rem; }
 """
 
@@ -151,3 +161,82 @@ def race_html(method: Trace, baseline: Trace, t: float) -> str:
     return (f'<div class="sv-race-wrap"><div id="race-speed">{esc(speed)}</div><div class="sv-race">'
             f'{lane_html("autoregressive", baseline, t, "race-ar")}{lane_html(method.method, method, t, "race-method")}'
             f"</div>{verdict}{note}</div>")
+
+
+def bars_html(title: str, entries: list, decode, highlight: int | None, kind: str) -> str:
+    """A top-k distribution as horizontal bars (token text escaped); the `highlight` id stands out."""
+    if not entries:
+        return f'<div class="sv-dist" data-dist="{kind}"><h5>{esc(title)}</h5><div class="sv-note">not recorded</div></div>'
+    rows = []
+    for token_id, prob in entries:
+        hl = " sv-hl" if token_id == highlight else ""
+        label = decode(int(token_id)) if decode else f"#{token_id}"
+        rows.append(f'<div class="sv-bar-row{hl}" data-token="{int(token_id)}"><span class="sv-bar-label" title="id {int(token_id)}">'
+                    f'{visible(label)}</span><div class="sv-bar" style="width:{max(0.5, 100 * float(prob)):.1f}%"></div>'
+                    f"<span>{float(prob):.3f}</span></div>")
+    if highlight is not None and all(int(t) != highlight for t, _ in entries):  # the token itself, outside the top-k
+        label = decode(int(highlight)) if decode else f"#{highlight}"
+        rows.append(f'<div class="sv-bar-row sv-hl" data-token="{int(highlight)}"><span class="sv-bar-label">{visible(label)}'
+                    '</span><span class="sv-note">outside the top-k shown</span><span></span></div>')
+    return f'<div class="sv-dist" data-dist="{kind}"><h5>{esc(title)}</h5>{"".join(rows)}</div>'
+
+
+def rule_html(event: Event, decode) -> str:
+    """The rule applied to one draft, with its numbers: greedy's argmax test or sampling's u vs min(1, p/q)."""
+    info, verdict = event.info, ("accepted" if event.kind == "accept" else "rejected")
+    if info.get("rule") == "argmax":
+        top = (info.get("top_p") or [[None, None]])[0]
+        best = decode(int(top[0])) if decode and top[0] is not None else f"#{top[0]}"
+        return (f'<div class="sv-rule" data-rule="argmax">greedy rule: the target\'s argmax is <b>{visible(best)}</b>'
+                f'{"" if top[1] is None else f" (p={float(top[1]):.3f})"}, the draft is <b>{visible(event.text)}</b> '
+                f"(p={event.p:.3g}): {'equal' if event.kind == 'accept' else 'different'} -> <b>{verdict}</b></div>")
+    if "u" in info and "accept_prob" in info:
+        u, a = float(info["u"]), float(info["accept_prob"])
+        return (f'<div class="sv-rule" data-rule="ratio">speculative sampling: accept when u &lt; min(1, p/q) = '
+                f"min(1, {event.p:.3g} / {event.q:.3g}) = <b>{a:.3f}</b>; drawn u = <b>{u:.3f}</b> -> <b>{verdict}</b>"
+                f'<div class="sv-unit" title="0 .. 1: green = accept zone, black = u"><div class="sv-accept-zone" '
+                f'style="width:{100 * a:.1f}%"></div><div class="sv-u" style="left:calc({100 * u:.1f}% - 1px)"></div></div></div>')
+    return f'<div class="sv-rule">{verdict} (not judged: an earlier draft of this round was rejected)</div>'
+
+
+def explainer_html(trace: Trace, step: int, row: int = 0, decode=None) -> str:
+    """One round as a lesson: every draft with the drafter's q and the target's p (top-k bars, the draft
+    highlighted), the rule and its numbers, and at a rejection the distribution the correction came from."""
+    events = [e for e in trace.events if e.row == row and e.step == step]
+    if not events:
+        return '<div class="sv-note">no such round</div>'
+    before = [e for e in trace.events if e.row == row and e.kind in TOKEN_KINDS and e.step < step]
+    context = "".join(token_span(e) for e in sorted(before, key=lambda e: e.position)[-24:])
+    drafts = sorted((e for e in events if e.kind == "draft" and "branch" not in e.info), key=lambda e: e.depth)
+    verdicts = {e.depth: e for e in events if e.kind in ("accept", "reject")}
+    emitted = [e for e in events if e.kind in ("correct", "bonus", "emit")]
+    rule = next((e.info.get("rule") for e in list(verdicts.values()) + emitted if e.info.get("rule")), None)
+    rule_name = {"argmax": "greedy (argmax)", "ratio": "speculative sampling (ratio test)"}.get(rule, rule or "not recorded")
+    parts = [f"<h4>Round {step} - rule: {esc(rule_name)}</h4>",
+             f'<div class="sv-tokens"><span class="sv-prompt">... </span>{context}</div>']
+    if not drafts:
+        parts.append('<div class="sv-note">no drafts this round: the target produced the token itself</div>')
+    for d in drafts:
+        v = verdicts.get(d.depth)
+        fate = "accept" if v is not None and v.kind == "accept" else ("reject" if v is not None else "none")
+        info = v.info if v is not None else {}
+        parts.append(f'<div class="sv-card sv-v-{fate}" data-depth="{d.depth}" data-verdict="{fate}">'
+                     f"<b>draft {d.depth + 1}</b>: {token_span(d)} from {esc(d.source)}"
+                     + (f" (q={d.q:.3g})" if d.q is not None else "")
+                     + f'<div class="sv-dists">{bars_html("drafter q (top-k)", info.get("top_q") or [], decode, d.token_id, "q")}'
+                     f'{bars_html("target p (top-k)", info.get("top_p") or [], decode, d.token_id, "p")}</div>'
+                     + (rule_html(v, decode) if v is not None else '<div class="sv-note">not verified</div>') + "</div>")
+    for e in emitted:
+        what = FATE_LABELS[e.kind]
+        card = [f'<div class="sv-card" data-emitted="{esc(e.kind)}"><b>the target emits</b> {token_span(e)} ({esc(what)}'
+                + (f", p={e.p:.3g}" if e.p is not None else "") + ")"]
+        if e.info.get("residual_top"):
+            card.append(bars_html("drawn from the residual norm(max(0, p - q)) (top-k)", e.info["residual_top"], decode,
+                                  e.token_id, "residual"))
+        elif e.info.get("top_p"):
+            card.append(bars_html("target p here (top-k)", e.info["top_p"], decode, e.token_id, "p"))
+        parts.append("".join(card) + "</div>")
+    for e in (e for e in events if e.kind == "early_exit"):
+        parts.append(f'<div class="sv-note">early exit ({esc(str(e.info.get("reason", "")))}), confidence '
+                     f'{e.info.get("confidence", float("nan")):.3f}</div>')
+    return f'<div class="sv-step" id="step-explainer-body" data-rule="{esc(rule or "")}">{"".join(parts)}</div>'

@@ -12,7 +12,12 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable
 
-SCHEMA_VERSION = 1
+# 2: verdict events (accept / reject / correct / bonus, and emit) carry in `info` the distributions the rule
+#    used: top_q / top_p ([[token_id, prob], ...], top `dist_top_k` after temperature / top-k / top-p),
+#    rule ("argmax" or "ratio"), and in sampling u and accept_prob, residual_top on a correction.
+# 1: the same without them. Both load; a version-1 trace simply has no distributions to show.
+SCHEMA_VERSION = 2
+READABLE_SCHEMAS = (1, 2)
 MAX_TRACE_BYTES = 20_000_000  # uploaded trace files larger than this are refused unread
 
 # Kinds of event. Every generated token is produced by exactly one event of a TOKEN_KINDS kind.
@@ -24,8 +29,9 @@ EVENT_KINDS = (
     "verify",  # one target forward over a block of drafts
     "accept",  # a draft the target accepted: it becomes an output token
     "reject",  # a draft the target rejected (info.cause: "mismatch"/"ratio" for the first, "after_reject" after it)
-    "correct",  # the target's own token emitted at the first rejection
+    "correct",  # the target's own token emitted at the first rejection (info.residual_top after a sampling rejection)
     "bonus",  # the extra target token when every draft passed
+    # accept / reject / correct / bonus info (schema 2): rule, top_q, top_p, and in sampling u, accept_prob
     "emit",  # a token produced without speculation (autoregressive step, or an opaque method)
     "realign",  # batch: padding / positions / KV of a row changed
     "schedule",  # batch: which rows were grouped into a round and why
@@ -115,8 +121,9 @@ class Trace:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Trace":
-        if not isinstance(d, dict) or d.get("schema") != SCHEMA_VERSION or "events" not in d or "rows" not in d:
-            raise ValueError("not a specviz trace (expected a JSON object with schema=%d, rows and events)" % SCHEMA_VERSION)
+        if not isinstance(d, dict) or d.get("schema") not in READABLE_SCHEMAS or "events" not in d or "rows" not in d:
+            raise ValueError("not a specviz trace (expected a JSON object with schema %s, rows and events)"
+                             % " or ".join(map(str, READABLE_SCHEMAS)))
         try:
             rows = [RowResult(**r) for r in d["rows"]]
             events = [Event(**e) for e in d["events"]]

@@ -9,6 +9,7 @@ never in globals. Every run has a cancel flag: the Stop button, a closed page an
 from __future__ import annotations
 
 import atexit
+import functools
 import io
 import json
 import logging
@@ -255,6 +256,18 @@ def race(prompt, method, max_new_tokens, target, draft):
                                                     if pace > 1 else "")
 
 
+def exactness_lab(prompt, method, temperature, top_k, top_p, n, tokens, seed, with_broken, target, draft,
+                  progress=gr.Progress()):
+    """Exactness lab: is what the method samples distributed as the target's own law?"""
+    params = {"temperature": float(temperature), "top_k": int(top_k or 0), "top_p": float(top_p)}
+    progress(0, desc="the target's exact law")
+    got = engine_call("exactness_lab", dict(method=method, target=target, draft=draft, prompt=prompt, n=int(n),
+                                            tokens=int(tokens), params=params, broken=bool(with_broken), seed=int(seed)),
+                      lambda payload: progress(payload["progress"], desc=payload["desc"]) if "progress" in payload else None)
+    real, broken = got["real"], got["broken"]
+    return plots.exactness_figure(real, broken), plots.exactness_table(real, broken)
+
+
 def playground_api(prompt: str, method: str = "draft_model", params_json: str = "{}", target: str = EMBEDDED,
                    draft: str = "") -> tuple[str, str]:
     """API: one run -> (generated text, trace JSON). params_json holds method and common parameters."""
@@ -360,7 +373,26 @@ def health() -> str:
                        "peak_rss_mb": round(peak_mb, 1)})
 
 
+@functools.lru_cache(maxsize=8)
+def tokenizer_for(target_name: str):
+    """The tokenizer that names a trace's top-k ids (the drafted tokens carry their own text): the embedded
+    one, or a local target's where this server may read it; None shows ids."""
+    from .models import EMBEDDED_DIR, allowlist, load_tokenizer
+
+    base = (target_name or "").split("[:")[0]
+    try:
+        if base == EMBEDDED:
+            return load_tokenizer(str(EMBEDDED_DIR / "target"))
+        allowed = allowlist()
+        if Path(base).is_dir() and (allowed is None or base in allowed):
+            return load_tokenizer(base)
+    except (ValueError, OSError):
+        pass
+    return None
+
+
 def step_view(trace_json: str, step: float) -> tuple:
+    """The Step through explainer for one round (a fresh run or an uploaded trace)."""
     if not trace_json:
         return '<div class="sv-note">run the Playground (or load a trace) first</div>', gr.update()
     trace = Trace.from_json(trace_json)
@@ -368,7 +400,18 @@ def step_view(trace_json: str, step: float) -> tuple:
     if not steps:
         return '<div class="sv-note">this trace has no rounds</div>', gr.update()
     index = min(max(int(step), 0), len(steps) - 1)
-    return render.step_html(trace, steps[index]), gr.update(maximum=len(steps) - 1)
+    tok = tokenizer_for(trace.target_name)
+    decode = (lambda i: tok.decode([i], skip_special_tokens=False)) if tok is not None else None
+    note = (f'<div class="sv-note">round {index + 1} of {len(steps)} - previous / next: the buttons or the '
+            "left / right arrow keys</div>")
+    return note + render.explainer_html(trace, steps[index], decode=decode), gr.update(maximum=len(steps) - 1, value=index)
+
+
+def step_move(trace_json: str, step: float, delta: int) -> int:
+    if not trace_json:
+        return 0
+    last = max(0, len(render.rounds(Trace.from_json(trace_json))) - 1)
+    return min(max(int(step) + delta, 0), last)
 
 
 def method_changed(method: str) -> list:
@@ -415,6 +458,16 @@ def add_explorer_point(trace_json, alpha, gamma, c, v, points):
     point = plots.explorer_point(Trace.from_json(trace_json)) if trace_json else None
     points = (list(points or []) + [point])[-20:] if point else list(points or [])
     return points, explorer_figure(alpha, gamma, c, v, points)
+
+
+STEP_KEYS_JS = """() => {
+  document.addEventListener("keydown", (e) => {
+    const view = document.querySelector("#step-explainer");
+    if (!view || !view.offsetParent || ["INPUT", "TEXTAREA", "SELECT"].includes(e.target.tagName)) return;
+    if (e.key === "ArrowRight") document.querySelector("#step-next")?.click();
+    if (e.key === "ArrowLeft") document.querySelector("#step-prev")?.click();
+  });
+}"""
 
 
 def build_demo() -> gr.Blocks:
@@ -485,13 +538,39 @@ def build_demo() -> gr.Blocks:
                 b_rows = gr.Dataframe(label="per-row equivalence with single-sequence autoregressive", interactive=False)
             with gr.Tab("Step through", id="step"):
                 gr.Markdown("Replay the last Playground run (or a loaded trace) one verification round at a time.")
-                step_slider = gr.Slider(0, 200, value=0, step=1, label="round", elem_id="step-slider")
-                step_html = gr.HTML(elem_id="step-html")
+                with gr.Row():
+                    step_prev = gr.Button("< previous round", elem_id="step-prev", scale=0)
+                    step_slider = gr.Slider(0, 200, value=0, step=1, label="round", elem_id="step-slider")
+                    step_next = gr.Button("next round >", elem_id="step-next", scale=0)
+                step_html = gr.HTML(elem_id="step-explainer")
                 with gr.Accordion("load a saved trace", open=False):
                     upload = gr.File(label=f"trace JSON (at most {MAX_TRACE_BYTES // 1_000_000} MB)", file_types=[".json"])
                     load_btn = gr.Button("Load trace")
                     loaded_html = gr.HTML()
                     loaded_plot = gr.Plot()
+            with gr.Tab("Exactness", id="exactness-tab"):
+                with gr.Column(elem_id="exactness"):
+                    gr.Markdown("Speculative sampling claims to leave the output distribution exactly the target's. "
+                                "Test it: draw N continuations of the first tokens with a method and N with plain "
+                                "autoregressive sampling, and compare both with the target's EXACT probabilities (its top "
+                                "tokens at each step enumerated, the rest binned as 'other'): total-variation distance and "
+                                "a chi-square test. The BROKEN variant draws a rejected token from p instead of the residual "
+                                "max(0, p - q): the same test exposes its bias.")
+                    with gr.Row():
+                        e_prompt = gr.Textbox(value="def f(x):", lines=2, label="prompt", scale=2)
+                        e_method = gr.Dropdown([m for m in SINGLE if m not in ("autoregressive", "hf_assisted")],
+                                               value="draft_model", label="method")
+                    with gr.Row():
+                        e_temp = gr.Number(1.0, label="temperature (> 0)")
+                        e_topk = gr.Number(0, label="top_k (0 = off)", precision=0)
+                        e_topp = gr.Number(1.0, label="top_p")
+                        e_n = gr.Slider(100, 5000, value=2000, step=100, label="N samples per sampler", elem_id="e-n")
+                        e_tokens = gr.Slider(1, 3, value=2, step=1, label="tokens per sample")
+                        e_seed = gr.Number(0, label="seed", precision=0)
+                        e_broken = gr.Checkbox(True, label="also run the BROKEN-on-purpose rule")
+                    exact_btn = gr.Button("Test exactness", variant="primary", elem_id="exactness-run")
+                    e_table = gr.Dataframe(label="against the target's exact law", interactive=False, elem_id="exactness-table")
+                    e_plot = gr.Plot(label="empirical shares vs the exact law", elem_id="exactness-plot")
             with gr.Tab("Race", id="race-tab"):
                 with gr.Column(elem_id="race"):
                     gr.Markdown("The same prompt by autoregressive decoding and by a speculative method, side by side: "
@@ -527,6 +606,8 @@ def build_demo() -> gr.Blocks:
                                   [tokens, timeline, hist, pos, stats, mirror_plot, trace_state, files],
                                   api_visibility="undocumented", api_name="playground_stream")
         stop_btn.click(None, None, None, cancels=[run_event])
+        exact_btn.click(friendly(exactness_lab), [e_prompt, e_method, e_temp, e_topk, e_topp, e_n, e_tokens, e_seed, e_broken,
+                                                  target, draft], [e_plot, e_table], api_name="exactness")
         race_btn.click(friendly(race), [r_prompt, r_method, r_tokens, target, draft], race_out, api_visibility="private")
         explorer_inputs = [x_alpha, x_gamma, x_c, x_v, x_points]
         run_event.then(add_explorer_point, [trace_state] + explorer_inputs, [x_points, x_plot], api_visibility="private")
@@ -535,6 +616,8 @@ def build_demo() -> gr.Blocks:
         demo.load(explorer_figure, explorer_inputs, x_plot, api_visibility="private")
         trace_state.change(step_view, [trace_state, step_slider], [step_html, step_slider], api_visibility="private")
         step_slider.change(friendly(step_view), [trace_state, step_slider], [step_html, step_slider], api_visibility="private")
+        step_prev.click(lambda t, s: step_move(t, s, -1), [trace_state, step_slider], step_slider, api_visibility="private")
+        step_next.click(lambda t, s: step_move(t, s, 1), [trace_state, step_slider], step_slider, api_visibility="private")
         compare_btn.click(friendly(compare_methods), [methods, source, pasted, n_prompts, c_tokens, c_repeats, target, draft],
                           [c_table, c_speed, c_tau, c_tps, c_equal], api_name="compare")
         batch_btn.click(friendly(batch_compare), [b_size, b_prompts, b_tokens, b_gamma, b_naive, target, draft],
@@ -554,5 +637,5 @@ def build_demo() -> gr.Blocks:
 def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
     demo = build_demo()
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
-    demo.launch(server_name=host, server_port=port, css=render.CSS, show_error=True, ssr_mode=False,
+    demo.launch(server_name=host, server_port=port, css=render.CSS, js=STEP_KEYS_JS, show_error=True, ssr_mode=False,
                 footer_links=["api"], max_file_size=f"{MAX_TRACE_BYTES // 1_000_000}mb")

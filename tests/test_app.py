@@ -82,8 +82,8 @@ def test_every_tab_in_a_real_browser(page, server):
     slider = page.locator("#step-slider input[type=number]")
     slider.fill("2")
     slider.press("Enter")
-    page.wait_for_selector("#step-html h4:has-text('Round')", timeout=30_000)
-    assert "target's verdict" in page.inner_text("#step-html")
+    page.wait_for_selector("#step-explainer h4:has-text('Round')", timeout=30_000)
+    assert "rule: greedy (argmax)" in page.inner_text("#step-explainer")
     page.screenshot(path=str(SHOTS / "step.png"), full_page=True)
 
     # Compare two methods
@@ -194,4 +194,59 @@ def test_race_plays_both_measured_runs_and_judges_the_outputs(page):
     assert "running speedup" in page.inner_text("#race-speed")
     assert "MEASURED alone" in page.inner_text("#race-html")
     page.screenshot(path=str(SHOTS / "race.png"), full_page=True)
+    assert not page.errors, f"console errors: {page.errors}"
+
+
+def test_step_explainer_shows_both_distributions_the_rule_and_moves_by_keyboard(page):
+    """Greedy: q and p top-k bars with the draft highlighted, the argmax rule. Sampling: u against
+    min(1, p/q) on a 0..1 bar, and the residual a correction was drawn from. Arrow keys move rounds."""
+    page.click("#run")
+    page.wait_for_selector("text=speedup vs autoregressive (measured)", timeout=120_000)
+    open_tab(page, "Step through")
+    page.wait_for_selector("#step-explainer .sv-card", timeout=30_000)
+    assert page.locator("#step-explainer .sv-dist[data-dist=q] .sv-bar").count() > 0
+    assert page.locator("#step-explainer .sv-dist[data-dist=p] .sv-bar-row.sv-hl").count() > 0
+    assert page.locator("#step-explainer [data-rule=argmax]").count() > 0
+    first = page.inner_text("#step-explainer h4")
+    page.click("#step-explainer .sv-note")  # focus the page, not an input
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(f"document.querySelector('#step-explainer h4').innerText !== {first!r}", timeout=30_000)
+    assert "Round" in page.inner_text("#step-explainer h4")
+    page.screenshot(path=str(SHOTS / "step.png"), full_page=True)
+    # sampling: the ratio test and the residual
+    open_tab(page, "Playground")
+    page.get_by_text("sampling and length").click()
+    page.get_by_label("temperature", exact=False).first.fill("1")
+    page.get_by_label("temperature", exact=False).first.press("Enter")
+    page.click("#run")
+    page.wait_for_selector("text=speedup vs autoregressive (measured)", timeout=120_000)
+    open_tab(page, "Step through")
+    page.wait_for_selector("#step-explainer [data-rule=ratio]", timeout=30_000)
+    for _ in range(40):  # find a round with a rejection: the residual is shown there
+        if page.locator("#step-explainer .sv-dist[data-dist=residual]").count():
+            break
+        text = page.inner_text("#step-explainer h4")
+        page.click("#step-next")
+        page.wait_for_function(f"document.querySelector('#step-explainer h4').innerText !== {text!r}", timeout=30_000)
+    assert page.locator("#step-explainer .sv-unit .sv-u").count() > 0
+    assert "u = " in page.inner_text("#step-explainer") and "min(1, p/q)" in page.inner_text("#step-explainer")
+    assert page.locator("#step-explainer .sv-dist[data-dist=residual] .sv-bar-row.sv-hl").count() == 1
+    page.screenshot(path=str(SHOTS / "step-sampling.png"), full_page=True)
+    assert not page.errors, f"console errors: {page.errors}"
+
+
+def test_exactness_lab_passes_the_real_rule_and_exposes_the_broken_one(page):
+    """N = 2,000 with a fixed seed on the embedded pair: draft_model's samples are consistent with the target's
+    exact law (p > 0.01) and so are plain autoregressive ones; the BROKEN-on-purpose rule is rejected (p < 0.001)."""
+    open_tab(page, "Exactness")
+    page.click("#exactness-run")
+    page.wait_for_function("document.querySelector('#exactness-table') && "
+                           "document.querySelector('#exactness-table').innerText.includes('BROKEN on purpose')",
+                           timeout=240_000)
+    page.wait_for_function("(() => { const g = document.querySelector('#exactness-plot .js-plotly-plot'); "
+                           "return g && g.data && g.data.length >= 3; })()", timeout=60_000)
+    print(repr(page.inner_text("#exactness-table")))
+    names = page.evaluate("document.querySelector('#exactness-plot .js-plotly-plot').data.map(t => t.name)")
+    assert any(n.startswith("target's exact p") for n in names) and any("BROKEN" in n for n in names)
+    page.screenshot(path=str(SHOTS / "exactness.png"), full_page=True)
     assert not page.errors, f"console errors: {page.errors}"

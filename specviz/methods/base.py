@@ -82,6 +82,11 @@ COMMON_PARAMS: tuple[Param, ...] = (
     Param("top_p", float, 1.0, 0.01, 1.0, help="nucleus sampling mass (1 = off); same for drafter and target"),
     Param("seed", int, 0, 0, 2**31 - 1, help="seed of this run's own random generator"),
 )
+# What the trace records (not how tokens are chosen): kept apart from COMMON_PARAMS, whose controls the UI lays out.
+TRACE_PARAMS: tuple[Param, ...] = (
+    Param("dist_top_k", int, 8, 0, 32,
+          help="record the top-k of the drafter's q and the target's p at every verified position (0 = off)"),
+)
 GAMMA = Param("gamma", int, 4, 1, 16, help="draft tokens per verification round (the paper's gamma / k)")
 
 
@@ -101,13 +106,40 @@ class RunContext:
     meta: dict[str, Any] = field(default_factory=dict)  # method notes that go into Trace.meta
     batch_prompts: list[list[int]] = field(default_factory=list)  # batch methods: every row's prompt ids
     outputs: list[Output] = field(default_factory=list)  # batch methods: every row's output
+    # -- private to specviz.exactness (no parameter of `run` reaches them) ------------------------------
+    verify_rule: str = "exact"  # "broken": the deliberately wrong rule of the exactness demo (verify.py)
+    memo: Any = None  # exactness.ForwardMemo: forwards reused across samples of one prompt (None: plain run)
+    shared: dict[str, Any] | None = None  # per-model setup reused across samples (see `once`)
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled("run cancelled")
 
-    def decoder(self, model: torch.nn.Module) -> Decoder:
-        return Decoder(model, self.vocab)
+    def decoder(self, model: torch.nn.Module, lean: bool = False):
+        """A KV-cached decoder over `model` (specviz's lean Llama loop when `lean`); under exactness
+        sampling a lazy view of one shared decoder whose forwards are memoized by token prefix."""
+        if lean:
+            from ..lean import LeanDecoder
+
+            make = lambda: LeanDecoder(model, self.vocab)  # noqa: E731
+        else:
+            make = lambda: Decoder(model, self.vocab)  # noqa: E731
+        if self.memo is not None:
+            return self.memo.decoder(model, "lean" if lean else "transformers", make)
+        return make()
+
+    def once(self, key: Any, make):
+        """`make()`, computed once per exactness session (every call in a plain run)."""
+        if self.shared is None:
+            return make()
+        if key not in self.shared:
+            self.shared[key] = make()
+        return self.shared[key]
+
+    @property
+    def dist_top(self) -> int:
+        """k of the top-k distributions the trace records (0 when the recorder is off)."""
+        return self.params.get("dist_top_k", 0) if self.rec.enabled else 0
 
 
 class Method:
@@ -116,6 +148,8 @@ class Method:
     PARAMS: ClassVar[tuple[Param, ...]] = ()
     needs_draft: ClassVar[bool] = False  # requires pair.draft
     batch: ClassVar[bool] = False  # takes a list of prompts
+    # every model forward goes through ctx.decoder(...): exactness may memoize forwards by token prefix
+    memo_safe: ClassVar[bool] = False
 
     def check_pair(self, pair: Any) -> None:
         """Raise ValueError when the pair lacks what this method needs."""
@@ -127,7 +161,7 @@ class Method:
 
 
 def all_params(method: type[Method]) -> tuple[Param, ...]:
-    return COMMON_PARAMS + method.PARAMS
+    return COMMON_PARAMS + TRACE_PARAMS + method.PARAMS
 
 
 def validate_params(method: type[Method], params: dict[str, Any]) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import torch
 from .. import kvcache
 
 from ..engine import Output, context_limit, eos_ids
-from ..verify import greedy_verdict, sampling_verdict
+from ..verify import decide
 from .base import GAMMA, Method, Param, RunContext
 from .draft_model import commit_tokens
 
@@ -284,14 +284,12 @@ class BatchMethod(Method):
         t1 = rec.now()
         clock.verify += t1 - t0
         kept = []
+        q_all = torch.stack(qs, dim=1) if qs else None  # (B, gamma, V)
+        top = ctx.dist_top
         for i, s in enumerate(seqs):
             row_drafts = drafts[i]
-            if sampling.greedy:
-                q_x = [float(q[i, d]) for q, d in zip(qs, row_drafts.tolist())]
-                verdict = greedy_verdict(row_drafts, logits[i], q_x)
-            else:
-                q_row = torch.stack([q[i] for q in qs]) if qs else logits.new_zeros(0, logits.shape[-1])
-                verdict = sampling_verdict(row_drafts, q_row, sampling.probs(logits[i]), gen)
+            verdict = decide(sampling, row_drafts, q_all[i] if q_all is not None else None, logits[i], gen,
+                             top=top, rule=ctx.verify_rule)
             rec.add("verify", step=s.steps, row=s.index, source="target", t0=t0, t1=t1,
                     info={"tokens": gamma + 1, "drafts": gamma, "accepted": verdict.accepted, "batch": len(seqs)})
             if self.speculative:
@@ -299,7 +297,8 @@ class BatchMethod(Method):
             else:
                 new = [verdict.token]
                 rec.add("emit", step=s.steps, row=s.index, position=s.out.push(verdict.token), token_id=verdict.token,
-                        p=verdict.p_token, source="target", t0=t0, t1=t1)
+                        p=verdict.p_token, source="target", t0=t0, t1=t1,
+                        info={"top_p": verdict.top_p[0]} if verdict.top_p else {})
             if new:
                 s.pending = new[-1]
             kept.append(1 + verdict.accepted)

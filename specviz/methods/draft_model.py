@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..engine import Decoder, Output
-from ..verify import Verdict, greedy_verdict, sampling_verdict
+from ..verify import Verdict, decide
 from .base import GAMMA, Method, Param, RunContext
 
 
@@ -25,10 +25,10 @@ class Drafter:
         from ..models import weights_read_per_token
 
         self.ctx = ctx
-        self.lean = lean and supports(model)
-        self.decoder = LeanDecoder(model, ctx.vocab) if self.lean else ctx.decoder(model)
+        self.lean = lean and ctx.once(("lean_supports", id(model)), lambda: supports(model))
+        self.decoder = ctx.decoder(model, lean=self.lean)
         ctx.meta["drafter_forward"] = "lean" if self.lean else "transformers"
-        ctx.meta["draft_params"] = weights_read_per_token(model)  # MBSU's cost model
+        ctx.meta["draft_params"] = ctx.once(("draft_params", id(model)), lambda: weights_read_per_token(model))  # MBSU
 
     def prefill(self, ids: torch.Tensor) -> None:
         if ids.shape[1]:
@@ -68,11 +68,7 @@ def verify_block(ctx: RunContext, target: Decoder, seq: torch.Tensor, drafts: to
     block = torch.cat([seq[:, -1:], drafts.view(1, -1)], dim=1)
     t0 = rec.now()
     logits = target.feed(block, keep=block.shape[1])  # (gamma+1, V)
-    if ctx.sampling.greedy:
-        q_x = q[torch.arange(len(drafts), device=q.device), drafts].tolist() if len(drafts) else []
-        verdict = greedy_verdict(drafts, logits, q_x)
-    else:
-        verdict = sampling_verdict(drafts, q, ctx.sampling.probs(logits), ctx.generator)
+    verdict = decide(ctx.sampling, drafts, q, logits, ctx.generator, top=ctx.dist_top, rule=ctx.verify_rule)
     rec.add("verify", step=step, source=source, t0=t0, t1=rec.now(),
             info={"tokens": block.shape[1], "drafts": len(drafts), "accepted": verdict.accepted})
     return verdict
@@ -85,24 +81,56 @@ def commit_tokens(ctx: RunContext, out: Output, drafts: list[int], verdict: Verd
     now = rec.now()
     gamma, n = len(drafts), verdict.accepted
     new = []
+    if not rec.enabled:  # nothing is stored: push the tokens, build no event
+        for token_id in drafts[:n]:
+            if out.done:
+                break
+            out.push(token_id)
+            new.append(token_id)
+        if not out.done:
+            out.push(verdict.token)
+            new.append(verdict.token)
+        return new
+    top_p = verdict.top_p
     for depth, token_id in enumerate(drafts):
         src = sources[depth] if sources else "draft"
         common = dict(step=step, row=row, token_id=token_id, p=verdict.p_draft[depth], q=verdict.q_draft[depth],
                       depth=depth, source=src, t0=now, t1=now)
+        info = verdict_info(verdict, depth, depth <= n)
         if depth < n:
             if out.done:
                 break  # accepted past EOS / the token limit: not part of the output
-            rec.add("accept", position=out.push(token_id), **common)
+            rec.add("accept", position=out.push(token_id), info=info, **common)
             new.append(token_id)
         else:
             cause = ("mismatch" if ctx.sampling.greedy else "ratio") if depth == n else "after_reject"
-            rec.add("reject", info={"cause": cause, "ratio": verdict.ratios[depth]}, **common)
+            rec.add("reject", info={"cause": cause, "ratio": verdict.ratios[depth], **info}, **common)
     if not out.done:
         kind = "bonus" if n == gamma else "correct"
+        info = {"rule": verdict.rule}
+        if top_p:
+            info["top_p"] = top_p[n]
+        if verdict.residual_top is not None and kind == "correct":
+            info["residual_top"] = verdict.residual_top
         rec.add(kind, step=step, row=row, position=out.push(verdict.token), token_id=verdict.token, p=verdict.p_token,
-                q=None, depth=n, source="target", t0=now, t1=now)
+                q=None, depth=n, source="target", t0=now, t1=now, info=info)
         new.append(verdict.token)
     return new
+
+
+def verdict_info(verdict: Verdict, depth: int, judged: bool) -> dict:
+    """What an accept / reject event records about the rule at its draft: the rule, the top-k of q and p
+    there (when recorded) and, where sampling judged it, the uniform drawn and min(1, p/q)."""
+    info: dict = {"rule": verdict.rule}
+    if verdict.top_q:
+        info["top_q"] = verdict.top_q[depth]
+    if verdict.top_p:
+        info["top_p"] = verdict.top_p[depth]
+    if judged and verdict.rule != "argmax":
+        if verdict.u is not None:
+            info["u"] = verdict.u[depth]
+        info["accept_prob"] = verdict.ratios[depth]
+    return info
 
 
 def commit(ctx: RunContext, seq: torch.Tensor, drafts: torch.Tensor, verdict: Verdict, step: int,
@@ -143,6 +171,7 @@ class DraftModel(Method):
     name = "draft_model"
     title = "Speculative decoding (separate drafter)"
     needs_draft = True
+    memo_safe = True
     PARAMS = (
         GAMMA,
         GAMMA_SCHEDULE,

@@ -21,7 +21,7 @@ from ..adapter import KangarooAdapter
 from ..layers import LayerStack, causal_mask
 from .base import Method, Param, RunContext
 from .draft_model import commit
-from ..verify import greedy_verdict, sampling_verdict
+from ..verify import decide
 
 
 def find_adapter(ctx: RunContext, exit_layer: int | None) -> KangarooAdapter:
@@ -60,9 +60,45 @@ class SelfDraftState:
             self.length = length
 
 
+class LayerMemo:
+    """Exactness sessions only (`specviz.exactness`, ctx.memo set): the stack's layer-range forwards and
+    the adapter's steps memoized by the token ids they cover. A hit re-appends the KV entries the first
+    computation appended (and bumps the lengths), so every cache ends as if the forward had run."""
+
+    MAX_BYTES = 256 * 2**20  # kept before the memo starts over
+
+    def __init__(self) -> None:
+        self.table: dict[tuple, tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
+        self.bytes = 0
+        self.hits = self.misses = 0
+
+    def call(self, key: tuple, layers: list, compute, bump) -> torch.Tensor:
+        hit = self.table.get(key)
+        if hit is not None and len(hit[1]) == len(layers) and all(getattr(layer, "is_initialized", False)
+                                                                   for layer in layers):
+            out, deltas = hit
+            for layer, (k, v) in zip(layers, deltas):
+                layer.update(k, v)
+            bump()
+            self.hits += 1
+            return out
+        self.misses += 1
+        before = [kvcache.held(layer) for layer in layers]
+        out = compute()
+        deltas = [(layer.keys[..., b:, :].clone(), layer.values[..., b:, :].clone()) for layer, b in zip(layers, before)]
+        size = sum(t.numel() * t.element_size() for t in [out] + [x for kv in deltas for x in kv])
+        if self.bytes + size > self.MAX_BYTES:
+            self.table.clear()
+            self.bytes = 0
+        self.table[key] = (out, deltas)
+        self.bytes += size
+        return out
+
+
 class Kangaroo(Method):
     name = "kangaroo"
     title = "Kangaroo (self-speculative, double early exit)"
+    memo_safe = True
     PARAMS = (
         Param("gamma", int, 6, 1, 16, help="maximum draft depth per round (the paper's reference run: 6)"),
         Param("eta", float, 0.6, 0.0, 1.0, help="second early exit: stop drafting when the draft's top-1 probability < eta (0 = never)"),
@@ -88,11 +124,61 @@ class Kangaroo(Method):
 
         seq = ctx.prompt_ids
         t0 = rec.now()
-        if seq.shape[1] > 1:
-            h_l = stack.run(stack.embed_ids(seq[:, :-1]), 0, l)
-            stack.run(h_l, l, stack.depth)
-            draft.pending = [h_l]
+        # exactness sessions (ctx.shared set) prefill a prompt once: each sample crops every cache back to it
+        key = ("kangaroo_prefill", id(ctx.pair.target), id(adapter), l)
+        saved = ctx.shared.get(key) if ctx.shared is not None else None
+        if saved is not None and saved[0] == seq[0, :-1].tolist():
+            _, stack, draft, h_l = saved
+            stack.crop(seq.shape[1] - 1)
+            draft.crop(0)
+            draft.pending = [h_l] if h_l is not None else []
+        else:
+            h_l = None
+            if seq.shape[1] > 1:
+                h_l = stack.run(stack.embed_ids(seq[:, :-1]), 0, l)
+                stack.run(h_l, l, stack.depth)
+                draft.pending = [h_l]
+            if ctx.shared is not None:
+                ctx.shared[key] = (seq[0, :-1].tolist(), stack, draft, h_l)
         rec.add("prefill", source="target", t0=t0, t1=rec.now(), info={"tokens": seq.shape[1] - 1, "adapter": True})
+        memo = (ctx.once(("kangaroo_layer_memo", ctx.params["vocab_trim"]) + key[1:], LayerMemo)
+                if ctx.memo is not None else None)
+        full: list[int] = seq[0].tolist() if memo is not None else []  # memo keys: committed ids + this round's drafts
+
+        def bump_stack(start: int, end: int, new: int):
+            def bump() -> None:
+                for i in range(start, end):
+                    stack.lengths[i] += new
+            return bump
+
+        def shallow(token_t: torch.Tensor) -> torch.Tensor:
+            """Layers [0, l) over one token (1, 1): its layer-l state."""
+            compute = lambda: stack.run(stack.embed_ids(token_t), 0, l)  # noqa: E731
+            if memo is None:
+                return compute()
+            pos = stack.lengths[0]
+            return memo.call(("shallow", tuple(full[: pos + 1])), stack.cache.layers[:l], compute, bump_stack(0, l, 1))
+
+        def draft_logits(h: torch.Tensor) -> torch.Tensor:
+            compute = lambda: head(draft.step(h))  # noqa: E731
+            if memo is None:
+                return compute()
+            new = sum(x.shape[1] for x in draft.pending) + 1
+
+            def bump() -> None:
+                draft.length += new
+                draft.pending = []
+            return memo.call(("adapter", draft.length, tuple(full[: draft.length + new])), list(draft.cache.layers),
+                             compute, bump)
+
+        def deep_logits(block: torch.Tensor) -> torch.Tensor:
+            compute = lambda: stack.logits(stack.run(block, l, stack.depth))[0]  # noqa: E731
+            if memo is None:
+                return compute()
+            pos, new = stack.lengths[l], block.shape[1]
+            return memo.call(("deep", pos, tuple(full[: pos + new])), stack.cache.layers[l : stack.depth], compute,
+                             bump_stack(l, stack.depth, new))
+
         step = 0
         while not out.done:
             ctx.check_cancel()
@@ -103,10 +189,10 @@ class Kangaroo(Method):
             tokens, qs = [], []
             token = seq[:, -1:]
             t0 = rec.now()
-            h = stack.run(stack.embed_ids(token), 0, l)
+            h = shallow(token)
             states.append(h)
             for depth in range(budget):
-                logits = head(draft.step(h))
+                logits = draft_logits(h)
                 token_t, q = ctx.sampling.choose(logits, ctx.generator)
                 confidence = float(q.max().item())
                 t1 = rec.now()
@@ -115,6 +201,8 @@ class Kangaroo(Method):
                         t0=t0, t1=t1, info={"confidence": confidence})
                 tokens.append(token_t)
                 qs.append(q[0])
+                if memo is not None:
+                    full.append(token_id)
                 if confidence < eta and depth + 1 < budget:
                     rec.add("early_exit", step=step, depth=depth, source=source, t0=t1, t1=t1,
                             info={"reason": "confidence", "confidence": confidence, "eta": eta})
@@ -122,25 +210,22 @@ class Kangaroo(Method):
                 if depth + 1 == budget:
                     break
                 t0 = rec.now()
-                h = stack.run(stack.embed_ids(token_t.view(1, 1)), 0, l)
+                h = shallow(token_t.view(1, 1))
                 states.append(h)
             drafts = torch.cat(tokens) if tokens else seq.new_zeros(0)
             q = torch.stack(qs) if qs else None
             # 3. verify: the last draft's shallow pass, then layers [l, N) over every stored state
             t0 = rec.now()
             if tokens:
-                states.append(stack.run(stack.embed_ids(drafts[-1:].view(1, 1)), 0, l))
+                states.append(shallow(drafts[-1:].view(1, 1)))
             block = torch.cat(states, dim=1)  # (1, k+1, d)
-            logits = stack.logits(stack.run(block, l, stack.depth))[0]  # (k+1, V)
-            if ctx.sampling.greedy:
-                q_x = q[torch.arange(len(tokens)), drafts].tolist() if tokens else []
-                verdict = greedy_verdict(drafts, logits, q_x)
-            else:
-                verdict = sampling_verdict(drafts, q if q is not None else logits.new_zeros(0, ctx.vocab),
-                                           ctx.sampling.probs(logits), ctx.generator)
+            logits = deep_logits(block)  # (k+1, V)
+            verdict = decide(ctx.sampling, drafts, q, logits, ctx.generator, top=ctx.dist_top, rule=ctx.verify_rule)
             rec.add("verify", step=step, source=f"target[{l}:]", t0=t0, t1=rec.now(),
                     info={"tokens": block.shape[1], "drafts": len(tokens), "accepted": verdict.accepted})
             seq = commit(ctx, seq, drafts, verdict, step, [source] * len(tokens))
+            if memo is not None:
+                full = seq[0].tolist()
             # 4. roll back to [.. last token, d_1..d_n]; keep their layer-l states for the adapter
             keep = length + verdict.accepted
             stack.crop(keep)
@@ -168,5 +253,6 @@ class Kangaroo(Method):
             return stack.logits
         from .vocabtrim import TrimmedHead, kept_ids
 
-        trimmed = TrimmedHead(stack.head, kept_ids(ctx.pair, k, ctx.vocab, ctx.prompt_ids.device), ctx.vocab)
+        trimmed = ctx.once(("kangaroo_trimmed_head", id(stack.head), k), lambda: TrimmedHead(
+            stack.head, kept_ids(ctx.pair, k, ctx.vocab, ctx.prompt_ids.device), ctx.vocab))
         return lambda hidden: trimmed(stack.norm(hidden))

@@ -30,7 +30,7 @@ from transformers import DynamicCache
 
 from .. import kvcache
 from ..layers import LayerStack
-from ..verify import greedy_verdict, sampling_verdict
+from ..verify import decide
 from .base import Method, Param, RunContext
 from .draft_model import Drafter, commit
 
@@ -135,11 +135,7 @@ class MirrorSD(Method):
                 t_suffix = rec.now()
                 branches = future.result() if future else (self.rollout(*branch_args) if launch else None)
                 # 3. verify on the final distribution
-                if ctx.sampling.greedy:
-                    q_x = q[torch.arange(k), drafts].tolist() if k else []
-                    verdict = greedy_verdict(drafts, logits, q_x)
-                else:
-                    verdict = sampling_verdict(drafts, q, ctx.sampling.probs(logits), ctx.generator)
+                verdict = decide(ctx.sampling, drafts, q, logits, ctx.generator, top=ctx.dist_top, rule=ctx.verify_rule)
                 rec.add("verify", step=step, source=f"target[{le}:]", t0=t0, t1=t_suffix,
                         info={"tokens": block.shape[1], "part": "suffix", "drafts": k, "accepted": verdict.accepted})
                 seq = commit(ctx, seq, drafts, verdict, step, [drafter.source] * k)

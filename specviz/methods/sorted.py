@@ -72,6 +72,7 @@ class SortedDrafter:
 class Sorted(Method):
     name = "sorted"
     title = "S2D sorted speculative decoding"
+    memo_safe = True
     PARAMS = (
         GAMMA,
         Param("theta", float, 0.5, 0.0, 1.0, help="confidence to draft from a shallower exit (the paper: 0.5 at each but the last)"),

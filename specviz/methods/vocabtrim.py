@@ -63,15 +63,21 @@ class TrimmedDrafter(Drafter):
     def __init__(self, ctx: RunContext, model: torch.nn.Module, k: int, lean: bool = False):
         super().__init__(ctx, model, lean=lean)
         self.source = f"draft[vocab {k}]"
-        idx = kept_ids(ctx.pair, k, ctx.vocab, ctx.prompt_ids.device)
-        self.head = TrimmedHead(model.get_output_embeddings(), idx, ctx.vocab)
+        self.k = k
+        self.head = ctx.once(("trimmed_head", id(model), k), lambda: TrimmedHead(
+            model.get_output_embeddings(), kept_ids(ctx.pair, k, ctx.vocab, ctx.prompt_ids.device), ctx.vocab))
         full = model.get_output_embeddings().weight.numel()
         ctx.meta["draft_params"] += self.head.num_parameters() - full  # only K rows of the head are read
         self.base = model.base_model  # the decoder stack, final norm included
 
-    @torch.inference_mode()
     def logits(self, pending: torch.Tensor) -> torch.Tensor:
-        dec = self.decoder
+        through = getattr(self.decoder, "through", None)  # exactness: memoized by token prefix
+        if through is not None:
+            return through(("trimmed", self.k), pending, self._logits)
+        return self._logits(self.decoder, pending)
+
+    @torch.inference_mode()
+    def _logits(self, dec, pending: torch.Tensor) -> torch.Tensor:
         if self.lean:
             return self.head(dec.hidden(pending)[:, -1])
         hidden = kvcache.forward(self.base, dec.cache, input_ids=pending, use_cache=True).last_hidden_state  # (1, T, d)
