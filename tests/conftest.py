@@ -29,8 +29,8 @@ def tiny_config(arch: str, vocab: int, layers: int, hidden: int):
     import transformers as tf
 
     common = dict(vocab_size=vocab, eos_token_id=0, bos_token_id=0, pad_token_id=0)
-    if arch in ("llama", "qwen2", "mistral"):
-        cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "mistral": tf.MistralConfig}[arch]
+    if arch in ("llama", "qwen2", "qwen3", "mistral"):
+        cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "qwen3": tf.Qwen3Config, "mistral": tf.MistralConfig}[arch]
         return cls(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
                    num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False, **common)
     if arch == "gpt2":

@@ -156,9 +156,13 @@ def test_sorted_lazy_fill_matches_a_full_forward(agreeing_pair):
 
 @pytest.mark.parametrize("name,params", [("draft_model", {"gamma": 3}), ("draft_model", {"gamma": 2, "vocab_trim": 6}),
                                          ("kangaroo", {"gamma": 2, "eta": 0.0, "exit_layer": 1}),
+                                         ("kangaroo", {"gamma": 2, "eta": 0.0, "exit_layer": 1, "_lens": True}),
                                          ("sorted", {"gamma": 2, "theta": 0.4}), ("mirror", {"gamma": 2, "exit_layer": 1})])
 def test_speculative_sampling_preserves_the_target_distribution(name, params):
-    """Joint law of the first two sampled tokens vs the target's exact law (chi-square, 4,000 runs)."""
+    """Joint law of the first two sampled tokens vs the target's exact law (chi-square, 4,000 runs).
+    `_lens`: Kangaroo without an adapter (the training-free logit-lens drafter)."""
+    params = dict(params)
+    lens = params.pop("_lens", False)
     tok = word_tokenizer(7)  # 8 ids, id 0 = EOS
     vocab = len(tok)
     target = peaky_llama(vocab, layers=2, seed=21)
@@ -167,6 +171,8 @@ def test_speculative_sampling_preserves_the_target_distribution(name, params):
     pair = ModelPair(target=target, tokenizer=tok, draft=draft, target_name="t", draft_name="d", device=torch.device("cpu"),
                      dtype=torch.float32, extras={"kangaroo_adapter": adapter, "sorted_drafter": peaky_llama(vocab, 2, seed=23),
                                                   "vocab_ranking": list(range(vocab))})
+    if lens:
+        del pair.extras["kangaroo_adapter"]
     prompt, temperature, runs = "w1 w2", 0.8, 4000
     ids = tok(prompt, add_special_tokens=False)["input_ids"]
     with torch.no_grad():

@@ -24,11 +24,11 @@ from .draft_model import commit
 from ..verify import decide
 
 
-def find_adapter(ctx: RunContext, exit_layer: int | None) -> KangarooAdapter:
+def find_adapter(ctx: RunContext, exit_layer: int | None) -> KangarooAdapter | None:
+    """The pair's trained adapter, or None: then the draft is the logit lens (no trained parts at all)."""
     adapter = ctx.pair.extras.get("kangaroo_adapter") if ctx.pair.extras else None
     if adapter is None:
-        raise ValueError("kangaroo needs a trained adapter for this target (the embedded pair ships one); "
-                         "put a KangarooAdapter in pair.extras['kangaroo_adapter']")
+        return None
     if exit_layer is not None and adapter.config.exit_layer != exit_layer:
         raise ValueError(f"the adapter was trained on layer {adapter.config.exit_layer}; exit_layer={exit_layer} does not match it")
     return adapter
@@ -58,6 +58,23 @@ class SelfDraftState:
         if self.length > length:
             kvcache.crop(self.cache, length)
             self.length = length
+
+
+class LensDraftState:
+    """No adapter: the layer-l state goes straight to the target's final norm and head (the logit lens).
+    Same interface as SelfDraftState, with nothing to cache."""
+
+    def __init__(self) -> None:
+        self.cache = kvcache.new_cache()
+        self.length = 0
+        self.pending: list[torch.Tensor] = []
+
+    def step(self, hidden_l: torch.Tensor) -> torch.Tensor:
+        self.pending = []
+        return hidden_l[:, -1]
+
+    def crop(self, length: int) -> None:
+        self.length = min(self.length, length)
 
 
 class LayerMemo:
@@ -103,7 +120,8 @@ class Kangaroo(Method):
         Param("gamma", int, 6, 1, 16, help="maximum draft depth per round (the paper's reference run: 6)"),
         Param("eta", float, 0.6, 0.0, 1.0, help="second early exit: stop drafting when the draft's top-1 probability < eta (0 = never)"),
         Param("exit_layer", int, None, 1, 64, optional=True,
-              help="l: the draft uses the target's first l layers (default: the layer the adapter was trained on; embedded: 2)"),
+              help="l: the draft uses the target's first l layers (default: the adapter's trained layer, embedded: 2; "
+                   "without an adapter, the calibrated logit-lens exit)"),
         Param("vocab_trim", int, 0, 0, 1_000_000, help="VocabTrim: keep only the K most frequent target tokens in the draft head (0 = off)"),
     )
 
@@ -114,18 +132,30 @@ class Kangaroo(Method):
         if l is not None and l >= stack.depth:
             raise ValueError(f"exit_layer must be below the target's {stack.depth} layers; got {l}")
         adapter = find_adapter(ctx, l)
-        l = ctx.params["exit_layer"] = adapter.config.exit_layer  # the trace records the layer really used
-        if l >= stack.depth:
-            raise ValueError(f"the adapter was trained on layer {l}, not below this target's {stack.depth} layers")
-        draft = SelfDraftState(adapter, stack)
+        if adapter is not None:
+            l = adapter.config.exit_layer
+            if l >= stack.depth:
+                raise ValueError(f"the adapter was trained on layer {l}, not below this target's {stack.depth} layers")
+            draft = SelfDraftState(adapter, stack)
+        else:  # training-free: the logit lens at a calibrated (or the given) exit
+            if l is None:
+                from ..calibrate import calibrated_exit
+
+                calibration = calibrated_exit(ctx.pair, ctx.vocab)
+                ctx.meta["exit_calibration"] = calibration
+                l = calibration["exit_layer"]
+            draft = LensDraftState()
+        ctx.params["exit_layer"] = l  # the trace records the layer really used
+        ctx.meta["kangaroo_drafter"] = "adapter" if adapter is not None else "logit lens (no adapter)"
         head = self.draft_head(ctx, stack)
         ctx.meta["draft_params"] = self.draft_params(ctx, stack, adapter, l)
-        source = f"target[:{l}]+adapter" + (f"[vocab {ctx.params['vocab_trim']}]" if ctx.params["vocab_trim"] else "")
+        source = (f"target[:{l}]+adapter" if adapter is not None else f"target[:{l}]+head (no adapter)") + \
+            (f"[vocab {ctx.params['vocab_trim']}]" if ctx.params["vocab_trim"] else "")
 
         seq = ctx.prompt_ids
         t0 = rec.now()
         # exactness sessions (ctx.shared set) prefill a prompt once: each sample crops every cache back to it
-        key = ("kangaroo_prefill", id(ctx.pair.target), id(adapter), l)
+        key = ("kangaroo_prefill", id(ctx.pair.target), id(adapter) if adapter is not None else None, l)
         saved = ctx.shared.get(key) if ctx.shared is not None else None
         if saved is not None and saved[0] == seq[0, :-1].tolist():
             _, stack, draft, h_l = saved
@@ -140,7 +170,7 @@ class Kangaroo(Method):
                 draft.pending = [h_l]
             if ctx.shared is not None:
                 ctx.shared[key] = (seq[0, :-1].tolist(), stack, draft, h_l)
-        rec.add("prefill", source="target", t0=t0, t1=rec.now(), info={"tokens": seq.shape[1] - 1, "adapter": True})
+        rec.add("prefill", source="target", t0=t0, t1=rec.now(), info={"tokens": seq.shape[1] - 1, "adapter": adapter is not None})
         memo = (ctx.once(("kangaroo_layer_memo", ctx.params["vocab_trim"]) + key[1:], LayerMemo)
                 if ctx.memo is not None else None)
         full: list[int] = seq[0].tolist() if memo is not None else []  # memo keys: committed ids + this round's drafts
@@ -161,7 +191,7 @@ class Kangaroo(Method):
 
         def draft_logits(h: torch.Tensor) -> torch.Tensor:
             compute = lambda: head(draft.step(h))  # noqa: E731
-            if memo is None:
+            if memo is None or adapter is None:
                 return compute()
             new = sum(x.shape[1] for x in draft.pending) + 1
 
@@ -238,9 +268,9 @@ class Kangaroo(Method):
             step += 1
 
     @staticmethod
-    def draft_params(ctx: RunContext, stack: LayerStack, adapter: KangarooAdapter, l: int) -> int:
+    def draft_params(ctx: RunContext, stack: LayerStack, adapter: KangarooAdapter | None, l: int) -> int:
         """Weights one draft step reads: the first l layers, the adapter, the final norm and the (trimmed) head."""
-        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
         head_rows = ctx.params["vocab_trim"] or stack.head.weight.shape[0]
         return (sum(count(layer) for layer in stack.layers[:l]) + count(adapter) + count(stack.norm)
                 + head_rows * stack.head.weight.shape[1])

@@ -56,13 +56,18 @@ def clone_rows(cache: DynamicCache, length: int, rows: int, config) -> DynamicCa
     return out
 
 
-def default_exit(pair, depth: int) -> int:
-    """The trained early exit nearest half the target's depth (the embedded target's meta lists them)."""
+def default_exit(pair, depth: int, vocab: int | None = None) -> int:
+    """The trained early exit nearest half the target's depth (the embedded target's meta lists them);
+    for a target without trained exits, the calibrated logit-lens exit (specviz.calibrate)."""
     meta = (pair.extras or {}).get("target_meta") or {}
     exits = [e for e in meta.get("exits", []) if isinstance(e, int) and 1 <= e < depth]
     if exits:
         return min(exits, key=lambda e: (abs(e - depth / 2), e))
-    return max(1, depth // 2)
+    if vocab is None or depth < 2:
+        return max(1, depth // 2)
+    from ..calibrate import calibrated_exit
+
+    return calibrated_exit(pair, vocab)["exit_layer"]
 
 
 class MirrorSD(Method):
@@ -82,7 +87,11 @@ class MirrorSD(Method):
         gamma, le, kappa = ctx.params["gamma"], ctx.params["exit_layer"], ctx.params["kappa"]
         stack = LayerStack(ctx.pair.target, ctx.vocab)
         if le is None:
-            le = ctx.params["exit_layer"] = default_exit(ctx.pair, stack.depth)
+            le = ctx.params["exit_layer"] = default_exit(ctx.pair, stack.depth, ctx.vocab)
+            if not ((ctx.pair.extras or {}).get("target_meta") or {}).get("exits"):
+                from ..calibrate import calibrated_exit
+
+                ctx.meta["exit_calibration"] = calibrated_exit(ctx.pair, ctx.vocab)
         if le >= stack.depth:
             raise ValueError(f"exit_layer must be below the target's {stack.depth} layers; got {le}")
         drafter = Drafter(ctx, ctx.pair.draft)
