@@ -84,7 +84,6 @@ def run_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], 
 
     if not any(label == BASELINE for label, _, _ in methods):
         methods = [(BASELINE, BASELINE, {k: v for k, v in methods[0][2].items() if k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")} if methods else {})] + methods
-    base_params = next(p for label, _, p in methods if label == BASELINE)
     for label, name, params in methods:  # warm-up: first calls pay one-off allocations
         run(name, pair, prompts[0]["prompt"], **{**params, "max_new_tokens": 8})
     rows = []

@@ -219,16 +219,10 @@ def directory_sources(root: Path, cfg: CorpusConfig = CorpusConfig()):
 
 def stdlib_sources(quick: bool = False):
     """(name, text, old-split held out?) exactly as train.read_corpus reads the standard library."""
-    from .train import TrainConfig, corpus_files, pydoc_topics_text
+    from .train import TrainConfig, stdlib_texts
 
     tcfg = TrainConfig(quick=quick)
-    for path in corpus_files(tcfg):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (UnicodeDecodeError, OSError):
-            continue
-        if path.name == "topics.py" and path.parent.name == "pydoc_data":
-            text = pydoc_topics_text(path)
+    for path, text in stdlib_texts(tcfg):
         yield path.name, text, old_stdlib_heldout(path.name, tcfg.heldout_share)
 
 

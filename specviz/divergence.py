@@ -68,7 +68,6 @@ def classify(pair, trace: Trace, baseline: Trace, row: int = 0) -> Divergence | 
     prompt = trace.rows[row].prompt_ids
     vocab = min(pair.target.get_output_embeddings().weight.shape[0], len(pair.tokenizer))
     device = pair.target.device
-    seq = prompt + ref[:i]  # shared by both runs
     start, block_tokens = round_block(trace, row, i, out)
     # autoregressive: the prompt in one prefill, then one token at a time
     dec = Decoder(pair.target, vocab)

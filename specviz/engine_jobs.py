@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Callable
 
 JOBS = ("warm", "single", "playground", "batch", "compare", "batch_compare", "exactness_lab", "health")
 STREAM_SECONDS = 0.05  # how often streamed tokens are sent while a run goes on
@@ -51,15 +51,20 @@ def warm(target: str = "embedded", *, cancel: threading.Event, emit: Callable) -
     return pair_for(target, None).describe()
 
 
+def traced(runner: Callable, target: str, draft: str | None, first, params: dict, cancel: threading.Event) -> str:
+    """One run (`specviz.run` or `run_batch`) on the engine, noted with where it ran: its trace as JSON."""
+    pair = pair_for(target, draft)
+    with Running():
+        trace = runner(pair, first, cancel=cancel, **params)
+        trace.meta["engine"] = engine_note()
+    return trace.to_json()
+
+
 def single(method: str, target: str, draft: str | None, prompt: str, params: dict, *, cancel: threading.Event,
            emit: Callable) -> str:
     from .api import run
 
-    pair = pair_for(target, draft)
-    with Running():
-        trace = run(method, pair, prompt, cancel=cancel, **params)
-        trace.meta["engine"] = engine_note()
-    return trace.to_json()
+    return traced(lambda pair, prompt_, **kw: run(method, pair, prompt_, **kw), target, draft, prompt, params, cancel)
 
 
 def stream_tokens(recorder, pair, emit: Callable, stop: threading.Event) -> None:
@@ -127,11 +132,8 @@ def batch(method: str, target: str, draft: str | None, prompts: list, params: di
           emit: Callable) -> str:
     from .api import run_batch
 
-    pair = pair_for(target, draft)
-    with Running():
-        trace = run_batch(method, pair, prompts, cancel=cancel, **params)
-        trace.meta["engine"] = engine_note()
-    return trace.to_json()
+    return traced(lambda pair, prompts_, **kw: run_batch(method, pair, prompts_, **kw), target, draft, prompts, params,
+                  cancel)
 
 
 def compare(specs: list, prompts: list, repeats: int, target: str, draft: str | None, *, cancel: threading.Event,

@@ -83,45 +83,6 @@ def rounds(trace: Trace, row: int = 0) -> list[int]:
     return sorted({e.step for e in trace.events if e.row == row and e.kind in TOKEN_KINDS})
 
 
-def step_html(trace: Trace, step: int, row: int = 0) -> str:
-    """One round for teaching: what was drafted, the target's verdict on each draft, what was emitted."""
-    events = [e for e in trace.events if e.row == row and e.step == step]
-    if not events:
-        return '<div class="sv-note">no such round</div>'
-    before = [e for e in trace.events if e.row == row and e.kind in TOKEN_KINDS and e.step < step]
-    context = "".join(token_span(e) for e in sorted(before, key=lambda e: e.position)[-24:])
-    drafts = sorted((e for e in events if e.kind == "draft" and "branch" not in e.info), key=lambda e: e.depth)
-    verdicts = {e.depth: e for e in events if e.kind in ("accept", "reject")}
-    rows = []
-    for d in drafts:
-        v = verdicts.get(d.depth)
-        verdict = "accepted" if v is not None and v.kind == "accept" else ("rejected" if v is not None else "not verified")
-        detail = ""
-        if v is not None:
-            cause = v.info.get("cause", "")
-            detail = f"p={v.p:.3f} q={v.q:.3f}" + (f" ({esc(cause)})" if cause else "") if v.p is not None and v.q is not None else ""
-        rows.append(f"<tr><td>{d.depth + 1}</td><td>{token_span(d)}</td><td>{esc(d.source)}</td>"
-                    f"<td>{'' if d.q is None else f'{d.q:.3f}'}</td><td>{verdict}</td><td>{detail}</td></tr>")
-    emitted = [e for e in events if e.kind in ("correct", "bonus", "emit")]
-    exits = [e for e in events if e.kind == "early_exit"]
-    branches = [e for e in events if e.kind == "branch"]
-    parts = [f"<h4>Round {step}</h4>", f'<div class="sv-tokens"><span class="sv-prompt">... </span>{context}</div>']
-    if drafts:
-        parts.append("<table><tr><th>depth</th><th>draft</th><th>source</th><th>q</th><th>target's verdict</th><th>p / q</th></tr>"
-                     + "".join(rows) + "</table>")
-    else:
-        parts.append('<div class="sv-note">no drafts this round: the target produced the token itself</div>')
-    for e in exits:
-        parts.append(f'<div class="sv-note">early exit ({esc(str(e.info.get("reason", "")))}), confidence '
-                     f'{e.info.get("confidence", float("nan")):.3f}</div>')
-    for e in branches:
-        parts.append(f'<div class="sv-note">branch from candidate {esc(e.text)}: {esc(str(e.info.get("fate", "")))}</div>')
-    for e in emitted:
-        parts.append(f"<p>Target emits {token_span(e)} ({esc(FATE_LABELS[e.kind])}"
-                     + (f", p={e.p:.3f}" if e.p is not None else "") + ")</p>")
-    return f'<div class="sv-step">{"".join(parts)}</div>'
-
-
 def lane_html(label: str, trace: Trace, t: float, lane_id: str) -> str:
     """One side of a race at time `t` (seconds into its measured run): the tokens it had emitted by then."""
     shown = sorted((e for e in trace.events if e.kind in TOKEN_KINDS and e.row == 0 and e.t1 <= t), key=lambda e: e.position)

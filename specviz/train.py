@@ -37,14 +37,14 @@ import math
 import random
 import sysconfig
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .adapter import AdapterConfig, KangarooAdapter
+from .adapter import KangarooAdapter
 
 EOS = "<|endoftext|>"
 SPECVIZ_META = "specviz.json"  # extra metadata beside config.json: trained exits, nested targets
@@ -147,9 +147,8 @@ def pydoc_topics_text(path: Path) -> str:
     return "\n\n".join(namespace.get("topics", {}).values())
 
 
-def read_corpus(cfg: TrainConfig) -> tuple[list[str], list[str]]:
-    """(train texts, held-out texts), split by a hash of the file name so the split is stable."""
-    train, heldout = [], []
+def stdlib_texts(cfg: TrainConfig):
+    """(path, text) of every readable corpus file (pydoc topics as their prose)."""
     for path in corpus_files(cfg):
         try:
             text = path.read_text(encoding="utf-8")
@@ -157,6 +156,13 @@ def read_corpus(cfg: TrainConfig) -> tuple[list[str], list[str]]:
             continue
         if path.name == "topics.py" and path.parent.name == "pydoc_data":
             text = pydoc_topics_text(path)
+        yield path, text
+
+
+def read_corpus(cfg: TrainConfig) -> tuple[list[str], list[str]]:
+    """(train texts, held-out texts), split by a hash of the file name so the split is stable."""
+    train, heldout = [], []
+    for path, text in stdlib_texts(cfg):
         bucket = int(hashlib.sha1(path.name.encode()).hexdigest(), 16) % 1000
         (heldout if bucket < cfg.heldout_share * 1000 else train).append(text)
     return train, heldout

@@ -118,3 +118,20 @@ def assert_rows_equal(pair, trace: Trace, references: list[list[int]]) -> None:
     assert len(trace.rows) == len(references)
     for r, i, gap in row_divergences(pair, trace, references):
         assert gap < BATCH_TIE_GAP, f"{trace.method} row {r} diverged at token {i} with top-2 gap {gap:.2e} (not a tie)"
+
+
+def make_agreeing_pair(tokenizer, draft_noise: float = 0.1):
+    """A Llama target whose deep layers add little, a drafter that is a noisy copy of it, an identity Kangaroo
+    adapter and a near-copy sorted drafter: drafts are accepted often but not always, so every accept /
+    reject / bonus / rollback path runs."""
+    from specviz.adapter import KangarooAdapter
+    from specviz.models import ModelPair
+
+    vocab = len(tokenizer)
+    target = peaky_llama(vocab, layers=4, seed=3, hidden=32, init=0.2)
+    damp_layers_after(target, 2, 0.1)
+    adapter = KangarooAdapter.for_target(target.config, 2, identity=True).eval()
+    extras = {"kangaroo_adapter": adapter, "sorted_drafter": near_copy(target, 0.1, seed=4),
+              "vocab_ranking": list(range(vocab))}
+    return ModelPair(target=target, tokenizer=tokenizer, draft=near_copy(target, draft_noise, seed=5), target_name="agree",
+                     draft_name="agree-draft", device=torch.device("cpu"), dtype=torch.float32, extras=extras)

@@ -6,12 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
-from helpers import damp_layers_after, near_copy, peaky_llama
-from specviz.adapter import KangarooAdapter
+from helpers import make_agreeing_pair
 from specviz.api import run, run_batch
-from specviz.models import ModelPair
 from specviz.trace import SCHEMA_VERSION, Trace
 
 PROMPTS = ["def add(a, b):\n    return", "import os\n\nclass"]
@@ -22,16 +19,7 @@ NEW_FIELDS = ("top_q", "top_p", "u", "accept_prob", "residual_top", "rule")
 @pytest.fixture(scope="module")
 def pair(tiny_tokenizer):
     """A drafter that agrees with the target often, not always (accepts, rejects and bonuses all happen)."""
-    vocab = len(tiny_tokenizer)
-    target = peaky_llama(vocab, layers=4, seed=3, hidden=32, init=0.2)
-    damp_layers_after(target, 2, 0.1)
-    adapter = KangarooAdapter.for_target(target.config, 2).eval()
-    with torch.no_grad():
-        adapter.attn.o_proj.weight.zero_()
-    extras = {"kangaroo_adapter": adapter, "sorted_drafter": near_copy(target, 0.1, seed=4),
-              "vocab_ranking": list(range(vocab))}
-    return ModelPair(target=target, tokenizer=tiny_tokenizer, draft=near_copy(target, 0.3, seed=5), target_name="agree",
-                     draft_name="agree-draft", device=torch.device("cpu"), dtype=torch.float32, extras=extras)
+    return make_agreeing_pair(tiny_tokenizer, draft_noise=0.3)
 
 
 def check_top(entries, k: int) -> None:

@@ -8,7 +8,7 @@ import torch
 
 import specviz.engine as engine
 from conftest import ARCHS, make_tiny_model, make_tiny_pair
-from helpers import (assert_greedy_equal, assert_trace_invariants, damp_layers_after, near_copy, peaky_llama,
+from helpers import (make_agreeing_pair, assert_greedy_equal, assert_trace_invariants, peaky_llama,
                      word_tokenizer)
 from specviz.adapter import KangarooAdapter
 from specviz.api import run
@@ -74,18 +74,7 @@ def test_greedy_equals_autoregressive(pairs, arch, name):
 
 @pytest.fixture(scope="module")
 def agreeing_pair(tiny_tokenizer):
-    """A Llama target whose deep layers add little, a drafter that is a noisy copy of it, an identity
-    adapter: drafts are accepted often but not always, so every accept / reject / bonus / rollback path runs."""
-    vocab = len(tiny_tokenizer)
-    target = peaky_llama(vocab, layers=4, seed=3, hidden=32, init=0.2)
-    damp_layers_after(target, 2, 0.1)
-    adapter = KangarooAdapter.for_target(target.config, 2).eval()
-    with torch.no_grad():
-        adapter.attn.o_proj.weight.zero_()
-    extras = {"kangaroo_adapter": adapter, "sorted_drafter": near_copy(target, 0.1, seed=4),
-              "vocab_ranking": list(range(vocab))}
-    return ModelPair(target=target, tokenizer=tiny_tokenizer, draft=near_copy(target, 0.1, seed=5), target_name="agree",
-                     draft_name="agree-draft", device=torch.device("cpu"), dtype=torch.float32, extras=extras)
+    return make_agreeing_pair(tiny_tokenizer)
 
 
 @pytest.mark.parametrize("name,params", [("draft_model", {"gamma": 4}), ("kangaroo", {"gamma": 5, "eta": 0.0, "exit_layer": 2}),

@@ -21,7 +21,7 @@ class Drafter:
     source = "draft"
 
     def __init__(self, ctx: RunContext, model: torch.nn.Module, lean: bool = False):
-        from ..lean import LeanDecoder, supports
+        from ..lean import supports
         from ..models import weights_read_per_token
 
         self.ctx = ctx
@@ -190,7 +190,7 @@ class DraftModel(Method):
         return Drafter(ctx, ctx.pair.draft, lean=lean)
 
     def generate(self, ctx: RunContext) -> None:
-        rec, out = ctx.rec, ctx.out
+        out = ctx.out
         gamma, schedule = ctx.params["gamma"], ctx.params["gamma_schedule"]
         limit = 16
         target = ctx.decoder(ctx.pair.target)
