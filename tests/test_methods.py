@@ -230,8 +230,10 @@ def test_method_specific_ranges(pairs):
                          device=pair.device, dtype=pair.dtype, extras={})
     with pytest.raises(ValueError, match="needs a draft model"):
         run("draft_model", no_draft, "x")
-    with pytest.raises(ValueError, match="needs a trained adapter"):
-        run("kangaroo", no_draft, "x", exit_layer=1)
+    lens = run("kangaroo", no_draft, "x", exit_layer=1, max_new_tokens=4)  # no adapter: the logit lens, not an error
+    assert lens.meta["kangaroo_drafter"] == "logit lens (no adapter)"
+    with pytest.raises(ValueError, match="ranking"):
+        run("kangaroo", no_draft, "x", exit_layer=1, vocab_trim=8)
 
 
 def test_cancel_returns_a_partial_trace(pairs):

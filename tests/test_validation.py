@@ -41,7 +41,7 @@ RUN_CASES = [
     ("theta negative", "sorted", "x", {"theta": -0.1}, "theta must be >="),
     ("K negative", "draft_model", "x", {"vocab_trim": -5}, "vocab_trim must be >= 0"),
     ("K over the vocabulary", "draft_model", "x", {"vocab_trim": 10**6}, "exceeds"),
-    ("K without a ranking", "kangaroo", "x", {"vocab_trim": 8}, "adapter|ranking"),
+    ("kangaroo exit past the target", "kangaroo", "x", {"exit_layer": 5}, "exit_layer must be below"),
     ("kappa 0", "mirror", "x", {"kappa": 0}, "kappa must be >= 1"),
     ("kappa 9", "mirror", "x", {"kappa": 9}, "kappa must be <= 8"),
     ("temperature negative", "draft_model", "x", {"temperature": -0.5}, "temperature must be >= 0"),
