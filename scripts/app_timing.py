@@ -1,7 +1,7 @@
 """Are the app's timings the engine's? `python scripts/app_timing.py [--tokens 64] [--repeats 5] [--users 1,8,16]`
 
 1. `specviz.run` on this process's main thread (the reference), autoregressive and draft_model, the
-   Playground's default prompt, median of `repeats`;
+   Playground's default prompt, interleaved with 2., median of `repeats` (the first of each dropped);
 2. the same runs through a real `python app.py` (its `/playground` API): the wall time the app records
    in the trace and shows, and what the client waited for (queue, transfer, rendering: the extra);
 3. N users at once through the streaming Playground endpoint (mixed methods): time to the first
@@ -68,20 +68,23 @@ def main() -> None:
     pair = load_pair("embedded")
     for m in methods:
         run(m, pair, prompt, max_new_tokens=8)
-    main_thread = {m: statistics.median(run(m, pair, prompt, max_new_tokens=args.tokens).wall_time
-                                        for _ in range(args.repeats)) for m in methods}
     proc, url = start_app()
     try:
         client = Client(url, verbose=False)
+        main: dict[str, list[float]] = {m: [] for m in methods}
         recorded: dict[str, list[float]] = {m: [] for m in methods}
         waited: dict[str, list[float]] = {m: [] for m in methods}
-        for _ in range(args.repeats + 1):
+        for r in range(args.repeats + 1):  # interleaved: main thread, then the app, per method and repeat
             for m in methods:
+                time.sleep(0.3)  # let the other process's idle threads stop spinning
+                main[m].append(run(m, pair, prompt, max_new_tokens=args.tokens).wall_time)
+                time.sleep(0.3)
                 t0 = time.perf_counter()
                 _, trace_json = client.predict(prompt, m, json.dumps({"max_new_tokens": args.tokens}), "embedded", "",
                                                api_name="/playground")
                 waited[m].append(time.perf_counter() - t0)
                 recorded[m].append(Trace.from_json(trace_json).wall_time)
+        main_thread = {m: statistics.median(main[m][1:]) for m in methods}
         print(f"embedded pair, {args.tokens} tokens, the Playground's default prompt, median of {args.repeats}:")
         for m in methods:
             rec, wait = statistics.median(recorded[m][1:]), statistics.median(waited[m][1:])
