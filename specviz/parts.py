@@ -74,7 +74,8 @@ def training_text(cfg: PartsConfig) -> str:
     from .train import TrainConfig, read_corpus
 
     train, heldout = read_corpus(TrainConfig())
-    return "\n\n".join(heldout + train)[: cfg.max_text_chars]  # held-out files first: they land in our held-out tail too
+    text = "\n\n".join(train + heldout)  # the corpus's held-out files last: they land in our held-out tail
+    return text[-cfg.max_text_chars:]
 
 
 def token_split(tok, text: str, cfg: PartsConfig) -> tuple[torch.Tensor, torch.Tensor]:
