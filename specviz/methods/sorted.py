@@ -8,6 +8,14 @@ lacks the deeper layers' KV: its state waits and is pushed through those layers 
 next token that goes that deep (lazy KV fill); rollback crops every layer and drops waiting states
 of rejected drafts. `sub_model=k` fixes the depth instead (the paper's fixed baselines).
 Several targets: run with a nested target (`load_pair(..., target_depth=8)`); the drafter is the same.
+
+`policy="cost"` (the default) chooses the depth per token by expected accepted tokens per unit of cost
+instead of a fixed threshold: at exit k it goes one layer deeper only when the expected tokens that layer
+adds (the acceptance gained there, times the chance this draft is reached at all) per unit of cost beat
+the run's own throughput so far (tokens per unit of cost). Costs are the weights a step reads (a layer and
+the exit head it is read through, against one target step: MBSU's memory-bound model), not wall time, so a
+seeded run stays reproducible; acceptance is calibrated online per exit and confidence bin from this
+run's own verdicts (prior: the confidence itself). `policy="threshold"` is the paper's rule (theta).
 With temperature > 0 drafts are sampled from q (the reference takes argmax), so sampling stays exact.
 """
 from __future__ import annotations
@@ -23,15 +31,61 @@ from .draft_model import commit, prefill_both, verify_block
 class SortedDrafter:
     """A sorted drafter's layer stack with states waiting for their deeper layers."""
 
-    def __init__(self, ctx: RunContext, model: torch.nn.Module, theta: float, sub_model: int):
+    BINS = 5
+
+    def __init__(self, ctx: RunContext, model: torch.nn.Module, theta: float, sub_model: int, policy: str = "threshold"):
         self.ctx = ctx
         self.stack = LayerStack(model, ctx.vocab)
         self.depth = self.stack.depth
         if sub_model > self.depth:
             raise ValueError(f"sub_model must be 0 (adaptive) or 1..{self.depth} for this sorted drafter; got {sub_model}")
-        self.theta, self.sub_model = theta, sub_model
+        self.theta, self.sub_model, self.policy = theta, sub_model, policy
         self.waiting: list[torch.Tensor | None] = [None] * (self.depth + 1)  # inputs to layer j, from position lengths[j]
         self.fed = 0  # positions embedded so far
+        # the cost policy's measurements: seconds of layer j (+ its exit), one target step, acceptance per exit and bin
+        from ..models import weights_read_per_token
+
+        target_step = weights_read_per_token(ctx.pair.target)
+        head = sum(p.numel() for p in self.stack.head.parameters()) + sum(p.numel() for p in self.stack.norm.parameters())
+        # one token through layer j and read out at its exit, in target steps (weights read)
+        self.layer_cost = [(sum(p.numel() for p in layer.parameters()) + head) / target_step for layer in self.stack.layers]
+        self.throughput: float | None = None  # committed tokens per target step of drafting + verifying, this run
+        self.reach = 1.0  # chance the draft being made now is reached (every earlier draft this round accepted)
+        self.round_cost = 1.0  # this round's cost so far: the verification (about one target step) + drafting
+        self.accepted = [[(b + 0.5) / self.BINS * 2 for b in range(self.BINS)] for _ in range(self.depth)]
+        self.judged = [[2.0] * self.BINS for _ in range(self.depth)]
+
+    def _bin(self, confidence: float) -> int:
+        return min(self.BINS - 1, int(confidence * self.BINS))
+
+    def expected(self, k: int, confidence: float | None = None) -> float:
+        """Acceptance expected of a draft from exit k (1-based): at this confidence, or over all its drafts."""
+        if confidence is not None:
+            b = self._bin(confidence)
+            return self.accepted[k - 1][b] / self.judged[k - 1][b]
+        return sum(self.accepted[k - 1]) / sum(self.judged[k - 1])
+
+    def observe(self, exits: list[tuple[int, float]], accepted: int) -> None:
+        """Verdicts of one round: drafts 0..accepted-1 accepted, draft `accepted` rejected, later ones unjudged."""
+        for i, (k, confidence) in enumerate(exits[: accepted + 1]):
+            b = self._bin(confidence)
+            self.judged[k - 1][b] += 1
+            self.accepted[k - 1][b] += 1 if i < accepted else 0
+
+    def note_round(self, tokens: int) -> None:
+        rate = tokens / self.round_cost
+        self.throughput = rate if self.throughput is None else 0.8 * self.throughput + 0.2 * rate
+        self.reach, self.round_cost = 1.0, 1.0
+
+    def stop_here(self, k: int, confidence: float) -> bool:
+        """At exit k < depth: do the tokens one more layer is expected to add, per second it costs, fall short of
+        the run's throughput? (Then drafting here is worth more per unit of cost.)"""
+        if self.sub_model:
+            return k == self.sub_model
+        if self.policy == "threshold" or self.throughput is None:
+            return confidence > self.theta  # the paper's rule (also before the first round's verdict)
+        gained = (self.expected(k + 1) - self.expected(k, confidence)) * self.reach
+        return gained <= self.throughput * self.layer_cost[k]
 
     def _queue(self, j: int, states: torch.Tensor) -> None:
         self.waiting[j] = states if self.waiting[j] is None else torch.cat([self.waiting[j], states], dim=1)
@@ -53,9 +107,11 @@ class SortedDrafter:
             logits = self.stack.logits(y[:, -1])
             probs = self.ctx.sampling.probs(logits)
             confidences.append(float(probs.max().item()))
+            self.round_cost += self.layer_cost[j]
             if k < self.depth:
                 self._queue(k, y)
-            if k == self.depth or (self.sub_model and k == self.sub_model) or (not self.sub_model and confidences[-1] > self.theta):
+            if k == self.depth or self.stop_here(k, confidences[-1]):
+                self.reach *= self.expected(k, confidences[-1])
                 return logits, k, confidences
         raise AssertionError("unreachable")
 
@@ -77,6 +133,8 @@ class Sorted(Method):
         GAMMA,
         Param("theta", float, 0.5, 0.0, 1.0, help="confidence to draft from a shallower exit (the paper: 0.5 at each but the last)"),
         Param("sub_model", int, 0, 0, 64, help="0 = adaptive per token; k = always draft from the first k layers"),
+        Param("policy", str, "cost", choices=("cost", "threshold"),
+              help="adaptive choice: expected accepted tokens per unit of measured cost, or the paper's confidence threshold"),
     )
 
     def generate(self, ctx: RunContext) -> None:
@@ -86,7 +144,7 @@ class Sorted(Method):
             raise ValueError("sorted needs a sorted (SoFT) drafter: the embedded pair ships one; "
                              "put a Llama-family model in pair.extras['sorted_drafter']")
         gamma = ctx.params["gamma"]
-        drafter = SortedDrafter(ctx, model, ctx.params["theta"], ctx.params["sub_model"])
+        drafter = SortedDrafter(ctx, model, ctx.params["theta"], ctx.params["sub_model"], ctx.params["policy"])
         target: Decoder = ctx.decoder(ctx.pair.target)
         seq = ctx.prompt_ids
         prefill_both(ctx, target, drafter, "sorted")
@@ -95,7 +153,7 @@ class Sorted(Method):
             ctx.check_cancel()
             length = seq.shape[1]
             budget = min(gamma, out.room - 1)
-            tokens, qs, sources = [], [], []
+            tokens, qs, sources, exits = [], [], [], []
             pending = seq[:, drafter.fed:]
             for depth in range(budget):
                 t0 = rec.now()
@@ -113,10 +171,13 @@ class Sorted(Method):
                 tokens.append(token)
                 qs.append(q[0])
                 sources.append(source)
+                exits.append((k, confidences[-1]))
                 pending = token.view(1, 1)
             drafts = torch.cat(tokens) if tokens else seq.new_zeros(0)
             q = torch.stack(qs) if qs else torch.zeros(0, ctx.vocab, device=seq.device)
             verdict = verify_block(ctx, target, seq, drafts, q, step)
+            drafter.observe(exits, verdict.accepted)
+            drafter.note_round(verdict.accepted + 1)
             seq = commit(ctx, seq, drafts, verdict, step, sources)
             target.rollback(length + verdict.accepted)
             drafter.rollback(length + verdict.accepted)
