@@ -80,10 +80,11 @@ def run_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], 
 
     from .api import run
     from .divergence import annotate
+    from .methods.base import common_values
     from .metrics import compare, mirror_stats
 
     if not any(label == BASELINE for label, _, _ in methods):
-        methods = [(BASELINE, BASELINE, {k: v for k, v in methods[0][2].items() if k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")} if methods else {})] + methods
+        methods = [(BASELINE, BASELINE, common_values(methods[0][2]) if methods else {})] + methods
     for label, name, params in methods:  # warm-up: first calls pay one-off allocations
         run(name, pair, prompts[0]["prompt"], **{**params, "max_new_tokens": 8})
     rows = []
@@ -156,13 +157,14 @@ def run_batch_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[d
 
     from .api import run, run_batch
     from .divergence import classify
+    from .methods.base import common_values
 
     texts = [p["prompt"] for p in prompts]
     sizes = {label: stream_size(params, pool_factor, len(texts)) or len(texts) for label, _, params in methods}
     if pool_factor is not None:
         methods = [(label, name, {**params, "pool_factor": pool_factor} if name == "exspec" else params)
                    for label, name, params in methods]
-    base_params = {k: v for k, v in methods[0][2].items() if k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}
+    base_params = common_values(methods[0][2])
     reference_traces = [run(BASELINE, pair, t, **base_params) for t in texts[: max(sizes.values())]]
     reference = [t.output_ids for t in reference_traces]
     for label, name, params in methods:  # warm-up

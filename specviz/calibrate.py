@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import threading
+import weakref
 from pathlib import Path
 
 import torch
@@ -22,7 +23,7 @@ GAMMA = 4
 PROMPT_FILE = Path(__file__).resolve().parent.parent / "assets" / "prompts" / "code.jsonl"
 TEXTS = ("The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of times.",
          "def mean(values):\n    \"\"\"Return the arithmetic mean.\"\"\"\n    return sum(values) / len(values)\n")
-_CACHE: dict[int, dict] = {}
+_CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # target module -> its calibration
 _LOCK = threading.Lock()
 
 
@@ -63,7 +64,7 @@ def exit_table(target, tokenizer, vocab: int) -> list[dict]:
 
 def calibrated_exit(pair, vocab: int) -> dict:
     """{"exit_layer": l, "table": [...], "gamma": GAMMA}: the best modeled exit, measured once per target."""
-    key = id(pair.target)
+    key = pair.target  # weakly held: a model loaded later at the same address is calibrated afresh
     with _LOCK:
         if key not in _CACHE:
             table = exit_table(pair.target, pair.tokenizer, vocab)

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .api import common_vocab
 from .engine import Decoder
 from .trace import TOKEN_KINDS, Trace
 
@@ -66,7 +67,7 @@ def classify(pair, trace: Trace, baseline: Trace, row: int = 0) -> Divergence | 
     if i is None or i >= min(len(out), len(ref)):
         return None  # equal, or one stopped early (a length cap), which is no token disagreement
     prompt = trace.rows[row].prompt_ids
-    vocab = min(pair.target.get_output_embeddings().weight.shape[0], len(pair.tokenizer))
+    vocab = common_vocab(pair)  # the width the run itself compared
     device = pair.target.device
     start, block_tokens = round_block(trace, row, i, out)
     # autoregressive: the prompt in one prefill, then one token at a time

@@ -12,10 +12,11 @@ import threading
 import time
 from typing import Callable
 
+from .worker import InFlight
+
 JOBS = ("warm", "single", "playground", "batch", "compare", "batch_compare", "exactness_lab", "health")
 STREAM_SECONDS = 0.05  # how often streamed tokens are sent while a run goes on
-_RUNNING = {"count": 0}
-_RUNNING_LOCK = threading.Lock()
+_RUNNING = InFlight()  # engine runs executing in this process now
 
 
 def pair_for(target: str | None, draft: str | None):
@@ -28,8 +29,7 @@ def pair_for(target: str | None, draft: str | None):
 
 def engine_note(queued_s: float | None = None) -> dict:
     """Where a run ran and how many runs shared the engine: shown beside its measured figures."""
-    with _RUNNING_LOCK:
-        running = _RUNNING["count"]
+    running = _RUNNING.count
     where = "engine process, main thread" if threading.current_thread() is threading.main_thread() else "server thread"
     note = {"where": where, "runs_at_once": running, "pid": os.getpid()}
     if queued_s is not None:
@@ -39,12 +39,10 @@ def engine_note(queued_s: float | None = None) -> dict:
 
 class Running:
     def __enter__(self):
-        with _RUNNING_LOCK:
-            _RUNNING["count"] += 1
+        _RUNNING.add(1)
 
     def __exit__(self, *exc):
-        with _RUNNING_LOCK:
-            _RUNNING["count"] -= 1
+        _RUNNING.add(-1)
 
 
 def warm(target: str = "embedded", *, cancel: threading.Event, emit: Callable) -> str:
@@ -97,6 +95,7 @@ def playground(method: str, target: str, draft: str | None, prompt: str, params:
     a greedy difference classified (tie or bug), the measured figures against it stored in the trace."""
     from .api import run
     from .divergence import annotate
+    from .methods.base import common_values
     from .metrics import compare
     from .trace import Recorder
 
@@ -116,9 +115,8 @@ def playground(method: str, target: str, draft: str | None, prompt: str, params:
     trace.meta["engine"] = note
     baseline = trace
     if method != "autoregressive":
-        base_params = {k: v for k, v in params.items() if k in ("max_new_tokens", "temperature", "top_k", "top_p", "seed")}
         with Running():
-            baseline = run("autoregressive", pair, prompt, cancel=cancel, **base_params)
+            baseline = run("autoregressive", pair, prompt, cancel=cancel, **common_values(params))
         baseline.meta["engine"] = engine_note()
         if not params.get("temperature") and trace.output_ids != baseline.output_ids:
             annotate(pair, trace, baseline)  # greedy must be equal: a difference is classified, tie or bug, and shown

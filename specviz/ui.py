@@ -185,6 +185,14 @@ def result_views(trace: Trace, baseline: Trace | None, costs: tuple[float, float
 
 
 # ----------------------------------------------------------------------------- handlers
+def progress_relay(progress: gr.Progress) -> Callable[[dict], None]:
+    """An engine job's progress messages ({"progress", "desc"}) onto a Gradio progress bar."""
+    def relay(payload: dict) -> None:
+        if "progress" in payload:
+            progress(payload["progress"], desc=payload["desc"])
+    return relay
+
+
 def engine_call(name: str, kwargs: dict, on_message: Callable | None = None, cancel: threading.Event | None = None):
     """An engine job on this server's engine (GPU-decorated on ZeroGPU, where it runs in this process)."""
     return gpu(engine().call)(name, kwargs, on_message, cancel)
@@ -263,7 +271,7 @@ def exactness_lab(prompt, method, temperature, top_k, top_p, n, tokens, seed, wi
     progress(0, desc="the target's exact law")
     got = engine_call("exactness_lab", dict(method=method, target=target, draft=draft, prompt=prompt, n=int(n),
                                             tokens=int(tokens), params=params, broken=bool(with_broken), seed=int(seed)),
-                      lambda payload: progress(payload["progress"], desc=payload["desc"]) if "progress" in payload else None)
+                      progress_relay(progress))
     real, broken = got["real"], got["broken"]
     return plots.exactness_figure(real, broken), plots.exactness_table(real, broken)
 
@@ -316,7 +324,7 @@ def batch_compare(batch_size, n_prompts, max_new_tokens, gamma, include_naive, t
     progress(0, desc="single-sequence references")
     got = engine_call("batch_compare", dict(batch_size=int(batch_size), prompts=prompts, max_new_tokens=int(max_new_tokens),
                                             gamma=int(gamma), include_naive=bool(include_naive), target=target, draft=draft),
-                      lambda payload: progress(payload["progress"], desc=payload["desc"]) if "progress" in payload else None)
+                      progress_relay(progress))
     frame = pd.DataFrame(got["rows"])
     traces = {label: Trace.from_json(text) for label, text in got["traces"].items()}
     shown = traces.get("eqspec") or next(iter(traces.values()))

@@ -90,11 +90,13 @@ class ThreadEngine:
     def call(self, name: str, kwargs: dict, on_message: Callable[[Any], None] | None = None,
              cancel: threading.Event | None = None, immediate: bool = False) -> Any:
         fn = resolve(self.registry, name)
-        self.in_flight.add(0 if immediate else 1)
+        if not immediate:
+            self.in_flight.add(1)
         try:
             return run_job(fn, kwargs, cancel or threading.Event(), on_message or (lambda payload: None))
         finally:
-            self.in_flight.add(0 if immediate else -1)
+            if not immediate:
+                self.in_flight.add(-1)
 
     def close(self) -> None:
         pass
@@ -147,9 +149,8 @@ class ProcessEngine:
 
     kind = "process"
 
-    def __init__(self, registry: str = REGISTRY, env: dict[str, str] | None = None):
+    def __init__(self, registry: str = REGISTRY):
         self.registry = registry
-        self.env = env or {}
         self.in_flight = InFlight()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -167,17 +168,8 @@ class ProcessEngine:
                 self.restarts += 1
             ctx = mp.get_context("spawn")
             parent, child = ctx.Pipe()
-            saved = {k: os.environ.get(k) for k in self.env}
-            os.environ.update(self.env)  # the child inherits the environment at spawn
-            try:
-                self._proc = ctx.Process(target=serve, args=(child, self.registry), name="specviz-engine", daemon=True)
-                self._proc.start()
-            finally:
-                for k, v in saved.items():
-                    if v is None:
-                        os.environ.pop(k, None)
-                    else:
-                        os.environ[k] = v
+            self._proc = ctx.Process(target=serve, args=(child, self.registry), name="specviz-engine", daemon=True)
+            self._proc.start()  # the child inherits this process's environment
             child.close()
             self._conn = parent
             threading.Thread(target=self._read, args=(parent, self._proc), name="specviz-engine-reader", daemon=True).start()
@@ -208,8 +200,8 @@ class ProcessEngine:
         job_id = next(self._ids)
         box: queue.Queue = queue.Queue()
         self._waiting[job_id] = box
-        counted = not immediate
-        self.in_flight.add(1 if counted else 0)
+        if not immediate:  # a quick read is no run in flight
+            self.in_flight.add(1)
         cancelled_sent = False
         try:
             self._send(("now" if immediate else "job", job_id, name, kwargs))
@@ -230,7 +222,8 @@ class ProcessEngine:
                     raise rebuild_error(message[2], message[3])
         finally:
             self._waiting.pop(job_id, None)
-            self.in_flight.add(-1 if counted else 0)
+            if not immediate:
+                self.in_flight.add(-1)
 
     def close(self) -> None:
         with self._lock:

@@ -3,16 +3,10 @@ from __future__ import annotations
 
 import torch
 
+from specviz.divergence import first_difference as first_divergence  # one definition for the tests and the app
 from specviz.trace import TOKEN_KINDS, Trace
 
 TIE_GAP = 1e-4  # top-2 logit gap under which float noise of a different shape may flip an argmax
-
-
-def first_divergence(a: list[int], b: list[int]) -> int | None:
-    for i, (x, y) in enumerate(zip(a, b)):
-        if x != y:
-            return i
-    return None if len(a) == len(b) else min(len(a), len(b))
 
 
 @torch.inference_mode()

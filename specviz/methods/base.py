@@ -82,6 +82,15 @@ COMMON_PARAMS: tuple[Param, ...] = (
     Param("top_p", float, 1.0, 0.01, 1.0, help="nucleus sampling mass (1 = off); same for drafter and target"),
     Param("seed", int, 0, 0, 2**31 - 1, help="seed of this run's own random generator"),
 )
+
+
+def common_values(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters of `params` every method shares (how tokens are chosen): what the autoregressive
+    baseline of a run takes."""
+    names = {p.name for p in COMMON_PARAMS}
+    return {k: v for k, v in params.items() if k in names}
+
+
 # What the trace records (not how tokens are chosen): kept apart from COMMON_PARAMS, whose controls the UI lays out.
 TRACE_PARAMS: tuple[Param, ...] = (
     Param("dist_top_k", int, 8, 0, 32,

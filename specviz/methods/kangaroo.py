@@ -65,7 +65,6 @@ class LensDraftState:
     Same interface as SelfDraftState, with nothing to cache."""
 
     def __init__(self) -> None:
-        self.cache = kvcache.new_cache()
         self.length = 0
         self.pending: list[torch.Tensor] = []
 
