@@ -1,14 +1,17 @@
-"""A lean single-sequence forward for small Llama-family drafters.
+"""Lean single-sequence forwards for the Llama family: the separate drafter, Kangaroo's shallow layers
+and its adapter.
 
 On a CPU a 1-layer drafter spends about three quarters of a `model(...)` call in framework work
 (mask building, cache bookkeeping, module dispatch) and a quarter in matrix products (DESIGN.md,
-"Measured"), so the drafter costs c = 0.2 of the target where its arithmetic says 0.05. This
-decoder runs the same weights with the minimum of calls: preallocated KV buffers indexed by
+"Measured"), so the drafter costs c = 0.2 of the target where its arithmetic says 0.05. These
+forwards run the same weights with the minimum of calls: preallocated KV buffers indexed by
 length (rollback is a number), a rotary table computed once, one SDPA call per layer.
 
-Only the drafter runs here. Its logits steer what gets proposed, never what gets emitted — the
-target verifies every draft on its transformers forward — so output equality with autoregressive
-decoding does not depend on this code; tests still check its logits against transformers'.
+The separate drafter's logits steer what gets proposed, never what gets emitted — the target
+verifies every draft on its transformers forward. Kangaroo's shallow layers are different: their
+states ARE the target's states that verification continues from, so `LeanDecoder(exact=True)`
+calls the layers' own norm modules and reproduces transformers' arithmetic op for op (tests and the
+load-time self-check compare it bit for bit in float32 with the per-layer transformers path).
 """
 from __future__ import annotations
 
@@ -43,46 +46,48 @@ def supports(model: nn.Module) -> bool:
             and not hasattr(attn, "q_norm") and all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")))
 
 
-class LeanDecoder:
-    """Same interface as `engine.Decoder` (feed / rollback / length) over a Llama-family model."""
+def fast_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """An RMSNorm module's result in one fused call (not bit-identical to it outside float32)."""
+    eps = getattr(module, "variance_epsilon", None) or getattr(module, "eps", 1e-6)
+    return F.rms_norm(x, (x.shape[-1],), module.weight, eps)
 
-    def __init__(self, model: nn.Module, vocab: int, capacity: int = 256):
-        cfg = model.config
-        self.model = model
-        self.vocab = vocab
-        self.embed, self.layers, self.norm, self.head, rotary = split_parts(model)
-        self.heads = cfg.num_attention_heads
-        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
-        self.head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
-        self.eps = [layer.input_layernorm.variance_epsilon for layer in self.layers]
-        self.limit = context_limit(model)
-        self.inv_freq = rotary.inv_freq
-        param = next(model.parameters())
-        self.device, self.dtype = param.device, param.dtype
+
+class KVBuffers:
+    """Preallocated keys and values for a few attention layers of one sequence, and their rotary table.
+    Every layer holds the same `length`; rolling back is setting it."""
+
+    def __init__(self, layers: int, kv_heads: int, head_dim: int, inv_freq: torch.Tensor, limit: int,
+                 device: torch.device, dtype: torch.dtype, capacity: int = 256):
+        self.count, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
+        self.inv_freq, self.limit, self.device, self.dtype = inv_freq, limit, device, dtype
         self.length = 0
         self.capacity = 0
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
-        self._grow(min(capacity, self.limit))
+        self._grow(min(capacity, limit))
 
     def _grow(self, capacity: int) -> None:
-        """(Re)allocate KV buffers and the rotary table for `capacity` positions, keeping what is held."""
+        """(Re)allocate for `capacity` positions, keeping what is held."""
         shape = (1, self.kv_heads, capacity, self.head_dim)
-        keys = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
-        values = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in self.layers]
+        keys = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.count)]
+        values = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.count)]
         for old, new in zip(self.keys + self.values, keys + values):
             new[:, :, : self.length] = old[:, :, : self.length]
         self.keys, self.values, self.capacity = keys, values, capacity
+        # as transformers' rotary module computes it: float32 angles, cos/sin cast to the model's dtype
         positions = torch.arange(capacity, device=self.device, dtype=torch.float32)
         freqs = positions[:, None] * self.inv_freq.to(self.device, torch.float32)[None]
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos, self.sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)  # (capacity, head_dim)
 
-    def reset(self) -> None:
-        self.length = 0
-
-    def rollback(self, length: int) -> None:
-        self.length = min(self.length, length)
+    def reserve(self, new: int, who: str) -> tuple[int, int]:
+        """Room for `new` more positions: (past, end)."""
+        past, end = self.length, self.length + new
+        if end > self.capacity:
+            if end > self.limit:
+                raise ValueError(f"the {who}'s context is {self.limit} positions")
+            self._grow(min(self.limit, max(end, 2 * self.capacity)))
+        return past, end
 
     @staticmethod
     def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -90,37 +95,112 @@ class LeanDecoder:
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
 
+    def attend(self, i: int, attn: nn.Module, h: torch.Tensor, heads: int, past: int, end: int,
+               mask: torch.Tensor | None) -> torch.Tensor:
+        """Layer i's self-attention (q/k/v/o projections of `attn`) over normed h (1, T, d); stores its KV."""
+        new = h.shape[1]
+        cos, sin = self.cos[past:end], self.sin[past:end]
+        q = attn.q_proj(h).view(1, new, heads, self.head_dim).transpose(1, 2)
+        k = attn.k_proj(h).view(1, new, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = attn.v_proj(h).view(1, new, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        self.keys[i][:, :, past:end] = k
+        self.values[i][:, :, past:end] = v
+        a = F.scaled_dot_product_attention(q, self.keys[i][:, :, :end], self.values[i][:, :, :end],
+                                           attn_mask=mask, enable_gqa=self.kv_heads != heads,
+                                           scale=getattr(attn, "scaling", None))
+        return attn.o_proj(a.transpose(1, 2).reshape(1, new, -1))
+
+    @staticmethod
+    def causal(new: int, past: int, end: int, device: torch.device) -> torch.Tensor | None:
+        return None if new == 1 else torch.ones(new, end, dtype=torch.bool, device=device).tril(past)
+
+
+class LeanDecoder:
+    """Same interface as `engine.Decoder` (feed / rollback / length) over a Llama-family model, or over
+    its first `depth` layers only (`states`: Kangaroo's shallow pass)."""
+
+    def __init__(self, model: nn.Module, vocab: int, capacity: int = 256, depth: int | None = None,
+                 exact: bool = False):
+        cfg = model.config
+        self.model = model
+        self.vocab = vocab
+        self.embed, layers, self.norm, self.head, rotary = split_parts(model)
+        self.layers = list(layers)[: depth if depth is not None else len(layers)]
+        self.heads = cfg.num_attention_heads
+        kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // self.heads
+        self.limit = context_limit(model)
+        param = next(model.parameters())
+        self.norm_of = (lambda module, x: module(x)) if exact else fast_norm
+        self.kv = KVBuffers(len(self.layers), kv_heads, head_dim, rotary.inv_freq, self.limit, param.device,
+                            param.dtype, capacity)
+
+    @property
+    def length(self) -> int:
+        return self.kv.length
+
+    @property
+    def capacity(self) -> int:
+        return self.kv.capacity
+
+    def reset(self) -> None:
+        self.kv.length = 0
+
+    def rollback(self, length: int) -> None:
+        self.kv.length = min(self.kv.length, length)
+
+    @torch.inference_mode()
+    def states(self, ids: torch.Tensor) -> torch.Tensor:
+        """Append ids (1, T); return the residual stream after this decoder's layers (1, T, d), un-normed."""
+        new = ids.shape[1]
+        past, end = self.kv.reserve(new, "drafter")
+        mask = self.kv.causal(new, past, end, ids.device)
+        x = self.embed(ids)
+        for i, layer in enumerate(self.layers):
+            h = self.norm_of(layer.input_layernorm, x)
+            x = x + self.kv.attend(i, layer.self_attn, h, self.heads, past, end, mask)
+            h = self.norm_of(layer.post_attention_layernorm, x)
+            mlp = layer.mlp
+            x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
+        self.kv.length = end
+        return x
+
     @torch.inference_mode()
     def hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """Append ids (1, T); return the final-normed hidden states (1, T, d)."""
-        new = ids.shape[1]
-        past, end = self.length, self.length + new
-        if end > self.capacity:
-            if end > self.limit:
-                raise ValueError(f"the drafter's context is {self.limit} positions")
-            self._grow(min(self.limit, max(end, 2 * self.capacity)))
-        x = self.embed(ids)
-        cos, sin = self.cos[past:end], self.sin[past:end]
-        mask = None if new == 1 else torch.ones(new, end, dtype=torch.bool, device=ids.device).tril(past)
-        gqa = self.kv_heads != self.heads
-        for i, layer in enumerate(self.layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            h = F.rms_norm(x, (x.shape[-1],), layer.input_layernorm.weight, self.eps[i])
-            q = attn.q_proj(h).view(1, new, self.heads, self.head_dim).transpose(1, 2)
-            k = attn.k_proj(h).view(1, new, self.kv_heads, self.head_dim).transpose(1, 2)
-            v = attn.v_proj(h).view(1, new, self.kv_heads, self.head_dim).transpose(1, 2)
-            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
-            self.keys[i][:, :, past:end] = k
-            self.values[i][:, :, past:end] = v
-            a = F.scaled_dot_product_attention(q, self.keys[i][:, :, :end], self.values[i][:, :, :end],
-                                               attn_mask=mask, enable_gqa=gqa)
-            x = x + attn.o_proj(a.transpose(1, 2).reshape(1, new, -1))
-            h = F.rms_norm(x, (x.shape[-1],), layer.post_attention_layernorm.weight, self.eps[i])
-            x = x + mlp.down_proj(mlp.act_fn(mlp.gate_proj(h)) * mlp.up_proj(h))
-        self.length = end
-        return F.rms_norm(x, (x.shape[-1],), self.norm.weight, self.norm.variance_epsilon)
+        return fast_norm(self.norm, self.states(ids))
 
     @torch.inference_mode()
     def feed(self, ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
         """Append ids (1, T); return logits (keep, vocab) of the last `keep` positions."""
         return self.head(self.hidden(ids)[0, -keep:])[:, : self.vocab]
+
+
+class LeanAdapter:
+    """Kangaroo's adapter (adapter.KangarooAdapter: norm -> attention -> residual) on KVBuffers."""
+
+    def __init__(self, adapter: nn.Module, capacity: int = 256):
+        cfg = adapter.config
+        self.adapter = adapter
+        param = next(adapter.parameters())
+        self.kv = KVBuffers(1, cfg.num_key_value_heads, cfg.head_dim, adapter.rotary.inv_freq,
+                            cfg.max_position_embeddings, param.device, param.dtype, capacity)
+
+    @property
+    def length(self) -> int:
+        return self.kv.length
+
+    def rollback(self, length: int) -> None:
+        self.kv.length = min(self.kv.length, length)
+
+    @torch.inference_mode()
+    def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Layer-l states (1, T, d) of the next positions -> adapted states (1, T, d)."""
+        new = hidden.shape[1]
+        past, end = self.kv.reserve(new, "adapter")
+        h = fast_norm(self.adapter.input_norm, hidden)
+        out = self.kv.attend(0, self.adapter.attn, h, self.adapter.config.num_attention_heads, past, end,
+                             self.kv.causal(new, past, end, hidden.device))
+        self.kv.length = end
+        return hidden + out

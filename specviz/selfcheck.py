@@ -10,7 +10,8 @@ steps and a rolled-back multi-token block alike:
 - `layer stack`: per-layer caches (`layers.LayerStack`: Kangaroo, S2D, Mirror-SD), split at mid depth;
 - `batch`: the left-padded batch cache with a realignment (`methods.batch.BatchKV`: EQSPEC, EXSPEC);
 - `adapter`: the Kangaroo adapter's own cache, step by step against all at once;
-- `lean`: the lean drafter forward (`lean.LeanDecoder`).
+- `lean`: the lean drafter forward (`lean.LeanDecoder`);
+- `lean shallow`: Kangaroo's lean shallow pass (layers [0, mid)) continued by the stack's deep layers.
 
 Each position's argmax must equal the reference's; in half precision a differing argmax passes only as
 a proven tie (the reference's top-2 margin below the measured logit difference) and only while the
@@ -120,19 +121,26 @@ def check_decoder(decoder, seq: torch.Tensor, prompt_len: int, ref: torch.Tensor
 
 
 def check_layer_stack(model, vocab: int, seq: torch.Tensor, prompt_len: int, ref: torch.Tensor, dtype,
-                      finding: Finding) -> None:
+                      finding: Finding, lean: bool = False) -> None:
+    """Split at mid depth, as Kangaroo and Mirror-SD run it; `lean`: the shallow half on the lean pass
+    (lean.LeanDecoder(exact=True), Kangaroo's default), the deep half on the stack."""
     from .layers import LayerStack
+    from .lean import LeanDecoder
 
     stack = LayerStack(model, vocab)
     mid = max(1, stack.depth // 2)
+    shallow = LeanDecoder(model, vocab, depth=mid, exact=True) if lean else None
 
-    def through(ids: torch.Tensor) -> torch.Tensor:  # split at mid depth, as Kangaroo and Mirror-SD run it
-        return stack.logits(stack.run(stack.run(stack.embed_ids(ids), 0, mid), mid, stack.depth))[0]
+    def through(ids: torch.Tensor) -> torch.Tensor:
+        h = shallow.states(ids) if shallow is not None else stack.run(stack.embed_ids(ids), 0, mid)
+        return stack.logits(stack.run(h, mid, stack.depth))[0]
 
     first = through(seq[:, :prompt_len])[-1:]
     step = through(seq[:, prompt_len: prompt_len + 1])
     compare(finding, torch.cat([first, step]), ref[:2], dtype, "one-token steps")
     stack.crop(prompt_len)
+    if shallow is not None:
+        shallow.rollback(prompt_len)
     compare(finding, through(seq[:, prompt_len: prompt_len + 2]), ref[1:3], dtype, "rolled-back block")
 
 
@@ -217,6 +225,9 @@ def check_model(model, role: str, pair, ids: torch.Tensor, report: Report, *, ba
     if splittable and role == "target":  # only targets run per layer (the sorted drafter is one: same code)
         attempt(report, Finding("layer stack", role),
                 lambda f: check_layer_stack(model, vocab, seq, prompt_len, ref, dtype, f))
+        if supports(model):
+            attempt(report, Finding("lean shallow", role),
+                    lambda f: check_layer_stack(model, vocab, seq, prompt_len, ref, dtype, f, lean=True))
     if batch:
         attempt(report, Finding("batch", role), lambda f: check_batch(model, vocab, seq, prompt_len, every, dtype, f))
     if adapter is not None and splittable:

@@ -85,3 +85,63 @@ def test_models_with_a_sliding_window_stay_on_transformers():
                          num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=8,
                          max_window_layers=0)
     assert not supports(AutoModelForCausalLM.from_config(config))
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "mistral"])
+def test_lean_shallow_pass_is_bit_identical_to_the_per_layer_transformers_path(arch):
+    """Kangaroo's verification continues from the shallow states, so the lean shallow pass must not
+    change them: in float32 on this CPU they equal the LayerStack's bit for bit (GQA included)."""
+    from specviz.layers import LayerStack
+
+    model = make_tiny_model(arch, VOCAB, layers=3, hidden=32, seed=5)
+    assert model.config.num_key_value_heads < model.config.num_attention_heads
+    stack, lean = LayerStack(model, VOCAB), LeanDecoder(model, VOCAB, capacity=4, depth=2, exact=True)
+    gen = torch.Generator().manual_seed(1)
+    for count, back in SCRIPT:
+        ids = torch.randint(0, VOCAB, (1, count), generator=gen)
+        assert torch.equal(stack.run(stack.embed_ids(ids), 0, 2), lean.states(ids))
+        if back is not None:
+            stack.crop(back)
+            lean.rollback(back)
+
+
+def test_lean_adapter_matches_the_transformers_adapter():
+    from specviz import kvcache
+    from specviz.adapter import KangarooAdapter
+    from specviz.layers import causal_mask
+    from specviz.lean import LeanAdapter
+
+    model = make_tiny_model("llama", VOCAB, layers=2, hidden=32, seed=6)
+    torch.manual_seed(0)
+    adapter = KangarooAdapter.for_target(model.config, exit_layer=1).eval()
+    lean, cache, held = LeanAdapter(adapter, capacity=2), kvcache.new_cache(), 0
+    gen = torch.Generator().manual_seed(2)
+    for count, back in SCRIPT:
+        h = torch.randn(1, count, 32, generator=gen)
+        pos = torch.arange(held, held + count).unsqueeze(0)
+        with torch.inference_mode():
+            ref = adapter(h, pos, cache, causal_mask(count, held, h.device))
+        torch.testing.assert_close(lean(h), ref, rtol=1e-5, atol=1e-6)
+        held += count
+        if back is not None:
+            kvcache.crop(cache, back)
+            lean.rollback(back)
+            held = back
+
+
+@pytest.mark.parametrize("lens", [False, True])
+def test_kangaroo_lean_path_gives_the_transformers_path_output_and_is_recorded(tiny_tokenizer, lens):
+    from specviz.adapter import KangarooAdapter
+
+    pair = make_tiny_pair("llama", tiny_tokenizer, seed=7)
+    if not lens:
+        pair.extras["kangaroo_adapter"] = KangarooAdapter.for_target(pair.target.config, 1).eval()
+    params = dict(max_new_tokens=24, gamma=4, eta=0.0, exit_layer=1)
+    lean = run("kangaroo", pair, "def f(x):", **params)
+    plain = run("kangaroo", pair, "def f(x):", drafter_forward="transformers", **params)
+    ar = run("autoregressive", pair, "def f(x):", max_new_tokens=24)
+    assert lean.meta["drafter_forward"] == "lean" and plain.meta["drafter_forward"] == "transformers"
+    assert lean.output_ids == plain.output_ids == ar.output_ids
+    # same drafts, same verdicts: the lean draft computes the same proposals
+    drafts = lambda t: [(e.step, e.token_id) for e in t.events if e.kind == "draft"]  # noqa: E731
+    assert drafts(lean) == drafts(plain)

@@ -14,7 +14,7 @@ def test_a_healthy_pair_passes_every_path(saved_pairs):
     load_pair(str(saved_pairs / "ok" / "target"), str(saved_pairs / "ok" / "draft"), device="cpu", cache=None)
     report = selfcheck.LAST["report"]
     paths = {(f.model, f.path) for f in report.findings}
-    assert {("target", "decoder"), ("target", "layer stack"), ("target", "batch"), ("drafter", "decoder"),
+    assert {("target", "decoder"), ("target", "layer stack"), ("target", "lean shallow"), ("target", "batch"), ("drafter", "decoder"),
             ("drafter", "lean"), ("drafter", "batch")} <= paths
     assert report.ok and all(f.positions > 0 for f in report.findings)
 

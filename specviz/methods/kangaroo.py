@@ -9,7 +9,12 @@ target's own final norm and LM head. Per round:
 3. verify: run only layers [l, N) over the stored layer-l states of [last token, d_1..d_k]; the
    shallow layers are never recomputed (only d_k, which no draft step fed, gets its shallow pass);
 4. crop target (every layer) and adapter caches to the committed length.
-Lossless by the shared rules in verify.py. The reference code drafts greedily; with temperature > 0
+Lossless by the shared rules in verify.py.
+
+The draft's layers, adapter and head run on the lean forward (lean.py) where the target is
+Llama-family: on a CPU a decoder step is bound by the bytes of weights it reads, and per-module
+framework work added a third on top. The lean shallow pass is bit-identical to the per-layer
+transformers path in float32 (tests, load-time self-check), since verification continues from it. The reference code drafts greedily; with temperature > 0
 specviz samples drafts from q (processed like p), so speculative sampling stays exact.
 """
 from __future__ import annotations
@@ -19,6 +24,7 @@ import torch
 from .. import kvcache
 from ..adapter import KangarooAdapter
 from ..layers import LayerStack, causal_mask
+from ..lean import LeanDecoder, fast_norm, supports
 from .base import Method, Param, RunContext
 from .draft_model import commit
 from ..verify import decide
@@ -35,28 +41,37 @@ def find_adapter(ctx: RunContext, exit_layer: int | None) -> KangarooAdapter | N
 
 
 class SelfDraftState:
-    """The adapter's own KV cache and the layer-l states of committed tokens it has not seen yet."""
+    """The adapter's own KV cache and the layer-l states of committed tokens it has not seen yet.
+    `lean`: the adapter runs on lean.LeanAdapter (preallocated KV) instead of transformers' attention."""
 
-    def __init__(self, adapter: KangarooAdapter, stack: LayerStack):
+    def __init__(self, adapter: KangarooAdapter, lean: bool = False):
+        from ..lean import LeanAdapter
+
         self.adapter = adapter
-        self.stack = stack
-        self.cache = kvcache.new_cache()
+        self.lean = LeanAdapter(adapter) if lean else None
+        self.cache = kvcache.new_cache() if not lean else None
         self.length = 0  # entries in the adapter's cache
         self.pending: list[torch.Tensor] = []  # layer-l states (1, 1, d) of positions length.. not fed yet
 
     @torch.inference_mode()
     def step(self, hidden_l: torch.Tensor) -> torch.Tensor:
         """Feed the pending states and this one (1, 1, d); return the adapted state (1, d)."""
-        h = torch.cat(self.pending + [hidden_l], dim=1)
+        h = torch.cat(self.pending + [hidden_l], dim=1) if self.pending else hidden_l
         self.pending = []
-        pos = torch.arange(self.length, self.length + h.shape[1], device=h.device).unsqueeze(0)
-        out = self.adapter(h, pos, self.cache, causal_mask(h.shape[1], self.length, h.device))
+        if self.lean is not None:
+            out = self.lean(h)
+        else:
+            pos = torch.arange(self.length, self.length + h.shape[1], device=h.device).unsqueeze(0)
+            out = self.adapter(h, pos, self.cache, causal_mask(h.shape[1], self.length, h.device))
         self.length += h.shape[1]
         return out[:, -1]
 
     def crop(self, length: int) -> None:
         if self.length > length:
-            kvcache.crop(self.cache, length)
+            if self.lean is not None:
+                self.lean.rollback(length)
+            else:
+                kvcache.crop(self.cache, length)
             self.length = length
 
 
@@ -122,12 +137,19 @@ class Kangaroo(Method):
               help="l: the draft uses the target's first l layers (default: the adapter's trained layer, embedded: 2; "
                    "without an adapter, the calibrated logit-lens exit)"),
         Param("vocab_trim", int, 0, 0, 1_000_000, help="VocabTrim: keep only the K most frequent target tokens in the draft head (0 = off)"),
+        Param("drafter_forward", str, "lean", choices=("lean", "transformers"),
+              help="the draft's forward (layers [0, l), adapter, head): specviz's lean Llama-family loop, bit-identical "
+                   "to transformers' layers in float32, or transformers' per-layer modules; other architectures (and "
+                   "exactness sessions, which memoize per-layer forwards) always use transformers"),
     )
 
     def generate(self, ctx: RunContext) -> None:
         rec, out = ctx.rec, ctx.out
         gamma, eta, l = ctx.params["gamma"], ctx.params["eta"], ctx.params["exit_layer"]
         stack = LayerStack(ctx.pair.target, ctx.vocab)
+        lean = (ctx.params["drafter_forward"] == "lean" and ctx.memo is None
+                and ctx.once(("lean_supports", id(ctx.pair.target)), lambda: supports(ctx.pair.target)))
+        ctx.meta["drafter_forward"] = "lean" if lean else "transformers"
         if l is not None and l >= stack.depth:
             raise ValueError(f"exit_layer must be below the target's {stack.depth} layers; got {l}")
         adapter = find_adapter(ctx, l)
@@ -135,7 +157,7 @@ class Kangaroo(Method):
             l = adapter.config.exit_layer
             if l >= stack.depth:
                 raise ValueError(f"the adapter was trained on layer {l}, not below this target's {stack.depth} layers")
-            draft = SelfDraftState(adapter, stack)
+            draft = SelfDraftState(adapter, lean=lean)
         else:  # training-free: the logit lens at a calibrated (or the given) exit
             if l is None:
                 from ..calibrate import calibrated_exit
@@ -145,8 +167,11 @@ class Kangaroo(Method):
                 l = calibration["exit_layer"]
             draft = LensDraftState()
         ctx.params["exit_layer"] = l  # the trace records the layer really used
+        # the shallow pass: lean (its own preallocated KV for layers [0, l), exact arithmetic: verification
+        # continues from its states) or the stack's per-layer transformers modules (their KV in the stack's cache)
+        shallow_pass = LeanDecoder(ctx.pair.target, ctx.vocab, depth=l, exact=True) if lean else None
         ctx.meta["kangaroo_drafter"] = "adapter" if adapter is not None else "logit lens (no adapter)"
-        head = self.draft_head(ctx, stack)
+        head = self.draft_head(ctx, stack, lean)
         ctx.meta["draft_params"] = self.draft_params(ctx, stack, adapter, l)
         source = (f"target[:{l}]+adapter" if adapter is not None else f"target[:{l}]+head (no adapter)") + \
             (f"[vocab {ctx.params['vocab_trim']}]" if ctx.params["vocab_trim"] else "")
@@ -157,18 +182,21 @@ class Kangaroo(Method):
         key = ("kangaroo_prefill", id(ctx.pair.target), id(adapter) if adapter is not None else None, l)
         saved = ctx.shared.get(key) if ctx.shared is not None else None
         if saved is not None and saved[0] == seq[0, :-1].tolist():
-            _, stack, draft, h_l = saved
+            _, stack, draft, h_l, shallow_pass = saved
             stack.crop(seq.shape[1] - 1)
+            if shallow_pass is not None:
+                shallow_pass.rollback(seq.shape[1] - 1)
             draft.crop(0)
             draft.pending = [h_l] if h_l is not None else []
         else:
             h_l = None
             if seq.shape[1] > 1:
-                h_l = stack.run(stack.embed_ids(seq[:, :-1]), 0, l)
+                h_l = (shallow_pass.states(seq[:, :-1]) if shallow_pass is not None
+                       else stack.run(stack.embed_ids(seq[:, :-1]), 0, l))
                 stack.run(h_l, l, stack.depth)
                 draft.pending = [h_l]
             if ctx.shared is not None:
-                ctx.shared[key] = (seq[0, :-1].tolist(), stack, draft, h_l)
+                ctx.shared[key] = (seq[0, :-1].tolist(), stack, draft, h_l, shallow_pass)
         rec.add("prefill", source="target", t0=t0, t1=rec.now(), info={"tokens": seq.shape[1] - 1, "adapter": adapter is not None})
         memo = (ctx.once(("kangaroo_layer_memo", ctx.params["vocab_trim"]) + key[1:], LayerMemo)
                 if ctx.memo is not None else None)
@@ -182,6 +210,8 @@ class Kangaroo(Method):
 
         def shallow(token_t: torch.Tensor) -> torch.Tensor:
             """Layers [0, l) over one token (1, 1): its layer-l state."""
+            if shallow_pass is not None:
+                return shallow_pass.states(token_t)
             compute = lambda: stack.run(stack.embed_ids(token_t), 0, l)  # noqa: E731
             if memo is None:
                 return compute()
@@ -258,6 +288,8 @@ class Kangaroo(Method):
             # 4. roll back to [.. last token, d_1..d_n]; keep their layer-l states for the adapter
             keep = length + verdict.accepted
             stack.crop(keep)
+            if shallow_pass is not None:
+                shallow_pass.rollback(keep)
             draft.crop(keep)
             # states of committed positions the adapter has not seen; block[:, 0] is position length-1,
             # and positions before it (rounds without a draft step) are already in draft.pending
@@ -274,14 +306,18 @@ class Kangaroo(Method):
         return (sum(count(layer) for layer in stack.layers[:l]) + count(adapter) + count(stack.norm)
                 + head_rows * stack.head.weight.shape[1])
 
-    def draft_head(self, ctx: RunContext, stack: LayerStack):
+    def draft_head(self, ctx: RunContext, stack: LayerStack, lean: bool = False):
         """Adapted state (1, d) -> draft logits (1, V): the target's norm and head, or VocabTrim's
-        K-row head (composed with Kangaroo: only the drafter's copy of the head is cut)."""
+        K-row head (composed with Kangaroo: only the drafter's copy of the head is cut). The draft only
+        steers proposals, so `lean` may use the fused norm."""
         k = ctx.params["vocab_trim"]
+        norm = (lambda hidden: fast_norm(stack.norm, hidden)) if lean else stack.norm
         if not k:
-            return stack.logits
+            if not lean:
+                return stack.logits
+            return lambda hidden: stack.head(norm(hidden))[..., : ctx.vocab]
         from .vocabtrim import TrimmedHead, kept_ids
 
         trimmed = ctx.once(("kangaroo_trimmed_head", id(stack.head), k), lambda: TrimmedHead(
             stack.head, kept_ids(ctx.pair, k, ctx.vocab, ctx.prompt_ids.device), ctx.vocab))
-        return lambda hidden: trimmed(stack.norm(hidden))
+        return lambda hidden: trimmed(norm(hidden))
