@@ -1,0 +1,138 @@
+"""specviz.quality: the metric definitions on hand-made inputs, and the CLI end to end on a tiny model."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from conftest import make_tiny_pair
+from specviz import quality
+from specviz.quality import cut_to_lines, parses, pooled_share, repair, repeated_ngram_share, repeated_ngrams
+
+
+# ----------------------------------------------------------------------------- repeated 4-gram share
+def test_repeated_ngrams_counts_repeats_of_earlier_start_positions():
+    # 4-grams 1234 2341 3412 4123 1234: only the last repeats an earlier one
+    assert repeated_ngrams([1, 2, 3, 4, 1, 2, 3, 4]) == (1, 5)
+    assert repeated_ngram_share([1, 2, 3, 4, 1, 2, 3, 4]) == pytest.approx(0.2)
+    assert repeated_ngrams([7] * 10) == (6, 7)  # overlapping repeats count
+    assert repeated_ngram_share(list(range(20))) == 0.0
+    assert repeated_ngrams([1, 2, 3]) == (0, 0) and repeated_ngram_share([1, 2, 3]) == 0.0
+    assert repeated_ngrams([5, 6, 5, 6, 5], n=2) == (2, 4)
+
+
+def test_pooled_share_counts_repeats_within_one_continuation_only():
+    # the second continuation's 1234 is new to it: 1 repeat of 6 4-grams, not 2
+    assert pooled_share([[1, 2, 3, 4, 1, 2, 3, 4], [1, 2, 3, 4]]) == pytest.approx(1 / 6)
+    assert pooled_share([[1, 2], []]) == 0.0
+
+
+# ----------------------------------------------------------------------------- parse rule
+def test_cut_to_lines_drops_the_partial_last_line_unless_complete():
+    assert cut_to_lines("a = 1\nb = (") == "a = 1\n"
+    assert cut_to_lines("no newline") == ""
+    assert cut_to_lines("a = 1\nb = 2", complete=True) == "a = 1\nb = 2\n"
+
+
+def test_repair_closes_what_the_cut_left_open():
+    assert repair("def f():\n") == "def f():\n    pass\n"
+    assert repair("class A:\n    def f(self,\n          x):  # c\n") == \
+        "class A:\n    def f(self,\n          x):  # c\n        pass\n"
+    assert repair('def f():\n    """Doc\n    more\n') == 'def f():\n    """Doc\n    more\n"""'
+    assert repair("x = foo(1, [2,  # c\n") == "x = foo(1, [2,  # c\n])\n"
+    assert repair("x = 1\n") == "x = 1\n"
+    applied: list[str] = []
+    assert quality.parses("    x = (1,\n", "    2,\n    '''doc\n", applied=applied)
+    assert applied == ["wrapped", "string", "brackets"]
+
+
+def test_parses_an_open_block_after_the_rule_and_not_garbage():
+    assert parses("import os\n", "def f():\n    return 1\n\ndef g():\n    ")  # open def g(): gets a pass
+    assert parses('def f(n):\n    """Doc\n', "    more doc\n    and")  # dangling docstring closed
+    assert parses("    def __repr__(self):\n        return", " 1\n")  # indented prompt wrapped in if True:
+    assert not parses("def f(:\n", "    return\n")
+    assert not parses("def f():\n", "    return )(\n")
+    assert not parses("x = 1\n", "def f():\n\ndef g():\n    pass\n")  # an empty body the model wrote
+
+
+def test_parses_cuts_the_partial_line():
+    assert parses("x = 1\n", "y = 2\nz = 3 +")  # the broken partial line is cut away
+    assert not parses("x = 1\n", "y = 2\nz = 3 +", complete=True)  # ...but kept when the model ended the file
+    assert not parses("def f():\n    return", " self.x + self.y")  # nothing of the continuation survives
+
+
+# ----------------------------------------------------------------------------- held-out and Spec-Bench helpers
+def test_bits_per_byte_and_windows():
+    assert quality.bits_per_byte(math.log(2), tokens=10, n_bytes=10) == pytest.approx(1.0)
+    ids = np.arange(100)
+    windows = quality.window_targets(ids, windows=3, seq_len=8)
+    assert [w.tolist()[0] for w in windows] == [1, 46, 91] and all(len(w) == 8 for w in windows)
+
+
+def test_first_per_category_keeps_file_order_and_skips_what_does_not_fit():
+    prompts = [{"id": str(i), "category": c} for i, c in enumerate("aabab")]
+    chosen = quality.first_per_category(prompts, 2, lambda p: p["id"] != "1")
+    assert [p["id"] for p in chosen] == ["0", "2", "3", "4"]
+
+
+# ----------------------------------------------------------------------------- CLI end to end
+@pytest.fixture(scope="module")
+def saved_pair(tiny_tokenizer, tmp_path_factory):
+    root = tmp_path_factory.mktemp("quality-pair")
+    make_tiny_pair("llama", tiny_tokenizer, save_dir=root)
+    return root
+
+
+def test_cli_writes_every_figure_with_corpus_and_spec_bench_skipped(saved_pair, tmp_path, capsys):
+    out = tmp_path / "q.json"
+    code = quality.main(["--target", str(saved_pair / "target"), "--draft", str(saved_pair / "draft"),
+                         "--limit", "2", "--max-new-tokens", "8", "--corpus", str(tmp_path / "no-corpus"),
+                         "--json", str(out), "--quiet"])
+    assert code == 0
+    got = json.loads(out.read_text())
+    for key in ("reproduce", "target", "draft", "versions", "config", "goals", "continuations", "heldout", "spec_bench"):
+        assert key in got, key
+    assert set(got["versions"]) >= {"torch", "transformers"}
+    assert got["reproduce"].startswith("python -m specviz.quality --target ")
+    cont = got["continuations"]
+    assert cont["prompts"] == 2 and 0.0 <= cont["repeated_4gram_share"] <= 1.0 and 0.0 <= cont["parse_rate"] <= 1.0
+    assert {"id", "parses", "repairs", "repeated", "ngrams", "text", "ids"} <= set(cont["per_prompt"][0])
+    assert set(got["goals"]) == {"repeated_4gram_share", "parse_rate"}
+    assert "skipped" in got["heldout"] and "skipped" in got["spec_bench"]
+    printed = capsys.readouterr().out
+    assert "| repeated 4-gram share" in printed and "reproduce: python -m specviz.quality" in printed
+
+
+def test_cli_held_out_and_spec_bench_sections(saved_pair, tiny_tokenizer, tmp_path):
+    import inspect
+    import textwrap
+
+    from specviz.train import encode, heldout_loss
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    stream = encode(tiny_tokenizer, [inspect.getsource(textwrap)]).astype(np.uint16)
+    np.save(corpus / "heldout.npy", stream)
+    np.save(corpus / "heldout_stdlib.npy", stream[:300])
+    (corpus / "manifest.json").write_text(json.dumps({"tokenizer_sha1": quality.vocab_sha1(tiny_tokenizer)}))
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("\n".join(json.dumps({"question_id": i, "category": c, "turns": [f"Say {i} things."]})
+                                   for i, c in enumerate(["qa", "qa", "rag"])) + "\n")
+    out = tmp_path / "q.json"
+    assert quality.main(["--target", str(saved_pair / "target"), "--draft", str(saved_pair / "draft"), "--limit", "1",
+                         "--max-new-tokens", "4", "--corpus", str(corpus), "--windows", "2", "--seq-len", "16",
+                         "--spec-bench", str(questions), "--per-category", "1", "--bench-tokens", "4",
+                         "--json", str(out), "--quiet"]) == 0
+    got = json.loads(out.read_text())
+    new = got["heldout"]["heldout"]
+    from specviz.models import load_pair
+
+    model = load_pair(str(saved_pair / "target"), device="cpu").target
+    assert new["nats_per_token"] == pytest.approx(heldout_loss(model, stream, 2, 16)[0])
+    assert new["tokens"] == 32 and new["bytes"] > 0 and new["bits_per_byte"] > 0
+    assert "nats_per_token" in got["heldout"]["heldout_stdlib"]
+    sb = got["spec_bench"]
+    assert [r["category"] for r in sb["per_category"]] == ["qa", "rag"] and sb["prompts"] == 2
+    assert all(r["share_equal"] == 1.0 for r in sb["per_category"])  # lossless greedy
