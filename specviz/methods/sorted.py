@@ -12,10 +12,11 @@ Several targets: run with a nested target (`load_pair(..., target_depth=8)`); th
 `policy="cost"` (the default) chooses the depth per token by expected accepted tokens per unit of cost
 instead of a fixed threshold: at exit k it goes one layer deeper only when the expected tokens that layer
 adds (the acceptance gained there, times the chance this draft is reached at all) per unit of cost beat
-the run's own throughput so far (tokens per unit of cost). Costs are the weights a step reads (a layer and
+the run's own throughput so far (tokens per unit of cost; autoregressive decoding's before the first verdict). Costs are the weights a step reads (a layer and
 the exit head it is read through, against one target step: MBSU's memory-bound model), not wall time, so a
 seeded run stays reproducible; acceptance is calibrated online per exit and confidence bin from this
-run's own verdicts (prior: the confidence itself). `policy="threshold"` is the paper's rule (theta).
+run's own verdicts (prior: the confidence itself), and so is what one more layer buys a token of a given
+confidence (prior: the deeper exit's average). `policy="threshold"` is the paper's rule (theta).
 With temperature > 0 drafts are sampled from q (the reference takes argmax), so sampling stays exact.
 """
 from __future__ import annotations
@@ -49,11 +50,18 @@ class SortedDrafter:
         head = sum(p.numel() for p in self.stack.head.parameters()) + sum(p.numel() for p in self.stack.norm.parameters())
         # one token through layer j and read out at its exit, in target steps (weights read)
         self.layer_cost = [(sum(p.numel() for p in layer.parameters()) + head) / target_step for layer in self.stack.layers]
-        self.throughput: float | None = None  # committed tokens per target step of drafting + verifying, this run
+        # committed tokens per target step of drafting + verifying, this run; before its first verdict,
+        # autoregressive decoding's (1 token per target step): the rate any drafting has to beat
+        self.throughput = 1.0
+        self.rounds = 0
         self.reach = 1.0  # chance the draft being made now is reached (every earlier draft this round accepted)
         self.round_cost = 1.0  # this round's cost so far: the verification (about one target step) + drafting
         self.accepted = [[(b + 0.5) / self.BINS * 2 for b in range(self.BINS)] for _ in range(self.depth)]
         self.judged = [[2.0] * self.BINS for _ in range(self.depth)]
+        # acceptance of drafts that went on past exit k with their exit-k confidence in bin b: what going deeper
+        # buys a token *this* uncertain (an exit's average flatters the hard tokens that reach it)
+        self.deeper_accepted = [[0.0] * self.BINS for _ in range(self.depth)]
+        self.deeper_judged = [[0.0] * self.BINS for _ in range(self.depth)]
 
     def _bin(self, confidence: float) -> int:
         return min(self.BINS - 1, int(confidence * self.BINS))
@@ -65,16 +73,30 @@ class SortedDrafter:
             return self.accepted[k - 1][b] / self.judged[k - 1][b]
         return sum(self.accepted[k - 1]) / sum(self.judged[k - 1])
 
-    def observe(self, exits: list[tuple[int, float]], accepted: int) -> None:
-        """Verdicts of one round: drafts 0..accepted-1 accepted, draft `accepted` rejected, later ones unjudged."""
-        for i, (k, confidence) in enumerate(exits[: accepted + 1]):
-            b = self._bin(confidence)
+    def expected_deeper(self, k: int, confidence: float) -> float:
+        """Acceptance expected if a draft at exit k with this confidence goes on to exit k + 1: what such
+        drafts got, with exit k + 1's average as a one-observation prior (optimism that the verdicts correct)."""
+        b = self._bin(confidence)
+        return (self.expected(k + 1) + self.deeper_accepted[k - 1][b]) / (1.0 + self.deeper_judged[k - 1][b])
+
+    def observe(self, exits: list[list[float]], accepted: int) -> None:
+        """Verdicts of one round (each draft's confidence at every exit it passed): drafts 0..accepted-1
+        accepted, draft `accepted` rejected, later ones unjudged."""
+        for i, confidences in enumerate(exits[: accepted + 1]):
+            hit = 1.0 if i < accepted else 0.0
+            k = len(confidences)
+            b = self._bin(confidences[-1])
             self.judged[k - 1][b] += 1
-            self.accepted[k - 1][b] += 1 if i < accepted else 0
+            self.accepted[k - 1][b] += hit
+            for j, passed in enumerate(confidences[:-1]):  # exits it went on from
+                b = self._bin(passed)
+                self.deeper_judged[j][b] += 1
+                self.deeper_accepted[j][b] += hit
 
     def note_round(self, tokens: int) -> None:
         rate = tokens / self.round_cost
-        self.throughput = rate if self.throughput is None else 0.8 * self.throughput + 0.2 * rate
+        self.throughput = rate if self.rounds == 0 else 0.8 * self.throughput + 0.2 * rate
+        self.rounds += 1
         self.reach, self.round_cost = 1.0, 1.0
 
     def stop_here(self, k: int, confidence: float) -> bool:
@@ -82,9 +104,9 @@ class SortedDrafter:
         the run's throughput? (Then drafting here is worth more per unit of cost.)"""
         if self.sub_model:
             return k == self.sub_model
-        if self.policy == "threshold" or self.throughput is None:
-            return confidence > self.theta  # the paper's rule (also before the first round's verdict)
-        gained = (self.expected(k + 1) - self.expected(k, confidence)) * self.reach
+        if self.policy == "threshold":
+            return confidence > self.theta  # the paper's rule
+        gained = (self.expected_deeper(k, confidence) - self.expected(k, confidence)) * self.reach
         return gained <= self.throughput * self.layer_cost[k]
 
     def _queue(self, j: int, states: torch.Tensor) -> None:
@@ -171,7 +193,7 @@ class Sorted(Method):
                 tokens.append(token)
                 qs.append(q[0])
                 sources.append(source)
-                exits.append((k, confidences[-1]))
+                exits.append(confidences)
                 pending = token.view(1, 1)
             drafts = torch.cat(tokens) if tokens else seq.new_zeros(0)
             q = torch.stack(qs) if qs else torch.zeros(0, ctx.vocab, device=seq.device)
