@@ -116,7 +116,27 @@ class KVBuffers:
         return None if new == 1 else torch.ones(new, end, dtype=torch.bool, device=device).tril(past)
 
 
-class LeanDecoder:
+class HoldsKV:
+    """A sequence's position over its KVBuffers: how many entries it holds, and rollback (a number)."""
+
+    kv: KVBuffers
+
+    @property
+    def length(self) -> int:
+        return self.kv.length
+
+    @property
+    def capacity(self) -> int:
+        return self.kv.capacity
+
+    def reset(self) -> None:
+        self.kv.length = 0
+
+    def rollback(self, length: int) -> None:
+        self.kv.length = min(self.kv.length, length)
+
+
+class LeanDecoder(HoldsKV):
     """Same interface as `engine.Decoder` (feed / rollback / length) over a Llama-family model, or over
     its first `depth` layers only (`states`: Kangaroo's shallow pass)."""
 
@@ -135,20 +155,6 @@ class LeanDecoder:
         self.norm_of = (lambda module, x: module(x)) if exact else fast_norm
         self.kv = KVBuffers(len(self.layers), kv_heads, head_dim, rotary.inv_freq, self.limit, param.device,
                             param.dtype, capacity)
-
-    @property
-    def length(self) -> int:
-        return self.kv.length
-
-    @property
-    def capacity(self) -> int:
-        return self.kv.capacity
-
-    def reset(self) -> None:
-        self.kv.length = 0
-
-    def rollback(self, length: int) -> None:
-        self.kv.length = min(self.kv.length, length)
 
     @torch.inference_mode()
     def states(self, ids: torch.Tensor) -> torch.Tensor:
@@ -177,7 +183,7 @@ class LeanDecoder:
         return self.head(self.hidden(ids)[0, -keep:])[:, : self.vocab]
 
 
-class LeanAdapter:
+class LeanAdapter(HoldsKV):
     """Kangaroo's adapter (adapter.KangarooAdapter: norm -> attention -> residual) on KVBuffers."""
 
     def __init__(self, adapter: nn.Module, capacity: int = 256):
@@ -186,13 +192,6 @@ class LeanAdapter:
         param = next(adapter.parameters())
         self.kv = KVBuffers(1, cfg.num_key_value_heads, cfg.head_dim, adapter.rotary.inv_freq,
                             cfg.max_position_embeddings, param.device, param.dtype, capacity)
-
-    @property
-    def length(self) -> int:
-        return self.kv.length
-
-    def rollback(self, length: int) -> None:
-        self.kv.length = min(self.kv.length, length)
 
     @torch.inference_mode()
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
