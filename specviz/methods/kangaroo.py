@@ -14,8 +14,9 @@ Lossless by the shared rules in verify.py.
 The draft's layers, adapter and head run on the lean forward (lean.py) where the target is
 Llama-family: on a CPU a decoder step is bound by the bytes of weights it reads, and per-module
 framework work added a third on top. The lean shallow pass is bit-identical to the per-layer
-transformers path in float32 (tests, load-time self-check), since verification continues from it. The reference code drafts greedily; with temperature > 0
-specviz samples drafts from q (processed like p), so speculative sampling stays exact.
+transformers path in float32 (tests, load-time self-check), since verification continues from it.
+The reference code drafts greedily; with temperature > 0 specviz samples drafts from q (processed
+like p), so speculative sampling stays exact.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import torch
 from .. import kvcache
 from ..adapter import KangarooAdapter
 from ..layers import LayerStack, causal_mask
-from ..lean import LeanDecoder, fast_norm, supports
+from ..lean import LeanAdapter, LeanDecoder, fast_norm, supports
 from .base import Method, Param, RunContext
 from .draft_model import commit
 from ..verify import decide
@@ -45,8 +46,6 @@ class SelfDraftState:
     `lean`: the adapter runs on lean.LeanAdapter (preallocated KV) instead of transformers' attention."""
 
     def __init__(self, adapter: KangarooAdapter, lean: bool = False):
-        from ..lean import LeanAdapter
-
         self.adapter = adapter
         self.lean = LeanAdapter(adapter) if lean else None
         self.cache = kvcache.new_cache() if not lean else None
@@ -182,10 +181,8 @@ class Kangaroo(Method):
         key = ("kangaroo_prefill", id(ctx.pair.target), id(adapter) if adapter is not None else None, l)
         saved = ctx.shared.get(key) if ctx.shared is not None else None
         if saved is not None and saved[0] == seq[0, :-1].tolist():
-            _, stack, draft, h_l, shallow_pass = saved
+            _, stack, draft, h_l = saved  # exactness sessions only, which never take the lean path
             stack.crop(seq.shape[1] - 1)
-            if shallow_pass is not None:
-                shallow_pass.rollback(seq.shape[1] - 1)
             draft.crop(0)
             draft.pending = [h_l] if h_l is not None else []
         else:
@@ -196,7 +193,7 @@ class Kangaroo(Method):
                 stack.run(h_l, l, stack.depth)
                 draft.pending = [h_l]
             if ctx.shared is not None:
-                ctx.shared[key] = (seq[0, :-1].tolist(), stack, draft, h_l, shallow_pass)
+                ctx.shared[key] = (seq[0, :-1].tolist(), stack, draft, h_l)
         rec.add("prefill", source="target", t0=t0, t1=rec.now(), info={"tokens": seq.shape[1] - 1, "adapter": adapter is not None})
         memo = (ctx.once(("kangaroo_layer_memo", ctx.params["vocab_trim"]) + key[1:], LayerMemo)
                 if ctx.memo is not None else None)
