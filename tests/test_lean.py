@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from transformers import DynamicCache
 
 from conftest import ARCHS, make_tiny_model, make_tiny_pair
@@ -145,3 +146,19 @@ def test_kangaroo_lean_path_gives_the_transformers_path_output_and_is_recorded(t
     # same drafts, same verdicts: the lean draft computes the same proposals
     drafts = lambda t: [(e.step, e.token_id) for e in t.events if e.kind == "draft"]  # noqa: E731
     assert drafts(lean) == drafts(plain)
+
+
+def test_draft_linear_is_the_same_product_and_follows_in_place_updates():
+    from specviz.lean import draft_linear, transposed_pays
+
+    torch.manual_seed(0)
+    wide, narrow = torch.nn.Linear(16, 64), torch.nn.Linear(64, 16)
+    assert transposed_pays(wide.weight) and not transposed_pays(narrow.weight)  # only where outputs outnumber inputs
+    assert not transposed_pays(wide.weight.detach().half())  # float32 on a CPU only
+    x = torch.randn(1, 3, 16)
+    torch.testing.assert_close(draft_linear(x, wide.weight, wide.bias), wide(x))
+    with torch.no_grad():
+        wide.weight.mul_(-2.0)  # a training step in place: the cached transposed copy must not go stale
+    torch.testing.assert_close(draft_linear(x, wide.weight, wide.bias), wide(x))
+    y = torch.randn(1, 64)
+    assert torch.equal(draft_linear(y, narrow.weight), F.linear(y, narrow.weight))  # F.linear itself there

@@ -25,7 +25,7 @@ import torch
 from .. import kvcache
 from ..adapter import KangarooAdapter
 from ..layers import LayerStack, causal_mask
-from ..lean import LeanAdapter, LeanDecoder, fast_norm, supports
+from ..lean import LeanAdapter, LeanDecoder, draft_linear, fast_norm, project, supports
 from .base import Method, Param, RunContext
 from .draft_model import commit
 from ..verify import decide
@@ -312,7 +312,7 @@ class Kangaroo(Method):
         if not k:
             if not lean:
                 return stack.logits
-            return lambda hidden: stack.head(norm(hidden))[..., : ctx.vocab]
+            return lambda hidden: project(draft_linear, stack.head, norm(hidden))[..., : ctx.vocab]
         from .vocabtrim import TrimmedHead, kept_ids
 
         trimmed = ctx.once(("kangaroo_trimmed_head", id(stack.head), k), lambda: TrimmedHead(

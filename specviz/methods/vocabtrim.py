@@ -13,9 +13,9 @@ target parameters, counting the drafter's LM head at its trimmed size.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from .. import kvcache
+from ..lean import draft_linear
 from .base import RunContext
 from .draft_model import Drafter
 
@@ -49,7 +49,7 @@ class TrimmedHead:
         self.bias = bias.detach()[idx] if bias is not None else None
 
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
-        small = F.linear(hidden, self.weight, self.bias)  # (..., K)
+        small = draft_linear(hidden, self.weight, self.bias)  # (..., K): only ever steers drafts
         full = small.new_full((*small.shape[:-1], self.vocab), float("-inf"))
         return full.scatter(-1, self.idx.expand(*small.shape[:-1], -1), small)
 
