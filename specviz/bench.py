@@ -258,31 +258,38 @@ def split_methods(text: str) -> list[str]:
     return [s.strip() for s in text.split(",") if s.strip()]
 
 
+def prepare(args: argparse.Namespace) -> tuple[list[tuple[str, str, dict[str, Any]]], list[dict[str, str]]]:
+    """Everything a run checks before loading a model: methods and their parameters, the prompt file, the
+    pool factor. Raises ValueError with the message the CLI prints (README's commands are checked by it)."""
+    if args.repeats < 1 or args.max_new_tokens < 1:
+        raise ValueError("--repeats and --max-new-tokens must be positive")
+    if not args.out.endswith((".csv", ".parquet")):
+        raise ValueError("--out must end in .csv or .parquet")
+    shared: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+    if args.vocab_trim is not None:
+        shared["vocab_trim"] = args.vocab_trim
+    if args.batch_size is not None:
+        shared["batch_size"] = args.batch_size
+    for item in args.param:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ValueError(f"--param {item!r} must be name=value")
+        shared[key.strip()] = parse_value(value.strip())
+    methods = [parse_method(spec, shared) for spec in split_methods(args.methods)]
+    prompts = load_prompts(args.prompts, args.limit)
+    if args.pool_factor is not None:
+        if not 1 <= args.pool_factor <= 8:
+            raise ValueError("--pool-factor must be between 1 and 8")
+        for _, name, params in methods:
+            if name in ("batch_autoregressive", "eqspec", "exspec"):
+                stream_size(params, args.pool_factor, len(prompts))
+    return methods, prompts
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.repeats < 1 or args.max_new_tokens < 1:
-            raise ValueError("--repeats and --max-new-tokens must be positive")
-        if not args.out.endswith((".csv", ".parquet")):
-            raise ValueError("--out must end in .csv or .parquet")
-        shared: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
-        if args.vocab_trim is not None:
-            shared["vocab_trim"] = args.vocab_trim
-        if args.batch_size is not None:
-            shared["batch_size"] = args.batch_size
-        for item in args.param:
-            key, eq, value = item.partition("=")
-            if not eq:
-                raise ValueError(f"--param {item!r} must be name=value")
-            shared[key.strip()] = parse_value(value.strip())
-        methods = [parse_method(spec, shared) for spec in split_methods(args.methods)]
-        prompts = load_prompts(args.prompts, args.limit)
-        if args.pool_factor is not None:
-            if not 1 <= args.pool_factor <= 8:
-                raise ValueError("--pool-factor must be between 1 and 8")
-            for _, name, params in methods:
-                if name in ("batch_autoregressive", "eqspec", "exspec"):
-                    stream_size(params, args.pool_factor, len(prompts))
+        methods, prompts = prepare(args)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

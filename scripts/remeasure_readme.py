@@ -1,0 +1,87 @@
+"""Re-run every benchmark README.md shows (the `python -m specviz.bench ...` line under each table), one
+after another, each into its own CSV and markdown table: what a new embedded family or a new machine
+needs before README's figures can be replaced. Nothing else may run meanwhile (pause training first).
+
+    python scripts/remeasure_readme.py --list
+    python scripts/remeasure_readme.py --out results/2026-11-27   # resumable: finished tables are kept
+
+Lines written with a placeholder, e.g. `--pool-factor F` followed by "(F = 1, 2, 4, 8)", run once per value;
+an optional part in brackets, e.g. `[--target 'embedded[:8]']`, runs without it and with it.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMAND = re.compile(r"`python -m specviz\.bench ([^`]+)`(?:\s*\((\w) = ([\d, ]+)\))?")
+OPTIONAL = re.compile(r"\[(--[a-z-]+ '[^']*')\]")  # "[--target 'embedded[:8]']": with and without
+
+
+def readme_bench_commands(text: str) -> list[list[str]]:
+    """The argument lists of README's bench commands, placeholders expanded; "..." examples left out."""
+    commands = []
+    for match in COMMAND.finditer(text):
+        line, name, values = match.groups()
+        if "..." in line:
+            continue
+        optional = OPTIONAL.search(line)
+        lines = [OPTIONAL.sub("", line), OPTIONAL.sub(r"\1", line)] if optional else [line]
+        for variant in lines:
+            for value in ([v.strip() for v in values.split(",")] if name else [None]):
+                argv = shlex.split(variant)
+                commands.append([value if (name and a == name) else a for a in argv])
+    return commands
+
+
+def retarget(argv: list[str], out_dir: Path, index: int) -> tuple[list[str], Path]:
+    """The command with its --out moved into out_dir (numbered: two commands may share a file name), plus
+    --markdown beside it, and no --html (a report per table is not what this is for)."""
+    args, i = [], 0
+    stem = f"{index:02d}"
+    while i < len(argv):
+        if argv[i] == "--out":
+            stem += "-" + Path(argv[i + 1]).stem
+            i += 2
+        elif argv[i] == "--html":
+            i += 2
+        else:
+            args.append(argv[i])
+            i += 1
+    markdown = out_dir / f"{stem}.md"
+    return args + ["--out", str(out_dir / f"{stem}.csv"), "--markdown", str(markdown)], markdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    parser.add_argument("--out", help="folder for the CSVs and markdown tables")
+    parser.add_argument("--list", action="store_true", help="print the commands and stop")
+    args = parser.parse_args(argv)
+    commands = readme_bench_commands(Path(args.readme).read_text(encoding="utf-8"))
+    if args.list or not args.out:
+        for command in commands:
+            print("python -m specviz.bench " + shlex.join(command))
+        return 0
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for index, command in enumerate(commands, 1):
+        full, markdown = retarget(command, out_dir, index)
+        if markdown.exists():
+            print(f"[{index}/{len(commands)}] kept {markdown}")
+            continue
+        print(f"[{index}/{len(commands)}] python -m specviz.bench {shlex.join(full)}", flush=True)
+        done = subprocess.run([sys.executable, "-m", "specviz.bench", *full], cwd=ROOT)
+        if done.returncode:
+            print(f"failed ({done.returncode}): stopping; rerun to resume", file=sys.stderr)
+            return done.returncode
+    print(f"{len(commands)} tables in {out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
