@@ -1,0 +1,152 @@
+"""The embedded family's model card (assets/models/README.md), written from the records its making left:
+the corpus manifest (each package's name, version and licence), the continued training's checkpoint and
+held-out curve, the students' report and the quality script's figures. Nothing in it is typed by hand, so
+the card cannot drift from the weights it describes.
+
+    python -m specviz.card --family DIR --train-dir /work/specviz-train --quality q.json [--out DIR/README.md]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+SHAPES = (  # (model, directory, role); shapes are read from each config.json
+    ("target", "target", "exits share the final norm + LM head; nested targets are its first layers"),
+    ("drafter", "drafter", "separate drafter (draft_model), distilled from the target, refined on-policy"),
+    ("sorted drafter", "sorted-drafter", "S2D: SoFT-trained exits after each layer"),
+    ("Kangaroo adapter", "kangaroo-adapter", "Kangaroo self-drafter on the target's early exit, with its norm + head"),
+)
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def shape_of(directory: Path) -> str:
+    name = "config.json" if (directory / "config.json").exists() else "adapter_config.json"
+    cfg = read_json(directory / name)
+    if "num_hidden_layers" in cfg:
+        return f"Llama {cfg['num_hidden_layers']} x {cfg['hidden_size']}, FFN {cfg['intermediate_size']}"
+    return "attention-only block" + (f" on layer {cfg['exit_layer']}" if "exit_layer" in cfg else "")
+
+
+def corpus_section(manifest: dict) -> list[str]:
+    tokens = manifest["tokens"]
+    lines = ["## Corpus", "",
+             f"Built {manifest['built']} by `python -m specviz.train` (specviz/corpus.py) from wheels pip fetched, with "
+             f"Python {manifest['python']}'s standard library: {manifest['files']:,} files, {manifest['bytes'] / 1e6:.1f} MB; "
+             f"tokens: {tokens['train']:,} train, {tokens['heldout']:,} held-out, {tokens['heldout_stdlib']:,} in the first "
+             "models' standard-library held-out split. Tests, vendored copies and generated files are left out "
+             f"(skipped folders: {', '.join(manifest['filters']['skip_dirs'])}; files: {manifest['filters']['skip_files']}).",
+             "", f"Held-out splits: {manifest['split_rule']}.", "",
+             "| source | version | licence | files (train / held-out) | MB |", "|---|---|---|---|---|"]
+    std = manifest["stdlib"]
+    lines.append(f"| Python standard library | {manifest['python']} | PSF-2.0 | {std['train']} / "
+                 f"{std['heldout'] + std['heldout_stdlib']} | {std['bytes'] / 1e6:.1f} |")
+    for p in manifest["packages"]:
+        lines.append(f"| [{p['name']}]({p['url']}) | {p['version']} | {p['licence']} | {p['train']} / "
+                     f"{p['heldout'] + p.get('heldout_stdlib', 0)} | {p['bytes'] / 1e6:.1f} |")
+    return lines + [""]
+
+
+def training_section(ckpt: dict, evals: list[dict], first: dict | None) -> list[str]:
+    cfg = ckpt["config"]
+    curriculum = ", ".join(f"{length} from {share:.0%}" for share, length in cfg["curriculum"])
+    lines = ["## Training", ""]
+    if first:
+        f = first["config"]
+        lines.append(f"The target started as the first embedded target: {f['target_steps']} steps of {f['batch_size']} x "
+                     f"{f['seq_len']} tokens of the standard library ({first['minutes']['target']:.0f} min).")
+    lines += [f"Then `python -m specviz.train --continue-target` (resumable, several sessions): {ckpt['tokens']:,} tokens "
+              f"in {ckpt['step']} steps of {cfg['tokens_per_step']} tokens, {ckpt['train_seconds'] / 3600:.1f} h of wall "
+              f"time at 1-2 threads; sequence length {curriculum} of {cfg['total_tokens']:,} planned tokens; AdamW "
+              f"(0.9, 0.95, weight decay {cfg['weight_decay']}), warmup-stable-decay: peak lr {cfg['peak_lr']}, linear "
+              f"decay to {cfg['final_lr_share']:.0%} over the last {cfg['decay_share']:.0%}.", "",
+              "Held-out loss (nats/token) while it trained (256-token windows; the old split's figure is the first "
+              "card's metric):", "", "| tokens | new split | old stdlib split | at 2,048 tokens |", "|---|---|---|---|"]
+    shown = evals if len(evals) <= 12 else [evals[round(i * (len(evals) - 1) / 11)] for i in range(12)]
+    for e in shown:
+        lines.append(f"| {e['tokens']:,} | {e['heldout']:.3f} | {e['heldout_stdlib_card_metric']:.3f} | "
+                     f"{e.get('heldout_2048', float('nan')):.3f} |")
+    return lines + [""]
+
+
+def students_section(report: dict) -> list[str]:
+    cfg = report["config"]
+    curriculum = ", ".join(f"{length} from {share:.0%}" for share, length in cfg["curriculum"])
+    lines = ["## Students", "",
+             f"`python -m specviz.students` against that target (sha1 {report['target']['sha1'][:12]}): "
+             f"{report['steps']['distill']} distillation steps (soft cross-entropy to the target's distribution, "
+             f"{cfg['tokens_per_step']} tokens a step, sequence length {curriculum}), then {report['steps']['refine']} "
+             "on-policy refinement steps of the drafter and the adapter (every second batch the target's own greedy "
+             f"continuation); warm start: {json.dumps(report['warm_start'])}; minutes: {json.dumps(report['minutes'])}.",
+             "", "Held-out next-token loss (nats/token) and greedy agreement with the target's argmax, before and after, "
+             "at each evaluated sequence length:", ""]
+    lengths = list(report["metrics"])
+    before = report.get("metrics_before", {})
+    lines += ["| metric | " + " | ".join(f"{n.removeprefix('seq_')} before | {n.removeprefix('seq_')} after" for n in lengths) + " |",
+              "|---|" + "---|---|" * len(lengths)]
+    for key in sorted(report["metrics"][lengths[0]]):
+        cells = [f"{before.get(n, {}).get(key, '')} | {report['metrics'][n].get(key, '')}" for n in lengths]
+        lines.append(f"| {key} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def card(family: Path, manifest: dict, ckpt: dict, evals: list[dict], report: dict, quality_md: str,
+         first: dict | None = None) -> str:
+    params = report["params"]
+    lines = ["# specviz embedded models", "",
+             "A 12-layer Llama-shaped target trained on permissively licensed Python sources, and the parts every "
+             "method needs: a separate drafter, a sorted (S2D) drafter, a Kangaroo adapter and a VocabTrim ranking. "
+             f"Weights in float16; the whole folder must stay under 45 MB. Context: "
+             f"{read_json(family / 'target' / 'config.json')['max_position_embeddings']} positions, trained at that length.",
+             "", "| model | directory | shape | parameters | role |", "|---|---|---|---|---|"]
+    for name, directory, role in SHAPES:
+        lines.append(f"| {name} | `{directory}/` | {shape_of(family / directory)} | {params[name] / 1e6:.2f} M | {role} |")
+    lines += ["| VocabTrim ranking | `vocabtrim/target-token-ranking.json` | ids by target-generated frequency | | "
+              "VocabTrim's drafter head subset |", ""]
+    lines += corpus_section(manifest) + training_section(ckpt, evals, first) + students_section(report)
+    lines += ["## Quality", "", quality_md.strip(), ""]
+    return "\n".join(lines)
+
+
+def load_ckpt_record(path: Path) -> dict:
+    """The checkpoint's bookkeeping only (step, tokens, wall time, config), not its tensors' use."""
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return {k: ckpt[k] for k in ("step", "tokens", "train_seconds", "config")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--family", required=True, help="the family's folder (python -m specviz.students --out)")
+    parser.add_argument("--train-dir", default="/work/specviz-train", help="the continued training's run folder")
+    parser.add_argument("--quality", required=True, help="python -m specviz.quality --json output")
+    parser.add_argument("--first", default="", help="the first family's training-stats.json (its origin)")
+    parser.add_argument("--out", default="", help="default: FAMILY/README.md")
+    args = parser.parse_args(argv)
+    from .quality import markdown_report
+
+    family, train_dir = Path(args.family), Path(args.train_dir)
+    try:
+        manifest = read_json(train_dir / "corpus" / "manifest.json")
+        evals = [r for r in map(json.loads, (train_dir / "metrics.jsonl").read_text().splitlines()) if r["event"] == "eval"]
+        report = read_json(family / "students-report.json")
+        quality = read_json(Path(args.quality))
+        first = read_json(Path(args.first)) if args.first else None
+        ckpt = load_ckpt_record(train_dir / "ckpt.pt")
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else family / "README.md"
+    out.write_text(card(family, manifest, ckpt, evals, report, markdown_report(quality), first))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

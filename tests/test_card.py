@@ -1,0 +1,43 @@
+"""The model card is written from the family's records: every package with its version and licence, the
+training curve, the students' before/after and the quality tables, so none of it can be typed wrong."""
+from __future__ import annotations
+
+import json
+import re
+
+from specviz.card import card
+
+
+def write(path, obj):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj))
+
+
+def test_card_carries_every_record(tmp_path):
+    llama = {"num_hidden_layers": 12, "hidden_size": 256, "intermediate_size": 768, "max_position_embeddings": 2048}
+    for part, layers in (("target", 12), ("drafter", 1), ("sorted-drafter", 3)):
+        write(tmp_path / part / "config.json", {**llama, "num_hidden_layers": layers})
+    write(tmp_path / "kangaroo-adapter" / "adapter_config.json", {"exit_layer": 2})
+    manifest = {"built": "2026-11-26T05:45:32Z", "python": "3.11.7", "files": 3, "bytes": 3_000_000,
+                "tokens": {"train": 900, "heldout": 50, "heldout_stdlib": 40}, "split_rule": "by hash",
+                "filters": {"skip_dirs": ["tests", "vendor"], "skip_files": "test_*.py"},
+                "stdlib": {"train": 1, "heldout": 0, "heldout_stdlib": 1, "bytes": 1_000_000},
+                "packages": [{"name": "numpy", "version": "2.2.6", "licence": "BSD-3-Clause", "url": "https://numpy.org",
+                              "train": 1, "heldout": 1, "bytes": 2_000_000}]}
+    ckpt = {"step": 10, "tokens": 40960, "train_seconds": 7200.0,
+            "config": {"curriculum": [[0.0, 256], [0.75, 2048]], "tokens_per_step": 4096, "total_tokens": 40960,
+                       "weight_decay": 0.1, "peak_lr": 1e-3, "final_lr_share": 0.1, "decay_share": 0.2}}
+    evals = [{"tokens": t, "heldout": 5.0 - t / 1e5, "heldout_stdlib_card_metric": 4.5 - t / 1e5, "heldout_2048": 5.5}
+             for t in range(0, 40961, 2048)]
+    report = {"target": {"sha1": "ab" * 20}, "steps": {"distill": 450, "refine": 500}, "warm_start": {}, "minutes": {"distill": 1.0},
+              "params": {"target": 12_330_000, "drafter": 2_950_000, "sorted drafter": 4_650_000, "Kangaroo adapter": 262_400},
+              "config": {"curriculum": [[0.0, 256]], "tokens_per_step": 2048},
+              "metrics_before": {"seq_256": {"agree/drafter": 0.5}}, "metrics": {"seq_256": {"agree/drafter": 0.8125}}}
+    text = card(tmp_path, manifest, ckpt, evals, report, "### Quality: a table")
+    assert "| [numpy](https://numpy.org) | 2.2.6 | BSD-3-Clause | 1 / 1 | 2.0 |" in text
+    assert "| Python standard library | 3.11.7 | PSF-2.0 | 1 / 1 | 1.0 |" in text
+    assert "Llama 12 x 256" in text and "Llama 1 x 256" in text and "attention-only block on layer 2" in text
+    assert "| agree/drafter | 0.5 | 0.8125 |" in text
+    rows = [line for line in text.splitlines() if re.match(r"\| [\d,]+ \| \d\.\d{3} \|", line)]
+    assert rows[0].startswith("| 0 |") and rows[-1].startswith("| 40,960 |")  # first and last evaluation always shown
+    assert len(rows) == 12 and "2.0 h of wall time" in text and "### Quality: a table" in text
