@@ -8,12 +8,16 @@ Nothing else may run meanwhile (pause training first): the two cores are the mea
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
+from pathlib import Path
 
-import specviz.lean as lean
-from specviz import load_pair, run
-from specviz.bench import load_prompts, parse_method
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere
+import specviz.lean as lean  # noqa: E402
+from specviz import load_pair, run  # noqa: E402
+from specviz.bench import load_prompts, parse_method  # noqa: E402
 
 METHODS = ("draft_model", "draft_model:vocab_trim=2048", "kangaroo", "kangaroo:eta=0:gamma=4:vocab_trim=2048")
 
@@ -26,6 +30,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--methods", default=",".join(METHODS))
     args = parser.parse_args()
+    os.chdir(Path(__file__).resolve().parents[1])  # the assets' relative paths
     pair = load_pair("embedded")
     prompts = [p["prompt"] for p in load_prompts(args.prompts, args.limit)]
     methods = [parse_method(spec, {"max_new_tokens": args.max_new_tokens}) for spec in args.methods.split(",")]
@@ -38,11 +43,12 @@ def main() -> None:
         trace = run(name, pair, prompts[i], **params)
         rates.setdefault(key, {}).setdefault(i, []).append(len(trace.output_ids) / (time.perf_counter() - start))
 
-    for _ in range(args.repeats):
+    modes = [("transposed", pays), ("F.linear", lambda weight: False)]
+    for repeat in range(args.repeats):
         for i in range(len(prompts)):
             timed("autoregressive", i, "autoregressive", ar_params)
             for label, name, params in methods:
-                for mode, rule in (("transposed", pays), ("F.linear", lambda weight: False)):
+                for mode, rule in modes[:: 1 if (repeat + i) % 2 == 0 else -1]:  # alternate which goes first
                     lean.transposed_pays = rule
                     timed(f"{label} [{mode}]", i, name, params)
             lean.transposed_pays = pays
