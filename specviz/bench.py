@@ -213,6 +213,18 @@ def summary(df) -> "pd.DataFrame":
     return out
 
 
+def summary_record(table: "pd.DataFrame", args: argparse.Namespace, command: str, pair, prompts: int) -> dict[str, Any]:
+    """The summary with what it was measured on: a file the app can show beside the papers' figures."""
+    def plain(v: Any) -> Any:
+        v = v.item() if hasattr(v, "item") else v  # numpy scalars
+        return None if isinstance(v, float) and v != v else v
+
+    rows = {method: {k: plain(v) for k, v in row.items()} for method, row in table.to_dict(orient="index").items()}
+    return {"command": command, "measured": time.strftime("%Y-%m-%d", time.gmtime()), "device": str(pair.device),
+            "dtype": str(pair.dtype).removeprefix("torch."), "prompts": prompts, "repeats": args.repeats,
+            "max_new_tokens": args.max_new_tokens, "target": args.target, "rows": rows}
+
+
 def markdown_table(table: "pd.DataFrame", digits: int = 3) -> str:
     """The summary as a GitHub markdown table (README results), empty columns left out."""
     frame = table.reset_index().dropna(axis=1, how="all")
@@ -238,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="results.csv", help=".csv or .parquet")
     p.add_argument("--html", default=None, help="write a self-contained HTML report")
     p.add_argument("--markdown", default=None, help="also write the summary as a markdown table to this file")
+    p.add_argument("--json", default=None, help="also write the summary as JSON (the Learn tab reads "
+                                                  "assets/models/bench-summary.json)")
     p.add_argument("--target", default="embedded")
     p.add_argument("--draft", default=None)
     p.add_argument("--device", default=None)
@@ -329,6 +343,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{pair.device} ({pair.dtype}); rows in {out}\nreproduce: {command}")
     if args.markdown:
         Path(args.markdown).write_text(markdown_table(table) + f"\n`{command}`\n")
+    if args.json:
+        Path(args.json).write_text(json.dumps(summary_record(table, args, command, pair, len(prompts)), indent=1) + "\n")
     if args.html:
         from .report import write_report
 

@@ -33,8 +33,15 @@ def test_bench_writes_the_contract_columns(saved_pair, tmp_path, capsys):
     out = tmp_path / "r.csv"
     code = bench.main(["--methods", "draft_model,draft_model:gamma=2:vocab_trim=50", "--prompts", str(write_prompts(tmp_path / "p.jsonl")),
                        "--max-new-tokens", "8", "--repeats", "2", "--out", str(out), "--target", str(saved_pair / "target"),
-                       "--draft", str(saved_pair / "draft"), "--quiet", "--overhead", "--markdown", str(tmp_path / "r.md")])
+                       "--draft", str(saved_pair / "draft"), "--quiet", "--overhead", "--markdown", str(tmp_path / "r.md"),
+                       "--json", str(tmp_path / "bench-summary.json")])
     assert code == 0
+    record = json.loads((tmp_path / "bench-summary.json").read_text())
+    assert record["command"].startswith("python -m specviz.bench ") and record["prompts"] == 2 and record["repeats"] == 2
+    assert record["rows"]["autoregressive"]["speedup"] == 1.0 and record["rows"]["draft_model"]["share_equal"] == 1.0
+    from specviz.headlines import cell, load_summary
+
+    assert cell("draft_model", load_summary(tmp_path)).startswith("`draft_model` ")  # what the Learn tab shows
     df = pd.read_csv(out)
     md = (tmp_path / "r.md").read_text().splitlines()
     assert md[0].startswith("| method | speedup | tau |") and md[1].startswith("|---|")
