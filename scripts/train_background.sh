@@ -11,6 +11,8 @@
 #   hf/target/     the latest HF fp32 copy of the target (never written into assets/models)
 #   corpus/        token streams + manifest.json (built on the first run)
 #   train.pid      the PID of the running trainer
+# With --threads 2 nothing else may run: a second process on the two cores (even a 1-thread test run) cut it
+# from ~1,150 to 130-500 tokens/s (2026-11-26), far more than the CPU share it took.
 # Pause (benchmarks): kill -STOP "$(cat /work/specviz-train/train.pid)"; resume: kill -CONT ...
 # Stop early and save: kill -TERM "$(cat /work/specviz-train/train.pid)" (it saves a checkpoint, then exits).
 set -euo pipefail
