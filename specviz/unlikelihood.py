@@ -1,0 +1,209 @@
+"""Sequence-level unlikelihood fine-tuning of a target (Welleck et al. 2019, "Neural Text Generation with
+Unlikelihood Training"): the target's own greedy continuations of corpus prefixes are penalised at every
+token that completes an n-gram seen earlier in the sequence (loss -log(1 - p(token))), while the ordinary
+next-token loss (final layer and trained exits, train.multi_exit_loss) on corpus windows keeps held-out
+loss and the early exits in place.
+
+Why: issue 16 measures the repeated 4-gram share of the target's greedy text. The continued target's lower
+loss came with stronger copying of its own output (0.83 against the first target's 0.44). The goal is about
+the target's own greedy decoding, so it can only move through the weights.
+
+    python -m specviz.unlikelihood --target DIR --corpus /work/specviz-train/corpus --out DIR [--steps 300]
+        [--until HH:MM] [--threads 2]
+
+Resumable (OUT/ckpt.pt), never writes into --target; OUT is an HF directory with its specviz.json carried
+over and an "unlikelihood" record added.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .train import SPECVIZ_META, TrainConfig, heldout_loss, multi_exit_loss, save_hf_fp32, set_lr
+
+
+@dataclass(frozen=True)
+class UnlikelihoodConfig:
+    target: str
+    corpus: str  # a built specviz.corpus dir: train.npy, heldout.npy
+    out: str
+    seed: int = 0
+    threads: int = 1
+    steps: int = 300
+    lr: float = 1e-4
+    warmup_steps: int = 20
+    mle_seq_len: int = 512
+    mle_batch: int = 4
+    prefix_tokens: int = 64  # corpus tokens before each greedy continuation
+    new_tokens: int = 96  # as specviz.quality's continuations
+    ul_batch: int = 8
+    ngram: int = 4
+    ul_weight: float = 1.0
+    eval_every: int = 50  # steps
+    eval_windows: int = 16
+    ckpt_minutes: float = 5.0
+    until: str = ""  # "HH:MM" UTC: stop (and save) before this
+    max_steps: int = 0  # steps in this invocation (0 = no limit): tests
+
+
+def repeat_mask(ids: torch.Tensor, start: int, n: int) -> torch.Tensor:
+    """(B, T) bool: position t >= start whose n-gram ids[t-n+1 .. t] already ended at an earlier position."""
+    mask = torch.zeros(ids.shape, dtype=torch.bool)
+    for row, seq in enumerate(ids.tolist()):
+        seen: set[tuple[int, ...]] = set()
+        for t in range(n - 1, len(seq)):
+            gram = tuple(seq[t - n + 1 : t + 1])
+            if t >= start and gram in seen:
+                mask[row, t] = True
+            seen.add(gram)
+    return mask
+
+
+@torch.no_grad()
+def greedy_continuations(model, prefixes: torch.Tensor, new_tokens: int) -> torch.Tensor:
+    """prefixes (B, P) -> (B, P + new_tokens): the model's own greedy text, the end-of-text token suppressed
+    (a continuation must be as long as the one specviz.quality scores)."""
+    was_training = model.training
+    model.eval()
+    out = model.generate(prefixes, attention_mask=torch.ones_like(prefixes), do_sample=False,
+                         max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+    model.train(was_training)
+    return out
+
+
+def unlikelihood_loss(model, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """-log(1 - p(x_t | x_<t)) averaged over the masked positions t of seq (B, T)."""
+    logits = model(seq[:, :-1]).logits.float()
+    p = logits.softmax(-1).gather(-1, seq[:, 1:, None]).squeeze(-1)  # (B, T-1): p of the token at t = 1..T-1
+    picked = p[mask[:, 1:]]
+    if picked.numel() == 0:
+        return logits.sum() * 0.0
+    return -torch.log((1.0 - picked).clamp_min(1e-5)).mean()
+
+
+def deadline_of(cfg: UnlikelihoodConfig, start: float) -> float:
+    if not cfg.until:
+        return float("inf")
+    now = time.gmtime(start)
+    hh, mm = map(int, cfg.until.split(":"))
+    until = start - (now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec) + hh * 3600 + mm * 60
+    return until if until >= start else until + 86400
+
+
+def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.set_num_threads(cfg.threads)
+    start = time.time()
+    deadline = deadline_of(cfg, start)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt_path = out / "ckpt.pt"
+    tok = AutoTokenizer.from_pretrained(cfg.target)
+    model = AutoModelForCausalLM.from_pretrained(cfg.target, dtype=torch.float32)
+    meta = json.loads((Path(cfg.target) / SPECVIZ_META).read_text()) if (Path(cfg.target) / SPECVIZ_META).exists() else {}
+    exits = tuple(e for e in meta.get("exits", []) if e < model.config.num_hidden_layers) or TrainConfig().target_exits
+    tcfg = TrainConfig(target_exits=exits, exit_weights=TrainConfig().exit_weights[-len(exits):] if len(exits) <= 4
+                       else (0.25,) * len(exits))
+    train = np.load(Path(cfg.corpus) / "train.npy", mmap_mode="r")
+    heldout = np.load(Path(cfg.corpus) / "heldout.npy", mmap_mode="r")
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step, history = 0, []
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["gen"])
+        step, history = state["step"], state["history"]
+        log(f"resumed {ckpt_path} at step {step}")
+    model.train()
+
+    def windows(length: int, count: int) -> torch.Tensor:
+        starts = torch.randint(0, len(train) - length - 1, (count,), generator=gen).tolist()
+        return torch.from_numpy(np.stack([train[s : s + length].astype(np.int64) for s in starts]))
+
+    def evaluate() -> dict:
+        with torch.no_grad():
+            loss, _ = heldout_loss(model, heldout, cfg.eval_windows, 256)
+        rec = {"event": "eval", "step": step, "heldout": round(loss, 4)}
+        history.append(rec)
+        log(f"eval step {step}: held-out {loss:.4f}")
+        return rec
+
+    def save(final: bool) -> None:
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(), "step": step,
+                    "history": history, "config": asdict(cfg)}, ckpt_path)
+        if final:
+            record = {"steps": step, "from": cfg.target, "config": asdict(cfg), "history": history}
+            save_hf_fp32(model, tok, out / "target", {**meta, "unlikelihood": record})
+
+    if not history:
+        evaluate()
+    last_ckpt = time.time()
+    steps_here, step_seconds = 0, 0.0
+    while step < cfg.steps:
+        if cfg.max_steps and steps_here >= cfg.max_steps:
+            break
+        if time.time() + 2 * step_seconds + 30 > deadline:
+            log("deadline: stopping")
+            break
+        t = time.time()
+        set_lr(opt, cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps))
+        mle, parts = multi_exit_loss(model, windows(cfg.mle_seq_len + 1, cfg.mle_batch), tcfg, gen)
+        seq = greedy_continuations(model, windows(cfg.prefix_tokens, cfg.ul_batch), cfg.new_tokens)
+        mask = repeat_mask(seq, cfg.prefix_tokens, cfg.ngram)
+        ul = unlikelihood_loss(model, seq, mask)
+        loss = mle + cfg.ul_weight * ul
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        step += 1
+        steps_here += 1
+        step_seconds = time.time() - t
+        share = mask[:, cfg.prefix_tokens:].float().mean().item()
+        history.append({"event": "train", "step": step, "mle": round(parts["final"], 4), "ul": round(ul.item(), 4),
+                        "repeat_share": round(share, 4), "seconds": round(step_seconds, 2)})
+        log(f"step {step}/{cfg.steps} mle {parts['final']:.3f} ul {ul.item():.3f} repeated share of its greedy text "
+            f"{share:.3f} [{step_seconds:.1f} s]")
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            evaluate()
+        if time.time() - last_ckpt >= cfg.ckpt_minutes * 60:
+            save(final=False)
+            last_ckpt = time.time()
+    done = step >= cfg.steps
+    if done and history[-1].get("event") != "eval":
+        evaluate()
+    save(final=done)
+    log(f"{'done' if done else 'stopped'} at step {step}/{cfg.steps}" + (f": {out / 'target'}" if done else
+                                                                       ": run the same command to resume"))
+    return {"step": step, "done": done, "history": history}
+
+
+def main(argv: list[str] | None = None) -> int:
+    d = UnlikelihoodConfig(target="", corpus="", out="")
+    parser = argparse.ArgumentParser(prog="python -m specviz.unlikelihood", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--target", required=True)
+    parser.add_argument("--corpus", required=True)
+    parser.add_argument("--out", required=True)
+    for name in ("steps", "threads", "max_steps", "ul_batch", "new_tokens", "prefix_tokens", "mle_batch", "mle_seq_len",
+                 "eval_every", "eval_windows"):
+        parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
+    for name in ("lr", "ul_weight", "ckpt_minutes"):
+        parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    parser.add_argument("--until", default="")
+    args = parser.parse_args(argv)
+    result = finetune(UnlikelihoodConfig(**vars(args)))
+    return 0 if result["done"] else 75
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

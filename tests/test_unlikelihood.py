@@ -1,0 +1,54 @@
+"""Unlikelihood fine-tuning: it marks exactly the tokens that repeat an earlier n-gram, its loss is
+-log(1 - p) there, and the command runs, saves an HF target with its record and resumes."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from conftest import build_tiny_tokenizer, make_tiny_model
+from specviz.unlikelihood import UnlikelihoodConfig, finetune, repeat_mask, unlikelihood_loss
+
+
+def test_repeat_mask_marks_tokens_that_complete_a_seen_ngram():
+    ids = torch.tensor([[5, 1, 2, 3, 1, 2, 3, 1, 9]])
+    assert repeat_mask(ids, start=0, n=3).nonzero()[:, 1].tolist() == [6, 7]  # (1,2,3) again, then (2,3,1) again
+    assert repeat_mask(ids, start=7, n=3).nonzero()[:, 1].tolist() == [7]  # the prefix is context, never penalised
+    assert not repeat_mask(torch.tensor([[1, 2, 3, 4, 5]]), start=0, n=2).any()
+
+
+def test_unlikelihood_loss_is_minus_log_one_minus_p_at_the_marked_tokens():
+    model = make_tiny_model("llama", 64, seed=1)
+    seq = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[0, 4] = mask[1, 9] = True
+    probs = model(seq[:, :-1]).logits.softmax(-1)
+    expected = -(torch.log(1 - probs[0, 3, seq[0, 4]]) + torch.log(1 - probs[1, 8, seq[1, 9]])) / 2
+    torch.testing.assert_close(unlikelihood_loss(model, seq, mask), expected)
+    assert unlikelihood_loss(model, seq, torch.zeros_like(mask)).item() == 0.0
+
+
+def test_finetune_runs_saves_and_resumes(tmp_path):
+    tok = build_tiny_tokenizer()
+    target = make_tiny_model("llama", len(tok), layers=3, seed=2)
+    target.save_pretrained(tmp_path / "target")
+    tok.save_pretrained(tmp_path / "target")
+    (tmp_path / "target" / "specviz.json").write_text(json.dumps({"exits": [1, 3], "kangaroo_exit": 1}))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = np.random.default_rng(0)
+    for split, size in (("train", 4000), ("heldout", 600)):
+        np.save(corpus / f"{split}.npy", rng.integers(1, len(tok), size).astype(np.uint16))
+    cfg = UnlikelihoodConfig(target=str(tmp_path / "target"), corpus=str(corpus), out=str(tmp_path / "out"), steps=3,
+                             mle_seq_len=16, mle_batch=2, prefix_tokens=8, new_tokens=12, ul_batch=2, eval_every=0,
+                             eval_windows=2, max_steps=2, lr=1e-3)
+    first = finetune(cfg, log=lambda msg: None)
+    assert first["step"] == 2 and not first["done"] and not (tmp_path / "out" / "target").exists()
+    second = finetune(cfg, log=lambda msg: None)  # resumes from OUT/ckpt.pt
+    assert second["step"] == 3 and second["done"]
+    meta = json.loads((tmp_path / "out" / "target" / "specviz.json").read_text())
+    assert meta["exits"] == [1, 3] and meta["unlikelihood"]["steps"] == 3
+    trained = [h for h in meta["unlikelihood"]["history"] if h["event"] == "train"]
+    assert [h["step"] for h in trained] == [1, 2, 3] and all(0 <= h["repeat_share"] <= 1 for h in trained)
+    assert [h["event"] for h in meta["unlikelihood"]["history"]][0] == "eval" == meta["unlikelihood"]["history"][-1]["event"]
