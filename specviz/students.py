@@ -65,6 +65,7 @@ from .train import (
     soft_ce,
     sorted_logits,
     target_continuations,
+    until_epoch,
 )
 
 CKPT = "ckpt.pt"
@@ -355,10 +356,7 @@ def deadline_of(cfg: StudentsConfig, start: float) -> float:
     """The earlier of start + budget and the next `until` (HH:MM UTC)."""
     deadline = start + cfg.budget_minutes * 60
     if cfg.until:
-        hh, mm = map(int, cfg.until.split(":"))
-        now = time.gmtime(start)
-        until = start - (now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec) + hh * 3600 + mm * 60
-        deadline = min(deadline, until + 86400 if until < start else until)
+        deadline = min(deadline, until_epoch(cfg.until, start))
     return deadline
 
 

@@ -570,6 +570,14 @@ class ContinueConfig:
                                   "quick": True})
 
 
+def until_epoch(until: str, start: float) -> float:
+    """The first moment at or after `start` whose UTC clock reads `until` ("HH:MM"): a session's stop time."""
+    hh, mm = map(int, until.split(":"))
+    now = time.gmtime(start)
+    moment = start - (now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec) + hh * 3600 + mm * 60
+    return moment + 86400 if moment < start else moment
+
+
 def curriculum_seq_len(ccfg: ContinueConfig, tokens: int) -> int:
     seq = ccfg.curriculum[0][1]
     for share, length in ccfg.curriculum:
@@ -698,12 +706,7 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
     t_start = time.time()
     deadline = t_start + ccfg.budget_minutes * 60
     if ccfg.until:
-        now = time.gmtime()
-        hh, mm = map(int, ccfg.until.split(":"))
-        until = t_start - (now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec) + hh * 3600 + mm * 60
-        if until < t_start:
-            until += 86400
-        deadline = min(deadline, until)
+        deadline = min(deadline, until_epoch(ccfg.until, t_start))
     if ccfg.threads:
         torch.set_num_threads(ccfg.threads)
     run_dir = Path(ccfg.run_dir)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .train import SPECVIZ_META, TrainConfig, heldout_loss, multi_exit_loss, save_hf_fp32, set_lr
+from .train import SPECVIZ_META, TrainConfig, heldout_loss, multi_exit_loss, save_hf_fp32, set_lr, until_epoch
 
 
 @dataclass(frozen=True)
@@ -88,21 +88,12 @@ def unlikelihood_loss(model, seq: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return -torch.log((1.0 - picked).clamp_min(1e-5)).mean()
 
 
-def deadline_of(cfg: UnlikelihoodConfig, start: float) -> float:
-    if not cfg.until:
-        return float("inf")
-    now = time.gmtime(start)
-    hh, mm = map(int, cfg.until.split(":"))
-    until = start - (now.tm_hour * 3600 + now.tm_min * 60 + now.tm_sec) + hh * 3600 + mm * 60
-    return until if until >= start else until + 86400
-
-
 def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     torch.set_num_threads(cfg.threads)
     start = time.time()
-    deadline = deadline_of(cfg, start)
+    deadline = until_epoch(cfg.until, start) if cfg.until else float("inf")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt.pt"
