@@ -12,6 +12,8 @@ from typing import Any
 import torch
 
 from .engine import Output, context_limit, eos_ids
+from .healing import Healing, healed_prompt, plan
+from .healing import first_token as heal_token
 from .models import weights_read_per_token
 from .methods import METHODS
 from .methods.base import Cancelled, RunContext, validate_params
@@ -87,30 +89,54 @@ def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, 
     method.check_pair(pair)
     ids = encode_prompt(pair, prompt, max_prompt_tokens)
     device = pair.target.device
-    prompt_ids = torch.tensor([ids], dtype=torch.long, device=device)
+    vocab = common_vocab(pair)
+    healing = plan(pair.tokenizer, ids, vocab) if values["heal_prompt"] else None
     rec = recorder if recorder is not None else Recorder(device, enabled=record)
-    out = Output(values["max_new_tokens"], eos_ids(pair.target, pair.tokenizer), context_limit(pair.target) - len(ids))
+    conditioned = healing.kept_ids if healing else ids
+    out = Output(values["max_new_tokens"], eos_ids(pair.target, pair.tokenizer), context_limit(pair.target) - len(conditioned))
     generator = torch.Generator(device="cpu").manual_seed(values["seed"])
-    ctx = RunContext(pair=pair, prompt_ids=prompt_ids, params=values,
-                     sampling=Sampling(values["temperature"], values["top_k"], values["top_p"]),
-                     generator=generator, rec=rec, out=out, vocab=common_vocab(pair), cancel=cancel)
+    sampling = Sampling(values["temperature"], values["top_k"], values["top_p"])
+    meta: dict[str, Any] = {}
     start = time.perf_counter()
     try:
-        method.generate(ctx)
+        if healing is not None:
+            healed = heal_first(pair, healing, sampling, generator, vocab, rec, out, row=0)
+            meta["token_healing"] = [healing.record(healed)]
+            ids = healing.kept_ids + [healed]
+        ctx = RunContext(pair=pair, prompt_ids=torch.tensor([ids], dtype=torch.long, device=device), params=values,
+                         sampling=sampling, generator=generator, rec=rec, out=out, vocab=vocab, cancel=cancel)
+        if not out.done:
+            method.generate(ctx)
+        meta.update(ctx.meta)
     except Cancelled:
         out.finish_reason = "cancelled"
     synchronize(device)
     wall = time.perf_counter() - start
-    row = RowResult(prompt=prompt, prompt_ids=ids, output_ids=list(out.ids),
-                    text=pair.tokenizer.decode(out.ids, skip_special_tokens=False), finish_reason=out.finish_reason)
+    row = RowResult(prompt=healed_prompt(prompt, healing, pair.tokenizer) if healing else prompt, prompt_ids=conditioned,
+                    output_ids=list(out.ids), text=pair.tokenizer.decode(out.ids, skip_special_tokens=False),
+                    finish_reason=out.finish_reason)
     rec.events.sort(key=lambda e: e.t0)  # chronological; stable, so same-time events keep their order
     fill_token_text(rec.events, pair.tokenizer)
     return Trace(method=name, params=values, rows=[row], events=rec.events, target_name=pair.target_name,
                  draft_name=pair.draft_name if cls.needs_draft else None, device=str(device),
                  dtype=str(pair.dtype).replace("torch.", ""), wall_time=wall, started_at=rec.started_at,
-                 meta={"vocab": ctx.vocab, "target_params": weights_read_per_token(pair.target),
-                       "target_layers": target_layers(pair.target), **ctx.meta})
+                 meta={"vocab": vocab, "target_params": weights_read_per_token(pair.target),
+                       "target_layers": target_layers(pair.target), **meta})
 
+
+def heal_first(pair, healing: Healing, sampling: Sampling, generator: torch.Generator, vocab: int, rec: Recorder,
+               out: Output | None, row: int) -> int:
+    """The healed first token, pushed into `out` (a batch method pushes it itself: position 0) and recorded: one target forward over the kept prompt
+    (a prefill span) and the token it emits under the healing constraint."""
+    t0 = rec.now()
+    token, prob = heal_token(pair.target, healing, sampling, generator, vocab)
+    t1 = rec.now()
+    rec.add("prefill", row=row, source="target", t0=t0, t1=t1,
+            info={"tokens": len(healing.kept_ids), "token_healing": True})
+    rec.add("emit", step=-1, row=row, position=out.push(token) if out is not None else 0, token_id=token, p=prob,
+            source="target (token healing)",
+            t0=t0, t1=t1, info={"removed_text": healing.removed_text, "allowed": len(healing.allowed)})
+    return token
 
 MAX_BATCH_PROMPTS = 256
 
@@ -137,26 +163,42 @@ def run_batch(name: str, pair, prompts: list[str], *, cancel: threading.Event | 
         except ValueError as exc:
             raise ValueError(f"prompt {i + 1}: {exc}") from None
     device = pair.target.device
+    vocab = common_vocab(pair)
+    healings = [plan(pair.tokenizer, row_ids, vocab) if values["heal_prompt"] else None for row_ids in ids]
+    conditioned = [h.kept_ids if h else row_ids for h, row_ids in zip(healings, ids)]
     rec = recorder if recorder is not None else Recorder(device, enabled=record)
     generator = torch.Generator(device="cpu").manual_seed(values["seed"])
-    ctx = RunContext(pair=pair, prompt_ids=torch.tensor([ids[0]], device=device), params=values,
-                     sampling=Sampling(values["temperature"], values["top_k"], values["top_p"]),
-                     generator=generator, rec=rec, out=Output(values["max_new_tokens"], set(), 1 << 20),
-                     vocab=common_vocab(pair), cancel=cancel, batch_prompts=ids)
+    sampling = Sampling(values["temperature"], values["top_k"], values["top_p"])
+    meta: dict[str, Any] = {}
     start = time.perf_counter()
     cancelled = False
+    ctx = None
     try:
+        first: dict[int, int] = {}
+        for i, healing in enumerate(healings):
+            if healing is not None:
+                first[i] = heal_first(pair, healing, sampling, generator, vocab, rec, None, row=i)
+                ids[i] = healing.kept_ids + [first[i]]
+        if first:
+            meta["token_healing"] = [h.record(first[i]) if h else None for i, h in enumerate(healings)]
+        ctx = RunContext(pair=pair, prompt_ids=torch.tensor([ids[0]], device=device), params=values,
+                         sampling=sampling, generator=generator, rec=rec, out=Output(values["max_new_tokens"], set(), 1 << 20),
+                         vocab=vocab, cancel=cancel, batch_prompts=ids, first_tokens=first)
         method.generate(ctx)
     except Cancelled:
         cancelled = True
     synchronize(device)
     wall = time.perf_counter() - start
-    outputs = ctx.outputs or []
+    outputs = (ctx.outputs if ctx is not None else None) or []
+    if ctx is not None:
+        meta.update(ctx.meta)
     rows = []
     for i, prompt in enumerate(prompts):
         out_ids = list(outputs[i].ids) if i < len(outputs) else []
         reason = outputs[i].finish_reason if i < len(outputs) else ""
-        rows.append(RowResult(prompt=prompt, prompt_ids=ids[i], output_ids=out_ids,
+        healing = healings[i]
+        rows.append(RowResult(prompt=healed_prompt(prompt, healing, pair.tokenizer) if healing else prompt,
+                              prompt_ids=conditioned[i], output_ids=out_ids,
                               text=pair.tokenizer.decode(out_ids, skip_special_tokens=False),
                               finish_reason=reason or ("cancelled" if cancelled else "")))
     rec.events.sort(key=lambda e: e.t0)
@@ -165,5 +207,5 @@ def run_batch(name: str, pair, prompts: list[str], *, cancel: threading.Event | 
     return Trace(method=name, params=values, rows=rows, events=rec.events, target_name=pair.target_name,
                  draft_name=pair.draft_name if cls.needs_draft else None, device=str(device),
                  dtype=str(pair.dtype).replace("torch.", ""), wall_time=wall, started_at=rec.started_at,
-                 meta={"vocab": ctx.vocab, "target_params": weights_read_per_token(pair.target),
-                       "throughput": new_tokens / wall if wall > 0 else 0.0, **ctx.meta})
+                 meta={"vocab": vocab, "target_params": weights_read_per_token(pair.target),
+                       "throughput": new_tokens / wall if wall > 0 else 0.0, **meta})

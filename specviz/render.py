@@ -73,6 +73,16 @@ def tokens_html(prompt: str, events: Iterable[Event], row: int = 0, decode=None,
     return f'<div class="sv-tokens"><span class="sv-prompt">{esc(prompt)}</span>{"".join(spans)}</div>{note}'
 
 
+def streamed_prompt(prompt: str, events: Iterable[Event]) -> str:
+    """The prompt as the model saw it while a run streams: without the text token healing backed off
+    (the finished trace's row carries that prompt itself)."""
+    for e in events:
+        if e.kind == "emit" and e.step == -1 and "removed_text" in e.info:
+            removed = e.info["removed_text"]
+            return prompt[: len(prompt) - len(removed)] if prompt.endswith(removed) else prompt
+    return prompt
+
+
 def trace_html(trace: Trace, row: int = 0, status: str = "") -> str:
     prompt = trace.rows[row].prompt if trace.rows else ""
     return tokens_html(prompt, trace.events, row, status=status)

@@ -78,10 +78,15 @@ def method_params() -> dict[str, Param]:
 PARAMS = method_params()
 
 
+# The app's own defaults where they differ from the API's: a visitor's prompt usually ends in a newline,
+# and healing it is what makes the embedded target continue the line's block (specviz.healing).
+UI_DEFAULTS = {"heal_prompt": True}
+
+
 def control(p: Param, visible: bool = False) -> gr.components.Component:
     label = f"{p.name}: {p.help}" if p.help else p.name
     if p.kind is bool:
-        return gr.Checkbox(value=bool(p.default), label=label, visible=visible)
+        return gr.Checkbox(value=bool(UI_DEFAULTS.get(p.name, p.default)), label=label, visible=visible)
     if p.choices:
         return gr.Dropdown(choices=list(p.choices), value=p.default, label=label, visible=visible)
     if p.kind is int and not p.optional and p.low is not None and p.high is not None and p.high - p.low <= 64:
@@ -198,11 +203,13 @@ def engine_call(name: str, kwargs: dict, on_message: Callable | None = None, can
     return gpu(engine().call)(name, kwargs, on_message, cancel)
 
 
-def playground_stream(prompt, target, draft, method, max_new_tokens, temperature, top_k, top_p, seed, *rest):
+def playground_stream(prompt, target, draft, method, max_new_tokens, temperature, top_k, top_p, seed, heal_prompt,
+                      *rest):
     """Streams the coloured tokens while the run goes on, then draws the plots against an AR baseline."""
     *specific_values, cost_t, cost_d, cost_c = rest
     specific = dict(zip(PARAMS, specific_values))
-    common = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    common = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                  heal_prompt=heal_prompt)
     params = collect_params(method, common, specific)
     events: list[Event] = []
     cancel = threading.Event()
@@ -228,7 +235,8 @@ def playground_stream(prompt, target, draft, method, max_new_tokens, temperature
             count = len(events)
             if count != shown:
                 shown = count
-                yield (render.tokens_html(prompt, list(events), status=f"generating... {count} tokens"),) + skip
+                yield (render.tokens_html(render.streamed_prompt(prompt, events), list(events),
+                                          status=f"generating... {count} tokens"),) + skip
         if "error" in box:
             raise box["error"]
         trace = Trace.from_json(box["result"]["trace"])
@@ -249,7 +257,8 @@ def race(prompt, method, max_new_tokens, target, draft):
     if method not in METHODS or METHODS[method].batch or method == "autoregressive":
         raise ValueError("choose a speculative single-sequence method to race against autoregressive")
     got = engine_call("playground", dict(method=method, target=target, draft=draft, prompt=prompt,
-                                         params={"max_new_tokens": int(max_new_tokens)}, submitted_at=time.time()))
+                                         params={"max_new_tokens": int(max_new_tokens),
+                                                 "heal_prompt": UI_DEFAULTS["heal_prompt"]}, submitted_at=time.time()))
     trace, baseline = Trace.from_json(got["trace"]), Trace.from_json(got["baseline"])
     end = max(trace.wall_time, baseline.wall_time)
     pace = max(1.0, end / RACE_MAX_SECONDS)

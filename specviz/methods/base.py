@@ -81,6 +81,9 @@ COMMON_PARAMS: tuple[Param, ...] = (
     Param("top_k", int, 0, 0, 1_000_000, help="keep the k most likely tokens (0 = off); same for drafter and target"),
     Param("top_p", float, 1.0, 0.01, 1.0, help="nucleus sampling mass (1 = off); same for drafter and target"),
     Param("seed", int, 0, 0, 2**31 - 1, help="seed of this run's own random generator"),
+    Param("heal_prompt", bool, False,
+          help="token healing: back off the prompt's last token and make the first new token extend its text "
+               "(a prompt ending in a bare newline gets its indentation); every method decodes the same healed prompt"),
 )
 
 
@@ -114,6 +117,7 @@ class RunContext:
     cancel: threading.Event | None = None
     meta: dict[str, Any] = field(default_factory=dict)  # method notes that go into Trace.meta
     batch_prompts: list[list[int]] = field(default_factory=list)  # batch methods: every row's prompt ids
+    first_tokens: dict[int, int] = field(default_factory=dict)  # batch methods: row -> its healed first token
     outputs: list[Output] = field(default_factory=list)  # batch methods: every row's output
     # -- private to specviz.exactness (no parameter of `run` reaches them) ------------------------------
     verify_rule: str = "exact"  # "broken": the deliberately wrong rule of the exactness demo (verify.py)

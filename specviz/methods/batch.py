@@ -54,10 +54,11 @@ class Seq:
     out: Output
     pending: int = -1
     steps: int = 0  # rounds this row took part in
+    healed: int = 0  # 1 when the prompt's last token is the healed first output token (specviz.healing)
 
     @property
     def length(self) -> int:  # tokens in the cache (everything but the pending token)
-        return len(self.prompt_ids) + len(self.out.ids) - 1
+        return len(self.prompt_ids) + len(self.out.ids) - 1 - self.healed
 
 
 def gather_columns(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -218,8 +219,12 @@ class BatchMethod(Method):
         pair = ctx.pair
         eos = eos_ids(pair.target, pair.tokenizer)
         limit = context_limit(pair.target)
-        seqs = [Seq(i, ids, Output(ctx.params["max_new_tokens"], eos, limit - len(ids)))
+        seqs = [Seq(i, ids, Output(ctx.params["max_new_tokens"], eos, limit - len(ids) + (i in ctx.first_tokens)))
                 for i, ids in enumerate(ctx.batch_prompts)]
+        for s in seqs:  # token healing (specviz.api) chose a row's first token already: it counts as output
+            if s.index in ctx.first_tokens:
+                s.out.push(ctx.first_tokens[s.index])
+                s.healed = 1
         ctx.outputs = [s.out for s in seqs]  # visible to the caller even if the run is cancelled midway
         return seqs
 
@@ -347,7 +352,9 @@ class StaticBatch(BatchMethod):
         seqs = self.new_seqs(ctx)
         size = ctx.params["batch_size"]
         for start in range(0, len(seqs), size):
-            group = seqs[start : start + size]
+            group = [s for s in seqs[start : start + size] if not s.out.done]  # done: healed, max_new_tokens 1
+            if not group:
+                continue
             target, draft = self.prefill(ctx, group, clock)
             step = 0
             while group:
@@ -392,7 +399,7 @@ class EXSpec(BatchMethod):
         seqs = self.new_seqs(ctx)
         size = ctx.params["batch_size"]
         capacity = size * ctx.params["pool_factor"]
-        queue = list(seqs)
+        queue = [s for s in seqs if not s.out.done]  # done: healed, max_new_tokens 1
         pool: dict[int, tuple[Seq, BatchKV, BatchKV]] = {}
         step = 0
         while queue or pool:
