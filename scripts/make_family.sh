@@ -5,6 +5,7 @@
 #   scripts/make_family.sh [--until HH:MM] [--threads N]
 #
 #   1. snapshot   $RUN_DIR/hf/target -> $FAMILY_TARGET, once the training has reached its planned tokens
+#                 (skipped when $FAMILY_TARGET exists: SPECVIZ_FAMILY_TARGET may name a fine-tuned target)
 #   2. students   python -m specviz.students (drafter, sorted drafter, adapter, VocabTrim ranking) -> $FAMILY;
 #                 exit 75 means it stopped at --until: run this script again to resume
 #   3. quality    python -m specviz.quality on the family -> $FAMILY/quality.json
@@ -19,7 +20,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 RUN_DIR="${SPECVIZ_TRAIN_DIR:-/work/specviz-train}"
 FAMILY="${SPECVIZ_FAMILY_DIR:-/work/specviz-family}"
-FAMILY_TARGET="${FAMILY}-target"  # the frozen teacher (students also stage an fp16 copy inside $FAMILY)
+# the frozen teacher (students also stage an fp16 copy inside $FAMILY); SPECVIZ_FAMILY_TARGET names another one,
+# e.g. an unlikelihood fine-tune of the snapshot (python -m specviz.unlikelihood ... --out DIR: DIR/target)
+FAMILY_TARGET="${SPECVIZ_FAMILY_TARGET:-${FAMILY}-target}"
 SPEC_BENCH="${SPEC_BENCH:-/work/shared/data/spec_bench_question.jsonl}"
 UNTIL="" THREADS=2
 while [[ $# -gt 0 ]]; do

@@ -74,6 +74,29 @@ def training_section(ckpt: dict, evals: list[dict], first: dict | None) -> list[
     return lines + [""]
 
 
+def unlikelihood_section(record: dict) -> list[str]:
+    """The sequence-level unlikelihood fine-tune (specviz.unlikelihood), from the target's specviz.json."""
+    cfg = record["config"]
+    train = [h for h in record["history"] if h["event"] == "train"]
+    evals = [h for h in record["history"] if h["event"] == "eval"]
+    head, tail = train[: min(25, len(train))], train[-min(25, len(train)):]
+
+    def mean(rows: list[dict], key: str) -> float:
+        return sum(r[key] for r in rows) / len(rows) if rows else float("nan")
+
+    return ["## Unlikelihood fine-tune", "",
+            f"Then `python -m specviz.unlikelihood` (Welleck et al. 2019, sequence level): {record['steps']} steps at lr "
+            f"{cfg['lr']}, each penalizing -log(1 - p) at every token of the target's own greedy continuations "
+            f"({cfg['ul_batch']} x {cfg['new_tokens']} tokens after {cfg['prefix_tokens']} corpus tokens) that completes "
+            f"an earlier {cfg['ngram']}-gram, weight {cfg['ul_weight']}, beside the multi-exit next-token loss on "
+            f"{cfg['mle_batch']} x {cfg['mle_seq_len']} corpus tokens. Why: lower loss had come with greedy loops "
+            "(a continuation copying its own last line).", "",
+            f"Repeated {cfg['ngram']}-gram share of its greedy training continuations: {mean(head, 'repeat_share'):.3f} "
+            f"(first {len(head)} steps) -> {mean(tail, 'repeat_share'):.3f} (last {len(tail)}); held-out loss on "
+            f"{cfg['eval_windows']} windows of the new split: {evals[0]['heldout']:.3f} -> {evals[-1]['heldout']:.3f}."
+            if evals else "", ""]
+
+
 def students_section(report: dict) -> list[str]:
     cfg = report["config"]
     curriculum = ", ".join(f"{length} from {share:.0%}" for share, length in cfg["curriculum"])
@@ -108,7 +131,10 @@ def card(family: Path, manifest: dict, ckpt: dict, evals: list[dict], report: di
         lines.append(f"| {name} | `{directory}/` | {shape_of(family / directory)} | {params[name] / 1e6:.2f} M | {role} |")
     lines += ["| VocabTrim ranking | `vocabtrim/target-token-ranking.json` | ids by target-generated frequency | | "
               "VocabTrim's drafter head subset |", ""]
-    lines += corpus_section(manifest) + training_section(ckpt, evals, first) + students_section(report)
+    target_meta = family / "target" / "specviz.json"
+    tuned = read_json(target_meta).get("unlikelihood") if target_meta.is_file() else None
+    lines += corpus_section(manifest) + training_section(ckpt, evals, first)
+    lines += (unlikelihood_section(tuned) if tuned else []) + students_section(report)
     lines += ["## Quality", "", quality_md.strip(), ""]
     return "\n".join(lines)
 

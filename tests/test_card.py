@@ -41,3 +41,19 @@ def test_card_carries_every_record(tmp_path):
     rows = [line for line in text.splitlines() if re.match(r"\| [\d,]+ \| \d\.\d{3} \|", line)]
     assert rows[0].startswith("| 0 |") and rows[-1].startswith("| 40,960 |")  # first and last evaluation always shown
     assert len(rows) == 12 and "2.0 h of wall time" in text and "### Quality: a table" in text
+
+
+def test_card_reports_an_unlikelihood_fine_tune(tmp_path):
+    test_card_carries_every_record(tmp_path)  # the family folder, without the fine-tune
+    history = [{"event": "eval", "step": 0, "heldout": 3.29}] + [
+        {"event": "train", "step": i, "mle": 3.0, "ul": 1.0, "repeat_share": 0.6 - i / 1000, "seconds": 4.0}
+        for i in range(1, 101)] + [{"event": "eval", "step": 100, "heldout": 3.35}]
+    config = {"lr": 3e-5, "ul_batch": 8, "new_tokens": 96, "prefix_tokens": 64, "ngram": 4, "ul_weight": 2.0,
+              "mle_batch": 4, "mle_seq_len": 512, "eval_windows": 16}
+    meta = {"exits": [2, 4, 6, 8], "unlikelihood": {"steps": 100, "config": config, "history": history}}
+    write(tmp_path / "target" / "specviz.json", meta)
+    from specviz.card import unlikelihood_section
+
+    text = "\n".join(unlikelihood_section(meta["unlikelihood"]))
+    assert "100 steps at lr 3e-05" in text and "weight 2.0" in text
+    assert "0.587 (first 25 steps) -> 0.512 (last 25)" in text and "3.290 -> 3.350" in text
