@@ -8,7 +8,8 @@
 #                 (skipped when $FAMILY_TARGET exists: SPECVIZ_FAMILY_TARGET may name a fine-tuned target)
 #   2. students   python -m specviz.students (drafter, sorted drafter, adapter, VocabTrim ranking) -> $FAMILY;
 #                 exit 75 means it stopped at --until: run this script again to resume
-#   3. quality    python -m specviz.quality on the family -> $FAMILY/quality.json
+#   3. quality    python -m specviz.quality on the family -> $FAMILY/quality.json (255 windows of 256 tokens: they
+#                 tile the whole old stdlib split, 65 k tokens; the new split evenly sampled)
 #   4. learn      the Learn tab's bench summary (README's command) -> $FAMILY/bench-summary.json
 #   5. card       python -m specviz.card -> $FAMILY/README.md
 #
@@ -62,7 +63,7 @@ echo "2. students: $FAMILY/students-report.json"
 
 export SPECVIZ_EMBEDDED_DIR="$FAMILY"
 if [[ ! -f "$FAMILY/quality.json" ]]; then
-    python -m specviz.quality --target embedded --corpus "$RUN_DIR/corpus" --spec-bench "$SPEC_BENCH" \
+    python -m specviz.quality --target embedded --corpus "$RUN_DIR/corpus" --windows 255 --spec-bench "$SPEC_BENCH" \
         --per-category 5 --threads "$THREADS" --json "$FAMILY/quality.json.tmp" --quiet
     mv "$FAMILY/quality.json.tmp" "$FAMILY/quality.json"
 fi
