@@ -70,7 +70,7 @@ fi
 echo "3. quality: $FAMILY/quality.json"
 
 if [[ ! -f "$FAMILY/bench-summary.json" ]]; then
-    learn=$(python scripts/remeasure_readme.py --list | grep -- '--json assets/models/bench-summary.json')
+    learn=$(python scripts/remeasure_readme.py --list | grep -- '--json assets/models/bench-summary.json' | sed 's/^ *[0-9]*  //')
     args=${learn#python -m specviz.bench }
     eval "python -m specviz.bench ${args/assets\/models\/bench-summary.json/$FAMILY/bench-summary.json} --out /tmp/learn.csv"
 fi

@@ -60,17 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
     parser.add_argument("--out", help="folder for the CSVs and markdown tables")
-    parser.add_argument("--list", action="store_true", help="print the commands and stop")
+    parser.add_argument("--list", action="store_true", help="print the commands (numbered as --only counts) and stop")
+    parser.add_argument("--only", default="", help="comma-separated command numbers (1-based, as --list): the tables a "
+                                                   "session has time for, the rest on the next run")
     args = parser.parse_args(argv)
     commands = readme_bench_commands(Path(args.readme).read_text(encoding="utf-8"))
     if args.list or not args.out:
-        for command in commands:
-            print("python -m specviz.bench " + shlex.join(command))
+        for index, command in enumerate(commands, 1):
+            print(f"{index:2d}  python -m specviz.bench " + shlex.join(command))
         return 0
+    only = {int(n) for n in args.only.split(",") if n.strip()}
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     for index, command in enumerate(commands, 1):
         full, markdown = retarget(command, out_dir, index)
+        if only and index not in only:
+            continue
         if markdown.exists():
             print(f"[{index}/{len(commands)}] kept {markdown}")
             continue
