@@ -97,6 +97,7 @@ def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, 
     generator = torch.Generator(device="cpu").manual_seed(values["seed"])
     sampling = Sampling(values["temperature"], values["top_k"], values["top_p"])
     meta: dict[str, Any] = {}
+    ctx = None
     start = time.perf_counter()
     try:
         if healing is not None:
@@ -107,9 +108,10 @@ def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, 
                          sampling=sampling, generator=generator, rec=rec, out=out, vocab=vocab, cancel=cancel)
         if not out.done:
             method.generate(ctx)
-        meta.update(ctx.meta)
     except Cancelled:
         out.finish_reason = "cancelled"
+    if ctx is not None:
+        meta.update(ctx.meta)  # a cancelled run keeps its method's notes
     synchronize(device)
     wall = time.perf_counter() - start
     row = RowResult(prompt=healed_prompt(prompt, healing, pair.tokenizer) if healing else prompt, prompt_ids=conditioned,
