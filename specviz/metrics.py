@@ -87,7 +87,9 @@ def summarize(trace: Trace) -> RunStats:
         if e.kind == "verify":
             verify_time[(e.row, e.step)] = verify_time.get((e.row, e.step), 0.0) + (e.t1 - e.t0)
     tokens = sum(1 for e in trace.events if e.kind in TOKEN_KINDS)
-    rounds = len(verify_time) if verify_time else len({(e.row, e.step) for e in trace.events if e.kind in TOKEN_KINDS})
+    # token healing's first token (step -1) took one target forward of its own: a round of one token
+    healed = sum(1 for e in trace.events if e.kind == "emit" and e.step == -1 and "removed_text" in e.info)
+    rounds = len(verify_time) + healed if verify_time else len({(e.row, e.step) for e in trace.events if e.kind in TOKEN_KINDS})
     draft_spans = [e.t1 - e.t0 for e in drafts if "branch" not in e.info]  # serial draft steps only
     verify_spans = list(verify_time.values())
     new_tokens = trace.new_tokens

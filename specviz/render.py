@@ -89,8 +89,8 @@ def trace_html(trace: Trace, row: int = 0, status: str = "") -> str:
 
 
 def rounds(trace: Trace, row: int = 0) -> list[int]:
-    """Round numbers of a row that produced tokens (prefill excluded)."""
-    return sorted({e.step for e in trace.events if e.row == row and e.kind in TOKEN_KINDS})
+    """Round numbers of a row that produced tokens (prefill and token healing's first token, step -1, excluded)."""
+    return sorted({e.step for e in trace.events if e.row == row and e.kind in TOKEN_KINDS and e.step >= 0})
 
 
 def lane_html(label: str, trace: Trace, t: float, lane_id: str) -> str:

@@ -68,6 +68,13 @@ def test_every_method_is_greedy_equal_with_healing(pair, name):
     assert trace.meta["token_healing"] == reference.meta["token_healing"]
     assert_greedy_equal(pair, trace, reference)
     assert_trace_invariants(trace)
+    from specviz.metrics import summarize
+    from specviz.render import rounds
+
+    verifies = {e.step for e in trace.events if e.kind == "verify"}
+    if verifies:  # the healing forward is a round of one token: tau is not inflated by it
+        assert summarize(trace).rounds == len(verifies) + 1
+    assert rounds(trace)[0] == 0, "the step explainer starts at the first verification round"
 
 
 @pytest.mark.parametrize("name", [n for n, cls in METHODS.items() if cls.batch])
