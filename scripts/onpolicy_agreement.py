@@ -4,7 +4,10 @@ Also each trained exit of the target (its final norm and head on layer k's state
 self-drafting at that depth.
 
     python scripts/onpolicy_agreement.py --target DIR --drafter DIR [--corpus /work/specviz-train/corpus]
-        [--prompts 16] [--prefix 64] [--new 96] [--threads 1]
+        [--students-ckpt OUT/ckpt.pt] [--prompts 16] [--prefix 64] [--new 96] [--threads 1]
+
+--students-ckpt reads the drafter's weights from a `specviz.students` checkpoint (a run still in progress)
+into the shape of --drafter.
 
 Why: on 2026-11-26 a drafter with 0.43 agreement on held-out corpus text made draft_model 1.06x; with gamma 4
 and c = 0.1, 1.8x needs about 0.6 on the target's own text.
@@ -32,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", required=True)
     parser.add_argument("--drafter", required=True)
+    parser.add_argument("--students-ckpt", default="", help="a specviz.students ckpt.pt: its drafter's weights")
     parser.add_argument("--corpus", default="/work/specviz-train/corpus", help="prefixes come from its heldout.npy")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--prefix", type=int, default=64)
@@ -42,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32).eval()
     drafter = AutoModelForCausalLM.from_pretrained(args.drafter, dtype=torch.float32).eval()
+    if args.students_ckpt:
+        ckpt = torch.load(args.students_ckpt, map_location="cpu", weights_only=False)
+        drafter.load_state_dict(ckpt["models"]["drafter"])
+        print(f"drafter weights from {args.students_ckpt}: phase {ckpt['progress']['phase']} step {ckpt['progress']['step']}")
     heldout = np.load(Path(args.corpus) / "heldout.npy", mmap_mode="r")
     starts = np.random.default_rng(args.seed).integers(0, len(heldout) - args.prefix - 1, args.prompts)
     prefixes = torch.from_numpy(np.stack([heldout[s : s + args.prefix].astype(np.int64) for s in starts]))
