@@ -55,6 +55,7 @@ from .train import (
     TrainConfig,
     WindowStream,
     adapter_logits,
+    autocast,
     calibrate_vocab,
     curriculum_seq_len,
     evaluate,
@@ -73,7 +74,7 @@ REPORT = "students-report.json"
 LOG = "students.log"
 PHASES = ("distill", "refine", "done")
 FRESH = "fresh: "  # prefix of a student's start that is not a shipped student
-RUN_CONTROL = ("budget_minutes", "until", "max_steps", "restart", "threads", "finish_minutes")  # may change between runs
+RUN_CONTROL = ("budget_minutes", "until", "max_steps", "restart", "threads", "finish_minutes", "device", "amp")  # may change between runs
 Log = Callable[[str], None]
 
 
@@ -113,6 +114,12 @@ class StudentsConfig:
     finish_minutes: float = 3.0  # what the final phase needs (eval, calibration, saving); started only if it fits
     max_steps: int = 0  # training steps in this invocation (0 = no limit): tests and timings
     restart: bool = False  # discard out/ckpt.pt
+    device: str = "cpu"  # "cuda" on a lent GPU
+    amp: str = ""  # "bf16" there: mixed-precision forwards (fp32 weights and optimizer state)
+    # Seconds of training per phase (0 = the step counts above): the step count is re-planned from the
+    # measured step time, so a fixed GPU lease ends each phase's lr schedule on time.
+    distill_seconds: float = 0.0
+    refine_seconds: float = 0.0
     quick: bool = False
 
     def quickened(self) -> StudentsConfig:
@@ -159,6 +166,7 @@ class Progress:
     seconds: dict[str, float] = field(default_factory=lambda: {"distill": 0.0, "refine": 0.0})  # training time per phase
     data: dict[str, dict] = field(default_factory=dict)  # WindowStream.state per phase
     final: dict | None = None  # {"metrics", "ranking", "finish_seconds"} once measured and calibrated
+    planned: dict[str, int] = field(default_factory=dict)  # phase -> steps fitted to its seconds (fit by time)
 
 
 # ----------------------------------------------------------------------------- target and corpus
@@ -184,7 +192,7 @@ def stale(out: str | Path, target: str | Path) -> bool:
     return json.loads(report.read_text())["target"]["sha1"] != target_fingerprint(target)["sha1"]
 
 
-def load_teacher(path: str, log: Log) -> Teacher:
+def load_teacher(path: str, log: Log, device: str = "cpu") -> Teacher:
     """The target in fp32, re-read if its files change meanwhile (train.continue_target swaps its HF
     copy every few minutes; snapshotting it first is still the better habit)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -197,7 +205,7 @@ def load_teacher(path: str, log: Log) -> Teacher:
         log(f"{path} changed while loading; reading it again")
     else:
         raise SystemExit(f"{path} keeps changing: copy it somewhere still and pass that as --target")
-    model.eval().requires_grad_(False)
+    model.to(device).eval().requires_grad_(False)
     meta_path = Path(path) / SPECVIZ_META
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     depth = model.config.num_hidden_layers
@@ -278,6 +286,8 @@ def make_students(cfg: StudentsConfig, teacher: Teacher, log: Log) -> Students:
     drafter, d_from = warm_llama(target, tok, cfg.drafter_layers, root / "drafter" if root else None, log)
     sorted_drafter, s_from = warm_llama(target, tok, sorted_layers, root / "sorted-drafter" if root else None, log)
     adapter, a_from = warm_adapter(target, teacher.kangaroo_exit, root / "kangaroo-adapter" if root else None, log)
+    device = next(target.parameters()).device
+    drafter, sorted_drafter, adapter = drafter.to(device), sorted_drafter.to(device), adapter.to(device)
     return Students(drafter, sorted_drafter, adapter, warm={"drafter": d_from, "sorted": s_from, "adapter": a_from})
 
 
@@ -517,7 +527,7 @@ def make(cfg: StudentsConfig, log: Log) -> dict | None:
     if (out / "target").resolve() == Path(cfg.target).resolve():
         raise SystemExit(f"--out {out} would overwrite the target itself: stage into another folder")
     out.mkdir(parents=True, exist_ok=True)
-    teacher = load_teacher(cfg.target, log)
+    teacher = load_teacher(cfg.target, log, cfg.device)
     streams, manifest = load_streams(cfg.corpus, teacher.tok)
     teacher.max_len = min(teacher.max_len, len(streams["train"]) // 4)
     log(f"target {cfg.target} ({sum(p.numel() for p in teacher.model.parameters()) / 1e6:.2f} M params, "
@@ -529,7 +539,7 @@ def make(cfg: StudentsConfig, log: Log) -> dict | None:
     if cfg.restart and ckpt_path.exists():
         ckpt_path.unlink()
         log(f"--restart: removed {ckpt_path}")
-    ckpt = torch.load(ckpt_path, weights_only=False) if ckpt_path.exists() else None
+    ckpt = torch.load(ckpt_path, weights_only=False, map_location=cfg.device) if ckpt_path.exists() else None
     if ckpt and ckpt["progress"]["target"]["sha1"] != teacher.fingerprint["sha1"]:
         raise SystemExit(f"{ckpt_path} was made from another target (sha1 {ckpt['progress']['target']['sha1'][:12]}, "
                          f"now {teacher.fingerprint['sha1'][:12]}): pass the same --target, or --restart")
@@ -592,8 +602,9 @@ def train_phases(cfg: StudentsConfig, s: Students, teacher: Teacher, datas: dict
         m.train()
     while progress.phase != "done":
         phase = progress.phase
-        total = cfg.distill_steps if phase == "distill" else cfg.refine_steps
+        total = progress.planned.get(phase, cfg.distill_steps if phase == "distill" else cfg.refine_steps)
         window_t, window_tokens = time.time(), 0
+        fit_from = (progress.step, progress.seconds[phase])
         while progress.step < total:
             if flag["signal"] is not None:
                 return f"signal {flag['signal']}"
@@ -606,15 +617,19 @@ def train_phases(cfg: StudentsConfig, s: Students, teacher: Teacher, datas: dict
             batch_size = max(1, cfg.tokens_per_step // seq)
             for name, opt in s.opts.items():
                 set_lr(opt, lr_at(progress.step, total, peak_lr(cfg, s, name, phase), cfg.warmup_steps))
-            batch = datas[phase].next(seq, batch_size)  # (B, T+1)
-            if phase == "distill":
-                losses = distill_step(s, teacher, batch)
-            else:
-                losses = refine_step(cfg, s, teacher, batch, on_policy=bool(progress.step % 2))
+            batch = datas[phase].next(seq, batch_size).to(cfg.device, non_blocking=True)  # (B, T+1)
+            with autocast(cfg.device, cfg.amp):
+                if phase == "distill":
+                    losses = distill_step(s, teacher, batch)
+                else:
+                    losses = refine_step(cfg, s, teacher, batch, on_policy=bool(progress.step % 2))
             progress.step += 1
             steps_here += 1
             step_seconds = time.time() - t
             progress.seconds[phase] += step_seconds
+            phase_seconds = cfg.distill_seconds if phase == "distill" else cfg.refine_seconds
+            if phase_seconds > 0:
+                total, fit_from = fitted_steps(progress, phase, phase_seconds, total, fit_from, log)
             window_tokens += batch_size * seq
             if progress.step % cfg.log_every == 0 or progress.step == total or steps_here == 1:
                 tps = window_tokens / max(time.time() - window_t, 1e-9)
@@ -628,6 +643,23 @@ def train_phases(cfg: StudentsConfig, s: Students, teacher: Teacher, datas: dict
         s.opts = phase_opts(cfg, s, progress.phase)
         log(f"phase {phase} finished ({progress.seconds[phase] / 60:.1f} min)")
     return ""
+
+
+def fitted_steps(progress: Progress, phase: str, phase_seconds: float, total: int, fit_from: tuple[int, float],
+                 log: Log) -> tuple[int, tuple[int, float]]:
+    """The phase's step count from its measured step time (after 4 warm-up steps; every 10 steps, an even
+    number, since refinement alternates corpus and on-policy steps of unequal cost), so that it ends on time."""
+    done, spent = progress.step, progress.seconds[phase]
+    if done - fit_from[0] == 4 and fit_from[0] == 0:
+        return total, (done, spent)
+    if (done - fit_from[0]) % 10 or done - fit_from[0] < 10:
+        return total, fit_from
+    per_step = (spent - fit_from[1]) / max(1, done - fit_from[0])
+    planned = max(done + 1, done + int(max(0.0, phase_seconds - spent) / max(per_step, 1e-6)))
+    if planned != total:
+        log(f"fit to {phase_seconds:.0f} s: {per_step:.3f} s/step -> {phase} steps {total} -> {planned}")
+    progress.planned[phase] = planned
+    return planned, fit_from
 
 
 def summary(metrics: dict[str, dict]) -> str:
@@ -675,13 +707,23 @@ def main(argv: list[str] | None = None, log: Log | None = None) -> dict | None:
     parser.add_argument("--max-steps", type=int, default=0, help="training steps in this invocation (0 = no limit)")
     parser.add_argument("--restart", action="store_true", help="discard OUT/ckpt.pt and start over")
     parser.add_argument("--quick", action="store_true", help="tiny steps and lengths: a smoke test of every phase")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, mps")
+    parser.add_argument("--amp", default="", choices=("", "bf16", "fp16"), help="mixed precision (on a GPU: bf16)")
+    parser.add_argument("--tokens-per-step", type=int, default=None, help="a GPU takes far bigger batches (e.g. 65536)")
+    parser.add_argument("--distill-seconds", type=float, default=None, help="fit the distillation's steps to this time")
+    parser.add_argument("--refine-seconds", type=float, default=None, help="fit the refinement's steps to this time")
+    parser.add_argument("--calibration-prompts", type=int, default=None)
+    parser.add_argument("--warmup-steps", type=int, default=None, help="per phase (default 50)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     cfg = StudentsConfig(target=args.target, corpus=args.corpus, out=args.out, warm_from=args.warm_from,
                          budget_minutes=args.budget_minutes, until=args.until, threads=args.threads, seed=args.seed,
-                         max_steps=args.max_steps, restart=args.restart)
+                         max_steps=args.max_steps, restart=args.restart, device=args.device, amp=args.amp)
     if args.quick:
         cfg = cfg.quickened()
-    steps = {k: v for k, v in {"distill_steps": args.distill_steps, "refine_steps": args.refine_steps}.items() if v is not None}
+    steps = {k: v for k, v in {"distill_steps": args.distill_steps, "refine_steps": args.refine_steps,
+                               "tokens_per_step": args.tokens_per_step, "distill_seconds": args.distill_seconds,
+                               "refine_seconds": args.refine_seconds,
+                               "calibration_prompts": args.calibration_prompts, "warmup_steps": args.warmup_steps}.items() if v is not None}
     cfg = replace(cfg, **steps)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     t0 = time.time()

@@ -31,13 +31,14 @@ and the same command resumes from there. Nothing is written into assets/models.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import math
 import random
 import sysconfig
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -225,6 +226,20 @@ def llama(cfg: TrainConfig, tok, layers: int, hidden: int, heads: int, ffn: int)
     return LlamaForCausalLM(config)
 
 
+def model_device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+def autocast(device: str | torch.device, amp: str) -> contextlib.AbstractContextManager:
+    """Mixed precision for training on a GPU ("bf16" or "fp16"); "" = full precision (the CPU default)."""
+    if not amp:
+        return contextlib.nullcontext()
+    dtypes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    if amp not in dtypes:
+        raise SystemExit(f"--amp {amp!r}: choose bf16, fp16 or nothing")
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtypes[amp])
+
+
 def exit_logits(model, hidden: torch.Tensor) -> torch.Tensor:
     """Logits of an early exit: the shared final norm and LM head on a layer's output."""
     return model.lm_head(model.model.norm(hidden))
@@ -285,7 +300,7 @@ def evaluate(models: dict, heldout: np.ndarray, cfg: TrainConfig, target, window
     sums: dict[str, float] = {}
     count = 0
     for _ in range(max(1, windows // cfg.batch_size)):
-        batch = data.next()
+        batch = data.next().to(model_device(target))
         x, y = batch[:, :-1], batch[:, 1:]
         out = target(x, output_hidden_states=True)
         t_arg = out.logits.argmax(-1)
@@ -341,7 +356,7 @@ def sorted_logits(model, x: torch.Tensor, layers: int) -> dict[str, torch.Tensor
 
 def adapter_logits(adapter: KangarooAdapter, target, hidden_l: torch.Tensor) -> torch.Tensor:
     b, t, _ = hidden_l.shape
-    pos = torch.arange(t).unsqueeze(0).expand(b, t)
+    pos = torch.arange(t, device=hidden_l.device).unsqueeze(0).expand(b, t)
     return exit_logits(target, adapter(hidden_l, pos))
 
 
@@ -390,7 +405,7 @@ def distill(cfg: TrainConfig, tok, target, train_ids: np.ndarray, log):
 @torch.no_grad()
 def target_continuations(target, data: "Batches", cfg: TrainConfig) -> torch.Tensor:
     """A batch of corpus windows whose tail is replaced by the target's own greedy continuation."""
-    prompts = data.next()[:, : cfg.refine_prompt]
+    prompts = data.next()[:, : cfg.refine_prompt].to(model_device(target))
     new = cfg.seq_len + 1 - cfg.refine_prompt
     out = target.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new, min_new_tokens=new,
                           do_sample=False, pad_token_id=target.config.pad_token_id)
@@ -440,9 +455,9 @@ def calibrate_vocab(cfg: TrainConfig, tok, target, heldout_texts: list[str], log
     prompts = prompts[: cfg.calibration_prompts]
     gen_cfg = GenerationConfig(max_new_tokens=cfg.calibration_tokens, do_sample=False, eos_token_id=None, pad_token_id=tok.eos_token_id)
     for i, prompt in enumerate(prompts):
-        ids = tok(prompt, return_tensors="pt").input_ids[:, -128:]
+        ids = tok(prompt, return_tensors="pt").input_ids[:, -128:].to(model_device(target))
         out = target.generate(ids, generation_config=gen_cfg)
-        np.add.at(counts, out[0, ids.shape[1] :].numpy(), 1)
+        np.add.at(counts, out[0, ids.shape[1] :].cpu().numpy(), 1)
         if i % 12 == 0:
             log(f"calibration prompt {i}/{len(prompts)}")
     order = sorted(range(len(tok)), key=lambda i: (-counts[i], i))
@@ -561,6 +576,12 @@ class ContinueConfig:
     until: str = ""  # "HH:MM" UTC: stop (and save) before this time too
     max_steps: int = 0  # steps in this invocation (0 = no limit), for tests
     threads: int = 1
+    device: str = "cpu"  # "cuda" on a lent GPU
+    amp: str = ""  # "bf16" there: mixed precision (fp32 master weights and optimizer state)
+    # Re-plan total_tokens from the measured speed so that the decay ends at the deadline: a single GPU
+    # lease has a fixed number of minutes, not a fixed number of tokens. Frozen once the decay begins.
+    fit_to_budget: bool = False
+    reserve_seconds: float = 60.0  # kept free before the deadline for the last evaluation and save
     quick: bool = False
 
     def quickened(self) -> "ContinueConfig":
@@ -644,6 +665,7 @@ def heldout_loss(model, ids: np.ndarray, windows: int, seq_len: int, batch: int 
     model.eval()
     for i in range(0, len(starts), batch):
         x = torch.from_numpy(np.stack([ids[s : s + seq_len + 1].astype(np.int64) for s in starts[i : i + batch]]))
+        x = x.to(model_device(model))
         logits = model(x[:, :-1]).logits
         loss = F.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")  # (B, T)
         total += loss.mean(1).sum().item()
@@ -719,7 +741,9 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
     meta = json.loads((init / SPECVIZ_META).read_text()) if (init / SPECVIZ_META).exists() else {}
     streams, manifest = continue_corpus(ccfg, tok, run_dir, log)
     log(f"corpus: tokens {manifest['tokens']}, {manifest['files']} files, {manifest['bytes'] / 1e6:.1f} MB")
-    model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(init, dtype=torch.float32).to(ccfg.device)
+    if model_device(model).type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
     n_layers = model.config.num_hidden_layers
     exits = tuple(e for e in meta.get("exits", []) if e < n_layers) or TrainConfig().target_exits
     tcfg = TrainConfig(target_exits=exits, exit_weights=TrainConfig().exit_weights[-len(exits):] if len(exits) <= 4
@@ -727,7 +751,7 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": ccfg.weight_decay},
                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                            lr=ccfg.peak_lr, betas=(0.9, 0.95))
+                            lr=ccfg.peak_lr, betas=(0.9, 0.95), fused=model_device(model).type == "cuda")
     data = WindowStream(streams["train"], ccfg.seed + 11)
     gen = torch.Generator().manual_seed(ccfg.seed + 12)
     step, tokens, seconds_before = 0, 0, 0.0
@@ -740,6 +764,8 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
         np.random.set_state(ckpt["numpy_rng"])
         random.setstate(ckpt["python_rng"])
         step, tokens, seconds_before = ckpt["step"], ckpt["tokens"], ckpt.get("train_seconds", 0.0)
+        if ccfg.fit_to_budget:  # the plan fitted by the earlier run stays (lr and curriculum follow it)
+            ccfg = replace(ccfg, total_tokens=ckpt["config"]["total_tokens"])
         log(f"resumed {ckpt_path}: step {step}, {tokens} tokens, {seconds_before / 3600:.2f} h trained before")
     else:
         torch.manual_seed(ccfg.seed)
@@ -770,7 +796,7 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
         state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "data": dict(data.state), "gen": gen.get_state(),
                  "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
                  "step": step, "tokens": tokens, "train_seconds": seconds_before + (time.time() - t_start),
-                 "init": str(init), "config": asdict(ccfg), "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+                 "init": str(init), "config": asdict(plan), "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         torch.save(state, run_dir / "ckpt.pt.tmp")
         (run_dir / "ckpt.pt.tmp").replace(ckpt_path)
         save_hf_fp32(model, tok, run_dir / "hf" / "target",
@@ -791,21 +817,27 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
     last_ckpt = last_eval = time.time()
     window_t, window_cpu, window_tokens = time.time(), time.process_time(), 0
     step_seconds, steps_here = 0.0, 0
-    while tokens < ccfg.total_tokens:
+    plan = ccfg  # ccfg with total_tokens re-planned when fit_to_budget
+    fit_from = (0, 0.0)  # (tokens, time) where the speed measurement starts: after warm-up steps
+    while tokens < plan.total_tokens:
         if stop["signal"] is not None:
             log(f"signal {stop['signal']}: stopping")
             break
         if ccfg.max_steps and steps_here >= ccfg.max_steps:
             break
-        if time.time() + 2 * step_seconds + 60 * (not ccfg.quick) > deadline:
+        if time.time() + 2 * step_seconds + ccfg.reserve_seconds * (not ccfg.quick) > deadline:
             log("wall-clock budget reached: stopping")
             break
+        if ccfg.fit_to_budget:
+            plan, fit_from = fitted_plan(plan, ccfg, steps_here, tokens, fit_from, deadline, log)
         t = time.time()
-        seq_len = curriculum_seq_len(ccfg, tokens)
+        seq_len = curriculum_seq_len(plan, tokens)
         batch_size = max(1, ccfg.tokens_per_step // seq_len)
-        lr = wsd_lr(ccfg, step, tokens)
+        lr = wsd_lr(plan, step, tokens)
         set_lr(opt, lr)
-        loss, parts = multi_exit_loss(model, data.next(seq_len, batch_size), tcfg, gen)
+        batch = data.next(seq_len, batch_size).to(ccfg.device, non_blocking=True)
+        with autocast(ccfg.device, ccfg.amp):
+            loss, parts = multi_exit_loss(model, batch, tcfg, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item()
@@ -833,10 +865,26 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
             save("periodic")
             last_ckpt = time.time()
     evaluate_now()
-    save("end of run" if tokens < ccfg.total_tokens else "plan finished")
+    save("end of run" if tokens < plan.total_tokens else "plan finished")
     metrics.close()
-    log(f"done: step {step}, {tokens}/{ccfg.total_tokens} tokens; resume with the same command")
+    log(f"done: step {step}, {tokens}/{plan.total_tokens} tokens; resume with the same command")
     return run_dir / "hf" / "target"
+
+
+def fitted_plan(plan: ContinueConfig, ccfg: ContinueConfig, steps_here: int, tokens: int, fit_from: tuple[int, float],
+                deadline: float, log) -> tuple[ContinueConfig, tuple[int, float]]:
+    """total_tokens = tokens so far + measured tokens/s x the seconds left (less the reserve), re-planned every
+    25 steps after 10 warm-up steps, until the decay has begun (then moving the end would bend the lr)."""
+    now = time.time()
+    if steps_here == 10:
+        return plan, (tokens, now)
+    if steps_here < 35 or steps_here % 25 or tokens >= (1 - plan.decay_share) * plan.total_tokens:
+        return plan, fit_from
+    rate = (tokens - fit_from[0]) / max(now - fit_from[1], 1e-9)
+    total = int(tokens + rate * max(0.0, deadline - now - ccfg.reserve_seconds))
+    if abs(total - plan.total_tokens) > 0.01 * plan.total_tokens:
+        log(f"fit to budget: {rate:.0f} tok/s -> total_tokens {plan.total_tokens} -> {total}")
+    return replace(plan, total_tokens=total), fit_from
 
 
 def len_or(cfg: TrainConfig) -> int:
@@ -879,6 +927,12 @@ def main(argv: list[str] | None = None) -> None:
     cont.add_argument("--eval-minutes", type=float, default=None)
     cont.add_argument("--max-steps", type=int, default=0)
     cont.add_argument("--build-corpus-only", action="store_true", help="build --run-dir/corpus and stop")
+    cont.add_argument("--device", default=None, help="cpu (default), cuda, mps")
+    cont.add_argument("--amp", default=None, choices=("", "bf16", "fp16"), help="mixed precision (on a GPU: bf16)")
+    cont.add_argument("--fit-to-budget", action="store_true",
+                      help="re-plan --total-tokens from the measured speed so the lr decay ends at the deadline")
+    cont.add_argument("--reserve-seconds", type=float, default=None, help="kept before the deadline for the last eval and save")
+    cont.add_argument("--warmup-steps", type=int, default=None)
     args = parser.parse_args(argv)
     if args.continue_target or args.build_corpus_only:
         ccfg = ContinueConfig(seed=args.seed, threads=args.threads or 1)
@@ -887,7 +941,9 @@ def main(argv: list[str] | None = None) -> None:
         overrides = {"run_dir": args.run_dir, "init": args.init, "corpus": args.corpus, "cache_dir": args.cache_dir,
                      "budget_minutes": args.budget_minutes, "until": args.until, "total_tokens": args.total_tokens,
                      "tokens_per_step": args.tokens_per_step, "peak_lr": args.peak_lr, "ckpt_minutes": args.ckpt_minutes,
-                     "eval_minutes": args.eval_minutes, "max_steps": args.max_steps}
+                     "eval_minutes": args.eval_minutes, "max_steps": args.max_steps, "device": args.device, "amp": args.amp,
+                     "fit_to_budget": args.fit_to_budget or None, "reserve_seconds": args.reserve_seconds,
+                     "warmup_steps": args.warmup_steps}
         ccfg = ContinueConfig(**{**asdict(ccfg), **{k: v for k, v in overrides.items() if v not in (None, "")}})
         t0 = time.time()
 

@@ -1,0 +1,69 @@
+#!/usr/bin/env bash
+# Train the embedded family on a lent GPU in one lease (issue 16): the target continued in bf16 on the
+# corpus with the 256 -> 2,048 curriculum, then the drafter, sorted drafter and Kangaroo adapter distilled
+# and refined on-policy from it, each phase's steps fitted to its seconds so the lr schedules end on time.
+#
+# Here, first: pack the corpus that travels (the 64 MiB limit: the working tree takes ~45 MB):
+#   mkdir -p .corpus && echo /.corpus/ >> .git/info/exclude
+#   for f in train heldout heldout_stdlib; do xz -T2 -6 -c CORPUS/$f.npy > .corpus/$f.npy.xz; done
+#   cp CORPUS/manifest.json .corpus/
+# Then the device tool: run(command="bash scripts/gpu_family.sh", carry=[".corpus"], timeout_s=590).
+# What comes back under $OUT: the logs, and family.tar in 15 MB parts (cat family.tar.part-* | tar x):
+# a drop-in for assets/models (SPECVIZ_EMBEDDED_DIR=DIR), or target.tar (fp32) if the students failed.
+set -uo pipefail
+OUT=${OUT:-gpu-family}
+CORPUS_PACK=${CORPUS_PACK:-.corpus}
+WORK=${WORK:-/tmp/specviz-gpu}
+TARGET_SECONDS=${TARGET_SECONDS:-285}
+DISTILL_SECONDS=${DISTILL_SECONDS:-70}
+REFINE_SECONDS=${REFINE_SECONDS:-130}
+PY=${PY:-python3}
+DEVICE=${DEVICE:-cuda}  # DEVICE=cpu AMP= with small *_TOKENS and seconds: a dry run of this script here
+AMP=${AMP-bf16}
+TARGET_TOKENS=${TARGET_TOKENS:-131072}
+STUDENT_TOKENS=${STUDENT_TOKENS:-65536}
+THREADS=${THREADS:-8}
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHONFAULTHANDLER=1
+mkdir -p "$OUT" "$WORK/corpus"
+start=$(date +%s)
+stamp() { echo "== $(date +%T) +$(( $(date +%s) - start )) s: $*" | tee -a "$OUT/summary.txt"; }
+
+stamp "environment"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | tee -a "$OUT/summary.txt"
+$PY -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, 'cuda', torch.cuda.is_available())" \
+  2>&1 | tee -a "$OUT/summary.txt"
+
+stamp "unpack corpus"
+for f in "$CORPUS_PACK"/*.npy.xz; do xz -dc -T0 "$f" > "$WORK/corpus/$(basename "$f" .xz)" || exit 1; done
+cp "$CORPUS_PACK/manifest.json" "$WORK/corpus/"
+
+stamp "target: ${TARGET_SECONDS} s"
+$PY -m specviz.train --continue-target --device "$DEVICE" --amp "$AMP" --corpus "$WORK/corpus" --run-dir "$WORK/train" \
+  --init assets/models/target --tokens-per-step "$TARGET_TOKENS" --peak-lr 1.5e-3 --warmup-steps 30 --total-tokens 2000000000 --fit-to-budget \
+  --budget-minutes "$(awk "BEGIN { print $TARGET_SECONDS / 60 }")" --reserve-seconds 12 --eval-minutes 1 --ckpt-minutes 1000 \
+  --threads "$THREADS" > "$OUT/target.log" 2>&1
+rc=$?
+stamp "target done (rc $rc)"
+grep -E "eval step|fit to budget|done:" "$OUT/target.log" | tail -n 8 | tee -a "$OUT/summary.txt"
+[ -f "$WORK/train/hf/target/config.json" ] || { tail -n 40 "$OUT/target.log"; exit 1; }
+cp "$WORK/train/metrics.jsonl" "$OUT/target-metrics.jsonl"
+# a safety net while the students train: the target alone (fp32), dropped again once the family is packed
+(cd "$WORK/train/hf" && tar cf "$WORK/target.tar" target) && split -b 13M -d "$WORK/target.tar" "$OUT/target.tar.part-"
+
+stamp "students: distill ${DISTILL_SECONDS} s, refine ${REFINE_SECONDS} s"
+$PY -m specviz.students --device "$DEVICE" --amp "$AMP" --target "$WORK/train/hf/target" --corpus "$WORK/corpus" \
+  --out "$WORK/family" --warm-from assets/models --tokens-per-step "$STUDENT_TOKENS" --distill-steps 100000 --refine-steps 100000 \
+  --distill-seconds "$DISTILL_SECONDS" --refine-seconds "$REFINE_SECONDS" --warmup-steps 10 --budget-minutes 7.5 --threads "$THREADS" \
+  > "$OUT/students.log" 2>&1
+rc=$?
+stamp "students done (rc $rc)"
+grep -E "held-out|fit to|phase .* finished|report" "$OUT/students.log" | tail -n 12 | tee -a "$OUT/summary.txt"
+
+if [ -f "$WORK/family/students-report.json" ]; then
+  (cd "$WORK/family" && tar cf "$WORK/family.tar" --exclude ckpt.pt --exclude students.log .) \
+    && rm -f "$OUT"/target.tar.part-* && split -b 15M -d "$WORK/family.tar" "$OUT/family.tar.part-"
+else
+  tail -n 40 "$OUT/students.log"
+fi
+stamp "packed"
+ls -la "$OUT"
