@@ -60,9 +60,13 @@ def training_section(ckpt: dict, evals: list[dict], first: dict | None) -> list[
         f = first["config"]
         lines.append(f"The target started as the first embedded target: {f['target_steps']} steps of {f['batch_size']} x "
                      f"{f['seq_len']} tokens of the standard library ({first['minutes']['target']:.0f} min).")
-    lines += [f"Then `python -m specviz.train --continue-target` (resumable, several sessions): {ckpt['tokens']:,} tokens "
-              f"in {ckpt['step']} steps of {cfg['tokens_per_step']} tokens, {ckpt['train_seconds'] / 3600:.1f} h of wall "
-              f"time at 1-2 threads; sequence length {curriculum} of {cfg['total_tokens']:,} planned tokens; AdamW "
+    if cfg.get("device", "cpu") == "cpu":
+        how, took = "(resumable, several sessions)", f"{ckpt['train_seconds'] / 3600:.1f} h of wall time at 1-2 threads"
+    else:
+        how = f"on a lent GPU ({ckpt.get('device_name') or cfg['device']}, {cfg.get('amp') or 'fp32'} autocast)"
+        took = f"{ckpt['train_seconds'] / 60:.1f} min of wall time (`--fit-to-budget` planned the tokens from the measured speed)"
+    lines += [f"Then `python -m specviz.train --continue-target` {how}: {ckpt['tokens']:,} tokens "
+              f"in {ckpt['step']} steps of {cfg['tokens_per_step']:,} tokens, {took}; sequence length {curriculum} of {cfg['total_tokens']:,} planned tokens; AdamW "
               f"(0.9, 0.95, weight decay {cfg['weight_decay']}), warmup-stable-decay: peak lr {cfg['peak_lr']}, linear "
               f"decay to {cfg['final_lr_share']:.0%} over the last {cfg['decay_share']:.0%}.", "",
               "Held-out loss (nats/token) while it trained (256-token windows; the old split's figure is the first "
@@ -139,12 +143,17 @@ def card(family: Path, manifest: dict, ckpt: dict, evals: list[dict], report: di
     return "\n".join(lines)
 
 
-def load_ckpt_record(path: Path) -> dict:
-    """The checkpoint's bookkeeping only (step, tokens, wall time, config), not its tensors' use."""
+def load_run_record(train_dir: Path) -> dict:
+    """The continued training's bookkeeping (step, tokens, wall time, config, device): run.json, which every
+    checkpoint writes beside ckpt.pt; older run folders have only ckpt.pt, read then (148 MB)."""
+    from .train import RUN_RECORD, RUN_RECORD_KEYS
+
+    if (train_dir / RUN_RECORD).exists():
+        return read_json(train_dir / RUN_RECORD)
     import torch
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    return {k: ckpt[k] for k in ("step", "tokens", "train_seconds", "config")}
+    ckpt = torch.load(train_dir / "ckpt.pt", map_location="cpu", weights_only=False)
+    return {k: ckpt[k] for k in RUN_RECORD_KEYS if k in ckpt}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         report = read_json(family / "students-report.json")
         quality = read_json(Path(args.quality))
         first = read_json(Path(args.first)) if args.first else None
-        ckpt = load_ckpt_record(train_dir / "ckpt.pt")
+        ckpt = load_run_record(train_dir)
     except (OSError, KeyError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

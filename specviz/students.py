@@ -714,6 +714,9 @@ def main(argv: list[str] | None = None, log: Log | None = None) -> dict | None:
     parser.add_argument("--refine-seconds", type=float, default=None, help="fit the refinement's steps to this time")
     parser.add_argument("--calibration-prompts", type=int, default=None)
     parser.add_argument("--warmup-steps", type=int, default=None, help="per phase (default 50)")
+    parser.add_argument("--drafter-layers", type=int, default=None,
+                        help="the separate drafter's depth (default 1); another depth than the warm start's begins "
+                             "from the target's first layers")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     cfg = StudentsConfig(target=args.target, corpus=args.corpus, out=args.out, warm_from=args.warm_from,
                          budget_minutes=args.budget_minutes, until=args.until, threads=args.threads, seed=args.seed,
@@ -723,7 +726,8 @@ def main(argv: list[str] | None = None, log: Log | None = None) -> dict | None:
     steps = {k: v for k, v in {"distill_steps": args.distill_steps, "refine_steps": args.refine_steps,
                                "tokens_per_step": args.tokens_per_step, "distill_seconds": args.distill_seconds,
                                "refine_seconds": args.refine_seconds,
-                               "calibration_prompts": args.calibration_prompts, "warmup_steps": args.warmup_steps}.items() if v is not None}
+                               "calibration_prompts": args.calibration_prompts, "warmup_steps": args.warmup_steps,
+                               "drafter_layers": args.drafter_layers}.items() if v is not None}
     cfg = replace(cfg, **steps)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     t0 = time.time()

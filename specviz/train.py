@@ -591,6 +591,14 @@ class ContinueConfig:
                                   "quick": True})
 
 
+RUN_RECORD = "run.json"  # the checkpoint's bookkeeping without its tensors, beside ckpt.pt
+RUN_RECORD_KEYS = ("step", "tokens", "train_seconds", "config", "saved")
+
+
+def device_name(device: torch.device) -> str:
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def until_epoch(until: str, start: float) -> float:
     """The first moment at or after `start` whose UTC clock reads `until` ("HH:MM"): a session's stop time."""
     hh, mm = map(int, until.split(":"))
@@ -777,7 +785,7 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
         new, _ = heldout_loss(model, streams["heldout"], ccfg.eval_windows, 256 if not ccfg.quick else 32)
         old, _ = heldout_loss(model, streams["heldout_stdlib"], ccfg.eval_windows, 256 if not ccfg.quick else 32)
         # the model card's own metric (train.evaluate: 3 seeded batches of 8 x 256) on the same old split: 4.5036 before
-        card = evaluate({}, streams["heldout_stdlib"].astype(np.int32), TrainConfig(), model)["loss/target"] \
+        card = evaluate({}, streams["heldout_stdlib"].astype(np.int32), TrainConfig(target_exits=tcfg.target_exits), model)["loss/target"] \
             if len(streams["heldout_stdlib"]) > 300 else float("nan")
         model.train()
         long_len = 2048 if not ccfg.quick else 128
@@ -799,6 +807,8 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
                  "init": str(init), "config": asdict(plan), "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         torch.save(state, run_dir / "ckpt.pt.tmp")
         (run_dir / "ckpt.pt.tmp").replace(ckpt_path)
+        record = {k: state[k] for k in RUN_RECORD_KEYS} | {"device_name": device_name(model_device(model))}
+        (run_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n")  # what the model card reads
         save_hf_fp32(model, tok, run_dir / "hf" / "target",
                      {**meta, "continued": {"step": step, "tokens": tokens, "corpus_tokens": manifest["tokens"],
                                             "init": str(init)}})

@@ -57,3 +57,17 @@ def test_card_reports_an_unlikelihood_fine_tune(tmp_path):
     text = "\n".join(unlikelihood_section(meta["unlikelihood"]))
     assert "100 steps at lr 3e-05" in text and "weight 2.0" in text
     assert "0.587 (first 25 steps) -> 0.512 (last 25)" in text and "3.290 -> 3.350" in text
+
+
+def test_card_says_where_the_target_trained(tmp_path):
+    from specviz.card import training_section
+
+    config = {"curriculum": [[0.0, 256], [0.75, 2048]], "tokens_per_step": 131072, "total_tokens": 176_448_011,
+              "weight_decay": 0.1, "peak_lr": 1.5e-3, "final_lr_share": 0.1, "decay_share": 0.2}
+    evals = [{"tokens": 0, "heldout": 5.49, "heldout_stdlib_card_metric": 4.5, "heldout_2048": 5.7}]
+    cpu = "\n".join(training_section({"step": 10, "tokens": 1, "train_seconds": 7200.0, "config": config}, evals, None))
+    gpu = "\n".join(training_section({"step": 1335, "tokens": 174_981_120, "train_seconds": 273.0, "device_name": "NVIDIA H100",
+                                      "config": {**config, "device": "cuda", "amp": "bf16"}}, evals, None))
+    assert "2.0 h of wall time at 1-2 threads" in cpu and "several sessions" in cpu
+    assert "on a lent GPU (NVIDIA H100, bf16 autocast)" in gpu and "4.5 min of wall time" in gpu
+    assert "174,981,120 tokens in 1335 steps of 131,072 tokens" in gpu and "threads" not in gpu
