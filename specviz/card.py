@@ -101,19 +101,36 @@ def unlikelihood_section(record: dict) -> list[str]:
             if evals else "", ""]
 
 
-def students_section(report: dict) -> list[str]:
+def student_runs(report: dict) -> list[dict]:
+    """The chain of student runs, oldest first: each report carries the one it warm-started from ("earlier")."""
+    runs = []
+    while report:
+        runs.append(report)
+        report = report.get("earlier")
+    return runs[::-1]
+
+
+def run_sentence(report: dict) -> str:
     cfg = report["config"]
     curriculum = ", ".join(f"{length} from {share:.0%}" for share, length in cfg["curriculum"])
+    where = f"on {cfg.get('device', 'cpu')}" + (f" ({cfg['amp']} autocast)" if cfg.get("amp") else "")
+    return (f"{report['steps']['distill']} distillation steps (soft cross-entropy to the target's distribution, all three "
+            f"students) and {report['steps']['refine']} on-policy refinement steps (the drafter and the adapter; every "
+            f"second batch the target's own greedy continuation), {cfg['tokens_per_step']:,} tokens a step, sequence "
+            f"length {curriculum}, {cfg.get('drafter_layers', 1)}-layer drafter, {where}; warm start: "
+            f"{json.dumps(report['warm_start'])}; minutes: {json.dumps(report['minutes'])}.")
+
+
+def students_section(report: dict) -> list[str]:
+    runs = student_runs(report)
     lines = ["## Students", "",
-             f"`python -m specviz.students` against that target (sha1 {report['target']['sha1'][:12]}): "
-             f"{report['steps']['distill']} distillation steps (soft cross-entropy to the target's distribution, "
-             f"{cfg['tokens_per_step']} tokens a step, sequence length {curriculum}), then {report['steps']['refine']} "
-             "on-policy refinement steps of the drafter and the adapter (every second batch the target's own greedy "
-             f"continuation); warm start: {json.dumps(report['warm_start'])}; minutes: {json.dumps(report['minutes'])}.",
-             "", "Held-out next-token loss (nats/token) and greedy agreement with the target's argmax, before and after, "
-             "at each evaluated sequence length:", ""]
+             f"`python -m specviz.students` against that target (sha1 {report['target']['sha1'][:12]}), "
+             f"{len(runs)} run(s), each warm from the one before:", ""]
+    lines += [f"{i}. {run_sentence(run)}" for i, run in enumerate(runs, 1)]
+    lines += ["", "Held-out next-token loss (nats/token) and greedy agreement with the target's argmax, before the first "
+              "run and after the last, at each evaluated sequence length:", ""]
     lengths = list(report["metrics"])
-    before = report.get("metrics_before", {})
+    before = runs[0].get("metrics_before", {})
     lines += ["| metric | " + " | ".join(f"{n.removeprefix('seq_')} before | {n.removeprefix('seq_')} after" for n in lengths) + " |",
               "|---|" + "---|---|" * len(lengths)]
     for key in sorted(report["metrics"][lengths[0]]):

@@ -677,7 +677,8 @@ def make_report(cfg: StudentsConfig, s: Students, teacher: Teacher, progress: Pr
         "target_meta": teacher.meta,
         "params": params,
         "warm_start": progress.warm,
-        "steps": {"distill": cfg.distill_steps, "refine": cfg.refine_steps},
+        "steps": {"distill": progress.planned.get("distill", cfg.distill_steps),  # fitted to time: the steps run
+                  "refine": progress.planned.get("refine", cfg.refine_steps)},
         "minutes": {**{k: round(v / 60, 2) for k, v in progress.seconds.items()},
                     "finish": round(progress.final["finish_seconds"] / 60, 2)},
         "metrics_before": progress.initial,  # the starting students against this target
@@ -685,7 +686,13 @@ def make_report(cfg: StudentsConfig, s: Students, teacher: Teacher, progress: Pr
         "corpus": {"dir": cfg.corpus, "tokens": manifest.get("tokens"), "built": manifest.get("built")},
         "config": asdict(cfg),
         "made": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "earlier": earlier_report(cfg.warm_from),  # the run these students started from, if it left a report
     }
+
+
+def earlier_report(warm_from: str) -> dict | None:
+    path = Path(warm_from) / REPORT if warm_from else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
 
 
 def main(argv: list[str] | None = None, log: Log | None = None) -> dict | None:

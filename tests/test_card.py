@@ -71,3 +71,19 @@ def test_card_says_where_the_target_trained(tmp_path):
     assert "2.0 h of wall time at 1-2 threads" in cpu and "several sessions" in cpu
     assert "on a lent GPU (NVIDIA H100, bf16 autocast)" in gpu and "4.5 min of wall time" in gpu
     assert "174,981,120 tokens in 1335 steps of 131,072 tokens" in gpu and "threads" not in gpu
+
+
+def test_card_tells_each_student_run_in_order():
+    from specviz.card import students_section
+
+    config = {"curriculum": [[0.0, 256]], "tokens_per_step": 65536, "device": "cuda", "amp": "bf16"}
+    first = {"config": config, "steps": {"distill": 459, "refine": 65}, "warm_start": {"drafter": "assets/models/drafter"},
+             "minutes": {"distill": 1.2}, "metrics_before": {"seq_256": {"agree/drafter": 0.3}},
+             "metrics": {"seq_256": {"agree/drafter": 0.48}}, "target": {"sha1": "cd" * 20}}
+    second = {**first, "config": {**config, "device": "cpu", "amp": "", "tokens_per_step": 2048, "drafter_layers": 2},
+              "steps": {"distill": 140, "refine": 350}, "metrics_before": {"seq_256": {"agree/drafter": 0.49}},
+              "metrics": {"seq_256": {"agree/drafter": 0.6}}, "earlier": first}
+    text = "\n".join(students_section(second))
+    assert "2 run(s)" in text and text.index("1. 459 distillation steps") < text.index("2. 140 distillation steps")
+    assert "on cuda (bf16 autocast)" in text and "2-layer drafter, on cpu;" in text
+    assert "| agree/drafter | 0.3 | 0.6 |" in text  # before the first run, after the last
