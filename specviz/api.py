@@ -17,7 +17,7 @@ from .healing import first_token as heal_token
 from .models import weights_read_per_token
 from .methods import METHODS
 from .methods.base import Cancelled, RunContext, validate_params
-from .trace import Recorder, RowResult, Trace, fill_token_text
+from .trace import HEALING_STEP, Recorder, RowResult, Trace, fill_token_text
 from .verify import Sampling
 
 MAX_PROMPT_TOKENS = 2048
@@ -114,7 +114,7 @@ def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, 
         meta.update(ctx.meta)  # a cancelled run keeps its method's notes
     synchronize(device)
     wall = time.perf_counter() - start
-    row = RowResult(prompt=healed_prompt(prompt, healing, pair.tokenizer) if healing else prompt, prompt_ids=conditioned,
+    row = RowResult(prompt=healed_prompt(prompt, healing, pair.tokenizer), prompt_ids=conditioned,
                     output_ids=list(out.ids), text=pair.tokenizer.decode(out.ids, skip_special_tokens=False),
                     finish_reason=out.finish_reason)
     rec.events.sort(key=lambda e: e.t0)  # chronological; stable, so same-time events keep their order
@@ -135,7 +135,7 @@ def heal_first(pair, healing: Healing, sampling: Sampling, generator: torch.Gene
     t1 = rec.now()
     rec.add("prefill", row=row, source="target", t0=t0, t1=t1,
             info={"tokens": len(healing.kept_ids), "token_healing": True})
-    rec.add("emit", step=-1, row=row, position=out.push(token) if out is not None else 0, token_id=token, p=prob,
+    rec.add("emit", step=HEALING_STEP, row=row, position=out.push(token) if out is not None else 0, token_id=token, p=prob,
             source="target (token healing)",
             t0=t0, t1=t1, info={"removed_text": healing.removed_text, "allowed": len(healing.allowed)})
     return token
@@ -199,7 +199,7 @@ def run_batch(name: str, pair, prompts: list[str], *, cancel: threading.Event | 
         out_ids = list(outputs[i].ids) if i < len(outputs) else []
         reason = outputs[i].finish_reason if i < len(outputs) else ""
         healing = healings[i]
-        rows.append(RowResult(prompt=healed_prompt(prompt, healing, pair.tokenizer) if healing else prompt,
+        rows.append(RowResult(prompt=healed_prompt(prompt, healing, pair.tokenizer),
                               prompt_ids=conditioned[i], output_ids=out_ids,
                               text=pair.tokenizer.decode(out_ids, skip_special_tokens=False),
                               finish_reason=reason or ("cancelled" if cancelled else "")))

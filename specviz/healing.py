@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 _TEXTS: "weakref.WeakKeyDictionary[object, list[str]]" = weakref.WeakKeyDictionary()
+_EXTENSIONS: "weakref.WeakKeyDictionary[object, dict[tuple[str, int], tuple[int, ...]]]" = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,16 @@ def token_texts(tokenizer) -> list[str]:
     return texts
 
 
+def extensions(tokenizer, texts: list[str], removed: str, vocab: int, special: set[int]) -> tuple[int, ...]:
+    """Ids whose text starts with `removed`: a scan of the whole vocabulary, so kept per tokenizer and text
+    (a prompt usually ends in one of a few tokens; 150k texts take tens of ms to scan)."""
+    cache = _EXTENSIONS.setdefault(tokenizer, {})
+    key = (removed, vocab)
+    if key not in cache:
+        cache[key] = tuple(i for i, text in enumerate(texts[:vocab]) if i not in special and text.startswith(removed))
+    return cache[key]
+
+
 def plan(tokenizer, ids: list[int], vocab: int) -> Healing | None:
     """The healing of a prompt, or None when there is nothing to heal: a one-token prompt, a special or
     partial-character last token, or a last token no other token extends."""
@@ -55,7 +66,7 @@ def plan(tokenizer, ids: list[int], vocab: int) -> Healing | None:
     removed = texts[last]
     if not removed or "\ufffd" in removed:
         return None
-    allowed = tuple(i for i, text in enumerate(texts[:vocab]) if i not in special and text.startswith(removed))
+    allowed = extensions(tokenizer, texts, removed, vocab, special)
     if len(allowed) < 2:
         return None
     return Healing(kept_ids=list(ids[:-1]), removed_id=last, removed_text=removed, allowed=allowed)
@@ -74,8 +85,11 @@ def first_token(model, healing: Healing, sampling, generator: torch.Generator, v
     return token_id, float(probs[0, token_id].item())
 
 
-def healed_prompt(prompt: str, healing: Healing, tokenizer) -> str:
-    """The prompt text the model was conditioned on: the user's prompt without the removed text."""
+def healed_prompt(prompt: str, healing: Healing | None, tokenizer) -> str:
+    """The prompt text the model was conditioned on: the user's prompt without the removed text (as is
+    when nothing was healed)."""
+    if healing is None:
+        return prompt
     if prompt.endswith(healing.removed_text):
         return prompt[: len(prompt) - len(healing.removed_text)]
     return tokenizer.decode(healing.kept_ids, skip_special_tokens=False)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from statistics import median
 
-from .trace import TOKEN_KINDS, Trace
+from .trace import TOKEN_KINDS, Trace, is_healed_token
 
 
 def _durations(trace: Trace, kind: str, min_step: int = -10) -> list[float]:
@@ -88,7 +88,7 @@ def summarize(trace: Trace) -> RunStats:
             verify_time[(e.row, e.step)] = verify_time.get((e.row, e.step), 0.0) + (e.t1 - e.t0)
     tokens = sum(1 for e in trace.events if e.kind in TOKEN_KINDS)
     # token healing's first token (step -1) took one target forward of its own: a round of one token
-    healed = sum(1 for e in trace.events if e.kind == "emit" and e.step == -1 and "removed_text" in e.info)
+    healed = sum(1 for e in trace.events if is_healed_token(e))
     rounds = len(verify_time) + healed if verify_time else len({(e.row, e.step) for e in trace.events if e.kind in TOKEN_KINDS})
     draft_spans = [e.t1 - e.t0 for e in drafts if "branch" not in e.info]  # serial draft steps only
     verify_spans = list(verify_time.values())

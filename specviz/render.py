@@ -9,7 +9,7 @@ import html
 from typing import Iterable
 
 from .plots import FATE_LABELS, token_facts
-from .trace import TOKEN_KINDS, Event, Trace
+from .trace import TOKEN_KINDS, Event, Trace, is_healed_token
 
 CSS = """
 .sv-tokens { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; white-space: pre-wrap; line-height: 1.7;
@@ -77,7 +77,7 @@ def streamed_prompt(prompt: str, events: Iterable[Event]) -> str:
     """The prompt as the model saw it while a run streams: without the text token healing backed off
     (the finished trace's row carries that prompt itself)."""
     for e in events:
-        if e.kind == "emit" and e.step == -1 and "removed_text" in e.info:
+        if is_healed_token(e):
             removed = e.info["removed_text"]
             return prompt[: len(prompt) - len(removed)] if prompt.endswith(removed) else prompt
     return prompt
@@ -90,7 +90,7 @@ def trace_html(trace: Trace, row: int = 0, status: str = "") -> str:
 
 def rounds(trace: Trace, row: int = 0) -> list[int]:
     """Round numbers of a row that produced tokens (prefill and token healing's first token, step -1, excluded)."""
-    return sorted({e.step for e in trace.events if e.row == row and e.kind in TOKEN_KINDS and e.step >= 0})
+    return sorted({e.step for e in trace.events if e.row == row and e.kind in TOKEN_KINDS and not is_healed_token(e)})
 
 
 def lane_html(label: str, trace: Trace, t: float, lane_id: str) -> str:

@@ -38,6 +38,12 @@ EVENT_KINDS = (
 )
 TOKEN_KINDS = frozenset({"accept", "correct", "bonus", "emit"})
 SPAN_KINDS = frozenset({"prefill", "draft", "verify", "realign", "branch", "emit"})  # kinds whose t0..t1 is work done
+HEALING_STEP = -1  # token healing's first token is emitted before round 0, by a target forward of its own
+
+
+def is_healed_token(e: Event) -> bool:
+    """The token that token healing chose (api.heal_first): it extends the text backed off the prompt."""
+    return e.kind == "emit" and e.step == HEALING_STEP and "removed_text" in e.info
 
 
 @dataclass(slots=True)
