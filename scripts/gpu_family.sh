@@ -23,6 +23,7 @@ AMP=${AMP-bf16}
 TARGET_TOKENS=${TARGET_TOKENS:-131072}
 STUDENT_TOKENS=${STUDENT_TOKENS:-65536}
 THREADS=${THREADS:-8}
+DRAFTER_LAYERS=${DRAFTER_LAYERS:-1}  # 2: a drafter that can copy (induction needs two layers), from the target's first two
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHONFAULTHANDLER=1
 mkdir -p "$OUT" "$WORK/corpus"
 start=$(date +%s)
@@ -53,7 +54,7 @@ cp "$WORK/train/metrics.jsonl" "$OUT/target-metrics.jsonl"
 stamp "students: distill ${DISTILL_SECONDS} s, refine ${REFINE_SECONDS} s"
 $PY -m specviz.students --device "$DEVICE" --amp "$AMP" --target "$WORK/train/hf/target" --corpus "$WORK/corpus" \
   --out "$WORK/family" --warm-from assets/models --tokens-per-step "$STUDENT_TOKENS" --distill-steps 100000 --refine-steps 100000 \
-  --distill-seconds "$DISTILL_SECONDS" --refine-seconds "$REFINE_SECONDS" --warmup-steps 10 --budget-minutes 7.5 --threads "$THREADS" \
+  --distill-seconds "$DISTILL_SECONDS" --refine-seconds "$REFINE_SECONDS" --warmup-steps 10 --drafter-layers "$DRAFTER_LAYERS" --budget-minutes 7.5 --threads "$THREADS" \
   > "$OUT/students.log" 2>&1
 rc=$?
 stamp "students done (rc $rc)"
