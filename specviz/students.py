@@ -60,6 +60,7 @@ from .train import (
     curriculum_seq_len,
     evaluate,
     lr_at,
+    model_device,
     optimizer,
     save_hf,
     set_lr,
@@ -286,7 +287,7 @@ def make_students(cfg: StudentsConfig, teacher: Teacher, log: Log) -> Students:
     drafter, d_from = warm_llama(target, tok, cfg.drafter_layers, root / "drafter" if root else None, log)
     sorted_drafter, s_from = warm_llama(target, tok, sorted_layers, root / "sorted-drafter" if root else None, log)
     adapter, a_from = warm_adapter(target, teacher.kangaroo_exit, root / "kangaroo-adapter" if root else None, log)
-    device = next(target.parameters()).device
+    device = model_device(target)
     drafter, sorted_drafter, adapter = drafter.to(device), sorted_drafter.to(device), adapter.to(device)
     return Students(drafter, sorted_drafter, adapter, warm={"drafter": d_from, "sorted": s_from, "adapter": a_from})
 
