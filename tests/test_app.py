@@ -219,9 +219,10 @@ def test_step_explainer_shows_both_distributions_the_rule_and_moves_by_keyboard(
     page.get_by_label("temperature", exact=False).first.fill("1")
     page.get_by_label("temperature", exact=False).first.press("Enter")
     page.click("#run")
-    page.wait_for_selector("text=speedup vs autoregressive (measured)", timeout=120_000)
+    # the greedy run's "speedup" line stays on screen while this run goes on, so it cannot say this run
+    # finished: the ratio rule can only come from the sampling run's trace, so wait for that, a run's time
     open_tab(page, "Step through")
-    page.wait_for_selector("#step-explainer [data-rule=ratio]", timeout=30_000)
+    page.wait_for_selector("#step-explainer [data-rule=ratio]", timeout=120_000)
     for _ in range(40):  # find a round with a rejection: the residual is shown there
         if page.locator("#step-explainer .sv-dist[data-dist=residual]").count():
             break
