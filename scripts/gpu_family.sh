@@ -10,6 +10,8 @@
 # Then the device tool: run(command="bash scripts/gpu_family.sh", carry=[".corpus"], timeout_s=590).
 # What comes back under $OUT: the logs, and family.tar in 15 MB parts (cat family.tar.part-* | tar x):
 # a drop-in for assets/models (SPECVIZ_EMBEDDED_DIR=DIR), or target.tar (fp32) if the students failed.
+# TARGET_SECONDS=0: students only, from the shipped target (assets/models/target travels with the tree),
+# e.g. TARGET_SECONDS=0 DRAFTER_LAYERS=2 DISTILL_SECONDS=150 REFINE_SECONDS=330 for a 2-layer drafter.
 set -uo pipefail
 OUT=${OUT:-gpu-family}
 CORPUS_PACK=${CORPUS_PACK:-.corpus}
@@ -24,6 +26,10 @@ TARGET_TOKENS=${TARGET_TOKENS:-131072}
 STUDENT_TOKENS=${STUDENT_TOKENS:-65536}
 THREADS=${THREADS:-8}
 DRAFTER_LAYERS=${DRAFTER_LAYERS:-1}  # 2: a drafter that can copy (induction needs two layers), from the target's first two
+POOL_STEPS=${POOL_STEPS:-8}  # on-policy rows per generate call, in steps' worth (onpolicy.OnPolicyPool)
+POOL_REUSE=${POOL_REUSE:-2}
+DISTILL_STEPS=100000; [ "$DISTILL_SECONDS" = 0 ] && DISTILL_STEPS=0  # 0 s: refine the shipped students only
+STUDENT_MINUTES=$(awk "BEGIN { print ($DISTILL_SECONDS + $REFINE_SECONDS) / 60 + 4.5 }")
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHONFAULTHANDLER=1
 mkdir -p "$OUT" "$WORK/corpus"
 start=$(date +%s)
@@ -38,6 +44,8 @@ stamp "unpack corpus"
 for f in "$CORPUS_PACK"/*.npy.xz; do xz -dc -T0 "$f" > "$WORK/corpus/$(basename "$f" .xz)" || exit 1; done
 cp "$CORPUS_PACK/manifest.json" "$WORK/corpus/"
 
+TARGET_DIR=assets/models/target
+if [ "$TARGET_SECONDS" -gt 0 ]; then
 stamp "target: ${TARGET_SECONDS} s"
 $PY -m specviz.train --continue-target --device "$DEVICE" --amp "$AMP" --corpus "$WORK/corpus" --run-dir "$WORK/train" \
   --init assets/models/target --tokens-per-step "$TARGET_TOKENS" --peak-lr 1.5e-3 --warmup-steps 30 --total-tokens 2000000000 --fit-to-budget \
@@ -50,11 +58,16 @@ grep -E "eval step|fit to budget|done:" "$OUT/target.log" | tail -n 8 | tee -a "
 cp "$WORK/train/metrics.jsonl" "$OUT/target-metrics.jsonl"
 # a safety net while the students train: the target alone (fp32), dropped again once the family is packed
 (cd "$WORK/train/hf" && tar cf "$WORK/target.tar" target) && split -b 13M -d "$WORK/target.tar" "$OUT/target.tar.part-"
+TARGET_DIR="$WORK/train/hf/target"
+else
+stamp "target: the shipped one ($TARGET_DIR), students only"
+fi
 
 stamp "students: distill ${DISTILL_SECONDS} s, refine ${REFINE_SECONDS} s"
-$PY -m specviz.students --device "$DEVICE" --amp "$AMP" --target "$WORK/train/hf/target" --corpus "$WORK/corpus" \
-  --out "$WORK/family" --warm-from assets/models --tokens-per-step "$STUDENT_TOKENS" --distill-steps 100000 --refine-steps 100000 \
-  --distill-seconds "$DISTILL_SECONDS" --refine-seconds "$REFINE_SECONDS" --warmup-steps 10 --drafter-layers "$DRAFTER_LAYERS" --budget-minutes 7.5 --threads "$THREADS" \
+$PY -m specviz.students --device "$DEVICE" --amp "$AMP" --target "$TARGET_DIR" --corpus "$WORK/corpus" \
+  --out "$WORK/family" --warm-from assets/models --tokens-per-step "$STUDENT_TOKENS" --distill-steps "$DISTILL_STEPS" --refine-steps 100000 \
+  --distill-seconds "$DISTILL_SECONDS" --refine-seconds "$REFINE_SECONDS" --warmup-steps 10 --drafter-layers "$DRAFTER_LAYERS" --pool-steps "$POOL_STEPS" --pool-reuse "$POOL_REUSE" \
+  --budget-minutes "$STUDENT_MINUTES" --threads "$THREADS" \
   > "$OUT/students.log" 2>&1
 rc=$?
 stamp "students done (rc $rc)"

@@ -13,8 +13,9 @@ were distilled from a different teacher, and only on 256-token windows although 
    student when shapes and tokenizer match (else fresh: the target's first layers / the logit lens);
 2. distill: one teacher forward per batch feeds all three (train.soft_ce to the target's final
    distribution), windows of the corpus's train.npy with a 256 -> 2,048 sequence-length curriculum;
-3. refine: the separate drafter and the Kangaroo adapter, every second window's tail replaced by the target's own greedy
-   continuation (on-policy, as train.refine_drafter), same curriculum, so long prompts are on-policy too;
+3. refine: all three students, every second window's tail replaced by the target's own greedy continuation
+   (on-policy, from onpolicy.OnPolicyPool: many rows per generate call, each served `pool_reuse` times), same
+   curriculum, so long prompts are on-policy too;
 4. finish: held-out loss/agreement (train.evaluate, at 256 and at the longest length), VocabTrim
    calibration (train.calibrate_vocab), everything saved in fp16 HF format like assets/models, plus
    `students-report.json` with the target's fingerprint (sha1 of its safetensors).
@@ -42,13 +43,13 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .adapter import AdapterConfig, KangarooAdapter
+from .onpolicy import OnPolicyPool, PoolConfig
 from .train import (
     SPECVIZ_META,
     ContinueConfig,
@@ -66,7 +67,6 @@ from .train import (
     set_lr,
     soft_ce,
     sorted_logits,
-    target_continuations,
     until_epoch,
 )
 
@@ -103,6 +103,9 @@ class StudentsConfig:
     refine_lr: float = 4e-4
     refine_new: int = 192  # tokens of the target's greedy continuation at the end of an on-policy window
     refine_min_prompt: int = 64  # corpus tokens before it, at least
+    refine_sorted: bool = True  # refine the sorted drafter on-policy too (S2D drafts chains from it as well)
+    pool_steps: int = 4  # on-policy steps' worth of rows per generate call
+    pool_reuse: int = 2  # times each generated row is served
     eval_seq_len: int = 256  # train.evaluate's windows: the model card's metric
     eval_windows: int = 24
     eval_long_windows: int = 4  # held-out windows at the curriculum's longest length, batch 1
@@ -293,11 +296,12 @@ def make_students(cfg: StudentsConfig, teacher: Teacher, log: Log) -> Students:
 
 
 def phase_opts(cfg: StudentsConfig, s: Students, phase: str) -> dict[str, torch.optim.Optimizer]:
-    """distill: one AdamW per student; refine: new ones for the drafter and the Kangaroo adapter, the two
-    students that draft a whole chain from their own previous guesses (the sorted drafter is left as distilled)."""
+    """distill: one AdamW per student; refine: new ones for the students that draft whole chains from their
+    own previous guesses (the sorted drafter too unless `refine_sorted` is off: left as distilled, S2D's
+    acceptance stayed at 0.17-0.23 with the GPU-trained target)."""
     if phase == "refine":
-        return {"drafter": optimizer(s.drafter.parameters(), cfg.refine_lr),
-                "adapter": optimizer(s.adapter.parameters(), cfg.refine_lr)}
+        refined = [("drafter", s.drafter), ("adapter", s.adapter)] + ([("sorted", s.sorted_drafter)] if cfg.refine_sorted else [])
+        return {name: optimizer(model.parameters(), cfg.refine_lr) for name, model in refined}
     if phase == "done":
         return {}
     return {name: optimizer(model.parameters(), peak_lr(cfg, s, name, phase))
@@ -333,25 +337,22 @@ def distill_step(s: Students, teacher: Teacher, batch: torch.Tensor) -> dict[str
     return {name: backward_step(s.opts[name], loss()) for name, loss in losses.items()}  # one graph alive at a time
 
 
-def refine_step(cfg: StudentsConfig, s: Students, teacher: Teacher, batch: torch.Tensor, on_policy: bool) -> dict[str, float]:
-    """The drafter and the adapter; on-policy windows end in the target's own greedy continuation of the
-    corpus prefix (train.target_continuations), so at long lengths the prompt is long and the tail on-policy.
-    The adapter was left out before and drafted worse for it: first-draft acceptance 0.76 against the refined
-    drafter's 0.86 on the bundled prompts (the 2026-11-25 family)."""
-    if on_policy:
-        seq = batch.shape[1] - 1
-        prompt = min(seq, max(cfg.refine_min_prompt, seq + 1 - cfg.refine_new))
-        window = batch
-        batch = target_continuations(teacher.model, SimpleNamespace(next=lambda: window),  # (B, T+1), tail generated
-                                     TrainConfig(seq_len=seq, refine_prompt=prompt))
+def refine_step(s: Students, teacher: Teacher, batch: torch.Tensor) -> dict[str, float]:
+    """The students with a refinement optimizer, on a corpus window or an on-policy one (its tail the
+    target's own greedy continuation: at long lengths the prompt is long and the tail on-policy). The
+    adapter was left out once and drafted worse for it: first-draft acceptance 0.76 against the refined
+    drafter's 0.86 on the bundled prompts (the 2026-11-25 family); the sorted drafter, left out until the
+    GPU-trained family, stayed under 1x."""
     x = batch[:, :-1]
     with torch.no_grad():
         out = teacher.model(x, output_hidden_states=True)
         teacher_logp = F.log_softmax(out.logits.float(), dim=-1)
         hidden_l = out.hidden_states[teacher.kangaroo_exit]
+    layers = s.sorted_drafter.config.num_hidden_layers
     losses = {"drafter": lambda: soft_ce(s.drafter(x).logits, teacher_logp),
-              "adapter": lambda: soft_ce(adapter_logits(s.adapter, teacher.model, hidden_l), teacher_logp)}
-    return {name: backward_step(s.opts[name], loss()) for name, loss in losses.items()}
+              "adapter": lambda: soft_ce(adapter_logits(s.adapter, teacher.model, hidden_l), teacher_logp),
+              "sorted": lambda: sum(soft_ce(l, teacher_logp) for l in sorted_logits(s.sorted_drafter, x, layers).values()) / layers}
+    return {name: backward_step(s.opts[name], loss()) for name, loss in losses.items() if name in s.opts}
 
 
 def backward_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
@@ -414,7 +415,10 @@ def resume(ckpt: dict, cfg: StudentsConfig, s: Students, datas: dict[str, Window
     s.adapter.load_state_dict(ckpt["models"]["adapter"])
     s.opts = phase_opts(cfg, s, progress.phase)
     for name, opt in s.opts.items():
-        opt.load_state_dict(ckpt["optimizers"][name])
+        if name in ckpt["optimizers"]:  # a student refined now but not when the checkpoint was saved starts afresh
+            opt.load_state_dict(ckpt["optimizers"][name])
+        else:
+            log(f"note: no {name} optimizer in the checkpoint: a fresh one")
     for name, state in progress.data.items():
         datas[name].state = dict(state)
     torch.set_rng_state(ckpt["rng"]["torch"])
@@ -601,6 +605,9 @@ def train_phases(cfg: StudentsConfig, s: Students, teacher: Teacher, datas: dict
     steps_here, step_seconds, last_ckpt = 0, 0.0, time.time()
     for m in (s.drafter, s.sorted_drafter, s.adapter):
         m.train()
+    pool = OnPolicyPool(teacher.model, datas["refine"], PoolConfig(
+        rows_tokens=cfg.pool_steps * cfg.tokens_per_step, reuse=cfg.pool_reuse, new_tokens=cfg.refine_new,
+        min_prompt=cfg.refine_min_prompt, seed=cfg.seed))
     while progress.phase != "done":
         phase = progress.phase
         total = progress.planned.get(phase, cfg.distill_steps if phase == "distill" else cfg.refine_steps)
@@ -618,12 +625,12 @@ def train_phases(cfg: StudentsConfig, s: Students, teacher: Teacher, datas: dict
             batch_size = max(1, cfg.tokens_per_step // seq)
             for name, opt in s.opts.items():
                 set_lr(opt, lr_at(progress.step, total, peak_lr(cfg, s, name, phase), cfg.warmup_steps))
-            batch = datas[phase].next(seq, batch_size).to(cfg.device, non_blocking=True)  # (B, T+1)
+            on_policy = phase == "refine" and progress.step % 2 == 1
             with autocast(cfg.device, cfg.amp):
-                if phase == "distill":
-                    losses = distill_step(s, teacher, batch)
-                else:
-                    losses = refine_step(cfg, s, teacher, batch, on_policy=bool(progress.step % 2))
+                # (B, T+1); an on-policy batch comes from the pool, its tails generated there
+                batch = pool.next(seq, batch_size) if on_policy else datas[phase].next(seq, batch_size)
+                batch = batch.to(cfg.device, non_blocking=True)
+                losses = distill_step(s, teacher, batch) if phase == "distill" else refine_step(s, teacher, batch)
             progress.step += 1
             steps_here += 1
             step_seconds = time.time() - t
@@ -635,7 +642,8 @@ def train_phases(cfg: StudentsConfig, s: Students, teacher: Teacher, datas: dict
             if progress.step % cfg.log_every == 0 or progress.step == total or steps_here == 1:
                 tps = window_tokens / max(time.time() - window_t, 1e-9)
                 log(f"{phase} step {progress.step}/{total} seq {seq}x{batch_size} "
-                    + " ".join(f"{k}={v:.3f}" for k, v in losses.items()) + f" {tps:.0f} tok/s")
+                    + " ".join(f"{k}={v:.3f}" for k, v in losses.items()) + f" {tps:.0f} tok/s"
+                    + (f" (pool: {pool.fills} generate calls, {pool.generated_tokens} greedy tokens)" if phase == "refine" else ""))
                 window_t, window_tokens = time.time(), 0
             if time.time() - last_ckpt >= cfg.ckpt_minutes * 60:
                 checkpoint("periodic")
@@ -725,6 +733,10 @@ def main(argv: list[str] | None = None, log: Log | None = None) -> dict | None:
     parser.add_argument("--drafter-layers", type=int, default=None,
                         help="the separate drafter's depth (default 1); another depth than the warm start's begins "
                              "from the target's first layers")
+    parser.add_argument("--pool-steps", type=int, default=None,
+                        help="on-policy steps' worth of rows per generate call (default 4)")
+    parser.add_argument("--pool-reuse", type=int, default=None, help="times each generated row is served (default 2)")
+    parser.add_argument("--no-refine-sorted", action="store_true", help="leave the sorted drafter as distilled")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     cfg = StudentsConfig(target=args.target, corpus=args.corpus, out=args.out, warm_from=args.warm_from,
                          budget_minutes=args.budget_minutes, until=args.until, threads=args.threads, seed=args.seed,
@@ -735,7 +747,10 @@ def main(argv: list[str] | None = None, log: Log | None = None) -> dict | None:
                                "tokens_per_step": args.tokens_per_step, "distill_seconds": args.distill_seconds,
                                "refine_seconds": args.refine_seconds,
                                "calibration_prompts": args.calibration_prompts, "warmup_steps": args.warmup_steps,
-                               "drafter_layers": args.drafter_layers}.items() if v is not None}
+                               "drafter_layers": args.drafter_layers, "pool_steps": args.pool_steps,
+                               "pool_reuse": args.pool_reuse}.items() if v is not None}
+    if args.no_refine_sorted:
+        steps["refine_sorted"] = False
     cfg = replace(cfg, **steps)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     t0 = time.time()
