@@ -12,6 +12,8 @@
 # a drop-in for assets/models (SPECVIZ_EMBEDDED_DIR=DIR), or target.tar (fp32) if the students failed.
 # TARGET_SECONDS=0: students only, from the shipped target (assets/models/target travels with the tree),
 # e.g. TARGET_SECONDS=0 DRAFTER_LAYERS=2 DISTILL_SECONDS=150 REFINE_SECONDS=330 for a 2-layer drafter.
+# UL_SECONDS=150: an unlikelihood fine-tune of the target (specviz.unlikelihood, 256 greedy continuations
+# per step) before the students, against its greedy loops (issue 16's repeated 4-gram share).
 set -uo pipefail
 OUT=${OUT:-gpu-family}
 CORPUS_PACK=${CORPUS_PACK:-.corpus}
@@ -26,6 +28,9 @@ TARGET_TOKENS=${TARGET_TOKENS:-131072}
 STUDENT_TOKENS=${STUDENT_TOKENS:-65536}
 THREADS=${THREADS:-8}
 DRAFTER_LAYERS=${DRAFTER_LAYERS:-1}  # 2: a drafter that can copy (induction needs two layers), from the target's first two
+UL_SECONDS=${UL_SECONDS:-0}
+UL_BATCH=${UL_BATCH:-256}
+UL_MLE_BATCH=${UL_MLE_BATCH:-64}
 POOL_STEPS=${POOL_STEPS:-8}  # on-policy rows per generate call, in steps' worth (onpolicy.OnPolicyPool)
 POOL_REUSE=${POOL_REUSE:-2}
 DISTILL_STEPS=100000; [ "$DISTILL_SECONDS" = 0 ] && DISTILL_STEPS=0  # 0 s: refine the shipped students only
@@ -61,6 +66,17 @@ cp "$WORK/train/metrics.jsonl" "$OUT/target-metrics.jsonl"
 TARGET_DIR="$WORK/train/hf/target"
 else
 stamp "target: the shipped one ($TARGET_DIR), students only"
+fi
+
+if [ "$UL_SECONDS" -gt 0 ]; then
+  stamp "unlikelihood: ${UL_SECONDS} s from $TARGET_DIR"
+  $PY -m specviz.unlikelihood --device "$DEVICE" --amp "$AMP" --target "$TARGET_DIR" --corpus "$WORK/corpus" --out "$WORK/ul" \
+    --steps 100000 --seconds "$UL_SECONDS" --ul-batch "$UL_BATCH" --mle-batch "$UL_MLE_BATCH" --eval-every 25 \
+    --threads "$THREADS" > "$OUT/unlikelihood.log" 2>&1
+  rc=$?
+  stamp "unlikelihood done (rc $rc)"
+  grep -E "eval step|seconds|done" "$OUT/unlikelihood.log" | tail -n 6 | tee -a "$OUT/summary.txt"
+  [ -f "$WORK/ul/target/config.json" ] && TARGET_DIR="$WORK/ul/target"
 fi
 
 stamp "students: distill ${DISTILL_SECONDS} s, refine ${REFINE_SECONDS} s"

@@ -9,7 +9,10 @@ loss came with stronger copying of its own output (0.83 against the first target
 the target's own greedy decoding, so it can only move through the weights.
 
     python -m specviz.unlikelihood --target DIR --corpus /work/specviz-train/corpus --out DIR [--steps 300]
-        [--until HH:MM] [--threads 2]
+        [--until HH:MM] [--threads 2] [--device cuda --amp bf16 --ul-batch 256 --mle-batch 64 --seconds 150]
+
+On a lent GPU the greedy continuations come 256 rows at a time (the CPU runs had 8), and --seconds ends
+the run on time (the lr is constant after warm-up, so any stop is a finished run).
 
 Resumable (OUT/ckpt.pt), never writes into --target; OUT is an HF directory with its specviz.json carried
 over and an "unlikelihood" record added.
@@ -26,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .train import SPECVIZ_META, TrainConfig, heldout_loss, multi_exit_loss, save_hf_fp32, set_lr, until_epoch
+from .train import SPECVIZ_META, TrainConfig, autocast, heldout_loss, multi_exit_loss, save_hf_fp32, set_lr, until_epoch
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,9 @@ class UnlikelihoodConfig:
     ckpt_minutes: float = 5.0
     until: str = ""  # "HH:MM" UTC: stop (and save) before this
     max_steps: int = 0  # steps in this invocation (0 = no limit): tests
+    seconds: float = 0.0  # also stop (finished, saved as final) after this many seconds of this invocation
+    device: str = "cpu"
+    amp: str = ""  # "bf16" on a GPU: autocast forwards, fp32 weights and optimizer state
 
 
 def repeat_mask(ids: torch.Tensor, start: int, n: int) -> torch.Tensor:
@@ -94,14 +100,18 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
     torch.set_num_threads(cfg.threads)
     start = time.time()
     deadline = until_epoch(cfg.until, start) if cfg.until else float("inf")
+    time_limit = start + cfg.seconds if cfg.seconds else float("inf")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt.pt"
     tok = AutoTokenizer.from_pretrained(cfg.target)
-    model = AutoModelForCausalLM.from_pretrained(cfg.target, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(cfg.target, dtype=torch.float32).to(cfg.device)
     meta = json.loads((Path(cfg.target) / SPECVIZ_META).read_text()) if (Path(cfg.target) / SPECVIZ_META).exists() else {}
-    exits = tuple(e for e in meta.get("exits", []) if e < model.config.num_hidden_layers) or TrainConfig().target_exits
-    tcfg = TrainConfig(target_exits=exits, exit_weights=TrainConfig().exit_weights[-len(exits):] if len(exits) <= 4
+    # the target's trained exits (the default ones when it records none), those its depth has
+    layers = model.config.num_hidden_layers
+    exits = tuple(e for e in (meta.get("exits") or TrainConfig().target_exits) if e < layers)
+    defaults = TrainConfig().exit_weights
+    tcfg = TrainConfig(target_exits=exits, exit_weights=defaults[len(defaults) - len(exits):] if len(exits) <= len(defaults)
                        else (0.25,) * len(exits))
     train = np.load(Path(cfg.corpus) / "train.npy", mmap_mode="r")
     heldout = np.load(Path(cfg.corpus) / "heldout.npy", mmap_mode="r")
@@ -109,7 +119,7 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     step, history = 0, []
     if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
+        state = torch.load(ckpt_path, weights_only=False, map_location=cfg.device)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         gen.set_state(state["gen"])
@@ -119,10 +129,10 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
 
     def windows(length: int, count: int) -> torch.Tensor:
         starts = torch.randint(0, len(train) - length - 1, (count,), generator=gen).tolist()
-        return torch.from_numpy(np.stack([train[s : s + length].astype(np.int64) for s in starts]))
+        return torch.from_numpy(np.stack([train[s : s + length].astype(np.int64) for s in starts])).to(cfg.device)
 
     def evaluate() -> dict:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(cfg.device, cfg.amp):
             loss, _ = heldout_loss(model, heldout, cfg.eval_windows, 256)
         rec = {"event": "eval", "step": step, "heldout": round(loss, 4)}
         history.append(rec)
@@ -140,19 +150,25 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
         evaluate()
     last_ckpt = time.time()
     steps_here, step_seconds = 0, 0.0
+    timed_out = False
     while step < cfg.steps:
         if cfg.max_steps and steps_here >= cfg.max_steps:
+            break
+        if time.time() + step_seconds > time_limit:
+            log(f"--seconds {cfg.seconds:g}: finishing at step {step}")
+            timed_out = True
             break
         if time.time() + 2 * step_seconds + 30 > deadline:
             log("deadline: stopping")
             break
         t = time.time()
         set_lr(opt, cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps))
-        mle, parts = multi_exit_loss(model, windows(cfg.mle_seq_len + 1, cfg.mle_batch), tcfg, gen)
-        seq = greedy_continuations(model, windows(cfg.prefix_tokens, cfg.ul_batch), cfg.new_tokens)
-        mask = repeat_mask(seq, cfg.prefix_tokens, cfg.ngram)
-        ul = unlikelihood_loss(model, seq, mask)
-        loss = mle + cfg.ul_weight * ul
+        with autocast(cfg.device, cfg.amp):
+            mle, parts = multi_exit_loss(model, windows(cfg.mle_seq_len + 1, cfg.mle_batch), tcfg, gen)
+            seq = greedy_continuations(model, windows(cfg.prefix_tokens, cfg.ul_batch), cfg.new_tokens)
+            mask = repeat_mask(seq.cpu(), cfg.prefix_tokens, cfg.ngram).to(seq.device)
+            ul = unlikelihood_loss(model, seq, mask)
+            loss = mle + cfg.ul_weight * ul
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -170,7 +186,7 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
         if time.time() - last_ckpt >= cfg.ckpt_minutes * 60:
             save(final=False)
             last_ckpt = time.time()
-    done = step >= cfg.steps
+    done = step >= cfg.steps or timed_out
     if done and history[-1].get("event") != "eval":
         evaluate()
     save(final=done)
@@ -191,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("lr", "ul_weight", "ckpt_minutes"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
     parser.add_argument("--until", default="")
+    parser.add_argument("--seconds", type=float, default=0.0, help="finish after this many seconds")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--amp", default="", choices=("", "bf16", "fp16"))
     args = parser.parse_args(argv)
     result = finetune(UnlikelihoodConfig(**vars(args)))
     return 0 if result["done"] else 75

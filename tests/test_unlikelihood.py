@@ -52,3 +52,26 @@ def test_finetune_runs_saves_and_resumes(tmp_path):
     trained = [h for h in meta["unlikelihood"]["history"] if h["event"] == "train"]
     assert [h["step"] for h in trained] == [1, 2, 3] and all(0 <= h["repeat_share"] <= 1 for h in trained)
     assert [h["event"] for h in meta["unlikelihood"]["history"]][0] == "eval" == meta["unlikelihood"]["history"][-1]["event"]
+
+
+def test_seconds_finish_the_run_on_time_under_autocast(tmp_path):
+    """--seconds ends a run as finished (a GPU lease is minutes, not steps); bf16 autocast (here on the CPU)
+    is the path a lent GPU takes."""
+    tok = build_tiny_tokenizer()
+    target = make_tiny_model("llama", len(tok), layers=3, seed=2)
+    target.save_pretrained(tmp_path / "target")
+    tok.save_pretrained(tmp_path / "target")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = np.random.default_rng(0)
+    for split, size in (("train", 4000), ("heldout", 600)):
+        np.save(corpus / f"{split}.npy", rng.integers(1, len(tok), size).astype(np.uint16))
+    said = []
+    cfg = UnlikelihoodConfig(target=str(tmp_path / "target"), corpus=str(corpus), out=str(tmp_path / "out"),
+                             steps=10_000, mle_seq_len=16, mle_batch=2, prefix_tokens=8, new_tokens=12, ul_batch=2,
+                             eval_every=0, eval_windows=2, seconds=1.0, amp="bf16")
+    result = finetune(cfg, log=said.append)
+    assert result["done"] and 0 < result["step"] < 10_000
+    assert any(line.startswith("--seconds 1") for line in said)
+    meta = json.loads((tmp_path / "out" / "target" / "specviz.json").read_text())
+    assert meta["unlikelihood"]["steps"] == result["step"]
