@@ -114,9 +114,13 @@ def run_sentence(report: dict) -> str:
     cfg = report["config"]
     curriculum = ", ".join(f"{length} from {share:.0%}" for share, length in cfg["curriculum"])
     where = f"on {cfg.get('device', 'cpu')}" + (f" ({cfg['amp']} autocast)" if cfg.get("amp") else "")
+    refined = "all three students" if cfg.get("refine_sorted") else "the drafter and the adapter"
+    pool = report.get("pool") or {}
+    pooled = (f", {pool['generated_tokens']:,} greedy tokens from {pool['fills']} generate calls, each row served "
+              f"{cfg['pool_reuse']} times" if pool.get("fills") else "")
     return (f"{report['steps']['distill']} distillation steps (soft cross-entropy to the target's distribution, all three "
-            f"students) and {report['steps']['refine']} on-policy refinement steps (the drafter and the adapter; every "
-            f"second batch the target's own greedy continuation), {cfg['tokens_per_step']:,} tokens a step, sequence "
+            f"students) and {report['steps']['refine']} on-policy refinement steps ({refined}; every "
+            f"second batch the target's own greedy continuation{pooled}), {cfg['tokens_per_step']:,} tokens a step, sequence "
             f"length {curriculum}, {cfg.get('drafter_layers', 1)}-layer drafter, {where}; warm start: "
             f"{json.dumps(report['warm_start'])}; minutes: {json.dumps(report['minutes'])}.")
 

@@ -171,6 +171,7 @@ class Progress:
     data: dict[str, dict] = field(default_factory=dict)  # WindowStream.state per phase
     final: dict | None = None  # {"metrics", "ranking", "finish_seconds"} once measured and calibrated
     planned: dict[str, int] = field(default_factory=dict)  # phase -> steps fitted to its seconds (fit by time)
+    pool: dict[str, int] = field(default_factory=dict)  # on-policy pool: generate calls, greedy tokens (all runs)
 
 
 # ----------------------------------------------------------------------------- target and corpus
@@ -607,7 +608,8 @@ def train_phases(cfg: StudentsConfig, s: Students, teacher: Teacher, datas: dict
         m.train()
     pool = OnPolicyPool(teacher.model, datas["refine"], PoolConfig(
         rows_tokens=cfg.pool_steps * cfg.tokens_per_step, reuse=cfg.pool_reuse, new_tokens=cfg.refine_new,
-        min_prompt=cfg.refine_min_prompt, seed=cfg.seed))
+        min_prompt=cfg.refine_min_prompt, seed=cfg.seed + 11 * progress.pool.get("fills", 0)))
+    pool_before = dict(progress.pool)
     while progress.phase != "done":
         phase = progress.phase
         total = progress.planned.get(phase, cfg.distill_steps if phase == "distill" else cfg.refine_steps)
@@ -631,6 +633,9 @@ def train_phases(cfg: StudentsConfig, s: Students, teacher: Teacher, datas: dict
                 batch = pool.next(seq, batch_size) if on_policy else datas[phase].next(seq, batch_size)
                 batch = batch.to(cfg.device, non_blocking=True)
                 losses = distill_step(s, teacher, batch) if phase == "distill" else refine_step(s, teacher, batch)
+            if on_policy:
+                progress.pool = {"fills": pool_before.get("fills", 0) + pool.fills,
+                                 "generated_tokens": pool_before.get("generated_tokens", 0) + pool.generated_tokens}
             progress.step += 1
             steps_here += 1
             step_seconds = time.time() - t
@@ -688,6 +693,7 @@ def make_report(cfg: StudentsConfig, s: Students, teacher: Teacher, progress: Pr
         "warm_start": progress.warm,
         "steps": {"distill": progress.planned.get("distill", cfg.distill_steps),  # fitted to time: the steps run
                   "refine": progress.planned.get("refine", cfg.refine_steps)},
+        "pool": progress.pool,  # on-policy windows: generate calls and greedy tokens they made
         "minutes": {**{k: round(v / 60, 2) for k, v in progress.seconds.items()},
                     "finish": round(progress.final["finish_seconds"] / 60, 2)},
         "metrics_before": progress.initial,  # the starting students against this target

@@ -80,10 +80,16 @@ def test_card_tells_each_student_run_in_order():
     first = {"config": config, "steps": {"distill": 459, "refine": 65}, "warm_start": {"drafter": "assets/models/drafter"},
              "minutes": {"distill": 1.2}, "metrics_before": {"seq_256": {"agree/drafter": 0.3}},
              "metrics": {"seq_256": {"agree/drafter": 0.48}}, "target": {"sha1": "cd" * 20}}
-    second = {**first, "config": {**config, "device": "cpu", "amp": "", "tokens_per_step": 2048, "drafter_layers": 2},
+    second = {**first, "config": {**config, "device": "cpu", "amp": "", "tokens_per_step": 2048, "drafter_layers": 2,
+                                  "refine_sorted": True, "pool_reuse": 2},
               "steps": {"distill": 140, "refine": 350}, "metrics_before": {"seq_256": {"agree/drafter": 0.49}},
-              "metrics": {"seq_256": {"agree/drafter": 0.6}}, "earlier": first}
+              "metrics": {"seq_256": {"agree/drafter": 0.6}}, "earlier": first,
+              "pool": {"fills": 25, "generated_tokens": 148_800}}
     text = "\n".join(students_section(second))
     assert "2 run(s)" in text and text.index("1. 459 distillation steps") < text.index("2. 140 distillation steps")
     assert "on cuda (bf16 autocast)" in text and "2-layer drafter, on cpu;" in text
+    first_line, second_line = (line for line in text.splitlines() if line[:3] in ("1. ", "2. "))
+    assert "(the drafter and the adapter;" in first_line and "generate calls" not in first_line  # before the pool
+    assert "(all three students;" in second_line
+    assert "148,800 greedy tokens from 25 generate calls, each row served 2 times" in second_line
     assert "| agree/drafter | 0.3 | 0.6 |" in text  # before the first run, after the last

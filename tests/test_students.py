@@ -78,6 +78,7 @@ def test_a_stopped_run_resumes_and_finishes(made):
     assert steps[0] == ["distill", "step", f"4/{cfg.distill_steps}"], steps  # continued, not restarted
     assert steps[-1] == ["refine", "step", f"{cfg.refine_steps}/{cfg.refine_steps}"]
     assert report["steps"] == {"distill": cfg.distill_steps, "refine": cfg.refine_steps}
+    assert report["pool"]["fills"] >= 1 and report["pool"]["generated_tokens"] >= cfg.refine_new  # on-policy rows made
     assert report["warm_start"]["drafter"].startswith(students.FRESH)  # the shipped drafter has another shape
 
 
