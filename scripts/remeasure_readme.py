@@ -4,6 +4,10 @@ needs before README's figures can be replaced. Nothing else may run meanwhile (p
 
     python scripts/remeasure_readme.py --list
     python scripts/remeasure_readme.py --out results/2026-11-27   # resumable: finished tables are kept
+    python scripts/remeasure_readme.py --apply results/2026-11-27  # put them into README.md
+
+--apply replaces each table that stands right above its command (blank lines between) with the new one;
+a command with placeholders or an optional part, or with prose above it, is listed for a hand edit.
 
 Lines written with a placeholder, e.g. `--pool-factor F` followed by "(F = 1, 2, 4, 8)", run once per value;
 an optional part in brackets, e.g. `[--target 'embedded[:8]']`, runs without it and with it.
@@ -56,15 +60,58 @@ def retarget(argv: list[str], out_dir: Path, index: int) -> tuple[list[str], Pat
     return args + ["--out", str(out_dir / f"{stem}.csv"), "--markdown", str(markdown)], markdown
 
 
+def table_above(lines: list[str], at: int) -> tuple[int, int] | None:
+    """[start, end) of the markdown table right above line `at` (blank lines between), or None."""
+    end = at
+    while end > 0 and not lines[end - 1].strip():
+        end -= 1
+    start = end
+    while start > 0 and lines[start - 1].startswith("|"):
+        start -= 1
+    return (start, end) if start < end else None
+
+
+def apply_tables(text: str, out_dir: Path) -> tuple[str, list[str]]:
+    """README's text with every single-run table replaced by out_dir's, and what was left for a hand edit."""
+    lines, todo, index, swaps = text.split("\n"), [], 0, []
+    for match in COMMAND.finditer(text):
+        line, name, _ = match.groups()
+        if "..." in line:
+            continue
+        runs = len(readme_bench_commands(match.group(0)))
+        first, index = index + 1, index + runs
+        at = text.count("\n", 0, match.start())
+        block = table_above(lines, at)
+        if runs != 1 or block is None:
+            todo.append(f"{first}{f'-{index}' if runs > 1 else ''} (line {at + 1}): "
+                        + ("placeholders or an optional part" if runs != 1 else "no table right above") + ": by hand")
+            continue
+        found = sorted(out_dir.glob(f"{first:02d}*.md"))
+        if not found:
+            todo.append(f"{first} (line {at + 1}): not measured in {out_dir}")
+            continue
+        table = [row for row in found[0].read_text(encoding="utf-8").split("\n") if row.startswith("|")]
+        swaps.append((block, table))
+    for (start, end), table in reversed(swaps):  # bottom up: a longer table moves no block still to replace
+        lines[start:end] = table
+    return "\n".join(lines), todo
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--readme", default=str(ROOT / "README.md"))
     parser.add_argument("--out", help="folder for the CSVs and markdown tables")
+    parser.add_argument("--apply", help="a folder this script filled: its tables into README")
     parser.add_argument("--list", action="store_true", help="print the commands (numbered as --only counts) and stop")
     parser.add_argument("--only", default="", help="comma-separated command numbers (1-based, as --list): the tables a "
                                                    "session has time for, the rest on the next run")
     args = parser.parse_args(argv)
     commands = readme_bench_commands(Path(args.readme).read_text(encoding="utf-8"))
+    if args.apply:
+        text, todo = apply_tables(Path(args.readme).read_text(encoding="utf-8"), Path(args.apply))
+        Path(args.readme).write_text(text, encoding="utf-8")
+        print("\n".join(["left for a hand edit:", *todo]) if todo else "every table replaced")
+        return 0
     if args.list or not args.out:
         for index, command in enumerate(commands, 1):
             print(f"{index:2d}  python -m specviz.bench " + shlex.join(command))

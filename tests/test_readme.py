@@ -134,3 +134,23 @@ def test_every_benchmark_command_in_readme_is_valid(monkeypatch):
     bad[bad.index("--methods") + 1] += ",draft_model:gamma=0"
     with pytest.raises(ValueError):
         bench.prepare(bench.build_parser().parse_args(bad))
+
+
+def test_remeasured_tables_go_back_above_their_commands(tmp_path):
+    """scripts/remeasure_readme.py --apply: a table right above its command is replaced (a longer one too,
+    without shifting the next), one with prose above or placeholders is left for a hand edit."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("remeasure_readme", ROOT / "scripts" / "remeasure_readme.py")
+    remeasure = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(remeasure)
+    cmd = "`python -m specviz.bench --limit {n} --methods autoregressive --out {n}.csv`"
+    text = "\n".join(["# R", "| a |", "|---|", "| old1 |", "", cmd.format(n=1), "prose", "", cmd.format(n=2),
+                      "| b |", "|---|", "| old3 |", "", cmd.format(n=3),
+                      "`python -m specviz.bench --pool-factor F --methods autoregressive` (F = 1, 2)"])
+    (tmp_path / "01-1.md").write_text("| a |\n|---|\n| new1 |\n| new1b |\n\n`python -m specviz.bench ...`\n")
+    (tmp_path / "03-3.md").write_text("| b |\n|---|\n| new3 |\n")
+    out, todo = remeasure.apply_tables(text, tmp_path)
+    assert out.split("\n")[:6] == ["# R", "| a |", "|---|", "| new1 |", "| new1b |", ""]
+    assert "| new3 |" in out and "old" not in out and out.count("`python -m specviz.bench") == 4
+    assert [t.split(" ")[0] for t in todo] == ["2", "4-5"]
