@@ -5,6 +5,11 @@ self-drafting at that depth.
 
     python scripts/onpolicy_agreement.py --target DIR --drafter DIR [--corpus /work/specviz-train/corpus]
         [--students-ckpt OUT/ckpt.pt] [--prompts 16] [--prefix 64] [--new 96] [--threads 1]
+    python scripts/onpolicy_agreement.py --family DIR [--code-prompts]   # every student of a family
+
+--family reads DIR/target and DIR/drafter and adds the sorted drafter's sub-models and the Kangaroo adapter
+(a drop-in for assets/models, e.g. a specviz.students OUT). --code-prompts continues the bundled prompts
+(assets/prompts/code.jsonl, what the bench runs) instead of held-out corpus prefixes.
 
 --students-ckpt reads the drafter's weights from a `specviz.students` checkpoint (a run still in progress)
 into the shape of --drafter.
@@ -33,8 +38,10 @@ def main(argv: list[str] | None = None) -> int:
     from specviz.unlikelihood import greedy_continuations
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--target", required=True)
-    parser.add_argument("--drafter", required=True)
+    parser.add_argument("--target", default="")
+    parser.add_argument("--drafter", default="")
+    parser.add_argument("--family", default="", help="a models dir: its target, drafter, sorted drafter and adapter")
+    parser.add_argument("--code-prompts", action="store_true", help="continue the bundled prompts instead")
     parser.add_argument("--students-ckpt", default="", help="a specviz.students ckpt.pt: its drafter's weights")
     parser.add_argument("--corpus", default="/work/specviz-train/corpus", help="prefixes come from its heldout.npy")
     parser.add_argument("--prompts", type=int, default=16)
@@ -44,25 +51,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.family:
+        args.target, args.drafter = str(Path(args.family) / "target"), str(Path(args.family) / "drafter")
+    if not (args.target and args.drafter):
+        parser.error("--family, or --target and --drafter")
     target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32).eval()
     drafter = AutoModelForCausalLM.from_pretrained(args.drafter, dtype=torch.float32).eval()
+    students = {"drafter " + args.drafter: lambda seq, out: drafter(seq).logits}
+    if args.family:
+        from specviz.adapter import KangarooAdapter
+        from specviz.train import adapter_logits, sorted_logits
+
+        sorted_lm = AutoModelForCausalLM.from_pretrained(str(Path(args.family) / "sorted-drafter"), dtype=torch.float32).eval()
+        adapter = KangarooAdapter.load(Path(args.family) / "kangaroo-adapter", device="cpu", dtype=torch.float32).eval()
+        depth = sorted_lm.config.num_hidden_layers
+        for k in range(1, depth + 1):
+            students[f"sorted drafter, {k} layer(s)"] = lambda seq, out, k=k: sorted_logits(sorted_lm, seq, depth)[f"_k{k}"]
+        students["Kangaroo adapter"] = lambda seq, out: adapter_logits(
+            adapter, target, out.hidden_states[adapter.config.exit_layer])
     if args.students_ckpt:
         ckpt = torch.load(args.students_ckpt, map_location="cpu", weights_only=False)
         drafter.load_state_dict(ckpt["models"]["drafter"])
         print(f"drafter weights from {args.students_ckpt}: phase {ckpt['progress']['phase']} step {ckpt['progress']['step']}")
-    heldout = np.load(Path(args.corpus) / "heldout.npy", mmap_mode="r")
-    starts = np.random.default_rng(args.seed).integers(0, len(heldout) - args.prefix - 1, args.prompts)
-    prefixes = torch.from_numpy(np.stack([heldout[s : s + args.prefix].astype(np.int64) for s in starts]))
-    seq = greedy_continuations(target, prefixes, args.new)
-    span = slice(args.prefix, -1)  # predictions of the generated tokens 2.. (the first follows the corpus prefix)
-    with torch.no_grad():
-        out = target(seq, output_hidden_states=True)
-        want = out.logits.argmax(-1)[:, span]
-        print(f"drafter {args.drafter}: {(drafter(seq).logits.argmax(-1)[:, span] == want).float().mean().item():.3f}")
-        parts = anatomy(target)
-        for k in range(1, len(parts.layers)):
-            lens = target.get_output_embeddings()(parts.final_norm(out.hidden_states[k])).argmax(-1)[:, span]
-            print(f"target layers [0, {k}) + final norm and head: {(lens == want).float().mean().item():.3f}")
+    if args.code_prompts:
+        import json
+
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(args.target)
+        lines = Path("assets/prompts/code.jsonl").read_text().splitlines()[: args.prompts]
+        batches = [torch.tensor([tok(json.loads(line)["prompt"])["input_ids"]]) for line in lines]  # lengths differ
+    else:
+        heldout = np.load(Path(args.corpus) / "heldout.npy", mmap_mode="r")
+        starts = np.random.default_rng(args.seed).integers(0, len(heldout) - args.prefix - 1, args.prompts)
+        batches = [torch.from_numpy(np.stack([heldout[s : s + args.prefix].astype(np.int64) for s in starts]))]
+    hits: dict[str, float] = {}
+    total = 0
+    parts = anatomy(target)
+    for prefixes in batches:
+        seq = greedy_continuations(target, prefixes, args.new)
+        span = slice(prefixes.shape[1], -1)  # predictions of the generated tokens 2.. (the first follows the prompt)
+        with torch.no_grad():
+            out = target(seq, output_hidden_states=True)
+            want = out.logits.argmax(-1)[:, span]
+            total += want.numel()
+            named = dict(students)
+            for k in range(1, len(parts.layers)):
+                named[f"target layers [0, {k}) + final norm and head"] = (
+                    lambda seq, out, k=k: target.get_output_embeddings()(parts.final_norm(out.hidden_states[k])))
+            for name, logits_of in named.items():
+                hits[name] = hits.get(name, 0.0) + (logits_of(seq, out).argmax(-1)[:, span] == want).sum().item()
+    print(f"greedy agreement on the target's own text ({'bundled prompts' if args.code_prompts else 'corpus prefixes'}, "
+          f"{total} tokens):")
+    for name, hit in hits.items():
+        print(f"  {name}: {hit / total:.3f}")
     return 0
 
 

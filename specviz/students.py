@@ -255,9 +255,38 @@ def same_shape(a, b) -> bool:
     return all(getattr(a, k, None) == getattr(b, k, None) for k in keys)
 
 
-def warm_llama(target, tok, layers: int, warm_dir: Path | None, log: Log) -> tuple[torch.nn.Module, str]:
+def graft_adapter(model, adapter: KangarooAdapter) -> bool:
+    """Make layer l (= the adapter's exit) of a student cut from the target the Kangaroo adapter: its input
+    norm and attention, and an MLP that adds nothing (down_proj zero; training may grow it). Layers [0, l)
+    being the target's, the student then computes exactly Kangaroo's draft (target layers, adapter, final
+    norm, head) as a plain causal LM. Why: a 1-layer drafter cannot copy and agrees 0.64-0.68 with the
+    target's greedy text, the adapter path 0.82-0.86 (scripts/onpolicy_agreement.py --family). False when
+    the layout is not Llama's."""
+    l = adapter.config.exit_layer
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if layers is None or len(layers) != l + 1:
+        return False
+    layer = layers[l]
+    if not all(hasattr(layer, name) for name in ("input_layernorm", "self_attn", "mlp")):
+        return False
+    config = model.config
+    rope = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", getattr(config, "rope_theta", None))
+    mine = {k: v.shape for k, v in layer.self_attn.state_dict().items()}
+    if ({k: v.shape for k, v in adapter.attn.state_dict().items()} != mine or rope != adapter.config.rope_theta
+            or config.rms_norm_eps != adapter.config.rms_norm_eps):
+        return False  # another attention shape (e.g. grouped KV heads), RoPE base or norm: not the same function
+    with torch.no_grad():
+        layer.input_layernorm.load_state_dict(adapter.input_norm.state_dict())
+        layer.self_attn.load_state_dict(adapter.attn.state_dict())
+        layer.mlp.down_proj.weight.zero_()
+    return True
+
+
+def warm_llama(target, tok, layers: int, warm_dir: Path | None, log: Log,
+               adapter: KangarooAdapter | None = None) -> tuple[torch.nn.Module, str]:
     """A shipped student when it has this shape and tokenizer (it saves steps); else the target's first
-    `layers` layers, embeddings, norm and head (as specviz.parts starts a sorted drafter)."""
+    `layers` layers, embeddings, norm and head (as specviz.parts starts a sorted drafter), with the Kangaroo
+    adapter grafted on as the last layer when `adapter` is given and reads the state after `layers - 1`."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     model = student_llama(target, layers)
@@ -269,6 +298,8 @@ def warm_llama(target, tok, layers: int, warm_dir: Path | None, log: Log) -> tup
             return model, str(warm_dir)
         log(f"{warm_dir}: other shape or tokenizer, not a warm start")
     model.load_state_dict(target.state_dict(), strict=False)  # layers 0..k-1, embeddings, norm, head
+    if adapter is not None and adapter.config.exit_layer == layers - 1 and graft_adapter(model, adapter):
+        return model, FRESH + f"the target's first {layers - 1} layers and the Kangaroo adapter"
     return model, FRESH + "the target's first layers"
 
 
@@ -288,9 +319,10 @@ def make_students(cfg: StudentsConfig, teacher: Teacher, log: Log) -> Students:
     root = Path(cfg.warm_from) if cfg.warm_from else None
     target, tok = teacher.model, teacher.tok
     sorted_layers = min(cfg.sorted_layers, target.config.num_hidden_layers - 1)
-    drafter, d_from = warm_llama(target, tok, cfg.drafter_layers, root / "drafter" if root else None, log)
-    sorted_drafter, s_from = warm_llama(target, tok, sorted_layers, root / "sorted-drafter" if root else None, log)
     adapter, a_from = warm_adapter(target, teacher.kangaroo_exit, root / "kangaroo-adapter" if root else None, log)
+    drafter, d_from = warm_llama(target, tok, cfg.drafter_layers, root / "drafter" if root else None, log,
+                                 adapter=adapter if not a_from.startswith(FRESH) else None)
+    sorted_drafter, s_from = warm_llama(target, tok, sorted_layers, root / "sorted-drafter" if root else None, log)
     device = model_device(target)
     drafter, sorted_drafter, adapter = drafter.to(device), sorted_drafter.to(device), adapter.to(device)
     return Students(drafter, sorted_drafter, adapter, warm={"drafter": d_from, "sorted": s_from, "adapter": a_from})

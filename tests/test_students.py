@@ -154,3 +154,32 @@ def test_sigterm_saves_and_stops_and_a_changed_target_is_refused(made, inputs, t
     assert students.stale(made[0], other / "target")
     with pytest.raises(SystemExit, match="another target"):
         students.main(["--target", str(other / "target"), "--corpus", str(inputs / "corpus"), "--out", str(out), "--quick"])
+
+
+def test_a_drafter_one_layer_past_the_kangaroo_exit_starts_as_the_adapters_draft(tiny_tokenizer):
+    """students.graft_adapter: target layers [0, l), the adapter as layer l (MLP adding nothing), the target's
+    final norm and head: a plain causal LM whose logits are Kangaroo's draft logits."""
+    from specviz.adapter import KangarooAdapter
+    from specviz.train import adapter_logits
+
+    from dataclasses import replace
+
+    from specviz.adapter import AdapterConfig
+
+    target = make_tiny_model("llama", len(tiny_tokenizer), layers=4, hidden=32, seed=3)
+    grouped = KangarooAdapter.for_target(target.config, 1)  # all heads keep K/V; this target groups them
+    assert students.warm_llama(target, tiny_tokenizer, 2, None, log=lambda _m: None, adapter=grouped)[1] == (
+        students.FRESH + "the target's first layers")
+    adapter = KangarooAdapter(replace(grouped.config, num_key_value_heads=target.config.num_key_value_heads))
+    assert isinstance(adapter.config, AdapterConfig)
+    torch.manual_seed(5)
+    for p in adapter.parameters():  # not the identity start: a trained-looking adapter
+        p.data.normal_(0, 0.2)
+    model, start = students.warm_llama(target, tiny_tokenizer, 2, None, log=lambda _m: None, adapter=adapter)
+    assert start == students.FRESH + "the target's first 1 layers and the Kangaroo adapter"
+    x = torch.randint(1, len(tiny_tokenizer), (2, 12))
+    with torch.no_grad():
+        hidden = target(x, output_hidden_states=True).hidden_states[1]
+        torch.testing.assert_close(model(x).logits, adapter_logits(adapter, target, hidden), rtol=1e-4, atol=1e-4)
+    plain, start = students.warm_llama(target, tiny_tokenizer, 3, None, log=lambda _m: None, adapter=adapter)
+    assert start == students.FRESH + "the target's first layers"  # another depth: no graft
