@@ -34,7 +34,7 @@ UL_MLE_BATCH=${UL_MLE_BATCH:-64}
 POOL_STEPS=${POOL_STEPS:-8}  # on-policy rows per generate call, in steps' worth (onpolicy.OnPolicyPool)
 POOL_REUSE=${POOL_REUSE:-2}
 DISTILL_STEPS=100000; [ "$DISTILL_SECONDS" = 0 ] && DISTILL_STEPS=0  # 0 s: refine the shipped students only
-STUDENT_MINUTES=$(awk "BEGIN { print ($DISTILL_SECONDS + $REFINE_SECONDS) / 60 + 4.5 }")
+STUDENT_MINUTES=$(awk "BEGIN { print ($DISTILL_SECONDS + $REFINE_SECONDS) / 60 + 6 }")
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false PYTHONFAULTHANDLER=1
 mkdir -p "$OUT" "$WORK/corpus"
 start=$(date +%s)

@@ -15,7 +15,7 @@ from typing import Any
 
 SHAPES = (  # (model, directory, role); shapes are read from each config.json
     ("target", "target", "exits share the final norm + LM head; nested targets are its first layers"),
-    ("drafter", "drafter", "separate drafter (draft_model), distilled from the target, refined on-policy"),
+    ("drafter", "drafter", "separate drafter (draft_model); where it started and how it trained: Students"),
     ("sorted drafter", "sorted-drafter", "S2D: SoFT-trained exits after each layer"),
     ("Kangaroo adapter", "kangaroo-adapter", "Kangaroo self-drafter on the target's early exit, with its norm + head"),
 )

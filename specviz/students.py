@@ -8,7 +8,8 @@ the bigger corpus (train.continue_target), the shipped drafter, sorted drafter a
 were distilled from a different teacher, and only on 256-token windows although the configs admit
 2,048 positions (long prompts collapse acceptance). So, from the given target:
 
-1. students: the separate drafter (1 layer), the sorted drafter (3 layers, SoFT exits) and the
+1. students: the separate drafter (1 layer; one layer past the Kangaroo exit, it starts as the adapter's
+   draft path: graft_adapter), the sorted drafter (3 layers, SoFT exits) and the
    Kangaroo adapter on the target's layer-`kangaroo_exit` state, each warm-started from the shipped
    student when shapes and tokenizer match (else fresh: the target's first layers / the logit lens);
 2. distill: one teacher forward per batch feeds all three (train.soft_ce to the target's final
@@ -299,7 +300,8 @@ def warm_llama(target, tok, layers: int, warm_dir: Path | None, log: Log,
         log(f"{warm_dir}: other shape or tokenizer, not a warm start")
     model.load_state_dict(target.state_dict(), strict=False)  # layers 0..k-1, embeddings, norm, head
     if adapter is not None and adapter.config.exit_layer == layers - 1 and graft_adapter(model, adapter):
-        return model, FRESH + f"the target's first {layers - 1} layers and the Kangaroo adapter"
+        first = "layer" if layers == 2 else f"{layers - 1} layers"
+        return model, FRESH + f"the target's first {first} and the Kangaroo adapter"
     return model, FRESH + "the target's first layers"
 
 

@@ -176,7 +176,7 @@ def test_a_drafter_one_layer_past_the_kangaroo_exit_starts_as_the_adapters_draft
     for p in adapter.parameters():  # not the identity start: a trained-looking adapter
         p.data.normal_(0, 0.2)
     model, start = students.warm_llama(target, tiny_tokenizer, 2, None, log=lambda _m: None, adapter=adapter)
-    assert start == students.FRESH + "the target's first 1 layers and the Kangaroo adapter"
+    assert start == students.FRESH + "the target's first layer and the Kangaroo adapter"
     x = torch.randint(1, len(tiny_tokenizer), (2, 12))
     with torch.no_grad():
         hidden = target(x, output_hidden_states=True).hidden_states[1]
