@@ -205,6 +205,9 @@ class LeanDecoder(HoldsKV):
         self.linear = exact_linear if exact else draft_linear
         self.kv = KVBuffers(len(self.layers), kv_heads, head_dim, rotary.inv_freq, self.limit, param.device,
                             param.dtype, capacity)
+        # An MLP whose down projection is all zeros adds exactly nothing: a drafter grafted from Kangaroo's
+        # attention-only adapter (students.graft_adapter) has one; computing it would be wasted work.
+        self.adds_mlp = [exact or bool(layer.mlp.down_proj.weight.any()) for layer in self.layers]
 
     @torch.inference_mode()
     def states(self, ids: torch.Tensor) -> torch.Tensor:
@@ -216,6 +219,8 @@ class LeanDecoder(HoldsKV):
         for i, layer in enumerate(self.layers):
             h = self.norm_of(layer.input_layernorm, x)
             x = x + self.kv.attend(i, layer.self_attn, h, self.heads, past, end, mask, self.linear)
+            if not self.adds_mlp[i]:
+                continue
             h = self.norm_of(layer.post_attention_layernorm, x)
             mlp, lin = layer.mlp, self.linear
             x = x + project(lin, mlp.down_proj, mlp.act_fn(project(lin, mlp.gate_proj, h)) * project(lin, mlp.up_proj, h))

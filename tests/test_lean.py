@@ -162,3 +162,16 @@ def test_draft_linear_is_the_same_product_and_follows_in_place_updates():
     torch.testing.assert_close(draft_linear(x, wide.weight, wide.bias), wide(x))
     y = torch.randn(1, 64)
     assert torch.equal(draft_linear(y, narrow.weight), F.linear(y, narrow.weight))  # F.linear itself there
+
+
+def test_a_layer_whose_mlp_adds_nothing_is_skipped_with_the_same_logits():
+    """A grafted drafter's adapter layer has down_proj = 0: the lean forward skips its MLP (exactly x + 0),
+    and matches transformers' forward that computes it."""
+    model = make_tiny_model("llama", VOCAB, layers=3, seed=4)
+    with torch.no_grad():
+        model.model.layers[2].mlp.down_proj.weight.zero_()
+    lean = LeanDecoder(model, VOCAB)
+    assert lean.adds_mlp == [True, True, False]
+    assert LeanDecoder(model, VOCAB, exact=True).adds_mlp == [True] * 3  # Kangaroo's exact path: op for op
+    for got, want in zip(replay(lean), replay(PlainDecoder(model, VOCAB))):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
