@@ -595,7 +595,7 @@ def build_demo() -> gr.Blocks:
                         e_temp = gr.Number(1.0, label="temperature (> 0)")
                         e_topk = gr.Number(0, label="top_k (0 = off)", precision=0)
                         e_topp = gr.Number(1.0, label="top_p")
-                        e_n = gr.Slider(100, 5000, value=2000, step=100, label="N samples per sampler", elem_id="e-n")
+                        e_n = gr.Slider(100, 5000, value=5000, step=100, label="N samples per sampler", elem_id="e-n")
                         e_tokens = gr.Slider(1, 3, value=2, step=1, label="tokens per sample")
                         e_seed = gr.Number(0, label="seed", precision=0)
                         e_broken = gr.Checkbox(True, label="also run the BROKEN-on-purpose rule")

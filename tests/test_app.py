@@ -237,7 +237,7 @@ def test_step_explainer_shows_both_distributions_the_rule_and_moves_by_keyboard(
 
 
 def test_exactness_lab_passes_the_real_rule_and_exposes_the_broken_one(page):
-    """N = 2,000 with a fixed seed on the embedded pair: draft_model's samples are consistent with the target's
+    """N = 5,000 (the default) with a fixed seed on the embedded pair: draft_model's samples are consistent with the target's
     exact law (p > 0.01) and so are plain autoregressive ones; the BROKEN-on-purpose rule is rejected (p < 0.001)."""
     open_tab(page, "Exactness")
     page.click("#exactness-run")
