@@ -134,9 +134,11 @@ def test_embedded_pair_ships_everything(embedded_pair):
     assert {"kangaroo_adapter", "sorted_drafter", "vocab_ranking", "target_meta"} <= set(pair.extras)
     assert anatomy(pair.target).family == "llama-like"
     assert pair.target.config.model_type == "llama"
-    target_params = sum(p.numel() for p in pair.target.parameters())
-    draft_params = sum(p.numel() for p in pair.draft.parameters())
-    assert draft_params < target_params / 3
+    def body(model) -> int:  # parameters past the (tied) embedding: what a drafter adds per token
+        return sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+
+    assert body(pair.draft) < body(pair.target) / 3  # the grafted drafter: 3 of the target's 12 layers' worth
+    assert pair.draft.config.num_hidden_layers <= pair.target.config.num_hidden_layers // 4
     nested = load_pair("embedded", target_depth=pair.extras["target_meta"]["nested_targets"][0], device="cpu")
     assert nested.target_name.startswith("embedded[:") and nested.target_layers < pair.target_layers
     assert load_pair(f"embedded[:{nested.target_layers}]", device="cpu").target_layers == nested.target_layers
