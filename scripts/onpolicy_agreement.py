@@ -57,18 +57,26 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--family, or --target and --drafter")
     target = AutoModelForCausalLM.from_pretrained(args.target, dtype=torch.float32).eval()
     drafter = AutoModelForCausalLM.from_pretrained(args.drafter, dtype=torch.float32).eval()
-    students = {"drafter " + args.drafter: lambda seq, out: drafter(seq).logits}
+    parts = anatomy(target)
+
+    def all_logits(seq, out) -> dict:
+        """Each drafter's and each target exit's logits over seq (the sorted drafter run once for all its exits)."""
+        named = {"drafter " + args.drafter: drafter(seq).logits}
+        if args.family:
+            named.update({f"sorted drafter, {k.removeprefix('_k')} layer(s)": logits
+                          for k, logits in sorted_logits(sorted_lm, seq, sorted_lm.config.num_hidden_layers).items()})
+            named["Kangaroo adapter"] = adapter_logits(adapter, target, out.hidden_states[adapter.config.exit_layer])
+        for k in range(1, len(parts.layers)):
+            named[f"target layers [0, {k}) + final norm and head"] = target.get_output_embeddings()(
+                parts.final_norm(out.hidden_states[k]))
+        return named
+
     if args.family:
         from specviz.adapter import KangarooAdapter
         from specviz.train import adapter_logits, sorted_logits
 
         sorted_lm = AutoModelForCausalLM.from_pretrained(str(Path(args.family) / "sorted-drafter"), dtype=torch.float32).eval()
         adapter = KangarooAdapter.load(Path(args.family) / "kangaroo-adapter", device="cpu", dtype=torch.float32).eval()
-        depth = sorted_lm.config.num_hidden_layers
-        for k in range(1, depth + 1):
-            students[f"sorted drafter, {k} layer(s)"] = lambda seq, out, k=k: sorted_logits(sorted_lm, seq, depth)[f"_k{k}"]
-        students["Kangaroo adapter"] = lambda seq, out: adapter_logits(
-            adapter, target, out.hidden_states[adapter.config.exit_layer])
     if args.students_ckpt:
         ckpt = torch.load(args.students_ckpt, map_location="cpu", weights_only=False)
         drafter.load_state_dict(ckpt["models"]["drafter"])
@@ -87,7 +95,6 @@ def main(argv: list[str] | None = None) -> int:
         batches = [torch.from_numpy(np.stack([heldout[s : s + args.prefix].astype(np.int64) for s in starts]))]
     hits: dict[str, float] = {}
     total = 0
-    parts = anatomy(target)
     for prefixes in batches:
         seq = greedy_continuations(target, prefixes, args.new)
         span = slice(prefixes.shape[1], -1)  # predictions of the generated tokens 2.. (the first follows the prompt)
@@ -95,12 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             out = target(seq, output_hidden_states=True)
             want = out.logits.argmax(-1)[:, span]
             total += want.numel()
-            named = dict(students)
-            for k in range(1, len(parts.layers)):
-                named[f"target layers [0, {k}) + final norm and head"] = (
-                    lambda seq, out, k=k: target.get_output_embeddings()(parts.final_norm(out.hidden_states[k])))
-            for name, logits_of in named.items():
-                hits[name] = hits.get(name, 0.0) + (logits_of(seq, out).argmax(-1)[:, span] == want).sum().item()
+            for name, logits in all_logits(seq, out).items():
+                hits[name] = hits.get(name, 0.0) + (logits.argmax(-1)[:, span] == want).sum().item()
     print(f"greedy agreement on the target's own text ({'bundled prompts' if args.code_prompts else 'corpus prefixes'}, "
           f"{total} tokens):")
     for name, hit in hits.items():

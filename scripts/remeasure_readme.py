@@ -75,8 +75,7 @@ def apply_tables(text: str, out_dir: Path) -> tuple[str, list[str]]:
     """README's text with every single-run table replaced by out_dir's, and what was left for a hand edit."""
     lines, todo, index, swaps = text.split("\n"), [], 0, []
     for match in COMMAND.finditer(text):
-        line, name, _ = match.groups()
-        if "..." in line:
+        if "..." in match.group(1):
             continue
         runs = len(readme_bench_commands(match.group(0)))
         first, index = index + 1, index + runs

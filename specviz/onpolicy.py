@@ -32,12 +32,12 @@ class PoolConfig:
 class OnPolicyPool:
     """Serves (B, seq_len + 1) windows from a pool refilled when it runs dry or the length changes."""
 
-    def __init__(self, target, windows: WindowStream, cfg: PoolConfig):
+    def __init__(self, target, windows: WindowStream, cfg: PoolConfig, fills: int = 0, generated_tokens: int = 0):
         self.target, self.windows, self.cfg = target, windows, cfg
         self.rows: torch.Tensor | None = None  # (N, seq_len + 1) on the target's device
         self.order: list[int] = []
-        self.fills = 0  # generate calls so far: tests and logs
-        self.generated_tokens = 0
+        # generate calls and greedy tokens so far, a resumed run's included: the report, logs and the order's seed
+        self.fills, self.generated_tokens = fills, generated_tokens
 
     def prompt_len(self, seq_len: int) -> int:
         return min(seq_len, max(self.cfg.min_prompt, seq_len + 1 - self.cfg.new_tokens))

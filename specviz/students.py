@@ -356,8 +356,12 @@ def seq_len_at(cfg: StudentsConfig, steps: int, step: int, max_len: int) -> int:
     return min(curriculum_seq_len(plan, step * cfg.tokens_per_step), max_len)
 
 
-def distill_step(s: Students, teacher: Teacher, batch: torch.Tensor) -> dict[str, float]:
-    """One teacher forward feeds all three students (as train.distill)."""
+def student_step(s: Students, teacher: Teacher, batch: torch.Tensor) -> dict[str, float]:
+    """One teacher forward feeds every student that has an optimizer in this phase (as train.distill): all
+    three when distilling; when refining, on corpus or on-policy windows alike, the drafter and the adapter
+    and, unless `refine_sorted` is off, the sorted drafter. The adapter was left out of refinement once and
+    drafted worse for it: first-draft acceptance 0.76 against the refined drafter's 0.86 on the bundled prompts
+    (the 2026-11-25 family); the sorted drafter, left out until the GPU-trained family, stayed under 1x."""
     target, x = teacher.model, batch[:, :-1]  # x: (B, T)
     with torch.no_grad():
         out = target(x, output_hidden_states=True)
@@ -369,24 +373,7 @@ def distill_step(s: Students, teacher: Teacher, batch: torch.Tensor) -> dict[str
         "sorted": lambda: sum(soft_ce(l, teacher_logp) for l in sorted_logits(s.sorted_drafter, x, layers).values()) / layers,
         "adapter": lambda: soft_ce(adapter_logits(s.adapter, target, hidden_l), teacher_logp),
     }
-    return {name: backward_step(s.opts[name], loss()) for name, loss in losses.items()}  # one graph alive at a time
-
-
-def refine_step(s: Students, teacher: Teacher, batch: torch.Tensor) -> dict[str, float]:
-    """The students with a refinement optimizer, on a corpus window or an on-policy one (its tail the
-    target's own greedy continuation: at long lengths the prompt is long and the tail on-policy). The
-    adapter was left out once and drafted worse for it: first-draft acceptance 0.76 against the refined
-    drafter's 0.86 on the bundled prompts (the 2026-11-25 family); the sorted drafter, left out until the
-    GPU-trained family, stayed under 1x."""
-    x = batch[:, :-1]
-    with torch.no_grad():
-        out = teacher.model(x, output_hidden_states=True)
-        teacher_logp = F.log_softmax(out.logits.float(), dim=-1)
-        hidden_l = out.hidden_states[teacher.kangaroo_exit]
-    layers = s.sorted_drafter.config.num_hidden_layers
-    losses = {"drafter": lambda: soft_ce(s.drafter(x).logits, teacher_logp),
-              "adapter": lambda: soft_ce(adapter_logits(s.adapter, teacher.model, hidden_l), teacher_logp),
-              "sorted": lambda: sum(soft_ce(l, teacher_logp) for l in sorted_logits(s.sorted_drafter, x, layers).values()) / layers}
+    # one graph alive at a time
     return {name: backward_step(s.opts[name], loss()) for name, loss in losses.items() if name in s.opts}
 
 
@@ -642,8 +629,8 @@ def train_phases(cfg: StudentsConfig, s: Students, teacher: Teacher, datas: dict
         m.train()
     pool = OnPolicyPool(teacher.model, datas["refine"], PoolConfig(
         rows_tokens=cfg.pool_steps * cfg.tokens_per_step, reuse=cfg.pool_reuse, new_tokens=cfg.refine_new,
-        min_prompt=cfg.refine_min_prompt, seed=cfg.seed + 11 * progress.pool.get("fills", 0)))
-    pool_before = dict(progress.pool)
+        min_prompt=cfg.refine_min_prompt, seed=cfg.seed),  # its counts go on across resumes
+        fills=progress.pool.get("fills", 0), generated_tokens=progress.pool.get("generated_tokens", 0))
     while progress.phase != "done":
         phase = progress.phase
         total = progress.planned.get(phase, cfg.distill_steps if phase == "distill" else cfg.refine_steps)
@@ -666,10 +653,9 @@ def train_phases(cfg: StudentsConfig, s: Students, teacher: Teacher, datas: dict
                 # (B, T+1); an on-policy batch comes from the pool, its tails generated there
                 batch = pool.next(seq, batch_size) if on_policy else datas[phase].next(seq, batch_size)
                 batch = batch.to(cfg.device, non_blocking=True)
-                losses = distill_step(s, teacher, batch) if phase == "distill" else refine_step(s, teacher, batch)
+                losses = student_step(s, teacher, batch)
             if on_policy:
-                progress.pool = {"fills": pool_before.get("fills", 0) + pool.fills,
-                                 "generated_tokens": pool_before.get("generated_tokens", 0) + pool.generated_tokens}
+                progress.pool = {"fills": pool.fills, "generated_tokens": pool.generated_tokens}
             progress.step += 1
             steps_here += 1
             step_seconds = time.time() - t

@@ -72,7 +72,7 @@ def test_refinement_trains_the_sorted_drafter_too_unless_told_not_to(tiny_tokeni
         s = students.make_students(cfg, teacher, log=lambda _m: None)
         s.opts = students.phase_opts(cfg, s, "refine")
         before = {k: v.clone() for k, v in s.sorted_drafter.state_dict().items()}
-        losses = students.refine_step(s, teacher, batch)
+        losses = students.student_step(s, teacher, batch)
         changed = any(not torch.equal(before[k], v) for k, v in s.sorted_drafter.state_dict().items())
         assert changed is refine_sorted and ("sorted" in losses) is refine_sorted
         assert {"drafter", "adapter"} <= set(losses)
