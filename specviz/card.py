@@ -21,6 +21,9 @@ SHAPES = (  # (model, directory, role); shapes are read from each config.json
 )
 
 
+TRAINING_RECORD = "training-record.json"  # the continued training's records, kept with the family
+
+
 def read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -177,6 +180,24 @@ def load_run_record(train_dir: Path) -> dict:
     return {k: ckpt[k] for k in RUN_RECORD_KEYS if k in ckpt}
 
 
+def training_records(family: Path, train_dir: Path) -> tuple[dict, dict, list[dict]]:
+    """(corpus manifest, run record, held-out evals) of the target's continued training. From the run folder
+    when it is there, and then also kept in FAMILY/training-record.json; otherwise from that file. Why: the run
+    folder lives on the machine that trained (a lent GPU's is gone with the lease, a CPU session's with the
+    session), while the family, and the card it must be able to rewrite, is committed."""
+    kept = family / TRAINING_RECORD
+    if (train_dir / "metrics.jsonl").is_file():
+        manifest = read_json(train_dir / "corpus" / "manifest.json")
+        evals = [r for r in map(json.loads, (train_dir / "metrics.jsonl").read_text().splitlines()) if r["event"] == "eval"]
+        run = load_run_record(train_dir)
+        kept.write_text(json.dumps({"manifest": manifest, "run": run, "evals": evals}, indent=1) + "\n", encoding="utf-8")
+        return manifest, run, evals
+    if not kept.is_file():
+        raise OSError(f"neither {train_dir / 'metrics.jsonl'} nor {kept}: the continued training's records are gone")
+    record = read_json(kept)
+    return record["manifest"], record["run"], record["evals"]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", required=True, help="the family's folder (python -m specviz.students --out)")
@@ -189,12 +210,10 @@ def main(argv: list[str] | None = None) -> int:
 
     family, train_dir = Path(args.family), Path(args.train_dir)
     try:
-        manifest = read_json(train_dir / "corpus" / "manifest.json")
-        evals = [r for r in map(json.loads, (train_dir / "metrics.jsonl").read_text().splitlines()) if r["event"] == "eval"]
+        manifest, ckpt, evals = training_records(family, train_dir)
         report = read_json(family / "students-report.json")
         quality = read_json(Path(args.quality))
         first = read_json(Path(args.first)) if args.first else None
-        ckpt = load_run_record(train_dir)
     except (OSError, KeyError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -57,6 +57,7 @@ class UnlikelihoodConfig:
     seconds: float = 0.0  # also stop (finished, saved as final) after this many seconds of this invocation
     device: str = "cpu"
     amp: str = ""  # "bf16" on a GPU: autocast forwards, fp32 weights and optimizer state
+    freeze_layers: int = 0  # > 0: the embedding (tied head), final norm and first N layers stay as they are
 
 
 def repeat_mask(ids: torch.Tensor, start: int, n: int) -> torch.Tensor:
@@ -94,6 +95,23 @@ def unlikelihood_loss(model, seq: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return -torch.log((1.0 - picked).clamp_min(1e-5)).mean()
 
 
+def freeze_shared(model, layers: int) -> int:
+    """Freeze what the rest of the family reads from the target: the embedding (tied to the head), the final
+    norm and the first `layers` decoder layers. With layers >= the Kangaroo exit, the early exit's state, the
+    grafted drafter's body and every exit's head stay bit-identical, so only the adapter must follow the
+    fine-tuned target. Returns the number of frozen parameters."""
+    if layers <= 0:
+        return 0
+    body = model.get_decoder()
+    if layers > len(body.layers):
+        raise ValueError(f"--freeze-layers {layers}: the target has {len(body.layers)} layers")
+    parts = [model.get_input_embeddings(), model.get_output_embeddings(), body.norm, *body.layers[:layers]]
+    frozen = {id(p): p for part in parts for p in part.parameters()}
+    for p in frozen.values():
+        p.requires_grad_(False)
+    return sum(p.numel() for p in frozen.values())
+
+
 def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -115,7 +133,11 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
                        else (0.25,) * len(exits))
     train = np.load(Path(cfg.corpus) / "train.npy", mmap_mode="r")
     heldout = np.load(Path(cfg.corpus) / "heldout.npy", mmap_mode="r")
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
+    frozen = freeze_shared(model, cfg.freeze_layers)
+    if frozen:
+        log(f"frozen: {frozen:,} parameters (embedding and head, final norm, layers 0-{cfg.freeze_layers - 1})")
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, history = 0, []
     if ckpt_path.exists():
@@ -171,7 +193,7 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
             loss = mle + cfg.ul_weight * ul
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
         opt.step()
         step += 1
         steps_here += 1
@@ -202,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", required=True)
     parser.add_argument("--out", required=True)
     for name in ("steps", "threads", "max_steps", "ul_batch", "new_tokens", "prefix_tokens", "mle_batch", "mle_seq_len",
-                 "eval_every", "eval_windows", "ngram", "warmup_steps"):
+                 "eval_every", "eval_windows", "ngram", "warmup_steps", "freeze_layers"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("lr", "ul_weight", "ckpt_minutes"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))

@@ -93,3 +93,29 @@ def test_card_tells_each_student_run_in_order():
     assert "(all three students;" in second_line
     assert "148,800 greedy tokens from 25 generate calls, each row served 2 times" in second_line
     assert "| agree/drafter | 0.3 | 0.6 |" in text  # before the first run, after the last
+
+
+def test_card_keeps_the_training_records_with_the_family(tmp_path):
+    """The run folder is read when it is there and its records are kept in the family; without it (the lease
+    or session that trained is gone) the card is rewritten from the kept copy, identically."""
+    from specviz.card import TRAINING_RECORD, training_records
+
+    run_dir, family = tmp_path / "run", tmp_path / "family"
+    manifest = {"built": "2026-11-26T05:45:32Z", "tokens": {"train": 9}}
+    run = {"step": 3, "tokens": 12, "train_seconds": 1.0, "config": {"device": "cuda"}, "saved": "x"}
+    write(run_dir / "corpus" / "manifest.json", manifest)
+    write(run_dir / "run.json", run)
+    (run_dir / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in (
+        {"event": "train", "step": 1}, {"event": "eval", "tokens": 0, "heldout": 5.0})) + "\n")
+    family.mkdir()
+    first = training_records(family, run_dir)
+    assert first == (manifest, run, [{"event": "eval", "tokens": 0, "heldout": 5.0}])
+    assert (family / TRAINING_RECORD).is_file()
+    assert training_records(family, tmp_path / "gone") == first
+    (family / TRAINING_RECORD).unlink()
+    try:
+        training_records(family, tmp_path / "gone")
+    except OSError as exc:
+        assert "records are gone" in str(exc)
+    else:
+        raise AssertionError("no records and no error")

@@ -75,3 +75,32 @@ def test_seconds_finish_the_run_on_time_under_autocast(tmp_path):
     assert any(line.startswith("--seconds 1") for line in said)
     meta = json.loads((tmp_path / "out" / "target" / "specviz.json").read_text())
     assert meta["unlikelihood"]["steps"] == result["step"]
+
+
+def test_freeze_layers_keeps_what_the_family_reads_bit_identical(tmp_path):
+    """--freeze-layers 1: the embedding (tied head), final norm and layer 0 come out exactly as they went in
+    (the Kangaroo exit's state and the grafted drafter's body stay valid); the layers above do train."""
+    from transformers import AutoModelForCausalLM
+
+    tok = build_tiny_tokenizer()
+    target = make_tiny_model("llama", len(tok), layers=3, seed=2)
+    target.save_pretrained(tmp_path / "target")
+    tok.save_pretrained(tmp_path / "target")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = np.random.default_rng(0)
+    for split, size in (("train", 4000), ("heldout", 600)):
+        np.save(corpus / f"{split}.npy", rng.integers(1, len(tok), size).astype(np.uint16))
+    said = []
+    cfg = UnlikelihoodConfig(target=str(tmp_path / "target"), corpus=str(corpus), out=str(tmp_path / "out"), steps=3,
+                             mle_seq_len=16, mle_batch=2, prefix_tokens=8, new_tokens=12, ul_batch=2, eval_every=0,
+                             eval_windows=2, lr=1e-2, warmup_steps=1, freeze_layers=1)
+    assert finetune(cfg, log=said.append)["done"]
+    assert any(line.startswith("frozen:") for line in said)
+    before = AutoModelForCausalLM.from_pretrained(tmp_path / "target").state_dict()
+    after = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "target").state_dict()
+    frozen = [k for k in before if k.startswith(("model.embed_tokens", "lm_head", "model.norm", "model.layers.0."))]
+    trained = [k for k in before if k.startswith(("model.layers.1.", "model.layers.2."))]
+    assert frozen and trained
+    assert all(torch.equal(before[k], after[k]) for k in frozen)
+    assert all(not torch.equal(before[k], after[k]) for k in trained if "layernorm" not in k)
