@@ -11,6 +11,23 @@ from conftest import build_tiny_tokenizer, make_tiny_model
 from specviz.unlikelihood import UnlikelihoodConfig, finetune, repeat_mask, unlikelihood_loss
 
 
+def tiny_target_and_corpus(tmp_path, meta: dict | None = None):
+    """A 3-layer random target (with its specviz.json when `meta` is given) in tmp_path/target and a random
+    token corpus; returns the corpus folder."""
+    tok = build_tiny_tokenizer()
+    target = make_tiny_model("llama", len(tok), layers=3, seed=2)
+    target.save_pretrained(tmp_path / "target")
+    tok.save_pretrained(tmp_path / "target")
+    if meta is not None:
+        (tmp_path / "target" / "specviz.json").write_text(json.dumps(meta))
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    rng = np.random.default_rng(0)
+    for split, size in (("train", 4000), ("heldout", 600)):
+        np.save(corpus / f"{split}.npy", rng.integers(1, len(tok), size).astype(np.uint16))
+    return corpus
+
+
 def test_repeat_mask_marks_tokens_that_complete_a_seen_ngram():
     ids = torch.tensor([[5, 1, 2, 3, 1, 2, 3, 1, 9]])
     assert repeat_mask(ids, start=0, n=3).nonzero()[:, 1].tolist() == [6, 7]  # (1,2,3) again, then (2,3,1) again
@@ -30,16 +47,7 @@ def test_unlikelihood_loss_is_minus_log_one_minus_p_at_the_marked_tokens():
 
 
 def test_finetune_runs_saves_and_resumes(tmp_path):
-    tok = build_tiny_tokenizer()
-    target = make_tiny_model("llama", len(tok), layers=3, seed=2)
-    target.save_pretrained(tmp_path / "target")
-    tok.save_pretrained(tmp_path / "target")
-    (tmp_path / "target" / "specviz.json").write_text(json.dumps({"exits": [1, 3], "kangaroo_exit": 1}))
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    rng = np.random.default_rng(0)
-    for split, size in (("train", 4000), ("heldout", 600)):
-        np.save(corpus / f"{split}.npy", rng.integers(1, len(tok), size).astype(np.uint16))
+    corpus = tiny_target_and_corpus(tmp_path, meta={"exits": [1, 3], "kangaroo_exit": 1})
     cfg = UnlikelihoodConfig(target=str(tmp_path / "target"), corpus=str(corpus), out=str(tmp_path / "out"), steps=3,
                              mle_seq_len=16, mle_batch=2, prefix_tokens=8, new_tokens=12, ul_batch=2, eval_every=0,
                              eval_windows=2, max_steps=2, lr=1e-3)
@@ -57,15 +65,7 @@ def test_finetune_runs_saves_and_resumes(tmp_path):
 def test_seconds_finish_the_run_on_time_under_autocast(tmp_path):
     """--seconds ends a run as finished (a GPU lease is minutes, not steps); bf16 autocast (here on the CPU)
     is the path a lent GPU takes."""
-    tok = build_tiny_tokenizer()
-    target = make_tiny_model("llama", len(tok), layers=3, seed=2)
-    target.save_pretrained(tmp_path / "target")
-    tok.save_pretrained(tmp_path / "target")
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    rng = np.random.default_rng(0)
-    for split, size in (("train", 4000), ("heldout", 600)):
-        np.save(corpus / f"{split}.npy", rng.integers(1, len(tok), size).astype(np.uint16))
+    corpus = tiny_target_and_corpus(tmp_path)
     said = []
     cfg = UnlikelihoodConfig(target=str(tmp_path / "target"), corpus=str(corpus), out=str(tmp_path / "out"),
                              steps=10_000, mle_seq_len=16, mle_batch=2, prefix_tokens=8, new_tokens=12, ul_batch=2,
@@ -82,15 +82,7 @@ def test_freeze_layers_keeps_what_the_family_reads_bit_identical(tmp_path):
     (the Kangaroo exit's state and the grafted drafter's body stay valid); the layers above do train."""
     from transformers import AutoModelForCausalLM
 
-    tok = build_tiny_tokenizer()
-    target = make_tiny_model("llama", len(tok), layers=3, seed=2)
-    target.save_pretrained(tmp_path / "target")
-    tok.save_pretrained(tmp_path / "target")
-    corpus = tmp_path / "corpus"
-    corpus.mkdir()
-    rng = np.random.default_rng(0)
-    for split, size in (("train", 4000), ("heldout", 600)):
-        np.save(corpus / f"{split}.npy", rng.integers(1, len(tok), size).astype(np.uint16))
+    corpus = tiny_target_and_corpus(tmp_path)
     said = []
     cfg = UnlikelihoodConfig(target=str(tmp_path / "target"), corpus=str(corpus), out=str(tmp_path / "out"), steps=3,
                              mle_seq_len=16, mle_batch=2, prefix_tokens=8, new_tokens=12, ul_batch=2, eval_every=0,
