@@ -13,7 +13,9 @@
 # TARGET_SECONDS=0: students only, from the shipped target (assets/models/target travels with the tree),
 # e.g. TARGET_SECONDS=0 DRAFTER_LAYERS=2 DISTILL_SECONDS=150 REFINE_SECONDS=330 for a 2-layer drafter.
 # UL_SECONDS=150: an unlikelihood fine-tune of the target (specviz.unlikelihood, 256 greedy continuations
-# per step) before the students, against its greedy loops (issue 16's repeated 4-gram share).
+# per step) before the students, against its greedy loops (issue 16's repeated 4-gram share). UL_FREEZE=2 (the
+# default) keeps the embedding/head, final norm and layers 0-1 as they are: the Kangaroo exit's state and the
+# grafted drafter's body stay valid, and only the students' upper parts must follow (0 = train everything).
 set -uo pipefail
 OUT=${OUT:-gpu-family}
 CORPUS_PACK=${CORPUS_PACK:-.corpus}
@@ -31,6 +33,7 @@ DRAFTER_LAYERS=${DRAFTER_LAYERS:-1}  # 2: a drafter that can copy (induction nee
 UL_SECONDS=${UL_SECONDS:-0}
 UL_BATCH=${UL_BATCH:-256}
 UL_MLE_BATCH=${UL_MLE_BATCH:-64}
+UL_FREEZE=${UL_FREEZE:-2}
 POOL_STEPS=${POOL_STEPS:-8}  # on-policy rows per generate call, in steps' worth (onpolicy.OnPolicyPool)
 POOL_REUSE=${POOL_REUSE:-2}
 DISTILL_STEPS=100000; [ "$DISTILL_SECONDS" = 0 ] && DISTILL_STEPS=0  # 0 s: refine the shipped students only
@@ -72,6 +75,7 @@ if [ "$UL_SECONDS" -gt 0 ]; then
   stamp "unlikelihood: ${UL_SECONDS} s from $TARGET_DIR"
   $PY -m specviz.unlikelihood --device "$DEVICE" --amp "$AMP" --target "$TARGET_DIR" --corpus "$WORK/corpus" --out "$WORK/ul" \
     --steps 100000 --seconds "$UL_SECONDS" --ul-batch "$UL_BATCH" --mle-batch "$UL_MLE_BATCH" --eval-every 25 \
+    --freeze-layers "$UL_FREEZE" \
     --threads "$THREADS" > "$OUT/unlikelihood.log" 2>&1
   rc=$?
   stamp "unlikelihood done (rc $rc)"
