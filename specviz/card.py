@@ -119,8 +119,10 @@ def run_sentence(report: dict) -> str:
     where = f"on {cfg.get('device', 'cpu')}" + (f" ({cfg['amp']} autocast)" if cfg.get("amp") else "")
     refined = "all three students" if cfg.get("refine_sorted") else "the drafter and the adapter"
     pool = report.get("pool") or {}
-    pooled = (f", {pool['generated_tokens']:,} greedy tokens from {pool['fills']} generate calls, each row served "
-              f"{cfg['pool_reuse']} times" + (f" ({pool['note']})" if pool.get("note") else "") if pool.get("fills") else "")
+    pooled = ""
+    if pool.get("fills"):
+        pooled = (f", {pool['generated_tokens']:,} greedy tokens from {pool['fills']} generate calls, each row served "
+                  f"{cfg['pool_reuse']} times" + (f" ({pool['note']})" if pool.get("note") else ""))
     return (f"{report['steps']['distill']} distillation steps (soft cross-entropy to the target's distribution, all three "
             f"students) and {report['steps']['refine']} on-policy refinement steps ({refined}; every "
             f"second batch the target's own greedy continuation{pooled}), {cfg['tokens_per_step']:,} tokens a step, sequence "

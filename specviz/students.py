@@ -373,8 +373,8 @@ def student_step(s: Students, teacher: Teacher, batch: torch.Tensor) -> dict[str
         "sorted": lambda: sum(soft_ce(l, teacher_logp) for l in sorted_logits(s.sorted_drafter, x, layers).values()) / layers,
         "adapter": lambda: soft_ce(adapter_logits(s.adapter, target, hidden_l), teacher_logp),
     }
-    # one graph alive at a time
-    return {name: backward_step(s.opts[name], loss()) for name, loss in losses.items() if name in s.opts}
+    return {name: backward_step(s.opts[name], loss()) for name, loss in losses.items()  # one graph alive at a time
+            if name in s.opts}
 
 
 def backward_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:

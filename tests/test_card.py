@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
+
 from specviz.card import card
 
 
@@ -113,9 +115,5 @@ def test_card_keeps_the_training_records_with_the_family(tmp_path):
     assert (family / TRAINING_RECORD).is_file()
     assert training_records(family, tmp_path / "gone") == first
     (family / TRAINING_RECORD).unlink()
-    try:
+    with pytest.raises(OSError, match="records are gone"):
         training_records(family, tmp_path / "gone")
-    except OSError as exc:
-        assert "records are gone" in str(exc)
-    else:
-        raise AssertionError("no records and no error")
