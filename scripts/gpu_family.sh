@@ -31,9 +31,11 @@ STUDENT_TOKENS=${STUDENT_TOKENS:-65536}
 THREADS=${THREADS:-8}
 DRAFTER_LAYERS=${DRAFTER_LAYERS:-1}  # 2: a drafter that can copy (induction needs two layers), from the target's first two
 UL_SECONDS=${UL_SECONDS:-0}
+FINISH_MINUTES=${FINISH_MINUTES:-1.2}  # the students' held-out measure, calibration and save (0.3-0.7 min on an H100)
 UL_BATCH=${UL_BATCH:-256}
 UL_MLE_BATCH=${UL_MLE_BATCH:-64}
 UL_FREEZE=${UL_FREEZE:-2}
+UL_LR=${UL_LR:-1e-4}  # the CPU runs' lr; a 256-row batch is far less noisy than their 8 rows
 POOL_STEPS=${POOL_STEPS:-8}  # on-policy rows per generate call, in steps' worth (onpolicy.OnPolicyPool)
 POOL_REUSE=${POOL_REUSE:-2}
 DISTILL_STEPS=100000; [ "$DISTILL_SECONDS" = 0 ] && DISTILL_STEPS=0  # 0 s: refine the shipped students only
@@ -75,7 +77,7 @@ if [ "$UL_SECONDS" -gt 0 ]; then
   stamp "unlikelihood: ${UL_SECONDS} s from $TARGET_DIR"
   $PY -m specviz.unlikelihood --device "$DEVICE" --amp "$AMP" --target "$TARGET_DIR" --corpus "$WORK/corpus" --out "$WORK/ul" \
     --steps 100000 --seconds "$UL_SECONDS" --ul-batch "$UL_BATCH" --mle-batch "$UL_MLE_BATCH" --eval-every 25 \
-    --freeze-layers "$UL_FREEZE" \
+    --freeze-layers "$UL_FREEZE" --lr "$UL_LR" \
     --threads "$THREADS" > "$OUT/unlikelihood.log" 2>&1
   rc=$?
   stamp "unlikelihood done (rc $rc)"
@@ -83,11 +85,16 @@ if [ "$UL_SECONDS" -gt 0 ]; then
   [ -f "$WORK/ul/target/config.json" ] && TARGET_DIR="$WORK/ul/target"
 fi
 
-stamp "students: distill ${DISTILL_SECONDS} s, refine ${REFINE_SECONDS} s"
+# LEASE_SECONDS: the call's own limit; the students then stop and save 30 s before it, so the family is packed
+# even when the phases ran slower than planned (a killed call brings back no weights)
+if [ "${LEASE_SECONDS:-0}" -gt 0 ]; then
+  STUDENT_MINUTES=$(awk "BEGIN { m = ($LEASE_SECONDS - $(( $(date +%s) - start )) - 30) / 60; print (m < $STUDENT_MINUTES ? m : $STUDENT_MINUTES) }")
+fi
+stamp "students: distill ${DISTILL_SECONDS} s, refine ${REFINE_SECONDS} s, at most ${STUDENT_MINUTES} min"
 $PY -m specviz.students --device "$DEVICE" --amp "$AMP" --target "$TARGET_DIR" --corpus "$WORK/corpus" \
   --out "$WORK/family" --warm-from assets/models --tokens-per-step "$STUDENT_TOKENS" --distill-steps "$DISTILL_STEPS" --refine-steps 100000 \
   --distill-seconds "$DISTILL_SECONDS" --refine-seconds "$REFINE_SECONDS" --warmup-steps 10 --drafter-layers "$DRAFTER_LAYERS" --pool-steps "$POOL_STEPS" --pool-reuse "$POOL_REUSE" \
-  --budget-minutes "$STUDENT_MINUTES" --threads "$THREADS" \
+  --budget-minutes "$STUDENT_MINUTES" --finish-at-deadline --finish-minutes "$FINISH_MINUTES" --threads "$THREADS" \
   > "$OUT/students.log" 2>&1
 rc=$?
 stamp "students done (rc $rc)"

@@ -76,7 +76,8 @@ REPORT = "students-report.json"
 LOG = "students.log"
 PHASES = ("distill", "refine", "done")
 FRESH = "fresh: "  # prefix of a student's start that is not a shipped student
-RUN_CONTROL = ("budget_minutes", "until", "max_steps", "restart", "threads", "finish_minutes", "device", "amp")  # may change between runs
+RUN_CONTROL = ("budget_minutes", "until", "max_steps", "restart", "threads", "finish_minutes", "device", "amp",
+               "finish_at_deadline")  # may change between runs
 Log = Callable[[str], None]
 
 
@@ -125,6 +126,9 @@ class StudentsConfig:
     # measured step time, so a fixed GPU lease ends each phase's lr schedule on time.
     distill_seconds: float = 0.0
     refine_seconds: float = 0.0
+    # A lease ends whatever runs at its limit: at the deadline, end training where it stands (the phase's
+    # steps are the steps run) and finish, keeping finish_minutes for it, rather than stop to be resumed.
+    finish_at_deadline: bool = False
     quick: bool = False
 
     def quickened(self) -> StudentsConfig:
@@ -593,15 +597,19 @@ def make(cfg: StudentsConfig, log: Log) -> dict | None:
         log(f"checkpoint ({reason}): phase {progress.phase} step {progress.step} -> {ckpt_path} [{time.time() - t:.1f} s]")
 
     # 2.-3. distill, refine
+    train_deadline = deadline - cfg.finish_minutes * 60 if cfg.finish_at_deadline else deadline
     with stop_flag() as flag:
-        stopped = train_phases(cfg, s, teacher, datas, progress, deadline, flag, checkpoint, log)
+        stopped = train_phases(cfg, s, teacher, datas, progress, train_deadline, flag, checkpoint, log)
+    if stopped == "deadline" and cfg.finish_at_deadline:
+        end_training_early(progress, log)
+        stopped = ""
     if stopped:
         checkpoint(stopped)
         log(f"stopped ({stopped}); resume with the same command")
         return None
     # 4. measure, calibrate, save
     if progress.final is None:
-        if time.time() + cfg.finish_minutes * 60 > deadline:
+        if not cfg.finish_at_deadline and time.time() + cfg.finish_minutes * 60 > deadline:  # else its time was kept
             checkpoint("no time left to finish")
             return None
         t = time.time()
@@ -677,6 +685,14 @@ def train_phases(cfg: StudentsConfig, s: Students, teacher: Teacher, datas: dict
         s.opts = phase_opts(cfg, s, progress.phase)
         log(f"phase {phase} finished ({progress.seconds[phase] / 60:.1f} min)")
     return ""
+
+
+def end_training_early(progress: Progress, log: Log) -> None:
+    """--finish-at-deadline: the current phase ends at the step it reached, later phases run no steps."""
+    log(f"deadline: training ends at {progress.phase} step {progress.step}; finishing with the students as they are")
+    for phase in PHASES[PHASES.index(progress.phase):-1]:
+        progress.planned[phase] = progress.step if phase == progress.phase else 0
+    progress.phase, progress.step = "done", 0
 
 
 def fitted_steps(progress: Progress, phase: str, phase_seconds: float, total: int, fit_from: tuple[int, float],
@@ -763,6 +779,9 @@ def main(argv: list[str] | None = None, log: Log | None = None) -> dict | None:
                         help="on-policy steps' worth of rows per generate call (default 4)")
     parser.add_argument("--pool-reuse", type=int, default=None, help="times each generated row is served (default 2)")
     parser.add_argument("--no-refine-sorted", action="store_true", help="leave the sorted drafter as distilled")
+    parser.add_argument("--finish-minutes", type=float, default=None, help="time kept for the final phase (default 3)")
+    parser.add_argument("--finish-at-deadline", action="store_true",
+                        help="at the deadline (--budget-minutes/--until less the finish time) end training and finish")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     cfg = StudentsConfig(target=args.target, corpus=args.corpus, out=args.out, warm_from=args.warm_from,
                          budget_minutes=args.budget_minutes, until=args.until, threads=args.threads, seed=args.seed,
@@ -774,9 +793,11 @@ def main(argv: list[str] | None = None, log: Log | None = None) -> dict | None:
                                "refine_seconds": args.refine_seconds,
                                "calibration_prompts": args.calibration_prompts, "warmup_steps": args.warmup_steps,
                                "drafter_layers": args.drafter_layers, "pool_steps": args.pool_steps,
-                               "pool_reuse": args.pool_reuse}.items() if v is not None}
+                               "pool_reuse": args.pool_reuse, "finish_minutes": args.finish_minutes}.items() if v is not None}
     if args.no_refine_sorted:
         steps["refine_sorted"] = False
+    if args.finish_at_deadline:
+        steps["finish_at_deadline"] = True
     cfg = replace(cfg, **steps)
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     t0 = time.time()

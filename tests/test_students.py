@@ -112,6 +112,19 @@ def test_the_staging_dir_loads_like_assets_models(made, monkeypatch):
     assert {"kangaroo_adapter", "sorted_drafter", "vocab_ranking", "target_meta"} <= set(embedded.extras)
 
 
+def test_a_lease_run_ends_training_at_its_deadline_and_finishes(inputs, tmp_path):
+    """--finish-at-deadline (a GPU lease ends whatever still runs): the steps run are the run, and it saves."""
+    out = tmp_path / "lease"
+    assert students.main(args(inputs, out, "--max-steps", "3"), log=[].append) is None
+    said = []
+    report = students.main(args(inputs, out, "--finish-at-deadline", "--budget-minutes", "0"), log=said.append)
+    assert report is not None and report["steps"] == {"distill": 3, "refine": 0}
+    assert any(line.startswith("deadline: training ends at distill step 3") for line in said), said
+    assert not any(line.startswith(("distill step", "refine step")) for line in said)
+    assert json.loads((out / students.REPORT).read_text())["steps"] == {"distill": 3, "refine": 0}
+    assert (out / "drafter" / "config.json").is_file() and (out / "kangaroo-adapter" / "adapter_config.json").is_file()
+
+
 def test_a_deleted_output_is_rewritten_without_training(made, inputs):
     import shutil
 
