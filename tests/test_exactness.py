@@ -54,6 +54,15 @@ def test_exact_rule_passes_and_the_broken_rule_is_caught(peaky_pair):
     assert broken["tv_distance"] > exact["tv_distance"]
 
 
+def test_draft_model_with_a_confidence_stop_passes(peaky_pair):
+    """eta changes how many tokens are drafted, never the law of what is emitted."""
+    stops = run("draft_model", peaky_pair, PROMPT, max_new_tokens=12, temperature=1.0, seed=0, gamma=3, eta=0.9)
+    assert any(e.kind == "early_exit" for e in stops.events)
+    result = specviz.exactness("draft_model", peaky_pair, PROMPT, n=1000, tokens=2, seed=2, temperature=1.0, gamma=3,
+                               eta=0.9, reference=False)
+    assert result["chi2_p"] > 0.01, result
+
+
 def test_kangaroo_passes(peaky_pair):
     result = specviz.exactness("kangaroo", peaky_pair, PROMPT, n=1000, tokens=2, seed=1, temperature=0.8, eta=0.0,
                                exit_layer=1, reference=False)
@@ -81,6 +90,7 @@ def test_law_enumerates_the_top_tokens_and_bins_the_rest(peaky_pair):
 
 @pytest.mark.parametrize("name,params", [("draft_model", {"gamma": 3}), ("draft_model", {"gamma": 2, "vocab_trim": 6}),
                                          ("draft_model", {"gamma": 2, "drafter_forward": "transformers"}),
+                                         ("draft_model", {"gamma": 3, "eta": 0.9}),
                                          ("sorted", {"gamma": 2}), ("autoregressive", {}),
                                          ("kangaroo", {"gamma": 3, "eta": 0.0, "exit_layer": 1}),
                                          ("kangaroo", {"gamma": 3, "eta": 0.5, "exit_layer": 1, "vocab_trim": 5})])

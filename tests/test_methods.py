@@ -46,7 +46,8 @@ def pairs(tiny_tokenizer):
 def method_params(name: str) -> list[dict]:
     return {
         "draft_model": [{"gamma": 1}, {"gamma": 4}, {"gamma": 3, "gamma_schedule": "heuristic"}, {"gamma": 3, "vocab_trim": 100},
-                        {"gamma": 4, "drafter_forward": "transformers"}, {"gamma": 3, "vocab_trim": 100, "drafter_forward": "transformers"}],
+                        {"gamma": 4, "drafter_forward": "transformers"}, {"gamma": 3, "vocab_trim": 100, "drafter_forward": "transformers"},
+                        {"gamma": 6, "eta": 0.5}, {"gamma": 3, "eta": 0.5, "gamma_schedule": "heuristic", "vocab_trim": 100}],
         "hf_assisted": [{"gamma": 3}],
         "kangaroo": [{"gamma": 4, "eta": 0.0, "exit_layer": 1}, {"gamma": 6, "eta": 0.6, "exit_layer": 1},
                      {"gamma": 3, "exit_layer": 1, "vocab_trim": 100}],
@@ -109,6 +110,18 @@ def test_kangaroo_early_exit_events_carry_confidence(agreeing_pair):
     assert exits and all(e.info["confidence"] < 0.9 and e.info["reason"] == "confidence" for e in exits)
     none = run("kangaroo", agreeing_pair, PROMPTS[0], max_new_tokens=40, gamma=6, eta=0.0, exit_layer=2)
     assert not [e for e in none.events if e.kind == "early_exit"]
+
+
+def test_draft_model_stops_drafting_under_eta(agreeing_pair):
+    trace = run("draft_model", agreeing_pair, PROMPTS[0], max_new_tokens=40, gamma=6, eta=0.9)
+    exits = [e for e in trace.events if e.kind == "early_exit"]
+    assert exits and all(e.info["confidence"] < 0.9 and e.info["reason"] == "confidence" for e in exits)
+    for e in exits:  # the unsure draft is the round's last one
+        depths = [d.depth for d in trace.events if d.kind == "draft" and d.step == e.step]
+        assert max(depths) == e.depth < 5
+    none = run("draft_model", agreeing_pair, PROMPTS[0], max_new_tokens=40, gamma=6)
+    assert not [e for e in none.events if e.kind == "early_exit"]
+    assert trace.output_ids == none.output_ids
 
 
 def test_sorted_sources_name_the_sub_model(agreeing_pair):

@@ -37,24 +37,36 @@ class Drafter:
     def logits(self, pending: torch.Tensor) -> torch.Tensor:
         return self.decoder.feed(pending)  # (1, V)
 
-    def propose(self, seq: torch.Tensor, gamma: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draft gamma tokens after seq (1, L): (tokens (gamma,), q (gamma, V)); records a draft event each."""
+    def propose(self, seq: torch.Tensor, gamma: int, step: int, eta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draft up to gamma tokens after seq (1, L): (tokens (k,), q (k, V)); records a draft event each.
+        eta > 0: stop after a draft whose top-1 probability is under eta (that draft is kept, as in Kangaroo's
+        second early exit and transformers' assistant_confidence_threshold): a weak drafter wastes fewer drafts
+        where it is unsure, and the verdict is unchanged in law, since only how many tokens are drafted moves."""
         ctx, rec = self.ctx, self.ctx.rec
         pending = seq[:, self.decoder.length :]  # committed tokens this cache has not seen (>= 1)
-        tokens, qs, spans = [], [], []
-        for _ in range(gamma):
+        tokens, qs, spans, stop = [], [], [], None
+        for depth in range(gamma):
             t0 = rec.now()
             token, q = ctx.sampling.choose(self.logits(pending), ctx.generator)
             spans.append((t0, rec.now()))
             tokens.append(token)
             qs.append(q[0])
             pending = token.view(1, 1)
+            if eta > 0 and depth + 1 < gamma:
+                confidence = float(q.max())
+                if confidence < eta:
+                    stop = (depth, confidence, spans[-1][1])
+                    break
         if not tokens:
             return seq.new_zeros(0), torch.zeros(0, ctx.vocab, device=seq.device)
         drafts, q = torch.cat(tokens), torch.stack(qs)
-        q_x = q[torch.arange(gamma, device=q.device), drafts].tolist()
+        q_x = q[torch.arange(len(tokens), device=q.device), drafts].tolist()
         for depth, (token_id, qv, (t0, t1)) in enumerate(zip(drafts.tolist(), q_x, spans)):
             rec.add("draft", step=step, token_id=token_id, q=qv, depth=depth, source=self.source, t0=t0, t1=t1)
+        if stop is not None:
+            depth, confidence, t1 = stop
+            rec.add("early_exit", step=step, depth=depth, source=self.source, t0=t1, t1=t1,
+                    info={"reason": "confidence", "confidence": confidence, "eta": eta})
         return drafts, q
 
     def rollback(self, length: int) -> None:
@@ -162,6 +174,9 @@ def prefill_both(ctx: RunContext, target: Decoder, drafter, source: str) -> None
 DRAFTER_FORWARD = Param("drafter_forward", str, "lean", choices=("lean", "transformers"),
                         help="the drafter's forward: specviz's lean Llama-family loop (same weights, less framework "
                              "work per call) or transformers' model(...); other architectures always use transformers")
+ETA = Param("eta", float, 0.0, 0.0, 1.0,
+            help="stop drafting after a draft whose top-1 probability is under eta (0 = never: always gamma drafts); "
+                 "Kangaroo's second early exit, transformers' assistant_confidence_threshold")
 GAMMA_SCHEDULE = Param("gamma_schedule", str, "constant", choices=("constant", "heuristic"),
                        help="constant gamma, or +2 after a round with every draft accepted and -1 otherwise "
                             "(transformers' 'heuristic' schedule)")
@@ -174,6 +189,7 @@ class DraftModel(Method):
     memo_safe = True
     PARAMS = (
         GAMMA,
+        ETA,
         GAMMA_SCHEDULE,
         DRAFTER_FORWARD,
         Param("vocab_trim", int, 0, 0, 1_000_000,
@@ -191,7 +207,7 @@ class DraftModel(Method):
 
     def generate(self, ctx: RunContext) -> None:
         out = ctx.out
-        gamma, schedule = ctx.params["gamma"], ctx.params["gamma_schedule"]
+        gamma, schedule, eta = ctx.params["gamma"], ctx.params["gamma_schedule"], ctx.params.get("eta", 0.0)
         limit = 16
         target = ctx.decoder(ctx.pair.target)
         drafter = self.make_drafter(ctx)
@@ -202,11 +218,11 @@ class DraftModel(Method):
             ctx.check_cancel()
             length = seq.shape[1]
             g = min(gamma, out.room - 1)
-            drafts, q = drafter.propose(seq, g, step)
+            drafts, q = drafter.propose(seq, g, step, eta)
             verdict = verify_block(ctx, target, seq, drafts, q, step)
             seq = commit(ctx, seq, drafts, verdict, step, [drafter.source] * len(drafts))
             target.rollback(length + verdict.accepted)
             drafter.rollback(length + verdict.accepted)
-            gamma = next_gamma(gamma, verdict.accepted, g, schedule, limit)
+            gamma = next_gamma(gamma, verdict.accepted, len(drafts), schedule, limit)
             step += 1
         ctx.meta["final_gamma"] = gamma
