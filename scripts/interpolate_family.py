@@ -1,0 +1,53 @@
+"""Weight interpolation between two embedded families of the same shapes (WiSE-FT style: Wortsman et al. 2022):
+every tensor of every sub-model becomes (1 - lam) * A + lam * B, in float32, stored in B's dtype; everything else
+(configs, tokenizers, records, the VocabTrim ranking) is B's. Both families must start from the same weights
+(e.g. the shipped family and an unlikelihood fine-tune of it with its students refined), else the mix means nothing.
+
+Why: a dial between two families, e.g. repetition against speed (README, "Unlikelihood on a lent H100").
+
+    python scripts/interpolate_family.py assets/models /path/to/fine-tuned-family /tmp/mix0.3 --lam 0.3
+    SPECVIZ_EMBEDDED_DIR=/tmp/mix0.3 python -m specviz.bench ...
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+
+def interpolate(a: Path, b: Path, out: Path, lam: float) -> int:
+    """Write the mixed family to out (replaced); returns the number of tensors mixed."""
+    if out.resolve() in (a.resolve(), b.resolve()):
+        raise SystemExit("out must be a new folder, not one of the two families")
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(b, out, symlinks=True, ignore=shutil.ignore_patterns("ckpt.pt"))
+    mixed = 0
+    for path in sorted(b.rglob("*.safetensors")):
+        rel = path.relative_to(b)
+        first, second = load_file(a / rel), load_file(path)
+        if first.keys() != second.keys() or any(first[k].shape != second[k].shape for k in second):
+            raise SystemExit(f"{rel}: the two families differ in tensors or shapes")
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata()
+        tensors = {k: ((1 - lam) * first[k].float() + lam * second[k].float()).to(second[k].dtype) for k in second}
+        save_file(tensors, str(out / rel), metadata=metadata)
+        mixed += len(tensors)
+    return mixed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("a", type=Path, help="family at lam = 0 (e.g. assets/models)")
+    parser.add_argument("b", type=Path, help="family at lam = 1")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--lam", type=float, required=True)
+    args = parser.parse_args()
+    print(f"{interpolate(args.a, args.b, args.out, args.lam)} tensors mixed at lam {args.lam} -> {args.out}")
+
+
+if __name__ == "__main__":
+    main()
