@@ -9,6 +9,9 @@ this is that script. Four sections, each a number with its definition written he
    *repeated* when the same 4 ids already started at some j < i of the SAME continuation
    (overlaps count; the prompt's ids do not). The share is pooled over prompts:
    sum(repeated) / sum(4-grams). Text that loops ("the file of the file of the file") scores high.
+   Beside it, the target's probability of each greedy token it wrote (pooled median, no goal): the share
+   can also fall by flattening the target until a repeat loses by a hair (an unlikelihood fine-tune took
+   it from 0.59 to 0.14 while this median went from 0.83 to 0.16), so the two are read together.
 2. Parse rate (goal >= 0.5): the share of prompts whose prompt + continuation passes `ast.parse`
    (the grammar only; compile-time rules such as a repeated keyword argument are not checked)
    after the parse rule (`parse_source`): (a) cut to whole lines - the partial last line the token
@@ -232,6 +235,7 @@ class Continuation:
     repairs: list[str]  # what the rule did: wrapped (indented prompt), string, brackets, pass
     text: str  # the continuation, decoded (special tokens dropped)
     ids: list[int]  # the continuation's token ids
+    p: list[float]  # the target's probability of each of those ids when it picked it (greedy: its top-1)
 
 
 def continue_prompts(pair, prompts: list[dict], max_new_tokens: int, n: int, heal: bool = True) -> list[Continuation]:
@@ -243,17 +247,19 @@ def continue_prompts(pair, prompts: list[dict], max_new_tokens: int, n: int, hea
     stop = eos_ids(pair.target, pair.tokenizer)
     out = []
     for p in prompts:
-        trace = run("autoregressive", pair, p["prompt"], max_new_tokens=max_new_tokens, record=False, heal_prompt=heal)
+        trace = run("autoregressive", pair, p["prompt"], max_new_tokens=max_new_tokens, heal_prompt=heal)
         ids = list(trace.output_ids)
         while ids and ids[-1] in stop:
             ids.pop()
+        probs = {e.position: e.p for e in trace.token_events()}
         text = pair.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         finish = trace.rows[0].finish_reason
         repeated, total = repeated_ngrams(ids, n)
         applied: list[str] = []
         ok = parses(trace.rows[0].prompt, text, finish == "eos", applied)  # the healed prompt when healed
         out.append(Continuation(id=p["id"], category=p["category"], finish_reason=finish, new_tokens=len(ids),
-                                repeated=repeated, ngrams=total, parses=ok, repairs=applied, text=text, ids=ids))
+                                repeated=repeated, ngrams=total, parses=ok, repairs=applied, text=text, ids=ids,
+                                p=[round(float(probs[i]), 6) for i in range(len(ids))]))
     return out
 
 
@@ -263,7 +269,9 @@ def continuation_section(pair, cfg: QualityConfig) -> dict[str, Any]:
     prompts = load_prompts(cfg.prompts, cfg.limit)
 
     def scored(rows: list[Continuation]) -> dict[str, Any]:
-        return {"repeated_4gram_share": pooled_share([r.ids for r in rows], NGRAM), "parsed": sum(r.parses for r in rows),
+        return {"repeated_4gram_share": pooled_share([r.ids for r in rows], NGRAM),
+                "greedy_token_p_median": median(x for r in rows for x in r.p) if any(r.p for r in rows) else None,
+                "parsed": sum(r.parses for r in rows),
                 "parse_rate": sum(r.parses for r in rows) / len(rows), "per_prompt": [asdict(r) for r in rows]}
 
     healed = scored(continue_prompts(pair, prompts, cfg.max_new_tokens, NGRAM, heal=True))
@@ -410,6 +418,9 @@ def markdown_report(result: dict[str, Any]) -> str:
     for name, goal in result["goals"].items():
         label, value = labels[name]
         lines.append(f"| {label}, token healing | {value} | {goal['goal']} | {'yes' if goal['met'] else 'no'} |")
+    if cont.get("greedy_token_p_median") is not None:
+        lines.append(f"| the target's probability of its greedy token, median (read with the share: a flat target "
+                     f"avoids repeats by a hair) | {cont['greedy_token_p_median']:.3f} | | |")
     raw = cont.get("without_healing")
     if raw:
         lines.append(f"| the same without token healing | {raw['repeated_4gram_share']:.3f}; parse "

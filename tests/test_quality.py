@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_tiny_pair
 from specviz import quality
@@ -98,11 +99,33 @@ def test_cli_writes_every_figure_with_corpus_and_spec_bench_skipped(saved_pair, 
     assert got["reproduce"].startswith("python -m specviz.quality --target ")
     cont = got["continuations"]
     assert cont["prompts"] == 2 and 0.0 <= cont["repeated_4gram_share"] <= 1.0 and 0.0 <= cont["parse_rate"] <= 1.0
-    assert {"id", "parses", "repairs", "repeated", "ngrams", "text", "ids"} <= set(cont["per_prompt"][0])
+    assert {"id", "parses", "repairs", "repeated", "ngrams", "text", "ids", "p"} <= set(cont["per_prompt"][0])
+    check_greedy_token_probabilities(saved_pair / "target", cont["without_healing"])
     assert set(got["goals"]) == {"repeated_4gram_share", "parse_rate"}
     assert "skipped" in got["heldout"] and "skipped" in got["spec_bench"]
     printed = capsys.readouterr().out
     assert "| repeated 4-gram share" in printed and "reproduce: python -m specviz.quality" in printed
+    assert "| the target's probability of its greedy token, median" in printed
+
+
+def check_greedy_token_probabilities(target_dir, section: dict) -> None:
+    """Each p is the target's softmax probability of the id it wrote there, its top-1 (greedy); the median pools them."""
+    from statistics import median
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from specviz.bench import DEFAULT_PROMPTS, load_prompts
+
+    model, tok = AutoModelForCausalLM.from_pretrained(target_dir).eval(), AutoTokenizer.from_pretrained(target_dir)
+    for prompt, row in zip(load_prompts(DEFAULT_PROMPTS, 2), section["per_prompt"]):
+        assert len(row["p"]) == len(row["ids"]) > 0
+        prompt_ids = tok(prompt["prompt"], add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            probs = model(torch.tensor([prompt_ids + row["ids"]])).logits[0].float().softmax(-1)
+        expected = [probs[len(prompt_ids) - 1 + i] for i in range(len(row["ids"]))]
+        assert row["p"] == pytest.approx([float(e[t]) for e, t in zip(expected, row["ids"])], abs=1e-4)
+        assert all(int(e.argmax()) == t for e, t in zip(expected, row["ids"]))
+    assert section["greedy_token_p_median"] == median(x for r in section["per_prompt"] for x in r["p"])
 
 
 def test_cli_held_out_and_spec_bench_sections(saved_pair, tiny_tokenizer, tmp_path):
