@@ -7,7 +7,7 @@
 #   mkdir -p .corpus && echo /.corpus/ >> .git/info/exclude
 #   for f in train heldout heldout_stdlib; do xz -T2 -6 -c CORPUS/$f.npy > .corpus/$f.npy.xz; done
 #   cp CORPUS/manifest.json .corpus/
-# Then the device tool: run(command="bash scripts/gpu_family.sh", carry=[".corpus"], timeout_s=590).
+# Then the device tool: run(command="LEASE_SECONDS=555 bash scripts/gpu_family.sh", carry=[".corpus"], timeout_s=590).
 # What comes back under $OUT: the logs, and family.tar in 15 MB parts (cat family.tar.part-* | tar x):
 # a drop-in for assets/models (SPECVIZ_EMBEDDED_DIR=DIR), or target.tar (fp32) if the students failed.
 # TARGET_SECONDS=0: students only, from the shipped target (assets/models/target travels with the tree),
@@ -85,26 +85,37 @@ if [ "$UL_SECONDS" -gt 0 ]; then
   [ -f "$WORK/ul/target/config.json" ] && TARGET_DIR="$WORK/ul/target"
 fi
 
-# LEASE_SECONDS: the call's own limit; the students then stop and save 30 s before it, so the family is packed
-# even when the phases ran slower than planned (a killed call brings back no weights)
+# LEASE_SECONDS (whole seconds): the call's own limit. The students' budget then ends 30 s before it, and
+# --finish-at-deadline ends their training FINISH_MINUTES before that budget, so they finish, save and are
+# packed even when the phases ran slower than planned (a killed call brings back no weights). Their clock
+# starts after Python and the teacher have loaded (a few seconds, inside the 30 s).
 if [ "${LEASE_SECONDS:-0}" -gt 0 ]; then
   STUDENT_MINUTES=$(awk "BEGIN { m = ($LEASE_SECONDS - $(( $(date +%s) - start )) - 30) / 60; print (m < $STUDENT_MINUTES ? m : $STUDENT_MINUTES) }")
 fi
-stamp "students: distill ${DISTILL_SECONDS} s, refine ${REFINE_SECONDS} s, at most ${STUDENT_MINUTES} min"
-$PY -m specviz.students --device "$DEVICE" --amp "$AMP" --target "$TARGET_DIR" --corpus "$WORK/corpus" \
-  --out "$WORK/family" --warm-from assets/models --tokens-per-step "$STUDENT_TOKENS" --distill-steps "$DISTILL_STEPS" --refine-steps 100000 \
-  --distill-seconds "$DISTILL_SECONDS" --refine-seconds "$REFINE_SECONDS" --warmup-steps 10 --drafter-layers "$DRAFTER_LAYERS" --pool-steps "$POOL_STEPS" --pool-reuse "$POOL_REUSE" \
-  --budget-minutes "$STUDENT_MINUTES" --finish-at-deadline --finish-minutes "$FINISH_MINUTES" --threads "$THREADS" \
-  > "$OUT/students.log" 2>&1
-rc=$?
-stamp "students done (rc $rc)"
-grep -E "held-out|fit to|phase .* finished|report" "$OUT/students.log" | tail -n 12 | tee -a "$OUT/summary.txt"
+if awk "BEGIN { exit !($STUDENT_MINUTES < $FINISH_MINUTES + 0.5) }"; then
+  stamp "students skipped: ${STUDENT_MINUTES} min left, under ${FINISH_MINUTES} min of finishing + 0.5 of training"
+else
+  stamp "students: distill ${DISTILL_SECONDS} s, refine ${REFINE_SECONDS} s, at most ${STUDENT_MINUTES} min"
+  $PY -m specviz.students --device "$DEVICE" --amp "$AMP" --target "$TARGET_DIR" --corpus "$WORK/corpus" \
+    --out "$WORK/family" --warm-from assets/models --tokens-per-step "$STUDENT_TOKENS" --distill-steps "$DISTILL_STEPS" --refine-steps 100000 \
+    --distill-seconds "$DISTILL_SECONDS" --refine-seconds "$REFINE_SECONDS" --warmup-steps 10 --drafter-layers "$DRAFTER_LAYERS" --pool-steps "$POOL_STEPS" --pool-reuse "$POOL_REUSE" \
+    --budget-minutes "$STUDENT_MINUTES" --finish-at-deadline --finish-minutes "$FINISH_MINUTES" --threads "$THREADS" \
+    > "$OUT/students.log" 2>&1
+  rc=$?
+  stamp "students done (rc $rc)"
+  grep -E "held-out|fit to|phase .* finished|deadline|report" "$OUT/students.log" | tail -n 12 | tee -a "$OUT/summary.txt"
+fi
 
 if [ -f "$WORK/family/students-report.json" ]; then
   (cd "$WORK/family" && tar cf "$WORK/family.tar" --exclude ckpt.pt --exclude students.log .) \
     && rm -f "$OUT"/target.tar.part-* && split -b 15M -d "$WORK/family.tar" "$OUT/family.tar.part-"
 else
-  tail -n 40 "$OUT/students.log"
+  [ -f "$OUT/students.log" ] && tail -n 40 "$OUT/students.log"
+  if [ "$TARGET_DIR" != assets/models/target ] && ! ls "$OUT"/target.tar.part-* >/dev/null 2>&1; then
+    # no students: bring back the trained (or fine-tuned) target alone
+    (cd "$(dirname "$TARGET_DIR")" && tar cf "$WORK/target.tar" "$(basename "$TARGET_DIR")") \
+      && split -b 13M -d "$WORK/target.tar" "$OUT/target.tar.part-"
+  fi
 fi
 stamp "packed"
 ls -la "$OUT"

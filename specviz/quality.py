@@ -235,7 +235,8 @@ class Continuation:
     repairs: list[str]  # what the rule did: wrapped (indented prompt), string, brackets, pass
     text: str  # the continuation, decoded (special tokens dropped)
     ids: list[int]  # the continuation's token ids
-    p: list[float]  # the target's probability of each of those ids when it picked it (greedy: its top-1)
+    p: list[float | None]  # the target's probability of each of those ids when it picked it (greedy: its top-1);
+    # None for a healed first token, whose probability is renormalized over the tokens healing allowed
 
 
 def continue_prompts(pair, prompts: list[dict], max_new_tokens: int, n: int, heal: bool = True) -> list[Continuation]:
@@ -252,6 +253,8 @@ def continue_prompts(pair, prompts: list[dict], max_new_tokens: int, n: int, hea
         while ids and ids[-1] in stop:
             ids.pop()
         probs = {e.position: e.p for e in trace.token_events()}
+        if (trace.meta.get("token_healing") or [None])[0] is not None:
+            probs[0] = None
         text = pair.tokenizer.decode(ids, skip_special_tokens=True, clean_up_tokenization_spaces=False)
         finish = trace.rows[0].finish_reason
         repeated, total = repeated_ngrams(ids, n)
@@ -259,7 +262,7 @@ def continue_prompts(pair, prompts: list[dict], max_new_tokens: int, n: int, hea
         ok = parses(trace.rows[0].prompt, text, finish == "eos", applied)  # the healed prompt when healed
         out.append(Continuation(id=p["id"], category=p["category"], finish_reason=finish, new_tokens=len(ids),
                                 repeated=repeated, ngrams=total, parses=ok, repairs=applied, text=text, ids=ids,
-                                p=[round(float(probs[i]), 6) for i in range(len(ids))]))
+                                p=[None if probs[i] is None else round(float(probs[i]), 6) for i in range(len(ids))]))
     return out
 
 
@@ -270,7 +273,7 @@ def continuation_section(pair, cfg: QualityConfig) -> dict[str, Any]:
 
     def scored(rows: list[Continuation]) -> dict[str, Any]:
         return {"repeated_4gram_share": pooled_share([r.ids for r in rows], NGRAM),
-                "greedy_token_p_median": median(x for r in rows for x in r.p) if any(r.p for r in rows) else None,
+                "greedy_token_p_median": median(ps) if (ps := [x for r in rows for x in r.p if x is not None]) else None,
                 "parsed": sum(r.parses for r in rows),
                 "parse_rate": sum(r.parses for r in rows) / len(rows), "per_prompt": [asdict(r) for r in rows]}
 

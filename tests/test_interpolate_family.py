@@ -21,16 +21,25 @@ def load_script():
     return module
 
 
-def family(root: Path, seed: int, hidden: int = 32) -> Path:
-    make_tiny_model("llama", 64, layers=2, hidden=hidden, seed=seed).save_pretrained(root / "target")
+def family(root: Path, seed: int, hidden: int = 32, shard: str | None = None) -> Path:
+    """A target folder (sharded when `shard` is a size), and a link into it, as assets/models has them."""
+    model = make_tiny_model("llama", 64, layers=2, hidden=hidden, seed=seed)
+    model.save_pretrained(root / "target", **({"max_shard_size": shard} if shard else {}))
     (root / "note.txt").write_text(f"family {seed}")
+    (root / "vocabtrim").mkdir()
+    (root / "vocabtrim" / "ranking.json").write_text("[]")
+    (root / "target" / "ranking.json").symlink_to("../vocabtrim/ranking.json")
     return root
 
 
 def test_the_mix_is_the_weighted_mean_and_loads(tmp_path):
-    a, b = family(tmp_path / "a", 1), family(tmp_path / "b", 2)
+    a, b = family(tmp_path / "a", 1), family(tmp_path / "b", 2, shard="20KB")  # sharded otherwise than a
+    assert len(list((b / "target").glob("*.safetensors"))) > 1 == len(list((a / "target").glob("*.safetensors")))
     mixed = load_script().interpolate(a, b, tmp_path / "mix", 0.25)
     assert mixed > 0 and (tmp_path / "mix" / "note.txt").read_text() == "family 2"
+    assert (tmp_path / "mix" / "target" / "ranking.json").is_symlink()
+    with pytest.raises(SystemExit, match="not empty"):
+        load_script().interpolate(a, b, tmp_path / "mix", 0.25)
     first, second, mix = (AutoModelForCausalLM.from_pretrained(d / "target") for d in (a, b, tmp_path / "mix"))
     for (name, p), q, m in zip(first.named_parameters(), second.parameters(), mix.parameters()):
         torch.testing.assert_close(m, 0.75 * p + 0.25 * q, msg=name)

@@ -159,3 +159,19 @@ def test_cli_held_out_and_spec_bench_sections(saved_pair, tiny_tokenizer, tmp_pa
     sb = got["spec_bench"]
     assert [r["category"] for r in sb["per_category"]] == ["qa", "rag"] and sb["prompts"] == 2
     assert all(r["share_equal"] == 1.0 for r in sb["per_category"])  # lossless greedy
+
+
+def test_a_healed_first_token_is_left_out_of_the_probabilities(saved_pair):
+    """Healing renormalizes the first token over the tokens it allows: that probability is not the target's."""
+    from specviz.api import run
+    from specviz.bench import DEFAULT_PROMPTS, load_prompts
+    from specviz.models import load_pair
+
+    pair = load_pair(str(saved_pair / "target"), str(saved_pair / "draft"), device="cpu", cache=None)
+    prompts = load_prompts(DEFAULT_PROMPTS, 4)
+    rows = quality.continue_prompts(pair, prompts, 6, 4, heal=True)
+    healed = [(run("autoregressive", pair, p["prompt"], max_new_tokens=6, heal_prompt=True).meta.get("token_healing")
+               or [None])[0] is not None for p in prompts]
+    assert any(healed), "no bundled prompt was healed: the test shows nothing"
+    assert [r.p[0] is None for r in rows] == healed
+    assert all(x is not None for r in rows for x in r.p[1:])

@@ -117,7 +117,9 @@ def test_a_lease_run_ends_training_at_its_deadline_and_finishes(inputs, tmp_path
     out = tmp_path / "lease"
     assert students.main(args(inputs, out, "--max-steps", "3"), log=[].append) is None
     said = []
-    report = students.main(args(inputs, out, "--finish-at-deadline", "--budget-minutes", "0"), log=said.append)
+    # a minute's budget less a minute kept for finishing: training is out of time at once (steps take milliseconds)
+    report = students.main(args(inputs, out, "--finish-at-deadline", "--budget-minutes", "1", "--finish-minutes", "1"),
+                           log=said.append)
     assert report is not None and report["steps"] == {"distill": 3, "refine": 0}
     assert any(line.startswith("deadline: training ends at distill step 3") for line in said), said
     assert not any(line.startswith(("distill step", "refine step")) for line in said)

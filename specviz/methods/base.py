@@ -102,6 +102,22 @@ TRACE_PARAMS: tuple[Param, ...] = (
 GAMMA = Param("gamma", int, 4, 1, 16, help="draft tokens per verification round (the paper's gamma / k)")
 
 
+def eta_param(default: float) -> Param:
+    """The confidence stop of drafting (Kangaroo's second early exit; draft_model's option)."""
+    return Param("eta", float, default, 0.0, 1.0,
+                 help="stop drafting after a draft whose top-1 probability is under eta; that draft is kept (0 = never)")
+
+
+def confidence_exit(rec, step: int, depth: int, source: str, t: float, confidence: float, eta: float) -> bool:
+    """Whether drafting stops after the draft at `depth` (its top-1 probability under eta); records the
+    early_exit event when it does."""
+    if confidence >= eta:
+        return False
+    rec.add("early_exit", step=step, depth=depth, source=source, t0=t, t1=t,
+            info={"reason": "confidence", "confidence": confidence, "eta": eta})
+    return True
+
+
 @dataclass
 class RunContext:
     """Everything one run may touch. Built fresh per run by `specviz.api.run`."""

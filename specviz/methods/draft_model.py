@@ -12,7 +12,7 @@ import torch
 
 from ..engine import Decoder, Output
 from ..verify import Verdict, decide
-from .base import GAMMA, Method, Param, RunContext
+from .base import GAMMA, Method, Param, RunContext, confidence_exit, eta_param
 
 
 class Drafter:
@@ -39,9 +39,10 @@ class Drafter:
 
     def propose(self, seq: torch.Tensor, gamma: int, step: int, eta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
         """Draft up to gamma tokens after seq (1, L): (tokens (k,), q (k, V)); records a draft event each.
-        eta > 0: stop after a draft whose top-1 probability is under eta (that draft is kept, as in Kangaroo's
-        second early exit and transformers' assistant_confidence_threshold): a weak drafter wastes fewer drafts
-        where it is unsure, and the verdict is unchanged in law, since only how many tokens are drafted moves."""
+        eta > 0: stop after a draft whose top-1 probability is under eta, that draft kept (Kangaroo's second early
+        exit; under greedy decoding what transformers' assistant_confidence_threshold does with a fixed threshold):
+        fewer drafts are wasted where the drafter is unsure, and the law of the output is unchanged, since only
+        how many tokens are drafted moves."""
         ctx, rec = self.ctx, self.ctx.rec
         pending = seq[:, self.decoder.length :]  # committed tokens this cache has not seen (>= 1)
         tokens, qs, spans, stop = [], [], [], None
@@ -52,11 +53,9 @@ class Drafter:
             tokens.append(token)
             qs.append(q[0])
             pending = token.view(1, 1)
-            if eta > 0 and depth + 1 < gamma:
-                confidence = float(q.max())
-                if confidence < eta:
-                    stop = (depth, confidence, spans[-1][1])
-                    break
+            if eta > 0 and depth + 1 < gamma and float(q.max()) < eta:
+                stop = (depth, float(q.max()), spans[-1][1])
+                break
         if not tokens:
             return seq.new_zeros(0), torch.zeros(0, ctx.vocab, device=seq.device)
         drafts, q = torch.cat(tokens), torch.stack(qs)
@@ -65,8 +64,7 @@ class Drafter:
             rec.add("draft", step=step, token_id=token_id, q=qv, depth=depth, source=self.source, t0=t0, t1=t1)
         if stop is not None:
             depth, confidence, t1 = stop
-            rec.add("early_exit", step=step, depth=depth, source=self.source, t0=t1, t1=t1,
-                    info={"reason": "confidence", "confidence": confidence, "eta": eta})
+            confidence_exit(rec, step, depth, self.source, t1, confidence, eta)
         return drafts, q
 
     def rollback(self, length: int) -> None:
@@ -174,9 +172,6 @@ def prefill_both(ctx: RunContext, target: Decoder, drafter, source: str) -> None
 DRAFTER_FORWARD = Param("drafter_forward", str, "lean", choices=("lean", "transformers"),
                         help="the drafter's forward: specviz's lean Llama-family loop (same weights, less framework "
                              "work per call) or transformers' model(...); other architectures always use transformers")
-ETA = Param("eta", float, 0.0, 0.0, 1.0,
-            help="stop drafting after a draft whose top-1 probability is under eta (0 = never: always gamma drafts); "
-                 "Kangaroo's second early exit, transformers' assistant_confidence_threshold")
 GAMMA_SCHEDULE = Param("gamma_schedule", str, "constant", choices=("constant", "heuristic"),
                        help="constant gamma, or +2 after a round with every draft accepted and -1 otherwise "
                             "(transformers' 'heuristic' schedule)")
@@ -189,7 +184,7 @@ class DraftModel(Method):
     memo_safe = True
     PARAMS = (
         GAMMA,
-        ETA,
+        eta_param(0.0),
         GAMMA_SCHEDULE,
         DRAFTER_FORWARD,
         Param("vocab_trim", int, 0, 0, 1_000_000,

@@ -26,7 +26,7 @@ from .. import kvcache
 from ..adapter import KangarooAdapter
 from ..layers import LayerStack, causal_mask
 from ..lean import LeanAdapter, LeanDecoder, draft_linear, fast_norm, project, supports
-from .base import Method, Param, RunContext
+from .base import Method, Param, RunContext, confidence_exit, eta_param
 from .draft_model import commit
 from ..verify import decide
 
@@ -131,7 +131,7 @@ class Kangaroo(Method):
     memo_safe = True
     PARAMS = (
         Param("gamma", int, 6, 1, 16, help="maximum draft depth per round (the paper's reference run: 6)"),
-        Param("eta", float, 0.6, 0.0, 1.0, help="second early exit: stop drafting when the draft's top-1 probability < eta (0 = never)"),
+        eta_param(0.6),
         Param("exit_layer", int, None, 1, 64, optional=True,
               help="l: the draft uses the target's first l layers (default: the adapter's trained layer, embedded: 2; "
                    "without an adapter, the calibrated logit-lens exit)"),
@@ -259,9 +259,7 @@ class Kangaroo(Method):
                 qs.append(q[0])
                 if memo is not None:
                     full.append(token_id)
-                if confidence < eta and depth + 1 < budget:
-                    rec.add("early_exit", step=step, depth=depth, source=source, t0=t1, t1=t1,
-                            info={"reason": "confidence", "confidence": confidence, "eta": eta})
+                if depth + 1 < budget and confidence_exit(rec, step, depth, source, t1, confidence, eta):
                     break
                 if depth + 1 == budget:
                     break
