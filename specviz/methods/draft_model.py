@@ -53,8 +53,8 @@ class Drafter:
             tokens.append(token)
             qs.append(q[0])
             pending = token.view(1, 1)
-            if eta > 0 and depth + 1 < gamma and float(q.max()) < eta:
-                stop = (depth, float(q.max()), spans[-1][1])
+            if eta > 0 and depth + 1 < gamma and (confidence := float(q.max())) < eta:
+                stop = (depth, confidence, spans[-1][1])
                 break
         if not tokens:
             return seq.new_zeros(0), torch.zeros(0, ctx.vocab, device=seq.device)
@@ -202,7 +202,7 @@ class DraftModel(Method):
 
     def generate(self, ctx: RunContext) -> None:
         out = ctx.out
-        gamma, schedule, eta = ctx.params["gamma"], ctx.params["gamma_schedule"], ctx.params.get("eta", 0.0)
+        gamma, schedule, eta = ctx.params["gamma"], ctx.params["gamma_schedule"], ctx.params["eta"]
         limit = 16
         target = ctx.decoder(ctx.pair.target)
         drafter = self.make_drafter(ctx)
