@@ -382,6 +382,16 @@ def compiled(model: nn.Module | None, backend: str) -> nn.Module | None:
     return twin
 
 
+def steady_attention(device: torch.device) -> None:
+    """On CUDA, take cuDNN out of scaled_dot_product_attention's choices (process-wide; flash, memory-efficient
+    and math kernels remain). Why: cuDNN attention builds an execution plan for every new shape, and decoding
+    meets a new key length at every step. On an H100 (torch 2.11, bf16, where it is chosen first) the
+    embedded target's first 32 tokens took 1.57 s against 0.27 s for the same tokens again, and
+    scripts/gpu_check.sh's bf16 benches ran out of time; fp32 never picks it."""
+    if device.type == "cuda" and torch.backends.cuda.cudnn_sdp_enabled():
+        torch.backends.cuda.enable_cudnn_sdp(False)
+
+
 def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | torch.device | None = None,
               dtype: str | torch.dtype | None = None, *, target_depth: int | None = None,
               device_map: str | None = None, compile: str | None = None, parts: str | None = None,
@@ -411,6 +421,7 @@ def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | to
         draft = None
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
+    steady_attention(dev)
     store = cache if cache is not None else ModelCache(max_items=8)
 
     extras: dict[str, Any] = {}

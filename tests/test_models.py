@@ -208,3 +208,20 @@ def test_a_private_server_rejects_overlong_ids_clearly(monkeypatch):
     monkeypatch.delenv(models.ALLOWLIST_ENV, raising=False)
     with pytest.raises(ValueError, match="too long"):
         models.check_source("a/" + "x" * 5000, "target")
+
+
+def test_cuda_loads_keep_cudnn_out_of_attention():
+    """cuDNN attention builds a plan per new key length (seconds each on an H100, bf16): decoding on CUDA
+    must not pick it, and a CPU load must leave the process's attention settings alone."""
+    from specviz.models import steady_attention
+
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        steady_attention(torch.device("cpu"))
+        assert torch.backends.cuda.cudnn_sdp_enabled()
+        steady_attention(torch.device("cuda"))
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from conftest import build_tiny_tokenizer, make_tiny_model
-from specviz.unlikelihood import UnlikelihoodConfig, finetune, repeat_mask, unlikelihood_loss
+from specviz.unlikelihood import UnlikelihoodConfig, finetune, own_text_losses, repeat_mask, unlikelihood_loss
 
 
 def tiny_target_and_corpus(tmp_path, meta: dict | None = None):
@@ -46,11 +46,27 @@ def test_unlikelihood_loss_is_minus_log_one_minus_p_at_the_marked_tokens():
     assert unlikelihood_loss(model, seq, torch.zeros_like(mask)).item() == 0.0
 
 
+def test_anchor_is_kl_to_the_starting_target_on_unpenalized_continuation_tokens():
+    model, reference = make_tiny_model("llama", 64, seed=1), make_tiny_model("llama", 64, seed=2)
+    seq = torch.randint(0, 64, (2, 10), generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(2, 10, dtype=torch.bool)
+    mask[0, 6] = True  # token 6 of row 0 repeats: penalized, so not anchored
+    ul, anchor = own_text_losses(model, reference, seq, mask, start=4)
+    torch.testing.assert_close(ul, unlikelihood_loss(model, seq, mask))
+    logp = model(seq[:, :-1]).logits.log_softmax(-1)
+    ref = reference(seq[:, :-1]).logits.log_softmax(-1)
+    kept = [(r, j) for r in range(2) for j in range(3, 9) if (r, j) != (0, 5)]  # predicting tokens 4..9, bar row 0's 6
+    expected = sum((ref[r, j].exp() * (ref[r, j] - logp[r, j])).sum() for r, j in kept) / len(kept)
+    torch.testing.assert_close(anchor, expected)
+    assert own_text_losses(model, model, seq, mask, start=4)[1].abs().item() < 1e-6
+    assert own_text_losses(model, None, seq, mask, start=4)[1].item() == 0.0
+
+
 def test_finetune_runs_saves_and_resumes(tmp_path):
     corpus = tiny_target_and_corpus(tmp_path, meta={"exits": [1, 3], "kangaroo_exit": 1})
     cfg = UnlikelihoodConfig(target=str(tmp_path / "target"), corpus=str(corpus), out=str(tmp_path / "out"), steps=3,
                              mle_seq_len=16, mle_batch=2, prefix_tokens=8, new_tokens=12, ul_batch=2, eval_every=0,
-                             eval_windows=2, max_steps=2, lr=1e-3)
+                             eval_windows=2, max_steps=2, lr=1e-3, anchor_weight=1.0)
     first = finetune(cfg, log=lambda msg: None)
     assert first["step"] == 2 and not first["done"] and not (tmp_path / "out" / "target").exists()
     second = finetune(cfg, log=lambda msg: None)  # resumes from OUT/ckpt.pt
@@ -59,6 +75,7 @@ def test_finetune_runs_saves_and_resumes(tmp_path):
     assert meta["exits"] == [1, 3] and meta["unlikelihood"]["steps"] == 3
     trained = [h for h in meta["unlikelihood"]["history"] if h["event"] == "train"]
     assert [h["step"] for h in trained] == [1, 2, 3] and all(0 <= h["repeat_share"] <= 1 for h in trained)
+    assert trained[0]["anchor"] == 0.0 < trained[2]["anchor"]  # held to the target it started from, also on resume
     assert [h["event"] for h in meta["unlikelihood"]["history"]][0] == "eval" == meta["unlikelihood"]["history"][-1]["event"]
 
 
