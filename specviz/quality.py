@@ -305,6 +305,42 @@ def vocab_sha1(tokenizer) -> str:
     return hashlib.sha1(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
 
 
+def corpus_repeated_share(ids, length: int, stretches: int = 2000) -> dict[str, Any]:
+    """The repeated 4-gram share of the corpus's own text, in stretches as long as the scored continuations
+    (evenly spaced, pooled as pooled_share): what real code scores on the repetition goal's measure."""
+    import numpy as np
+
+    if len(ids) < length + 1:
+        return {"skipped": f"split has {len(ids)} tokens, fewer than {length}"}
+    starts = np.linspace(0, len(ids) - length, min(stretches, len(ids) - length + 1)).astype(int)
+    share = pooled_share([[int(t) for t in ids[s : s + length]] for s in starts], NGRAM)
+    return {"repeated_4gram_share": share, "stretches": len(starts), "length": length}
+
+
+def real_text_agreement(pair, ids, windows: int, seq_len: int) -> dict[str, Any]:
+    """On the corpus's own text (teacher-forced, the windows split_loss reads, their second half): the median
+    probability of the target's top-1 token and how often the drafter's top-1 is the target's. Why: a target
+    whose greedy text read like its corpus would be this sure and drafted about this well; on its own greedy
+    loops it is far surer (continuations' greedy_token_p_median), which is what the speedups lean on."""
+    import numpy as np
+    import torch
+
+    if len(ids) < seq_len + 2:
+        return {"skipped": f"split has {len(ids)} tokens, fewer than one window of {seq_len}"}
+    starts = np.linspace(0, len(ids) - seq_len - 2, windows).astype(np.int64)
+    top_p, agree = [], []
+    with torch.no_grad():
+        for s in starts:
+            x = torch.from_numpy(ids[s : s + seq_len].astype(np.int64))[None].to(pair.device)
+            probs = pair.target(x).logits[0, seq_len // 2 :].float().softmax(-1)
+            best = probs.max(-1)
+            top_p += best.values.tolist()
+            if pair.draft is not None:
+                agree += (pair.draft(x).logits[0, seq_len // 2 :].argmax(-1) == best.indices).tolist()
+    return {"target_top1_p_median": float(np.median(top_p)), "positions": len(top_p),
+            "drafter_agrees": float(np.mean(agree)) if agree else None}
+
+
 def split_loss(model, tokenizer, ids, windows: int, seq_len: int) -> dict[str, Any]:
     """nats/token (train.heldout_loss, all positions and the second half) and bits/byte of one split."""
     from .train import heldout_loss
@@ -336,8 +372,13 @@ def heldout_section(pair, cfg: QualityConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"corpus": str(root), "corpus_built": manifest.get("built")}
     for split in ("heldout", "heldout_stdlib"):
         path = root / f"{split}.npy"
-        out[split] = split_loss(pair.target, pair.tokenizer, np.load(path), cfg.windows, cfg.seq_len) \
-            if path.is_file() else {"skipped": f"{path} missing"}
+        if not path.is_file():
+            out[split] = {"skipped": f"{path} missing"}
+            continue
+        ids = np.load(path)
+        out[split] = {**split_loss(pair.target, pair.tokenizer, ids, cfg.windows, cfg.seq_len),
+                      "corpus_text": {**corpus_repeated_share(ids, cfg.max_new_tokens),
+                                      **real_text_agreement(pair, ids, cfg.windows, cfg.seq_len)}}
     return out
 
 
@@ -436,6 +477,14 @@ def markdown_report(result: dict[str, Any]) -> str:
                          f"{s['nats_per_token']:.4f} nats/token, {s['bits_per_byte']:.4f} bits/byte | | |")
         elif "skipped" in s:
             lines.append(f"| held-out loss, {label} | skipped: {s['skipped']} | | |")
+        ref = s.get("corpus_text", {})
+        if "repeated_4gram_share" in ref:
+            lines.append(f"| reference: repeated 4-gram share of the {label}'s own text ({ref['stretches']} stretches of "
+                         f"{ref['length']} tokens) | {ref['repeated_4gram_share']:.3f} | | |")
+        if ref.get("target_top1_p_median") is not None:
+            drafted = "" if ref.get("drafter_agrees") is None else f"; the drafter's top-1 is the target's {ref['drafter_agrees']:.3f}"
+            lines.append(f"| on the {label}'s own text (teacher-forced, second half of each window): the target's "
+                         f"top-1 probability, median | {ref['target_top1_p_median']:.3f}{drafted} | | |")
     if "skipped" in held:
         lines.append(f"| held-out loss | skipped: {held['skipped']} | | |")
     sb = result["spec_bench"]

@@ -156,6 +156,20 @@ def test_cli_held_out_and_spec_bench_sections(saved_pair, tiny_tokenizer, tmp_pa
     assert new["nats_per_token"] == pytest.approx(heldout_loss(model, stream, 2, 16)[0])
     assert new["tokens"] == 32 and new["bytes"] > 0 and new["bits_per_byte"] > 0
     assert "nats_per_token" in got["heldout"]["heldout_stdlib"]
+    ref = new["corpus_text"]  # the reference share: stretches as long as the continuations, evenly spaced, pooled
+    starts = np.linspace(0, len(stream) - 4, ref["stretches"]).astype(int)
+    assert ref["length"] == 4 and ref["stretches"] == min(2000, len(stream) - 3)
+    assert ref["repeated_4gram_share"] == quality.pooled_share([stream[s : s + 4].tolist() for s in starts])
+    assert quality.corpus_repeated_share(np.array([1, 2, 3, 4] * 30), 96)["repeated_4gram_share"] > 0.9
+    assert "skipped" in quality.corpus_repeated_share(stream[:10], 96)
+    pair = load_pair(str(saved_pair / "target"), str(saved_pair / "draft"), device="cpu")
+    x = torch.from_numpy(stream[:16].astype(np.int64))[None]  # window 0 starts at 0; positions 8..15 are scored
+    probs = pair.target(x).logits[0, 8:].softmax(-1)
+    agree = (pair.draft(x).logits[0, 8:].argmax(-1) == probs.argmax(-1)).float().mean().item()
+    one = quality.real_text_agreement(pair, stream[:18], 1, 16)
+    assert one["positions"] == 8 and one["target_top1_p_median"] == pytest.approx(float(np.median(probs.max(-1).values.tolist())))
+    assert one["drafter_agrees"] == pytest.approx(agree)
+    assert 0 < ref["target_top1_p_median"] <= 1 and 0 <= ref["drafter_agrees"] <= 1 and ref["positions"] == 2 * 8
     sb = got["spec_bench"]
     assert [r["category"] for r in sb["per_category"]] == ["qa", "rag"] and sb["prompts"] == 2
     assert all(r["share_equal"] == 1.0 for r in sb["per_category"])  # lossless greedy
