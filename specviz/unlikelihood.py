@@ -11,6 +11,9 @@ the target's own greedy decoding, so it can only move through the weights.
     python -m specviz.unlikelihood --target DIR --corpus /work/specviz-train/corpus --out DIR [--steps 300]
         [--until HH:MM] [--threads 2] [--device cuda --amp bf16 --ul-batch 256 --mle-batch 64 --seconds 150]
 
+--anchor-weight W adds KL(starting target || target) on the continuations' unpenalized tokens
+(own_text_losses).
+
 On a lent GPU the greedy continuations come 256 rows at a time (the CPU runs had 8), and --seconds ends
 the run on time (the lr is constant after warm-up, so any stop is a finished run).
 
@@ -98,7 +101,8 @@ def own_text_losses(model, reference, seq: torch.Tensor, mask: torch.Tensor, sta
     anchor: KL(reference || model), averaged over the tokens t >= start that are not masked, where
     `reference` is the target as the fine-tune found it (None: 0). Why: a penalty on the repeats alone
     taught the target to doubt every token (the median probability of its greedy token fell from 0.83 to
-    0.16, and with it every drafter's acceptance); the anchor keeps its distribution where it did not repeat."""
+    0.16, and with it every drafter's acceptance); the anchor keeps its distribution where it did not repeat.
+    Measured (README): it helped a little at the mild end and not at all at the strong one."""
     logits = model(seq[:, :-1]).logits.float()  # position j predicts seq[:, j + 1]
     logp = logits.log_softmax(-1)
     penalized = mask[:, 1:]
