@@ -386,7 +386,7 @@ def steady_attention(device: torch.device) -> None:
     """On CUDA, take cuDNN out of scaled_dot_product_attention's choices (process-wide; flash, memory-efficient
     and math kernels remain). Why: cuDNN attention builds an execution plan for every new shape, and decoding
     meets a new key length at every step. On an H100 (torch 2.11, bf16, where it is chosen first) a 48-token
-    run of the embedded pair took 3.1-6.8 s on its first visit of a prompt with cuDNN and 0.5-0.7 s without
+    run of the embedded pair took up to 6.8 s on its first visit of a prompt with cuDNN and 0.5-0.7 s without
     (0.4-0.6 s again either way), and scripts/gpu_check.sh's bf16 benches ran out of time; fp32 never picks it."""
     if device.type == "cuda" and torch.backends.cuda.cudnn_sdp_enabled():
         torch.backends.cuda.enable_cudnn_sdp(False)
