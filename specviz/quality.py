@@ -290,12 +290,10 @@ def bits_per_byte(nats_per_token: float, tokens: int, n_bytes: int) -> float:
 
 
 def window_targets(ids, windows: int, seq_len: int) -> list:
-    """The predicted tokens of each window `train.heldout_loss` evaluates (its starts, repeated here:
-    evenly spaced, each window predicts ids[s + 1 : s + seq_len + 1])."""
-    import numpy as np
+    """The predicted tokens of each window `train.heldout_loss` evaluates (each predicts ids[s + 1 : s + seq_len + 1])."""
+    from .train import window_starts
 
-    starts = np.linspace(0, len(ids) - seq_len - 2, windows).astype(np.int64)
-    return [ids[s + 1 : s + seq_len + 1] for s in starts]
+    return [ids[s + 1 : s + seq_len + 1] for s in window_starts(len(ids), windows, seq_len)]
 
 
 def vocab_sha1(tokenizer) -> str:
@@ -325,12 +323,13 @@ def real_text_agreement(pair, ids, windows: int, seq_len: int) -> dict[str, Any]
     import numpy as np
     import torch
 
+    from .train import window_starts
+
     if len(ids) < seq_len + 2:
         return {"skipped": f"split has {len(ids)} tokens, fewer than one window of {seq_len}"}
-    starts = np.linspace(0, len(ids) - seq_len - 2, windows).astype(np.int64)
     top_p, agree = [], []
     with torch.no_grad():
-        for s in starts:
+        for s in window_starts(len(ids), windows, seq_len):
             x = torch.from_numpy(ids[s : s + seq_len].astype(np.int64))[None].to(pair.device)
             probs = pair.target(x).logits[0, seq_len // 2 :].float().softmax(-1)
             best = probs.max(-1)

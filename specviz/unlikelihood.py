@@ -23,6 +23,7 @@ over and an "unlikelihood" record added.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -163,8 +164,7 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
     trainable = [p for p in model.parameters() if p.requires_grad]
     reference = None
     if cfg.anchor_weight > 0:  # the target as this run found it (also on resume: --target is never written)
-        reference = AutoModelForCausalLM.from_pretrained(cfg.target, dtype=torch.float32).to(cfg.device).eval()
-        reference.requires_grad_(False)
+        reference = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0)
     gen = torch.Generator().manual_seed(cfg.seed)
     step, history = 0, []

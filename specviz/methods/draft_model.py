@@ -45,7 +45,7 @@ class Drafter:
         how many tokens are drafted moves."""
         ctx, rec = self.ctx, self.ctx.rec
         pending = seq[:, self.decoder.length :]  # committed tokens this cache has not seen (>= 1)
-        tokens, qs, spans, stop = [], [], [], None
+        tokens, qs, spans, stopped_at = [], [], [], None  # stopped_at: the confidence that stopped drafting
         for depth in range(gamma):
             t0 = rec.now()
             token, q = ctx.sampling.choose(self.logits(pending), ctx.generator)
@@ -54,7 +54,7 @@ class Drafter:
             qs.append(q[0])
             pending = token.view(1, 1)
             if eta > 0 and depth + 1 < gamma and (confidence := float(q.max())) < eta:
-                stop = (depth, confidence, spans[-1][1])
+                stopped_at = confidence
                 break
         if not tokens:
             return seq.new_zeros(0), torch.zeros(0, ctx.vocab, device=seq.device)
@@ -62,9 +62,8 @@ class Drafter:
         q_x = q[torch.arange(len(tokens), device=q.device), drafts].tolist()
         for depth, (token_id, qv, (t0, t1)) in enumerate(zip(drafts.tolist(), q_x, spans)):
             rec.add("draft", step=step, token_id=token_id, q=qv, depth=depth, source=self.source, t0=t0, t1=t1)
-        if stop is not None:
-            depth, confidence, t1 = stop
-            confidence_exit(rec, step, depth, self.source, t1, confidence, eta)
+        if stopped_at is not None:  # recorded after the drafts, as Kangaroo's: the last draft is the unsure one
+            confidence_exit(rec, step, len(tokens) - 1, self.source, spans[-1][1], stopped_at, eta)
         return drafts, q
 
     def rollback(self, length: int) -> None:
