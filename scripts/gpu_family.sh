@@ -37,6 +37,7 @@ UL_MLE_BATCH=${UL_MLE_BATCH:-64}
 UL_FREEZE=${UL_FREEZE:-2}
 UL_LR=${UL_LR:-1e-4}  # the CPU runs' lr; a 256-row batch is far less noisy than their 8 rows
 UL_ANCHOR=${UL_ANCHOR:-0}  # > 0: KL to the starting target on the greedy text's unpenalized tokens (--anchor-weight)
+UL_OBJECTIVE=${UL_OBJECTIVE:-unlikelihood}  # or ditto: pseudo-repetition penalization, no greedy text per step (--objective)
 POOL_STEPS=${POOL_STEPS:-8}  # on-policy rows per generate call, in steps' worth (onpolicy.OnPolicyPool)
 POOL_REUSE=${POOL_REUSE:-2}
 DISTILL_STEPS=100000; [ "$DISTILL_SECONDS" = 0 ] && DISTILL_STEPS=0  # 0 s: refine the shipped students only
@@ -78,7 +79,7 @@ if [ "$UL_SECONDS" -gt 0 ]; then
   stamp "unlikelihood: ${UL_SECONDS} s from $TARGET_DIR"
   $PY -m specviz.unlikelihood --device "$DEVICE" --amp "$AMP" --target "$TARGET_DIR" --corpus "$WORK/corpus" --out "$WORK/ul" \
     --steps 100000 --seconds "$UL_SECONDS" --ul-batch "$UL_BATCH" --mle-batch "$UL_MLE_BATCH" --eval-every 25 \
-    --freeze-layers "$UL_FREEZE" --lr "$UL_LR" --anchor-weight "$UL_ANCHOR" \
+    --freeze-layers "$UL_FREEZE" --lr "$UL_LR" --anchor-weight "$UL_ANCHOR" --objective "$UL_OBJECTIVE" \
     --threads "$THREADS" > "$OUT/unlikelihood.log" 2>&1
   rc=$?
   stamp "unlikelihood done (rc $rc)"

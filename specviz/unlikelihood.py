@@ -14,6 +14,13 @@ the target's own greedy decoding, so it can only move through the weights.
 --anchor-weight W adds KL(starting target || target) on the continuations' unpenalized tokens
 (own_text_losses).
 
+--objective ditto swaps the penalty for pseudo-repetition penalization (after Xu et al. 2022, "Learning to
+Break the Loop", DITTO): no greedy text; a corpus span of 4-40 tokens is repeated after a corpus prefix, and
+each token of the n-th copy is pulled towards ratio x (its probability in copy n-1), with loss
+-log(1 - |p_n - ratio * p_(n-1)|). It teaches repetition to decay instead of pushing every repeat to zero,
+which is what flattened the target under unlikelihood (README). The repeated share of the model's greedy
+text is logged at each evaluation.
+
 On a lent GPU the greedy continuations come 256 rows at a time (the CPU runs had 8), and --seconds ends
 the run on time (the lr is constant after warm-up, so any stop is a finished run).
 
@@ -63,6 +70,11 @@ class UnlikelihoodConfig:
     amp: str = ""  # "bf16" on a GPU: autocast forwards, fp32 weights and optimizer state
     freeze_layers: int = 0  # > 0: the embedding (tied head), final norm and first N layers stay as they are
     anchor_weight: float = 0.0  # > 0: KL(start || model) on the greedy text's unpenalized tokens (own_text_losses)
+    objective: str = "unlikelihood"  # or "ditto": pseudo-repetition penalization (pseudo_repetitions, ditto_loss)
+    ditto_ratio: float = 0.5  # DITTO's lambda: each copy's probability, as a share of the copy before
+    ditto_len: int = 256  # a pseudo-repetitive row's length, prefix included
+    span_min: int = 4  # the repeated span's length in tokens, drawn uniformly from [span_min, span_max]
+    span_max: int = 40
 
 
 def repeat_mask(ids: torch.Tensor, start: int, n: int) -> torch.Tensor:
@@ -120,6 +132,36 @@ def own_text_losses(model, reference, seq: torch.Tensor, mask: torch.Tensor, sta
     return ul, anchor
 
 
+def pseudo_repetitions(train, gen: torch.Generator, rows: int, prefix: int, length: int, span_min: int,
+                       span_max: int) -> tuple[torch.Tensor, list[int]]:
+    """(rows, length) token ids and each row's period: a corpus prefix of `prefix` tokens, then one corpus
+    span of span_min..span_max tokens repeated up to `length` (DITTO's pseudo-repetitive data, with a
+    prefix so that the loop follows real context, as it does in the target's own greedy text)."""
+    out, periods = [], []
+    for _ in range(rows):
+        period = int(torch.randint(span_min, span_max + 1, (1,), generator=gen))
+        begin = int(torch.randint(0, len(train) - prefix - period - 1, (1,), generator=gen))
+        head = train[begin : begin + prefix].astype(np.int64)
+        span = train[begin + prefix : begin + prefix + period].astype(np.int64)
+        loop = np.resize(span, length - prefix)  # np.resize repeats the span cyclically
+        out.append(np.concatenate([head, loop]))
+        periods.append(period)
+    return torch.from_numpy(np.stack(out)), periods
+
+
+def ditto_loss(model, seq: torch.Tensor, prefix: int, periods: list[int], ratio: float) -> torch.Tensor:
+    """-log(1 - |p_t - ratio * sg(p_(t - period))|) averaged over every token t of the second and later copies
+    of each row's span (p_t = p(x_t | x_<t); the earlier copy's probability is a fixed target)."""
+    logits = model(seq[:, :-1]).logits.float()  # position j predicts seq[:, j + 1]
+    p = logits.log_softmax(-1).gather(-1, seq[:, 1:, None]).squeeze(-1).exp()  # p[:, t - 1] = p(x_t | x_<t)
+    terms = []
+    for row, period in enumerate(periods):
+        t = torch.arange(prefix + period, seq.shape[1], device=seq.device)
+        now, before = p[row, t - 1], p[row, t - 1 - period].detach()
+        terms.append(-torch.log((1.0 - (now - ratio * before).abs()).clamp_min(1e-5)))
+    return torch.cat(terms).mean() if terms else logits.sum() * 0.0
+
+
 def freeze_shared(model, layers: int) -> int:
     """Freeze what the rest of the family reads from the target: the embedding (tied to the head), the final
     norm and the first `layers` decoder layers. With layers >= the Kangaroo exit, the early exit's state, the
@@ -156,6 +198,10 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
     defaults = TrainConfig().exit_weights
     tcfg = TrainConfig(target_exits=exits, exit_weights=defaults[len(defaults) - len(exits):] if len(exits) <= len(defaults)
                        else (0.25,) * len(exits))
+    if cfg.objective not in ("unlikelihood", "ditto"):
+        raise ValueError(f"objective {cfg.objective!r}: unlikelihood or ditto")
+    if cfg.objective == "ditto" and cfg.anchor_weight > 0:
+        raise ValueError("--anchor-weight anchors the greedy text that only the unlikelihood objective generates")
     train = np.load(Path(cfg.corpus) / "train.npy", mmap_mode="r")
     heldout = np.load(Path(cfg.corpus) / "heldout.npy", mmap_mode="r")
     frozen = freeze_shared(model, cfg.freeze_layers)
@@ -185,8 +231,14 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
         with torch.no_grad(), autocast(cfg.device, cfg.amp):
             loss, _ = heldout_loss(model, heldout, cfg.eval_windows, 256)
         rec = {"event": "eval", "step": step, "heldout": round(loss, 4)}
+        if cfg.objective == "ditto":  # the penalty never sees the greedy text: look at it here
+            with torch.no_grad(), autocast(cfg.device, cfg.amp):
+                seq = greedy_continuations(model, windows(cfg.prefix_tokens, cfg.ul_batch), cfg.new_tokens)
+            rec["repeat_share"] = round(repeat_mask(seq.cpu(), cfg.prefix_tokens, cfg.ngram)[:, cfg.prefix_tokens:]
+                                        .float().mean().item(), 4)
         history.append(rec)
-        log(f"eval step {step}: held-out {loss:.4f}")
+        log(f"eval step {step}: held-out {loss:.4f}" + (f", repeated share of its greedy text {rec['repeat_share']:.3f}"
+                                                        if "repeat_share" in rec else ""))
         return rec
 
     def save(final: bool) -> None:
@@ -215,9 +267,16 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
         set_lr(opt, cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps))
         with autocast(cfg.device, cfg.amp):
             mle, parts = multi_exit_loss(model, windows(cfg.mle_seq_len + 1, cfg.mle_batch), tcfg, gen)
-            seq = greedy_continuations(model, windows(cfg.prefix_tokens, cfg.ul_batch), cfg.new_tokens)
-            mask = repeat_mask(seq.cpu(), cfg.prefix_tokens, cfg.ngram).to(seq.device)
-            ul, anchor = own_text_losses(model, reference, seq, mask, cfg.prefix_tokens)
+            if cfg.objective == "ditto":
+                seq, periods = pseudo_repetitions(train, gen, cfg.ul_batch, cfg.prefix_tokens, cfg.ditto_len,
+                                                  cfg.span_min, cfg.span_max)
+                ul, anchor = ditto_loss(model, seq.to(cfg.device), cfg.prefix_tokens, periods, cfg.ditto_ratio), mle * 0.0
+                share = None  # no greedy text in a DITTO step; evaluate() measures it
+            else:
+                seq = greedy_continuations(model, windows(cfg.prefix_tokens, cfg.ul_batch), cfg.new_tokens)
+                mask = repeat_mask(seq.cpu(), cfg.prefix_tokens, cfg.ngram).to(seq.device)
+                ul, anchor = own_text_losses(model, reference, seq, mask, cfg.prefix_tokens)
+                share = mask[:, cfg.prefix_tokens:].float().mean().item()
             loss = mle + cfg.ul_weight * ul + cfg.anchor_weight * anchor
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -226,11 +285,11 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
         step += 1
         steps_here += 1
         step_seconds = time.time() - t
-        share = mask[:, cfg.prefix_tokens:].float().mean().item()
         history.append({"event": "train", "step": step, "mle": round(parts["final"], 4), "ul": round(ul.item(), 4),
-                        "anchor": round(anchor.item(), 6), "repeat_share": round(share, 4), "seconds": round(step_seconds, 2)})
-        log(f"step {step}/{cfg.steps} mle {parts['final']:.3f} ul {ul.item():.3f} anchor {anchor.item():.3f} repeated share of its greedy text "
-            f"{share:.3f} [{step_seconds:.1f} s]")
+                        "anchor": round(anchor.item(), 6), "seconds": round(step_seconds, 2)}
+                       | ({} if share is None else {"repeat_share": round(share, 4)}))
+        log(f"step {step}/{cfg.steps} mle {parts['final']:.3f} {cfg.objective} {ul.item():.3f} anchor {anchor.item():.3f}"
+            + ("" if share is None else f" repeated share of its greedy text {share:.3f}") + f" [{step_seconds:.1f} s]")
         if cfg.eval_every and step % cfg.eval_every == 0:
             evaluate()
         if time.time() - last_ckpt >= cfg.ckpt_minutes * 60:
@@ -252,10 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", required=True)
     parser.add_argument("--out", required=True)
     for name in ("steps", "threads", "max_steps", "ul_batch", "new_tokens", "prefix_tokens", "mle_batch", "mle_seq_len",
-                 "eval_every", "eval_windows", "ngram", "warmup_steps", "freeze_layers"):
+                 "eval_every", "eval_windows", "ngram", "warmup_steps", "freeze_layers", "ditto_len", "span_min", "span_max"):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
-    for name in ("lr", "ul_weight", "ckpt_minutes", "anchor_weight"):
+    for name in ("lr", "ul_weight", "ckpt_minutes", "anchor_weight", "ditto_ratio"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))
+    parser.add_argument("--objective", default=d.objective, choices=("unlikelihood", "ditto"))
     parser.add_argument("--until", default="")
     parser.add_argument("--seconds", type=float, default=0.0, help="finish after this many seconds")
     parser.add_argument("--device", default="cpu")

@@ -1,5 +1,7 @@
 """Unlikelihood fine-tuning: it marks exactly the tokens that repeat an earlier n-gram, its loss is
--log(1 - p) there, and the command runs, saves an HF target with its record and resumes."""
+-log(1 - p) there, and the command runs, saves an HF target with its record and resumes. The DITTO objective:
+its rows are a corpus prefix and one corpus span repeated, and its loss pulls each copy's probability to a
+share of the copy before."""
 from __future__ import annotations
 
 import json
@@ -8,7 +10,8 @@ import numpy as np
 import torch
 
 from conftest import build_tiny_tokenizer, make_tiny_model
-from specviz.unlikelihood import UnlikelihoodConfig, finetune, own_text_losses, repeat_mask, unlikelihood_loss
+from specviz.unlikelihood import (UnlikelihoodConfig, ditto_loss, finetune, own_text_losses, pseudo_repetitions, repeat_mask,
+                                  unlikelihood_loss)
 
 
 def tiny_target_and_corpus(tmp_path, meta: dict | None = None):
@@ -113,3 +116,57 @@ def test_freeze_layers_keeps_what_the_family_reads_bit_identical(tmp_path):
     assert frozen and trained
     assert all(torch.equal(before[k], after[k]) for k in frozen)
     assert all(not torch.equal(before[k], after[k]) for k in trained if "layernorm" not in k)
+
+
+def test_pseudo_repetitions_are_a_corpus_prefix_then_one_corpus_span_repeated():
+    train = np.arange(1000, dtype=np.uint16)  # every window of it is unique: where a row came from is readable
+    seq, periods = pseudo_repetitions(train, torch.Generator().manual_seed(3), rows=5, prefix=6, length=40,
+                                      span_min=3, span_max=7)
+    assert seq.shape == (5, 40) and len(periods) == 5 and all(3 <= k <= 7 for k in periods)
+    for row, k in zip(seq.tolist(), periods):
+        assert row[: 6 + k] == list(range(row[0], row[0] + 6 + k))  # prefix and span: consecutive corpus tokens
+        assert all(row[t] == row[t - k] for t in range(6 + k, 40))  # then the span again and again
+
+
+def test_ditto_loss_pulls_each_copy_to_a_share_of_the_copy_before():
+    model = make_tiny_model("llama", 64, seed=1).requires_grad_(True)
+    seq = torch.randint(0, 64, (2, 12), generator=torch.Generator().manual_seed(0))
+    prefix, periods, ratio = 3, [2, 4], 0.5
+    for row, k in enumerate(periods):
+        for t in range(prefix + k, 12):
+            seq[row, t] = seq[row, t - k]
+
+    def expected(stop_gradient: bool) -> torch.Tensor:
+        p = model(seq[:, :-1]).logits.softmax(-1).gather(-1, seq[:, 1:, None]).squeeze(-1)  # p[:, t - 1]: token t
+        before = p.detach() if stop_gradient else p
+        return torch.stack([-torch.log(1 - (p[r, t - 1] - ratio * before[r, t - 1 - k]).abs())
+                            for r, k in enumerate(periods) for t in range(prefix + k, 12)]).mean()
+
+    def grads(loss: torch.Tensor) -> list[torch.Tensor]:
+        model.zero_grad()
+        loss.backward()
+        return [q.grad.clone() for q in model.parameters()]
+
+    loss = ditto_loss(model, seq, prefix, periods, ratio)
+    torch.testing.assert_close(loss, expected(True))
+    got = grads(loss)  # the earlier copy is a fixed target: gradients flow only through the later copy's p
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, grads(expected(True))))
+    assert not all(torch.allclose(a, b, atol=1e-6) for a, b in zip(got, grads(expected(False))))
+
+
+def test_ditto_objective_trains_and_reports_the_greedy_repeat_share(tmp_path):
+    corpus = tiny_target_and_corpus(tmp_path)
+    cfg = UnlikelihoodConfig(target=str(tmp_path / "target"), corpus=str(corpus), out=str(tmp_path / "out"), steps=2,
+                             mle_seq_len=16, mle_batch=2, prefix_tokens=8, new_tokens=12, ul_batch=2, eval_every=1,
+                             eval_windows=2, objective="ditto", ditto_len=32, span_min=3, span_max=6)
+    assert finetune(cfg, log=lambda msg: None)["done"]
+    history = json.loads((tmp_path / "out" / "target" / "specviz.json").read_text())["unlikelihood"]["history"]
+    evals = [h for h in history if h["event"] == "eval"]
+    assert [h["step"] for h in evals] == [0, 1, 2] and all(0 <= h["repeat_share"] <= 1 for h in evals)
+    assert all(h["ul"] > 0 and "repeat_share" not in h for h in history if h["event"] == "train")
+    try:
+        finetune(UnlikelihoodConfig(**{**cfg.__dict__, "anchor_weight": 1.0, "out": str(tmp_path / "x")}))
+    except ValueError as exc:
+        assert "anchor" in str(exc)
+    else:
+        raise AssertionError("the anchor needs greedy text the DITTO objective does not generate")
