@@ -661,13 +661,13 @@ class WindowStream:
         return torch.from_numpy(np.stack(rows))
 
 
-@torch.no_grad()
 def window_starts(length: int, windows: int, seq_len: int) -> np.ndarray:
     """Where heldout_loss's windows start in a split of `length` tokens: evenly spaced, so every evaluation of
     the split (and specviz.quality's readings of the same windows) sees the same text."""
     return np.linspace(0, length - seq_len - 2, windows).astype(np.int64)
 
 
+@torch.no_grad()
 def heldout_loss(model, ids: np.ndarray, windows: int, seq_len: int, batch: int = 8) -> tuple[float, float]:
     """Mean next-token loss over `windows` evenly spaced windows (fixed positions: comparable across
     runs), and the loss over the second half of each window's positions (what long context buys)."""

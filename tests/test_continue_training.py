@@ -11,6 +11,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import make_tiny_model
 from specviz import students, train
@@ -84,3 +85,14 @@ def test_fitted_steps_end_a_phase_on_its_seconds():
     progress.step, progress.seconds["refine"] = 14, 13.0  # ten steps of 0.5 s
     total, _ = students.fitted_steps(progress, "refine", 30.0, total, fit_from, log=print)
     assert total == 14 + int((30.0 - 13.0) / 0.5) == progress.planned["refine"]
+
+
+def test_heldout_loss_runs_without_autograd():
+    """An evaluation of 2,048-token windows must not build a graph: every forward runs with grad disabled
+    (a decorator once slid onto the helper above it), and the model's train/eval mode comes back as it was."""
+    model = make_tiny_model("llama", 64, seed=1).requires_grad_(True).train()
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(torch.is_grad_enabled()))
+    nats, late = train.heldout_loss(model, np.random.default_rng(0).integers(0, 64, 500), windows=4, seq_len=32)
+    assert seen and not any(seen) and model.training
+    assert 0 < late and 0 < nats
