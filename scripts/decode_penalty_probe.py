@@ -38,16 +38,12 @@ def processors() -> dict[str, list]:
             "no_repeat_ngram_size=6": [NoRepeatNGramLogitsProcessor(6)]}
 
 
-def modeled_speedup(agreement: float) -> float:
-    tokens = (1 - agreement ** (GAMMA + 1)) / (1 - agreement) if agreement < 1 else GAMMA + 1
-    return tokens / (GAMMA * DRAFT_COST + VERIFY_COST)
-
-
 def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.generation.logits_process import LogitsProcessorList
 
+    from specviz.metrics import leviathan_speedup
     from specviz.quality import parses, pooled_share
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -90,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             parsed += parses(prompt["prompt"], tokenizer.decode(ids, skip_special_tokens=True), False)
         agreement = agreed / scored
         print(f"| {name} | {pooled_share(continuations, 4):.3f} | {parsed}/{len(prompts)} | "
-              f"{statistics.median(p_top):.3f} | {agreement:.3f} | {modeled_speedup(agreement):.2f}x |", flush=True)
+              f"{statistics.median(p_top):.3f} | {agreement:.3f} | {leviathan_speedup(agreement, GAMMA, DRAFT_COST, VERIFY_COST):.2f}x |", flush=True)
     return 0
 
 

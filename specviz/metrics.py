@@ -52,10 +52,11 @@ def iid_alpha(tau: float, gamma: float) -> float | None:
     return (lo + hi) / 2
 
 
-def leviathan_speedup(alpha: float, gamma: float, c: float) -> float:
-    """(1 - alpha^(g+1)) / ((1 - alpha)(g c + 1)): expected speedup for i.i.d. acceptance alpha."""
+def leviathan_speedup(alpha: float, gamma: float, c: float, verify_cost: float = 1.0) -> float:
+    """(1 - alpha^(g+1)) / ((1 - alpha)(g c + v)): expected speedup for i.i.d. acceptance alpha; v, the cost of
+    one verification in target steps, is 1 in the paper (a measured one: compare's v)."""
     tokens = gamma + 1 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
-    return tokens / (gamma * c + 1)
+    return tokens / (gamma * c + verify_cost)
 
 
 @dataclass

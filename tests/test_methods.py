@@ -285,3 +285,14 @@ def test_mirror_stats_read_from_the_trace(embedded_pair):
     if stats["branch_hit_rate"]:  # a reused branch saves its round's serial drafting in the modeled timeline
         assert stats["modeled_speedup_over_sd"] > 1.0
     assert stats["modeled_speedup_over_ar"] > 0 and mirror_stats(run("autoregressive", embedded_pair, "x", max_new_tokens=2)) == {}
+
+
+def test_leviathan_speedup_is_expected_tokens_over_round_cost():
+    """(1 - a^(g+1)) / (1 - a) tokens a round over g drafts at c and one verify at v target steps (v 1:
+    the paper's), all g + 1 tokens when every draft is accepted."""
+    from specviz.metrics import leviathan_speedup
+
+    tokens = 1 + 0.5 + 0.25 + 0.125 + 0.0625
+    assert abs(leviathan_speedup(0.5, 4, 0.1) - tokens / 1.4) < 1e-12
+    assert abs(leviathan_speedup(0.5, 4, 0.1, verify_cost=1.3) - tokens / 1.7) < 1e-12
+    assert leviathan_speedup(1.0, 4, 0.2, verify_cost=1.3) == 5 / 2.1
