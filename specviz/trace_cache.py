@@ -1,0 +1,307 @@
+"""Measured traces kept in memory, so an identical request is answered without running the engine again.
+
+A trace is a measurement (timings, acceptances); serving it again is honest only when it is labelled as
+such ("measured at 14:03:22, served from cache") and when everything that decides it is the same: the
+key (`request_key`) covers the pair's weights (specviz.fingerprint), the job, the method, every parameter,
+the seed, the prompt(s) and the engine's sources. Identical requests already running share one
+measurement (single flight); "measure again" (`fresh=True`) never gets a stored trace.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import numbers
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Callable, Literal, Mapping
+
+from .fingerprint import engine_source_hash
+
+KEY_VERSION = 1  # bump when what a key covers changes
+DEFAULT_SEED = 0  # the seed a run takes when none is given: methods.base COMMON_PARAMS "seed" (a test checks)
+BYTES_ENV = "SPECVIZ_TRACE_CACHE_MB"  # most stored trace data, MiB (default 64; 0 stores nothing)
+ENTRIES_ENV = "SPECVIZ_TRACE_CACHE_ENTRIES"  # most stored results (default 256)
+WAIT_POLL_S = 0.05  # how often a waiter looks at its cancel flag, seconds
+
+Served = Literal["cache", "shared", "engine"]
+
+
+# ----------------------------------------------------------------------------- the key
+def canonical(value: Any) -> Any:
+    """A JSON value that is the same for requests the engine cannot tell apart.
+
+    Numbers: an integral float becomes an int (4.0 -> 4, -0.0 -> 0) and numpy scalars become Python
+    numbers, because the engine coerces every numeric parameter (`Param.coerce`: int params through
+    float(v).is_integer(), float params through float(v)), so 4, 4.0 and numpy.int64(4) run the same trace.
+    Nothing else is merged: "4" stays apart from 4 and True from 1 (str and bool parameters exist, and this
+    module does not know which name has which kind), and an absent parameter stays apart from its default.
+    A missed merge costs one measurement; a wrong one would serve a trace of another run.
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        number = float(value)
+        return int(number) if number.is_integer() else number  # NaN and inf stay floats (the engine refuses them)
+    if isinstance(value, Mapping):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError("request keys take dicts with string keys only")
+        return {k: canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [canonical(v) for v in value]
+    raise TypeError(f"cannot key a request on a {type(value).__name__} value: {value!r:.80}")
+
+
+def request_key(job: str, pair_fp: str, method: str, params: Mapping[str, Any], prompt: str | list[str],
+                seed: Any = None, extra: Mapping[str, Any] | None = None) -> str:
+    """The cache key of one engine request: a 32-hex digest of canonical JSON (sorted keys) of
+
+    - `job`: the engine job ("single", "playground", ...: their results differ for the same run);
+    - `pair_fp`: `fingerprint.pair_fingerprint(target, draft)` (never None: such a request is not cached);
+    - `method` and `params` (every parameter as sent, seed excepted; see `canonical` for what is merged);
+    - `seed`: always present: the argument, else params["seed"], else DEFAULT_SEED (they must agree);
+    - `prompt`: the exact text, or the list of prompts of a batch, whitespace included;
+    - `extra`: the job's other arguments (exactness_lab's n, tokens, broken; compare's specs, repeats) and
+      anything else the caller knows decides the trace (the engine's device, where it is not fixed);
+    - the engine's sources (`fingerprint.engine_source_hash`) and KEY_VERSION.
+
+    Not covered: the machine's load and the library versions (both fixed for a server's life, and the
+    label says when the trace was measured).
+    """
+    if not isinstance(pair_fp, str) or not pair_fp:
+        raise ValueError("no fingerprint for this pair: run it without the cache")
+    params = canonical(dict(params))
+    in_params = params.pop("seed", None)
+    seed = canonical(seed)
+    if seed is not None and in_params is not None and seed != in_params:
+        raise ValueError(f"two seeds for one request: {seed!r} and params' {in_params!r}")
+    seed = next((s for s in (seed, in_params) if s is not None), DEFAULT_SEED)
+    payload = {"v": KEY_VERSION, "job": job, "pair": pair_fp, "method": method, "params": params, "seed": seed,
+               "prompt": canonical(prompt), "extra": canonical(dict(extra or {})), "engine": engine_source_hash()}
+    text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
+
+
+# ----------------------------------------------------------------------------- what is stored
+def value_bytes(value: Any) -> int:
+    """Bytes a result holds, counted against the cache's bound: UTF-8 text of its strings, 8 per scalar."""
+    if isinstance(value, str):
+        return len(value.encode("utf-8"))
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, Mapping):
+        return sum(value_bytes(k) + value_bytes(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return sum(value_bytes(v) for v in value)
+    return 8
+
+
+def complete(value: Any) -> bool:
+    """False when a result holds a trace stopped before its end (Stop, a closed page, the run deadline: the
+    engine returns those as traces with finish_reason "cancelled"); such a result is never stored, and its
+    waiters ask again. Values that are not traces count as complete."""
+    if isinstance(value, Mapping):
+        if isinstance(value.get("rows"), list):
+            return not any(isinstance(r, Mapping) and r.get("finish_reason") == "cancelled" for r in value["rows"])
+        return all(complete(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(complete(v) for v in value)
+    if isinstance(value, str) and value.startswith("{") and '"cancelled"' in value:
+        try:
+            return complete(json.loads(value))
+        except ValueError:
+            return True
+    return True
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One measured result. Shared by every request served it: treat `value` as read-only."""
+
+    value: Any  # the engine job's result: a trace's JSON, or a dict of them (JSON-able)
+    measured_at: float  # epoch seconds when the engine's measurement finished
+    nbytes: int  # size counted against the cache's bound, bytes (see value_bytes)
+
+
+@dataclass(frozen=True)
+class CacheLimits:
+    max_bytes: int = 64 << 20  # most bytes of stored results (0: store nothing, still share flights)
+    max_entries: int = 256  # most stored results, count
+
+    @classmethod
+    def from_env(cls) -> "CacheLimits":
+        return cls(max_bytes=int(float(os.environ.get(BYTES_ENV, "64")) * (1 << 20)),
+                   max_entries=int(os.environ.get(ENTRIES_ENV, "256")))
+
+
+class Abandoned(Exception):
+    """A request stopped waiting for an identical run in flight (its cancel flag, its timeout); the run goes on."""
+
+
+@dataclass
+class _Flight:
+    """One engine measurement in progress, and what its waiters get when it ends."""
+
+    seq: int  # order of starting among all flights (a later-started result is never overwritten by an earlier one)
+    done: threading.Event = field(default_factory=threading.Event)
+    entry: Entry | None = None  # set when fn returned
+    error: BaseException | None = None  # set when fn raised: every waiter raises it
+    stored: bool = False  # False: the result was incomplete (cancelled), so waiters run their own
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0  # requests served a stored result
+    misses: int = 0  # engine runs the cache started (fresh ones included)
+    shared: int = 0  # requests served the result of an identical run in flight
+    fresh: int = 0  # "measure again" requests
+
+
+# ----------------------------------------------------------------------------- the cache
+class TraceCache:
+    """LRU of measured results, bounded by bytes and count, thread-safe, with single-flight measuring."""
+
+    def __init__(self, limits: CacheLimits | None = None) -> None:
+        self.limits = limits or CacheLimits()
+        self._items: OrderedDict[str, tuple[Entry, int]] = OrderedDict()  # key -> (entry, flight seq)
+        self._flights: dict[str, _Flight] = {}  # key -> the newest flight in progress
+        self._lock = threading.Lock()
+        self._seq = itertools.count(1)
+        self._bytes = 0
+        self._stats = CacheStats()
+
+    @classmethod
+    def from_env(cls) -> "TraceCache":
+        return cls(CacheLimits.from_env())
+
+    def get(self, key: str) -> Entry | None:
+        """The stored entry (now the most recently used), or None; counts nothing."""
+        with self._lock:
+            if key not in self._items:
+                return None
+            self._items.move_to_end(key)
+            return self._items[key][0]
+
+    def measure(self, key: str, fn: Callable[[], Any], *, fresh: bool = False, cancel: threading.Event | None = None,
+                timeout: float | None = None, storable: Callable[[Any], bool] = complete) -> tuple[Entry, Served]:
+        """The result for `key`: stored ("cache"), an identical run in flight ("shared"), or fn() run here
+        in the calling thread ("engine"; stored when `storable`, default: no cancelled trace).
+
+        `fresh` ("measure again") never takes a stored entry nor joins a flight (any flight in progress
+        started before this request was made); it runs fn and its result replaces the stored one. Requests
+        that come while it runs join it when nothing is stored. fn's exception reaches this caller and every
+        waiter, and nothing is stored. A waiter gives up on `cancel` or after `timeout` seconds (Abandoned);
+        the flight goes on for the others.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if fresh:
+                    self._stats.fresh += 1
+                elif key in self._items:
+                    self._items.move_to_end(key)
+                    self._stats.hits += 1
+                    return self._items[key][0], "cache"
+                flight = None if fresh else self._flights.get(key)
+                if flight is None:
+                    flight = self._flights[key] = _Flight(seq=next(self._seq))
+                    self._stats.misses += 1
+                    leader = True
+                else:
+                    leader = False
+            if leader:
+                return self._lead(key, flight, fn, storable), "engine"
+            self._wait(flight, cancel, deadline)
+            if flight.error is not None:
+                raise flight.error
+            if flight.stored:
+                with self._lock:
+                    self._stats.shared += 1
+                return flight.entry, "shared"
+            # the run in flight was stopped by its own requester: ask again (join a newer flight or lead one)
+
+    def _lead(self, key: str, flight: _Flight, fn: Callable[[], Any], storable: Callable[[Any], bool]) -> Entry:
+        try:
+            value = fn()
+            entry = Entry(value=value, measured_at=time.time(), nbytes=value_bytes(value))
+            keep = storable(value)
+        except BaseException as exc:
+            with self._lock:
+                flight.error = exc
+                if self._flights.get(key) is flight:
+                    del self._flights[key]
+            flight.done.set()
+            raise
+        with self._lock:
+            flight.entry, flight.stored = entry, keep
+            if keep:
+                self._store(key, entry, flight.seq)
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+        flight.done.set()
+        return entry
+
+    def _wait(self, flight: _Flight, cancel: threading.Event | None, deadline: float | None) -> None:
+        while True:
+            step = WAIT_POLL_S if cancel is not None else None
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Abandoned("gave up waiting for an identical run in progress (timeout)")
+                step = left if step is None else min(step, left)
+            if flight.done.wait(step):
+                return
+            if cancel is not None and cancel.is_set():
+                raise Abandoned("stopped waiting for an identical run in progress")
+
+    def _store(self, key: str, entry: Entry, seq: int) -> None:
+        """Under the lock: keep the entry unless a later-started measurement is stored, then evict LRU."""
+        if key in self._items:
+            if self._items[key][1] > seq:
+                return
+            self._bytes -= self._items.pop(key)[0].nbytes
+        if entry.nbytes > self.limits.max_bytes or self.limits.max_entries < 1:
+            return  # larger than the whole cache: served once, never stored
+        self._items[key] = (entry, seq)
+        self._bytes += entry.nbytes
+        while len(self._items) > self.limits.max_entries or self._bytes > self.limits.max_bytes:
+            _, (old, _) = self._items.popitem(last=False)
+            self._bytes -= old.nbytes
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def stats(self) -> dict[str, int]:
+        """For the health endpoint: entries, bytes, hits, misses, shared, fresh, in flight, limits."""
+        with self._lock:
+            return {"entries": len(self._items), "bytes": self._bytes, "hits": self._stats.hits,
+                    "misses": self._stats.misses, "shared": self._stats.shared, "fresh": self._stats.fresh,
+                    "in_flight": len(self._flights), "max_bytes": self.limits.max_bytes,
+                    "max_entries": self.limits.max_entries}
+
+
+def label(entry: Entry, served_from: Served, now: float | None = None) -> str:
+    """Plain text shown beside a result (the HTML side escapes it), in the server's local time:
+    "measured at 14:03:22, served from cache"; the date is added when it was another day."""
+    moment = datetime.fromtimestamp(entry.measured_at)
+    today = datetime.fromtimestamp(time.time() if now is None else now).date()
+    at = moment.strftime("%H:%M:%S" if moment.date() == today else "%Y-%m-%d %H:%M:%S")
+    if served_from == "cache":
+        return f"measured at {at}, served from cache"
+    if served_from == "shared":
+        return f"measured just now (at {at}), shared with an identical request"
+    return "measured just now"
+
+
+CACHE = TraceCache.from_env()  # the server's cache (empty until the app uses it)
