@@ -106,10 +106,8 @@ def complete(value: Any) -> bool:
     """False when a result holds a trace stopped before its end (Stop, a closed page, the run deadline: the
     engine returns those as traces with finish_reason "cancelled"); such a result is never stored, and its
     waiters ask again. Values that are not traces count as complete."""
-    if isinstance(value, Mapping):
-        if isinstance(value.get("rows"), list):
-            return not any(isinstance(r, Mapping) and r.get("finish_reason") == "cancelled" for r in value["rows"])
-        return all(complete(v) for v in value.values())
+    if isinstance(value, Mapping):  # a trace's row, or any dict holding traces (playground, batch_compare)
+        return value.get("finish_reason") != "cancelled" and all(complete(v) for v in value.values())
     if isinstance(value, (list, tuple)):
         return all(complete(v) for v in value)
     if isinstance(value, str) and value.startswith("{") and '"cancelled"' in value:
@@ -152,7 +150,7 @@ class _Flight:
     done: threading.Event = field(default_factory=threading.Event)
     entry: Entry | None = None  # set when fn returned
     error: BaseException | None = None  # set when fn raised: every waiter raises it
-    stored: bool = False  # False: the result was incomplete (cancelled), so waiters run their own
+    complete: bool = False  # False: the result was a cancelled run, which its waiters do not take
 
 
 @dataclass
@@ -220,7 +218,7 @@ class TraceCache:
             self._wait(flight, cancel, deadline)
             if flight.error is not None:
                 raise flight.error
-            if flight.stored:
+            if flight.complete:
                 with self._lock:
                     self._stats.shared += 1
                 return flight.entry, "shared"
@@ -239,7 +237,7 @@ class TraceCache:
             flight.done.set()
             raise
         with self._lock:
-            flight.entry, flight.stored = entry, keep
+            flight.entry, flight.complete = entry, keep
             if keep:
                 self._store(key, entry, flight.seq)
             if self._flights.get(key) is flight:

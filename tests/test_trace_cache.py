@@ -136,6 +136,8 @@ def test_cancelled_traces_are_not_stored():
     assert served == "engine" and cache.get("k") is None
     cache.measure("k", lambda: {"trace": finished, "baseline": finished})
     assert cache.get("k") is not None
+    nested = {"rows": [{"method": "eqspec"}], "traces": {"eqspec": cancelled}}  # batch_compare's shape
+    assert not trace_cache.complete(nested) and trace_cache.complete({**nested, "traces": {"eqspec": finished}})
 
 
 # ----------------------------------------------------------------------------- single flight
