@@ -38,7 +38,7 @@ def main() -> None:
         os.environ.setdefault("SPECVIZ_PUBLIC", "1")  # strangers can reach it: curated models only (README)
     from specviz import ui
 
-    ui.engine().call("warm", {"target": "embedded"})  # the engine loads the pair: first request is fast, missing assets fail early
+    ui.warm_engines()  # every engine worker loads the pair: first request is fast, missing assets fail early
     print(f"specviz: models ready in {time.perf_counter() - start:.1f} s; serving on http://{args.host}:{args.port}", flush=True)
     ui.launch(args.host, args.port)
 

@@ -2,7 +2,7 @@
 
 They run where `specviz.worker` puts them: on the main thread of the engine process (the default), or
 in a server thread. Each takes `cancel` (a threading.Event: Stop, a closed page, the run deadline)
-and `emit` (sends a progress payload to the waiting handler: streamed tokens). Results are JSON-able,
+and `emit` (sends a progress payload to the waiting handler: Compare's and Batch's progress bars, between timed runs). Results are JSON-able,
 so nothing but data crosses the process boundary; the UI draws its plots from the traces it gets back.
 """
 from __future__ import annotations
@@ -15,7 +15,6 @@ from typing import Callable
 from .worker import InFlight
 
 JOBS = ("warm", "single", "playground", "batch", "compare", "batch_compare", "exactness_lab", "health")
-STREAM_SECONDS = 0.05  # how often streamed tokens are sent while a run goes on
 _RUNNING = InFlight()  # engine runs executing in this process now
 
 
@@ -65,53 +64,22 @@ def single(method: str, target: str, draft: str | None, prompt: str, params: dic
     return traced(lambda pair, prompt_, **kw: run(method, pair, prompt_, **kw), target, draft, prompt, params, cancel)
 
 
-def stream_tokens(recorder, pair, emit: Callable, stop: threading.Event) -> None:
-    """Send the run's new token events (text decoded here, where the tokenizer is) every STREAM_SECONDS."""
-    from .trace import TOKEN_KINDS
-
-    sent = 0
-    texts: dict[int, str] = {}
-    while True:
-        finished = stop.wait(STREAM_SECONDS)
-        events = list(recorder.events)
-        fresh = [e for e in events[sent:] if e.kind in TOKEN_KINDS]
-        sent = len(events)
-        if fresh:
-            out = []
-            for e in fresh:
-                if e.token_id not in texts:
-                    texts[e.token_id] = pair.tokenizer.decode([e.token_id], skip_special_tokens=False)
-                d = e.to_dict()
-                d["text"] = e.text or texts[e.token_id]
-                out.append(d)
-            emit({"events": out})
-        if finished:
-            return
-
-
 def playground(method: str, target: str, draft: str | None, prompt: str, params: dict, submitted_at: float | None = None,
                *, cancel: threading.Event, emit: Callable) -> dict:
-    """The Playground's run: tokens streamed as they come, then the autoregressive run of the same prompt,
-    a greedy difference classified (tie or bug), the measured figures against it stored in the trace."""
+    """The Playground's (and the Race's) run, then the autoregressive run of the same prompt: each measured
+    alone, nothing else working in this process while it is timed (no streamer: the page replays the
+    measured timeline afterwards). A greedy difference is classified (tie or bug); the measured figures
+    against the baseline are stored in the trace."""
     from .api import run
     from .divergence import annotate
     from .methods.base import common_values
     from .metrics import compare
-    from .trace import Recorder
 
     queued = time.time() - submitted_at if submitted_at else None
     pair = pair_for(target, draft)
-    recorder = Recorder(pair.target.device)
-    stop = threading.Event()
-    streamer = threading.Thread(target=stream_tokens, args=(recorder, pair, emit, stop), name="specviz-stream", daemon=True)
-    streamer.start()
-    try:
-        with Running():
-            note = engine_note(queued)
-            trace = run(method, pair, prompt, cancel=cancel, recorder=recorder, **params)
-    finally:
-        stop.set()
-        streamer.join()
+    with Running():
+        note = engine_note(queued)
+        trace = run(method, pair, prompt, cancel=cancel, **params)
     trace.meta["engine"] = note
     baseline = trace
     if method != "autoregressive":

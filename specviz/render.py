@@ -52,7 +52,8 @@ def token_title(e: Event) -> str:
 
 
 def token_span(e: Event, text: str | None = None) -> str:
-    return (f'<span class="sv-tok sv-{e.kind}" data-fate="{e.kind}" title="{token_title(e)}">'
+    """One output token; `data-t` is when the run committed it (seconds from its start): the replay's clock."""
+    return (f'<span class="sv-tok sv-{e.kind}" data-fate="{e.kind}" data-t="{e.t1:.4f}" title="{token_title(e)}">'
             f"{visible(e.text if text is None else text)}</span>")
 
 
@@ -93,45 +94,133 @@ def rounds(trace: Trace, row: int = 0) -> list[int]:
     return sorted({e.step for e in trace.events if e.row == row and e.kind in TOKEN_KINDS and not is_healed_token(e)})
 
 
-def lane_html(label: str, trace: Trace, t: float, lane_id: str) -> str:
-    """One side of a race at time `t` (seconds into its measured run): the tokens it had emitted by then."""
-    shown = sorted((e for e in trace.events if e.kind in TOKEN_KINDS and e.row == 0 and e.t1 <= t), key=lambda e: e.position)
-    done = t >= trace.wall_time
-    clock = min(t, trace.wall_time)
-    state = '<span class="sv-done">finished</span>' if done else "running"
-    rate = f"{len(shown) / clock:.0f} tokens/s" if clock > 0 else ""
-    return (f'<div class="sv-lane" id="{esc(lane_id)}" data-tokens="{len(shown)}" data-done="{str(done).lower()}">'
-            f'<h4>{esc(label)}</h4><div><span class="sv-clock">{clock:.2f} s</span> - {len(shown)} tokens {rate} - {state}</div>'
+def replay_pace(seconds: float, max_seconds: float) -> float:
+    """How much faster than measured a replay plays: 1 (real time) unless the run was longer than `max_seconds`."""
+    return max(1.0, seconds / max_seconds) if max_seconds > 0 else 1.0
+
+
+def replay_bar(label: str, end: float, pace: float) -> str:
+    """The replay's controls and clock (REPLAY_JS drives them; without JS the finished state shows)."""
+    faster = f" at {pace:.1f}x the measured pace" if pace > 1 else " at the pace it was measured"
+    return (f'<div class="sv-replay-bar"><button type="button" class="sv-replay-again">replay</button>'
+            f'<button type="button" class="sv-replay-all">show all</button> <span class="sv-replay-label">'
+            f'{esc(label)}{faster}</span> <span class="sv-clock" data-end="{end:.4f}">{end:.2f} s</span></div>')
+
+
+def replay_html(trace: Trace, row: int = 0, status: str = "", max_seconds: float = 60.0) -> str:
+    """A finished run, sent once: the browser reveals each token at the moment the run committed it."""
+    pace = replay_pace(trace.wall_time, max_seconds)
+    return (f'<div class="sv-replay" data-end="{trace.wall_time:.4f}" data-pace="{pace:.3f}">'
+            f'{replay_bar("replay of the measured run", trace.wall_time, pace)}{trace_html(trace, row, status)}</div>')
+
+
+def lane_html(label: str, trace: Trace, lane_id: str) -> str:
+    """One side of a race: every token of its measured run, each revealed by the replay at its own time."""
+    shown = sorted((e for e in trace.events if e.kind in TOKEN_KINDS and e.row == 0), key=lambda e: e.position)
+    end = trace.wall_time
+    rate = f"{len(shown) / end:.0f} tokens/s" if end > 0 else ""
+    return (f'<div class="sv-lane" id="{esc(lane_id)}" data-end="{end:.4f}" data-tokens="{len(shown)}" data-done="true">'
+            f'<h4>{esc(label)}</h4><div><span class="sv-lane-clock">{end:.2f} s</span> - <span class="sv-lane-count">'
+            f'{len(shown)}</span> tokens <span class="sv-lane-rate">{rate}</span> - <span class="sv-lane-state">'
+            f'<span class="sv-done">finished</span></span></div>'
             f'<div class="sv-tokens"><span class="sv-prompt">{esc(trace.rows[0].prompt)}</span>'
             f'{"".join(token_span(e) for e in shown)}</div></div>')
 
 
-def race_html(method: Trace, baseline: Trace, t: float) -> str:
-    """Autoregressive and a method side by side at the same moment of their MEASURED runs (each measured
-    alone, played back together), with the running speedup and, at the end, whether the outputs agree."""
-    n_m = sum(1 for e in method.events if e.kind in TOKEN_KINDS and e.row == 0 and e.t1 <= t)
-    n_b = sum(1 for e in baseline.events if e.kind in TOKEN_KINDS and e.row == 0 and e.t1 <= t)
-    clock_m, clock_b = min(t, method.wall_time), min(t, baseline.wall_time)
-    running = (n_m / clock_m) / (n_b / clock_b) if clock_m > 0 and clock_b > 0 and n_b and n_m else None
-    speed = f"running speedup {running:.2f}x" if running else "running speedup -"
-    verdict = ""
-    if t >= max(method.wall_time, baseline.wall_time):
-        final = (baseline.wall_time / baseline.new_tokens) / (method.wall_time / method.new_tokens) \
-            if method.new_tokens and baseline.new_tokens and method.wall_time else None
-        greedy = not method.params.get("temperature")
-        if method.output_ids == baseline.output_ids:
-            same = "outputs EQUAL token for token"
-        elif greedy:
-            same = "outputs DIFFER (greedy must be equal: see the Playground's stats)"
-        else:
-            same = "sampling: two different draws from the same distribution (both shown)"
-        verdict = (f'<div class="sv-verdict" id="race-verdict">finished: {esc(method.method)} '
-                   f"{final:.2f}x the speed of autoregressive - {esc(same)}</div>" if final else "")
+def race_html(method: Trace, baseline: Trace, max_seconds: float = 60.0, served: str = "") -> str:
+    """Autoregressive and a method side by side, each MEASURED alone, sent once and replayed together by the
+    browser (REPLAY_JS) with both clocks and the running speedup; at the end, whether the outputs agree."""
+    end = max(method.wall_time, baseline.wall_time)
+    pace = replay_pace(end, max_seconds)
+    final = (baseline.wall_time / baseline.new_tokens) / (method.wall_time / method.new_tokens) \
+        if method.new_tokens and baseline.new_tokens and method.wall_time else None
+    greedy = not method.params.get("temperature")
+    if method.output_ids == baseline.output_ids:
+        same = "outputs EQUAL token for token"
+    elif greedy:
+        same = "outputs DIFFER (greedy must be equal: see the Playground's stats)"
+    else:
+        same = "sampling: two different draws from the same distribution (both shown)"
+    verdict = (f'<div class="sv-verdict sv-after" id="race-verdict">finished: {esc(method.method)} '
+               f"{final:.2f}x the speed of autoregressive - {esc(same)}</div>" if final else "")
     note = ('<div class="sv-note">Each run was MEASURED alone (two runs at once would share the CPU cores and '
-            'distort both); the two measured timelines play back together in real time.</div>')
-    return (f'<div class="sv-race-wrap"><div id="race-speed">{esc(speed)}</div><div class="sv-race">'
-            f'{lane_html("autoregressive", baseline, t, "race-ar")}{lane_html(method.method, method, t, "race-method")}'
+            'distort both); the browser replays the two measured timelines together.'
+            + (f" {esc(served)}." if served else "") + "</div>")
+    speed = f"running speedup {final:.2f}x" if final else "running speedup -"
+    return (f'<div class="sv-replay sv-race-wrap" data-end="{end:.4f}" data-pace="{pace:.3f}">'
+            f'{replay_bar("replay of both measured runs", end, pace)}'
+            f'<div id="race-speed" data-sv-speedup="1">{esc(speed)}</div><div class="sv-race">'
+            f'{lane_html("autoregressive", baseline, "race-ar")}{lane_html(method.method, method, "race-method")}'
             f"</div>{verdict}{note}</div>")
+
+
+# The replay, in the browser: a finished run's HTML (replay_html, race_html) holds every token with the time
+# its run committed it (data-t); this reveals them at that pace, so a replay costs the server nothing.
+REPLAY_CSS = """
+.sv-replay.sv-playing .sv-future { display: none; } .sv-replay.sv-playing .sv-after { visibility: hidden; }
+.sv-replay-bar { display: flex; gap: .5rem; align-items: center; font-size: .85rem; margin-bottom: .3rem; }
+.sv-replay-bar button { border: 1px solid #6b7280; border-radius: 4px; padding: 0 .5rem; background: #fff; color: #111; }
+.sv-queue { padding: .6rem; border: 1px dashed #6b7280; border-radius: 6px; color: #1f2937; }
+"""
+REPLAY_JS = """
+  const svPlay = (box) => {
+    const end = parseFloat(box.dataset.end || "0"), pace = parseFloat(box.dataset.pace || "1");
+    const toks = [...box.querySelectorAll(".sv-tok[data-t]")];
+    const lanes = [...box.querySelectorAll(".sv-lane")];
+    const clock = box.querySelector(".sv-clock"), speed = box.querySelector("[data-sv-speedup]");
+    const start = performance.now();
+    box.svRun = (box.svRun || 0) + 1;
+    const run = box.svRun;
+    box.classList.add("sv-playing");
+    const frame = () => {
+      if (box.svRun !== run || !box.isConnected) return;
+      const t = Math.min(end, (performance.now() - start) / 1000 * pace);
+      for (const el of toks) el.classList.toggle("sv-future", parseFloat(el.dataset.t) > t);
+      if (clock) clock.textContent = t.toFixed(2) + " s";
+      const rates = lanes.map((lane) => {
+        const le = parseFloat(lane.dataset.end || "0"), lt = Math.min(t, le);
+        const n = lane.querySelectorAll(".sv-tok:not(.sv-future)").length;
+        lane.dataset.done = String(t >= le);
+        const set = (sel, text) => { const el = lane.querySelector(sel); if (el) el.textContent = text; };
+        set(".sv-lane-clock", lt.toFixed(2) + " s");
+        set(".sv-lane-count", String(n));
+        set(".sv-lane-rate", lt > 0 ? Math.round(n / lt) + " tokens/s" : "");
+        const state = lane.querySelector(".sv-lane-state");
+        if (state) state.innerHTML = t >= le ? '<span class="sv-done">finished</span>' : "running";
+        return lt > 0 && n > 0 ? n / lt : 0;
+      });
+      if (speed && rates.length === 2 && t < end) {
+        speed.textContent = rates[0] > 0 && rates[1] > 0 ? "running speedup " + (rates[1] / rates[0]).toFixed(2) + "x"
+                                                         : "running speedup -";
+      }
+      if (t < end) { requestAnimationFrame(frame); return; }
+      box.classList.remove("sv-playing");
+      if (speed && speed.dataset.final) speed.textContent = speed.dataset.final;
+    };
+    if (speed && !speed.dataset.final) speed.dataset.final = speed.textContent;
+    requestAnimationFrame(frame);
+  };
+  const svShowAll = (box) => {
+    box.svRun = (box.svRun || 0) + 1;
+    box.classList.remove("sv-playing");
+    box.querySelectorAll(".sv-future").forEach((el) => el.classList.remove("sv-future"));
+    const speed = box.querySelector("[data-sv-speedup]");
+    if (speed && speed.dataset.final) speed.textContent = speed.dataset.final;
+    box.querySelectorAll(".sv-lane").forEach((lane) => { lane.dataset.done = "true"; });
+  };
+  const svSeen = new WeakSet();
+  const svScan = () => document.querySelectorAll(".sv-replay").forEach((box) => {
+    if (!svSeen.has(box)) { svSeen.add(box); svPlay(box); }
+  });
+  new MutationObserver(svScan).observe(document.body, { childList: true, subtree: true });
+  document.addEventListener("click", (e) => {
+    const box = e.target.closest && e.target.closest(".sv-replay");
+    if (!box) return;
+    if (e.target.closest(".sv-replay-again")) svPlay(box);
+    if (e.target.closest(".sv-replay-all")) svShowAll(box);
+  });
+  svScan();
+"""
 
 
 def bars_html(title: str, entries: list, decode, highlight: int | None, kind: str) -> str:

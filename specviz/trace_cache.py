@@ -4,12 +4,11 @@ A trace is a measurement (timings, acceptances); serving it again is honest only
 such ("measured at 14:03:22, served from cache") and when everything that decides it is the same: the
 key (`request_key`) covers the pair's weights (specviz.fingerprint), the job, the method, every parameter,
 the seed, the prompt(s) and the engine's sources. Identical requests already running share one
-measurement (single flight); "measure again" (`fresh=True`) never gets a stored trace.
+measurement and "measure again" bypasses the stored trace: both are `specviz.serving`'s.
 """
 from __future__ import annotations
 
 import hashlib
-import itertools
 import json
 import numbers
 import os
@@ -26,7 +25,6 @@ KEY_VERSION = 1  # bump when what a key covers changes
 DEFAULT_SEED = 0  # the seed a run takes when none is given: methods.base COMMON_PARAMS "seed" (a test checks)
 BYTES_ENV = "SPECVIZ_TRACE_CACHE_MB"  # most stored trace data, MiB (default 64; 0 stores nothing)
 ENTRIES_ENV = "SPECVIZ_TRACE_CACHE_ENTRIES"  # most stored results (default 256)
-WAIT_POLL_S = 0.05  # how often a waiter looks at its cancel flag, seconds
 
 Served = Literal["cache", "shared", "engine"]
 
@@ -138,39 +136,22 @@ class CacheLimits:
                    max_entries=int(os.environ.get(ENTRIES_ENV, "256")))
 
 
-class Abandoned(Exception):
-    """A request stopped waiting for an identical run in flight (its cancel flag, its timeout); the run goes on."""
-
-
-@dataclass
-class _Flight:
-    """One engine measurement in progress, and what its waiters get when it ends."""
-
-    seq: int  # order of starting among all flights (a later-started result is never overwritten by an earlier one)
-    done: threading.Event = field(default_factory=threading.Event)
-    entry: Entry | None = None  # set when fn returned
-    error: BaseException | None = None  # set when fn raised: every waiter raises it
-    complete: bool = False  # False: the result was a cancelled run, which its waiters do not take
-
-
 @dataclass
 class CacheStats:
-    hits: int = 0  # requests served a stored result
-    misses: int = 0  # engine runs the cache started (fresh ones included)
-    shared: int = 0  # requests served the result of an identical run in flight
-    fresh: int = 0  # "measure again" requests
+    hits: int = 0  # lookups that found a stored result
+    misses: int = 0  # lookups that found none
+    stored: int = 0  # results stored
 
 
 # ----------------------------------------------------------------------------- the cache
 class TraceCache:
-    """LRU of measured results, bounded by bytes and count, thread-safe, with single-flight measuring."""
+    """LRU of measured results, bounded by bytes and count, thread-safe. Who measures, and how identical
+    requests in flight share one measurement, is `specviz.serving`'s job; this class only keeps results."""
 
     def __init__(self, limits: CacheLimits | None = None) -> None:
         self.limits = limits or CacheLimits()
-        self._items: OrderedDict[str, tuple[Entry, int]] = OrderedDict()  # key -> (entry, flight seq)
-        self._flights: dict[str, _Flight] = {}  # key -> the newest flight in progress
+        self._items: OrderedDict[str, tuple[Entry, int]] = OrderedDict()  # key -> (entry, its measurement's order)
         self._lock = threading.Lock()
-        self._seq = itertools.count(1)
         self._bytes = 0
         self._stats = CacheStats()
 
@@ -179,98 +160,35 @@ class TraceCache:
         return cls(CacheLimits.from_env())
 
     def get(self, key: str) -> Entry | None:
-        """The stored entry (now the most recently used), or None; counts nothing."""
+        """The stored entry (now the most recently used), or None."""
         with self._lock:
             if key not in self._items:
+                self._stats.misses += 1
                 return None
+            self._stats.hits += 1
             self._items.move_to_end(key)
             return self._items[key][0]
 
-    def measure(self, key: str, fn: Callable[[], Any], *, fresh: bool = False, cancel: threading.Event | None = None,
-                timeout: float | None = None, storable: Callable[[Any], bool] = complete) -> tuple[Entry, Served]:
-        """The result for `key`: stored ("cache"), an identical run in flight ("shared"), or fn() run here
-        in the calling thread ("engine"; stored when `storable`, default: no cancelled trace).
-
-        `fresh` ("measure again") never takes a stored entry nor joins a flight (any flight in progress
-        started before this request was made); it runs fn and its result replaces the stored one. Requests
-        that come while it runs join it when nothing is stored. fn's exception reaches this caller and every
-        waiter, and nothing is stored. A waiter gives up on `cancel` or after `timeout` seconds (Abandoned);
-        the flight goes on for the others.
-        """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            with self._lock:
-                if fresh:
-                    self._stats.fresh += 1
-                elif key in self._items:
-                    self._items.move_to_end(key)
-                    self._stats.hits += 1
-                    return self._items[key][0], "cache"
-                flight = None if fresh else self._flights.get(key)
-                if flight is None:
-                    flight = self._flights[key] = _Flight(seq=next(self._seq))
-                    self._stats.misses += 1
-                    leader = True
-                else:
-                    leader = False
-            if leader:
-                return self._lead(key, flight, fn, storable), "engine"
-            self._wait(flight, cancel, deadline)
-            if flight.error is not None:
-                raise flight.error
-            if flight.complete:
-                with self._lock:
-                    self._stats.shared += 1
-                return flight.entry, "shared"
-            # the run in flight was stopped by its own requester: ask again (join a newer flight or lead one)
-
-    def _lead(self, key: str, flight: _Flight, fn: Callable[[], Any], storable: Callable[[Any], bool]) -> Entry:
-        try:
-            value = fn()
-            entry = Entry(value=value, measured_at=time.time(), nbytes=value_bytes(value))
-            keep = storable(value)
-        except BaseException as exc:
-            with self._lock:
-                flight.error = exc
-                if self._flights.get(key) is flight:
-                    del self._flights[key]
-            flight.done.set()
-            raise
+    def put(self, key: str, value: Any, measured_at: float, order: int = 0) -> Entry:
+        """Keep a measured result unless it is a stopped run (`complete`), larger than the whole cache, or a
+        measurement started later (a higher `order`: "measure again" runs) is already stored for `key`."""
+        entry = Entry(value=value, measured_at=measured_at, nbytes=value_bytes(value))
+        if not complete(value):
+            return entry
         with self._lock:
-            flight.entry, flight.complete = entry, keep
-            if keep:
-                self._store(key, entry, flight.seq)
-            if self._flights.get(key) is flight:
-                del self._flights[key]
-        flight.done.set()
+            if key in self._items:
+                if self._items[key][1] > order:
+                    return entry
+                self._bytes -= self._items.pop(key)[0].nbytes
+            if entry.nbytes > self.limits.max_bytes or self.limits.max_entries < 1:
+                return entry  # larger than the whole cache: served once, never stored
+            self._items[key] = (entry, order)
+            self._bytes += entry.nbytes
+            self._stats.stored += 1
+            while len(self._items) > self.limits.max_entries or self._bytes > self.limits.max_bytes:
+                _, (old, _) = self._items.popitem(last=False)
+                self._bytes -= old.nbytes
         return entry
-
-    def _wait(self, flight: _Flight, cancel: threading.Event | None, deadline: float | None) -> None:
-        while True:
-            step = WAIT_POLL_S if cancel is not None else None
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Abandoned("gave up waiting for an identical run in progress (timeout)")
-                step = left if step is None else min(step, left)
-            if flight.done.wait(step):
-                return
-            if cancel is not None and cancel.is_set():
-                raise Abandoned("stopped waiting for an identical run in progress")
-
-    def _store(self, key: str, entry: Entry, seq: int) -> None:
-        """Under the lock: keep the entry unless a later-started measurement is stored, then evict LRU."""
-        if key in self._items:
-            if self._items[key][1] > seq:
-                return
-            self._bytes -= self._items.pop(key)[0].nbytes
-        if entry.nbytes > self.limits.max_bytes or self.limits.max_entries < 1:
-            return  # larger than the whole cache: served once, never stored
-        self._items[key] = (entry, seq)
-        self._bytes += entry.nbytes
-        while len(self._items) > self.limits.max_entries or self._bytes > self.limits.max_bytes:
-            _, (old, _) = self._items.popitem(last=False)
-            self._bytes -= old.nbytes
 
     def clear(self) -> None:
         with self._lock:
@@ -281,25 +199,23 @@ class TraceCache:
         return len(self._items)
 
     def stats(self) -> dict[str, int]:
-        """For the health endpoint: entries, bytes, hits, misses, shared, fresh, in flight, limits."""
+        """For the health endpoint: entries, bytes, hits, misses, stored, limits."""
         with self._lock:
             return {"entries": len(self._items), "bytes": self._bytes, "hits": self._stats.hits,
-                    "misses": self._stats.misses, "shared": self._stats.shared, "fresh": self._stats.fresh,
-                    "in_flight": len(self._flights), "max_bytes": self.limits.max_bytes,
+                    "misses": self._stats.misses, "stored": self._stats.stored, "max_bytes": self.limits.max_bytes,
                     "max_entries": self.limits.max_entries}
 
 
-def label(entry: Entry, served_from: Served, now: float | None = None) -> str:
+def label(measured_at: float | None, served_from: Served, now: float | None = None) -> str:
     """Plain text shown beside a result (the HTML side escapes it), in the server's local time:
     "measured at 14:03:22, served from cache"; the date is added when it was another day."""
-    moment = datetime.fromtimestamp(entry.measured_at)
+    if measured_at is None:
+        return ""
+    moment = datetime.fromtimestamp(measured_at)
     today = datetime.fromtimestamp(time.time() if now is None else now).date()
     at = moment.strftime("%H:%M:%S" if moment.date() == today else "%Y-%m-%d %H:%M:%S")
     if served_from == "cache":
         return f"measured at {at}, served from cache"
     if served_from == "shared":
-        return f"measured just now (at {at}), shared with an identical request"
-    return "measured just now"
-
-
-CACHE = TraceCache.from_env()  # the server's cache (empty until the app uses it)
+        return f"measured at {at}, shared with an identical request in flight"
+    return f"measured at {at} for this request"

@@ -19,18 +19,21 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 import pandas as pd
 
-from . import plots, render
+from . import app_requests, plots, render
 from .bench import DEFAULT_PROMPTS, load_prompts
 from .methods import METHODS
 from .methods.base import COMMON_PARAMS, Param
 from .models import CURATED_PAIRS, EMBEDDED
 from .trace import MAX_TRACE_BYTES, Event, Trace
-from .worker import ProcessEngine, ThreadEngine
+from .admission import Admission, AdmissionConfig
+from .pool import EnginePool, PoolConfig
+from .serving import Job, Service, Update
+from .trace_cache import TraceCache, label
 
 try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated function runs
     import spaces  # type: ignore
@@ -38,7 +41,10 @@ except ImportError:  # everywhere else the app runs unchanged
     spaces = None
 
 log = logging.getLogger("specviz.ui")
-CONCURRENCY = int(os.environ.get("SPECVIZ_CONCURRENCY", "4"))
+CONCURRENCY = int(os.environ.get("SPECVIZ_CONCURRENCY", "4"))  # handlers at once of events that need no engine
+ENGINE_EVENTS = 80  # handlers of engine events admitted at once: they wait in specviz.admission's queue (64 places)
+GRADIO_QUEUE = 256  # Gradio's own queue (requests beyond these wait for a handler thread)
+PREWARM_ENV = "SPECVIZ_PREWARM"  # 0: no background measurement of the bundled examples after start-up
 SINGLE = [name for name, cls in METHODS.items() if not cls.batch and name != "hf_assisted"] + ["hf_assisted"]
 BATCH = [name for name, cls in METHODS.items() if cls.batch]
 COMMON = {p.name for p in COMMON_PARAMS}
@@ -46,19 +52,23 @@ EXAMPLES = [p["prompt"] for p in load_prompts(DEFAULT_PROMPTS)]
 DOWNLOAD_DIR = Path(tempfile.gettempdir()) / "specviz-traces"
 
 
-_ENGINES: dict[str, Any] = {}
-_ENGINES_LOCK = threading.Lock()
+_SERVICE: list[Service] = []
+_SERVICE_LOCK = threading.Lock()
 
 
-def engine():
-    """Where engine jobs run: the engine process (default), or this server's threads on ZeroGPU (its
-    `@spaces.GPU` must run here) and with SPECVIZ_ENGINE=thread."""
-    kind = "thread" if spaces is not None or os.environ.get("SPECVIZ_ENGINE") == "thread" else "process"
-    with _ENGINES_LOCK:
-        if kind not in _ENGINES:
-            _ENGINES[kind] = ThreadEngine() if kind == "thread" else ProcessEngine()
-            atexit.register(_ENGINES[kind].close)
-        return _ENGINES[kind]
+def in_thread() -> bool:
+    """ZeroGPU (its `@spaces.GPU` must run in this process) and SPECVIZ_ENGINE=thread: the engine runs in this
+    server's threads, and the page says that its timings share the process."""
+    return spaces is not None or os.environ.get("SPECVIZ_ENGINE") == "thread"
+
+
+def service() -> Service:
+    """The app's one way to the engine: the trace cache, the queue and the engine workers (built on first use)."""
+    with _SERVICE_LOCK:
+        if not _SERVICE:
+            pool = EnginePool(PoolConfig.from_env(in_thread=in_thread()), wrap=gpu if spaces is not None else None)
+            _SERVICE.append(Service(pool, Admission(AdmissionConfig.from_env(pool.size)), TraceCache.from_env()))
+        return _SERVICE[0]
 
 
 def gpu(fn: Callable) -> Callable:
@@ -171,134 +181,164 @@ def where_measured(trace: Trace) -> str:
         return ""
     alone = note.get("runs_at_once", 1) <= 1
     text = f", {note.get('where', 'engine')}, " + ("alone" if alone else f"sharing the engine with {note['runs_at_once'] - 1} other run(s)")
+    if note.get("where") == "server thread":
+        text += " (an in-process engine: its timings share the process with the page and other requests)"
     if note.get("queued_s"):
         text += f", after {note['queued_s']:.2f} s in the queue"
     return text
 
 
-def result_views(trace: Trace, baseline: Trace | None, costs: tuple[float, float, float] | None = None) -> tuple:
-    """(tokens html, timeline, histogram, per-position, stats, mirror figure) of a finished run."""
+def result_views(trace: Trace, baseline: Trace | None, costs: tuple[float, float, float] | None = None,
+                 served: str = "") -> tuple:
+    """(tokens replay, timeline, histogram, per-position, stats, mirror figure) of a finished run."""
     from .methods.mirror import HeterogeneousCosts
 
     status = (f"{trace.new_tokens} tokens in {trace.wall_time:.2f} s (measured{where_measured(trace)}) - "
-              f"finish: {trace.rows[0].finish_reason}")
+              f"finish: {trace.rows[0].finish_reason}" + (f" - {served}" if served else ""))
     stats = plots.stats_table(trace, baseline) if baseline is not None else pd.DataFrame(columns=["metric", "value"])
     mirror = (plots.mirror_timelines(trace, HeterogeneousCosts(*costs) if costs else None)
               if trace.method == "mirror" else plots.empty_figure("Mirror-SD timelines", "run mirror to see measured vs modeled lanes"))
-    return (render.trace_html(trace, status=status), plots.token_timeline(trace), plots.acceptance_histogram(trace),
+    return (render.replay_html(trace, status=status), plots.token_timeline(trace), plots.acceptance_histogram(trace),
             plots.position_acceptance(trace), stats, mirror)
 
 
 # ----------------------------------------------------------------------------- handlers
-def progress_relay(progress: gr.Progress) -> Callable[[dict], None]:
-    """An engine job's progress messages ({"progress", "desc"}) onto a Gradio progress bar."""
-    def relay(payload: dict) -> None:
-        if "progress" in payload:
-            progress(payload["progress"], desc=payload["desc"])
-    return relay
+def session_of(request: gr.Request | None) -> str:
+    """The browser session (each gradio_client is one too): the per-session cap counts its runs."""
+    return str(getattr(request, "session_hash", None) or "")
 
 
-def engine_call(name: str, kwargs: dict, on_message: Callable | None = None, cancel: threading.Event | None = None):
-    """An engine job on this server's engine (GPU-decorated on ZeroGPU, where it runs in this process)."""
-    return gpu(engine().call)(name, kwargs, on_message, cancel)
+def ordinal(n: int) -> str:
+    return f"{n}{'th' if 10 <= n % 100 <= 20 else {1: 'st', 2: 'nd', 3: 'rd'}.get(n % 10, 'th')}"
 
 
-def playground_stream(prompt, target, draft, method, max_new_tokens, temperature, top_k, top_p, seed, heal_prompt,
-                      *rest):
-    """Streams the coloured tokens while the run goes on, then draws the plots against an AR baseline."""
+def queue_text(update: Update) -> str:
+    """A waiting request's answer: its place and the estimated wait, or where it runs."""
+    if update.state == "queued" and update.place is not None:
+        place = update.place
+        return (f"queued: {ordinal(place.position)} in line ({place.waiting} waiting), about "
+                f"{max(1, round(place.estimate_s))} s before it starts")
+    if update.state == "running":
+        desc = (update.progress or {}).get("desc")
+        return f"running now on the engine ({update.worker})" + (f": {desc}" if desc else "")
+    return ""
+
+
+def served_text(update: Update) -> str:
+    """Beside a result: when it was measured and whether this request ran it."""
+    text = label(update.measured_at, update.served)
+    return text + (" (press 'Measure again' for a new run)" if update.served == "cache" else "")
+
+
+def submit(job: Job, request: gr.Request | None, fresh: bool = False) -> Iterator[Update]:
+    yield from service().submit(job, session_of(request), fresh)
+
+
+def queued_result(job: Job, request: gr.Request | None, progress: gr.Progress | None = None,
+                  fresh: bool = False) -> tuple[Any, Update]:
+    """A job's result for a handler that returns once: its place, then the run's progress, on the bar."""
+    last = None
+    for last in submit(job, request, fresh):
+        if progress is not None and last.state != "done":
+            fraction = (last.progress or {}).get("progress", 0.0) if last.state == "running" else 0.0
+            progress(fraction, desc=queue_text(last))
+    return last.result, last
+
+
+def status_html(text: str, state: str, update: Update | None = None) -> str:
+    """The answer shown in the tokens view while a request waits (data-* for scripts and tests)."""
+    place = update.place if update is not None else None
+    data = (f' data-position="{place.position}" data-waiting="{place.waiting}" data-estimate-s="{place.estimate_s:.2f}"'
+            if place is not None else "")
+    return f'<div class="sv-queue" role="status" data-state="{state}"{data}>{render.esc(text)}</div>'
+
+
+def with_served(trace_json: str, update: Update) -> str:
+    """The trace as this request got it: when it was measured and whether from the cache (API callers read meta)."""
+    trace = Trace.from_json(trace_json)
+    trace.meta["served"] = {"from": update.served, "measured_at": update.measured_at}
+    return trace.to_json()
+
+
+def playground_views(result: dict, update: Update, costs) -> tuple:
+    trace = Trace.from_json(with_served(result["trace"], update))
+    baseline = Trace.from_json(result["baseline"])
+    views = result_views(trace, baseline, costs, served=served_text(update))
+    return views + (trace.to_json(), save_downloads(trace))
+
+
+def playground(request: gr.Request, fresh: bool, inputs: tuple) -> Iterator[tuple]:
+    """The Playground's run: its place in the queue at once, then the measured trace sent once and replayed in
+    the browser at the pace the run had (nothing streams while it is timed)."""
+    (prompt, target, draft, method, max_new_tokens, temperature, top_k, top_p, seed, heal_prompt, *rest) = inputs
     *specific_values, cost_t, cost_d, cost_c = rest
     specific = dict(zip(PARAMS, specific_values))
     common = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                   heal_prompt=heal_prompt)
-    params = collect_params(method, common, specific)
-    events: list[Event] = []
-    cancel = threading.Event()
-    box: dict[str, Any] = {}
-    job = dict(method=method, target=target, draft=draft, prompt=prompt, params=params, submitted_at=time.time())
-
-    def on_message(payload: dict) -> None:
-        events.extend(Event(**d) for d in payload.get("events", ()))
-
-    def work() -> None:
-        try:
-            box["result"] = engine_call("playground", job, on_message, cancel)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the handler
-            box["error"] = exc
-
-    waiter = threading.Thread(target=work, name="specviz-wait", daemon=True)
-    waiter.start()
-    skip = tuple(gr.skip() for _ in range(7))  # every output but the tokens
-    try:
-        shown = -1
-        while waiter.is_alive():
-            waiter.join(0.05)
-            count = len(events)
-            if count != shown:
-                shown = count
-                yield (render.tokens_html(render.streamed_prompt(prompt, events), list(events),
-                                          status=f"generating... {count} tokens"),) + skip
-        if "error" in box:
-            raise box["error"]
-        trace = Trace.from_json(box["result"]["trace"])
-        baseline = Trace.from_json(box["result"]["baseline"])
-        views = result_views(trace, baseline, (cost_t, cost_d, cost_c))
-        yield views + (trace.to_json(), save_downloads(trace))
-    finally:
-        cancel.set()  # Stop pressed or page closed: the engine run stops at its next round
+    job = app_requests.traced_job("playground", method, target, draft, prompt, collect_params(method, common, specific))
+    skip = tuple(gr.skip() for _ in range(7))  # every output but the tokens view
+    for update in submit(job, request, fresh):
+        if update.state != "done":
+            yield (status_html(queue_text(update), update.state, update),) + skip
+    yield playground_views(update.result, update, (cost_t, cost_d, cost_c))
 
 
-RACE_FPS = 25
+def playground_run(request: gr.Request, *inputs):
+    yield from playground(request, False, inputs)
+
+
+def playground_measure_again(request: gr.Request, *inputs):
+    yield from playground(request, True, inputs)
+
+
 RACE_MAX_SECONDS = 60.0  # a longer pair of runs plays faster, and says so
+RACE_DEFAULT_TOKENS = 96
 
 
-def race(prompt, method, max_new_tokens, target, draft):
+def race(request: gr.Request, prompt, method, max_new_tokens, target, draft, fresh=False):
     """Autoregressive vs a method on the same prompt: each run measured alone in the engine, then the two
-    measured timelines played back together in real time."""
+    measured timelines sent once and played back together by the browser at the pace they had."""
     if method not in METHODS or METHODS[method].batch or method == "autoregressive":
         raise ValueError("choose a speculative single-sequence method to race against autoregressive")
-    got = engine_call("playground", dict(method=method, target=target, draft=draft, prompt=prompt,
-                                         params={"max_new_tokens": int(max_new_tokens),
-                                                 "heal_prompt": UI_DEFAULTS["heal_prompt"]}, submitted_at=time.time()))
-    trace, baseline = Trace.from_json(got["trace"]), Trace.from_json(got["baseline"])
-    end = max(trace.wall_time, baseline.wall_time)
-    pace = max(1.0, end / RACE_MAX_SECONDS)
-    start = time.perf_counter()
-    while True:
-        t = (time.perf_counter() - start) * pace
-        if t >= end:
-            break
-        yield render.race_html(trace, baseline, t)
-        time.sleep(1 / RACE_FPS)
-    yield render.race_html(trace, baseline, end) + (f'<div class="sv-note">played {pace:.1f}x faster than measured</div>'
-                                                    if pace > 1 else "")
+    job = app_requests.traced_job("playground", method, target, draft, prompt,
+                                  {"max_new_tokens": int(max_new_tokens), "heal_prompt": UI_DEFAULTS["heal_prompt"]})
+    for update in submit(job, request, fresh):
+        if update.state != "done":
+            yield status_html(queue_text(update), update.state, update)
+    trace = Trace.from_json(update.result["trace"])
+    baseline = Trace.from_json(update.result["baseline"])
+    yield render.race_html(trace, baseline, max_seconds=RACE_MAX_SECONDS, served=served_text(update))
 
 
-def exactness_lab(prompt, method, temperature, top_k, top_p, n, tokens, seed, with_broken, target, draft,
-                  progress=gr.Progress()):
+def race_measure_again(request: gr.Request, prompt, method, max_new_tokens, target, draft):
+    yield from race(request, prompt, method, max_new_tokens, target, draft, fresh=True)
+
+
+def exactness_lab(request: gr.Request, prompt, method, temperature, top_k, top_p, n, tokens, seed, with_broken, target,
+                  draft, progress=gr.Progress()):
     """Exactness lab: is what the method samples distributed as the target's own law?"""
     params = {"temperature": float(temperature), "top_k": int(top_k or 0), "top_p": float(top_p)}
-    progress(0, desc="the target's exact law")
-    got = engine_call("exactness_lab", dict(method=method, target=target, draft=draft, prompt=prompt, n=int(n),
-                                            tokens=int(tokens), params=params, broken=bool(with_broken), seed=int(seed)),
-                      progress_relay(progress))
+    job = app_requests.exactness_job(method, target, draft, prompt, int(n), int(tokens), params, bool(with_broken),
+                                     int(seed))
+    got, update = queued_result(job, request, progress)
     real, broken = got["real"], got["broken"]
     return plots.exactness_figure(real, broken), plots.exactness_table(real, broken)
 
 
-def playground_api(prompt: str, method: str = "draft_model", params_json: str = "{}", target: str = EMBEDDED,
-                   draft: str = "") -> tuple[str, str]:
-    """API: one run -> (generated text, trace JSON). params_json holds method and common parameters."""
-    if not isinstance(method, str) or method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+def playground_api(request: gr.Request, prompt: str, method: str = "draft_model", params_json: str = "{}",
+                   target: str = EMBEDDED, draft: str = "") -> tuple[str, str]:
+    """API: one run -> (generated text, trace JSON). params_json holds method and common parameters, and
+    "measure_again": true to bypass the trace cache (the trace's meta["served"] says where it came from)."""
     params = parse_params(params_json)
-    if METHODS[method].batch:
-        raise ValueError(f"{method} is a batch method: use the batch endpoint")
-    trace_json = engine_call("single", dict(method=method, target=target, draft=draft, prompt=prompt, params=params))
+    fresh = bool(params.pop("measure_again", False))
+    job = app_requests.traced_job("single", method, target, draft, prompt, params)
+    trace_json, update = queued_result(job, request, fresh=fresh)
+    trace_json = with_served(trace_json, update)
     return Trace.from_json(trace_json).text, trace_json
 
 
-def compare_methods(methods, prompt_source, pasted, n_prompts, max_new_tokens, repeats, target, draft,
-                    progress=gr.Progress()):
+def compare_methods(request: gr.Request, methods, prompt_source, pasted, n_prompts, max_new_tokens, repeats, target,
+                    draft, progress=gr.Progress()):
     """Methods x prompts, interleaved per prompt (the bench's own loop, in the engine)."""
     if not methods:
         raise ValueError("choose at least one method to compare")
@@ -314,9 +354,9 @@ def compare_methods(methods, prompt_source, pasted, n_prompts, max_new_tokens, r
         prompts = load_prompts(DEFAULT_PROMPTS)[: int(n_prompts)]
     common = {"max_new_tokens": int(max_new_tokens)}
     specs = [(m, m, dict(common)) for m in methods]
-    progress(0, desc=f"{len(methods) + 1} methods x {len(prompts)} prompts x {int(repeats)} repeats")
-    frame = pd.read_json(io.StringIO(engine_call("compare", dict(specs=specs, prompts=prompts, repeats=int(repeats),
-                                                                 target=target, draft=draft))), orient="records")
+    job = app_requests.compare_job(specs, prompts, int(repeats), int(max_new_tokens), target, draft)
+    got, update = queued_result(job, request, progress)
+    frame = pd.read_json(io.StringIO(got), orient="records")
     from .bench import summary
 
     table = summary(frame).reset_index().round(3)
@@ -324,16 +364,15 @@ def compare_methods(methods, prompt_source, pasted, n_prompts, max_new_tokens, r
     return table, figs["speedup"], figs["tau"], figs["tokens_per_s"], figs["equal"]
 
 
-def batch_compare(batch_size, n_prompts, max_new_tokens, gamma, include_naive, target, draft,
+def batch_compare(request: gr.Request, batch_size, n_prompts, max_new_tokens, gamma, include_naive, target, draft,
                   progress=gr.Progress()):
     """EQSPEC vs EXSPEC (and batched AR, and the naive mode if asked) on the same prompts."""
     prompts = [p["prompt"] for p in load_prompts(DEFAULT_PROMPTS)[: int(n_prompts)]]
     if not prompts:
         raise ValueError("choose at least one prompt")
-    progress(0, desc="single-sequence references")
-    got = engine_call("batch_compare", dict(batch_size=int(batch_size), prompts=prompts, max_new_tokens=int(max_new_tokens),
-                                            gamma=int(gamma), include_naive=bool(include_naive), target=target, draft=draft),
-                      progress_relay(progress))
+    job = app_requests.batch_compare_job(int(batch_size), prompts, int(max_new_tokens), int(gamma), bool(include_naive),
+                                         target, draft)
+    got, update = queued_result(job, request, progress)
     frame = pd.DataFrame(got["rows"])
     traces = {label: Trace.from_json(text) for label, text in got["traces"].items()}
     shown = traces.get("eqspec") or next(iter(traces.values()))
@@ -342,15 +381,15 @@ def batch_compare(batch_size, n_prompts, max_new_tokens, gamma, include_naive, t
             plots.throughput_figure(frame.assign(method=frame["method"].str.split(" ").str[0])), pd.DataFrame(got["equivalence"]))
 
 
-def batch_api(prompts_json: str, method: str = "eqspec", params_json: str = "{}", target: str = EMBEDDED,
-              draft: str = "") -> tuple[str, str]:
+def batch_api(request: gr.Request, prompts_json: str, method: str = "eqspec", params_json: str = "{}",
+              target: str = EMBEDDED, draft: str = "") -> tuple[str, str]:
     """API: a batch run -> (texts as a JSON list, trace JSON)."""
     try:
         prompts = json.loads(prompts_json) if isinstance(prompts_json, str) else prompts_json
     except json.JSONDecodeError as exc:
         raise ValueError(f"prompts must be a JSON list of strings: {exc}") from None
-    trace_json = engine_call("batch", dict(method=method, target=target, draft=draft, prompts=prompts,
-                                           params=parse_params(params_json)))
+    trace_json, _ = queued_result(app_requests.batch_job(method, target, draft, prompts, parse_params(params_json)),
+                                  request)
     return json.dumps([r.text for r in Trace.from_json(trace_json).rows]), trace_json
 
 
@@ -376,18 +415,20 @@ def load_trace_api(trace_json: str) -> str:
 
 
 def health() -> str:
-    """API: the server's state as JSON: runs in flight (queued or running), models the engine holds, peak
-    resident memory of the server and of the engine process."""
+    """API: the server's state as JSON: runs in flight (queued or running), the queue, the trace cache, models
+    the first engine worker holds, peak resident memory of the server and of that engine process."""
     import resource
     import sys
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     peak_mb = peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
-    eng = engine()
-    state = eng.call("health", {}, immediate=True)
-    return json.dumps({"ok": True, "runs_in_flight": eng.in_flight.count, "models_cached": state["models_cached"],
-                       "engine": eng.kind, "engine_peak_rss_mb": state["engine_peak_rss_mb"],
-                       "peak_rss_mb": round(peak_mb, 1)})
+    svc = service()
+    state = svc.pool.call(0, "health", {}, immediate=True)
+    queue = svc.admission.snapshot()
+    return json.dumps({"ok": True, "runs_in_flight": queue["running"] + queue["waiting"], "queue": queue,
+                       "trace_cache": svc.cache.stats(), "models_cached": state["models_cached"],
+                       "engine": svc.pool.kind, "engine_workers": svc.pool.size,
+                       "engine_peak_rss_mb": state["engine_peak_rss_mb"], "peak_rss_mb": round(peak_mb, 1)})
 
 
 @functools.lru_cache(maxsize=8)
@@ -491,14 +532,15 @@ def add_explorer_point(trace_json, alpha, gamma, c, v, points):
     return points, explorer_figure(alpha, gamma, c, v, points)
 
 
-STEP_KEYS_JS = """() => {
+STEP_KEYS_JS = """
   document.addEventListener("keydown", (e) => {
     const view = document.querySelector("#step-explainer");
     if (!view || !view.offsetParent || ["INPUT", "TEXTAREA", "SELECT"].includes(e.target.tagName)) return;
     if (e.key === "ArrowRight") document.querySelector("#step-next")?.click();
     if (e.key === "ArrowLeft") document.querySelector("#step-prev")?.click();
   });
-}"""
+"""
+PAGE_JS = "() => {" + STEP_KEYS_JS + render.REPLAY_JS + "}"  # run once when the page loads
 
 
 def build_demo() -> gr.Blocks:
@@ -519,6 +561,7 @@ def build_demo() -> gr.Blocks:
                         gr.Examples(EXAMPLES[:8], inputs=prompt, label="example prompts")
                         with gr.Row():
                             run_btn = gr.Button("Run", variant="primary", elem_id="run")
+                            again_btn = gr.Button("Measure again", elem_id="measure-again")
                             stop_btn = gr.Button("Stop", elem_id="stop")
                     with gr.Column(scale=1):
                         method = gr.Dropdown(SINGLE, value="draft_model", label="method", elem_id="method")
@@ -611,8 +654,10 @@ def build_demo() -> gr.Blocks:
                         with gr.Column(scale=1):
                             r_method = gr.Dropdown([m for m in SINGLE if m != "autoregressive"], value="draft_model",
                                                    label="method")
-                            r_tokens = gr.Slider(8, 256, value=96, step=8, label="max new tokens")
-                    race_btn = gr.Button("Race", variant="primary", elem_id="race-run")
+                            r_tokens = gr.Slider(8, 256, value=RACE_DEFAULT_TOKENS, step=8, label="max new tokens")
+                    with gr.Row():
+                        race_btn = gr.Button("Race", variant="primary", elem_id="race-run")
+                        race_again = gr.Button("Measure again", elem_id="race-again")
                     race_out = gr.HTML(elem_id="race-html")
             with gr.Tab("Explorer", id="explorer-tab"):
                 with gr.Column(elem_id="explorer"):
@@ -633,15 +678,25 @@ def build_demo() -> gr.Blocks:
 
         method.change(method_changed, method, [method_doc] + specific + [mirror_box], api_visibility="private")
         demo.load(method_changed, method, [method_doc] + specific + [mirror_box], api_visibility="private")
-        run_event = run_btn.click(friendly(playground_stream), [prompt, target, draft, method] + common + specific + costs,
-                                  [tokens, timeline, hist, pos, stats, mirror_plot, trace_state, files],
-                                  api_visibility="undocumented", api_name="playground_stream")
-        stop_btn.click(None, None, None, cancels=[run_event])
+        # Every event that needs the engine is admitted by Gradio at once (ENGINE_EVENTS) and waits in
+        # specviz.admission's queue, which answers with its place and estimated wait.
+        engine_events = dict(concurrency_limit=ENGINE_EVENTS, concurrency_id="engine")
+        playground_io = ([prompt, target, draft, method] + common + specific + costs,
+                         [tokens, timeline, hist, pos, stats, mirror_plot, trace_state, files])
+        run_event = run_btn.click(friendly(playground_run), *playground_io, api_visibility="undocumented",
+                                  api_name="playground_stream", **engine_events)
+        again_event = again_btn.click(friendly(playground_measure_again), *playground_io, api_visibility="undocumented",
+                                      api_name="playground_measure_again", **engine_events)
+        stop_btn.click(None, None, None, cancels=[run_event, again_event])
         exact_btn.click(friendly(exactness_lab), [e_prompt, e_method, e_temp, e_topk, e_topp, e_n, e_tokens, e_seed, e_broken,
-                                                  target, draft], [e_plot, e_table], api_name="exactness")
-        race_btn.click(friendly(race), [r_prompt, r_method, r_tokens, target, draft], race_out, api_visibility="private")
+                                                  target, draft], [e_plot, e_table], api_name="exactness", **engine_events)
+        race_io = ([r_prompt, r_method, r_tokens, target, draft], race_out)
+        race_btn.click(friendly(race), *race_io, api_visibility="undocumented", api_name="race", **engine_events)
+        race_again.click(friendly(race_measure_again), *race_io, api_visibility="undocumented",
+                         api_name="race_measure_again", **engine_events)
         explorer_inputs = [x_alpha, x_gamma, x_c, x_v, x_points]
-        run_event.then(add_explorer_point, [trace_state] + explorer_inputs, [x_points, x_plot], api_visibility="private")
+        for event in (run_event, again_event):
+            event.then(add_explorer_point, [trace_state] + explorer_inputs, [x_points, x_plot], api_visibility="private")
         for slider in (x_alpha, x_gamma, x_c, x_v):
             slider.change(explorer_figure, explorer_inputs, x_plot, api_visibility="private")
         demo.load(explorer_figure, explorer_inputs, x_plot, api_visibility="private")
@@ -650,23 +705,52 @@ def build_demo() -> gr.Blocks:
         step_prev.click(lambda t, s: step_move(t, s, -1), [trace_state, step_slider], step_slider, api_visibility="private")
         step_next.click(lambda t, s: step_move(t, s, 1), [trace_state, step_slider], step_slider, api_visibility="private")
         compare_btn.click(friendly(compare_methods), [methods, source, pasted, n_prompts, c_tokens, c_repeats, target, draft],
-                          [c_table, c_speed, c_tau, c_tps, c_equal], api_name="compare")
+                          [c_table, c_speed, c_tau, c_tps, c_equal], api_name="compare", **engine_events)
         batch_btn.click(friendly(batch_compare), [b_size, b_prompts, b_tokens, b_gamma, b_naive, target, draft],
-                        [b_table, b_eq_timeline, b_ex_timeline, b_tput, b_rows], api_name="batch")
+                        [b_table, b_eq_timeline, b_ex_timeline, b_tput, b_rows], api_name="batch", **engine_events)
         load_btn.click(friendly(load_trace), upload, [loaded_html, loaded_plot, trace_state], api_visibility="private",
                        api_name="upload_trace")
         # plain API endpoints (gradio_client): strings in, strings out
         api_in = [gr.Textbox(visible=False) for _ in range(5)]
         api_out = [gr.Textbox(visible=False) for _ in range(2)]
-        gr.Button(visible=False).click(friendly(playground_api), api_in, api_out, api_name="playground")
-        gr.Button(visible=False).click(friendly(batch_api), api_in, api_out, api_name="batch_run")
+        gr.Button(visible=False).click(friendly(playground_api), api_in, api_out, api_name="playground", **engine_events)
+        gr.Button(visible=False).click(friendly(batch_api), api_in, api_out, api_name="batch_run", **engine_events)
         gr.Button(visible=False).click(friendly(load_trace_api), api_in[:1], api_out[:1], api_name="load_trace")
         gr.Button(visible=False).click(health, None, api_out[:1], api_name="health", queue=False)
     return demo
 
 
+def warm_engines(target: str = EMBEDDED) -> str:
+    """Every engine worker loads the pair before the server answers (the first request is fast, missing assets
+    fail at start-up)."""
+    svc = service()
+    return "; ".join(svc.pool.call(w, "warm", {"target": target}) for w in range(svc.pool.size))
+
+
+def prewarm_jobs() -> list[Job]:
+    """The bundled examples as the page sends them with its default settings (Playground, and Race's default)."""
+    page = {"heal_prompt": UI_DEFAULTS["heal_prompt"]}
+    jobs = [app_requests.traced_job("playground", "draft_model", EMBEDDED, "", p, page, app_requests.WARMUP_PRIORITY)
+            for p in EXAMPLES[:8]]
+    jobs.append(app_requests.traced_job("playground", "draft_model", EMBEDDED, "", EXAMPLES[1],
+                                        {**page, "max_new_tokens": RACE_DEFAULT_TOKENS}, app_requests.WARMUP_PRIORITY))
+    return jobs
+
+
+def prewarm() -> None:
+    """Measure the bundled examples once, one at a time, behind every visitor's run (their cache entries)."""
+    for job in prewarm_jobs():
+        try:
+            service().call(job)
+        except Exception:  # noqa: BLE001 - a warm-up failure only costs a cache entry
+            log.warning("warm-up run failed:\n%s", traceback.format_exc())
+
+
 def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
     demo = build_demo()
-    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
-    demo.launch(server_name=host, server_port=port, css=render.CSS, js=STEP_KEYS_JS, show_error=True, ssr_mode=False,
-                footer_links=["api"], max_file_size=f"{MAX_TRACE_BYTES // 1_000_000}mb")
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=GRADIO_QUEUE)
+    if os.environ.get(PREWARM_ENV, "1") != "0":
+        threading.Thread(target=prewarm, name="specviz-prewarm", daemon=True).start()
+    demo.launch(server_name=host, server_port=port, css=render.CSS + render.REPLAY_CSS, js=PAGE_JS, show_error=True,
+                ssr_mode=False, footer_links=["api"], max_file_size=f"{MAX_TRACE_BYTES // 1_000_000}mb",
+                max_threads=ENGINE_EVENTS + 2 * CONCURRENCY)

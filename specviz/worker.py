@@ -102,8 +102,10 @@ class ThreadEngine:
         pass
 
 
-def serve(conn, registry: str) -> None:
-    """The engine process: a listener thread takes jobs and cancels; the main thread runs jobs in order."""
+def serve(conn, registry: str, env: dict[str, str] | None = None) -> None:
+    """The engine process: a listener thread takes jobs and cancels; the main thread runs jobs in order.
+    `env` (a pool worker's device) is set before any job imports the engine."""
+    os.environ.update(env or {})
     jobs: queue.Queue = queue.Queue()
     flags: dict[int, threading.Event] = {}
     send_lock = threading.Lock()
@@ -149,8 +151,9 @@ class ProcessEngine:
 
     kind = "process"
 
-    def __init__(self, registry: str = REGISTRY):
+    def __init__(self, registry: str = REGISTRY, env: dict[str, str] | None = None):
         self.registry = registry
+        self.env = dict(env or {})  # set in the child before its first job (a pool worker's SPECVIZ_DEVICE)
         self.in_flight = InFlight()
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -168,7 +171,7 @@ class ProcessEngine:
                 self.restarts += 1
             ctx = mp.get_context("spawn")
             parent, child = ctx.Pipe()
-            self._proc = ctx.Process(target=serve, args=(child, self.registry), name="specviz-engine", daemon=True)
+            self._proc = ctx.Process(target=serve, args=(child, self.registry, self.env), name="specviz-engine", daemon=True)
             self._proc.start()  # the child inherits this process's environment
             child.close()
             self._conn = parent

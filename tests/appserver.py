@@ -53,7 +53,8 @@ def wait_for(url: str, proc: subprocess.Popen, seconds: float = 120) -> float:
 def running_app(env: dict[str, str] | None = None, command: list[str] | None = None) -> Iterator[RunningApp]:
     """`command` (default `python app.py`) with its --port replaced by a free one (7860 may be taken)."""
     port = free_port()
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "SPECVIZ_PREWARM": "0",
+                **(env or {})}
     command = [sys.executable if a == "python" else a for a in (command or ["python", "app.py"])]
     if "--port" in command:
         command[command.index("--port") + 1] = str(port)

@@ -1,4 +1,4 @@
-"""The trace cache: what its key covers, LRU by bytes, single flight, measure-again, labels, and the model and
+"""The trace cache: what its key covers, LRU by bytes, the order of measurements, labels, and the model and
 engine fingerprints it keys on. No model is loaded and no server runs."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from specviz import fingerprint, models, trace_cache
-from specviz.trace_cache import Abandoned, CacheLimits, Entry, TraceCache, label, request_key
+from specviz.trace_cache import CacheLimits, TraceCache, label, request_key
 
 BASE = dict(job="playground", pair_fp="ab" * 8, method="draft_model",
             params={"max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "gamma": 4}, prompt="def f(x):",
@@ -81,187 +81,60 @@ def test_unknown_pair_is_not_keyed():
 # ----------------------------------------------------------------------------- storing
 def test_lru_eviction_by_bytes():
     cache = TraceCache(CacheLimits(max_bytes=250, max_entries=100))
-    for name in "abc":
-        cache.measure(name, lambda: "x" * 100)
+    for order, name in enumerate("abc"):
+        cache.put(name, "x" * 100, time.time(), order)
     assert cache.get("a") is None and cache.get("b") and cache.get("c")  # 300 bytes > 250: the oldest went
     cache.get("b")  # b is now the most recently used
-    cache.measure("d", lambda: "y" * 100)
+    cache.put("d", "y" * 100, time.time())
     assert cache.get("c") is None and cache.get("b") and cache.get("d")
     assert cache.stats()["bytes"] == 200 and cache.stats()["entries"] == 2
-    entry, served = cache.measure("huge", lambda: "z" * 1000)
-    assert served == "engine" and entry.value == "z" * 1000 and cache.get("huge") is None  # served, never stored
+    entry = cache.put("huge", "z" * 1000, time.time())
+    assert entry.value == "z" * 1000 and cache.get("huge") is None  # served, never stored
 
 
 def test_lru_eviction_by_count():
     cache = TraceCache(CacheLimits(max_bytes=1 << 20, max_entries=2))
     for name in "abc":
-        cache.measure(name, lambda: {"trace": "{}"})
+        cache.put(name, {"trace": "{}"}, time.time())
     assert len(cache) == 2 and cache.get("a") is None
 
 
-def test_cached_entry_is_labelled():
+def test_a_stored_entry_comes_back_with_its_measurement_time():
     cache = TraceCache()
-    first, served = cache.measure("k", lambda: "trace")
-    assert served == "engine" and label(first, served) == "measured just now"
-    again, served = cache.measure("k", lambda: pytest.fail("the engine must not run for a stored key"))
-    assert served == "cache" and again is first
-    at = datetime.fromtimestamp(first.measured_at)
-    assert label(again, served) == f"measured at {at:%H:%M:%S}, served from cache"
-    assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 1
+    assert cache.get("k") is None
+    first = cache.put("k", "trace", 1234.5)
+    again = cache.get("k")
+    assert again is first and again.measured_at == 1234.5
+    assert cache.stats()["hits"] == 1 and cache.stats()["misses"] == 1 and cache.stats()["stored"] == 1
 
 
 def test_label_format():
     at = datetime(2026, 12, 6, 14, 3, 22).timestamp()
-    entry = Entry(value="t", measured_at=at, nbytes=1)
-    assert label(entry, "cache", now=at + 60) == "measured at 14:03:22, served from cache"
-    assert label(entry, "cache", now=at + 2 * 86400) == "measured at 2026-12-06 14:03:22, served from cache"
-    assert label(entry, "shared", now=at) == "measured just now (at 14:03:22), shared with an identical request"
-    assert label(entry, "engine", now=at) == "measured just now"
+    assert label(at, "cache", now=at + 60) == "measured at 14:03:22, served from cache"
+    assert label(at, "cache", now=at + 2 * 86400) == "measured at 2026-12-06 14:03:22, served from cache"
+    assert label(at, "shared", now=at) == "measured at 14:03:22, shared with an identical request in flight"
+    assert label(at, "engine", now=at) == "measured at 14:03:22 for this request"
 
 
-def test_measure_again_bypasses_and_replaces():
+def test_a_later_measurement_is_never_replaced_by_an_earlier_one():
     cache = TraceCache()
-    old, _ = cache.measure("k", lambda: "first")
-    new, served = cache.measure("k", lambda: "second", fresh=True)
-    assert served == "engine" and new.value == "second" and new.measured_at >= old.measured_at
-    assert cache.measure("k", lambda: "third") == (new, "cache")
-    assert cache.stats()["fresh"] == 1 and len(cache) == 1
+    cache.put("k", "measured again", time.time(), order=2)
+    cache.put("k", "older run that finished late", time.time(), order=1)
+    assert cache.get("k").value == "measured again"
+    cache.put("k", "newest", time.time(), order=3)
+    assert cache.get("k").value == "newest" and len(cache) == 1
 
 
 def test_cancelled_traces_are_not_stored():
     cancelled = json.dumps({"rows": [{"finish_reason": "cancelled"}], "events": []})
     finished = json.dumps({"rows": [{"finish_reason": "length"}], "events": []})
     cache = TraceCache()
-    _, served = cache.measure("k", lambda: {"trace": finished, "baseline": cancelled})
-    assert served == "engine" and cache.get("k") is None
-    cache.measure("k", lambda: {"trace": finished, "baseline": finished})
+    cache.put("k", {"trace": finished, "baseline": cancelled}, time.time())
+    assert cache.get("k") is None
+    cache.put("k", {"trace": finished, "baseline": finished}, time.time())
     assert cache.get("k") is not None
     nested = {"rows": [{"method": "eqspec"}], "traces": {"eqspec": cancelled}}  # batch_compare's shape
     assert not trace_cache.complete(nested) and trace_cache.complete({**nested, "traces": {"eqspec": finished}})
-
-
-# ----------------------------------------------------------------------------- single flight
-def run_threads(n: int, target) -> list:
-    results: list = [None] * n
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, target(i))) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
-    return results
-
-
-def test_identical_requests_share_one_measurement():
-    cache, calls, started, asked = TraceCache(), [], threading.Event(), []
-
-    def engine():
-        calls.append(1)
-        started.set()
-        deadline = time.monotonic() + 5
-        while len(asked) < 7 and time.monotonic() < deadline:  # every other request has been made
-            time.sleep(0.01)
-        time.sleep(0.2)
-        return {"trace": "measured"}
-
-    def ask(i):
-        if i:
-            started.wait(5)  # the leader is in the engine when the others ask
-            asked.append(i)
-        return cache.measure("k", engine)
-
-    results = run_threads(8, ask)
-    assert len(calls) == 1
-    assert all(entry == results[0][0] for entry, _ in results)
-    served = [s for _, s in results]
-    assert served.count("engine") == 1 and served.count("shared") == 7
-    assert cache.stats()["shared"] == 7 and cache.stats()["in_flight"] == 0
-
-
-def test_an_error_reaches_every_waiter_and_nothing_is_stored():
-    cache, started, calls = TraceCache(), threading.Event(), []
-
-    def engine():
-        calls.append(1)
-        started.set()
-        time.sleep(0.2)
-        raise RuntimeError("the engine process stopped")
-
-    def ask(i):
-        if i:
-            started.wait(5)
-        try:
-            cache.measure("k", engine)
-        except RuntimeError as exc:
-            return str(exc)
-
-    assert run_threads(4, ask) == ["the engine process stopped"] * 4 and len(calls) == 1
-    assert cache.get("k") is None
-    assert cache.measure("k", lambda: "again")[1] == "engine"  # a later request tries again
-
-
-def test_a_waiter_can_give_up_without_breaking_the_flight():
-    cache, started, release = TraceCache(), threading.Event(), threading.Event()
-
-    def engine():
-        started.set()
-        release.wait(5)
-        return "measured"
-
-    leader = []
-    thread = threading.Thread(target=lambda: leader.append(cache.measure("k", engine)))
-    thread.start()
-    started.wait(5)
-    stop = threading.Event()
-    stop.set()
-    with pytest.raises(Abandoned):
-        cache.measure("k", engine, cancel=stop)
-    with pytest.raises(Abandoned):
-        cache.measure("k", engine, timeout=0.05)
-    release.set()
-    thread.join(5)
-    assert leader[0][1] == "engine" and cache.measure("k", engine)[1] == "cache"
-
-
-def test_waiters_of_a_cancelled_run_measure_their_own():
-    cache, started, calls = TraceCache(), threading.Event(), []
-    cancelled = json.dumps({"rows": [{"finish_reason": "cancelled"}]})
-
-    def engine(value):
-        def run():
-            calls.append(value)
-            started.set()
-            time.sleep(0.2)
-            return value
-        return run
-
-    def ask(i):
-        if i:
-            started.wait(5)
-            return cache.measure("k", engine("complete"))
-        return cache.measure("k", engine(cancelled))  # the leader's requester pressed Stop
-
-    results = run_threads(3, ask)
-    assert results[0][0].value == cancelled and calls.count(cancelled) == 1
-    assert {entry.value for entry, _ in results[1:]} == {"complete"} and calls.count("complete") == 1
-    assert sorted(s for _, s in results[1:]) == ["engine", "shared"]
-
-
-def test_measure_again_does_not_join_a_flight_in_progress():
-    cache, started, release = TraceCache(), threading.Event(), threading.Event()
-
-    def slow():
-        started.set()
-        release.wait(5)
-        return "older"
-
-    thread = threading.Thread(target=lambda: cache.measure("k", slow))
-    thread.start()
-    started.wait(5)
-    entry, served = cache.measure("k", lambda: "newer", fresh=True)
-    assert (entry.value, served) == ("newer", "engine")
-    release.set()
-    thread.join(5)
-    assert cache.get("k").value == "newer"  # the earlier-started run does not overwrite the later one
 
 
 # ----------------------------------------------------------------------------- fingerprints
