@@ -1,123 +1,218 @@
-"""Are the app's timings the engine's? `python scripts/app_timing.py [--tokens 64] [--repeats 5] [--users 1,8,16]`
+"""Are the page's figures the engine's? `python scripts/app_timing.py [--tokens 64] [--repeats 5] [--tabs ...]`
 
-1. `specviz.run` on this process's main thread (the reference), autoregressive and draft_model, the
-   Playground's default prompt, interleaved with 2., median of `repeats` (the first of each dropped);
-2. the same runs through a real `python app.py` (its `/playground` API): the wall time the app records
-   in the trace and shows, and what the client waited for (queue, transfer, rendering: the extra);
-3. N users at once through the streaming Playground endpoint (mixed methods): time to the first
-   update and to the finished run, median and p95.
-Pause any background job first: these are wall times on a shared machine.
+Drives the real page (`python app.py` in Debian's chromium) and, interleaved with it, the engine in this
+process (`specviz.run` on its main thread), on the same prompt and settings:
+- Playground, for autoregressive, draft_model and kangaroo: the speedup the page's stats table shows, and its
+  autoregressive tokens/s, against `specviz.run`'s (medians over `repeats`, the first of each dropped);
+- Race (draft_model): the final speedup the replay states;
+- Compare (draft_model, kangaroo on the bundled prompts): each method's median speedup in the page's table;
+- Batch: EQSPEC's throughput relative to batched autoregressive decoding at the page's batch size;
+- Exactness lab: the seconds it shows for the method's and the reference's samples.
+Every page run uses "Measure again" (or a tab that never caches) and checks that its figure was measured for
+this request, not served from the cache. Each check passes when the page's median is within 10 % of the
+engine's. Exit status 1 when one fails. Nothing else should run on this machine meanwhile.
 """
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import socket
+import re
 import statistics
-import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-
-def p95(values: list[float]) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
+TOLERANCE = 0.10
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"]
 
 
-def start_app() -> tuple[subprocess.Popen, str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "app.py", "--port", str(port)], cwd=ROOT, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(600):
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return proc, url
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise SystemExit("the app did not start")
+def number(pattern: str, text: str) -> float:
+    match = re.search(pattern, text)
+    if not match:
+        raise SystemExit(f"not found on the page: {pattern!r} in {text[:400]!r}")
+    return float(match.group(1))
+
+
+def check(name: str, page_values: list[float], engine_values: list[float], results: list[tuple]) -> None:
+    page, engine = statistics.median(page_values), statistics.median(engine_values)
+    ratio = page / engine if engine else float("nan")
+    ok = abs(ratio - 1) <= TOLERANCE
+    results.append((name, page, engine, ratio, ok))
+    print(f"  {name:48s} page {page:8.3f} | engine {engine:8.3f} | page/engine {ratio:.3f} {'ok' if ok else 'FAIL'}",
+          flush=True)
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+    page.wait_for_timeout(300)
+
+
+def choose(page, selector: str, option: str) -> None:
+    page.click(f"{selector} input")
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_timeout(300)
+
+
+def set_value(page, selector: str, value) -> None:
+    box = page.locator(f"{selector} input[type=number]").first
+    box.fill(str(value))
+    box.press("Enter")
+    page.wait_for_timeout(200)
+
+
+def playground_run(page, method: str) -> tuple[float, float]:
+    """One measured-again Playground run: (speedup shown, autoregressive tokens/s shown)."""
+    before = page.get_attribute("#tokens .sv-replay", "data-measured-at") if page.locator("#tokens .sv-replay").count() else None
+    page.click("#measure-again")
+    page.wait_for_function(
+        "(b) => { const r = document.querySelector('#tokens .sv-replay'); "
+        "return r && r.dataset.measuredAt && r.dataset.measuredAt !== b; }", arg=before, timeout=300_000)
+    page.wait_for_timeout(300)
+    status = page.inner_text("#tokens .sv-note")
+    assert "for this request" in status and "served from cache" not in status, status
+    stats = page.inner_text("#stats")
+    speedup = number(r"speedup vs autoregressive \(measured\)\s+([\d.]+)x", stats)
+    ar_rate = number(r"autoregressive tokens/s \(measured\)\s+([\d.]+)", stats)
+    return speedup, ar_rate
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--users", default="1,8,16")
+    parser.add_argument("--tabs", default="playground,race,compare,batch,exactness")
     args = parser.parse_args()
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from gradio_client import Client
+    tabs = set(args.tabs.split(","))
+    from playwright.sync_api import sync_playwright
 
-    from appserver import playground_stream_args
+    from appserver import running_app
     from specviz import load_pair, run
-    from specviz.trace import Trace
-    from specviz.ui import EXAMPLES
+    from specviz.api import run_batch
+    from specviz.bench import DEFAULT_PROMPTS, load_prompts, run_matrix, summary
+    from specviz.exactness import exactness
+    from specviz.metrics import compare
+    from specviz.ui import EXAMPLES, RACE_DEFAULT_TOKENS, UI_DEFAULTS
 
-    prompt = EXAMPLES[0]
-    methods = ("autoregressive", "draft_model")
     pair = load_pair("embedded")
+    prompt = EXAMPLES[0]
+    common = {"max_new_tokens": args.tokens, "heal_prompt": UI_DEFAULTS["heal_prompt"]}
+    methods = ("autoregressive", "draft_model", "kangaroo")
     for m in methods:
         run(m, pair, prompt, max_new_tokens=8)
-    proc, url = start_app()
-    try:
-        client = Client(url, verbose=False)
-        main: dict[str, list[float]] = {m: [] for m in methods}
-        recorded: dict[str, list[float]] = {m: [] for m in methods}
-        waited: dict[str, list[float]] = {m: [] for m in methods}
-        for r in range(args.repeats + 1):  # interleaved: main thread, then the app, per method and repeat
-            for m in methods:
-                time.sleep(0.3)  # let the other process's idle threads stop spinning
-                main[m].append(run(m, pair, prompt, max_new_tokens=args.tokens).wall_time)
-                time.sleep(0.3)
-                t0 = time.perf_counter()
-                _, trace_json = client.predict(prompt, m, json.dumps({"max_new_tokens": args.tokens}), "embedded", "",
-                                               api_name="/playground")
-                waited[m].append(time.perf_counter() - t0)
-                recorded[m].append(Trace.from_json(trace_json).wall_time)
-        main_thread = {m: statistics.median(main[m][1:]) for m in methods}
-        print(f"embedded pair, {args.tokens} tokens, the Playground's default prompt, median of {args.repeats}:")
-        for m in methods:
-            rec, wait = statistics.median(recorded[m][1:]), statistics.median(waited[m][1:])
-            print(f"  {m:15s} specviz.run on the main thread {main_thread[m]:.3f} s | app records {rec:.3f} s "
-                  f"({rec / main_thread[m] - 1:+.1%}) | a /playground client waits {wait:.3f} s (extra {wait - rec:.3f} s)")
-        ar, dm = (statistics.median(recorded[m][1:]) for m in methods)
-        print(f"  speedup draft_model: main thread {main_thread['autoregressive'] / main_thread['draft_model']:.2f}x, "
-              f"app {ar / dm:.2f}x")
-        mix = ["draft_model", "kangaroo", "autoregressive", "sorted", "mirror", "draft_model", "hf_assisted", "kangaroo"]
-        for users in [int(u) for u in args.users.split(",")]:
-            first, done = [], []
+    results: list[tuple] = []
+    with running_app() as app, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(app.url)
+        page.wait_for_selector("#run", timeout=60_000)
+        print(f"embedded pair, {args.tokens} tokens, {args.repeats} repeats (first dropped), page vs engine:", flush=True)
 
-            def user(i: int) -> None:
-                c = Client(url, verbose=False)
-                t0 = time.perf_counter()
-                job = c.submit(*playground_stream_args(mix[i % len(mix)], args.tokens, prompt), api_name="/playground_stream")
-                while not job.outputs() and not job.done():
-                    time.sleep(0.01)
-                first.append(time.perf_counter() - t0)
-                job.result()
-                done.append(time.perf_counter() - t0)
+        if "playground" in tabs:
+            page_speed = {m: [] for m in methods}
+            page_ar = {m: [] for m in methods}
+            engine_speed = {m: [] for m in methods}
+            engine_ar: list[float] = []
+            for r in range(args.repeats + 1):
+                for m in methods:
+                    choose(page, "#method", m)
+                    time.sleep(0.3)
+                    trace = run(m, pair, prompt, **common)
+                    baseline = run("autoregressive", pair, prompt, **common) if m != "autoregressive" else trace
+                    time.sleep(0.3)
+                    speedup, ar_rate = playground_run(page, m)
+                    if r == 0:
+                        continue
+                    engine_speed[m].append(compare(trace, baseline)["speedup"] if m != "autoregressive" else 1.0)
+                    engine_ar.append(baseline.new_tokens / baseline.wall_time)
+                    page_speed[m].append(speedup)
+                    page_ar[m].append(ar_rate)
+            for m in methods[1:]:
+                check(f"Playground {m}: speedup", page_speed[m], engine_speed[m], results)
+            check("Playground: autoregressive tokens/s", sum(page_ar.values(), []), engine_ar, results)
 
-            threads = [threading.Thread(target=user, args=(i,)) for i in range(users)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            print(f"  {users:2d} user(s) at once, streaming Playground (mixed methods): first update median "
-                  f"{statistics.median(first):.2f} s p95 {p95(first):.2f} s; finished run median {statistics.median(done):.2f} s "
-                  f"p95 {p95(done):.2f} s")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+        if "race" in tabs:
+            open_tab(page, "Race")
+            page_values, engine_values = [], []
+            for r in range(args.repeats + 1):
+                trace = run("draft_model", pair, EXAMPLES[1], max_new_tokens=RACE_DEFAULT_TOKENS, heal_prompt=True)
+                baseline = run("autoregressive", pair, EXAMPLES[1], max_new_tokens=RACE_DEFAULT_TOKENS, heal_prompt=True)
+                page.evaluate("document.querySelector('#race-html').innerHTML = ''")
+                page.click("#race-again")
+                page.wait_for_selector("#race-verdict", timeout=300_000)  # shown when the replay ends
+                if "shared" in page.inner_text("#race-html") or "served from cache" in page.inner_text("#race-html"):
+                    raise SystemExit("the race was not measured for this request")
+                if r:
+                    page_values.append(number(r"([\d.]+)x the speed of autoregressive", page.inner_text("#race-verdict")))
+                    engine_values.append(compare(trace, baseline)["speedup"])
+            check("Race draft_model: speedup", page_values, engine_values, results)
+
+        if "compare" in tabs:
+            open_tab(page, "Compare")
+            prompts = load_prompts(DEFAULT_PROMPTS)[:3]
+            specs = [(m, m, {"max_new_tokens": 48}) for m in ("draft_model", "kangaroo")]
+            page_values = {m: [] for m, _, _ in specs}
+            engine_values = {m: [] for m, _, _ in specs}
+            for r in range(max(2, args.repeats // 2) + 1):
+                frame = summary(run_matrix(pair, specs, prompts, 1, progress=False))
+                page.evaluate("document.querySelector('#compare-table') && "
+                              "(document.querySelector('#compare-table').dataset.seen = '1')")
+                page.click("#compare-run")
+                page.wait_for_function("() => { const t = document.querySelector('#compare-table'); return t && "
+                                       "!t.dataset.seen && t.innerText.includes('kangaroo'); }", timeout=300_000)
+                page.wait_for_timeout(300)
+                text = page.inner_text("#compare-table")
+                if r:
+                    for m in page_values:
+                        row = next(line for line in text.splitlines() if line.strip().startswith(m))
+                        page_values[m].append(float(row.split()[1]))
+                        engine_values[m].append(float(frame.loc[m, "speedup"]))
+            for m in page_values:
+                check(f"Compare {m}: median speedup", page_values[m], engine_values[m], results)
+
+        if "batch" in tabs:
+            open_tab(page, "Batch")
+            prompts = [p["prompt"] for p in load_prompts(DEFAULT_PROMPTS)[:4]]
+            page_values, engine_values = [], []
+            for r in range(max(2, args.repeats // 2) + 1):
+                eq = run_batch("eqspec", pair, prompts, max_new_tokens=24, batch_size=4, gamma=3)
+                ar = run_batch("batch_autoregressive", pair, prompts, max_new_tokens=24, batch_size=4)
+                page.evaluate("document.querySelector('#batch-table') && "
+                              "(document.querySelector('#batch-table').dataset.seen = '1')")
+                page.click("#batch-run")
+                page.wait_for_function("() => { const t = document.querySelector('#batch-table'); return t && "
+                                       "!t.dataset.seen && t.innerText.includes('NAIVE'); }", timeout=300_000)
+                page.wait_for_timeout(300)
+                rows = [line.split("\t") for line in page.inner_text("#batch-table").splitlines()]
+                rate = {(cells[0].strip(), cells[1].strip()): float(cells[2]) for cells in rows if len(cells) > 2
+                        and cells[1].strip().isdigit()}
+                if r:
+                    page_values.append(rate[("eqspec", "4")] / rate[("batch_autoregressive", "4")])
+                    engine_values.append(eq.meta["throughput"] / ar.meta["throughput"])
+            check("Batch: EQSPEC / batched autoregressive throughput", page_values, engine_values, results)
+
+        if "exactness" in tabs:
+            open_tab(page, "Exactness")
+            set_value(page, "#e-n", 2000)
+            page_values, engine_values = [], []
+            for r in range(3):
+                got = exactness("draft_model", pair, "def f(x):", n=2000, tokens=2, seed=0, temperature=1.0)
+                page.evaluate("document.querySelector('#exactness-table') && "
+                              "(document.querySelector('#exactness-table').dataset.seen = '1')")
+                page.click("#exactness-run")
+                page.wait_for_function("() => { const t = document.querySelector('#exactness-table'); return t && "
+                                       "!t.dataset.seen && t.innerText.includes('BROKEN'); }", timeout=300_000)
+                page.wait_for_timeout(300)
+                line = next(x for x in page.inner_text("#exactness-table").splitlines() if x.startswith("draft_model\t"))
+                page_values.append(float(line.split("\t")[4]))
+                engine_values.append(round(got["method_seconds"], 1))
+            check("Exactness lab: draft_model seconds (2,000 samples)", page_values, engine_values, results)
+        browser.close()
+    failed = [r for r in results if not r[4]]
+    print(f"{len(results) - len(failed)} of {len(results)} figures within {TOLERANCE:.0%} of the engine's")
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,7 @@ class Admission:
         self._waiting: list[Ticket] = []  # in run order: (priority, order)
         self._running: dict[int, Ticket] = {}  # worker -> ticket
         self._order = itertools.count()
+        self.started = 0  # runs that got a worker since start-up (the load script counts engine runs by it)
 
     # ------------------------------------------------------------------ entering and leaving
     def enter(self, session: str, kind: str, units: float, priority: int = 0) -> Ticket:
@@ -148,6 +149,7 @@ class Admission:
         while free and self._waiting:
             ticket = self._waiting.pop(0)
             ticket.worker, ticket.started = free.pop(0), time.monotonic()
+            self.started += 1
             self._running[ticket.worker] = ticket
             ticket.admitted.set()
         self._lock.notify_all()
@@ -181,4 +183,5 @@ class Admission:
     def snapshot(self) -> dict:
         with self._lock:
             return {"workers": self.config.workers, "running": len(self._running), "waiting": len(self._waiting),
+                    "runs_started": self.started,
                     "per_session": self.config.per_session, "max_waiting": self.config.max_waiting}

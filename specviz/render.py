@@ -107,10 +107,13 @@ def replay_bar(label: str, end: float, pace: float) -> str:
             f'{esc(label)}{faster}</span> <span class="sv-clock" data-end="{end:.4f}">{end:.2f} s</span></div>')
 
 
-def replay_html(trace: Trace, row: int = 0, status: str = "", max_seconds: float = 60.0) -> str:
-    """A finished run, sent once: the browser reveals each token at the moment the run committed it."""
+def replay_html(trace: Trace, row: int = 0, status: str = "", max_seconds: float = 60.0,
+                measured_at: float | None = None) -> str:
+    """A finished run, sent once: the browser reveals each token at the moment the run committed it.
+    `data-measured-at` (epoch seconds) tells one measurement from another (scripts wait for a new one)."""
     pace = replay_pace(trace.wall_time, max_seconds)
-    return (f'<div class="sv-replay" data-end="{trace.wall_time:.4f}" data-pace="{pace:.3f}">'
+    when = f' data-measured-at="{measured_at:.3f}"' if measured_at else ""
+    return (f'<div class="sv-replay" data-end="{trace.wall_time:.4f}" data-pace="{pace:.3f}"{when}>'
             f'{replay_bar("replay of the measured run", trace.wall_time, pace)}{trace_html(trace, row, status)}</div>')
 
 

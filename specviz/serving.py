@@ -11,12 +11,14 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 from .admission import Admission, Place, Ticket
 
 POLL_SECONDS = 0.25  # how often a waiting handler re-reads its place (its page updates only on a change)
+# A generator handler must yield that often: Gradio stops (Stop, a closed page) a sync generator only between
+# two of its yields, and waits for that before it answers the cancel request.
 
 
 @dataclass(frozen=True)
@@ -40,6 +42,7 @@ class Update:
     measured_at: float | None = None  # done: epoch seconds when the engine finished measuring it
     worker: str = ""  # running/done: which engine worker
     progress: dict | None = None  # running: the job's last progress message ({"progress", "desc"})
+    changed: bool = True  # queued/running: differs from the update before (else only a heartbeat)
 
 
 @dataclass
@@ -84,9 +87,10 @@ class Service:
                 else:
                     update = Update("queued", place=self.admission.place(flight.ticket))
                 view = (update.state, update.place.position if update.place else 0, id(update.progress))
-                if view != shown:
-                    shown = view
-                    yield update
+                # every poll yields (a handler's chance to notice Stop or a closed page); `changed` says
+                # whether the page needs a new answer
+                yield replace(update, changed=view != shown)
+                shown = view
             if flight.error is not None:
                 raise flight.error
             yield Update("done", result=flight.result, served="engine" if leader else "shared",

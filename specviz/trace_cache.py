@@ -23,7 +23,7 @@ from .fingerprint import engine_source_hash
 
 KEY_VERSION = 1  # bump when what a key covers changes
 DEFAULT_SEED = 0  # the seed a run takes when none is given: methods.base COMMON_PARAMS "seed" (a test checks)
-BYTES_ENV = "SPECVIZ_TRACE_CACHE_MB"  # most stored trace data, MiB (default 64; 0 stores nothing)
+BYTES_ENV = "SPECVIZ_TRACE_CACHE_MB"  # most stored trace data, MiB (default 32; 0 stores nothing)
 ENTRIES_ENV = "SPECVIZ_TRACE_CACHE_ENTRIES"  # most stored results (default 256)
 
 Served = Literal["cache", "shared", "engine"]
@@ -127,12 +127,12 @@ class Entry:
 
 @dataclass(frozen=True)
 class CacheLimits:
-    max_bytes: int = 64 << 20  # most bytes of stored results (0: store nothing, still share flights)
+    max_bytes: int = 32 << 20  # most bytes of stored results (0: store nothing, still share flights)
     max_entries: int = 256  # most stored results, count
 
     @classmethod
     def from_env(cls) -> "CacheLimits":
-        return cls(max_bytes=int(float(os.environ.get(BYTES_ENV, "64")) * (1 << 20)),
+        return cls(max_bytes=int(float(os.environ.get(BYTES_ENV, "32")) * (1 << 20)),
                    max_entries=int(os.environ.get(ENTRIES_ENV, "256")))
 
 

@@ -189,7 +189,7 @@ def where_measured(trace: Trace) -> str:
 
 
 def result_views(trace: Trace, baseline: Trace | None, costs: tuple[float, float, float] | None = None,
-                 served: str = "") -> tuple:
+                 served: str = "", measured_at: float | None = None) -> tuple:
     """(tokens replay, timeline, histogram, per-position, stats, mirror figure) of a finished run."""
     from .methods.mirror import HeterogeneousCosts
 
@@ -198,7 +198,7 @@ def result_views(trace: Trace, baseline: Trace | None, costs: tuple[float, float
     stats = plots.stats_table(trace, baseline) if baseline is not None else pd.DataFrame(columns=["metric", "value"])
     mirror = (plots.mirror_timelines(trace, HeterogeneousCosts(*costs) if costs else None)
               if trace.method == "mirror" else plots.empty_figure("Mirror-SD timelines", "run mirror to see measured vs modeled lanes"))
-    return (render.replay_html(trace, status=status), plots.token_timeline(trace), plots.acceptance_histogram(trace),
+    return (render.replay_html(trace, status=status, measured_at=measured_at), plots.token_timeline(trace), plots.acceptance_histogram(trace),
             plots.position_acceptance(trace), stats, mirror)
 
 
@@ -239,7 +239,7 @@ def queued_result(job: Job, request: gr.Request | None, progress: gr.Progress | 
     """A job's result for a handler that returns once: its place, then the run's progress, on the bar."""
     last = None
     for last in submit(job, request, fresh):
-        if progress is not None and last.state != "done":
+        if progress is not None and last.state != "done" and last.changed:
             fraction = (last.progress or {}).get("progress", 0.0) if last.state == "running" else 0.0
             progress(fraction, desc=queue_text(last))
     return last.result, last
@@ -263,7 +263,7 @@ def with_served(trace_json: str, update: Update) -> str:
 def playground_views(result: dict, update: Update, costs) -> tuple:
     trace = Trace.from_json(with_served(result["trace"], update))
     baseline = Trace.from_json(result["baseline"])
-    views = result_views(trace, baseline, costs, served=served_text(update))
+    views = result_views(trace, baseline, costs, served=served_text(update), measured_at=update.measured_at)
     return views + (trace.to_json(), save_downloads(trace))
 
 
@@ -279,7 +279,7 @@ def playground(request: gr.Request, fresh: bool, inputs: tuple) -> Iterator[tupl
     skip = tuple(gr.skip() for _ in range(7))  # every output but the tokens view
     for update in submit(job, request, fresh):
         if update.state != "done":
-            yield (status_html(queue_text(update), update.state, update),) + skip
+            yield (status_html(queue_text(update), update.state, update) if update.changed else gr.skip(),) + skip
     yield playground_views(update.result, update, (cost_t, cost_d, cost_c))
 
 
@@ -304,7 +304,7 @@ def race(request: gr.Request, prompt, method, max_new_tokens, target, draft, fre
                                   {"max_new_tokens": int(max_new_tokens), "heal_prompt": UI_DEFAULTS["heal_prompt"]})
     for update in submit(job, request, fresh):
         if update.state != "done":
-            yield status_html(queue_text(update), update.state, update)
+            yield status_html(queue_text(update), update.state, update) if update.changed else gr.skip()
     trace = Trace.from_json(update.result["trace"])
     baseline = Trace.from_json(update.result["baseline"])
     yield render.race_html(trace, baseline, max_seconds=RACE_MAX_SECONDS, served=served_text(update))
@@ -427,7 +427,7 @@ def health() -> str:
     queue = svc.admission.snapshot()
     return json.dumps({"ok": True, "runs_in_flight": queue["running"] + queue["waiting"], "queue": queue,
                        "trace_cache": svc.cache.stats(), "models_cached": state["models_cached"],
-                       "engine": svc.pool.kind, "engine_workers": svc.pool.size,
+                       "engine": svc.pool.kind, "engine_workers": svc.pool.size, "engine_pid": state["engine_pid"],
                        "engine_peak_rss_mb": state["engine_peak_rss_mb"], "peak_rss_mb": round(peak_mb, 1)})
 
 
@@ -579,7 +579,7 @@ def build_demo() -> gr.Blocks:
                 with gr.Row():
                     hist = gr.Plot(label="tokens per round")
                     pos = gr.Plot(label="acceptance by position")
-                stats = gr.Dataframe(label="against the autoregressive run of the same prompt", interactive=False)
+                stats = gr.Dataframe(label="against the autoregressive run of the same prompt", interactive=False, elem_id="stats")
                 mirror_plot = gr.Plot(label="Mirror-SD: measured vs MODELED")
                 files = gr.File(label="download this run's trace (JSON, CSV, Chrome trace for Perfetto)", file_count="multiple")
             with gr.Tab("Compare", id="compare"):
@@ -592,7 +592,7 @@ def build_demo() -> gr.Blocks:
                         c_repeats = gr.Slider(1, 5, value=1, step=1, label="repeats (median)")
                 pasted = gr.Textbox(lines=3, label="pasted prompts, one per line (\\n for a newline)")
                 compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-run")
-                c_table = gr.Dataframe(label="median per method (measured)", interactive=False)
+                c_table = gr.Dataframe(label="median per method (measured)", interactive=False, elem_id="compare-table")
                 with gr.Row():
                     c_speed, c_tau = gr.Plot(), gr.Plot()
                 with gr.Row():
@@ -605,7 +605,8 @@ def build_demo() -> gr.Blocks:
                     b_gamma = gr.Slider(1, 8, value=3, step=1, label="gamma")
                     b_naive = gr.Checkbox(value=True, label="also run the NAIVE mode (broken on purpose: positions not realigned)")
                 batch_btn = gr.Button("Run batch", variant="primary", elem_id="batch-run")
-                b_table = gr.Dataframe(label="throughput, time realigning, equivalence (measured)", interactive=False)
+                b_table = gr.Dataframe(label="throughput, time realigning, equivalence (measured)", interactive=False,
+                                       elem_id="batch-table")
                 b_eq_timeline = gr.Plot(label="EQSPEC rows")
                 b_ex_timeline = gr.Plot(label="EXSPEC rows")
                 b_tput = gr.Plot(label="throughput vs batch size")

@@ -114,6 +114,41 @@ def test_every_tab_in_a_real_browser(page, server):
     assert not page.outside, f"requests outside this machine: {page.outside}"
 
 
+def test_a_run_is_replayed_at_its_measured_pace_and_an_identical_one_comes_from_the_cache(page):
+    """The measured trace arrives once and the browser reveals each token at the time the run committed it; the
+    same request again is served from the cache and says so; 'Measure again' runs it anew."""
+    page.fill("#prompt textarea", "def replay_me(x):\n")
+    page.click("#run")
+    page.wait_for_selector("#tokens .sv-replay-label", timeout=120_000)
+    page.wait_for_selector("text=speedup vs autoregressive (measured)", timeout=30_000)
+    status = page.inner_text("#tokens .sv-note")
+    assert "for this request" in status and "served from cache" not in status, status
+    assert "replay of the measured run" in page.inner_text("#tokens .sv-replay-label")
+    end = float(page.get_attribute("#tokens .sv-replay", "data-end"))
+    times = [float(t) for t in page.eval_on_selector_all("#tokens .sv-tok[data-t]", "els => els.map(e => e.dataset.t)")]
+    assert times and max(times) <= end + 1e-3
+    hidden = page.evaluate("""async () => {
+        document.querySelector('#tokens .sv-replay-again').click();
+        await new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
+        return [document.querySelectorAll('#tokens .sv-tok.sv-future').length,
+                document.querySelectorAll('#tokens .sv-tok').length];
+    }""")
+    assert 0 < hidden[0] <= hidden[1], hidden  # just after the replay starts, the later tokens are not shown yet
+    page.wait_for_function("document.querySelectorAll('#tokens .sv-tok.sv-future').length === 0",
+                           timeout=int(end * 1000) + 30_000)
+    shown_at = status.split("measured at ")[1][:8]
+    page.click("#run")  # the same request: from the cache, labelled with the first measurement's time
+    page.wait_for_function("document.querySelector('#tokens .sv-note') && "
+                           "document.querySelector('#tokens .sv-note').innerText.includes('served from cache')",
+                           timeout=60_000)
+    assert f"measured at {shown_at}, served from cache" in page.inner_text("#tokens .sv-note")
+    page.click("#measure-again")
+    page.wait_for_function("document.querySelector('#tokens .sv-note') && "
+                           "document.querySelector('#tokens .sv-note').innerText.includes('for this request')",
+                           timeout=120_000)
+    assert not page.errors, f"console errors: {page.errors}"
+
+
 def test_script_in_a_prompt_renders_as_text(page):
     payload = '<script>window.__xss=1</script><img src=x onerror="window.__xss=2"> def f(x):'
     page.fill("#prompt textarea", payload)

@@ -119,6 +119,13 @@ MIX = [
 PROMPTS = ["def parse(line):\n", "class Queue:\n    def __init__(self):\n", "import os\n\ndef walk(root):\n"]
 
 
+def measure_again(args: tuple) -> tuple:
+    """/playground's arguments with "measure_again" in its params (the trace cache is bypassed); others as they are."""
+    if len(args) == 5 and args[1] in {m for m, _ in MIX}:
+        return (args[0], args[1], json.dumps({**json.loads(args[2]), "measure_again": True}), *args[3:])
+    return args
+
+
 def requests_for_load() -> list[tuple[str, tuple]]:
     out = []
     for i, (method, params) in enumerate(MIX):
@@ -132,8 +139,8 @@ def test_sixteen_concurrent_mixed_runs_each_equal_the_run_alone(app, client):
     assert len(requests) >= 16
     alone = [client.predict(*args, api_name=endpoint) for endpoint, args in requests]
     start = time.time()
-    with ThreadPoolExecutor(len(requests)) as pool:  # one client per user, all at once
-        futures = [pool.submit(lambda r: Client(app.url, verbose=False).predict(*r[1], api_name=r[0]), r)
+    with ThreadPoolExecutor(len(requests)) as pool:  # one client per user, all at once, each measured again
+        futures = [pool.submit(lambda r: Client(app.url, verbose=False).predict(*measure_again(r[1]), api_name=r[0]), r)
                    for r in requests]
         together = [f.result(timeout=600) for f in futures]
     seconds = time.time() - start
@@ -142,6 +149,8 @@ def test_sixteen_concurrent_mixed_runs_each_equal_the_run_alone(app, client):
         a, b = Trace.from_json(solo[1]), Trace.from_json(crowd[1])
         assert [r.output_ids for r in a.rows] == [r.output_ids for r in b.rows]
         assert a.params == b.params
+        if endpoint == "/playground":  # a new run under load, not the stored one
+            assert b.meta["served"]["from"] == "engine" and b.meta["served"]["measured_at"] > a.meta["served"]["measured_at"]
     state = healthy(client)
     assert state["runs_in_flight"] == 0
     figures = {"concurrent_runs": len(requests), "seconds": round(seconds, 1), "failures": 0,
@@ -162,6 +171,44 @@ def test_a_cancelled_run_stops_and_the_next_run_is_right(client):
         time.sleep(0.1)
     assert healthy(client)["runs_in_flight"] == 0, "the cancelled run is still generating"
     test_after_bad_inputs_a_good_run_is_still_right(client)
+
+
+def test_an_identical_request_is_served_from_the_cache_and_labelled(client):
+    args = playground(params={"max_new_tokens": 20, "seed": 7})[1]
+    first = Trace.from_json(client.predict(*args, api_name="/playground")[1])
+    second = Trace.from_json(client.predict(*args, api_name="/playground")[1])
+    again = Trace.from_json(client.predict(*measure_again(args), api_name="/playground")[1])
+    assert first.meta["served"]["from"] == "engine" and second.meta["served"] == {**first.meta["served"], "from": "cache"}
+    assert again.meta["served"]["from"] == "engine" and again.meta["served"]["measured_at"] > first.meta["served"]["measured_at"]
+    assert first.output_ids == second.output_ids == again.output_ids
+
+
+def test_a_session_is_refused_its_fourth_run_at_submission(app):
+    """One browser session (one gradio_client) with four long runs at once: three take their places, the fourth
+    is refused at once with the reason; the other sessions' runs are untouched."""
+    session = Client(app.url, verbose=False)
+    jobs = [session.submit(*playground_stream_args("draft_model", 1024, prompt=f"def f{i}(x):\n"),
+                           api_name="/playground_stream") for i in range(4)]
+    try:
+        deadline = time.time() + 60
+        refused = []
+        while not refused and time.time() < deadline:
+            for job in jobs:
+                if job.done():
+                    try:
+                        job.result()
+                    except Exception as exc:  # noqa: BLE001 - the refusal
+                        refused.append(str(exc))
+            time.sleep(0.1)
+        assert len(refused) == 1 and "already has 3 runs queued or running (at most 3)" in refused[0], refused
+        other = Client(app.url, verbose=False)
+        assert other.predict(*playground(params={"max_new_tokens": 8})[1], api_name="/playground")[0]
+    finally:
+        for job in jobs:
+            job.cancel()
+        deadline = time.time() + 30
+        while healthy(Client(app.url, verbose=False))["runs_in_flight"] and time.time() < deadline:
+            time.sleep(0.2)
 
 
 def test_allowlist_mode_refuses_other_models(saved):
