@@ -668,5 +668,8 @@ def build_demo() -> gr.Blocks:
 def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
     demo = build_demo()
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=64)
-    demo.launch(server_name=host, server_port=port, css=render.CSS, js=STEP_KEYS_JS, show_error=True, ssr_mode=False,
+    from . import page_style
+
+    demo.launch(server_name=host, server_port=port, theme=page_style.theme(), css=render.CSS,
+                js=page_style.page_js(STEP_KEYS_JS, page_style.A11Y_JS), show_error=True, ssr_mode=False,
                 footer_links=["api"], max_file_size=f"{MAX_TRACE_BYTES // 1_000_000}mb")
