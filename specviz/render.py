@@ -14,11 +14,12 @@ from .trace import TOKEN_KINDS, Event, Trace, is_healed_token
 CSS = """
 .sv-tokens { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; white-space: pre-wrap; line-height: 1.7;
              font-size: 0.92rem; padding: .6rem; border: 1px solid #e3e5e8; border-radius: 6px; background: #fff; color: #222; }
-.sv-prompt { color: #6b7280; }
-.sv-tok { border-radius: 3px; padding: 0 1px; margin: 0 0.5px; color: #111; }
+.sv-prompt { color: #4b5563; }
+.sv-tok { border-radius: 3px; padding: 0 1px; margin: 0 0.5px; color: #111; } .sv-tok.sv-draft { color: inherit; }
 .sv-accept { background: #c7ebd5; } .sv-correct { background: #f8d2bf; } .sv-bonus { background: #cbd9f6; }
 .sv-emit { background: #e6e7ea; } .sv-reject { background: #f3c6cc; text-decoration: line-through; }
-.sv-legend span { margin-right: .8rem; font-size: .85rem; } .sv-note { color: #6b7280; font-size: .85rem; }
+.sv-legend span { margin-right: .8rem; font-size: .85rem; } .sv-note { color: #4b5563; font-size: .85rem; }
+.dark .sv-note { color: #a1a1aa; } .dark .sv-done { color: #4ade80; } [data-sv-scroll]:focus-visible { outline: 2px solid #c2410c; outline-offset: 2px; }
 .sv-race { display: grid; grid-template-columns: 1fr 1fr; gap: .8rem; }
 .sv-lane h4 { margin: .2rem 0; } .sv-clock { font-variant-numeric: tabular-nums; font-weight: 600; }
 .sv-done { color: #15803d; font-weight: 600; } .sv-verdict { margin-top: .5rem; font-weight: 600; }

@@ -24,7 +24,7 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 import pandas as pd
 
-from . import app_requests, plots, render
+from . import app_requests, page_style, plots, render
 from .bench import DEFAULT_PROMPTS, load_prompts
 from .methods import METHODS
 from .methods.base import COMMON_PARAMS, Param
@@ -540,7 +540,8 @@ STEP_KEYS_JS = """
     if (e.key === "ArrowLeft") document.querySelector("#step-prev")?.click();
   });
 """
-PAGE_JS = "() => {" + STEP_KEYS_JS + render.REPLAY_JS + "}"  # run once when the page loads
+# run once when the page loads: arrow keys in Step through, the replay of measured runs, accessibility fixes
+PAGE_JS = page_style.page_js("() => {" + STEP_KEYS_JS + "}", "() => {" + render.REPLAY_JS + "}", page_style.A11Y_JS)
 
 
 def build_demo() -> gr.Blocks:
@@ -752,6 +753,6 @@ def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=GRADIO_QUEUE)
     if os.environ.get(PREWARM_ENV, "1") != "0":
         threading.Thread(target=prewarm, name="specviz-prewarm", daemon=True).start()
-    demo.launch(server_name=host, server_port=port, css=render.CSS + render.REPLAY_CSS, js=PAGE_JS, show_error=True,
-                ssr_mode=False, footer_links=["api"], max_file_size=f"{MAX_TRACE_BYTES // 1_000_000}mb",
-                max_threads=ENGINE_EVENTS + 2 * CONCURRENCY)
+    demo.launch(server_name=host, server_port=port, theme=page_style.theme(), css=render.CSS + render.REPLAY_CSS,
+                js=PAGE_JS, show_error=True, ssr_mode=False, footer_links=["api"],
+                max_file_size=f"{MAX_TRACE_BYTES // 1_000_000}mb", max_threads=ENGINE_EVENTS + 2 * CONCURRENCY)

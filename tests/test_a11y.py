@@ -1,0 +1,152 @@
+"""Accessibility: axe-core's WCAG 2 A and AA rules find no violation on any tab of the real app, after a run.
+
+The real `python app.py` in Debian's chromium (as tests/test_app.py); axe-core is the npm package pinned in
+tests/a11y/package.json, which .ci/run installs (`npm ci --prefix tests/a11y`)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from appserver import ROOT, running_app
+
+CHROMIUM = "/usr/bin/chromium"
+AXE = ROOT / "tests" / "a11y" / "node_modules" / "axe-core" / "axe.min.js"
+INSTALL = "npm ci --prefix tests/a11y"
+TABS = ["Playground", "Compare", "Batch", "Step through", "Exactness", "Race", "Explorer", "Learn"]
+AXE_RUN = """async () => {
+  const r = await axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa"]}, resultTypes: ["violations"]});
+  return r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                                 nodes: v.nodes.map(n => ({target: n.target.join(" "), summary: n.failureSummary}))}));
+}"""
+
+
+@pytest.fixture(scope="module")
+def server():
+    with running_app({"SPECVIZ_CONCURRENCY": "4"}) as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not AXE.exists():
+        pytest.fail(f"{AXE.relative_to(ROOT)} missing: install axe-core with `{INSTALL}` (from the repository root)")
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
+                              args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
+        yield b
+        b.close()
+
+
+def open_page(browser, server, color_scheme: str):
+    page = browser.new_context(viewport={"width": 1400, "height": 1000}, color_scheme=color_scheme).new_page()
+    page.goto(server.url)
+    page.wait_for_selector("#run", timeout=60_000)
+    return page
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+    page.wait_for_timeout(300)
+
+
+def set_slider(page, label: str, value: int) -> None:
+    """The number box of the visible slider labelled `label` (the one in the open tab)."""
+    box = page.locator(f"input[type=number][aria-label='number input for {label}']:visible").first
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def visible_plots(page, n: int, timeout: int = 180_000) -> None:
+    page.wait_for_function(f"[...document.querySelectorAll('.js-plotly-plot')].filter(e => e.offsetParent).length >= {n}",
+                           timeout=timeout)
+
+
+def run_tab(page, tab: str) -> bool:
+    """The tab's own run, with small settings, so that the check sees the markup its results add; False for a
+    tab that has none (it shows the Playground run's results)."""
+    if tab == "Playground":
+        page.click("#run")
+        page.wait_for_selector("#tokens .sv-tok", timeout=60_000)
+        page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=120_000)
+        page.wait_for_selector("text=speedup vs autoregressive (measured)", timeout=30_000)
+    elif tab == "Compare":
+        set_slider(page, "bundled prompts to use", 1)
+        set_slider(page, "max new tokens", 8)
+        page.click("#compare-run")
+        visible_plots(page, 4)
+    elif tab == "Batch":
+        set_slider(page, "batch size", 2)
+        set_slider(page, "prompts", 2)
+        set_slider(page, "max new tokens", 4)
+        page.click("#batch-run")
+        page.wait_for_function("document.body.innerText.includes('NAIVE: broken on purpose')", timeout=180_000)
+        visible_plots(page, 3, 60_000)
+    elif tab == "Exactness":
+        set_slider(page, "N samples per sampler", 100)
+        set_slider(page, "tokens per sample", 1)
+        page.click("#exactness-run")
+        page.wait_for_selector("#exactness-plot .js-plotly-plot", timeout=180_000)
+    elif tab == "Race":
+        set_slider(page, "max new tokens", 8)
+        page.click("#race-run")
+        page.wait_for_selector("#race-verdict", timeout=180_000)
+    else:
+        return False
+    page.wait_for_timeout(500)
+    return True
+
+
+def ready(page, tab: str) -> None:
+    """What a tab shows from the Playground run before any run of its own."""
+    if tab == "Step through":
+        page.wait_for_selector("#step-explainer h4:has-text('Round')", timeout=30_000)
+    elif tab == "Explorer":
+        page.wait_for_selector("#explorer-plot .js-plotly-plot", timeout=60_000)
+    elif tab == "Learn":
+        page.wait_for_function("document.body.innerText.includes('Double Early Exiting')", timeout=10_000)
+    page.wait_for_timeout(500)
+
+
+def axe_violations(page) -> list[dict]:
+    if not page.evaluate("typeof axe !== 'undefined'"):
+        page.add_script_tag(path=str(AXE))
+    return page.evaluate(AXE_RUN)
+
+
+def describe(violations: list[dict]) -> str:
+    return "; ".join(f"{v['id']} ({v['impact']}, {len(v['nodes'])} node(s): "
+                     + ", ".join(n["target"] for n in v["nodes"][:3]) + ")" for v in violations)
+
+
+def violations_by_tab(page, runs: list[str]) -> str:
+    """Every tab after the Playground run (the Playground before it too), and each tab in `runs` once more
+    after a run of its own; '' when axe-core finds nothing."""
+    found = {}
+    for tab in TABS:
+        open_tab(page, tab)
+        ready(page, tab)
+        found[tab] = axe_violations(page)
+        if tab in runs and run_tab(page, tab):
+            found[f"{tab} after its run"] = axe_violations(page)
+    return "\n".join(f"{tab}: {describe(v)}" for tab, v in found.items() if v)
+
+
+def test_no_wcag_violation_on_any_tab_after_a_run(browser, server):
+    page = open_page(browser, server, "light")
+    report = violations_by_tab(page, TABS)
+    page.context.close()
+    assert not report, "axe-core WCAG 2 A/AA violations:\n" + report
+
+
+def test_no_wcag_violation_in_dark_mode(browser, server):
+    """A student whose system asks for dark mode gets Gradio's dark theme: the same check, with the runs
+    that add the page's own HTML (Playground, and Race's lanes)."""
+    page = open_page(browser, server, "dark")
+    report = violations_by_tab(page, ["Playground", "Race"])
+    page.context.close()
+    assert not report, "axe-core WCAG 2 A/AA violations in dark mode:\n" + report
