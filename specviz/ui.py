@@ -52,7 +52,7 @@ EXAMPLES = [p["prompt"] for p in load_prompts(DEFAULT_PROMPTS)]
 DOWNLOAD_DIR = Path(tempfile.gettempdir()) / "specviz-traces"
 
 
-_SERVICE: list[Service] = []
+_SERVICES: dict[bool, Service] = {}  # in_thread() -> the service (tests switch SPECVIZ_ENGINE within one process)
 _SERVICE_LOCK = threading.Lock()
 
 
@@ -64,11 +64,12 @@ def in_thread() -> bool:
 
 def service() -> Service:
     """The app's one way to the engine: the trace cache, the queue and the engine workers (built on first use)."""
+    threaded = in_thread()
     with _SERVICE_LOCK:
-        if not _SERVICE:
-            pool = EnginePool(PoolConfig.from_env(in_thread=in_thread()), wrap=gpu if spaces is not None else None)
-            _SERVICE.append(Service(pool, Admission(AdmissionConfig.from_env(pool.size)), TraceCache.from_env()))
-        return _SERVICE[0]
+        if threaded not in _SERVICES:
+            pool = EnginePool(PoolConfig.from_env(in_thread=threaded), wrap=gpu if spaces is not None else None)
+            _SERVICES[threaded] = Service(pool, Admission(AdmissionConfig.from_env(pool.size)), TraceCache.from_env())
+        return _SERVICES[threaded]
 
 
 def gpu(fn: Callable) -> Callable:

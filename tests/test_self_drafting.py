@@ -58,8 +58,8 @@ def test_the_app_runs_training_free_kangaroo_on_a_qwen3_path(qwen3_dir, monkeypa
     monkeypatch.setenv("SPECVIZ_ENGINE", "thread")
     from specviz import ui
 
-    text, trace_json = ui.playground_api("def f(x):", "kangaroo", json.dumps({"max_new_tokens": 16}),
-                                         str(qwen3_dir / "target"), "")
+    text, trace_json = ui.playground_api(None, "def f(x):", "kangaroo", json.dumps({"max_new_tokens": 16}),
+                                         str(qwen3_dir / "target"), "")  # None: no browser session
     trace = json.loads(trace_json)
     assert trace["meta"]["kangaroo_drafter"] == "logit lens (no adapter)"
     local = run("autoregressive", load_pair(str(qwen3_dir / "target"), device="cpu", cache=None), "def f(x):",
