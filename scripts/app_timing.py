@@ -151,6 +151,7 @@ def main() -> None:
                 outputs = client.predict(*playground_stream_args("draft_model", args.tokens, prompt),
                                          api_name="/playground_measure_again")
                 page_trace = Trace.read(outputs[-1][0], 50_000_000)
+                time.sleep(0.5)  # the client's threads done: the reference runs alone in this process
                 local = run("draft_model", pair, prompt, **common)
                 if r:
                     first_app.append(first_verify_ms(page_trace))

@@ -160,11 +160,14 @@ def race_html(method: Trace, baseline: Trace, max_seconds: float = 60.0, served:
 
 # The replay, in the browser: a finished run's HTML (replay_html, race_html) holds every token with the time
 # its run committed it (data-t); this reveals them at that pace, so a replay costs the server nothing.
+# Gradio's pulsing border around a waiting output is switched off: in a browser on the server's own cores (a
+# demo laptop, the timing script) its endless animation took CPU from the run being timed.
 REPLAY_CSS = """
 .sv-replay.sv-playing .sv-future { display: none; } .sv-replay.sv-playing .sv-after { visibility: hidden; }
 .sv-replay-bar { display: flex; gap: .5rem; align-items: center; font-size: .85rem; margin-bottom: .3rem; }
 .sv-replay-bar button { border: 1px solid #6b7280; border-radius: 4px; padding: 0 .5rem; background: #fff; color: #111; }
 .sv-queue { padding: .6rem; border: 1px dashed #6b7280; border-radius: 6px; color: #1f2937; }
+.generating { animation: none !important; }
 """
 REPLAY_JS = """
   const svPlay = (box) => {

@@ -17,6 +17,7 @@ from typing import Any, Iterator
 from .admission import Admission, Place, Ticket
 
 POLL_SECONDS = 0.25  # how often a waiting handler re-reads its place (its page updates only on a change)
+RUNNING_POLL_SECONDS = 1.0  # the same while the run is timed: as little as possible happens beside it
 # A generator handler must yield that often: Gradio stops (Stop, a closed page) a sync generator only between
 # two of its yields, and waits for that before it answers the cancel request.
 
@@ -81,7 +82,8 @@ class Service:
         flight, leader = self._join(job, session, fresh)
         try:
             shown: Any = None
-            while not flight.done.wait(0 if shown is None else POLL_SECONDS):
+            while not flight.done.wait(0 if shown is None else RUNNING_POLL_SECONDS if shown[0] == "running"
+                                       else POLL_SECONDS):
                 if flight.ticket.admitted.is_set():
                     update = Update("running", worker=flight.worker, progress=flight.progress)
                 else:

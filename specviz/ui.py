@@ -684,19 +684,21 @@ def build_demo() -> gr.Blocks:
         # Every event that needs the engine is admitted by Gradio at once (ENGINE_EVENTS) and waits in
         # specviz.admission's queue, which answers with its place and estimated wait.
         engine_events = dict(concurrency_limit=ENGINE_EVENTS, concurrency_id="engine")
+        # Playground and Race show their own answer (place, then the replay): no spinner or timer beside a timed run
+        replayed = dict(engine_events, show_progress="hidden")
         playground_io = ([prompt, target, draft, method] + common + specific + costs,
                          [tokens, timeline, hist, pos, stats, mirror_plot, trace_state, files])
         run_event = run_btn.click(friendly(playground_run), *playground_io, api_visibility="undocumented",
-                                  api_name="playground_stream", **engine_events)
+                                  api_name="playground_stream", **replayed)
         again_event = again_btn.click(friendly(playground_measure_again), *playground_io, api_visibility="undocumented",
-                                      api_name="playground_measure_again", **engine_events)
+                                      api_name="playground_measure_again", **replayed)
         stop_btn.click(None, None, None, cancels=[run_event, again_event])
         exact_btn.click(friendly(exactness_lab), [e_prompt, e_method, e_temp, e_topk, e_topp, e_n, e_tokens, e_seed, e_broken,
                                                   target, draft], [e_plot, e_table], api_name="exactness", **engine_events)
         race_io = ([r_prompt, r_method, r_tokens, target, draft], race_out)
-        race_btn.click(friendly(race), *race_io, api_visibility="undocumented", api_name="race", **engine_events)
+        race_btn.click(friendly(race), *race_io, api_visibility="undocumented", api_name="race", **replayed)
         race_again.click(friendly(race_measure_again), *race_io, api_visibility="undocumented",
-                         api_name="race_measure_again", **engine_events)
+                         api_name="race_measure_again", **replayed)
         explorer_inputs = [x_alpha, x_gamma, x_c, x_v, x_points]
         for event in (run_event, again_event):
             event.then(add_explorer_point, [trace_state] + explorer_inputs, [x_points, x_plot], api_visibility="private")
