@@ -18,6 +18,7 @@ from .models import weights_read_per_token
 from .methods import METHODS
 from .methods.base import Cancelled, RunContext, validate_params
 from .trace import HEALING_STEP, Recorder, RowResult, Trace, fill_token_text
+from .shown import shown
 from .verify import Sampling
 
 MAX_PROMPT_TOKENS = 2048
@@ -42,7 +43,7 @@ def target_layers(model) -> int | None:
 
 def method_class(name: str):
     if not isinstance(name, str) or name not in METHODS:
-        raise ValueError(f"unknown method {name!r}; choose one of: {', '.join(METHODS)}")
+        raise ValueError(f"unknown method {shown(name)}; choose one of: {', '.join(METHODS)}")
     return METHODS[name]
 
 

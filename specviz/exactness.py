@@ -42,6 +42,7 @@ import torch
 from .engine import Decoder, Output, context_limit, eos_ids
 from .stats import chi_square, total_variation
 from .trace import Recorder
+from .shown import shown
 from .verify import Sampling
 
 BROKEN_LABEL = ("BROKEN on purpose: a rejected draft is replaced by a token drawn from p instead of from the "
@@ -257,7 +258,7 @@ def exactness(method: str, pair, prompt: str, n: int = 2000, tokens: int = 2, br
         raise ValueError("hf_assisted decodes greedily only: its law is a point mass, nothing to test")
     for name, value, low, high in (("n", n, 1, MAX_SAMPLES), ("tokens", tokens, 1, MAX_TOKENS), ("top", top, 1, MAX_TOP)):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ValueError(f"{name} must be an integer in {low}..{high}; got {value!r}")
+            raise ValueError(f"{name} must be an integer in {low}..{high}; got {shown(value)}")
     if broken and method == "autoregressive":
         raise ValueError("broken=True breaks the speculative-sampling rule: choose a speculative method")
     for reserved in ("max_new_tokens", "seed", "verify_rule"):

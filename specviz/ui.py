@@ -33,6 +33,7 @@ from .trace import MAX_TRACE_BYTES, Event, Trace
 from .admission import Admission, AdmissionConfig
 from .pool import EnginePool, PoolConfig
 from .serving import Job, Service, Update
+from .shown import shown
 from .trace_cache import TraceCache, label
 
 try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated function runs
@@ -142,7 +143,7 @@ def friendly(fn: Callable) -> Callable:
 def collect_params(method: str, common: dict[str, Any], specific: dict[str, Any]) -> dict[str, Any]:
     """Only the parameters this method has (the engine validates their values)."""
     if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; choose one of: {', '.join(METHODS)}")
+        raise ValueError(f"unknown method {shown(method)}; choose one of: {', '.join(METHODS)}")
     names = {p.name for p in METHODS[method].PARAMS}
     params = {k: v for k, v in common.items() if k in COMMON}
     params.update({k: v for k, v in specific.items() if k in names and v is not None and v != ""})

@@ -25,6 +25,8 @@ import queue
 import threading
 from typing import Any, Callable
 
+from .shown import shown
+
 REGISTRY = "specviz.engine_jobs"
 RUN_SECONDS_ENV = "SPECVIZ_RUN_SECONDS"
 
@@ -36,7 +38,7 @@ def run_seconds() -> float:
 def resolve(registry: str, name: str) -> Callable:
     module = importlib.import_module(registry)
     if name not in getattr(module, "JOBS", ()):
-        raise ValueError(f"unknown engine job {name!r}")
+        raise ValueError(f"unknown engine job {shown(name)}")
     return getattr(module, name)
 
 

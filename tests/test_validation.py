@@ -138,3 +138,15 @@ def test_an_exception_inside_a_method_leaves_the_engine_usable(pair, monkeypatch
             run("draft_model", pair, "def f(x):", max_new_tokens=5)
     assert run("draft_model", pair, "def f(x):", max_new_tokens=6).output_ids == \
         run("autoregressive", pair, "def f(x):", max_new_tokens=6).output_ids
+
+
+def test_an_error_names_a_wrong_value_by_type_and_excerpt_never_a_full_repr(embedded_pair):
+    """A ModelPair passed where the method name goes: the message says what was passed, in under 200 characters."""
+    from specviz import run
+
+    with pytest.raises(ValueError) as err:
+        run(embedded_pair, embedded_pair, "def f(x):")
+    message = str(err.value)
+    assert message.startswith("unknown method ModelPair ModelPair(") and len(message) < 200, message
+    with pytest.raises(ValueError, match=r"gamma must be int, got list \[0, 1, 2"):
+        run("draft_model", embedded_pair, "def f(x):", gamma=list(range(5000)))

@@ -16,6 +16,7 @@ import torch
 
 from ..engine import Decoder, Output
 from ..trace import Recorder
+from ..shown import shown
 from ..verify import Sampling
 
 
@@ -64,9 +65,9 @@ class Param:
             else:
                 value = str(value)
         except (TypeError, ValueError):
-            raise ValueError(f"{self.name} must be {self.kind.__name__}, got {value!r}") from None
+            raise ValueError(f"{self.name} must be {self.kind.__name__}, got {shown(value)}") from None
         if self.choices is not None and value not in self.choices:
-            raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}; got {value!r}")
+            raise ValueError(f"{self.name} must be one of {', '.join(map(str, self.choices))}; got {shown(value)}")
         if self.low is not None and value < self.low:
             raise ValueError(f"{self.name} must be >= {self.low}; got {value}")
         if self.high is not None and value > self.high:
