@@ -26,7 +26,6 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 TOLERANCE = 0.10
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"]
 
 
 def number(pattern: str, text: str) -> float:
@@ -95,6 +94,7 @@ def main() -> None:
     from playwright.sync_api import sync_playwright
 
     from appserver import running_app
+    from browser import launch
     from specviz import load_pair, run
     from specviz.api import run_batch
     from specviz.bench import DEFAULT_PROMPTS, load_prompts, run_matrix, summary
@@ -110,7 +110,7 @@ def main() -> None:
         run(m, pair, prompt, max_new_tokens=8)
     results: list[tuple] = []
     with running_app() as app, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS)
+        browser = launch(p)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(app.url)
         page.wait_for_selector("#run", timeout=60_000)

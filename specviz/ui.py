@@ -8,7 +8,6 @@ never in globals. Every run has a cancel flag: the Stop button, a closed page an
 """
 from __future__ import annotations
 
-import atexit
 import functools
 import io
 import json
@@ -16,7 +15,6 @@ import logging
 import os
 import tempfile
 import threading
-import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -29,7 +27,7 @@ from .bench import DEFAULT_PROMPTS, load_prompts
 from .methods import METHODS
 from .methods.base import COMMON_PARAMS, Param
 from .models import CURATED_PAIRS, EMBEDDED
-from .trace import MAX_TRACE_BYTES, Event, Trace
+from .trace import MAX_TRACE_BYTES, Trace
 from .admission import Admission, AdmissionConfig
 from .pool import EnginePool, PoolConfig
 from .serving import Job, Service, Update

@@ -4,15 +4,11 @@ The real `python app.py` in Debian's chromium (as tests/test_app.py); axe-core i
 tests/a11y/package.json, which .ci/run installs (`npm ci --prefix tests/a11y`)."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 
-from appserver import ROOT, running_app
-
-CHROMIUM = "/usr/bin/chromium"
-AXE = ROOT / "tests" / "a11y" / "node_modules" / "axe-core" / "axe.min.js"
-INSTALL = "npm ci --prefix tests/a11y"
+from appserver import running_app
+from browser import AXE, axe_script, launch
 TABS = ["Playground", "Compare", "Batch", "Step through", "Exactness", "Race", "Explorer", "Learn"]
 AXE_RUN = """async () => {
   const r = await axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa"]}, resultTypes: ["violations"]});
@@ -29,15 +25,11 @@ def server():
 
 @pytest.fixture(scope="module")
 def browser():
-    if not AXE.exists():
-        pytest.fail(f"{AXE.relative_to(ROOT)} missing: install axe-core with `{INSTALL}` (from the repository root)")
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
+    axe_script()  # installed with npm if missing, else the run stops with the command
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, headless=True,
-                              args=["--no-sandbox", "--disable-background-networking", "--disable-dev-shm-usage"])
+        b = launch(p)
         yield b
         b.close()
 
