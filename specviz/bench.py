@@ -356,9 +356,11 @@ def run_local(args: argparse.Namespace, plan: Plan, units: list[Unit]) -> Outcom
     """Every unit on this process's pair, in order; with `--resume`, finished units come from the journal."""
     from tqdm import tqdm
 
-    from .journal import open_journal, pair_fingerprint
+    from .journal import check_journal, open_journal, pair_fingerprint
     from .models import load_pair
 
+    if args.resume:
+        check_journal(args.out, plan, units)
     pair = load_pair(args.target, args.draft, device=args.device, dtype=args.dtype)
     journal = open_journal(args.out, plan, units, pair_fingerprint(pair)) if args.resume else None
     found = journal.done_rows() if journal else {}

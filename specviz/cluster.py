@@ -53,6 +53,15 @@ class RayTarget:
                              f"local[:N]")
         return cls(text, None)
 
+    @property
+    def loopback(self) -> bool:
+        """A local instance, or a cluster on this machine's loopback: Ray must not turn 127.0.0.1 into the
+        machine's network address (it does unless told otherwise, and then cannot reach a loopback head)."""
+        if self.address is None:
+            return True
+        host = self.address.removeprefix("ray://").rpartition(":")[0] or self.address
+        return host in ("127.0.0.1", "localhost") or host.startswith("127.")
+
 
 @dataclass(frozen=True)
 class Slot:
@@ -222,7 +231,7 @@ def check_node(paths: tuple[str, ...], code: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- the driver
 def connect(target: RayTarget) -> bool:
     """Connect to the cluster or start a local instance; True if this call did (so it shuts down after)."""
-    if target.address is None and "ray" not in sys.modules:
+    if target.loopback and "ray" not in sys.modules:
         os.environ.update({k: os.environ.get(k, v) for k, v in LOOPBACK_ENV.items()})  # read when Ray is imported
     import logging
 
@@ -417,18 +426,24 @@ def dispatch(handles: dict[str, Any], fit: list[str], units: list, journal, bar)
     return state, False
 
 
-def run_cluster(args, plan, units: list):
-    """The bench's `--ray` path: the same units as a local run, on the cluster's workers."""
+def run_cluster(args, plan, units: list, worker_cls: type = BenchWorker):
+    """The bench's `--ray` path: the same units as a local run, on the cluster's workers. `worker_cls`: a
+    BenchWorker subclass (the tests inject faults with one)."""
     from tqdm import tqdm
 
     from .bench import Outcome, PairInfo
-    from .journal import open_journal
+    from .journal import check_journal, open_journal
 
+    check_journal(args.out, plan, units)  # a journal of another command is refused before Ray starts
     target = RayTarget.parse(args.ray)
     try:
         owned = connect(target)
     except ImportError:
         raise ValueError("--ray needs Ray: pip install -r requirements-cluster.txt (docs/cluster.md)") from None
+    except (ConnectionError, RuntimeError) as exc:
+        raise ValueError(f"cannot reach the Ray cluster at {args.ray}: {first_line(exc)}. A cluster with token "
+                         f"authentication (Ray's default) needs RAY_AUTH_MODE=token here and its token in "
+                         f"RAY_AUTH_TOKEN or ~/.ray/auth_token (docs/cluster.md)") from None
     import ray
 
     handles: dict[str, Any] = {}
@@ -438,7 +453,7 @@ def run_cluster(args, plan, units: list):
         code = code_digest()
         check_nodes(spec, code)
         slots = plan_slots(ray.nodes(), args.device, args.worker_cpus, target.local_workers)
-        handles, infos = start_workers(slots, spec, plan, code, quiet=args.quiet)
+        handles, infos = start_workers(slots, spec, plan, code, worker_cls, quiet=args.quiet)
         fingerprint = agree(infos)
         fit = [i["worker"] for i in infos if not i.get("error")]
         journal = open_journal(args.out, plan, units, fingerprint)

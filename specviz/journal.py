@@ -179,27 +179,48 @@ def _lock(handle: TextIO, path: Path) -> None:
         raise JournalMismatch(f"another bench run is writing {path}; wait for it or use another --out") from None
 
 
+def mismatch(path: Path, theirs: dict[str, Any], ours: dict[str, Any]) -> JournalMismatch:
+    return JournalMismatch(
+        f"{path} was written by a different command, so its units cannot be reused here: "
+        + "; ".join(differences(theirs, ours))
+        + f". Run that command again to finish it, or use another --out (or delete {path.name} to start over)")
+
+
+def read_header(path: Path) -> dict[str, Any] | None:
+    """The identity in the journal at `path` (None: no journal yet); refuses a file that is not one."""
+    if not path.exists() or not path.stat().st_size:
+        return None
+    header, _ = read_records(path)
+    if header is None:
+        raise JournalMismatch(f"{path} is not a bench journal (its first line is no header); move it away or "
+                              f"use another --out")
+    return header["identity"]
+
+
+def check_journal(out: str | Path, plan, units) -> None:
+    """Before any model loads: refuse a journal of another command on everything but the pair's weights
+    (the fingerprint needs the loaded pair; open_journal checks it)."""
+    path = journal_path(out)
+    theirs = read_header(path)
+    if theirs is not None and theirs != identity(plan, units, theirs.get("pair", "")):
+        raise mismatch(path, theirs, identity(plan, units, theirs.get("pair", "")))
+
+
 def open_journal(out: str | Path, plan, units, fingerprint: str) -> Journal:
     """Open (or start) the journal beside `out` for this command; refuse one written by another command."""
     path = journal_path(out)
     ours = identity(plan, units, fingerprint)
-    records: list[dict[str, Any]] = []
-    if path.exists() and path.stat().st_size:
-        header, records = read_records(path)
-        if header is None:
-            raise JournalMismatch(f"{path} is not a bench journal (its first line is no header); move it away or "
-                                  f"use another --out")
-        if header["identity"] != ours:
-            raise JournalMismatch(
-                f"{path} was written by a different command, so its units cannot be reused here: "
-                + "; ".join(differences(header["identity"], ours))
-                + f". Run that command again to finish it, or use another --out (or delete {path.name} to start over)")
+    theirs = read_header(path)
+    if theirs is not None and theirs != ours:
+        raise mismatch(path, theirs, ours)
+    records = read_records(path)[1] if theirs is not None else []
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = path.open("a", encoding="utf-8")
     _lock(handle, path)
-    journal = Journal(path, ours, records, handle)
-    if not records and path.stat().st_size == 0:
+    if theirs is not None and not path.read_bytes().endswith(b"\n"):
+        handle.write("\n")  # a line cut short by a crash stays alone on its line (and is skipped)
+    if theirs is None:
         handle.write(json.dumps({"identity": ours, "units": len(units), "created": time.time()}) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
-    return journal
+    return Journal(path, ours, records, handle)
