@@ -120,10 +120,12 @@ def prompt_rows(pair, methods: list[MethodSpec], prompt: dict, repeats: int, ove
         order = methods[r % len(methods):] + methods[: r % len(methods)]
         for label, name, params in order:
             traces[label].append(run(name, pair, prompt["prompt"], **params))
-            tick and tick()
+            if tick:
+                tick()
             if overhead:
                 bare[label].append(run(name, pair, prompt["prompt"], record=False, **params).wall_time)
-                tick and tick()
+                if tick:
+                    tick()
     base = min(traces[BASELINE], key=lambda t: abs(t.wall_time - median(x.wall_time for x in traces[BASELINE])))
     rows = []
     for label, name, params in methods:
@@ -210,7 +212,8 @@ def batch_rows(pair, methods: list[MethodSpec], prompts: list[dict], repeats: in
     for r in range(repeats):
         for label, name, params in methods[r % len(methods):] + methods[: r % len(methods)]:
             traces[label].append(run_batch(name, pair, texts[: sizes[label]], **params))
-            tick and tick()
+            if tick:
+                tick()
     rows = []
     for label, name, params in methods:
         runs = traces[label]
@@ -299,7 +302,8 @@ def make_units(plan: Plan, prompts: list[dict[str, str]]) -> list[Unit]:
 def run_unit(pair, plan: Plan, unit: Unit, tick: Tick | None = None) -> list[dict[str, Any]]:
     """Measure one unit on `pair`: its rows, each with its output's digest. The one function every path runs."""
     if unit.kind == "batch":
-        return batch_rows(pair, list(plan.batched), list(unit.prompts), plan.repeats, plan.pool_factor, tick, digest=True)
+        return batch_rows(pair, list(plan.batched), list(unit.prompts), plan.repeats, plan.pool_factor, tick,
+                          digest=True)
     return prompt_rows(pair, list(plan.single), unit.prompts[0], plan.repeats, plan.overhead, tick, digest=True)
 
 
@@ -461,7 +465,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overhead", action="store_true", help="also run each method without recording: recording overhead column")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--resume", action="store_true",
-                   help="keep a journal of finished units beside --out and skip the units it holds (always on with --ray)")
+                   help="keep a journal of finished units beside --out and skip the units it holds "
+                        "(always on with --ray)")
     p.add_argument("--ray", default=None, metavar="ADDRESS|local[:N]",
                    help="run the units on Ray workers: a cluster's address (auto, host:port, ray://host:port), or "
                         "local[:N] for N CPU workers on this machine (a rehearsal); pip install -r "
@@ -571,14 +576,16 @@ def write_outputs(args: argparse.Namespace, outcome: Outcome, command: str, prom
         print(f"{outcome.resumed} of {outcome.units} units came from the journal {journal_path(args.out)} "
               f"(measured by an earlier run of this command; delete it to measure all again)")
     if outcome.interrupted:
-        again = "re-run the same command to finish" if (args.ray or args.resume) else "add --resume next time to keep them"
+        again = ("re-run the same command to finish" if (args.ray or args.resume)
+                 else "add --resume next time to keep them")
         print(f"interrupted: {outcome.done} of {outcome.units} units finished and written; {again}")
     if table is not None:
         if args.markdown:
             Path(args.markdown).write_text(markdown_table(table) + f"\n`{command}`\n")
         record = summary_record(table, args, command, on, prompts)
         if devices is not None:
-            record["by_device"] = [{k: plain(v) for k, v in r.items()} for r in devices.reset_index().to_dict("records")]
+            record["by_device"] = [{k: plain(v) for k, v in r.items()}
+                                   for r in devices.reset_index().to_dict("records")]
             record["workers"] = outcome.workers
         if outcome.failed or outcome.interrupted:
             record["incomplete"] = {"units": outcome.units, "done": outcome.done, "failed": outcome.failed}

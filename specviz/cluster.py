@@ -321,7 +321,8 @@ def agree(infos: list[dict[str, Any]]) -> str:
     is marked unfit. Raises when no worker is fit."""
     fit = [i for i in infos if not i.get("error")]
     if not fit:
-        raise ValueError("no Ray worker could load the pair: " + "; ".join(f"{i['worker']}: {i['error']}" for i in infos))
+        raise ValueError("no Ray worker could load the pair: "
+                         + "; ".join(f"{i['worker']}: {i['error']}" for i in infos))
     common, _ = Counter(i["fingerprint"] for i in fit).most_common(1)[0]
     for info in fit:
         if info["fingerprint"] != common:

@@ -52,7 +52,7 @@ def pair_fingerprint(pair) -> str:
                 n = flat.numel()
                 if n:
                     k = min(16, n)
-                    idx = torch.arange(k, dtype=torch.int64) * (n - 1) // max(k - 1, 1)  # integer spacing: same everywhere
+                    idx = torch.arange(k, dtype=torch.int64) * (n - 1) // max(k - 1, 1)  # integers: same everywhere
                     h.update(flat[idx.to(flat.device)].float().cpu().numpy().tobytes())
         elif obj is not None:
             try:

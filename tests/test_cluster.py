@@ -165,8 +165,9 @@ def test_interrupted_run_resumes_and_another_command_is_refused(address, saved_p
     assert len(units) == 17 and len({r["unit"] for r in units}) == 17  # no unit ran twice
     pd.testing.assert_frame_equal(stable(pd.read_csv(out)), stable(local_run))
 
-    other = subprocess.run([sys.executable, "-m", "specviz.bench", *command(saved_pair, out, *on_ray(address), tokens=9)],
-                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    changed = command(saved_pair, out, *on_ray(address), tokens=9)
+    other = subprocess.run([sys.executable, "-m", "specviz.bench", *changed], cwd=ROOT, capture_output=True, text=True,
+                           timeout=120)
     assert other.returncode == 2 and "written by a different command" in other.stderr
     assert "max_new_tokens: 8 there, 9 here" in other.stderr
 

@@ -96,7 +96,8 @@ def test_units_are_keyed_by_what_determines_them(saved_pair, tmp_path):
     def keys(spec: str, *, seed: int = 0, fingerprint: str | None = None, **shared) -> list[str]:
         plan = bench.make_plan([bench.parse_method(spec, {"max_new_tokens": 6, "seed": seed, **shared})], repeats=1)
         units = bench.make_units(plan, prompts)
-        j = journal.Journal(tmp_path / "j", journal.identity(plan, units, fingerprint or journal.pair_fingerprint(pair)))
+        ident = journal.identity(plan, units, fingerprint or journal.pair_fingerprint(pair))
+        j = journal.Journal(tmp_path / "j", ident)
         return [j.key(u) for u in units]
 
     base = keys("draft_model")
@@ -151,7 +152,8 @@ def test_ray_addresses_parse():
 
 
 def node(node_id: str, cpus: int, gpus: int = 0, alive: bool = True) -> dict:
-    return {"NodeID": node_id, "Alive": alive, "Resources": {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}}
+    resources = {"CPU": float(cpus), **({"GPU": float(gpus)} if gpus else {})}
+    return {"NodeID": node_id, "Alive": alive, "Resources": resources}
 
 
 def test_worker_slots_one_per_gpu_or_per_cpu_node():
