@@ -233,6 +233,10 @@ def connect(target: RayTarget) -> bool:
     """Connect to the cluster or start a local instance; True if this call did (so it shuts down after)."""
     if target.loopback and "ray" not in sys.modules:
         os.environ.update({k: os.environ.get(k, v) for k, v in LOOPBACK_ENV.items()})  # read when Ray is imported
+    if target.address is None or (target.loopback and (Path.home() / ".ray" / "auth_token").is_file()):
+        # Token authentication, said out loud: a new local instance makes its token; a head on this machine's
+        # loopback gets this machine's token (Ray sends none to an explicit address unless told to).
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import logging
 
     import ray
