@@ -243,6 +243,14 @@ def connect(target: RayTarget) -> bool:
 
     if ray.is_initialized():  # a caller's connection (tests, notebooks): use it and leave it open
         return False
+    if target.address not in (None, "auto"):  # Ray itself retries a wrong address for minutes
+        host, _, port = target.address.removeprefix("ray://").rpartition(":")
+        host, port = (host, port) if host else (port, "10001")  # ray://host: the client's default port
+        try:
+            socket.create_connection((host, int(port)), timeout=10).close()
+        except OSError as exc:
+            raise ValueError(f"nothing answers at {target.address} ({exc}): is the head started, and is this "
+                             f"machine in the cluster's network?") from None
     if target.address is None:
         ray.init(address="local", num_cpus=target.local_workers, num_gpus=0, include_dashboard=False,
                  log_to_driver=False, logging_level=logging.WARNING)
@@ -355,8 +363,10 @@ class Dispatch:
         return None
 
 
-def dispatch(handles: dict[str, Any], fit: list[str], units: list, journal, bar) -> tuple[Dispatch, bool]:
-    """Hand units to free workers until all finished or failed twice; True as second value if interrupted."""
+def dispatch(handles: dict[str, Any], fit: list[str], units: list, journal, bar,
+             fingerprint: str) -> tuple[Dispatch, bool]:
+    """Hand units to free workers until all finished or failed twice; True as second value if interrupted.
+    A restarted worker comes back only with a clean self-check and the same weights (`fingerprint`)."""
     import ray
     from ray.exceptions import ActorDiedError, RayActorError
 
@@ -397,7 +407,7 @@ def dispatch(handles: dict[str, Any], fit: list[str], units: list, journal, bar)
                     worker, since = probing.pop(ref)
                     try:
                         info = ray.get(ref)
-                        if not info.get("error"):
+                        if not info.get("error") and info.get("fingerprint") == fingerprint:
                             idle.append(worker)
                     except ActorDiedError:
                         pass
@@ -466,7 +476,7 @@ def run_cluster(args, plan, units: list, worker_cls: type = BenchWorker):
         pending = [u for u in units if journal.key(u) not in found]
         bar = tqdm(total=len(pending), desc=f"bench on {len(fit)} Ray workers", unit="unit", file=sys.stderr,
                    disable=args.quiet)
-        state, interrupted = dispatch(handles, fit, pending, journal, bar)
+        state, interrupted = dispatch(handles, fit, pending, journal, bar, fingerprint)
         bar.close()
         rows = {u.index: found[journal.key(u)] for u in units if journal.key(u) in found}
         resumed = len(rows)

@@ -19,16 +19,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import cluster_faults
+from conftest import make_tiny_pair
+from specviz import bench, cluster, journal
 from specviz.cluster import LOOPBACK_ENV
-
-for _key, _value in LOOPBACK_ENV.items():  # before Ray is imported: a local instance stays on 127.0.0.1
-    os.environ.setdefault(_key, _value)
-
-import ray  # noqa: E402  (fails, not skips, without requirements-cluster.txt)
-
-import cluster_faults  # noqa: E402
-from conftest import make_tiny_pair  # noqa: E402
-from specviz import bench, cluster, journal  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "assets" / "prompts" / "code.jsonl"
@@ -39,7 +33,12 @@ STABLE = ["method", "prompt_id", "category", "new_tokens", "alpha", "tau", "equa
 
 @pytest.fixture(scope="module")
 def address():
-    """This module's connection to a Ray instance: CI's (RAY_ADDRESS) or one of its own, shut down after."""
+    """This module's connection to a Ray instance: CI's (RAY_ADDRESS) or one of its own, shut down after.
+    Ray is imported here, not at collection, so the rest of the suite never loads it."""
+    for key, value in LOOPBACK_ENV.items():  # before Ray is imported: a local instance stays on 127.0.0.1
+        os.environ.setdefault(key, value)
+    import ray  # fails (never skips) without requirements-cluster.txt
+
     given = os.environ.get("RAY_ADDRESS")
     if given:
         ray.init(address=given, log_to_driver=False)
