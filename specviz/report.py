@@ -47,8 +47,10 @@ def category_figure(df: pd.DataFrame) -> go.Figure | None:
     return fig
 
 
-def write_report(df: pd.DataFrame, table: pd.DataFrame, path: str | Path, *, command: str, pair=None) -> Path:
-    """Write the report; returns its path. Tables are escaped by pandas; figures embed plotly.js once."""
+def write_report(df: pd.DataFrame, table: pd.DataFrame, path: str | Path, *, command: str, pair=None,
+                 sections: dict[str, pd.DataFrame] | None = None) -> Path:
+    """Write the report; returns its path. Tables are escaped by pandas; figures embed plotly.js once.
+    `sections`: more tables after the summary, by title (a cluster run's per-device table, its failed units)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     single = df[df["category"].astype(str) != "batch"] if "category" in df else df
@@ -61,6 +63,8 @@ def write_report(df: pd.DataFrame, table: pd.DataFrame, path: str | Path, *, com
     divs = [pio.to_html(fig, include_plotlyjs=(i == 0), full_html=False, default_width="100%")
             for i, fig in enumerate(figures)]
     when = time.strftime("%Y-%m-%d %H:%M %Z")
+    extra = "".join(f"<h2>{html.escape(title)}</h2>\n{frame.to_html(float_format=lambda v: f'{v:.3f}', border=0)}\n"
+                    for title, frame in (sections or {}).items())
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>specviz bench report</title>
 <style>{STYLE}</style></head><body>
 <h1>specviz bench report</h1>
@@ -70,6 +74,7 @@ speedup is tokens/s over the autoregressive run of the same prompt; values are m
 <h2>Reproduce</h2><pre>{html.escape(command)}</pre>
 <h2>Summary (median per method)</h2>
 {table.to_html(float_format=lambda v: f"{v:.3f}", border=0)}
+{extra}
 <h2>Figures</h2><div class="grid">{''.join(f'<div>{d}</div>' for d in divs)}</div>
 <h2>Every run</h2>
 {df.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, na_rep="")}
