@@ -64,25 +64,12 @@ def legend_html() -> str:
     return f'<div class="sv-legend">{items}</div>'
 
 
-def tokens_html(prompt: str, events: Iterable[Event], row: int = 0, decode=None, status: str = "") -> str:
-    """The prompt, then every output token of `row` coloured by fate (hover: p, q, round, depth, source).
-    `decode(id)` supplies text for events whose text is not filled yet (while streaming)."""
-    spans = []
-    for e in sorted((e for e in events if e.kind in TOKEN_KINDS and e.row == row), key=lambda e: e.position):
-        text = e.text if e.text or decode is None else decode(e.token_id)
-        spans.append(token_span(e, text))
+def tokens_html(prompt: str, events: Iterable[Event], row: int = 0, status: str = "") -> str:
+    """The prompt, then every output token of `row` coloured by fate (hover: p, q, round, depth, source)."""
+    spans = [token_span(e) for e in sorted((e for e in events if e.kind in TOKEN_KINDS and e.row == row),
+                                           key=lambda e: e.position)]
     note = f'<div class="sv-note">{esc(status)}</div>' if status else ""
     return f'<div class="sv-tokens"><span class="sv-prompt">{esc(prompt)}</span>{"".join(spans)}</div>{note}'
-
-
-def streamed_prompt(prompt: str, events: Iterable[Event]) -> str:
-    """The prompt as the model saw it while a run streams: without the text token healing backed off
-    (the finished trace's row carries that prompt itself)."""
-    for e in events:
-        if is_healed_token(e):
-            removed = e.info["removed_text"]
-            return prompt[: len(prompt) - len(removed)] if prompt.endswith(removed) else prompt
-    return prompt
 
 
 def trace_html(trace: Trace, row: int = 0, status: str = "") -> str:
