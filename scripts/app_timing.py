@@ -40,7 +40,8 @@ def check(name: str, page_values: list[float], engine_values: list[float], resul
     ratio = page / engine if engine else float("nan")
     ok = abs(ratio - 1) <= TOLERANCE
     results.append((name, page, engine, ratio, ok))
-    print(f"  {name:48s} page {page:8.3f} | engine {engine:8.3f} | page/engine {ratio:.3f} {'ok' if ok else 'FAIL'}",
+    print(f"  {name:48s} page {page:8.3f} | engine {engine:8.3f} | page/engine {ratio:.3f} {'ok' if ok else 'FAIL'}"
+          f"\n      page {[round(v, 3) for v in page_values]}\n      engine {[round(v, 3) for v in engine_values]}",
           flush=True)
 
 
@@ -66,6 +67,16 @@ def set_value(page, selector: str, value) -> None:
     box.fill(str(value))
     box.press("Enter")
     page.wait_for_timeout(200)
+
+
+def run_and_wait(page, button: str, output: str) -> None:
+    """Click `button` and wait for the run it starts to finish: Gradio's status tracker on `output` shows, then
+    hides (the page's own DOM is never touched: Gradio's components own it)."""
+    busy = f"document.querySelector('{output} .wrap:not(.hide)') !== null"
+    page.click(button)
+    page.wait_for_function(busy, timeout=60_000)
+    page.wait_for_function(f"!({busy})", timeout=600_000)
+    page.wait_for_timeout(300)
 
 
 def playground_run(page, method: str) -> tuple[float, float]:
@@ -165,8 +176,12 @@ def main() -> None:
             for r in range(args.repeats + 1):
                 trace = run("draft_model", pair, EXAMPLES[1], max_new_tokens=RACE_DEFAULT_TOKENS, heal_prompt=True)
                 baseline = run("autoregressive", pair, EXAMPLES[1], max_new_tokens=RACE_DEFAULT_TOKENS, heal_prompt=True)
-                page.evaluate("document.querySelector('#race-html').innerHTML = ''")
+                before = page.get_attribute("#race-html .sv-replay", "data-measured-at") \
+                    if page.locator("#race-html .sv-replay").count() else None
                 page.click("#race-again")
+                page.wait_for_function(
+                    "(b) => { const r = document.querySelector('#race-html .sv-replay'); "
+                    "return r && r.dataset.measuredAt && r.dataset.measuredAt !== b; }", arg=before, timeout=300_000)
                 page.wait_for_selector("#race-verdict", timeout=300_000)  # shown when the replay ends
                 if "shared" in page.inner_text("#race-html") or "served from cache" in page.inner_text("#race-html"):
                     raise SystemExit("the race was not measured for this request")
@@ -183,12 +198,7 @@ def main() -> None:
             engine_values = {m: [] for m, _, _ in specs}
             for r in range(max(2, args.repeats // 2) + 1):
                 frame = summary(run_matrix(pair, specs, prompts, 1, progress=False))
-                page.evaluate("document.querySelector('#compare-table') && "
-                              "(document.querySelector('#compare-table').dataset.seen = '1')")
-                page.click("#compare-run")
-                page.wait_for_function("() => { const t = document.querySelector('#compare-table'); return t && "
-                                       "!t.dataset.seen && t.innerText.includes('kangaroo'); }", timeout=300_000)
-                page.wait_for_timeout(300)
+                run_and_wait(page, "#compare-run", "#compare-table")
                 text = page.inner_text("#compare-table")
                 if r:
                     for m in page_values:
@@ -205,12 +215,7 @@ def main() -> None:
             for r in range(max(2, args.repeats // 2) + 1):
                 eq = run_batch("eqspec", pair, prompts, max_new_tokens=24, batch_size=4, gamma=3)
                 ar = run_batch("batch_autoregressive", pair, prompts, max_new_tokens=24, batch_size=4)
-                page.evaluate("document.querySelector('#batch-table') && "
-                              "(document.querySelector('#batch-table').dataset.seen = '1')")
-                page.click("#batch-run")
-                page.wait_for_function("() => { const t = document.querySelector('#batch-table'); return t && "
-                                       "!t.dataset.seen && t.innerText.includes('NAIVE'); }", timeout=300_000)
-                page.wait_for_timeout(300)
+                run_and_wait(page, "#batch-run", "#batch-table")
                 rows = [line.split("\t") for line in page.inner_text("#batch-table").splitlines()]
                 rate = {(cells[0].strip(), cells[1].strip()): float(cells[2]) for cells in rows if len(cells) > 2
                         and cells[1].strip().isdigit()}
@@ -225,12 +230,7 @@ def main() -> None:
             page_values, engine_values = [], []
             for r in range(3):
                 got = exactness("draft_model", pair, "def f(x):", n=2000, tokens=2, seed=0, temperature=1.0)
-                page.evaluate("document.querySelector('#exactness-table') && "
-                              "(document.querySelector('#exactness-table').dataset.seen = '1')")
-                page.click("#exactness-run")
-                page.wait_for_function("() => { const t = document.querySelector('#exactness-table'); return t && "
-                                       "!t.dataset.seen && t.innerText.includes('BROKEN'); }", timeout=300_000)
-                page.wait_for_timeout(300)
+                run_and_wait(page, "#exactness-run", "#exactness-table")
                 line = next(x for x in page.inner_text("#exactness-table").splitlines() if x.startswith("draft_model\t"))
                 page_values.append(float(line.split("\t")[4]))
                 engine_values.append(round(got["method_seconds"], 1))

@@ -118,7 +118,8 @@ def lane_html(label: str, trace: Trace, lane_id: str) -> str:
             f'{"".join(token_span(e) for e in shown)}</div></div>')
 
 
-def race_html(method: Trace, baseline: Trace, max_seconds: float = 60.0, served: str = "") -> str:
+def race_html(method: Trace, baseline: Trace, max_seconds: float = 60.0, served: str = "",
+              measured_at: float | None = None) -> str:
     """Autoregressive and a method side by side, each MEASURED alone, sent once and replayed together by the
     browser (REPLAY_JS) with both clocks and the running speedup; at the end, whether the outputs agree."""
     end = max(method.wall_time, baseline.wall_time)
@@ -138,7 +139,8 @@ def race_html(method: Trace, baseline: Trace, max_seconds: float = 60.0, served:
             'distort both); the browser replays the two measured timelines together.'
             + (f" {esc(served)}." if served else "") + "</div>")
     speed = f"running speedup {final:.2f}x" if final else "running speedup -"
-    return (f'<div class="sv-replay sv-race-wrap" data-end="{end:.4f}" data-pace="{pace:.3f}">'
+    when = f' data-measured-at="{measured_at:.3f}"' if measured_at else ""
+    return (f'<div class="sv-replay sv-race-wrap" data-end="{end:.4f}" data-pace="{pace:.3f}"{when}>'
             f'{replay_bar("replay of both measured runs", end, pace)}'
             f'<div id="race-speed" data-sv-speedup="1">{esc(speed)}</div><div class="sv-race">'
             f'{lane_html("autoregressive", baseline, "race-ar")}{lane_html(method.method, method, "race-method")}'

@@ -307,7 +307,8 @@ def race(request: gr.Request, prompt, method, max_new_tokens, target, draft, fre
             yield status_html(queue_text(update), update.state, update) if update.changed else gr.skip()
     trace = Trace.from_json(update.result["trace"])
     baseline = Trace.from_json(update.result["baseline"])
-    yield render.race_html(trace, baseline, max_seconds=RACE_MAX_SECONDS, served=served_text(update))
+    yield render.race_html(trace, baseline, max_seconds=RACE_MAX_SECONDS, served=served_text(update),
+                           measured_at=update.measured_at)
 
 
 def race_measure_again(request: gr.Request, prompt, method, max_new_tokens, target, draft):
