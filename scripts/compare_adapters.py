@@ -2,8 +2,8 @@
 embedded target: greedy agreement on the command's own held-out windows, then speed (interleaved per prompt
 in one process, the same target object, medians over repeats).
 
-    python -m specviz.train kangaroo-adapter --target assets/models/target --exit-layer 2 --steps 400 --out /tmp/kadapter
-    python scripts/compare_adapters.py --new /tmp/kadapter/kangaroo-adapter
+    python -m specviz.train kangaroo-adapter --target assets/models/target --exit-layer 2 --steps 400 --out DIR
+    python scripts/compare_adapters.py --new DIR/kangaroo-adapter
 
 Nothing else may run meanwhile (pause training first).
 """

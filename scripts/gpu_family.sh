@@ -19,11 +19,11 @@
 set -uo pipefail
 OUT=${OUT:-gpu-family}
 CORPUS_PACK=${CORPUS_PACK:-.corpus}
-WORK=${WORK:-/tmp/specviz-gpu}
 TARGET_SECONDS=${TARGET_SECONDS:-285}
 DISTILL_SECONDS=${DISTILL_SECONDS:-70}
 REFINE_SECONDS=${REFINE_SECONDS:-130}
 PY=${PY:-python3}
+WORK=${WORK:-$($PY -m specviz.paths gpu)}  # run folders and the unpacked corpus
 DEVICE=${DEVICE:-cuda}  # DEVICE=cpu AMP= with small *_TOKENS and seconds: a dry run of this script here
 AMP=${AMP-bf16}
 TARGET_TOKENS=${TARGET_TOKENS:-131072}

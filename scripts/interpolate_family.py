@@ -5,8 +5,8 @@ every tensor of every sub-model becomes (1 - lam) * A + lam * B, in float32, sto
 
 Why: a dial between two families, e.g. repetition against speed (README, "Unlikelihood on a lent H100").
 
-    python scripts/interpolate_family.py assets/models /path/to/fine-tuned-family /tmp/mix0.3 --lam 0.3
-    SPECVIZ_EMBEDDED_DIR=/tmp/mix0.3 python -m specviz.bench ...
+    python scripts/interpolate_family.py assets/models FINE_TUNED_FAMILY MIX --lam 0.3
+    SPECVIZ_EMBEDDED_DIR=MIX python -m specviz.bench ...
 """
 from __future__ import annotations
 

@@ -19,12 +19,13 @@
 # processes on two cores slow a 2-thread job several-fold, and steps 3-4 are timings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUN_DIR="${SPECVIZ_TRAIN_DIR:-/work/specviz-train}"
-FAMILY="${SPECVIZ_FAMILY_DIR:-/work/specviz-family}"
+# defaults under ~/.cache/specviz (specviz.paths: $XDG_CACHE_HOME/specviz when that is set)
+RUN_DIR="${SPECVIZ_TRAIN_DIR:-$(python -m specviz.paths train)}"
+FAMILY="${SPECVIZ_FAMILY_DIR:-$(python -m specviz.paths family)}"
 # the frozen teacher (students also stage an fp16 copy inside $FAMILY); SPECVIZ_FAMILY_TARGET names another one,
 # e.g. an unlikelihood fine-tune of the snapshot (python -m specviz.unlikelihood ... --out DIR: DIR/target)
 FAMILY_TARGET="${SPECVIZ_FAMILY_TARGET:-${FAMILY}-target}"
-SPEC_BENCH="${SPEC_BENCH:-/work/shared/data/spec_bench_question.jsonl}"
+SPEC_BENCH="${SPEC_BENCH:-$(python -m specviz.paths)/spec_bench_question.jsonl}"  # Spec-Bench's question.jsonl
 UNTIL="" THREADS=2
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -72,7 +73,8 @@ echo "3. quality: $FAMILY/quality.json"
 if [[ ! -f "$FAMILY/bench-summary.json" ]]; then
     learn=$(python scripts/remeasure_readme.py --list | grep -- '--json assets/models/bench-summary.json' | sed 's/^ *[0-9]*  //')
     args=${learn#python -m specviz.bench }
-    eval "python -m specviz.bench ${args/assets\/models\/bench-summary.json/$FAMILY/bench-summary.json} --out /tmp/learn.csv"
+    eval "python -m specviz.bench ${args/assets\/models\/bench-summary.json/$FAMILY/bench-summary.json} --out $FAMILY/learn.csv"
+    python -m specviz.paths --scrub "$FAMILY/bench-summary.json"  # the command it records names no machine's folder
 fi
 echo "4. learn: $FAMILY/bench-summary.json"
 

@@ -3,7 +3,7 @@ speculative decoding follows (first-draft acceptance), unlike agreement on corpu
 Also each trained exit of the target (its final norm and head on layer k's state), a ceiling for
 self-drafting at that depth.
 
-    python scripts/onpolicy_agreement.py --target DIR --drafter DIR [--corpus /work/specviz-train/corpus]
+    python scripts/onpolicy_agreement.py --target DIR --drafter DIR [--corpus RUN_DIR/corpus]
         [--students-ckpt OUT/ckpt.pt] [--prompts 16] [--prefix 64] [--new 96] [--threads 1]
     python scripts/onpolicy_agreement.py --family DIR [--code-prompts]   # every student of a family
 
@@ -35,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM
 
     from specviz.models import anatomy
+    from specviz.paths import cache_dir
     from specviz.unlikelihood import greedy_continuations
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -43,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--family", default="", help="a models dir: its target, drafter, sorted drafter and adapter")
     parser.add_argument("--code-prompts", action="store_true", help="continue the bundled prompts instead")
     parser.add_argument("--students-ckpt", default="", help="a specviz.students ckpt.pt: its drafter's weights")
-    parser.add_argument("--corpus", default="/work/specviz-train/corpus", help="prefixes come from its heldout.npy")
+    parser.add_argument("--corpus", default=str(cache_dir("train") / "corpus"),
+                        help="prefixes come from its heldout.npy (default: the training run folder's corpus)")
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--prefix", type=int, default=64)
     parser.add_argument("--new", type=int, default=96)

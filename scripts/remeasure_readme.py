@@ -1,13 +1,16 @@
-"""Re-run every benchmark README.md shows (the `python -m specviz.bench ...` line under each table), one
+"""Re-run every benchmark the README and docs/ show (the `python -m specviz.bench ...` line under each table), one
 after another, each into its own CSV and markdown table: what a new embedded family or a new machine
-needs before README's figures can be replaced. Nothing else may run meanwhile (pause training first).
+needs before those figures can be replaced. Nothing else may run meanwhile (pause training first).
 
     python scripts/remeasure_readme.py --list
     python scripts/remeasure_readme.py --out results/2026-11-27   # resumable: finished tables are kept
-    python scripts/remeasure_readme.py --apply results/2026-11-27  # put them into README.md
+    python scripts/remeasure_readme.py --apply results/2026-11-27  # put them back into README.md and docs/
 
---apply replaces each table that stands right above its command (blank lines between) with the new one;
-a command with placeholders or an optional part, or with prose above it, is listed for a hand edit.
+The files are README.md, then docs/*.md in name order (or the ones given with --files); commands are numbered
+across them in that order. --apply replaces each table that stands right above its command (blank lines
+between) with the new one; a command with placeholders or an optional part, or with prose above it, is listed
+for a hand edit. A command that writes a bench summary (`--json`) has its record's paths made portable
+(specviz.paths) after it ran, so the committed file names no folder of this machine.
 
 Lines written with a placeholder, e.g. `--pool-factor F` followed by "(F = 1, 2, 4, 8)", run once per value;
 an optional part in brackets, e.g. `[--target 'embedded[:8]']`, runs without it and with it.
@@ -22,6 +25,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a file from anywhere: specviz.paths
 COMMAND = re.compile(r"`python -m specviz\.bench ([^`]+)`(?:\s*\((\w) = ([\d, ]+)\))?")
 OPTIONAL = re.compile(r"\[(--[a-z-]+ '[^']*')\]")  # "[--target 'embedded[:8]']": with and without
 
@@ -71,9 +75,26 @@ def table_above(lines: list[str], at: int) -> tuple[int, int] | None:
     return (start, end) if start < end else None
 
 
-def apply_tables(text: str, out_dir: Path) -> tuple[str, list[str]]:
-    """README's text with every single-run table replaced by out_dir's, and what was left for a hand edit."""
-    lines, todo, index, swaps = text.split("\n"), [], 0, []
+def default_files() -> list[Path]:
+    """README.md, then every page of docs/ in name order: where the tables and their commands live."""
+    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+def documents(files: list[Path]) -> list[tuple[Path, str, int]]:
+    """(file, its text, how many commands come before it) for each file, in order."""
+    out, before = [], 0
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        out.append((path, text, before))
+        before += len(readme_bench_commands(text))
+    return out
+
+
+def apply_tables(text: str, out_dir: Path, before: int = 0, name: str = "") -> tuple[str, list[str]]:
+    """The text with every single-run table replaced by out_dir's, and what was left for a hand edit. `before`:
+    the commands of earlier files (the numbering runs across files); `name`: the file, for the hand-edit list."""
+    lines, todo, index, swaps = text.split("\n"), [], before, []
+    where = f"{name}, " if name else ""
     for match in COMMAND.finditer(text):
         if "..." in match.group(1):
             continue
@@ -82,12 +103,12 @@ def apply_tables(text: str, out_dir: Path) -> tuple[str, list[str]]:
         at = text.count("\n", 0, match.start())
         block = table_above(lines, at)
         if runs != 1 or block is None:
-            todo.append(f"{first}{f'-{index}' if runs > 1 else ''} (line {at + 1}): "
+            todo.append(f"{first}{f'-{index}' if runs > 1 else ''} ({where}line {at + 1}): "
                         + ("placeholders or an optional part" if runs != 1 else "no table right above") + ": by hand")
             continue
         found = sorted(out_dir.glob(f"{first:02d}*.md"))
         if not found:
-            todo.append(f"{first} (line {at + 1}): not measured in {out_dir}")
+            todo.append(f"{first} ({where}line {at + 1}): not measured in {out_dir}")
             continue
         table = [row for row in found[0].read_text(encoding="utf-8").split("\n") if row.startswith("|")]
         swaps.append((block, table))
@@ -96,19 +117,31 @@ def apply_tables(text: str, out_dir: Path) -> tuple[str, list[str]]:
     return "\n".join(lines), todo
 
 
+def json_output(argv: list[str]) -> Path | None:
+    return ROOT / argv[argv.index("--json") + 1] if "--json" in argv[:-1] else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--readme", default=str(ROOT / "README.md"))
+    parser.add_argument("--files", nargs="+", default=None,
+                        help="markdown files holding the tables (default: README.md, then docs/*.md)")
+    parser.add_argument("--readme", help=argparse.SUPPRESS)  # the old single-file form: same as --files FILE
     parser.add_argument("--out", help="folder for the CSVs and markdown tables")
-    parser.add_argument("--apply", help="a folder this script filled: its tables into README")
+    parser.add_argument("--apply", help="a folder this script filled: its tables into the files")
     parser.add_argument("--list", action="store_true", help="print the commands (numbered as --only counts) and stop")
     parser.add_argument("--only", default="", help="comma-separated command numbers (1-based, as --list): the tables a "
                                                    "session has time for, the rest on the next run")
     args = parser.parse_args(argv)
-    commands = readme_bench_commands(Path(args.readme).read_text(encoding="utf-8"))
+    files = [Path(f) for f in args.files] if args.files else [Path(args.readme)] if args.readme else default_files()
+    docs = documents(files)
+    commands = [c for _, text, _ in docs for c in readme_bench_commands(text)]
     if args.apply:
-        text, todo = apply_tables(Path(args.readme).read_text(encoding="utf-8"), Path(args.apply))
-        Path(args.readme).write_text(text, encoding="utf-8")
+        todo = []
+        for path, text, before in docs:
+            new, left = apply_tables(text, Path(args.apply), before, name=path.name)
+            todo += left
+            if new != text:
+                path.write_text(new, encoding="utf-8")
         print("\n".join(["left for a hand edit:", *todo]) if todo else "every table replaced")
         return 0
     if args.list or not args.out:
@@ -130,6 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         if done.returncode:
             print(f"failed ({done.returncode}): stopping; rerun to resume", file=sys.stderr)
             return done.returncode
+        summary = json_output(full)
+        if summary is not None and summary.is_file():
+            from specviz.paths import scrub_file
+
+            scrub_file(summary)  # its command names out_dir: keep the committed record free of this machine's folders
     print(f"{len(commands)} tables in {out_dir}")
     return 0
 

@@ -3,7 +3,9 @@ the corpus manifest (each package's name, version and licence), the continued tr
 held-out curve, the students' report and the quality script's figures. Nothing in it is typed by hand, so
 the card cannot drift from the weights it describes.
 
-    python -m specviz.card --family DIR --train-dir /work/specviz-train --quality q.json [--out DIR/README.md]
+    python -m specviz.card --family DIR [--train-dir RUN_DIR] --quality q.json [--out DIR/README.md]
+
+Paths in the records are written portable (specviz.paths.scrub): relative in the repository, else no machine's layout.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from .paths import cache_dir, scrub
 
 SHAPES = (  # (model, directory, role); shapes are read from each config.json
     ("target", "target", "exits share the final norm + LM head; nested targets are its first layers"),
@@ -192,6 +196,7 @@ def training_records(family: Path, train_dir: Path) -> tuple[dict, dict, list[di
         manifest = read_json(train_dir / "corpus" / "manifest.json")
         evals = [r for r in map(json.loads, (train_dir / "metrics.jsonl").read_text().splitlines()) if r["event"] == "eval"]
         run = load_run_record(train_dir)
+        manifest, run = scrub(manifest), scrub(run)  # the run's config names its folders: no machine's paths
         kept.write_text(json.dumps({"manifest": manifest, "run": run, "evals": evals}, indent=1) + "\n", encoding="utf-8")
         return manifest, run, evals
     if not kept.is_file():
@@ -203,7 +208,8 @@ def training_records(family: Path, train_dir: Path) -> tuple[dict, dict, list[di
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", required=True, help="the family's folder (python -m specviz.students --out)")
-    parser.add_argument("--train-dir", default="/work/specviz-train", help="the continued training's run folder")
+    parser.add_argument("--train-dir", default=str(cache_dir("train")),
+                        help="the continued training's run folder (python -m specviz.train --run-dir)")
     parser.add_argument("--quality", required=True, help="python -m specviz.quality --json output")
     parser.add_argument("--first", default="", help="the first family's training-stats.json (its origin)")
     parser.add_argument("--out", default="", help="default: FAMILY/README.md")
@@ -213,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     family, train_dir = Path(args.family), Path(args.train_dir)
     try:
         manifest, ckpt, evals = training_records(family, train_dir)
-        report = read_json(family / "students-report.json")
-        quality = read_json(Path(args.quality))
+        report = scrub(read_json(family / "students-report.json"))
+        quality = scrub(read_json(Path(args.quality)))
         first = read_json(Path(args.first)) if args.first else None
     except (OSError, KeyError, json.JSONDecodeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -9,6 +9,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from .paths import portable_text
+
 SUMMARY_NAME = "bench-summary.json"
 # the Learn table's rows: (row key, bench labels that speak for it; the first present is shown, variants after)
 ROWS: dict[str, tuple[str, ...]] = {
@@ -63,8 +65,9 @@ def cell(key: str, summary: dict[str, Any] | None) -> str:
 
 def provenance(summary: dict[str, Any] | None) -> str:
     if not summary:
-        return ("No bench summary ships with these models: run the command in README's Results with "
+        return ("No bench summary ships with these models: run the Learn command in docs/results.md with "
                 f"`--json assets/models/{SUMMARY_NAME}`.")
     return (f"*Measured here*: the embedded pair on {summary.get('device', '?')} ({summary.get('dtype', '?')}), "
             f"{summary.get('measured', '?')}, {summary.get('prompts', '?')} prompts x {summary.get('repeats', '?')} repeats, "
-            f"greedy, medians, speedup over autoregressive decoding in the same process: `{summary.get('command', '?')}`.")
+            f"greedy, medians, speedup over autoregressive decoding in the same process: "
+            f"`{portable_text(summary.get('command', '?'))}`.")  # the command, not the folders of the machine it ran on

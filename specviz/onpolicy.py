@@ -6,7 +6,7 @@ decoding is sequential (192 forward calls for 192 new tokens) and a step's batch
 2,048 tokens on a GPU, one row on this CPU), so the device mostly waited on those calls: 65 refinement
 steps took 130 s of an H100. One generate call for 4-16x the rows costs little more than one for a
 step's rows, and serving each row `reuse` times halves the cost again. Acceptance follows agreement on
-the target's own text, not on corpus text (README, "Agreement"), so on-policy tokens are the ones worth
+the target's own text, not on corpus text (docs/embedded-models.md, "Agreement"), so on-policy tokens are the ones worth
 having many of.
 """
 from __future__ import annotations

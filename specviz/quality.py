@@ -32,7 +32,7 @@ this is that script. Four sections, each a number with its definition written he
 
     python -m specviz.quality --target embedded --json quality.json
     python -m specviz.quality --target /path/hf/target --draft assets/models/drafter \\
-        --corpus /work/specviz-train/corpus --spec-bench spec_bench_question.jsonl --per-category 5
+        --corpus ~/.cache/specviz/train/corpus --spec-bench spec_bench_question.jsonl --per-category 5
 """
 from __future__ import annotations
 
@@ -51,9 +51,9 @@ from statistics import median
 from typing import Any
 
 from .bench import DEFAULT_PROMPTS, _quote, load_prompts
-from .train import ContinueConfig
+from .paths import cache_dir, portable, portable_text, scrub
 
-DEFAULT_CORPUS = str(Path(ContinueConfig.run_dir) / "corpus")  # where `train --continue-target` builds it
+DEFAULT_CORPUS = str(cache_dir("train") / "corpus")  # where `train --continue-target` builds it by default
 NGRAM = 4  # the n of the repeated n-gram share (issue 16's goal is about 4-grams)
 GOALS = {"repeated_4gram_share": ("<=", 0.15), "parse_rate": (">=", 0.5)}  # issue 16
 OPENERS, CLOSERS = "([{", {"(": ")", "[": "]", "{": "}"}
@@ -279,7 +279,7 @@ def continuation_section(pair, cfg: QualityConfig) -> dict[str, Any]:
 
     healed = scored(continue_prompts(pair, prompts, cfg.max_new_tokens, NGRAM, heal=True))
     raw = scored(continue_prompts(pair, prompts, cfg.max_new_tokens, NGRAM, heal=False))
-    return {"prompts": len(prompts), "prompt_file": cfg.prompts, "max_new_tokens": cfg.max_new_tokens,
+    return {"prompts": len(prompts), "prompt_file": portable(cfg.prompts), "max_new_tokens": cfg.max_new_tokens,
             "token_healing": True, **healed, "without_healing": raw}
 
 
@@ -571,7 +571,7 @@ def main(argv: list[str] | None = None) -> int:
         spec_bench = {"skipped": f"error: {exc}"}
     seconds["spec_bench"] = round(time.time() - t, 1)
     result = {
-        "reproduce": command,
+        "reproduce": portable_text(command),  # committed beside the models: paths without the machine's layout
         "target": pair.target_name,
         "draft": pair.draft_name,
         "device": str(pair.device),
@@ -580,13 +580,13 @@ def main(argv: list[str] | None = None) -> int:
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "config": asdict(cfg),
+        "config": scrub(asdict(cfg)),
         "goals": {
             name: {"goal": f"{op} {bound}", "value": continuations[name], "met": goal_met(name, continuations[name])}
             for name, (op, bound) in GOALS.items()},
         "continuations": continuations,
-        "heldout": heldout,
-        "spec_bench": spec_bench,
+        "heldout": scrub(heldout),  # figures, folders and messages: no generated text to leave alone
+        "spec_bench": scrub(spec_bench),
         "seconds": seconds,
     }
     print(markdown_report(result))

@@ -1,7 +1,9 @@
 """Re-make the target's students from a (continued) target, keeping the drafters in step with it.
 
-    python -m specviz.students --target /tmp/ckpt-target --corpus /work/specviz-train/corpus \\
-        --out /work/specviz-students [--budget-minutes M] [--until HH:MM] [--threads 1] [--quick]
+    python -m specviz.students --target RUN_DIR/hf/target --corpus RUN_DIR/corpus \\
+        --out FAMILY [--budget-minutes M] [--until HH:MM] [--threads 1] [--quick]
+
+(RUN_DIR: `python -m specviz.train --continue-target`'s run folder, ~/.cache/specviz/train by default.)
 
 Why: a drafter is only as good as its agreement with *this* target. After the target is continued on
 the bigger corpus (train.continue_target), the shipped drafter, sorted drafter and Kangaroo adapter
@@ -51,6 +53,7 @@ import torch.nn.functional as F
 
 from .adapter import AdapterConfig, KangarooAdapter
 from .onpolicy import OnPolicyPool, PoolConfig
+from .paths import scrub
 from .train import (
     SPECVIZ_META,
     ContinueConfig,
@@ -624,6 +627,7 @@ def make(cfg: StudentsConfig, log: Log) -> dict | None:
     report = make_report(cfg, s, teacher, progress, manifest)
     save_outputs(out, s, teacher, progress.final["ranking"], log)
     report["target"]["staged_sha1"] = target_fingerprint(out / "target")["sha1"]
+    report = scrub(report)  # committed with the family: its folders relative, or without the machine's layout
     (out / REPORT).write_text(json.dumps(report, indent=2) + "\n")
     log(f"report -> {out / REPORT}")
     return report

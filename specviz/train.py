@@ -25,7 +25,7 @@ It warm-starts assets/models/target (same shape, tokenizer and exits 2/4/6/8) on
 specviz.corpus (the standard library plus pinned, permissively licensed packages fetched by pip),
 with a 256 -> 512 -> 1024 -> 2048-token sequence curriculum, AdamW and a warmup-stable-decay schedule
 over --total-tokens; checkpoints (model, optimizer, data position, RNG, step), an HF fp32 copy,
-the corpus and the logs live in --run-dir (default /work/specviz-train, outside the work tree),
+the corpus and the logs live in --run-dir (default ~/.cache/specviz/train, specviz.paths),
 and the same command resumes from there. Nothing is written into assets/models.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ import math
 import random
 import sysconfig
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +46,8 @@ import torch
 import torch.nn.functional as F
 
 from .adapter import KangarooAdapter
+from .paths import cache_dir as specviz_cache
+from .paths import portable
 
 EOS = "<|endoftext|>"
 SPECVIZ_META = "specviz.json"  # extra metadata beside config.json: trained exits, nested targets
@@ -554,7 +556,7 @@ class ContinueConfig:
     specviz.corpus, with a sequence-length curriculum up to the configs' 2,048 positions, resumable
     from checkpoints in run_dir (outside the work tree) and stopping cleanly at a wall-clock deadline."""
 
-    run_dir: str = "/work/specviz-train"
+    run_dir: str = field(default_factory=lambda: str(specviz_cache("train")))  # outside the work tree
     init: str = "assets/models/target"  # warm start (first run only; later runs resume run_dir/ckpt.pt)
     corpus: str = ""  # a built corpus (manifest.json + .npy) or a tree of .py files; "" = build from PACKAGES
     cache_dir: str = ""  # pip download cache ("" = specviz.corpus.DEFAULT_CACHE)
@@ -585,7 +587,7 @@ class ContinueConfig:
     quick: bool = False
 
     def quickened(self) -> "ContinueConfig":
-        return ContinueConfig(**{**asdict(self), "run_dir": "/tmp/specviz-train-quick", "tokens_per_step": 256,
+        return ContinueConfig(**{**asdict(self), "run_dir": str(specviz_cache("train-quick")), "tokens_per_step": 256,
                                   "curriculum": ((0.0, 32), (0.5, 64)), "total_tokens": 256 * 12, "warmup_steps": 2,
                                   "ckpt_minutes": 0.0, "eval_minutes": 0.0, "eval_windows": 4, "long_eval_windows": 1,
                                   "quick": True})
@@ -817,7 +819,7 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
         (run_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n")  # what the model card reads
         save_hf_fp32(model, tok, run_dir / "hf" / "target",
                      {**meta, "continued": {"step": step, "tokens": tokens, "corpus_tokens": manifest["tokens"],
-                                            "init": str(init)}})
+                                            "init": portable(init)}})
         log(f"checkpoint ({reason}): step {step}, {tokens} tokens -> {ckpt_path} and {run_dir / 'hf' / 'target'} "
             f"[{time.time() - t:.1f} s]")
 
@@ -930,7 +932,8 @@ def main(argv: list[str] | None = None) -> None:
     cont = parser.add_argument_group("continued training of the saved target on the bigger corpus (issue 16)")
     cont.add_argument("--continue-target", action="store_true",
                       help="warm-start --init (or resume --run-dir/ckpt.pt) on specviz.corpus with a 256->2048 curriculum")
-    cont.add_argument("--run-dir", default=None, help="checkpoints, HF fp32 copy, corpus and logs (default /work/specviz-train)")
+    cont.add_argument("--run-dir", default=None,
+                      help="checkpoints, HF fp32 copy, corpus and logs (default ~/.cache/specviz/train)")
     cont.add_argument("--init", default="assets/models/target")
     cont.add_argument("--corpus", default="", help="a built corpus dir (manifest.json) or a tree of .py files")
     cont.add_argument("--cache-dir", default="", help="pip download cache (default ~/.cache/specviz-corpus)")

@@ -8,7 +8,7 @@ Why: issue 16 measures the repeated 4-gram share of the target's greedy text. Th
 loss came with stronger copying of its own output (0.83 against the first target's 0.44). The goal is about
 the target's own greedy decoding, so it can only move through the weights.
 
-    python -m specviz.unlikelihood --target DIR --corpus /work/specviz-train/corpus --out DIR [--steps 300]
+    python -m specviz.unlikelihood --target DIR --corpus ~/.cache/specviz/train/corpus --out DIR [--steps 300]
         [--until HH:MM] [--threads 2] [--device cuda --amp bf16 --ul-batch 256 --mle-batch 64 --seconds 150]
 
 --anchor-weight W adds KL(starting target || target) on the continuations' unpenalized tokens
@@ -18,8 +18,8 @@ the target's own greedy decoding, so it can only move through the weights.
 Break the Loop", DITTO): no greedy text; a corpus span of 4-40 tokens is repeated after a corpus prefix, and
 each token of the n-th copy is pulled towards ratio x (its probability in copy n-1), with loss
 -log(1 - |p_n - ratio * p_(n-1)|). It teaches repetition to decay instead of pushing every repeat to zero,
-which is what flattened the target under unlikelihood (README). The repeated share of the model's greedy
-text is logged at each evaluation.
+which is what flattened the target under unlikelihood (docs/embedded-models.md). The repeated share of the
+model's greedy text is logged at each evaluation.
 
 On a lent GPU the greedy continuations come 256 rows at a time (the CPU runs had 8), and --seconds ends
 the run on time (the lr is constant after warm-up, so any stop is a finished run).
@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .paths import scrub
 from .train import SPECVIZ_META, TrainConfig, autocast, heldout_loss, multi_exit_loss, save_hf_fp32, set_lr, until_epoch
 
 
@@ -115,7 +116,7 @@ def own_text_losses(model, reference, seq: torch.Tensor, mask: torch.Tensor, sta
     `reference` is the target as the fine-tune found it (None: 0). Why: a penalty on the repeats alone
     taught the target to doubt every token (the median probability of its greedy token fell from 0.83 to
     0.16, and with it every drafter's acceptance); the anchor keeps its distribution where it did not repeat.
-    Measured (README): it helped a little at the mild end and not at all at the strong one."""
+    Measured (docs/embedded-models.md): it helped a little at the mild end and not at all at the strong one."""
     logits = model(seq[:, :-1]).logits.float()  # position j predicts seq[:, j + 1]
     logp = logits.log_softmax(-1)
     penalized = mask[:, 1:]
@@ -245,7 +246,8 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
         torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(), "step": step,
                     "history": history, "config": asdict(cfg)}, ckpt_path)
         if final:
-            record = {"steps": step, "from": cfg.target, "config": asdict(cfg), "history": history}
+            # the target's specviz.json travels with the model: no machine's paths in it
+            record = scrub({"steps": step, "from": cfg.target, "config": asdict(cfg), "history": history})
             save_hf_fp32(model, tok, out / "target", {**meta, "unlikelihood": record})
 
     if not history:

@@ -6,7 +6,7 @@ many tiny ops from a non-main thread), and Gradio runs handlers on worker thread
 every speedup too small. The engine process also keeps a crashing run (a segfault, an out-of-memory
 kill) away from the server: the run gets a clear error and the process is started again.
 
-One engine process runs one job at a time, so every timed run on a CPU server runs alone (README:
+One engine process runs one job at a time, so every timed run on a CPU server runs alone (docs/timings.md:
 "Timings in the app"). `ThreadEngine` runs the same jobs in the calling thread: ZeroGPU (whose
 `@spaces.GPU` must run in the server process), `SPECVIZ_ENGINE=thread`, and tests that patch the engine.
 

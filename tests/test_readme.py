@@ -14,7 +14,13 @@ from appserver import running_app
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
+DOCS = {path.name: path.read_text() for path in sorted((ROOT / "docs").glob("*.md"))}
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
+README_MAX_LINES = 250  # a newcomer's page: the record lives in docs/
+# a folder of one machine: a work tree, a home, root's home, a named temporary folder
+MACHINE_PATH = re.compile(r"/work/|/home/|/root/|/tmp/[a-z]")
+# where such a path is not a machine's: the image's own layout (the Spaces convention for a uid-1000 user)
+MACHINE_PATH_ALLOWED = {("Dockerfile", "WORKDIR /home/user/app")}
 
 
 def readme_commands() -> list[str]:
@@ -115,18 +121,57 @@ def test_docker_cmd_is_the_readme_command_and_serves_a_page():
             assert response.status == 200 and "gradio" in response.read().decode().lower()
 
 
-def test_every_benchmark_command_in_readme_is_valid(monkeypatch):
-    """README's tables carry the command that made them; each must still name real methods, parameters and
-    files (checked as the CLI checks them, without loading a model), or the table cannot be reproduced."""
+def remeasure_module():
     import importlib.util
-
-    from specviz import bench
 
     spec = importlib.util.spec_from_file_location("remeasure_readme", ROOT / "scripts" / "remeasure_readme.py")
     remeasure = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(remeasure)
-    commands = remeasure.readme_bench_commands(README)
-    assert len(commands) >= 10, "README's result tables lost their commands"
+    return remeasure
+
+
+def test_readme_is_a_newcomers_page_and_links_every_doc():
+    lines = README.count("\n")
+    assert lines <= README_MAX_LINES, f"README has {lines} lines: move the record into docs/ (limit {README_MAX_LINES})"
+    for name in DOCS:
+        assert f"docs/{name}" in README, f"README does not link docs/{name}"
+    for target in re.findall(r"\]\(((?:docs/|assets/)[^)#]+)", README):
+        assert (ROOT / target).exists(), f"README links {target}, which does not exist"
+    for name, text in DOCS.items():
+        for target in re.findall(r"\]\(([^)#:]+)", text):
+            assert (ROOT / "docs" / target).exists(), f"docs/{name} links {target}, which does not exist"
+
+
+def test_no_tracked_file_names_a_machines_folder():
+    """Defaults go under the cache (specviz.paths) or --out; records keep paths relative. tests/ may use /tmp."""
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.split(b"\0")
+    found = []
+    for name in (f.decode() for f in files if f and not f.startswith(b"tests/")):
+        path = ROOT / name
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        if b"\0" in data[:8192]:
+            continue  # binary: weights, screenshots
+        for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+            if MACHINE_PATH.search(line) and (name, line.strip()) not in MACHINE_PATH_ALLOWED:
+                found.append(f"{name}:{number}: {line.strip()[:100]}")
+    assert not found, "machine paths in tracked files:\n" + "\n".join(found)
+
+
+def test_every_benchmark_command_in_readme_is_valid(monkeypatch):
+    """The tables in README and docs/ carry the command that made them; each must still name real methods,
+    parameters and files (checked as the CLI checks them, without loading a model), or the table cannot be
+    reproduced."""
+    from specviz import bench
+
+    remeasure = remeasure_module()
+    assert remeasure.readme_bench_commands(README), "README's headline table lost its command"
+    commands = [c for _, text, _ in remeasure.documents(remeasure.default_files())
+                for c in remeasure.readme_bench_commands(text)]
+    assert len(commands) >= 10, "the result tables lost their commands"
     monkeypatch.chdir(ROOT)  # prompt paths in README are relative to the repository
     for argv in commands:
         bench.prepare(bench.build_parser().parse_args(argv))
@@ -138,12 +183,9 @@ def test_every_benchmark_command_in_readme_is_valid(monkeypatch):
 
 def test_remeasured_tables_go_back_above_their_commands(tmp_path):
     """scripts/remeasure_readme.py --apply: a table right above its command is replaced (a longer one too,
-    without shifting the next), one with prose above or placeholders is left for a hand edit."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("remeasure_readme", ROOT / "scripts" / "remeasure_readme.py")
-    remeasure = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(remeasure)
+    without shifting the next), one with prose above or placeholders is left for a hand edit; the numbering runs
+    on from one file to the next."""
+    remeasure = remeasure_module()
     cmd = "`python -m specviz.bench --limit {n} --methods autoregressive --out {n}.csv`"
     text = "\n".join(["# R", "| a |", "|---|", "| old1 |", "", cmd.format(n=1), "prose", "", cmd.format(n=2),
                       "| b |", "|---|", "| old3 |", "", cmd.format(n=3),
@@ -154,3 +196,14 @@ def test_remeasured_tables_go_back_above_their_commands(tmp_path):
     assert out.split("\n")[:6] == ["# R", "| a |", "|---|", "| new1 |", "| new1b |", ""]
     assert "| new3 |" in out and "old" not in out and out.count("`python -m specviz.bench") == 4
     assert [t.split(" ")[0] for t in todo] == ["2", "4-5"]
+    # a second file: its first command is number 6 (5 before it), so 06-*.md goes above it
+    (tmp_path / "06-6.md").write_text("| c |\n|---|\n| new6 |\n")
+    page = "\n".join(["| c |", "|---|", "| old6 |", "", cmd.format(n=6), ""])
+    readme, page_file = tmp_path / "R.md", tmp_path / "P.md"
+    readme.write_text(text)
+    page_file.write_text(page)
+    assert [before for _, _, before in remeasure.documents([readme, page_file])] == [0, 5]
+    out, todo = remeasure.apply_tables(page, tmp_path, before=5, name="P.md")
+    assert "| new6 |" in out and "old6" not in out and not todo
+    assert remeasure.main(["--files", str(readme), str(page_file), "--apply", str(tmp_path)]) == 0
+    assert "| new6 |" in page_file.read_text() and "| new3 |" in readme.read_text()
