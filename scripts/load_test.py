@@ -43,22 +43,20 @@ def rss_mb(pid: int) -> float:
 class User(threading.Thread):
     """One visitor: submits, records when the first answer and the result arrived and what the first said."""
 
-    def __init__(self, url: str, args: list) -> None:
+    def __init__(self, client, args: list, start: threading.Barrier) -> None:
         super().__init__(daemon=True)
-        self.url, self.args = url, args
+        self.client, self.args, self.start_together = client, args, start
         self.first_s = self.done_s = None
         self.first_html = ""
         self.result = None
         self.error = ""
 
     def run(self) -> None:
-        from gradio_client import Client
-
-        client = Client(self.url, verbose=False)
+        self.start_together.wait()  # every page is loaded: all click at once
         start = time.perf_counter()
-        job = client.submit(*self.args, api_name="/playground_stream")
+        job = self.client.submit(*self.args, api_name="/playground_stream")
         while not job.done() and not job.outputs():
-            time.sleep(0.005)
+            time.sleep(0.02)
         self.first_s = time.perf_counter() - start
         outputs = job.outputs()
         self.first_html = str(outputs[0][0]) if outputs else ""
@@ -70,7 +68,12 @@ class User(threading.Thread):
 
 
 def crowd(url: str, requests: list[list]) -> list[User]:
-    users = [User(url, args) for args in requests]
+    """One browser session per request (a gradio_client each, connected before the clock starts, as a page is
+    loaded before its click), all submitting at once."""
+    from gradio_client import Client
+
+    start = threading.Barrier(len(requests))
+    users = [User(Client(url, verbose=False, download_files=False), args, start) for args in requests]
     for u in users:
         u.start()
     for u in users:
@@ -81,7 +84,10 @@ def crowd(url: str, requests: list[list]) -> list[User]:
 def trace_of(user: User):
     from specviz.trace import Trace
 
-    return Trace.read(user.result[-1][0], 50_000_000) if user.result else None
+    if not user.result:
+        return None
+    saved = user.result[-1][0]  # the trace.json download: a path on this machine (not downloaded, see User)
+    return Trace.read(saved["path"] if isinstance(saved, dict) else saved, 50_000_000)
 
 
 def health(url: str) -> dict:

@@ -17,7 +17,7 @@ from typing import Any, Iterator
 from .admission import Admission, Place, Ticket
 
 POLL_SECONDS = 0.25  # how often a waiting handler re-reads its place (its page updates only on a change)
-RUNNING_POLL_SECONDS = 1.0  # the same while the run is timed: as little as possible happens beside it
+HEARTBEAT_SECONDS = 1.0  # longest time between two yields of a waiting handler
 # A generator handler must yield that often: Gradio stops (Stop, a closed page) a sync generator only between
 # two of its yields, and waits for that before it answers the cancel request.
 
@@ -82,17 +82,18 @@ class Service:
         flight, leader = self._join(job, session, fresh)
         try:
             shown: Any = None
-            while not flight.done.wait(0 if shown is None else RUNNING_POLL_SECONDS if shown[0] == "running"
-                                       else POLL_SECONDS):
+            said = 0.0  # when this request last yielded
+            while not flight.done.wait(0 if shown is None else POLL_SECONDS):
                 if flight.ticket.admitted.is_set():
                     update = Update("running", worker=flight.worker, progress=flight.progress)
                 else:
                     update = Update("queued", place=self.admission.place(flight.ticket))
                 view = (update.state, update.place.position if update.place else 0, id(update.progress))
-                # every poll yields (a handler's chance to notice Stop or a closed page); `changed` says
-                # whether the page needs a new answer
-                yield replace(update, changed=view != shown)
-                shown = view
+                # a change is yielded at once; otherwise a heartbeat every HEARTBEAT_SECONDS (a handler's chance
+                # to notice Stop or a closed page), so 32 waiting pages cost the server little
+                if view != shown or time.monotonic() - said >= HEARTBEAT_SECONDS:
+                    yield replace(update, changed=view != shown)
+                    shown, said = view, time.monotonic()
             if flight.error is not None:
                 raise flight.error
             yield Update("done", result=flight.result, served="engine" if leader else "shared",

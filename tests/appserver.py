@@ -76,9 +76,9 @@ def playground_stream_args(method: str, max_new_tokens: int, prompt: str = "def 
     """The Playground's inputs in order, each control at the value the page gives it for `method`."""
     from specviz.methods import METHODS
     from specviz.methods.base import COMMON_PARAMS
-    from specviz.ui import PARAMS, UI_DEFAULTS
+    from specviz.ui import MIRROR_COSTS, PARAMS, UI_DEFAULTS
 
     common = {p.name: UI_DEFAULTS.get(p.name, p.default) for p in COMMON_PARAMS} | {"max_new_tokens": max_new_tokens}
     own = {p.name: p.default for p in METHODS[method].PARAMS}
     specific = [own.get(name, p.default) for name, p in PARAMS.items()]
-    return [prompt, "embedded", "", method] + [common[p.name] for p in COMMON_PARAMS] + specific + [0.5, 0.4, 0.05]
+    return [prompt, "embedded", "", method] + [common[p.name] for p in COMMON_PARAMS] + specific + list(MIRROR_COSTS)
