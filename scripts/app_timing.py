@@ -69,6 +69,16 @@ def set_value(page, selector: str, value) -> None:
     page.wait_for_timeout(200)
 
 
+def table_rows(page, selector: str) -> list[dict[str, str]]:
+    """A Gradio Dataframe's rows as {header: cell text}, read from its table cells."""
+    return page.evaluate("""(sel) => {
+        const t = document.querySelector(sel + ' table');
+        const head = [...t.querySelectorAll('thead th')].map((th) => th.innerText.trim());
+        return [...t.querySelectorAll('tbody tr')].map((tr) => Object.fromEntries(
+            [...tr.querySelectorAll('td')].map((td, i) => [head[i], td.innerText.trim()])));
+    }""", selector)
+
+
 def run_and_wait(page, button: str, output: str) -> None:
     """Click `button` and wait for the run it starts to finish: Gradio's status tracker on `output` shows, then
     hides (the page's own DOM is never touched: Gradio's components own it)."""
@@ -199,11 +209,10 @@ def main() -> None:
             for r in range(max(2, args.repeats // 2) + 1):
                 frame = summary(run_matrix(pair, specs, prompts, 1, progress=False))
                 run_and_wait(page, "#compare-run", "#compare-table")
-                text = page.inner_text("#compare-table")
+                rows = {row["method"]: row for row in table_rows(page, "#compare-table")}
                 if r:
                     for m in page_values:
-                        row = next(line for line in text.splitlines() if line.strip().startswith(m))
-                        page_values[m].append(float(row.split()[1]))
+                        page_values[m].append(float(rows[m]["speedup"]))
                         engine_values[m].append(float(frame.loc[m, "speedup"]))
             for m in page_values:
                 check(f"Compare {m}: median speedup", page_values[m], engine_values[m], results)
@@ -216,9 +225,8 @@ def main() -> None:
                 eq = run_batch("eqspec", pair, prompts, max_new_tokens=24, batch_size=4, gamma=3)
                 ar = run_batch("batch_autoregressive", pair, prompts, max_new_tokens=24, batch_size=4)
                 run_and_wait(page, "#batch-run", "#batch-table")
-                rows = [line.split("\t") for line in page.inner_text("#batch-table").splitlines()]
-                rate = {(cells[0].strip(), cells[1].strip()): float(cells[2]) for cells in rows if len(cells) > 2
-                        and cells[1].strip().isdigit()}
+                rate = {(row["method"], row["batch_size"]): float(row["tokens_per_s"])
+                        for row in table_rows(page, "#batch-table")}
                 if r:
                     page_values.append(rate[("eqspec", "4")] / rate[("batch_autoregressive", "4")])
                     engine_values.append(eq.meta["throughput"] / ar.meta["throughput"])
@@ -231,8 +239,8 @@ def main() -> None:
             for r in range(3):
                 got = exactness("draft_model", pair, "def f(x):", n=2000, tokens=2, seed=0, temperature=1.0)
                 run_and_wait(page, "#exactness-run", "#exactness-table")
-                line = next(x for x in page.inner_text("#exactness-table").splitlines() if x.startswith("draft_model\t"))
-                page_values.append(float(line.split("\t")[4]))
+                row = next(row for row in table_rows(page, "#exactness-table") if row["sampler"] == "draft_model")
+                page_values.append(float(row["seconds"]))
                 engine_values.append(round(got["method_seconds"], 1))
             check("Exactness lab: draft_model seconds (2,000 samples)", page_values, engine_values, results)
         browser.close()
