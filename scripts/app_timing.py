@@ -72,10 +72,9 @@ def set_value(page, selector: str, value) -> None:
 def table_rows(page, selector: str) -> list[dict[str, str]]:
     """A Gradio Dataframe's rows as {header: cell text}, read from its table cells."""
     return page.evaluate("""(sel) => {
-        const t = document.querySelector(sel + ' table');
-        const head = [...t.querySelectorAll('thead th')].map((th) => th.innerText.trim());
-        return [...t.querySelectorAll('tbody tr')].map((tr) => Object.fromEntries(
-            [...tr.querySelectorAll('td')].map((td, i) => [head[i], td.innerText.trim()])));
+        const head = [...document.querySelectorAll(sel + ' table.header-table thead th')].map((th) => th.title);
+        return [...document.querySelectorAll(sel + ' .virtual-body > [aria-rowindex]')].map((row) =>
+            Object.fromEntries([...row.children].map((cell, i) => [head[i], cell.innerText.trim()])));
     }""", selector)
 
 
