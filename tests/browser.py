@@ -8,6 +8,7 @@ exists, else the command.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -76,3 +77,14 @@ def axe_script() -> Path:
 def launch(p):
     """Headless chromium for the tests (playwright's `p`), offline-friendly flags."""
     return p.chromium.launch(executable_path=chromium(), headless=True, args=ARGS)
+
+
+@contextlib.contextmanager
+def launched():
+    """A launched browser for a test module's fixture."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = launch(p)
+        yield browser
+        browser.close()

@@ -103,3 +103,12 @@ def saved_pairs(tiny_tokenizer, tmp_path_factory):
     BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                          intermediate_size=32)).save_pretrained(root / "bert")
     return root
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The real `python app.py` for a module of browser tests."""
+    from appserver import running_app
+
+    with running_app({"SPECVIZ_CONCURRENCY": "4"}) as app:
+        yield app

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from appserver import running_app
-from browser import AXE, axe_script, launch
+from browser import AXE, axe_script, launched
 TABS = ["Playground", "Compare", "Batch", "Step through", "Exactness", "Race", "Explorer", "Learn"]
 AXE_RUN = """async () => {
   const r = await axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa"]}, resultTypes: ["violations"]});
@@ -18,20 +17,10 @@ AXE_RUN = """async () => {
 
 
 @pytest.fixture(scope="module")
-def server():
-    with running_app({"SPECVIZ_CONCURRENCY": "4"}) as app:
-        yield app
-
-
-@pytest.fixture(scope="module")
 def browser():
     axe_script()  # installed with npm if missing, else the run stops with the command
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
+    with launched() as b:
         yield b
-        b.close()
 
 
 def open_page(browser, server, color_scheme: str):

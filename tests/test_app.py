@@ -10,27 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from appserver import ROOT, playground_stream_args, running_app
-from browser import launch
+from appserver import ROOT, playground_stream_args
+from browser import launched
 
 SHOTS = ROOT / "docs" / "screenshots"
 LOCAL = ("http://127.0.0.1", "http://localhost", "ws://127.0.0.1", "data:", "blob:", "about:")
 
 
 @pytest.fixture(scope="module")
-def server():
-    with running_app({"SPECVIZ_CONCURRENCY": "4"}) as app:
-        yield app
-
-
-@pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = launch(p)
+    with launched() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture
