@@ -18,6 +18,7 @@ from .admission import Admission, Place, Ticket
 
 POLL_SECONDS = 0.25  # how often a waiting handler re-reads its place (its page updates only on a change)
 HEARTBEAT_SECONDS = 1.0  # longest time between two yields of a waiting handler
+SETTLE_SECONDS = 0.2  # between telling a page its run starts and starting it (the page draws that meanwhile)
 # A generator handler must yield that often: Gradio stops (Stop, a closed page) a sync generator only between
 # two of its yields, and waits for that before it answers the cancel request.
 
@@ -134,6 +135,8 @@ class Service:
             if flight.cancel.is_set():
                 raise RuntimeError("cancelled before it started")
             flight.worker = self.pool.describe(ticket.worker)
+            # the page that is told "running now" draws that before the run is timed, not during its first steps
+            time.sleep(SETTLE_SECONDS)
             started = time.perf_counter()
             flight.result = self.pool.call(ticket.worker, job.name, job.kwargs, cancel=flight.cancel,
                                            on_message=lambda payload: setattr(flight, "progress", payload))
