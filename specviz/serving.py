@@ -135,9 +135,9 @@ class Service:
             if flight.cancel.is_set():
                 raise RuntimeError("cancelled before it started")
             flight.worker = self.pool.describe(ticket.worker)
+            started = time.perf_counter()  # the worker is this run's from here: the wait estimate learns from it
             # the page that is told "running now" draws that before the run is timed, not during its first steps
             time.sleep(SETTLE_SECONDS)
-            started = time.perf_counter()
             flight.result = self.pool.call(ticket.worker, job.name, job.kwargs, cancel=flight.cancel,
                                            on_message=lambda payload: setattr(flight, "progress", payload))
             flight.measured_at = time.time()
