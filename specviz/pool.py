@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .worker import ProcessEngine, ThreadEngine
+from .worker import REGISTRY, ProcessEngine, ThreadEngine
 
 WORKERS_ENV = "SPECVIZ_ENGINE_WORKERS"  # engine workers on this machine (default: one per GPU, else 1)
 DEVICES_ENV = "SPECVIZ_ENGINE_DEVICES"  # comma-separated devices, one worker each (e.g. cuda:0,cuda:2)
@@ -51,7 +51,7 @@ def default_devices() -> tuple[str | None, ...]:
 class EnginePool:
     """The engines, by worker index; started lazily, restarted after a crash (ProcessEngine does both)."""
 
-    def __init__(self, config: PoolConfig, registry: str = "specviz.engine_jobs",
+    def __init__(self, config: PoolConfig, registry: str = REGISTRY,
                  factory: Callable[..., Any] | None = None, wrap: Callable | None = None) -> None:
         self.config = config
         self.wrap = wrap  # ZeroGPU: spaces.GPU around each in-thread call
