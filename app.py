@@ -36,7 +36,7 @@ def main() -> None:
         os.environ["SPECVIZ_DEVICE"] = args.device
     if not is_loopback(args.host):
         os.environ.setdefault("SPECVIZ_PUBLIC", "1")  # strangers can reach it: curated models only (README)
-    from specviz import ui
+    from specviz.app import ui
 
     ui.warm_engines()  # every engine worker loads the pair: first request is fast, missing assets fail early
     print(f"specviz: models ready in {time.perf_counter() - start:.1f} s; serving on http://{args.host}:{args.port}", flush=True)

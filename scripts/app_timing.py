@@ -111,16 +111,17 @@ def main() -> None:
     parser.add_argument("--tabs", default="playground,race,compare,batch,exactness")
     args = parser.parse_args()
     tabs = set(args.tabs.split(","))
-    from playwright.sync_api import sync_playwright
-
     from appserver import running_app
     from browser import launch
+    from playwright.sync_api import sync_playwright
+
     from specviz import load_pair, run
+    from specviz.analysis.exactness import exactness
+    from specviz.analysis.metrics import compare
     from specviz.api import run_batch
-    from specviz.bench import DEFAULT_PROMPTS, load_prompts, run_matrix, summary
-    from specviz.exactness import exactness
-    from specviz.metrics import compare
-    from specviz.ui import EXAMPLES, RACE_DEFAULT_TOKENS, UI_DEFAULTS
+    from specviz.app.ui import EXAMPLES, RACE_DEFAULT_TOKENS, UI_DEFAULTS
+    from specviz.bench.matrix import run_matrix, summary
+    from specviz.bench.prompts import DEFAULT_PROMPTS, load_prompts
 
     pair = load_pair("embedded")
     prompt = EXAMPLES[0]
@@ -160,10 +161,10 @@ def main() -> None:
             check("Playground: autoregressive tokens/s", sum(page_ar.values(), []), engine_ar, results)
 
         if "playground" in tabs:  # the first verification round of a Playground run, in its own trace
+            from appserver import playground_stream_args
             from gradio_client import Client
 
-            from appserver import playground_stream_args
-            from specviz.trace import Trace
+            from specviz.engine.trace import Trace
 
             client = Client(app.url, verbose=False)
             first_app, first_engine = [], []

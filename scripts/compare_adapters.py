@@ -1,8 +1,8 @@
-"""The shipped Kangaroo adapter against one trained by `python -m specviz.train kangaroo-adapter`, on the
+"""The shipped Kangaroo adapter against one trained by `python -m specviz.workshop.train kangaroo-adapter`, on the
 embedded target: greedy agreement on the command's own held-out windows, then speed (interleaved per prompt
 in one process, the same target object, medians over repeats).
 
-    python -m specviz.train kangaroo-adapter --target assets/models/target --exit-layer 2 --steps 400 --out DIR
+    python -m specviz.workshop.train kangaroo-adapter --target assets/models/target --exit-layer 2 --steps 400 --out DIR
     python scripts/compare_adapters.py --new DIR/kangaroo-adapter
 
 Nothing else may run meanwhile (pause training first).
@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere
-from specviz import load_pair, run  # noqa: E402
-from specviz.adapter import KangarooAdapter  # noqa: E402
-from specviz.bench import load_prompts  # noqa: E402
-from specviz.models import load_causal_lm, load_tokenizer  # noqa: E402
-from specviz.parts import PartsConfig, heldout_windows, measure_adapter, token_split, training_text  # noqa: E402
+from specviz import load_pair, run
+from specviz.bench.prompts import load_prompts
+from specviz.engine.adapter import KangarooAdapter
+from specviz.models.hub import load_causal_lm, load_tokenizer
+from specviz.workshop.parts_training import PartsConfig, heldout_windows, measure_adapter, token_split, training_text
 
 CONFIGS = (("eta=0.6", {}), ("eta=0 gamma=4", {"eta": 0, "gamma": 4}))
 

@@ -1,6 +1,6 @@
 """Can a decode-time repetition rule give issue 16 both goals at once? Greedy continuations of the bundled
 prompts by the target alone under transformers' repetition processors (CTRL's multiplicative penalty,
-`repetition_penalty`; `no_repeat_ngram_size`), scored as `specviz.quality` scores them (repeated 4-gram share,
+`repetition_penalty`; `no_repeat_ngram_size`), scored as `specviz.workshop.quality` scores them (repeated 4-gram share,
 parse rate; no token healing here, so compare with quality's "without healing" row), plus what decides a
 speedup: the target's probability of its own greedy token, and the drafter's agreement with that token when
 the same processor is applied to the drafter's logits over the same prefix (first-draft acceptance, as in
@@ -43,8 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.generation.logits_process import LogitsProcessorList
 
-    from specviz.metrics import leviathan_speedup
-    from specviz.quality import parses, pooled_share
+    from specviz.speedup import leviathan_speedup
+    from specviz.workshop.quality import parses, pooled_share
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--family", default=str(ROOT / "assets/models"))

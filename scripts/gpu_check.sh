@@ -32,7 +32,7 @@ log "self-check on $DEVICE (fp32, bf16)"
 timeout -s ABRT 90 $PY - <<'PY' 2>&1 | grep -v "Loading weights" | tee -a "$OUT/summary.txt"
 import os, time, torch
 from specviz import selfcheck
-from specviz.models import load_pair
+from specviz.models.pair import load_pair
 for dtype in ("float32", "bfloat16"):
     start = time.perf_counter()
     pair = load_pair("embedded", device=os.environ["DEVICE"], dtype=dtype)

@@ -12,7 +12,7 @@
 # a drop-in for assets/models (SPECVIZ_EMBEDDED_DIR=DIR), or target.tar (fp32) if the students failed.
 # TARGET_SECONDS=0: students only, from the shipped target (assets/models/target travels with the tree),
 # e.g. TARGET_SECONDS=0 DRAFTER_LAYERS=2 DISTILL_SECONDS=150 REFINE_SECONDS=330 for a 2-layer drafter.
-# UL_SECONDS=150: an unlikelihood fine-tune of the target (specviz.unlikelihood, 256 greedy continuations
+# UL_SECONDS=150: an unlikelihood fine-tune of the target (specviz.workshop.unlikelihood, 256 greedy continuations
 # per step) before the students, against its greedy loops (issue 16's repeated 4-gram share). UL_FREEZE=2 (the
 # default) keeps the embedding/head, final norm and layers 0-1 as they are: the Kangaroo exit's state and the
 # grafted drafter's body stay valid, and only the students' upper parts must follow (0 = train everything).
@@ -59,7 +59,7 @@ cp "$CORPUS_PACK/manifest.json" "$WORK/corpus/"
 TARGET_DIR=assets/models/target
 if [ "$TARGET_SECONDS" -gt 0 ]; then
 stamp "target: ${TARGET_SECONDS} s"
-$PY -m specviz.train --continue-target --device "$DEVICE" --amp "$AMP" --corpus "$WORK/corpus" --run-dir "$WORK/train" \
+$PY -m specviz.workshop.train --continue-target --device "$DEVICE" --amp "$AMP" --corpus "$WORK/corpus" --run-dir "$WORK/train" \
   --init assets/models/target --tokens-per-step "$TARGET_TOKENS" --peak-lr 1.5e-3 --warmup-steps 30 --total-tokens 2000000000 --fit-to-budget \
   --budget-minutes "$(awk "BEGIN { print $TARGET_SECONDS / 60 }")" --reserve-seconds 12 --eval-minutes 1 --ckpt-minutes 1000 \
   --threads "$THREADS" > "$OUT/target.log" 2>&1
@@ -77,7 +77,7 @@ fi
 
 if [ "$UL_SECONDS" -gt 0 ]; then
   stamp "unlikelihood: ${UL_SECONDS} s from $TARGET_DIR"
-  $PY -m specviz.unlikelihood --device "$DEVICE" --amp "$AMP" --target "$TARGET_DIR" --corpus "$WORK/corpus" --out "$WORK/ul" \
+  $PY -m specviz.workshop.unlikelihood --device "$DEVICE" --amp "$AMP" --target "$TARGET_DIR" --corpus "$WORK/corpus" --out "$WORK/ul" \
     --steps 100000 --seconds "$UL_SECONDS" --ul-batch "$UL_BATCH" --mle-batch "$UL_MLE_BATCH" --eval-every 25 \
     --freeze-layers "$UL_FREEZE" --lr "$UL_LR" --anchor-weight "$UL_ANCHOR" --objective "$UL_OBJECTIVE" \
     --threads "$THREADS" > "$OUT/unlikelihood.log" 2>&1
@@ -98,7 +98,7 @@ if awk "BEGIN { exit !($STUDENT_MINUTES < $FINISH_MINUTES + 0.5) }"; then
   stamp "students skipped: ${STUDENT_MINUTES} min left, under ${FINISH_MINUTES} min of finishing + 0.5 of training"
 else
   stamp "students: distill ${DISTILL_SECONDS} s, refine ${REFINE_SECONDS} s, at most ${STUDENT_MINUTES} min"
-  $PY -m specviz.students --device "$DEVICE" --amp "$AMP" --target "$TARGET_DIR" --corpus "$WORK/corpus" \
+  $PY -m specviz.workshop.students --device "$DEVICE" --amp "$AMP" --target "$TARGET_DIR" --corpus "$WORK/corpus" \
     --out "$WORK/family" --warm-from assets/models --tokens-per-step "$STUDENT_TOKENS" --distill-steps "$DISTILL_STEPS" --refine-steps 100000 \
     --distill-seconds "$DISTILL_SECONDS" --refine-seconds "$REFINE_SECONDS" --warmup-steps 10 --drafter-layers "$DRAFTER_LAYERS" --pool-steps "$POOL_STEPS" --pool-reuse "$POOL_REUSE" \
     --budget-minutes "$STUDENT_MINUTES" --finish-at-deadline --finish-minutes "$FINISH_MINUTES" --threads "$THREADS" \

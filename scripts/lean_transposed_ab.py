@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a file from anywhere
-import specviz.lean as lean  # noqa: E402
-from specviz import load_pair, run  # noqa: E402
-from specviz.bench import load_prompts, parse_method  # noqa: E402
+import specviz.engine.lean as lean
+from specviz import load_pair, run
+from specviz.bench.matrix import parse_method
+from specviz.bench.prompts import load_prompts
 
 METHODS = ("draft_model", "draft_model:vocab_trim=2048", "kangaroo", "kangaroo:eta=0:gamma=4:vocab_trim=2048")
 

@@ -87,7 +87,7 @@ def crowd(url: str, requests: list[list]) -> list[User]:
 
 
 def trace_of(user: User):
-    from specviz.trace import Trace
+    from specviz.engine.trace import Trace
 
     if not user.result:
         return None
@@ -120,8 +120,9 @@ def main() -> None:
     parser.add_argument("--parts", default="a,b,c,d", help="which of the measurements to make")
     args = parser.parse_args()
     from appserver import playground_stream_args, running_app
+
     from specviz import load_pair, run
-    from specviz.ui import EXAMPLES, UI_DEFAULTS
+    from specviz.app.ui import EXAMPLES, UI_DEFAULTS
 
     report: dict = {}
     with running_app({"SPECVIZ_PREWARM": "1"}) as app:

@@ -6,12 +6,12 @@
 #
 #   1. snapshot   $RUN_DIR/hf/target -> $FAMILY_TARGET, once the training has reached its planned tokens
 #                 (skipped when $FAMILY_TARGET exists: SPECVIZ_FAMILY_TARGET may name a fine-tuned target)
-#   2. students   python -m specviz.students (drafter, sorted drafter, adapter, VocabTrim ranking) -> $FAMILY;
+#   2. students   python -m specviz.workshop.students (drafter, sorted drafter, adapter, VocabTrim ranking) -> $FAMILY;
 #                 exit 75 means it stopped at --until: run this script again to resume
-#   3. quality    python -m specviz.quality on the family -> $FAMILY/quality.json (255 windows of 256 tokens: they
+#   3. quality    python -m specviz.workshop.quality on the family -> $FAMILY/quality.json (255 windows of 256 tokens: they
 #                 tile the whole old stdlib split, 65 k tokens; the new split evenly sampled)
 #   4. learn      the Learn tab's bench summary (README's command) -> $FAMILY/bench-summary.json
-#   5. card       python -m specviz.card -> $FAMILY/README.md
+#   5. card       python -m specviz.workshop.card -> $FAMILY/README.md
 #
 # It never writes assets/models: review the card, check the size (under 45 MB), then copy the family in
 # once (`rsync -a --delete --exclude ckpt.pt --exclude students.log "$FAMILY"/ assets/models/`) and re-run
@@ -23,7 +23,7 @@ cd "$(dirname "$0")/.."
 RUN_DIR="${SPECVIZ_TRAIN_DIR:-$(python -m specviz.paths train)}"
 FAMILY="${SPECVIZ_FAMILY_DIR:-$(python -m specviz.paths family)}"
 # the frozen teacher (students also stage an fp16 copy inside $FAMILY); SPECVIZ_FAMILY_TARGET names another one,
-# e.g. an unlikelihood fine-tune of the snapshot (python -m specviz.unlikelihood ... --out DIR: DIR/target)
+# e.g. an unlikelihood fine-tune of the snapshot (python -m specviz.workshop.unlikelihood ... --out DIR: DIR/target)
 FAMILY_TARGET="${SPECVIZ_FAMILY_TARGET:-${FAMILY}-target}"
 SPEC_BENCH="${SPEC_BENCH:-$(python -m specviz.paths)/spec_bench_question.jsonl}"  # Spec-Bench's question.jsonl
 UNTIL="" THREADS=2
@@ -53,7 +53,7 @@ fi
 
 if [[ ! -f "$FAMILY/students-report.json" ]]; then
     set +e
-    python -m specviz.students --target "$FAMILY_TARGET" --corpus "$RUN_DIR/corpus" --out "$FAMILY" \
+    python -m specviz.workshop.students --target "$FAMILY_TARGET" --corpus "$RUN_DIR/corpus" --out "$FAMILY" \
         --warm-from assets/models --threads "$THREADS" ${UNTIL:+--until "$UNTIL"}
     code=$?
     set -e
@@ -64,7 +64,7 @@ echo "2. students: $FAMILY/students-report.json"
 
 export SPECVIZ_EMBEDDED_DIR="$FAMILY"
 if [[ ! -f "$FAMILY/quality.json" ]]; then
-    python -m specviz.quality --target embedded --corpus "$RUN_DIR/corpus" --windows 255 --spec-bench "$SPEC_BENCH" \
+    python -m specviz.workshop.quality --target embedded --corpus "$RUN_DIR/corpus" --windows 255 --spec-bench "$SPEC_BENCH" \
         --per-category 5 --threads "$THREADS" --json "$FAMILY/quality.json.tmp" --quiet
     mv "$FAMILY/quality.json.tmp" "$FAMILY/quality.json"
 fi
@@ -79,7 +79,7 @@ fi
 echo "4. learn: $FAMILY/bench-summary.json"
 
 [[ -f "$FAMILY/first-training-stats.json" ]] || cp assets/models/training-stats.json "$FAMILY/first-training-stats.json"
-python -m specviz.card --family "$FAMILY" --train-dir "$RUN_DIR" --quality "$FAMILY/quality.json" \
+python -m specviz.workshop.card --family "$FAMILY" --train-dir "$RUN_DIR" --quality "$FAMILY/quality.json" \
     --first "$FAMILY/first-training-stats.json"
 du -sh --exclude ckpt.pt --exclude students.log "$FAMILY"
 echo "5. card: $FAMILY/README.md; review it, then copy the family into assets/models (see the header)"

@@ -13,13 +13,12 @@ import argparse
 import json
 import random
 import re
+import sys
 import sysconfig
 from pathlib import Path
 
-import sys
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from specviz.corpus import old_stdlib_heldout  # noqa: E402
+from specviz.workshop.corpus import old_stdlib_heldout
 
 STARTS = re.compile(r"^(?:def|class|async def) ", re.M)
 

@@ -8,10 +8,10 @@ self-drafting at that depth.
     python scripts/onpolicy_agreement.py --family DIR [--code-prompts]   # every student of a family
 
 --family reads DIR/target and DIR/drafter and adds the sorted drafter's sub-models and the Kangaroo adapter
-(a drop-in for assets/models, e.g. a specviz.students OUT). --code-prompts continues the bundled prompts
+(a drop-in for assets/models, e.g. a specviz.workshop.students OUT). --code-prompts continues the bundled prompts
 (assets/prompts/code.jsonl, what the bench runs) instead of held-out corpus prefixes.
 
---students-ckpt reads the drafter's weights from a `specviz.students` checkpoint (a run still in progress)
+--students-ckpt reads the drafter's weights from a `specviz.workshop.students` checkpoint (a run still in progress)
 into the shape of --drafter.
 
 Why: on 2026-11-26 a drafter with 0.43 agreement on held-out corpus text made draft_model 1.06x; with gamma 4
@@ -34,16 +34,16 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from specviz.models import anatomy
+    from specviz.models.anatomy import anatomy
     from specviz.paths import cache_dir
-    from specviz.unlikelihood import greedy_continuations
+    from specviz.workshop.unlikelihood import greedy_continuations
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--target", default="")
     parser.add_argument("--drafter", default="")
     parser.add_argument("--family", default="", help="a models dir: its target, drafter, sorted drafter and adapter")
     parser.add_argument("--code-prompts", action="store_true", help="continue the bundled prompts instead")
-    parser.add_argument("--students-ckpt", default="", help="a specviz.students ckpt.pt: its drafter's weights")
+    parser.add_argument("--students-ckpt", default="", help="a specviz.workshop.students ckpt.pt: its drafter's weights")
     parser.add_argument("--corpus", default=str(cache_dir("train") / "corpus"),
                         help="prefixes come from its heldout.npy (default: the training run folder's corpus)")
     parser.add_argument("--prompts", type=int, default=16)
@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         return named
 
     if args.family:
-        from specviz.adapter import KangarooAdapter
-        from specviz.train import adapter_logits, sorted_logits
+        from specviz.engine.adapter import KangarooAdapter
+        from specviz.workshop.kit import adapter_logits, sorted_logits
 
         sorted_lm = AutoModelForCausalLM.from_pretrained(str(Path(args.family) / "sorted-drafter"), dtype=torch.float32).eval()
         adapter = KangarooAdapter.load(Path(args.family) / "kangaroo-adapter", device="cpu", dtype=torch.float32).eval()

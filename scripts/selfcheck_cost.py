@@ -16,7 +16,7 @@ CHILD = """
 import json, time
 start = time.perf_counter()
 from specviz import selfcheck
-from specviz.models import load_pair
+from specviz.models.pair import load_pair
 imported = time.perf_counter()
 load_pair("embedded", device="cpu")
 done = time.perf_counter()

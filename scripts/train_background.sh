@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start, or resume, the continued training of the embedded target (issue 16) in the background.
 #
-#   scripts/train_background.sh [extra args for python -m specviz.train]
+#   scripts/train_background.sh [extra args for python -m specviz.workshop.train]
 #       e.g. scripts/train_background.sh --until 08:15 --budget-minutes 110
 #
 # Everything lives outside the work tree, in $SPECVIZ_TRAIN_DIR (default ~/.cache/specviz/train, from specviz.paths):
@@ -25,7 +25,7 @@ if [[ -f "$RUN_DIR/train.pid" ]] && kill -0 "$(cat "$RUN_DIR/train.pid")" 2>/dev
     exit 1
 fi
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
-setsid nohup nice -n 5 "$PYTHON" -m specviz.train --continue-target --threads 1 --run-dir "$RUN_DIR" "$@" \
+setsid nohup nice -n 5 "$PYTHON" -m specviz.workshop.train --continue-target --threads 1 --run-dir "$RUN_DIR" "$@" \
     >>"$RUN_DIR/train.log" 2>&1 </dev/null &
 echo $! >"$RUN_DIR/train.pid"
 echo "started PID $(cat "$RUN_DIR/train.pid"); log $RUN_DIR/train.log"

@@ -7,14 +7,14 @@ from __future__ import annotations
 from importlib import import_module
 
 _EXPORTS = {
-    "load_pair": "specviz.models",
-    "ModelPair": "specviz.models",
+    "load_pair": "specviz.models.pair",
+    "ModelPair": "specviz.models.pair",
     "run": "specviz.api",
     "run_batch": "specviz.api",
-    "exactness": "specviz.exactness",
+    "exactness": "specviz.analysis.exactness",
     "METHODS": "specviz.methods",
-    "Trace": "specviz.trace",
-    "Event": "specviz.trace",
+    "Trace": "specviz.engine.trace",
+    "Event": "specviz.engine.trace",
 }
 __all__ = list(_EXPORTS)
 

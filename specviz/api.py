@@ -11,15 +11,15 @@ from typing import Any
 
 import torch
 
-from .engine import Output, context_limit, eos_ids
-from .healing import Healing, healed_prompt, plan
-from .healing import first_token as heal_token
-from .models import weights_read_per_token
-from .methods import METHODS
-from .methods.base import Cancelled, RunContext, validate_params
-from .trace import HEALING_STEP, Recorder, RowResult, Trace, fill_token_text
-from .shown import shown
-from .verify import Sampling
+from specviz.engine.decoder import Output, context_limit, eos_ids
+from specviz.engine.healing import Healing, healed_prompt, plan
+from specviz.engine.healing import first_token as heal_token
+from specviz.engine.trace import HEALING_STEP, Recorder, RowResult, Trace, fill_token_text
+from specviz.engine.verify import Sampling
+from specviz.methods import METHODS
+from specviz.methods.base import Cancelled, RunContext, validate_params
+from specviz.models.anatomy import weights_read_per_token
+from specviz.shown import shown
 
 MAX_PROMPT_TOKENS = 2048
 
@@ -33,7 +33,7 @@ def synchronize(device: torch.device) -> None:
 
 
 def target_layers(model) -> int | None:
-    from .models import anatomy
+    from specviz.models.anatomy import anatomy
 
     try:
         return len(anatomy(model).layers)
@@ -80,7 +80,7 @@ def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, 
     `recorder`: pass your own Recorder to watch `recorder.events` grow from another thread while
     the run goes on (the UI streams tokens that way; events get their `text` only at the end).
     `dist_top_k` (default 8, 0 = off): verdict events carry the top-k of q and p the rule used
-    (trace schema 2; see specviz.trace). `specviz.exactness` tests a method's sampling law.
+    (trace schema 2; see specviz.engine.trace). `specviz.analysis.exactness` tests a method's sampling law.
     """
     cls = method_class(name)
     if cls.batch:

@@ -2,8 +2,8 @@
 the workers cannot import the tests' folder."""
 from __future__ import annotations
 
-from specviz.cluster import BenchWorker
-from specviz.selfcheck import SelfCheckFailed
+from specviz.bench.cluster import BenchWorker
+from specviz.models.selfcheck import SelfCheckFailed
 
 BOOM = "boom"  # the prompt id whose unit raises on every worker
 

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from specviz.models import ModelPair  # noqa: E402
+from specviz.models.pair import ModelPair
 
 # Tiny models run fastest on one thread, and two busy threads per core (a training run beside the tests)
 # make tiny ops 20x slower. The app and bench set their own thread counts.
@@ -72,7 +72,8 @@ def build_tiny_tokenizer():
     import json as json_module
     import textwrap
 
-    from specviz.train import TrainConfig, train_tokenizer
+    from specviz.workshop.config import TrainConfig
+    from specviz.workshop.text import train_tokenizer
 
     texts = [inspect.getsource(m) for m in (json_module, textwrap)]
     return train_tokenizer(texts, TrainConfig(vocab_size=320))
@@ -85,7 +86,7 @@ def tiny_tokenizer():
 
 @pytest.fixture(scope="session")
 def embedded_pair():
-    from specviz.models import load_pair
+    from specviz.models.pair import load_pair
 
     return load_pair("embedded", device="cpu")
 

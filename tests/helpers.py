@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from specviz.divergence import first_difference as first_divergence  # one definition for the tests and the app
-from specviz.trace import TOKEN_KINDS, Trace
+from specviz.analysis.divergence import first_difference as first_divergence
+from specviz.engine.trace import TOKEN_KINDS, Trace
 
 TIE_GAP = 1e-4  # top-2 logit gap under which float noise of a different shape may flip an argmax
 
@@ -118,8 +118,8 @@ def make_agreeing_pair(tokenizer, draft_noise: float = 0.1):
     """A Llama target whose deep layers add little, a drafter that is a noisy copy of it, an identity Kangaroo
     adapter and a near-copy sorted drafter: drafts are accepted often but not always, so every accept /
     reject / bonus / rollback path runs."""
-    from specviz.adapter import KangarooAdapter
-    from specviz.models import ModelPair
+    from specviz.engine.adapter import KangarooAdapter
+    from specviz.models.pair import ModelPair
 
     vocab = len(tokenizer)
     target = peaky_llama(vocab, layers=4, seed=3, hidden=32, init=0.2)

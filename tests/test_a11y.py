@@ -4,10 +4,9 @@ The real `python app.py` in Debian's chromium (as tests/test_app.py); axe-core i
 tests/a11y/package.json, which .ci/run installs (`npm ci --prefix tests/a11y`)."""
 from __future__ import annotations
 
-
 import pytest
-
 from browser import AXE, axe_script, launched
+
 TABS = ["Playground", "Compare", "Batch", "Step through", "Exactness", "Race", "Explorer", "Learn"]
 AXE_RUN = """async () => {
   const r = await axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa"]}, resultTypes: ["violations"]});

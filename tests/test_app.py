@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from appserver import ROOT, playground_stream_args
 from browser import launched
 
@@ -152,8 +151,8 @@ def test_api_playground_matches_the_engine(server):
     from gradio_client import Client
 
     from specviz.api import run
-    from specviz.models import load_pair
-    from specviz.trace import Trace
+    from specviz.engine.trace import Trace
+    from specviz.models.pair import load_pair
 
     client = Client(server.url, verbose=False)
     params = {"max_new_tokens": 24, "gamma": 3}
@@ -169,7 +168,7 @@ def test_every_method_runs_from_the_playground_controls(server):
     """Each method with the control values the page shows for it (catches a control the server cannot take)."""
     from gradio_client import Client
 
-    from specviz.ui import SINGLE
+    from specviz.app.ui import SINGLE
 
     client = Client(server.url, verbose=False)
     for method in SINGLE:

@@ -5,11 +5,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_tiny_pair
-from helpers import assert_rows_equal, assert_trace_invariants, damp_layers_after, near_copy, peaky_llama, row_divergences
+from helpers import (
+    assert_rows_equal,
+    assert_trace_invariants,
+    damp_layers_after,
+    near_copy,
+    peaky_llama,
+    row_divergences,
+)
+
 from specviz.api import run, run_batch
-from specviz.models import ModelPair
+from specviz.models.pair import ModelPair
 
 PROMPTS = ["def add(a, b):\n    return", "import os", "class Foo(object):\n    def __init__(self, x):\n        self.x = x",
            "x", "for i in range(10):\n    print(i)", "# a comment\n", "while True:", "return {\"key\": [1, 2, 3]}"]
@@ -117,7 +124,7 @@ def test_batch_sampling_keeps_the_target_distribution():
     """First sampled token of every row of an EQSPEC batch follows the target's law (chi-square)."""
     from helpers import word_tokenizer
 
-    from specviz.stats import chi_square
+    from specviz.analysis.stats import chi_square
 
     tok = word_tokenizer(7)
     vocab = len(tok)

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from conftest import make_tiny_pair
-from specviz import bench
+
+from specviz.bench import cli as bench
 
 SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench_question.jsonl"
 
@@ -39,7 +39,7 @@ def test_bench_writes_the_contract_columns(saved_pair, tmp_path, capsys):
     record = json.loads((tmp_path / "bench-summary.json").read_text())
     assert record["command"].startswith("python -m specviz.bench ") and record["prompts"] == 2 and record["repeats"] == 2
     assert record["rows"]["autoregressive"]["speedup"] == 1.0 and record["rows"]["draft_model"]["share_equal"] == 1.0
-    from specviz.headlines import cell, load_summary
+    from specviz.views.headlines import cell, load_summary
 
     assert cell("draft_model", load_summary(tmp_path)).startswith("`draft_model` ")  # what the Learn tab shows
     df = pd.read_csv(out)
@@ -94,7 +94,7 @@ def test_bench_runs_batch_methods(saved_pair, tmp_path, capsys):
 
 def test_pool_factor_streams_pool_x_batch_requests_of_mixed_lengths(tmp_path):
     """EXSPEC's regime: a request stream of pool_factor x batch_size distinct prompts (EXSPEC's pool holds all)."""
-    from specviz.bench import main
+    from specviz.bench.cli import main
 
     root = Path(__file__).resolve().parents[1]
     stream = [json.loads(line) for line in (root / "assets" / "prompts" / "stream.jsonl").read_text().splitlines()]

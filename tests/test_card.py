@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from specviz.card import card
+from specviz.workshop.card import card
 
 
 def write(path, obj):
@@ -54,7 +54,7 @@ def test_card_reports_an_unlikelihood_fine_tune(tmp_path):
               "mle_batch": 4, "mle_seq_len": 512, "eval_windows": 16}
     meta = {"exits": [2, 4, 6, 8], "unlikelihood": {"steps": 100, "config": config, "history": history}}
     write(tmp_path / "target" / "specviz.json", meta)
-    from specviz.card import unlikelihood_section
+    from specviz.workshop.card import unlikelihood_section
 
     text = "\n".join(unlikelihood_section(meta["unlikelihood"]))
     assert "100 steps at lr 3e-05" in text and "weight 2.0" in text
@@ -62,7 +62,7 @@ def test_card_reports_an_unlikelihood_fine_tune(tmp_path):
 
 
 def test_card_says_where_the_target_trained(tmp_path):
-    from specviz.card import training_section
+    from specviz.workshop.card import training_section
 
     config = {"curriculum": [[0.0, 256], [0.75, 2048]], "tokens_per_step": 131072, "total_tokens": 176_448_011,
               "weight_decay": 0.1, "peak_lr": 1.5e-3, "final_lr_share": 0.1, "decay_share": 0.2}
@@ -76,7 +76,7 @@ def test_card_says_where_the_target_trained(tmp_path):
 
 
 def test_card_tells_each_student_run_in_order():
-    from specviz.card import students_section
+    from specviz.workshop.card import students_section
 
     config = {"curriculum": [[0.0, 256]], "tokens_per_step": 65536, "device": "cuda", "amp": "bf16"}
     first = {"config": config, "steps": {"distill": 459, "refine": 65}, "warm_start": {"drafter": "assets/models/drafter"},
@@ -100,7 +100,7 @@ def test_card_tells_each_student_run_in_order():
 def test_card_keeps_the_training_records_with_the_family(tmp_path):
     """The run folder is read when it is there and its records are kept in the family; without it (the lease
     or session that trained is gone) the card is rewritten from the kept copy, identically."""
-    from specviz.card import TRAINING_RECORD, training_records
+    from specviz.workshop.card import TRAINING_RECORD, training_records
 
     run_dir, family = tmp_path / "run", tmp_path / "family"
     manifest = {"built": "2026-11-26T05:45:32Z", "tokens": {"train": 9}}

@@ -16,13 +16,14 @@ import sys
 import time
 from pathlib import Path
 
+import cluster_faults
 import pandas as pd
 import pytest
-
-import cluster_faults
 from conftest import make_tiny_pair
-from specviz import bench, cluster, journal
-from specviz.cluster import LOOPBACK_ENV
+
+from specviz.bench import cli as bench
+from specviz.bench import cluster, journal
+from specviz.bench.cluster import LOOPBACK_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
 BUNDLED = ROOT / "assets" / "prompts" / "code.jsonl"

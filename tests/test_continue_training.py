@@ -12,10 +12,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_model
-from specviz import students, train
-from specviz.train import ContinueConfig
+
+from specviz.workshop import students, train
+from specviz.workshop.continued import ContinueConfig
 
 
 @pytest.fixture()

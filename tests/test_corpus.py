@@ -1,4 +1,4 @@
-"""specviz.corpus: file filters, the stable hash split, licence checks and the manifest (no network)."""
+"""specviz.workshop.corpus: file filters, the stable hash split, licence checks and the manifest (no network)."""
 from __future__ import annotations
 
 import hashlib
@@ -7,8 +7,8 @@ import zipfile
 
 import numpy as np
 
-from specviz import corpus
-from specviz.corpus import CorpusConfig, Package
+from specviz.workshop import corpus
+from specviz.workshop.corpus import CorpusConfig, Package
 
 
 def test_path_filter_drops_tests_and_vendored_copies():
@@ -101,7 +101,7 @@ def test_build_corpus_writes_streams_and_manifest(tmp_path, tiny_tokenizer):
 
 
 def test_window_stream_resumes_where_it_stopped():
-    from specviz.train import ContinueConfig, WindowStream, curriculum_seq_len, wsd_lr
+    from specviz.workshop.continued import ContinueConfig, WindowStream, curriculum_seq_len, wsd_lr
 
     stream = np.arange(10_000, dtype=np.uint16)
     a = WindowStream(stream, seed=3)

@@ -6,10 +6,10 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from helpers import make_agreeing_pair
+
 from specviz.api import run, run_batch
-from specviz.trace import SCHEMA_VERSION, Trace
+from specviz.engine.trace import SCHEMA_VERSION, Trace
 
 PROMPTS = ["def add(a, b):\n    return", "import os\n\nclass"]
 VERDICT_KINDS = ("accept", "reject")

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import torch
 
+from specviz.analysis.divergence import annotate, classify
+from specviz.analysis.metrics import compare
 from specviz.api import run
-from specviz.divergence import annotate, classify
-from specviz.metrics import compare
-from specviz.models import load_pair
-from specviz.plots import equality_text
-from specviz.trace import Trace
+from specviz.engine.trace import Trace
+from specviz.models.pair import load_pair
+from specviz.views.plots import equality_text
 
 PROMPTS = [json.loads(line)["prompt"] for line in
            (Path(__file__).resolve().parents[1] / "assets" / "prompts" / "code.jsonl").read_text().splitlines()[:3]]

@@ -1,19 +1,19 @@
-"""specviz.exactness: the chi-square verdict on sampled continuations against the target's exact law.
+"""specviz.analysis.exactness: the chi-square verdict on sampled continuations against the target's exact law.
 The exact rule passes, the rule broken on purpose is caught, and the memoized sampling loop draws
 exactly what `run` draws for the same seeds."""
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import peaky_llama, word_tokenizer
 
 import specviz
-from helpers import peaky_llama, word_tokenizer
-from specviz.adapter import KangarooAdapter
+from specviz.analysis.exactness import ForwardMemo, iter_samples
 from specviz.api import run
-from specviz.exactness import ForwardMemo, iter_samples
+from specviz.engine.adapter import KangarooAdapter
 from specviz.methods import METHODS
 from specviz.methods.base import validate_params
-from specviz.models import ModelPair
+from specviz.models.pair import ModelPair
 
 PROMPT = "w1 w2"
 
@@ -42,12 +42,12 @@ def check_result(result: dict, n: int) -> None:
 
 def test_exact_rule_passes_and_the_broken_rule_is_caught(peaky_pair):
     n = 2000
-    exact = specviz.exactness("draft_model", peaky_pair, PROMPT, n=n, tokens=2, seed=0, temperature=1.0, gamma=3)
+    exact = specviz.analysis.exactness("draft_model", peaky_pair, PROMPT, n=n, tokens=2, seed=0, temperature=1.0, gamma=3)
     check_result(exact, n)
     assert exact["chi2_p"] > 0.01, exact
     assert exact["reference_chi2_p"] > 0.001
     assert not exact["broken"] and "BROKEN" not in exact["label"]
-    broken = specviz.exactness("draft_model", peaky_pair, PROMPT, n=n, tokens=2, seed=0, broken=True, temperature=1.0,
+    broken = specviz.analysis.exactness("draft_model", peaky_pair, PROMPT, n=n, tokens=2, seed=0, broken=True, temperature=1.0,
                                gamma=3, reference=False)
     assert broken["broken"] and broken["label"].startswith("BROKEN on purpose")
     assert broken["chi2_p"] < 0.001, broken
@@ -59,19 +59,19 @@ def test_draft_model_with_a_confidence_stop_passes(peaky_pair):
     stops = [run("draft_model", peaky_pair, PROMPT, max_new_tokens=3, temperature=1.0, seed=s, gamma=3, eta=0.9)
              for s in range(5)]  # 3 tokens: the first round drafts up to 2, so the stop can cut it
     assert any(e.kind == "early_exit" for trace in stops for e in trace.events)
-    result = specviz.exactness("draft_model", peaky_pair, PROMPT, n=1000, tokens=3, seed=2, temperature=1.0, gamma=3,
+    result = specviz.analysis.exactness("draft_model", peaky_pair, PROMPT, n=1000, tokens=3, seed=2, temperature=1.0, gamma=3,
                                eta=0.9, reference=False)
     assert result["chi2_p"] > 0.01, result
 
 
 def test_kangaroo_passes(peaky_pair):
-    result = specviz.exactness("kangaroo", peaky_pair, PROMPT, n=1000, tokens=2, seed=1, temperature=0.8, eta=0.0,
+    result = specviz.analysis.exactness("kangaroo", peaky_pair, PROMPT, n=1000, tokens=2, seed=1, temperature=0.8, eta=0.0,
                                exit_layer=1, reference=False)
     assert result["chi2_p"] > 0.01, result
 
 
 def test_law_enumerates_the_top_tokens_and_bins_the_rest(peaky_pair):
-    result = specviz.exactness("draft_model", peaky_pair, PROMPT, n=50, tokens=2, top=3, temperature=1.0)
+    result = specviz.analysis.exactness("draft_model", peaky_pair, PROMPT, n=50, tokens=2, top=3, temperature=1.0)
     check_result(result, 50)
     keys = [c["key"] for c in result["cells"]]
     assert keys[-1] == "other" and result["law"]["other"] > 0
@@ -119,7 +119,7 @@ def test_the_broken_rule_is_unreachable_from_run(peaky_pair):
     with pytest.raises(ValueError, match="unknown parameter"):
         run("draft_model", peaky_pair, PROMPT, temperature=1.0, verify_rule="broken")
     with pytest.raises(ValueError, match="verify_rule is set by exactness"):
-        specviz.exactness("draft_model", peaky_pair, PROMPT, n=10, verify_rule="broken")
+        specviz.analysis.exactness("draft_model", peaky_pair, PROMPT, n=10, verify_rule="broken")
 
 
 @pytest.mark.parametrize("kwargs,message", [({"temperature": 0.0}, "temperature must be > 0"), ({"n": 0}, "n must be"),
@@ -129,13 +129,13 @@ def test_the_broken_rule_is_unreachable_from_run(peaky_pair):
 def test_bad_requests_get_clear_messages(peaky_pair, kwargs, message):
     kwargs = {"method": "draft_model", "n": 10, **kwargs}
     with pytest.raises(ValueError, match=message):
-        specviz.exactness(kwargs.pop("method"), peaky_pair, PROMPT, **kwargs)
+        specviz.analysis.exactness(kwargs.pop("method"), peaky_pair, PROMPT, **kwargs)
 
 
 @pytest.mark.parametrize("name,params", [("draft_model", {"gamma": 3}), ("kangaroo", {"gamma": 3, "eta": 0.0, "exit_layer": 1})])
 def test_a_memo_that_starts_over_changes_no_draw(peaky_pair, monkeypatch, name, params):
     """Memos cleared every few entries (their byte cap) still give `run`'s tokens."""
-    import specviz.exactness as ex
+    import specviz.analysis.exactness as ex
     from specviz.methods.kangaroo import LayerMemo
 
     monkeypatch.setattr(ex, "MEMO_BYTES", 200)

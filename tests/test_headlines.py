@@ -1,7 +1,7 @@
 """The Learn tab's measured column says what the shipped bench summary holds, and says plainly when none does."""
 from __future__ import annotations
 
-from specviz.headlines import cell, provenance
+from specviz.views.headlines import cell, provenance
 
 
 def test_cells_read_the_summary_and_admit_its_absence():

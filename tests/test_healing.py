@@ -1,16 +1,16 @@
-"""Token healing at the prompt boundary (specviz.healing): the backed-off token's text is extended by the
+"""Token healing at the prompt boundary (specviz.engine.healing): the backed-off token's text is extended by the
 first generated token, every method decodes the same healed prompt (greedy equality holds with healing
 on), batch rows heal one by one, and the sampled first token stays inside the allowed set."""
 from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import make_tiny_pair
 from helpers import assert_greedy_equal, assert_rows_equal, assert_trace_invariants
-from specviz.adapter import KangarooAdapter
+
 from specviz.api import run, run_batch
-from specviz.healing import plan, token_texts
+from specviz.engine.adapter import KangarooAdapter
+from specviz.engine.healing import plan, token_texts
 from specviz.methods import METHODS
 
 PROMPT = "def add(a, b):\n"  # ends in a bare newline: BPE merges newline + indentation elsewhere
@@ -64,8 +64,8 @@ def test_every_method_is_greedy_equal_with_healing(pair, name):
     assert trace.meta["token_healing"] == reference.meta["token_healing"]
     assert_greedy_equal(pair, trace, reference)
     assert_trace_invariants(trace)
-    from specviz.metrics import summarize
-    from specviz.render import rounds
+    from specviz.analysis.metrics import summarize
+    from specviz.views.render import rounds
 
     verifies = {e.step for e in trace.events if e.kind == "verify"}
     if verifies:  # the healing forward is a round of one token: tau is not inflated by it

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
-
 from conftest import make_tiny_model
+from transformers import AutoModelForCausalLM
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "interpolate_family.py"
 

@@ -11,10 +11,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-
 from conftest import make_tiny_pair
-from specviz import bench, journal
-from specviz.cluster import RayTarget, Slot, plan_slots
+
+from specviz.bench import cli as bench
+from specviz.bench import journal
+from specviz.bench.cluster import RayTarget, Slot, plan_slots
 
 ROOT = Path(__file__).resolve().parents[1]
 # What does not depend on timing: two runs of one command must agree on these.
@@ -88,7 +89,7 @@ def test_interrupted_local_run_resumes_to_the_same_result(saved_pair, tmp_path, 
 
 
 def test_units_are_keyed_by_what_determines_them(saved_pair, tmp_path):
-    from specviz.models import load_pair
+    from specviz.models.pair import load_pair
 
     prompts = bench.load_prompts(write_prompts(tmp_path / "p.jsonl"))
     pair = load_pair(str(saved_pair / "target"), str(saved_pair / "draft"), device="cpu")
@@ -174,7 +175,7 @@ def test_worker_slots_one_per_gpu_or_per_cpu_node():
 
 def test_the_app_and_the_bench_never_import_ray(tmp_path):
     """Ray is optional: the core modules, the bench's parser and its --ray check work without importing it."""
-    code = ("import sys, specviz, specviz.api, specviz.models, specviz.bench as b, specviz.journal, specviz.cluster\n"
+    code = ("import sys, specviz, specviz.api, specviz.models.pair, specviz.bench as b, specviz.bench.journal, specviz.bench.cluster\n"
             "b.prepare(b.build_parser().parse_args(['--ray', 'local:2', '--methods', 'draft_model']))\n"
             "assert 'ray' not in sys.modules, 'ray imported'\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ARCHS, make_tiny_model, make_tiny_pair
 from transformers import DynamicCache
 
-from conftest import ARCHS, make_tiny_model, make_tiny_pair
 from specviz.api import run
-from specviz.engine import Decoder
-from specviz.kvcache import GrowingLayer
-from specviz.lean import LeanDecoder, supports
+from specviz.engine.decoder import Decoder
+from specviz.engine.kvcache import GrowingLayer
+from specviz.engine.lean import LeanDecoder, supports
 
 VOCAB = 64
 # (tokens fed, then the length to roll back to): prefill, single steps, a verification block, rollbacks
@@ -92,7 +92,7 @@ def test_models_with_a_sliding_window_stay_on_transformers():
 def test_lean_shallow_pass_is_bit_identical_to_the_per_layer_transformers_path(arch):
     """Kangaroo's verification continues from the shallow states, so the lean shallow pass must not
     change them: in float32 on this CPU they equal the LayerStack's bit for bit (GQA included)."""
-    from specviz.layers import LayerStack
+    from specviz.engine.layers import LayerStack
 
     model = make_tiny_model(arch, VOCAB, layers=3, hidden=32, seed=5)
     assert model.config.num_key_value_heads < model.config.num_attention_heads
@@ -107,10 +107,10 @@ def test_lean_shallow_pass_is_bit_identical_to_the_per_layer_transformers_path(a
 
 
 def test_lean_adapter_matches_the_transformers_adapter():
-    from specviz import kvcache
-    from specviz.adapter import KangarooAdapter
-    from specviz.layers import causal_mask
-    from specviz.lean import LeanAdapter
+    from specviz.engine import kvcache
+    from specviz.engine.adapter import KangarooAdapter
+    from specviz.engine.layers import causal_mask
+    from specviz.engine.lean import LeanAdapter
 
     model = make_tiny_model("llama", VOCAB, layers=2, hidden=32, seed=6)
     torch.manual_seed(0)
@@ -132,7 +132,7 @@ def test_lean_adapter_matches_the_transformers_adapter():
 
 @pytest.mark.parametrize("lens", [False, True])
 def test_kangaroo_lean_path_gives_the_transformers_path_output_and_is_recorded(tiny_tokenizer, lens):
-    from specviz.adapter import KangarooAdapter
+    from specviz.engine.adapter import KangarooAdapter
 
     pair = make_tiny_pair("llama", tiny_tokenizer, seed=7)
     if not lens:
@@ -149,7 +149,7 @@ def test_kangaroo_lean_path_gives_the_transformers_path_output_and_is_recorded(t
 
 
 def test_draft_linear_is_the_same_product_and_follows_in_place_updates():
-    from specviz.lean import draft_linear, transposed_pays
+    from specviz.engine.lean import draft_linear, transposed_pays
 
     torch.manual_seed(0)
     wide, narrow = torch.nn.Linear(16, 64), torch.nn.Linear(64, 16)

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-import specviz.engine as engine
 from conftest import ARCHS, make_tiny_model, make_tiny_pair
-from helpers import (make_agreeing_pair, assert_greedy_equal, assert_trace_invariants, peaky_llama,
-                     word_tokenizer)
-from specviz.adapter import KangarooAdapter
+from helpers import assert_greedy_equal, assert_trace_invariants, make_agreeing_pair, peaky_llama, word_tokenizer
+
+import specviz.engine.decoder as engine
+from specviz.analysis.stats import chi_square
 from specviz.api import run
+from specviz.engine.adapter import KangarooAdapter
 from specviz.methods import METHODS
-from specviz.models import ModelPair
-from specviz.stats import chi_square
+from specviz.models.pair import ModelPair
 
 SPLIT_ARCHS = {"llama", "qwen2", "mistral"}  # layers take rotary embeddings from the model: Kangaroo/Mirror can split them
 SINGLE = [name for name, cls in METHODS.items() if not cls.batch and name != "autoregressive"]
@@ -134,11 +133,11 @@ def test_sorted_sources_name_the_sub_model(agreeing_pair):
 
 def test_sorted_lazy_fill_matches_a_full_forward(agreeing_pair):
     """Tokens that exited early get their deeper KV later: the drafter's deepest logits then equal a plain forward's."""
+    from specviz.engine.decoder import Output
+    from specviz.engine.trace import Recorder
+    from specviz.engine.verify import Sampling
     from specviz.methods.base import RunContext
     from specviz.methods.sorted import SortedDrafter
-    from specviz.engine import Output
-    from specviz.trace import Recorder
-    from specviz.verify import Sampling
 
     model = agreeing_pair.extras["sorted_drafter"]
     ids = torch.tensor([[5, 17, 42, 7, 99, 3, 64, 12, 8]])
@@ -274,7 +273,7 @@ def test_embedded_pair_is_lossless(embedded_pair, name, params):
 
 
 def test_mirror_stats_read_from_the_trace(embedded_pair):
-    from specviz.metrics import mirror_stats
+    from specviz.analysis.metrics import mirror_stats
 
     trace = run("mirror", embedded_pair, "def fibonacci(n):\n", max_new_tokens=40)
     stats = mirror_stats(trace)
@@ -290,7 +289,7 @@ def test_mirror_stats_read_from_the_trace(embedded_pair):
 def test_leviathan_speedup_is_expected_tokens_over_round_cost():
     """(1 - a^(g+1)) / (1 - a) tokens a round over g drafts at c and one verify at v target steps (v 1:
     the paper's), all g + 1 tokens when every draft is accepted."""
-    from specviz.metrics import leviathan_speedup
+    from specviz.speedup import leviathan_speedup
 
     tokens = 1 + 0.5 + 0.25 + 0.125 + 0.0625
     assert abs(leviathan_speedup(0.5, 4, 0.1) - tokens / 1.4) < 1e-12

@@ -6,10 +6,14 @@ import time
 
 import pytest
 import torch
-
 from conftest import ARCHS, make_tiny_model, make_tiny_pair
-from specviz import models
-from specviz.models import ModelCache, anatomy, check_tokenizers_match, load_pair, resolve_device, resolve_dtype
+
+from specviz.models import pair as models
+from specviz.models.anatomy import anatomy
+from specviz.models.cache import ModelCache
+from specviz.models.device import resolve_device, resolve_dtype
+from specviz.models.hub import check_tokenizers_match
+from specviz.models.pair import load_pair
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -168,7 +172,7 @@ def test_compiled_forwards_give_the_same_tokens(tiny_tokenizer, tmp_path):
 
 def test_gpu_choices_without_a_gpu(monkeypatch):
     """The CUDA path's decisions, exercised on CPU by faking what torch reports."""
-    from specviz.trace import Recorder
+    from specviz.engine.trace import Recorder
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert resolve_device(None) == torch.device("cuda")
@@ -213,7 +217,7 @@ def test_a_private_server_rejects_overlong_ids_clearly(monkeypatch):
 def test_cuda_loads_keep_cudnn_out_of_attention():
     """cuDNN attention builds a plan per new key length (seconds each on an H100, bf16): decoding on CUDA
     must not pick it, and a CPU load must leave the process's attention settings alone."""
-    from specviz.models import steady_attention
+    from specviz.models.pair import steady_attention
 
     was = torch.backends.cuda.cudnn_sdp_enabled()
     try:

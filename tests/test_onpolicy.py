@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from conftest import make_tiny_model
-from specviz import students
-from specviz.onpolicy import OnPolicyPool, PoolConfig
-from specviz.train import WindowStream
+
+from specviz.workshop import students
+from specviz.workshop.continued import WindowStream
+from specviz.workshop.onpolicy import OnPolicyPool, PoolConfig
 
 VOCAB = 64
 

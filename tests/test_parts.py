@@ -1,4 +1,4 @@
-"""Training Kangaroo's adapter and S2D's sorted drafter for a user's own target (specviz.parts), end to end
+"""Training Kangaroo's adapter and S2D's sorted drafter for a user's own target (specviz.workshop.parts_training), end to end
 on a tiny random Llama target: the trained part beats the untrained logit lens, loads beside the target,
 and both methods stay greedy-equal to autoregressive with it; an interrupted run resumes."""
 from __future__ import annotations
@@ -8,13 +8,13 @@ import json
 import textwrap
 
 import pytest
-
 from conftest import make_tiny_model
 from helpers import peaky_llama
-from specviz import parts
+
 from specviz.api import run
-from specviz.models import load_pair
-from specviz.train import main as train_main
+from specviz.models.pair import load_pair
+from specviz.workshop import parts_training as parts
+from specviz.workshop.train import main as train_main
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,13 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-
 from helpers import damp_layers_after, near_copy, peaky_llama
-from specviz import plots
-from specviz.adapter import KangarooAdapter
+
 from specviz.api import run, run_batch
-from specviz.models import ModelPair
-from specviz.trace import Trace
+from specviz.engine.adapter import KangarooAdapter
+from specviz.engine.trace import Trace
+from specviz.models.pair import ModelPair
+from specviz.views import plots
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def test_token_timeline_places_every_token(pair):
 def test_hover_text_is_escaped():
     trace = Trace(method="autoregressive", params={}, rows=[], events=[], target_name="t", draft_name=None, device="cpu",
                   dtype="float32", wall_time=0.1, started_at=0.0)
-    from specviz.trace import Event, RowResult
+    from specviz.engine.trace import Event, RowResult
 
     trace.rows = [RowResult(prompt="p", prompt_ids=[1], output_ids=[5], text="<script>", finish_reason="length")]
     trace.events = [Event("emit", step=0, position=0, token_id=5, text="<script>alert(1)</script>", p=0.5, source="target",

@@ -1,4 +1,4 @@
-"""specviz.quality: the metric definitions on hand-made inputs, and the CLI end to end on a tiny model."""
+"""specviz.workshop.quality: the metric definitions on hand-made inputs, and the CLI end to end on a tiny model."""
 from __future__ import annotations
 
 import json
@@ -7,10 +7,10 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_pair
-from specviz import quality
-from specviz.quality import cut_to_lines, parses, pooled_share, repair, repeated_ngram_share, repeated_ngrams
+
+from specviz.workshop import quality
+from specviz.workshop.quality import cut_to_lines, parses, pooled_share, repair, repeated_ngram_share, repeated_ngrams
 
 
 # ----------------------------------------------------------------------------- repeated 4-gram share
@@ -96,7 +96,7 @@ def test_cli_writes_every_figure_with_corpus_and_spec_bench_skipped(saved_pair, 
     for key in ("reproduce", "target", "draft", "versions", "config", "goals", "continuations", "heldout", "spec_bench"):
         assert key in got, key
     assert set(got["versions"]) >= {"torch", "transformers"}
-    assert got["reproduce"].startswith("python -m specviz.quality --target ")
+    assert got["reproduce"].startswith("python -m specviz.workshop.quality --target ")
     cont = got["continuations"]
     assert cont["prompts"] == 2 and 0.0 <= cont["repeated_4gram_share"] <= 1.0 and 0.0 <= cont["parse_rate"] <= 1.0
     assert {"id", "parses", "repairs", "repeated", "ngrams", "text", "ids", "p"} <= set(cont["per_prompt"][0])
@@ -104,7 +104,7 @@ def test_cli_writes_every_figure_with_corpus_and_spec_bench_skipped(saved_pair, 
     assert set(got["goals"]) == {"repeated_4gram_share", "parse_rate"}
     assert "skipped" in got["heldout"] and "skipped" in got["spec_bench"]
     printed = capsys.readouterr().out
-    assert "| repeated 4-gram share" in printed and "reproduce: python -m specviz.quality" in printed
+    assert "| repeated 4-gram share" in printed and "reproduce: python -m specviz.workshop.quality" in printed
     assert "| the target's probability of its greedy token, median" in printed
 
 
@@ -114,7 +114,7 @@ def check_greedy_token_probabilities(target_dir, section: dict) -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from specviz.bench import DEFAULT_PROMPTS, load_prompts
+    from specviz.bench.prompts import DEFAULT_PROMPTS, load_prompts
 
     model, tok = AutoModelForCausalLM.from_pretrained(target_dir).eval(), AutoTokenizer.from_pretrained(target_dir)
     for prompt, row in zip(load_prompts(DEFAULT_PROMPTS, 2), section["per_prompt"]):
@@ -132,7 +132,8 @@ def test_cli_held_out_and_spec_bench_sections(saved_pair, tiny_tokenizer, tmp_pa
     import inspect
     import textwrap
 
-    from specviz.train import encode, heldout_loss
+    from specviz.workshop.continued import heldout_loss
+    from specviz.workshop.text import encode
 
     corpus = tmp_path / "corpus"
     corpus.mkdir()
@@ -150,7 +151,7 @@ def test_cli_held_out_and_spec_bench_sections(saved_pair, tiny_tokenizer, tmp_pa
                          "--json", str(out), "--quiet"]) == 0
     got = json.loads(out.read_text())
     new = got["heldout"]["heldout"]
-    from specviz.models import load_pair
+    from specviz.models.pair import load_pair
 
     model = load_pair(str(saved_pair / "target"), device="cpu").target
     assert new["nats_per_token"] == pytest.approx(heldout_loss(model, stream, 2, 16)[0])
@@ -178,8 +179,8 @@ def test_cli_held_out_and_spec_bench_sections(saved_pair, tiny_tokenizer, tmp_pa
 def test_a_healed_first_token_is_left_out_of_the_probabilities(saved_pair):
     """Healing renormalizes the first token over the tokens it allows: that probability is not the target's."""
     from specviz.api import run
-    from specviz.bench import DEFAULT_PROMPTS, load_prompts
-    from specviz.models import load_pair
+    from specviz.bench.prompts import DEFAULT_PROMPTS, load_prompts
+    from specviz.models.pair import load_pair
 
     pair = load_pair(str(saved_pair / "target"), str(saved_pair / "draft"), device="cpu", cache=None)
     prompts = load_prompts(DEFAULT_PROMPTS, 4)

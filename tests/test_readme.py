@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from appserver import running_app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -167,7 +166,7 @@ def test_every_benchmark_command_in_readme_is_valid(monkeypatch):
     """The tables in README and docs/ carry the command that made them; each must still name real methods,
     parameters and files (checked as the CLI checks them, without loading a model), or the table cannot be
     reproduced."""
-    from specviz import bench
+    from specviz.bench import cli as bench
 
     remeasure = remeasure_module()
     assert remeasure.readme_bench_commands(README), "README's headline table lost its command"

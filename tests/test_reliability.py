@@ -8,10 +8,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from appserver import playground_stream_args, running_app
 from gradio_client import Client
 
-from appserver import playground_stream_args, running_app
-from specviz.trace import MAX_TRACE_BYTES, Trace
+from specviz.engine.trace import MAX_TRACE_BYTES, Trace
 
 LONG_PROMPT = "x = 1\n" * 3000
 
@@ -101,7 +101,7 @@ def test_bad_input_gets_a_clear_error_and_the_server_goes_on(client, saved, what
 
 def test_after_bad_inputs_a_good_run_is_still_right(client):
     from specviz.api import run
-    from specviz.models import load_pair
+    from specviz.models.pair import load_pair
 
     text, trace_json = client.predict(*playground(params={"max_new_tokens": 24})[1], api_name="/playground")
     local = run("draft_model", load_pair("embedded"), "def f(x):\n", max_new_tokens=24)
@@ -247,9 +247,9 @@ def test_a_fault_inside_a_method_is_reported_and_the_next_run_is_right(monkeypat
     """An exception and an out-of-memory inside a method, in a real server (in this process, so the fault
     can be injected): each becomes a clear error, and the next run is right."""
     import torch
-
     from appserver import free_port
-    from specviz import ui
+
+    from specviz.app import ui
     from specviz.methods.draft_model import DraftModel
 
     monkeypatch.setenv("SPECVIZ_ENGINE", "thread")  # the patched method lives in this process (the engine process

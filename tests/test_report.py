@@ -5,7 +5,8 @@ import json
 import re
 
 from conftest import make_tiny_pair
-from specviz import bench
+
+from specviz.bench import cli as bench
 
 
 def test_bench_html_report(tiny_tokenizer, tmp_path, capsys):

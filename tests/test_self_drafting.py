@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import make_tiny_pair
 from helpers import assert_greedy_equal, assert_trace_invariants
+
 from specviz.api import run
-from specviz.calibrate import exit_table
-from specviz.models import load_pair
+from specviz.methods.calibrate import exit_table
+from specviz.models.pair import load_pair
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_a_qwen3_target_by_path_runs_kangaroo_and_mirror_with_no_trained_parts(q
 def test_the_app_runs_training_free_kangaroo_on_a_qwen3_path(qwen3_dir, monkeypatch):
     """Through the app's own handler and engine (a server thread here; the engine process runs the same job)."""
     monkeypatch.setenv("SPECVIZ_ENGINE", "thread")
-    from specviz import ui
+    from specviz.app import ui
 
     text, trace_json = ui.playground_api(None, "def f(x):", "kangaroo", json.dumps({"max_new_tokens": 16}),
                                          str(qwen3_dir / "target"), "")  # None: no browser session

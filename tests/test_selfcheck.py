@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from specviz import kvcache, selfcheck
-from specviz.models import load_pair
+from specviz.engine import kvcache
+from specviz.models import selfcheck
+from specviz.models.pair import load_pair
 
 
 def test_a_healthy_pair_passes_every_path(saved_pairs):

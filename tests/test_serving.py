@@ -9,10 +9,10 @@ import time
 
 import pytest
 
-from specviz.admission import Admission, AdmissionConfig, Refused, RunCosts
-from specviz.pool import EnginePool, PoolConfig
-from specviz.serving import Job, Service
-from specviz.trace_cache import TraceCache
+from specviz.app.admission import Admission, AdmissionConfig, Refused, RunCosts
+from specviz.app.pool import EnginePool, PoolConfig
+from specviz.app.serving import Job, Service
+from specviz.app.trace_cache import TraceCache
 
 
 class FakePool:
@@ -221,8 +221,8 @@ def test_pool_config_one_worker_on_a_cpu_one_per_named_device(monkeypatch):
 def test_two_engine_processes_run_side_by_side_and_give_the_runs_alone_results():
     """Two real engine workers (spawned processes) on this CPU: correctness only (they share the cores)."""
     from specviz.api import run
-    from specviz.models import load_pair
-    from specviz.trace import Trace
+    from specviz.engine.trace import Trace
+    from specviz.models.pair import load_pair
 
     pool = EnginePool(PoolConfig(devices=("cpu", "cpu")))
     svc = Service(pool, Admission(AdmissionConfig(workers=2, per_session=8)), TraceCache())

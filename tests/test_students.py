@@ -1,4 +1,4 @@
-"""specviz.students end to end on a tiny random Llama target and a tiny corpus (--quick): the staging dir
+"""specviz.workshop.students end to end on a tiny random Llama target and a tiny corpus (--quick): the staging dir
 loads like assets/models (by path, with the Kangaroo adapter, sorted drafter and VocabTrim ranking found,
 and as the embedded models), the report names the target's fingerprint, and every way a run can end
 early (--max-steps, SIGTERM, a deleted output) resumes from ckpt.pt instead of starting over."""
@@ -11,12 +11,13 @@ import signal
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_model
-from specviz import models, students
+
 from specviz.api import run
-from specviz.models import load_pair
-from specviz.train import encode
+from specviz.models import pair as models
+from specviz.models.pair import load_pair
+from specviz.workshop import students
+from specviz.workshop.text import encode
 
 TINY_META = {"exits": [1, 2, 4], "nested_targets": [2, 4], "kangaroo_exit": 1}
 
@@ -29,7 +30,7 @@ def save_target(model, tok, directory) -> None:
 
 @pytest.fixture(scope="module")
 def inputs(tiny_tokenizer, tmp_path_factory):
-    """A 4-layer target with exits 1, 2 and a corpus dir as specviz.corpus writes it (stdlib sources)."""
+    """A 4-layer target with exits 1, 2 and a corpus dir as specviz.workshop.corpus writes it (stdlib sources)."""
     import csv
     import hashlib
     import json as json_module
@@ -174,12 +175,10 @@ def test_sigterm_saves_and_stops_and_a_changed_target_is_refused(made, inputs, t
 def test_a_drafter_one_layer_past_the_kangaroo_exit_starts_as_the_adapters_draft(tiny_tokenizer):
     """students.graft_adapter: target layers [0, l), the adapter as layer l (MLP adding nothing), the target's
     final norm and head: a plain causal LM whose logits are Kangaroo's draft logits."""
-    from specviz.adapter import KangarooAdapter
-    from specviz.train import adapter_logits
-
     from dataclasses import replace
 
-    from specviz.adapter import AdapterConfig
+    from specviz.engine.adapter import AdapterConfig, KangarooAdapter
+    from specviz.workshop.kit import adapter_logits
 
     target = make_tiny_model("llama", len(tiny_tokenizer), layers=4, hidden=32, seed=3)
     grouped = KangarooAdapter.for_target(target.config, 1)  # all heads keep K/V; this target groups them

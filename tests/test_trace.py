@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from specviz.trace import EVENT_KINDS, Event, Recorder, RowResult, Trace
+from specviz.engine.trace import EVENT_KINDS, Event, Recorder, RowResult, Trace
 
 
 def sample_trace() -> Trace:

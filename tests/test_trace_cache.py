@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from specviz import fingerprint, models, trace_cache
-from specviz.trace_cache import CacheLimits, TraceCache, label, request_key
+from specviz.app import trace_cache
+from specviz.app.trace_cache import CacheLimits, TraceCache, label, request_key
+from specviz.models import fingerprint
+from specviz.models import pair as models
 
 BASE = dict(job="playground", pair_fp="ab" * 8, method="draft_model",
             params={"max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "gamma": 4}, prompt="def f(x):",

@@ -8,10 +8,17 @@ import json
 
 import numpy as np
 import torch
-
 from conftest import build_tiny_tokenizer, make_tiny_model
-from specviz.unlikelihood import (UnlikelihoodConfig, ditto_loss, finetune, own_text_losses, pseudo_repetitions, repeat_mask,
-                                  unlikelihood_loss)
+
+from specviz.workshop.unlikelihood import (
+    UnlikelihoodConfig,
+    ditto_loss,
+    finetune,
+    own_text_losses,
+    pseudo_repetitions,
+    repeat_mask,
+    unlikelihood_loss,
+)
 
 
 def tiny_target_and_corpus(tmp_path, meta: dict | None = None):

@@ -7,10 +7,11 @@ import json
 
 import pytest
 
-from specviz import models
 from specviz.api import run
-from specviz.models import ModelCache, load_pair
-from specviz.trace import Trace
+from specviz.engine.trace import Trace
+from specviz.models import pair as models
+from specviz.models.cache import ModelCache
+from specviz.models.pair import load_pair
 
 LONG_PROMPT = "x = 1\n" * 3000
 

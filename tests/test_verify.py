@@ -1,9 +1,9 @@
 """The acceptance rules on fixed distributions (fast), including a chi-square test of exactness."""
 import pytest
 import torch
-from specviz.stats import chi_square
 
-from specviz.verify import Sampling, greedy_verdict, sampling_verdict
+from specviz.analysis.stats import chi_square
+from specviz.engine.verify import Sampling, greedy_verdict, sampling_verdict
 
 
 def test_greedy_accepts_matching_prefix_and_corrects():

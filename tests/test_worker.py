@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from specviz.worker import ProcessEngine, ThreadEngine
+from specviz.app.worker import ProcessEngine, ThreadEngine
 
 
 @pytest.fixture(scope="module")

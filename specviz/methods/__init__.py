@@ -1,14 +1,14 @@
 """The METHODS registry: name -> Method class. A new method is one file plus one line here."""
 from __future__ import annotations
 
-from .autoregressive import Autoregressive
-from .base import Method
-from .batch import BatchAutoregressive, EQSpec, EXSpec
-from .draft_model import DraftModel
-from .hf_assisted import HFAssisted
-from .kangaroo import Kangaroo
-from .mirror import MirrorSD
-from .sorted import Sorted
+from specviz.methods.autoregressive import Autoregressive
+from specviz.methods.base import Method
+from specviz.methods.batch import BatchAutoregressive, EQSpec, EXSpec
+from specviz.methods.draft_model import DraftModel
+from specviz.methods.hf_assisted import HFAssisted
+from specviz.methods.kangaroo import Kangaroo
+from specviz.methods.mirror import MirrorSD
+from specviz.methods.sorted import Sorted
 
 METHODS: dict[str, type[Method]] = {
     m.name: m

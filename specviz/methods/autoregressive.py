@@ -1,8 +1,8 @@
 """The baseline every speedup is measured against: one target forward per token, on a KV cache."""
 from __future__ import annotations
 
-from ..verify import top_entries
-from .base import Method, RunContext
+from specviz.engine.verify import top_entries
+from specviz.methods.base import Method, RunContext
 
 
 class Autoregressive(Method):

@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..engine import Decoder, Output
-from ..trace import Recorder
-from ..shown import shown
-from ..verify import Sampling
+from specviz.engine.decoder import Decoder, Output
+from specviz.engine.trace import Recorder
+from specviz.engine.verify import Sampling
+from specviz.shown import shown
 
 
 class Cancelled(Exception):
@@ -136,7 +136,7 @@ class RunContext:
     batch_prompts: list[list[int]] = field(default_factory=list)  # batch methods: every row's prompt ids
     first_tokens: dict[int, int] = field(default_factory=dict)  # batch methods: row -> its healed first token
     outputs: list[Output] = field(default_factory=list)  # batch methods: every row's output
-    # -- private to specviz.exactness (no parameter of `run` reaches them) ------------------------------
+    # -- private to specviz.analysis.exactness (no parameter of `run` reaches them) ------------------------------
     verify_rule: str = "exact"  # "broken": the deliberately wrong rule of the exactness demo (verify.py)
     memo: Any = None  # exactness.ForwardMemo: forwards reused across samples of one prompt (None: plain run)
     shared: dict[str, Any] | None = None  # per-model setup reused across samples (see `once`)
@@ -149,7 +149,7 @@ class RunContext:
         """A KV-cached decoder over `model` (specviz's lean Llama loop when `lean`); under exactness
         sampling a lazy view of one shared decoder whose forwards are memoized by token prefix."""
         if lean:
-            from ..lean import LeanDecoder
+            from specviz.engine.lean import LeanDecoder
 
             make = lambda: LeanDecoder(model, self.vocab)  # noqa: E731
         else:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from transformers import GenerationConfig
 
-from .base import GAMMA, Method, Param, RunContext
-from .draft_model import GAMMA_SCHEDULE
+from specviz.methods.base import GAMMA, Method, Param, RunContext
+from specviz.methods.draft_model import GAMMA_SCHEDULE
 
 
 class HFAssisted(Method):

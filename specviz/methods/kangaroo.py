@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import torch
 
-from .. import kvcache
-from ..adapter import KangarooAdapter
-from ..layers import LayerStack, causal_mask
-from ..lean import LeanAdapter, LeanDecoder, draft_linear, fast_norm, project, supports
-from .base import Method, Param, RunContext, confidence_exit, eta_param
-from .draft_model import commit
-from ..verify import decide
+from specviz.engine import kvcache
+from specviz.engine.adapter import KangarooAdapter
+from specviz.engine.layers import LayerStack, causal_mask
+from specviz.engine.lean import LeanAdapter, LeanDecoder, draft_linear, fast_norm, project, supports
+from specviz.engine.verify import decide
+from specviz.methods.base import Method, Param, RunContext, confidence_exit, eta_param
+from specviz.methods.rounds import commit
 
 
 def find_adapter(ctx: RunContext, exit_layer: int | None) -> KangarooAdapter | None:
@@ -91,7 +91,7 @@ class LensDraftState:
 
 
 class LayerMemo:
-    """Exactness sessions only (`specviz.exactness`, ctx.memo set): the stack's layer-range forwards and
+    """Exactness sessions only (`specviz.analysis.exactness`, ctx.memo set): the stack's layer-range forwards and
     the adapter's steps memoized by the token ids they cover. A hit re-appends the KV entries the first
     computation appended (and bumps the lengths), so every cache ends as if the forward had run."""
 
@@ -159,7 +159,7 @@ class Kangaroo(Method):
             draft = SelfDraftState(adapter, lean=lean)
         else:  # training-free: the logit lens at a calibrated (or the given) exit
             if l is None:
-                from ..calibrate import calibrated_exit
+                from specviz.methods.calibrate import calibrated_exit
 
                 calibration = calibrated_exit(ctx.pair, ctx.vocab)
                 ctx.meta["exit_calibration"] = calibration
@@ -311,7 +311,7 @@ class Kangaroo(Method):
             if not lean:
                 return stack.logits
             return lambda hidden: project(draft_linear, stack.head, norm(hidden))[..., : ctx.vocab]
-        from .vocabtrim import TrimmedHead, kept_ids
+        from specviz.methods.vocabtrim import TrimmedHead, kept_ids
 
         trimmed = ctx.once(("kangaroo_trimmed_head", id(stack.head), k), lambda: TrimmedHead(
             stack.head, kept_ids(ctx.pair, k, ctx.vocab, ctx.prompt_ids.device), ctx.vocab))

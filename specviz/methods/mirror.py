@@ -28,11 +28,11 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
-from .. import kvcache
-from ..layers import LayerStack
-from ..verify import decide
-from .base import Method, Param, RunContext
-from .draft_model import Drafter, commit
+from specviz.engine import kvcache
+from specviz.engine.layers import LayerStack
+from specviz.engine.verify import decide
+from specviz.methods.base import Method, Param, RunContext
+from specviz.methods.rounds import Drafter, commit
 
 
 @dataclass
@@ -58,14 +58,14 @@ def clone_rows(cache: DynamicCache, length: int, rows: int, config) -> DynamicCa
 
 def default_exit(pair, depth: int, vocab: int | None = None) -> int:
     """The trained early exit nearest half the target's depth (the embedded target's meta lists them);
-    for a target without trained exits, the calibrated logit-lens exit (specviz.calibrate)."""
+    for a target without trained exits, the calibrated logit-lens exit (specviz.methods.calibrate)."""
     meta = (pair.extras or {}).get("target_meta") or {}
     exits = [e for e in meta.get("exits", []) if isinstance(e, int) and 1 <= e < depth]
     if exits:
         return min(exits, key=lambda e: (abs(e - depth / 2), e))
     if vocab is None or depth < 2:
         return max(1, depth // 2)
-    from ..calibrate import calibrated_exit
+    from specviz.methods.calibrate import calibrated_exit
 
     return calibrated_exit(pair, vocab)["exit_layer"]
 
@@ -89,7 +89,7 @@ class MirrorSD(Method):
         if le is None:
             le = ctx.params["exit_layer"] = default_exit(ctx.pair, stack.depth, ctx.vocab)
             if not ((ctx.pair.extras or {}).get("target_meta") or {}).get("exits"):
-                from ..calibrate import calibrated_exit
+                from specviz.methods.calibrate import calibrated_exit
 
                 ctx.meta["exit_calibration"] = calibrated_exit(ctx.pair, ctx.vocab)
         if le >= stack.depth:
@@ -203,41 +203,3 @@ class MirrorSD(Method):
                 feed = token.view(kappa, 1)
         return Branches(candidates=candidates, depth=depth, tokens=torch.stack(tokens, dim=1), q=torch.stack(qs, dim=1),
                         cache=cache, length=length, t0=t0, t1=ctx.rec.now())
-
-
-@dataclass(frozen=True)
-class HeterogeneousCosts:
-    """The paper's setting, modeled: target on one accelerator, drafter on another (milliseconds)."""
-
-    target_layer_ms: float = 0.5  # one target layer over a verification block
-    draft_step_ms: float = 0.4  # one drafter forward (any number of branch rows: they run in parallel)
-    comm_ms: float = 0.05  # sending the early-exit candidates across
-
-
-def modeled_timeline(trace, layers: int, exit_layer: int, costs: HeterogeneousCosts) -> dict:
-    """Re-time a Mirror-SD trace under `costs` (acceptance pattern as measured; timings MODELED).
-
-    Per round: prefix(l_e) + max(suffix, comm + branch rollout) + serial drafting when the previous
-    round's branch missed; against plain speculative decoding with the same drafts and acceptance:
-    serial drafting + the whole target, per round."""
-    gamma = trace.params["gamma"]
-    rounds = sorted({e.step for e in trace.events if e.kind == "verify"})
-    reused = {e.step + 1 for e in trace.events if e.kind == "branch" and e.info.get("fate") == "reused"}
-    prefix = exit_layer * costs.target_layer_ms
-    suffix = (layers - exit_layer) * costs.target_layer_ms
-    branch = costs.comm_ms + gamma * costs.draft_step_ms
-    t = t_sd = 0.0
-    lanes = []
-    for step in rounds:
-        # every draft the round verified, also those a reused branch supplied (serial drafting would have paid them)
-        drafts = sum(1 for e in trace.events if e.kind == "draft" and e.step == step)
-        serial = 0.0 if step in reused else drafts * costs.draft_step_ms
-        lanes.append({"step": step, "draft": (t, t + serial), "prefix": (t + serial, t + serial + prefix),
-                      "suffix": (t + serial + prefix, t + serial + prefix + suffix),
-                      "branches": (t + serial + prefix, t + serial + prefix + branch)})
-        t += serial + prefix + max(suffix, branch)
-        t_sd += drafts * costs.draft_step_ms + prefix + suffix
-    t_ar = trace.new_tokens * layers * costs.target_layer_ms  # one full target pass per token
-    return {"label": "modeled", "costs": costs.__dict__, "rounds": lanes, "mirror_ms": t, "speculative_ms": t_sd,
-            "autoregressive_ms": t_ar, "modeled_speedup_over_sd": t_sd / t if t else None,
-            "modeled_speedup_over_ar": t_ar / t if t else None}

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from .. import kvcache
-from ..lean import draft_linear
-from .base import RunContext
-from .draft_model import Drafter
+from specviz.engine import kvcache
+from specviz.engine.lean import draft_linear
+from specviz.methods.base import RunContext
+from specviz.methods.rounds import Drafter
 
 
 def ranking_for(pair) -> list[int]:

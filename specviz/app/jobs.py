@@ -1,0 +1,173 @@
+"""What the app asks of the engine, as functions of plain data (strings, numbers, JSON-able dicts).
+
+They run where `specviz.app.worker` puts them: on the main thread of the engine process (the default), or
+in a server thread. Each takes `cancel` (a threading.Event: Stop, a closed page, the run deadline)
+and `emit` (sends a progress payload to the waiting handler: Compare's and Batch's progress bars, between timed runs). Results are JSON-able,
+so nothing but data crosses the process boundary; the UI draws its plots from the traces it gets back.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Callable
+
+from specviz.app.worker import InFlight
+
+JOBS = ("warm", "single", "playground", "batch", "compare", "batch_compare", "exactness_lab", "health")
+_RUNNING = InFlight()  # engine runs executing in this process now
+
+
+def pair_for(target: str | None, draft: str | None):
+    from specviz.models.hub import EMBEDDED
+    from specviz.models.pair import load_pair
+
+    target = (target or EMBEDDED).strip() or EMBEDDED
+    draft = (draft or "").strip() or None
+    return load_pair(target, draft, device=os.environ.get("SPECVIZ_DEVICE") or None)
+
+
+def engine_note(queued_s: float | None = None) -> dict:
+    """Where a run ran and how many runs shared the engine: shown beside its measured figures."""
+    running = _RUNNING.count
+    where = "engine process, main thread" if threading.current_thread() is threading.main_thread() else "server thread"
+    note = {"where": where, "runs_at_once": running, "pid": os.getpid()}
+    if queued_s is not None:
+        note["queued_s"] = round(max(0.0, queued_s), 3)
+    return note
+
+
+class Running:
+    def __enter__(self):
+        _RUNNING.add(1)
+
+    def __exit__(self, *exc):
+        _RUNNING.add(-1)
+
+
+def warm(target: str = "embedded", *, cancel: threading.Event, emit: Callable) -> str:
+    return pair_for(target, None).describe()
+
+
+def traced(runner: Callable, target: str, draft: str | None, first, params: dict, cancel: threading.Event) -> str:
+    """One run (`specviz.run` or `run_batch`) on the engine, noted with where it ran: its trace as JSON."""
+    pair = pair_for(target, draft)
+    with Running():
+        trace = runner(pair, first, cancel=cancel, **params)
+        trace.meta["engine"] = engine_note()
+    return trace.to_json()
+
+
+def single(method: str, target: str, draft: str | None, prompt: str, params: dict, *, cancel: threading.Event,
+           emit: Callable) -> str:
+    from specviz.api import run
+
+    return traced(lambda pair, prompt_, **kw: run(method, pair, prompt_, **kw), target, draft, prompt, params, cancel)
+
+
+def playground(method: str, target: str, draft: str | None, prompt: str, params: dict, submitted_at: float | None = None,
+               *, cancel: threading.Event, emit: Callable) -> dict:
+    """The Playground's (and the Race's) run, then the autoregressive run of the same prompt: each measured
+    alone, nothing else working in this process while it is timed (no streamer: the page replays the
+    measured timeline afterwards). A greedy difference is classified (tie or bug); the measured figures
+    against the baseline are stored in the trace."""
+    from specviz.analysis.divergence import annotate
+    from specviz.analysis.metrics import compare
+    from specviz.api import run
+    from specviz.methods.base import common_values
+
+    queued = time.time() - submitted_at if submitted_at else None
+    pair = pair_for(target, draft)
+    with Running():
+        note = engine_note(queued)
+        trace = run(method, pair, prompt, cancel=cancel, **params)
+    trace.meta["engine"] = note
+    baseline = trace
+    if method != "autoregressive":
+        with Running():
+            baseline = run("autoregressive", pair, prompt, cancel=cancel, **common_values(params))
+        baseline.meta["engine"] = engine_note()
+        if not params.get("temperature") and trace.output_ids != baseline.output_ids:
+            annotate(pair, trace, baseline)  # greedy must be equal: a difference is classified, tie or bug, and shown
+        figures = compare(trace, baseline)
+        trace.meta["against_autoregressive"] = {k: figures.get(k) for k in
+                                                ("speedup", "alpha", "c", "v", "tau", "mean_drafts_per_round")}
+    return {"trace": trace.to_json(), "baseline": baseline.to_json()}
+
+
+def batch(method: str, target: str, draft: str | None, prompts: list, params: dict, *, cancel: threading.Event,
+          emit: Callable) -> str:
+    from specviz.api import run_batch
+
+    return traced(lambda pair, prompts_, **kw: run_batch(method, pair, prompts_, **kw), target, draft, prompts, params,
+                  cancel)
+
+
+def compare(specs: list, prompts: list, repeats: int, target: str, draft: str | None, *, cancel: threading.Event,
+            emit: Callable) -> str:
+    """Methods x prompts, interleaved per prompt (the bench's own loop): the frame as JSON records."""
+    from specviz.bench.matrix import run_matrix
+
+    pair = pair_for(target, draft)
+    with Running():
+        frame = run_matrix(pair, [tuple(s) for s in specs], prompts, int(repeats), progress=False)
+    return frame.to_json(orient="records")
+
+
+def batch_compare(batch_size: int, prompts: list, max_new_tokens: int, gamma: int, include_naive: bool, target: str,
+                  draft: str | None, *, cancel: threading.Event, emit: Callable) -> dict:
+    """EQSPEC vs EXSPEC (and batched AR, and the naive mode if asked) on the same prompts."""
+    from specviz.api import run, run_batch
+
+    pair = pair_for(target, draft)
+    common = {"max_new_tokens": int(max_new_tokens), "batch_size": int(batch_size)}
+    variants = [("batch_autoregressive", {}), ("eqspec", {"gamma": int(gamma)}), ("exspec", {"gamma": int(gamma)})]
+    if include_naive:
+        variants.append(("eqspec", {"gamma": int(gamma), "realign": "naive"}))
+    sizes = sorted({1, int(batch_size)})
+    with Running():
+        reference = [run("autoregressive", pair, p, max_new_tokens=int(max_new_tokens)).output_ids for p in prompts]
+        rows, equivalence, traces = [], [], {}
+        for i, (size, (name, extra)) in enumerate((s, v) for s in sizes for v in variants):
+            emit({"progress": (i + 1) / (len(variants) * len(sizes)), "desc": f"{name} batch {size}"})
+            trace = run_batch(name, pair, prompts, cancel=cancel, **{**common, **extra, "batch_size": size})
+            label = name + (" (NAIVE: broken on purpose)" if extra.get("realign") == "naive" else "")
+            equal = [r.output_ids == ref for r, ref in zip(trace.rows, reference)]
+            rows.append({"method": label, "batch_size": size, "tokens_per_s": round(trace.meta["throughput"], 1),
+                         "realign_share": round(trace.meta["realign_seconds"] / trace.wall_time, 3) if trace.wall_time else 0.0,
+                         "rounds": trace.meta["rounds"], "realigned_rounds": trace.meta["realigned_rounds"],
+                         "rows_equal_to_autoregressive": f"{sum(equal)}/{len(equal)}"})
+            if size == int(batch_size):
+                traces[label] = trace.to_json()
+                equivalence += [{"method": label, "row": j, "equal": "yes" if e else "NO",
+                                 "text": trace.rows[j].text[:60]} for j, e in enumerate(equal)]
+    return {"rows": rows, "equivalence": equivalence, "traces": traces}
+
+
+def exactness_lab(method: str, target: str, draft: str | None, prompt: str, n: int, tokens: int, params: dict,
+                  broken: bool, seed: int = 0, *, cancel: threading.Event, emit: Callable) -> dict:
+    """The Exactness lab: `method` and plain autoregressive sampling against the target's exact law, and
+    (if asked) the BROKEN-on-purpose rule under the same test. Results are plain dicts (specviz.analysis.exactness)."""
+    from specviz.analysis.exactness import exactness
+
+    pair = pair_for(target, draft)
+    with Running():
+        emit({"progress": 0.05, "desc": f"{method}: {n} samples + {n} autoregressive"})
+        real = exactness(method, pair, prompt, n=int(n), tokens=int(tokens), seed=int(seed), **params)
+        bad = None
+        if broken and not cancel.is_set():
+            emit({"progress": 0.6, "desc": f"{method}, BROKEN on purpose: {n} samples"})
+            bad = exactness(method, pair, prompt, n=int(n), tokens=int(tokens), seed=int(seed), broken=True,
+                            reference=False, **params)
+    return {"real": real, "broken": bad}
+
+
+def health(*, cancel: threading.Event, emit: Callable) -> dict:
+    import resource
+    import sys
+
+    from specviz.models.cache import CACHE
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    return {"models_cached": [k[0] for k in CACHE.keys()], "engine_pid": os.getpid(),
+            "engine_peak_rss_mb": round(peak / (1 << 20) if sys.platform == "darwin" else peak / 1024, 1)}

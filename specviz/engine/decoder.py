@@ -1,0 +1,106 @@
+"""The one place that owns single-sequence KV caches: feed tokens, read logits, roll back.
+
+Invariant kept by every method and asserted in tests: a model's cache holds exactly the tokens
+it was fed that are still committed; rollback is an index (`kvcache.crop`), never a copy; every hand-off of a cache goes through
+`specviz.engine.kvcache`.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+from transformers import DynamicCache
+
+from specviz.engine import kvcache
+
+# Tests switch this on: every feed and rollback then asserts the cache holds exactly `length` entries.
+CHECKS = os.environ.get("SPECVIZ_CHECKS") == "1"
+
+
+@dataclass
+class Decoder:
+    """A causal LM with its own KV cache over one sequence (batch 1)."""
+
+    model: torch.nn.Module
+    vocab: int  # logits are cut to this width (the pair's common vocabulary)
+    cache: DynamicCache = field(init=False)
+    length: int = field(init=False, default=0)  # tokens the cache holds
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.cache = kvcache.growing_cache(self.model.config)
+        self.length = 0
+
+    @torch.inference_mode()
+    def feed(self, ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
+        """Append ids (1, T) to the cache; return logits (keep, vocab) of the last `keep` positions."""
+        out = kvcache.forward(self.model, self.cache, input_ids=ids, use_cache=True, logits_to_keep=keep)
+        self.length += ids.shape[1]
+        if CHECKS:
+            self.check()
+        return out.logits[0, -keep:, : self.vocab]
+
+    def rollback(self, length: int) -> None:
+        """Drop cached entries beyond `length` tokens."""
+        if length < self.length:
+            kvcache.crop(self.cache, length)
+            self.length = length
+        if CHECKS:
+            self.check()
+
+    def check(self) -> None:
+        """The cache really holds `length` entries (tests call this after every step)."""
+        held = [kvcache.held(layer) for layer in self.cache.layers]
+        assert all(h == self.length for h in held), f"cache layers hold {held} entries, expected {self.length}"
+
+
+class Output:
+    """The generated tokens of one sequence, with the stop rules (EOS, max_new_tokens)."""
+
+    def __init__(self, max_new_tokens: int, eos_ids: set[int], context_room: int):
+        self.ids: list[int] = []
+        self.limit = min(max_new_tokens, context_room)
+        self.eos_ids = eos_ids
+        self.finish_reason = ""
+        self._context_bound = context_room < max_new_tokens
+
+    @property
+    def done(self) -> bool:
+        return bool(self.finish_reason)
+
+    @property
+    def room(self) -> int:
+        return 0 if self.done else self.limit - len(self.ids)
+
+    def push(self, token: int) -> int:
+        """Append one token; return its position. Sets finish_reason on EOS or at the limit."""
+        assert not self.done, "push after the run finished"
+        self.ids.append(token)
+        if token in self.eos_ids:
+            self.finish_reason = "eos"
+        elif len(self.ids) >= self.limit:
+            self.finish_reason = "context" if self._context_bound else "length"
+        return len(self.ids) - 1
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    ids: set[int] = set()
+    for value in (getattr(model.generation_config, "eos_token_id", None), tokenizer.eos_token_id):
+        if isinstance(value, int):
+            ids.add(value)
+        elif isinstance(value, (list, tuple)):
+            ids.update(int(v) for v in value)
+    return ids
+
+
+def context_limit(model) -> int:
+    """Longest sequence the model's positions allow (large if it does not say)."""
+    cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    for name in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+        value = getattr(cfg, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 1 << 20

@@ -1,0 +1,137 @@
+"""The one seam between the engine and transformers' KV caches: make a cache, hand it to a module's
+forward, roll it back.
+
+Why a seam: transformers moved the forward's cache keyword (`past_key_values` up to 5.23, `cache`
+from 5.24) and an unknown keyword falls into `**kwargs` without a word, so a forward silently starts
+from an empty cache. Every engine path calls models through `forward` below, which reads the keyword
+from the module class's own signature (once per class) and refuses a class that names none. What
+else the engine leans on (DynamicLayer subclassing, negative `crop`, `logits_to_keep`) lives here
+too, and `specviz.models.selfcheck` proves the whole seam against `generate` when a pair is loaded.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+CACHE_KEYWORDS = ("cache", "past_key_values", "past_key_value")  # newest first
+
+
+class UnsupportedModel(ValueError):
+    """A module whose forward takes no cache keyword the engine knows."""
+
+
+@functools.cache
+def _signature_names(cls: type) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
+def cache_keyword(module: torch.nn.Module) -> str:
+    """The keyword this module's forward takes its KV cache by (read from the class signature)."""
+    names = _signature_names(type(module))
+    for name in CACHE_KEYWORDS:
+        if name in names:
+            return name
+    raise UnsupportedModel(
+        f"{type(module).__name__}.forward takes none of {', '.join(CACHE_KEYWORDS)}: this transformers version "
+        "passes the KV cache some other way, which specviz does not know"
+    )
+
+
+def takes(module: torch.nn.Module, keyword: str) -> bool:
+    return keyword in _signature_names(type(module))
+
+
+def forward(module: torch.nn.Module, cache: Any, **kwargs: Any) -> Any:
+    """`module(**kwargs)` with `cache` passed under the keyword its forward really takes. A
+    `logits_to_keep` the forward does not take is applied to the output's logits instead."""
+    keep = kwargs.pop("logits_to_keep", None)
+    if keep is not None and takes(module, "logits_to_keep"):
+        kwargs["logits_to_keep"] = keep
+        keep = None
+    out = module(**kwargs, **{cache_keyword(module): cache})
+    if keep:
+        out.logits = out.logits[:, -keep:]
+    return out
+
+
+class GrowingLayer(DynamicLayer):
+    """A DynamicLayer that writes new keys/values into a buffer grown by doubling instead of
+    `torch.cat`-ing the whole history every step. The cat made each forward copy the full cache (on a
+    small CPU model, 30-55 % of a verification's time); what attention sees is identical: views of
+    exactly the held entries. `crop` (inherited) just narrows the views."""
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor, *args: Any) -> None:
+        super().lazy_initialization(key_states, value_states, *args)
+        self.buffers: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _owns_views(self) -> bool:
+        return self.buffers is not None and self.keys.numel() > 0 and self.keys.data_ptr() == self.buffers[0].data_ptr()
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        held = self.get_seq_length()
+        end = held + key_states.shape[-2]
+        buffers = self.buffers if (held == 0 or self._owns_views()) else None  # keys replaced from outside
+        if buffers is None or end > buffers[0].shape[-2] or buffers[0].shape[:-2] != key_states.shape[:-2]:
+            capacity = max(end, 2 * held, 64)
+            buffers = (key_states.new_empty((*key_states.shape[:-2], capacity, key_states.shape[-1])),
+                       value_states.new_empty((*value_states.shape[:-2], capacity, value_states.shape[-1])))
+            if held:
+                buffers[0][..., :held, :] = self.keys
+                buffers[1][..., :held, :] = self.values
+            self.buffers = buffers
+        buffers[0][..., held:end, :] = key_states
+        buffers[1][..., held:end, :] = value_states
+        self.keys, self.values = buffers[0][..., :end, :], buffers[1][..., :end, :]
+        return self.keys, self.values
+
+
+def new_cache(config: Any = None) -> DynamicCache:
+    """An empty DynamicCache shaped by `config` (sliding-window layers where the config has them)."""
+    return DynamicCache(config=config) if config is not None else DynamicCache()
+
+
+def full_attention_only(config) -> bool:
+    """True when every layer attends to the whole history (no sliding window in any layer), as the
+    cache transformers builds for this config says."""
+    return all(type(layer) is DynamicLayer for layer in new_cache(config).layers)
+
+
+def growing_cache(config) -> DynamicCache:
+    """A DynamicCache whose full-attention layers are GrowingLayers (sliding-window layers stay as they are)."""
+    cache = new_cache(config)
+    cache.layers = [GrowingLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
+    return cache
+
+
+def held(layer: Any) -> int:
+    """Entries a cache layer holds (0 before its first update)."""
+    return layer.get_seq_length() if getattr(layer, "is_initialized", False) else 0
+
+
+def crop_layer(layer: Any, length: int) -> None:
+    """Keep the first `length` entries of one cache layer (a negative count to drop: the form every 5.x takes)."""
+    extra = held(layer) - length
+    if extra > 0:
+        layer.crop(-extra)
+
+
+def crop(cache: DynamicCache, length: int) -> None:
+    """Keep the first `length` entries of every layer of `cache`."""
+    for layer in cache.layers:
+        crop_layer(layer, length)
+
+
+def is_filled(layer: Any) -> bool:
+    return bool(getattr(layer, "is_initialized", False) and layer.keys is not None and layer.keys.numel())
+
+
+def filled_layers(cache: DynamicCache):
+    """The layers of `cache` that hold entries (batched realignment moves exactly these)."""
+    return (layer for layer in cache.layers if is_filled(layer))
