@@ -4,7 +4,7 @@ Names are imported on first use (PEP 562), so `import specviz` stays cheap and s
 """
 from __future__ import annotations
 
-from importlib import import_module
+from specviz.lazy import exports
 
 _EXPORTS = {
     "load_pair": "specviz.models.pair",
@@ -18,8 +18,4 @@ _EXPORTS = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        return getattr(import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'specviz' has no attribute {name!r}")
+__getattr__ = exports(__name__, _EXPORTS)

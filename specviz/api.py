@@ -18,7 +18,7 @@ from specviz.engine.trace import HEALING_STEP, Recorder, RowResult, Trace, fill_
 from specviz.engine.verify import Sampling
 from specviz.methods import METHODS
 from specviz.methods.base import Cancelled, RunContext, validate_params
-from specviz.models.anatomy import weights_read_per_token
+from specviz.models.anatomy import anatomy, weights_read_per_token
 from specviz.shown import shown
 
 MAX_PROMPT_TOKENS = 2048
@@ -33,8 +33,6 @@ def synchronize(device: torch.device) -> None:
 
 
 def target_layers(model) -> int | None:
-    from specviz.models.anatomy import anatomy
-
     try:
         return len(anatomy(model).layers)
     except ValueError:

@@ -9,6 +9,7 @@ import pytest
 from conftest import make_tiny_pair
 
 from specviz.bench import cli as bench
+from specviz.bench import prompts as prompt_files
 
 SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench_question.jsonl"
 
@@ -60,7 +61,7 @@ def test_bench_writes_the_contract_columns(saved_pair, tmp_path, capsys):
 def test_spec_bench_questions_load():
     if not SPEC_BENCH.exists():
         pytest.skip("Spec-Bench question file not present beside the checkout")
-    prompts = bench.load_prompts(SPEC_BENCH)
+    prompts = prompt_files.load_prompts(SPEC_BENCH)
     assert len(prompts) == 480
     assert {p["category"] for p in prompts} >= {"writing", "translation", "summarization", "qa", "math_reasoning", "rag"}
 

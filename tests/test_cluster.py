@@ -22,7 +22,7 @@ import pytest
 from conftest import make_tiny_pair
 
 from specviz.bench import cli as bench
-from specviz.bench import cluster, journal
+from specviz.bench import cluster, journal, matrix
 from specviz.bench.cluster import LOOPBACK_ENV
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,8 +182,8 @@ def test_unfit_worker_takes_no_units_and_a_unit_failing_twice_is_reported(addres
             "--json", str(tmp_path / "s.json"), *on_ray(address)]
     args = bench.build_parser().parse_args(argv)
     methods, loaded = bench.prepare(args)
-    plan = bench.make_plan(methods, args.repeats)
-    units = bench.make_units(plan, loaded)
+    plan = matrix.make_plan(methods, args.repeats)
+    units = matrix.make_units(plan, loaded)
     outcome = cluster.run_cluster(args, plan, units, worker_cls=cluster_faults.FaultyWorker)
     assert bench.write_outputs(args, outcome, "test", len(loaded), 1, 0.0) == 1  # failures: non-zero exit
     df = pd.read_csv(out)

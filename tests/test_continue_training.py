@@ -1,4 +1,4 @@
-"""Continued training of the target (train.continue_target) and the time-fitted phases a GPU lease needs:
+"""Continued training of the target (continued.continue_target) and the time-fitted phases a GPU lease needs:
 a run writes its record (run.json) for the model card, resumes where it stopped, and runs under mixed
 precision on any device; fitting to a budget plans tokens and steps from measured speed, not from a guess."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 import torch
 from conftest import make_tiny_model
 
-from specviz.workshop import students, train
+from specviz.workshop import continued, students, text
 from specviz.workshop.continued import ContinueConfig
 
 
@@ -30,7 +30,7 @@ def run_inputs(tiny_tokenizer, tmp_path):
     corpus.mkdir()
     tokens = {}
     for split, modules in {"train": [inspect, textwrap, string], "heldout": [string], "heldout_stdlib": [textwrap]}.items():
-        ids = train.encode(tiny_tokenizer, [inspect.getsource(m) for m in modules]).astype(np.uint16)
+        ids = text.encode(tiny_tokenizer, [inspect.getsource(m) for m in modules]).astype(np.uint16)
         np.save(corpus / f"{split}.npy", ids)
         tokens[split] = len(ids)
     vocab_sha = hashlib.sha1(json.dumps(tiny_tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
@@ -49,12 +49,12 @@ def test_a_run_writes_its_record_and_resumes_under_mixed_precision(run_inputs, t
     logs: list[str] = []
     ccfg = tiny_config(target, corpus, tmp_path / "run", amp="bf16", max_steps=5, total_tokens=256 * 10,
                        eval_minutes=1000.0)
-    out = train.continue_target(ccfg, logs.append)
-    record = json.loads((tmp_path / "run" / train.RUN_RECORD).read_text())
+    out = continued.continue_target(ccfg, logs.append)
+    record = json.loads((tmp_path / "run" / continued.RUN_RECORD).read_text())
     assert record["step"] == 5 and record["tokens"] == 5 * 256 and record["config"]["amp"] == "bf16"
     assert record["device_name"] == "cpu" and (out / "config.json").exists()
-    train.continue_target(replace(ccfg, max_steps=0), logs.append)  # the same command: on to the plan's end
-    record = json.loads((tmp_path / "run" / train.RUN_RECORD).read_text())
+    continued.continue_target(replace(ccfg, max_steps=0), logs.append)  # the same command: on to the plan's end
+    record = json.loads((tmp_path / "run" / continued.RUN_RECORD).read_text())
     assert any("resumed" in line and "step 5" in line for line in logs)
     assert record["tokens"] >= ccfg.total_tokens and record["step"] == 10
     evals = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -64,17 +64,17 @@ def test_a_run_writes_its_record_and_resumes_under_mixed_precision(run_inputs, t
 
 def test_fit_to_budget_plans_tokens_from_the_measured_speed(monkeypatch):
     clock = {"now": 1000.0}
-    monkeypatch.setattr(train.time, "time", lambda: clock["now"])
+    monkeypatch.setattr(continued.time, "time", lambda: clock["now"])
     ccfg = ContinueConfig(total_tokens=2_000_000_000, reserve_seconds=10.0, fit_to_budget=True)
     logs: list[str] = []
-    plan, fit_from = train.fitted_plan(ccfg, ccfg, 10, 10_000, (0, 0.0), deadline=1200.0, log=logs.append)
+    plan, fit_from = continued.fitted_plan(ccfg, ccfg, 10, 10_000, (0, 0.0), deadline=1200.0, log=logs.append)
     assert plan is ccfg and fit_from == (10_000, 1000.0)  # speed is measured after the warm-up steps
     clock["now"] = 1040.0  # 40 more steps of 1,000 tokens in 40 s: 1,000 tokens/s
-    plan, _ = train.fitted_plan(plan, ccfg, 50, 50_000, fit_from, deadline=1200.0, log=logs.append)
+    plan, _ = continued.fitted_plan(plan, ccfg, 50, 50_000, fit_from, deadline=1200.0, log=logs.append)
     assert plan.total_tokens == 50_000 + 1000 * (1200 - 1040 - 10)
     assert logs and "1000 tok/s" in logs[0]
     decaying = replace(plan, total_tokens=55_000)  # past (1 - decay_share) of the plan: the end stays put
-    assert train.fitted_plan(decaying, ccfg, 75, 50_000, fit_from, 1200.0, logs.append)[0].total_tokens == 55_000
+    assert continued.fitted_plan(decaying, ccfg, 75, 50_000, fit_from, 1200.0, logs.append)[0].total_tokens == 55_000
 
 
 def test_fitted_steps_end_a_phase_on_its_seconds():
@@ -93,6 +93,6 @@ def test_heldout_loss_runs_without_autograd():
     model = make_tiny_model("llama", 64, seed=1).requires_grad_(True).train()
     seen = []
     model.register_forward_pre_hook(lambda module, args: seen.append(torch.is_grad_enabled()))
-    nats, late = train.heldout_loss(model, np.random.default_rng(0).integers(0, 64, 500), windows=4, seq_len=32)
+    nats, late = continued.heldout_loss(model, np.random.default_rng(0).integers(0, 64, 500), windows=4, seq_len=32)
     assert seen and not any(seen) and model.training
     assert 0 < late and 0 < nats

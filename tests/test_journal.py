@@ -14,7 +14,8 @@ import torch
 from conftest import make_tiny_pair
 
 from specviz.bench import cli as bench
-from specviz.bench import journal
+from specviz.bench import journal, matrix
+from specviz.bench import prompts as prompt_files
 from specviz.bench.cluster import RayTarget, Slot, plan_slots
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,7 +54,7 @@ def test_interrupted_local_run_resumes_to_the_same_result(saved_pair, tmp_path, 
     assert {"host", "device", "worker", "output_digest"} <= set(whole.columns)
 
     out = tmp_path / "r.csv"
-    real_run_unit, calls = bench.run_unit, []
+    real_run_unit, calls = matrix.run_unit, []
 
     def interrupted(pair, plan, unit, tick=None):  # Ctrl-C while the second unit runs
         calls.append(unit.index)
@@ -91,12 +92,12 @@ def test_interrupted_local_run_resumes_to_the_same_result(saved_pair, tmp_path, 
 def test_units_are_keyed_by_what_determines_them(saved_pair, tmp_path):
     from specviz.models.pair import load_pair
 
-    prompts = bench.load_prompts(write_prompts(tmp_path / "p.jsonl"))
+    prompts = prompt_files.load_prompts(write_prompts(tmp_path / "p.jsonl"))
     pair = load_pair(str(saved_pair / "target"), str(saved_pair / "draft"), device="cpu")
 
     def keys(spec: str, *, seed: int = 0, fingerprint: str | None = None, **shared) -> list[str]:
-        plan = bench.make_plan([bench.parse_method(spec, {"max_new_tokens": 6, "seed": seed, **shared})], repeats=1)
-        units = bench.make_units(plan, prompts)
+        plan = matrix.make_plan([matrix.parse_method(spec, {"max_new_tokens": 6, "seed": seed, **shared})], repeats=1)
+        units = matrix.make_units(plan, prompts)
         ident = journal.identity(plan, units, fingerprint or journal.pair_fingerprint(pair))
         j = journal.Journal(tmp_path / "j", ident)
         return [j.key(u) for u in units]
@@ -120,9 +121,9 @@ def test_pair_fingerprint_follows_the_weights(tiny_tokenizer):
 
 
 def test_a_torn_last_line_is_skipped_and_a_second_writer_refused(tmp_path):
-    prompts = bench.load_prompts(write_prompts(tmp_path / "p.jsonl", 2))
-    plan = bench.make_plan([bench.parse_method("autoregressive", {})], repeats=1)
-    units = bench.make_units(plan, prompts)
+    prompts = prompt_files.load_prompts(write_prompts(tmp_path / "p.jsonl", 2))
+    plan = matrix.make_plan([matrix.parse_method("autoregressive", {})], repeats=1)
+    units = matrix.make_units(plan, prompts)
     out = tmp_path / "r.csv"
     j = journal.open_journal(out, plan, units, "fp")
     j.record_done(units[0], [{"method": "autoregressive", "prompt_id": "p0"}], {"worker": "w0"})

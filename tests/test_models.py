@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import ARCHS, make_tiny_model, make_tiny_pair
 
-from specviz.models import pair as models
+from specviz.models import hub
 from specviz.models.anatomy import anatomy
 from specviz.models.cache import ModelCache
 from specviz.models.device import resolve_device, resolve_dtype
@@ -75,7 +75,7 @@ def test_non_causal_models_and_bad_references_get_clear_messages(tmp_path):
 def test_allowlist_blocks_everything_not_listed(monkeypatch, tiny_tokenizer, tmp_path):
     make_tiny_pair("llama", tiny_tokenizer, save_dir=tmp_path)
     allowed = str(tmp_path / "target")
-    monkeypatch.setenv(models.ALLOWLIST_ENV, f"{allowed}, org/model")
+    monkeypatch.setenv(hub.ALLOWLIST_ENV, f"{allowed}, org/model")
     cache = ModelCache()
     assert load_pair(allowed, cache=cache).draft is None
     with pytest.raises(ValueError, match="not allowed on this server"):
@@ -192,26 +192,26 @@ def test_gpu_choices_without_a_gpu(monkeypatch):
 
 @pytest.mark.parametrize("public", [{"SPACE_ID": "user/space"}, {"SPECVIZ_PUBLIC": "1"}])
 def test_a_public_server_allows_only_the_curated_hub_models(monkeypatch, tmp_path, public):
-    monkeypatch.delenv(models.ALLOWLIST_ENV, raising=False)
+    monkeypatch.delenv(hub.ALLOWLIST_ENV, raising=False)
     for name, value in public.items():
         monkeypatch.setenv(name, value)
-    curated = models.CURATED_PAIRS[0][1]
-    assert models.check_source(curated, "draft") == curated
-    assert models.check_source("embedded", "target") == "embedded"
+    curated = hub.CURATED_PAIRS[0][1]
+    assert hub.check_source(curated, "draft") == curated
+    assert hub.check_source("embedded", "target") == "embedded"
     for probe in ("/etc", str(tmp_path), "nobody/anything", "x" * 5000, "../../etc/passwd"):
         with pytest.raises(ValueError, match="not allowed on this server") as err:
-            models.check_source(probe, "target")
+            hub.check_source(probe, "target")
         assert str(tmp_path) not in str(err.value) or probe == str(tmp_path)
-    monkeypatch.setenv(models.ALLOWLIST_ENV, "*")  # the operator lifts every limit
-    assert models.check_source(str(tmp_path), "target") == str(tmp_path)
+    monkeypatch.setenv(hub.ALLOWLIST_ENV, "*")  # the operator lifts every limit
+    assert hub.check_source(str(tmp_path), "target") == str(tmp_path)
 
 
 def test_a_private_server_rejects_overlong_ids_clearly(monkeypatch):
     monkeypatch.delenv("SPACE_ID", raising=False)
     monkeypatch.delenv("SPECVIZ_PUBLIC", raising=False)
-    monkeypatch.delenv(models.ALLOWLIST_ENV, raising=False)
+    monkeypatch.delenv(hub.ALLOWLIST_ENV, raising=False)
     with pytest.raises(ValueError, match="too long"):
-        models.check_source("a/" + "x" * 5000, "target")
+        hub.check_source("a/" + "x" * 5000, "target")
 
 
 def test_cuda_loads_keep_cudnn_out_of_attention():

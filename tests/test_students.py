@@ -14,7 +14,7 @@ import torch
 from conftest import make_tiny_model
 
 from specviz.api import run
-from specviz.models import pair as models
+from specviz.models import hub
 from specviz.models.pair import load_pair
 from specviz.workshop import students
 from specviz.workshop.text import encode
@@ -108,7 +108,7 @@ def test_the_staging_dir_loads_like_assets_models(made, monkeypatch):
     reference = run("autoregressive", pair, "def f(x):", max_new_tokens=12).output_ids
     for method in ("draft_model", "kangaroo", "sorted"):
         assert run(method, pair, "def f(x):", max_new_tokens=12).output_ids == reference, method
-    monkeypatch.setattr(models, "EMBEDDED_DIR", out)  # SPECVIZ_EMBEDDED_DIR=out: a drop-in for assets/models
+    monkeypatch.setattr(hub, "EMBEDDED_DIR", out)  # SPECVIZ_EMBEDDED_DIR=out: a drop-in for assets/models
     embedded = load_pair("embedded", device="cpu", cache=None)
     assert {"kangaroo_adapter", "sorted_drafter", "vocab_ranking", "target_meta"} <= set(embedded.extras)
 

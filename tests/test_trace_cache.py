@@ -13,7 +13,7 @@ import pytest
 from specviz.app import trace_cache
 from specviz.app.trace_cache import CacheLimits, TraceCache, label, request_key
 from specviz.models import fingerprint
-from specviz.models import pair as models
+from specviz.models import hub
 
 BASE = dict(job="playground", pair_fp="ab" * 8, method="draft_model",
             params={"max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "gamma": 4}, prompt="def f(x):",
@@ -178,10 +178,10 @@ def test_nested_name_is_another_model(model_dir):
 
 
 def test_embedded_fingerprint_is_stable():
-    if not (models.EMBEDDED_DIR / "target" / "config.json").exists():
+    if not (hub.EMBEDDED_DIR / "target" / "config.json").exists():
         pytest.skip("the embedded models are not here")
-    first = fingerprint.weights_fingerprint(models.EMBEDDED)
-    assert first and fingerprint.weights_fingerprint(models.EMBEDDED) == first
+    first = fingerprint.weights_fingerprint(hub.EMBEDDED)
+    assert first and fingerprint.weights_fingerprint(hub.EMBEDDED) == first
     assert fingerprint.weights_fingerprint("embedded[:8]") != first
     own = fingerprint.pair_fingerprint("", None)
     assert own == fingerprint.pair_fingerprint("embedded", "embedded") == fingerprint.pair_fingerprint(" embedded ", "")
@@ -193,14 +193,14 @@ def test_embedded_fingerprint_covers_the_extras(tmp_path, monkeypatch):
     for part in ("target", "drafter", "kangaroo-adapter", "vocabtrim"):
         (root / part).mkdir(parents=True)
         (root / part / "config.json").write_text(part)
-    monkeypatch.setattr(models, "EMBEDDED_DIR", root)
-    before = fingerprint.weights_fingerprint(models.EMBEDDED)
+    monkeypatch.setattr(hub, "EMBEDDED_DIR", root)
+    before = fingerprint.weights_fingerprint(hub.EMBEDDED)
     (root / "vocabtrim" / "target-token-ranking.json").write_text("[1, 2]")
-    assert fingerprint.weights_fingerprint(models.EMBEDDED) not in (None, before)
+    assert fingerprint.weights_fingerprint(hub.EMBEDDED) not in (None, before)
 
 
 def test_unresolvable_models_have_no_fingerprint(tmp_path, monkeypatch):
-    monkeypatch.setenv(models.ALLOWLIST_ENV, "*")
+    monkeypatch.setenv(hub.ALLOWLIST_ENV, "*")
     assert fingerprint.weights_fingerprint("") is None
     assert fingerprint.weights_fingerprint("not a model") is None
     assert fingerprint.hub_fingerprint("org/never-downloaded", cache_dir=tmp_path) is None
@@ -210,7 +210,7 @@ def test_unresolvable_models_have_no_fingerprint(tmp_path, monkeypatch):
 
 
 def test_allowlist_is_checked_before_any_path_is_read(model_dir, monkeypatch):
-    monkeypatch.setenv(models.ALLOWLIST_ENV, "org/allowed")
+    monkeypatch.setenv(hub.ALLOWLIST_ENV, "org/allowed")
     monkeypatch.setattr(fingerprint, "file_digest", lambda path: pytest.fail(f"read {path}"))
     assert fingerprint.weights_fingerprint(str(model_dir)) is None
 

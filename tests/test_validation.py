@@ -9,7 +9,7 @@ import pytest
 
 from specviz.api import run
 from specviz.engine.trace import Trace
-from specviz.models import pair as models
+from specviz.models import hub
 from specviz.models.cache import ModelCache
 from specviz.models.pair import load_pair
 
@@ -98,7 +98,7 @@ def test_bad_model_references(saved, monkeypatch):
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
             call()
-    monkeypatch.setenv(models.ALLOWLIST_ENV, "org/only-this")
+    monkeypatch.setenv(hub.ALLOWLIST_ENV, "org/only-this")
     with pytest.raises(ValueError, match="not allowed on this server"):
         load_pair(str(saved / "ok" / "target"), cache=cache)
     assert not [k for k in cache.keys() if "other" in k[0] or "bert" in k[0]]  # refused models hold no memory

@@ -40,9 +40,12 @@ from typing import Any, Callable
 import torch
 
 from specviz.analysis.stats import chi_square, total_variation
+from specviz.api import common_vocab, encode_prompt, method_class
 from specviz.engine.decoder import Decoder, Output, context_limit, eos_ids
 from specviz.engine.trace import Recorder
 from specviz.engine.verify import Sampling
+from specviz.methods import METHODS
+from specviz.methods.base import RunContext, validate_params
 from specviz.shown import shown
 
 BROKEN_LABEL = ("BROKEN on purpose: a rejected draft is replaced by a token drawn from p instead of from the "
@@ -203,8 +206,6 @@ def iter_samples(cls, pair, prompt_ids: list[int], values: dict, seeds, vocab: i
     """The output ids of one run of method `cls` per seed (`values`: validated parameters; the run's
     max_new_tokens is values["max_new_tokens"]). Nothing is recorded. Forwards are shared through `memo`
     when the method allows it (see the module doc); each run draws from its own generator."""
-    from specviz.methods.base import RunContext
-
     device = pair.target.device
     prompt = torch.tensor([prompt_ids], dtype=torch.long, device=device)
     sampling = Sampling(values["temperature"], values["top_k"], values["top_p"])
@@ -247,10 +248,6 @@ def exactness(method: str, pair, prompt: str, n: int = 2000, tokens: int = 2, br
     and test them against the target's exact law. `params`: the method's parameters (temperature > 0).
     Returns tv_distance, chi2_p, counts, reference_* (the autoregressive panel), law, cells, n, seconds,
     method, broken (and label: "BROKEN on purpose ..." when broken)."""
-    from specviz.api import common_vocab, encode_prompt, method_class
-    from specviz.methods import METHODS
-    from specviz.methods.base import validate_params
-
     cls = method_class(method)
     if cls.batch:
         raise ValueError(f"{method} is a batch method: exactness samples single-sequence methods")

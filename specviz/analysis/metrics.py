@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from statistics import median
 
 from specviz.engine.trace import TOKEN_KINDS, Trace, is_healed_token
-from specviz.speedup import iid_alpha, leviathan_speedup, mbsu
+from specviz.speedup import HeterogeneousCosts, iid_alpha, leviathan_speedup, mbsu, modeled_timeline
 
 
 def _durations(trace: Trace, kind: str, min_step: int = -10) -> list[float]:
@@ -151,7 +151,6 @@ def mirror_stats(trace: Trace, costs=None) -> dict:
     (default HeterogeneousCosts). Empty for other methods."""
     if trace.method != "mirror":
         return {}
-    from specviz.speedup import HeterogeneousCosts, modeled_timeline
 
     suffix = {e.step: (e.t0, e.t1) for e in trace.events if e.kind == "verify" and e.info.get("part") == "suffix"}
     spans = {e.step: (e.t0, e.t1) for e in trace.events if e.kind == "branch"}  # one span per round's branches

@@ -12,16 +12,22 @@ import threading
 import time
 from typing import Callable
 
+from specviz.analysis.divergence import annotate
+from specviz.analysis.exactness import exactness
+from specviz.analysis import metrics
+from specviz.api import run, run_batch
 from specviz.app.worker import InFlight
+from specviz.bench.matrix import run_matrix
+from specviz.methods.base import common_values
+from specviz.models.cache import CACHE
+from specviz.models.hub import EMBEDDED
+from specviz.models.pair import load_pair
 
 JOBS = ("warm", "single", "playground", "batch", "compare", "batch_compare", "exactness_lab", "health")
 _RUNNING = InFlight()  # engine runs executing in this process now
 
 
 def pair_for(target: str | None, draft: str | None):
-    from specviz.models.hub import EMBEDDED
-    from specviz.models.pair import load_pair
-
     target = (target or EMBEDDED).strip() or EMBEDDED
     draft = (draft or "").strip() or None
     return load_pair(target, draft, device=os.environ.get("SPECVIZ_DEVICE") or None)
@@ -60,8 +66,6 @@ def traced(runner: Callable, target: str, draft: str | None, first, params: dict
 
 def single(method: str, target: str, draft: str | None, prompt: str, params: dict, *, cancel: threading.Event,
            emit: Callable) -> str:
-    from specviz.api import run
-
     return traced(lambda pair, prompt_, **kw: run(method, pair, prompt_, **kw), target, draft, prompt, params, cancel)
 
 
@@ -71,11 +75,6 @@ def playground(method: str, target: str, draft: str | None, prompt: str, params:
     alone, nothing else working in this process while it is timed (no streamer: the page replays the
     measured timeline afterwards). A greedy difference is classified (tie or bug); the measured figures
     against the baseline are stored in the trace."""
-    from specviz.analysis.divergence import annotate
-    from specviz.analysis.metrics import compare
-    from specviz.api import run
-    from specviz.methods.base import common_values
-
     queued = time.time() - submitted_at if submitted_at else None
     pair = pair_for(target, draft)
     with Running():
@@ -89,7 +88,7 @@ def playground(method: str, target: str, draft: str | None, prompt: str, params:
         baseline.meta["engine"] = engine_note()
         if not params.get("temperature") and trace.output_ids != baseline.output_ids:
             annotate(pair, trace, baseline)  # greedy must be equal: a difference is classified, tie or bug, and shown
-        figures = compare(trace, baseline)
+        figures = metrics.compare(trace, baseline)
         trace.meta["against_autoregressive"] = {k: figures.get(k) for k in
                                                 ("speedup", "alpha", "c", "v", "tau", "mean_drafts_per_round")}
     return {"trace": trace.to_json(), "baseline": baseline.to_json()}
@@ -97,8 +96,6 @@ def playground(method: str, target: str, draft: str | None, prompt: str, params:
 
 def batch(method: str, target: str, draft: str | None, prompts: list, params: dict, *, cancel: threading.Event,
           emit: Callable) -> str:
-    from specviz.api import run_batch
-
     return traced(lambda pair, prompts_, **kw: run_batch(method, pair, prompts_, **kw), target, draft, prompts, params,
                   cancel)
 
@@ -106,8 +103,6 @@ def batch(method: str, target: str, draft: str | None, prompts: list, params: di
 def compare(specs: list, prompts: list, repeats: int, target: str, draft: str | None, *, cancel: threading.Event,
             emit: Callable) -> str:
     """Methods x prompts, interleaved per prompt (the bench's own loop): the frame as JSON records."""
-    from specviz.bench.matrix import run_matrix
-
     pair = pair_for(target, draft)
     with Running():
         frame = run_matrix(pair, [tuple(s) for s in specs], prompts, int(repeats), progress=False)
@@ -117,8 +112,6 @@ def compare(specs: list, prompts: list, repeats: int, target: str, draft: str | 
 def batch_compare(batch_size: int, prompts: list, max_new_tokens: int, gamma: int, include_naive: bool, target: str,
                   draft: str | None, *, cancel: threading.Event, emit: Callable) -> dict:
     """EQSPEC vs EXSPEC (and batched AR, and the naive mode if asked) on the same prompts."""
-    from specviz.api import run, run_batch
-
     pair = pair_for(target, draft)
     common = {"max_new_tokens": int(max_new_tokens), "batch_size": int(batch_size)}
     variants = [("batch_autoregressive", {}), ("eqspec", {"gamma": int(gamma)}), ("exspec", {"gamma": int(gamma)})]
@@ -148,8 +141,6 @@ def exactness_lab(method: str, target: str, draft: str | None, prompt: str, n: i
                   broken: bool, seed: int = 0, *, cancel: threading.Event, emit: Callable) -> dict:
     """The Exactness lab: `method` and plain autoregressive sampling against the target's exact law, and
     (if asked) the BROKEN-on-purpose rule under the same test. Results are plain dicts (specviz.analysis.exactness)."""
-    from specviz.analysis.exactness import exactness
-
     pair = pair_for(target, draft)
     with Running():
         emit({"progress": 0.05, "desc": f"{method}: {n} samples + {n} autoregressive"})
@@ -166,7 +157,6 @@ def health(*, cancel: threading.Event, emit: Callable) -> dict:
     import resource
     import sys
 
-    from specviz.models.cache import CACHE
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return {"models_cached": [k[0] for k in CACHE.keys()], "engine_pid": os.getpid(),

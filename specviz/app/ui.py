@@ -28,13 +28,16 @@ from specviz.app.admission import Admission, AdmissionConfig
 from specviz.app.pool import EnginePool, PoolConfig
 from specviz.app.serving import Job, Service, Update
 from specviz.app.trace_cache import TraceCache, label
+from specviz.bench.matrix import summary
 from specviz.bench.prompts import DEFAULT_PROMPTS, load_prompts
 from specviz.engine.trace import MAX_TRACE_BYTES, Trace
 from specviz.methods import METHODS
 from specviz.methods.base import COMMON_PARAMS, Param
-from specviz.models.hub import CURATED_PAIRS, EMBEDDED
+from specviz.models.hub import CURATED_PAIRS, EMBEDDED, EMBEDDED_DIR, allowlist, load_tokenizer
 from specviz.shown import shown
+from specviz.speedup import HeterogeneousCosts
 from specviz.views import page_style, plots, render
+from specviz.views.headlines import ROWS, cell, load_summary, provenance
 
 try:  # Hugging Face ZeroGPU: a GPU is attached only while a decorated function runs
     import spaces  # type: ignore
@@ -197,8 +200,6 @@ def run_status(trace: Trace, served: str = "") -> str:
 
 def result_figures(trace: Trace, baseline: Trace | None, costs: tuple[float, float, float] | None = None) -> tuple:
     """(timeline, histogram, per-position, stats, mirror figure) of a finished run."""
-    from specviz.speedup import HeterogeneousCosts
-
     stats = plots.stats_table(trace, baseline) if baseline is not None else pd.DataFrame(columns=["metric", "value"])
     mirror = (plots.mirror_timelines(trace, HeterogeneousCosts(*costs) if costs else None)
               if trace.method == "mirror" else plots.empty_figure("Mirror-SD timelines", "run mirror to see measured vs modeled lanes"))
@@ -388,7 +389,6 @@ def compare_methods(request: gr.Request, methods, prompt_source, pasted, n_promp
     job = app_requests.compare_job(specs, prompts, int(repeats), int(max_new_tokens), target, draft)
     got, update = queued_result(job, request, progress)
     frame = pd.read_json(io.StringIO(got), orient="records")
-    from specviz.bench.matrix import summary
 
     table = summary(frame).reset_index().round(3)
     figs = plots.compare_figures(frame)
@@ -466,8 +466,6 @@ def health() -> str:
 def tokenizer_for(target_name: str):
     """The tokenizer that names a trace's top-k ids (the drafted tokens carry their own text): the embedded
     one, or a local target's where this server may read it; None shows ids."""
-    from specviz.models.hub import EMBEDDED_DIR, allowlist, load_tokenizer
-
     base = (target_name or "").split("[:")[0]
     try:
         if base == EMBEDDED:
@@ -542,9 +540,6 @@ else is MEASURED on the machine serving this page.
 
 def learn_markdown() -> str:
     """The Learn tab: each paper's headline beside what this project measured on the shipped models."""
-    from specviz.models.hub import EMBEDDED_DIR
-    from specviz.views.headlines import ROWS, cell, load_summary, provenance
-
     summary = load_summary(EMBEDDED_DIR)
     text = LEARN_TEMPLATE.replace("{provenance}", provenance(summary))
     for key in ROWS:

@@ -21,6 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from specviz.bench.cluster import RayTarget, run_cluster
+from specviz.bench.journal import check_journal, journal_path, open_journal, pair_fingerprint
 from specviz.bench.matrix import (
     Outcome,
     Plan,
@@ -41,14 +43,14 @@ from specviz.bench.matrix import (
     where,
 )
 from specviz.bench.prompts import DEFAULT_PROMPTS, load_prompts
+from specviz.models.pair import load_pair
+from specviz.views.report import write_report
 
 
 def run_local(args: argparse.Namespace, plan: Plan, units: list[Unit]) -> Outcome:
     """Every unit on this process's pair, in order; with `--resume`, finished units come from the journal."""
     from tqdm import tqdm
 
-    from specviz.bench.journal import check_journal, open_journal, pair_fingerprint
-    from specviz.models.pair import load_pair
 
     if args.resume:
         check_journal(args.out, plan, units)
@@ -138,8 +140,6 @@ def prepare(args: argparse.Namespace) -> tuple[list[tuple[str, str, dict[str, An
     if not args.out.endswith((".csv", ".parquet")):
         raise ValueError("--out must end in .csv or .parquet")
     if args.ray is not None:
-        from specviz.bench.cluster import RayTarget
-
         RayTarget.parse(args.ray)
     if args.worker_cpus is not None and (args.worker_cpus < 1 or not args.ray):
         raise ValueError("--worker-cpus needs --ray and a positive number of cores")
@@ -177,8 +177,6 @@ def main(argv: list[str] | None = None) -> int:
     start = time.time()
     try:
         if args.ray:
-            from specviz.bench.cluster import run_cluster
-
             outcome = run_cluster(args, plan, units)
         else:
             outcome = run_local(args, plan, units)
@@ -201,7 +199,6 @@ def write_outputs(args: argparse.Namespace, outcome: Outcome, command: str, prom
     (0 all done, 1 units failed twice, 130 interrupted: the files then hold a valid partial result)."""
     import pandas as pd
 
-    from specviz.bench.journal import journal_path
 
     df = pd.DataFrame(outcome.rows) if outcome.rows else pd.DataFrame(columns=list(CONTRACT_COLUMNS))
     out = Path(args.out)
@@ -242,8 +239,6 @@ def write_outputs(args: argparse.Namespace, outcome: Outcome, command: str, prom
         if args.json:
             Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
         if args.html:
-            from specviz.views.report import write_report
-
             sections = {"Per device (median per device and method)": devices} if devices is not None else {}
             if outcome.failed:
                 sections["Units that failed twice (no rows)"] = pd.DataFrame(outcome.failed)

@@ -25,6 +25,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from specviz.bench.journal import check_journal, open_journal, pair_fingerprint
+from specviz.bench.matrix import Outcome, PairInfo, device_label, plain_rows, run_unit, warm_up
+from specviz.models.hub import EMBEDDED, HF_ID, NESTED
+from specviz.models.pair import load_pair
+
 ADDRESS = re.compile(r"^(auto|ray://[A-Za-z0-9._-]+(:\d{1,5})?|[A-Za-z0-9._-]+:\d{1,5})$")
 MAX_ATTEMPTS = 2  # a unit that fails this often is reported as failed
 MAX_RESTARTS = 3  # Ray restarts a dead worker this often (each restart loads the pair again)
@@ -116,8 +121,6 @@ class LoadSpec:
 
 def load_spec(target: str, draft: str | None, dtype: str | None) -> LoadSpec:
     """Local paths made absolute (workers do not share the driver's working directory); hub ids kept."""
-    from specviz.models.hub import EMBEDDED, HF_ID, NESTED
-
     hub = []
 
     def local(name: str | None) -> tuple[str | None, str | None]:
@@ -181,7 +184,6 @@ class BenchWorker:
                 raise ValueError(f"{self.info['host']} runs other specviz code than the driver: install the same "
                                  f"commit on every node")
             self.pair = self.load(load, slot)
-            from specviz.bench.journal import pair_fingerprint
 
             self.info.update(device=self.device_name(), dtype=str(self.pair.dtype).removeprefix("torch."),
                              fingerprint=pair_fingerprint(self.pair))
@@ -190,13 +192,9 @@ class BenchWorker:
             self.info["error"] = first_line(exc)
 
     def load(self, load: LoadSpec, slot: Slot):
-        from specviz.models.pair import load_pair
-
         return load_pair(load.target, load.draft, device=slot.device, dtype=load.dtype)
 
     def device_name(self) -> str:
-        from specviz.bench.matrix import device_label
-
         label = device_label(self.pair.device)
         if self.pair.device.type == "cuda":  # Ray shows each worker its GPU as cuda:0; name the physical one
             import ray
@@ -209,8 +207,6 @@ class BenchWorker:
         return self.info
 
     def run(self, unit) -> dict[str, Any]:
-        from specviz.bench.matrix import plain_rows, run_unit, warm_up
-
         if self.pair is None:
             raise WorkerUnfit(self.info["error"])
         if not self.warm and unit.kind == "prompt":
@@ -446,8 +442,6 @@ def run_cluster(args, plan, units: list, worker_cls: type = BenchWorker):
     BenchWorker subclass (the tests inject faults with one)."""
     from tqdm import tqdm
 
-    from specviz.bench.journal import check_journal, open_journal
-    from specviz.bench.matrix import Outcome, PairInfo
 
     check_journal(args.out, plan, units)  # a journal of another command is refused before Ray starts
     target = RayTarget.parse(args.ray)

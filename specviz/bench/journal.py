@@ -18,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
+from specviz.methods import METHODS
+from specviz.methods.base import validate_params
+
 VERSION = 1  # the journal's own format; a header of another version is refused
 
 
@@ -68,9 +71,6 @@ def pair_fingerprint(pair) -> str:
 def identity(plan, units, fingerprint: str) -> dict[str, Any]:
     """Everything one command's units depend on. Every parameter is written out (defaults included), so
     `draft_model` and `draft_model:gamma=4` are the same unit while a changed default is not."""
-    from specviz.methods import METHODS
-    from specviz.methods.base import validate_params
-
     def methods(specs) -> list:
         return [[label, name, validate_params(METHODS[name], params)] for label, name, params in specs]
 

@@ -22,6 +22,12 @@ from dataclasses import asdict, dataclass, field
 from statistics import median
 from typing import Any, Callable
 
+from specviz.analysis.divergence import annotate, classify
+from specviz.analysis.metrics import compare, mirror_stats
+from specviz.api import method_class, run, run_batch
+from specviz.methods import METHODS
+from specviz.methods.base import all_params, common_values, validate_params
+
 BASELINE = "autoregressive"
 
 
@@ -36,9 +42,6 @@ def parse_value(text: str) -> Any:
 
 def parse_method(spec: str, shared: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     """'draft_model:gamma=3:vocab_trim=2048' -> (label, name, params). Validated against the registry."""
-    from specviz.api import method_class
-    from specviz.methods.base import all_params, validate_params
-
     name, *items = spec.split(":")
     cls = method_class(name.strip())
     known = {p.name for p in all_params(cls)}
@@ -58,8 +61,6 @@ Tick = Callable[[], None]  # called after each timed run (progress bars)
 
 def with_baseline(methods: list[MethodSpec]) -> list[MethodSpec]:
     """`methods` with the autoregressive baseline first when it is not listed (speedups need it)."""
-    from specviz.methods.base import common_values
-
     if any(label == BASELINE for label, _, _ in methods):
         return list(methods)
     return [(BASELINE, BASELINE, common_values(methods[0][2]) if methods else {})] + list(methods)
@@ -72,8 +73,6 @@ def output_digest(rows_of_ids: list[list[int]]) -> str:
 
 def warm_up(pair, methods: list[MethodSpec], prompt: str) -> None:
     """First calls pay one-off allocations: one short run of each method before anything is timed."""
-    from specviz.api import run
-
     for label, name, params in methods:
         run(name, pair, prompt, **{**params, "max_new_tokens": 8})
 
@@ -82,10 +81,6 @@ def prompt_rows(pair, methods: list[MethodSpec], prompt: dict, repeats: int, ove
                 tick: Tick | None = None, digest: bool = False) -> list[dict[str, Any]]:
     """One prompt, every method `repeats` times interleaved (order rotated per repeat): one row per method,
     medians over repeats, speedup over the baseline's run of this prompt here. `methods` holds the baseline."""
-    from specviz.analysis.divergence import annotate
-    from specviz.analysis.metrics import compare, mirror_stats
-    from specviz.api import run
-
     traces: dict[str, list] = {label: [] for label, _, _ in methods}
     bare: dict[str, list[float]] = {label: [] for label, _, _ in methods}
     for r in range(repeats):
@@ -166,10 +161,6 @@ def batch_rows(pair, methods: list[MethodSpec], prompts: list[dict], repeats: in
     pool_factor x batch_size prompts (EXSPEC's pool then holds them all: pool_factor is its parameter too).
     One row per method variant (medians over repeats, the variants' order rotated per repeat); rows are
     compared with single-sequence autoregressive outputs."""
-    from specviz.analysis.divergence import classify
-    from specviz.api import run, run_batch
-    from specviz.methods.base import common_values
-
     texts = [p["prompt"] for p in prompts]
     sizes = {label: stream_size(params, pool_factor, len(texts)) or len(texts) for label, _, params in methods}
     if pool_factor is not None:
@@ -255,8 +246,6 @@ class Unit:
 
 
 def make_plan(methods: list[MethodSpec], repeats: int, overhead: bool = False, pool_factor: int | None = None) -> Plan:
-    from specviz.methods import METHODS
-
     single = [m for m in methods if not METHODS[m[1]].batch]
     batched = [m for m in methods if METHODS[m[1]].batch]
     if single or not batched:

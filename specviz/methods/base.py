@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from specviz.engine.decoder import Decoder, Output
+from specviz.engine.lean import LeanDecoder
 from specviz.engine.trace import Recorder
 from specviz.engine.verify import Sampling
 from specviz.shown import shown
@@ -149,8 +150,6 @@ class RunContext:
         """A KV-cached decoder over `model` (specviz's lean Llama loop when `lean`); under exactness
         sampling a lazy view of one shared decoder whose forwards are memoized by token prefix."""
         if lean:
-            from specviz.engine.lean import LeanDecoder
-
             make = lambda: LeanDecoder(model, self.vocab)  # noqa: E731
         else:
             make = lambda: Decoder(model, self.vocab)  # noqa: E731

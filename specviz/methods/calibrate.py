@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from specviz.engine.layers import split_parts
 from specviz.speedup import leviathan_speedup
 
 GAMMA = 4
@@ -37,8 +38,6 @@ def calibration_texts() -> list[str]:
 @torch.inference_mode()
 def exit_table(target, tokenizer, vocab: int) -> list[dict]:
     """alpha (logit-lens agreement), c (cost) and the modeled speedup of every exit 1..depth-1."""
-    from specviz.engine.layers import split_parts
-
     _, layers, norm, head, _ = split_parts(target)
     depth = len(layers)
     head_cost = head.weight.numel() / max(1, sum(p.numel() for p in layers[0].parameters()))  # in layer units

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from specviz.methods.base import GAMMA, Method, Param, RunContext, eta_param
 from specviz.methods.rounds import Drafter, commit, next_gamma, prefill_both, verify_block
+from specviz.methods.vocabtrim import TrimmedDrafter
 
 DRAFTER_FORWARD = Param("drafter_forward", str, "lean", choices=("lean", "transformers"),
                         help="the drafter's forward: specviz's lean Llama-family loop (same weights, less framework "
@@ -37,8 +38,6 @@ class DraftModel(Method):
         k = ctx.params.get("vocab_trim", 0)
         lean = ctx.params.get("drafter_forward") == "lean"
         if k:
-            from specviz.methods.vocabtrim import TrimmedDrafter
-
             return TrimmedDrafter(ctx, ctx.pair.draft, k, lean=lean)
         return Drafter(ctx, ctx.pair.draft, lean=lean)
 

@@ -28,7 +28,9 @@ from specviz.engine.layers import LayerStack, causal_mask
 from specviz.engine.lean import LeanAdapter, LeanDecoder, draft_linear, fast_norm, project, supports
 from specviz.engine.verify import decide
 from specviz.methods.base import Method, Param, RunContext, confidence_exit, eta_param
+from specviz.methods.calibrate import calibrated_exit
 from specviz.methods.rounds import commit
+from specviz.methods.vocabtrim import TrimmedHead, kept_ids
 
 
 def find_adapter(ctx: RunContext, exit_layer: int | None) -> KangarooAdapter | None:
@@ -159,8 +161,6 @@ class Kangaroo(Method):
             draft = SelfDraftState(adapter, lean=lean)
         else:  # training-free: the logit lens at a calibrated (or the given) exit
             if l is None:
-                from specviz.methods.calibrate import calibrated_exit
-
                 calibration = calibrated_exit(ctx.pair, ctx.vocab)
                 ctx.meta["exit_calibration"] = calibration
                 l = calibration["exit_layer"]
@@ -311,7 +311,6 @@ class Kangaroo(Method):
             if not lean:
                 return stack.logits
             return lambda hidden: project(draft_linear, stack.head, norm(hidden))[..., : ctx.vocab]
-        from specviz.methods.vocabtrim import TrimmedHead, kept_ids
 
         trimmed = ctx.once(("kangaroo_trimmed_head", id(stack.head), k), lambda: TrimmedHead(
             stack.head, kept_ids(ctx.pair, k, ctx.vocab, ctx.prompt_ids.device), ctx.vocab))

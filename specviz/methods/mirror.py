@@ -32,6 +32,7 @@ from specviz.engine import kvcache
 from specviz.engine.layers import LayerStack
 from specviz.engine.verify import decide
 from specviz.methods.base import Method, Param, RunContext
+from specviz.methods.calibrate import calibrated_exit
 from specviz.methods.rounds import Drafter, commit
 
 
@@ -65,7 +66,6 @@ def default_exit(pair, depth: int, vocab: int | None = None) -> int:
         return min(exits, key=lambda e: (abs(e - depth / 2), e))
     if vocab is None or depth < 2:
         return max(1, depth // 2)
-    from specviz.methods.calibrate import calibrated_exit
 
     return calibrated_exit(pair, vocab)["exit_layer"]
 
@@ -89,8 +89,6 @@ class MirrorSD(Method):
         if le is None:
             le = ctx.params["exit_layer"] = default_exit(ctx.pair, stack.depth, ctx.vocab)
             if not ((ctx.pair.extras or {}).get("target_meta") or {}).get("exits"):
-                from specviz.methods.calibrate import calibrated_exit
-
                 ctx.meta["exit_calibration"] = calibrated_exit(ctx.pair, ctx.vocab)
         if le >= stack.depth:
             raise ValueError(f"exit_layer must be below the target's {stack.depth} layers; got {le}")

@@ -6,8 +6,10 @@ from __future__ import annotations
 import torch
 
 from specviz.engine.decoder import Decoder, Output
+from specviz.engine.lean import supports
 from specviz.engine.verify import Verdict, decide
 from specviz.methods.base import RunContext, confidence_exit
+from specviz.models.anatomy import weights_read_per_token
 
 
 class Drafter:
@@ -16,9 +18,6 @@ class Drafter:
     source = "draft"
 
     def __init__(self, ctx: RunContext, model: torch.nn.Module, lean: bool = False):
-        from specviz.engine.lean import supports
-        from specviz.models.anatomy import weights_read_per_token
-
         self.ctx = ctx
         self.lean = lean and ctx.once(("lean_supports", id(model)), lambda: supports(model))
         self.decoder = ctx.decoder(model, lean=self.lean)

@@ -27,6 +27,7 @@ from specviz.engine.decoder import Decoder
 from specviz.engine.layers import LayerStack
 from specviz.methods.base import GAMMA, Method, Param, RunContext
 from specviz.methods.rounds import commit, prefill_both, verify_block
+from specviz.models.anatomy import weights_read_per_token
 
 
 class SortedDrafter:
@@ -44,7 +45,6 @@ class SortedDrafter:
         self.waiting: list[torch.Tensor | None] = [None] * (self.depth + 1)  # inputs to layer j, from position lengths[j]
         self.fed = 0  # positions embedded so far
         # the cost policy's measurements: seconds of layer j (+ its exit), one target step, acceptance per exit and bin
-        from specviz.models.anatomy import weights_read_per_token
 
         target_step = weights_read_per_token(ctx.pair.target)
         head = sum(p.numel() for p in self.stack.head.parameters()) + sum(p.numel() for p in self.stack.norm.parameters())

@@ -20,7 +20,7 @@ import os
 import threading
 from pathlib import Path
 
-from specviz.models import pair as models
+from specviz.models import hub
 
 DIGEST_CHARS = 16  # hex characters of every fingerprint (64 bits)
 # Files `from_pretrained` and the pair's extras read: weights, configs (and the extras' JSON), tokenizers.
@@ -123,19 +123,19 @@ def weights_fingerprint(name: str | None) -> str | None:
     "embedded" stands for the whole embedded directory (target, drafter, sorted drafter, Kangaroo adapter,
     VocabTrim ranking). A local directory covers the extras `load_pair` reads beside a target
     (vocab_ranking.json, specviz-parts/). "name[:N]" (a nested target) is a model of its own. The name
-    passes `models.check_source` first, so no path outside a public server's allowlist is looked at.
+    passes `hub.check_source` first, so no path outside a public server's allowlist is looked at.
     """
     if not isinstance(name, str) or not name.strip():
         return None
     name, depth = name.strip(), None
-    if nested := models.NESTED.match(name):
+    if nested := hub.NESTED.match(name):
         name, depth = nested.group(1), nested.group(2)
     try:
-        source = models.check_source(name, "model")
+        source = hub.check_source(name, "model")
     except ValueError:
         return None
-    if source == models.EMBEDDED:
-        base = directory_fingerprint(models.EMBEDDED_DIR)
+    if source == hub.EMBEDDED:
+        base = directory_fingerprint(hub.EMBEDDED_DIR)
     elif Path(source).is_dir():
         base = directory_fingerprint(Path(source))
     else:
@@ -149,13 +149,13 @@ def pair_fingerprint(target: str | None, draft: str | None) -> str | None:
     """Both models of a pair, named as `engine_jobs.pair_for` names them (an empty target is the embedded
     one; an empty draft, or "embedded" beside the embedded target, is the pair's own drafter); None when
     either cannot be told."""
-    target = (target or "").strip() or models.EMBEDDED
+    target = (target or "").strip() or hub.EMBEDDED
     draft = (draft or "").strip()
     target_fp = weights_fingerprint(target)
     if target_fp is None:
         return None
-    base = models.NESTED.match(target)
-    if not draft or (draft == models.EMBEDDED and (base.group(1) if base else target) == models.EMBEDDED):
+    base = hub.NESTED.match(target)
+    if not draft or (draft == hub.EMBEDDED and (base.group(1) if base else target) == hub.EMBEDDED):
         return short("pair", target_fp, "own")
     draft_fp = weights_fingerprint(draft)
     return None if draft_fp is None else short("pair", target_fp, draft_fp)

@@ -14,12 +14,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from specviz.engine.adapter import KangarooAdapter
+from specviz.engine.layers import nested_model
+from specviz.models import hub, selfcheck
 from specviz.models.anatomy import anatomy, param_bytes
 from specviz.models.cache import CACHE, ModelCache
 from specviz.models.device import resolve_device, resolve_dtype
 from specviz.models.hub import (
     EMBEDDED,
-    EMBEDDED_DIR,
     NESTED,
     PARTS_DIR,
     RANKING_FILE,
@@ -28,6 +30,7 @@ from specviz.models.hub import (
     load_causal_lm,
     load_tokenizer,
 )
+from specviz.models.parts import load_parts
 
 
 @dataclass
@@ -54,9 +57,7 @@ class ModelPair:
 
 # ----------------------------------------------------------------------------- pairs
 def _embedded_parts(device: torch.device, dtype: torch.dtype) -> tuple[dict, int]:
-    from specviz.engine.adapter import KangarooAdapter
-
-    root = EMBEDDED_DIR
+    root = hub.EMBEDDED_DIR
     if not (root / "target" / "config.json").exists():
         raise ValueError(f"the embedded models are missing from {root}: run `python -m specviz.workshop.train --out assets/models`")
     target = load_causal_lm(str(root / "target"), device, dtype)
@@ -115,9 +116,6 @@ def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | to
     `parts` is a folder written by `python -m specviz.workshop.train kangaroo-adapter|sorted-drafter` (a Kangaroo
     adapter, a sorted drafter); for a local target, `<target>/specviz-parts` is read without being named.
     """
-    from specviz.engine.layers import nested_model
-    from specviz.models import selfcheck
-
     if isinstance(target, str) and (nested := NESTED.match(target.strip())):
         if target_depth is not None:
             raise ValueError("give the nested depth once: either 'name[:depth]' or target_depth")
@@ -153,8 +151,6 @@ def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | to
         if parts and not parts_dir.is_dir():
             raise ValueError(f"parts folder {parts!r} not found")
         if parts_dir.is_dir():
-            from specviz.models.parts import load_parts
-
             key = (str(parts_dir), str(dev), str(dt), "parts")
             extras.update(store.get(key, lambda: (load_parts(parts_dir, target_model, dev, dt), 0)))
         if draft == EMBEDDED:

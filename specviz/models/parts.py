@@ -9,6 +9,9 @@ from pathlib import Path
 
 import torch
 
+from specviz.engine.adapter import KangarooAdapter
+from specviz.models.hub import load_causal_lm
+
 ADAPTER_DIR = "kangaroo-adapter"
 SORTED_DIR = "sorted-drafter"
 CHECKPOINT = "checkpoint.pt"
@@ -24,9 +27,6 @@ def fingerprint(config) -> dict:
 
 def load_parts(directory: str | Path, target, device: torch.device, dtype: torch.dtype) -> dict:
     """The parts found in `directory` as pair extras, each checked against `target`."""
-    from specviz.engine.adapter import KangarooAdapter
-    from specviz.models.hub import load_causal_lm
-
     root = Path(directory)
     extras: dict = {}
     want = fingerprint(target.config)

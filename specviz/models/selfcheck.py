@@ -27,6 +27,12 @@ from typing import Any
 
 import torch
 
+from specviz.engine import kvcache
+from specviz.engine.batch_cache import BatchKV
+from specviz.engine.decoder import Decoder
+from specviz.engine.layers import LayerStack, causal_mask, split_parts
+from specviz.engine.lean import LeanDecoder, supports
+
 PROMPT = "def add(a, b):\n    return"
 NEW_TOKENS = 3  # per path: a prefill, a one-token step, then a rollback and a 2-token block
 REL_ERROR = {torch.float32: 1e-3, torch.float64: 1e-6}  # relative logit error allowed; half precision: HALF_REL_ERROR
@@ -124,9 +130,6 @@ def check_layer_stack(model, vocab: int, seq: torch.Tensor, prompt_len: int, ref
                       finding: Finding, lean: bool = False) -> None:
     """Split at mid depth, as Kangaroo and Mirror-SD run it; `lean`: the shallow half on the lean pass
     (lean.LeanDecoder(exact=True), Kangaroo's default), the deep half on the stack."""
-    from specviz.engine.layers import LayerStack
-    from specviz.engine.lean import LeanDecoder
-
     stack = LayerStack(model, vocab)
     mid = max(1, stack.depth // 2)
     shallow = LeanDecoder(model, vocab, depth=mid, exact=True) if lean else None
@@ -147,8 +150,6 @@ def check_layer_stack(model, vocab: int, seq: torch.Tensor, prompt_len: int, ref
 def check_batch(model, vocab: int, seq: torch.Tensor, prompt_len: int, ref: torch.Tensor, dtype, finding: Finding) -> None:
     """Two rows (the prompt, and the prompt less its first 2 tokens, left-padded), a 2-token block,
     a realignment that keeps 2 tokens of row 0 and 1 of row 1, then one more token each."""
-    from specviz.engine.batch_cache import BatchKV
-
     cut = 2
     rows = [seq[0], seq[0, cut:]]
     refs = [ref, full_logits(model, rows[1][None])[..., :vocab]]  # ref: every position of rows[0]
@@ -173,9 +174,6 @@ def check_batch(model, vocab: int, seq: torch.Tensor, prompt_len: int, ref: torc
 
 def check_adapter(model, adapter, vocab: int, seq: torch.Tensor, dtype, finding: Finding) -> None:
     """The adapter over layer-l states: all at once (no cache) vs prefill + one-token steps + rollback."""
-    from specviz.engine import kvcache
-    from specviz.engine.layers import LayerStack, causal_mask
-
     stack = LayerStack(model, vocab)
     l = adapter.config.exit_layer
     with torch.inference_mode():
@@ -203,10 +201,6 @@ def attempt(report: Report, finding: Finding, check) -> None:
 
 def check_model(model, role: str, pair, ids: torch.Tensor, report: Report, *, batch: bool, adapter: Any = None) -> None:
     """Every path `model` can run on, against its own `generate`."""
-    from specviz.engine.decoder import Decoder
-    from specviz.engine.layers import split_parts
-    from specviz.engine.lean import LeanDecoder, supports
-
     vocab = min(model.get_output_embeddings().weight.shape[0], pair.target.get_output_embeddings().weight.shape[0])
     dtype = next(model.parameters()).dtype
     prompt_len = ids.shape[1]

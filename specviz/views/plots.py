@@ -12,8 +12,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from specviz.analysis.exactness import OTHER
 from specviz.analysis.metrics import compare, per_position_acceptance, tokens_per_round
 from specviz.engine.trace import TOKEN_KINDS, Trace
+from specviz.speedup import HeterogeneousCosts, modeled_timeline
 
 FATE_COLORS = {"accept": "#2e9d5b", "correct": "#e0662f", "bonus": "#3b6fd8", "emit": "#8a8f98",
                "reject": "#c8374a", "draft": "#b9a5e6"}
@@ -174,8 +176,6 @@ def batch_timeline(trace: Trace) -> go.Figure:
 def mirror_timelines(trace: Trace, costs=None) -> go.Figure:
     """Mirror-SD: the measured lanes (target prefix/suffix, drafter thread) above a MODELED timeline of
     target and drafter on separate accelerators under `costs`."""
-    from specviz.speedup import HeterogeneousCosts, modeled_timeline
-
     if trace.method != "mirror":
         raise ValueError(f"mirror_timelines needs a Mirror-SD trace; this one is {trace.method!r}")
     costs = costs or HeterogeneousCosts()
@@ -348,8 +348,6 @@ def explorer_point(trace: Trace) -> dict | None:
 def exactness_figure(real: dict, broken: dict | None = None, cells: int = 12) -> go.Figure:
     """The target's exact law of the first tokens against the empirical shares drawn by the method, by plain
     autoregressive sampling and (if given) by the BROKEN-on-purpose rule; rare continuations binned as other."""
-    from specviz.analysis.exactness import OTHER
-
     shown = [c for c in real["cells"] if c["key"] != OTHER][:cells]
     keys = [c["key"] for c in shown] + [OTHER]
     law = real["law"]

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 
 from specviz.paths import cache_dir, scrub
+from specviz.workshop.continued import RUN_RECORD, RUN_RECORD_KEYS
+from specviz.workshop.quality import markdown_report
 
 SHAPES = (  # (model, directory, role); shapes are read from each config.json
     ("target", "target", "exits share the final norm + LM head; nested targets are its first layers"),
@@ -175,8 +177,6 @@ def card(family: Path, manifest: dict, ckpt: dict, evals: list[dict], report: di
 def load_run_record(train_dir: Path) -> dict:
     """The continued training's bookkeeping (step, tokens, wall time, config, device): run.json, which every
     checkpoint writes beside ckpt.pt; older run folders have only ckpt.pt, read then (148 MB)."""
-    from specviz.workshop.continued import RUN_RECORD, RUN_RECORD_KEYS
-
     if (train_dir / RUN_RECORD).exists():
         return read_json(train_dir / RUN_RECORD)
     import torch
@@ -213,7 +213,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--first", default="", help="the first family's training-stats.json (its origin)")
     parser.add_argument("--out", default="", help="default: FAMILY/README.md")
     args = parser.parse_args(argv)
-    from specviz.workshop.quality import markdown_report
 
     family, train_dir = Path(args.family), Path(args.train_dir)
     try:

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from specviz.paths import cache_dir as specviz_cache
 from specviz.paths import portable
+from specviz.workshop import corpus as corpus_mod
 from specviz.workshop.config import SPECVIZ_META, TrainConfig
 from specviz.workshop.kit import autocast, evaluate, model_device, multi_exit_loss, set_lr
 
@@ -181,8 +182,6 @@ def save_hf_fp32(model, tok, directory: Path, meta: dict) -> None:
 
 def continue_corpus(ccfg: ContinueConfig, tok, run_dir: Path, log) -> tuple[dict, dict]:
     """The token streams: a built corpus given by --corpus, the one already in run_dir/corpus, or built now."""
-    from specviz.workshop import corpus as corpus_mod
-
     vocab_sha = hashlib.sha1(json.dumps(tok.get_vocab(), sort_keys=True).encode()).hexdigest()
     given = Path(ccfg.corpus) if ccfg.corpus else None
     if given is not None and (given / "manifest.json").exists():

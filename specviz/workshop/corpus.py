@@ -33,6 +33,9 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from specviz.workshop.config import TrainConfig
+from specviz.workshop.text import encode, stdlib_texts
+
 DEFAULT_CACHE = Path(os.environ.get("SPECVIZ_CORPUS_CACHE", Path.home() / ".cache" / "specviz-corpus"))
 WHEEL_PLATFORM_ARGS = [
     "--only-binary", ":all:", "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64",
@@ -219,9 +222,6 @@ def directory_sources(root: Path, cfg: CorpusConfig = CorpusConfig()):
 
 def stdlib_sources(quick: bool = False):
     """(name, text, old-split held out?) exactly as train.read_corpus reads the standard library."""
-    from specviz.workshop.config import TrainConfig
-    from specviz.workshop.text import stdlib_texts
-
     tcfg = TrainConfig(quick=quick)
     for path, text in stdlib_texts(tcfg):
         yield path.name, text, old_stdlib_heldout(path.name, tcfg.heldout_share)
@@ -254,8 +254,6 @@ def build_corpus(out: Path, tok, packages: tuple[Package, ...] = PACKAGES, cache
                  corpus_dir: Path | None = None, cfg: CorpusConfig = CorpusConfig(), log=print,
                  include_stdlib: bool = True, quick_stdlib: bool = False) -> dict:
     """Fetch, filter, split and tokenize; write {train,heldout,heldout_stdlib}.npy and manifest.json into out."""
-    from specviz.workshop.text import encode
-
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     sources, package_rows = [], []

@@ -27,8 +27,12 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from specviz.models.hub import PARTS_DIR
+from specviz.engine.adapter import KangarooAdapter
+from specviz.engine.layers import split_parts
+from specviz.models.hub import PARTS_DIR, check_source, load_causal_lm, load_tokenizer
 from specviz.models.parts import ADAPTER_DIR, CHECKPOINT, REPORT, SORTED_DIR, fingerprint
+from specviz.workshop.config import TrainConfig
+from specviz.workshop.text import read_corpus
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,6 @@ def default_out(target: str) -> Path:
 def training_text(cfg: PartsConfig) -> str:
     if cfg.text:
         return Path(cfg.text).read_text(encoding="utf-8", errors="replace")[: cfg.max_text_chars]
-    from specviz.workshop.config import TrainConfig
-    from specviz.workshop.text import read_corpus
 
     train, heldout = read_corpus(TrainConfig())
     text = "\n\n".join(train + heldout)  # the corpus's held-out files last: they land in our held-out tail
@@ -155,9 +157,6 @@ def train_part(cfg: PartsConfig, log: Callable[[str], None] = print) -> dict:
     """Train (or resume) one part; returns its report (agreements before/after on held-out text, cost)."""
     from tqdm import tqdm
 
-    from specviz.engine.adapter import KangarooAdapter
-    from specviz.engine.layers import split_parts
-    from specviz.models.hub import check_source, load_causal_lm, load_tokenizer
 
     if cfg.part not in (ADAPTER_DIR, SORTED_DIR):
         raise ValueError(f"part must be {ADAPTER_DIR} or {SORTED_DIR}")

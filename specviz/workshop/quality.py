@@ -50,9 +50,15 @@ from pathlib import Path
 from statistics import median
 from typing import Any
 
+from specviz.api import encode_prompt, run
+from specviz.bench import matrix
+from specviz.bench import prompts as prompt_files
 from specviz.bench.cli import _quote
 from specviz.bench.prompts import DEFAULT_PROMPTS, load_prompts
+from specviz.engine.decoder import context_limit, eos_ids
+from specviz.models.pair import load_pair
 from specviz.paths import cache_dir, portable, portable_text, scrub
+from specviz.workshop.continued import heldout_loss, window_starts
 
 DEFAULT_CORPUS = str(cache_dir("train") / "corpus")  # where `train --continue-target` builds it by default
 NGRAM = 4  # the n of the repeated n-gram share (issue 16's goal is about 4-grams)
@@ -243,9 +249,6 @@ class Continuation:
 def continue_prompts(pair, prompts: list[dict], max_new_tokens: int, n: int, heal: bool = True) -> list[Continuation]:
     """Greedy continuations by the target alone (the engine's `autoregressive`), scored; `heal`: with token
     healing at the prompt boundary, as the app runs them (specviz.engine.healing)."""
-    from specviz.api import run
-    from specviz.engine.decoder import eos_ids
-
     stop = eos_ids(pair.target, pair.tokenizer)
     out = []
     for p in prompts:
@@ -292,8 +295,6 @@ def bits_per_byte(nats_per_token: float, tokens: int, n_bytes: int) -> float:
 
 def window_targets(ids, windows: int, seq_len: int) -> list:
     """The predicted tokens of each window `train.heldout_loss` evaluates (each predicts ids[s + 1 : s + seq_len + 1])."""
-    from specviz.workshop.continued import window_starts
-
     return [ids[s + 1 : s + seq_len + 1] for s in window_starts(len(ids), windows, seq_len)]
 
 
@@ -324,7 +325,6 @@ def real_text_agreement(pair, ids, windows: int, seq_len: int) -> dict[str, Any]
     import numpy as np
     import torch
 
-    from specviz.workshop.continued import window_starts
 
     if len(ids) < seq_len + 2:
         return {"skipped": f"split has {len(ids)} tokens, fewer than one window of {seq_len}"}
@@ -343,8 +343,6 @@ def real_text_agreement(pair, ids, windows: int, seq_len: int) -> dict[str, Any]
 
 def split_loss(model, tokenizer, ids, windows: int, seq_len: int) -> dict[str, Any]:
     """nats/token (train.heldout_loss, all positions and the second half) and bits/byte of one split."""
-    from specviz.workshop.continued import heldout_loss
-
     if len(ids) < seq_len + 2:
         return {"skipped": f"split has {len(ids)} tokens, fewer than one window of {seq_len}"}
     nats, late = heldout_loss(model, ids, windows, seq_len)
@@ -407,15 +405,11 @@ def json_safe(obj: Any) -> Any:
 
 def spec_bench_section(pair, cfg: QualityConfig) -> dict[str, Any]:
     """The speculative method against autoregressive on Spec-Bench's first turns, per category."""
-    from specviz.api import encode_prompt
-    from specviz.bench import cli as bench
-    from specviz.engine.decoder import context_limit
-
     if not cfg.spec_bench:
         return {"skipped": "no --spec-bench question file given"}
     if not Path(cfg.spec_bench).is_file():
         return {"skipped": f"{cfg.spec_bench} not found"}
-    label, _, _ = method = bench.parse_method(cfg.method, {"max_new_tokens": cfg.bench_tokens})
+    label, _, _ = method = matrix.parse_method(cfg.method, {"max_new_tokens": cfg.bench_tokens})
     limit = context_limit(pair.target)
 
     def fits(p: dict) -> bool:
@@ -424,19 +418,19 @@ def spec_bench_section(pair, cfg: QualityConfig) -> dict[str, Any]:
         except ValueError:
             return False
 
-    every = bench.load_prompts(cfg.spec_bench)
+    every = prompt_files.load_prompts(cfg.spec_bench)
     prompts = first_per_category(every, cfg.per_category, fits)
-    df = bench.run_matrix(pair, [method], prompts, cfg.repeats, progress=not cfg.quiet)
+    df = matrix.run_matrix(pair, [method], prompts, cfg.repeats, progress=not cfg.quiet)
     per_category = []
     for category in dict.fromkeys(p["category"] for p in prompts):
         rows = df[(df.category == category) & (df.method == label)]
-        base = df[(df.category == category) & (df.method == bench.BASELINE)]
+        base = df[(df.category == category) & (df.method == matrix.BASELINE)]
         per_category.append({"category": category, "prompts": len(rows), "speedup": median(rows.speedup),
                              "tau": median(rows.tau), "alpha": median(rows.alpha),
                              "tokens_per_s": median(rows.tokens_per_s),
                              "autoregressive_tokens_per_s": median(base.tokens_per_s),
                              "share_equal": float(rows.equal_to_autoregressive.mean())})
-    overall = bench.summary(df).reset_index().to_dict("records")
+    overall = matrix.summary(df).reset_index().to_dict("records")
     return {"file": cfg.spec_bench, "method": label, "max_new_tokens": cfg.bench_tokens, "repeats": cfg.repeats,
             "per_category_asked": cfg.per_category, "prompts": len(prompts),
             "left_out_too_long": sum(not fits(p) for p in every),
@@ -550,7 +544,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = QualityConfig(**{k: v for k, v in vars(args).items() if k in QualityConfig.__dataclass_fields__})
-    from specviz.models.pair import load_pair
 
     try:
         pair = load_pair(cfg.target, cfg.draft, device=cfg.device, dtype=cfg.dtype)

@@ -51,10 +51,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from specviz.engine.adapter import AdapterConfig, KangarooAdapter
+from specviz.engine.adapter import ADAPTER_CONFIG, AdapterConfig, KangarooAdapter
+from specviz.models.hub import EMBEDDED_DIR, PARTS_DIR, RANKING_FILE
+from specviz.models.parts import ADAPTER_DIR, SORTED_DIR
+from specviz.models.parts import REPORT as PART_REPORT
+from specviz.models.parts import fingerprint as parts_fingerprint
 from specviz.paths import scrub
 from specviz.workshop.config import SPECVIZ_META, TrainConfig
 from specviz.workshop.continued import ContinueConfig, WindowStream, curriculum_seq_len, until_epoch
+from specviz.workshop.corpus import load_corpus
 from specviz.workshop.family import calibrate_vocab
 from specviz.workshop.kit import (
     adapter_logits,
@@ -229,8 +234,6 @@ def load_teacher(path: str, log: Log, device: str = "cpu") -> Teacher:
 
 def load_streams(corpus: str, tok) -> tuple[dict[str, np.ndarray], dict]:
     """specviz.workshop.corpus's token streams, checked to be this tokenizer's ids."""
-    from specviz.workshop.corpus import load_corpus
-
     streams, manifest = load_corpus(Path(corpus))
     vocab_sha = hashlib.sha1(json.dumps(tok.get_vocab(), sort_keys=True).encode()).hexdigest()
     if manifest.get("tokenizer_sha1", vocab_sha) != vocab_sha:
@@ -310,8 +313,6 @@ def warm_llama(target, tok, layers: int, warm_dir: Path | None, log: Log,
 
 def warm_adapter(target, exit_layer: int, warm_dir: Path | None, log: Log) -> tuple[KangarooAdapter, str]:
     """The shipped adapter when its config matches; else a fresh one that starts as the logit lens."""
-    from specviz.engine.adapter import ADAPTER_CONFIG
-
     fresh = KangarooAdapter.for_target(target.config, exit_layer, identity=True)
     if warm_dir is not None and (warm_dir / ADAPTER_CONFIG).exists():
         if AdapterConfig(**json.loads((warm_dir / ADAPTER_CONFIG).read_text())) == fresh.config:
@@ -510,11 +511,6 @@ def link(dest: Path, source: Path) -> None:
 def save_outputs(out: Path, s: Students, teacher: Teacher, ranking: dict, log: Log) -> None:
     """fp16 HF folders shaped like assets/models (train.main's metadata), plus what load_pair needs to
     find the extras beside a local target. save_hf rounds a model to fp16 in place: call it last."""
-    from specviz.models.hub import PARTS_DIR, RANKING_FILE
-    from specviz.models.parts import ADAPTER_DIR, SORTED_DIR
-    from specviz.models.parts import REPORT as PART_REPORT
-    from specviz.models.parts import fingerprint as parts_fingerprint
-
     made_from = {"target_sha1": teacher.fingerprint["sha1"], "distilled_by": "specviz.workshop.students"}
     layers = s.sorted_drafter.config.num_hidden_layers
     save_hf(teacher.model, teacher.tok, out / "target", teacher.meta)
@@ -749,7 +745,6 @@ def earlier_report(warm_from: str) -> dict | None:
 def main(argv: list[str] | None = None, log: Log | None = None) -> dict | None:
     import sys
 
-    from specviz.models.hub import EMBEDDED_DIR
 
     parser = argparse.ArgumentParser(prog="python -m specviz.workshop.students", description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="HF dir of the (continued) target")

@@ -43,6 +43,7 @@ from specviz.workshop.config import TrainConfig
 from specviz.workshop.continued import ContinueConfig, continue_corpus, continue_target
 from specviz.workshop.family import calibrate_vocab, distill, model_card, refine_drafter, refine_saved, train_target
 from specviz.workshop.kit import adapter_logits, evaluate, save_hf, sorted_logits
+from specviz.workshop.parts_training import main as parts_main
 from specviz.workshop.text import encode, read_corpus, train_tokenizer
 
 
@@ -51,7 +52,6 @@ def main(argv: list[str] | None = None) -> None:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("kangaroo-adapter", "sorted-drafter"):  # parts for a user's own target
-        from specviz.workshop.parts_training import main as parts_main
 
         parts_main(argv[0], argv[1:])
         return
