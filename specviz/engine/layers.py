@@ -106,9 +106,16 @@ def nested_model(model: nn.Module, depth: int) -> nn.Module:
     inner._modules = dict(model.model._modules)
     inner.layers = nn.ModuleList(list(layers)[:depth])
     nested.model = inner
-    nested.config = copy.deepcopy(model.config)
-    nested.config.num_hidden_layers = depth
-    if getattr(nested.config, "layer_types", None):
-        nested.config.layer_types = list(nested.config.layer_types)[:depth]
+    nested.config = cut_config(model.config, depth)
     nested.model.config = nested.config
     return nested
+
+
+def cut_config(config, layers: int):
+    """A copy of a model's config cut to its first `layers` layers (per-layer attention types cut with it):
+    the config of a nested target, a sorted drafter or a student of the same architecture."""
+    cut = copy.deepcopy(config)
+    cut.num_hidden_layers = layers
+    if getattr(cut, "layer_types", None):
+        cut.layer_types = list(cut.layer_types)[:layers]
+    return cut

@@ -78,3 +78,10 @@ class TrainConfig:
                 "quick": True,
             }
         )
+
+
+def exit_weights_for(exits: tuple[int, ...]) -> tuple[float, ...]:
+    """Loss weights for a target's exits: the default weights' last ones (the deepest exit weighs most), or an
+    even 0.25 each when it has more exits than the defaults name."""
+    defaults = TrainConfig().exit_weights
+    return defaults[len(defaults) - len(exits):] if len(exits) <= len(defaults) else (0.25,) * len(exits)

@@ -16,8 +16,8 @@ import torch.nn.functional as F
 from specviz.paths import cache_dir as specviz_cache
 from specviz.paths import portable
 from specviz.workshop import corpus as corpus_mod
-from specviz.workshop.config import SPECVIZ_META, TrainConfig
-from specviz.workshop.kit import autocast, evaluate, model_device, multi_exit_loss, set_lr
+from specviz.workshop.config import SPECVIZ_META, TrainConfig, exit_weights_for
+from specviz.workshop.kit import autocast, evaluate, model_device, multi_exit_loss, save_atomic, set_lr, stop_flag
 
 
 # ----------------------------------------------------------------------------- continued training (issue 16)
@@ -204,7 +204,6 @@ def continue_corpus(ccfg: ContinueConfig, tok, run_dir: Path, log) -> tuple[dict
 
 def continue_target(ccfg: ContinueConfig, log) -> Path:
     """Train the saved target further; resumes run_dir/ckpt.pt when it exists. Returns the HF fp32 dir."""
-    import signal
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -231,8 +230,7 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
         torch.backends.cuda.matmul.allow_tf32 = True
     n_layers = model.config.num_hidden_layers
     exits = tuple(e for e in meta.get("exits", []) if e < n_layers) or TrainConfig().target_exits
-    tcfg = TrainConfig(target_exits=exits, exit_weights=TrainConfig().exit_weights[-len(exits):] if len(exits) <= 4
-                       else (0.25,) * len(exits))
+    tcfg = TrainConfig(target_exits=exits, exit_weights=exit_weights_for(exits))
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": ccfg.weight_decay},
                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
@@ -282,8 +280,7 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
                  "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
                  "step": step, "tokens": tokens, "train_seconds": seconds_before + (time.time() - t_start),
                  "init": str(init), "config": asdict(plan), "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        torch.save(state, run_dir / "ckpt.pt.tmp")
-        (run_dir / "ckpt.pt.tmp").replace(ckpt_path)
+        save_atomic(state, ckpt_path)
         record = {k: state[k] for k in RUN_RECORD_KEYS} | {"device_name": device_name(model_device(model))}
         (run_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n")  # what the model card reads
         save_hf_fp32(model, tok, run_dir / "hf" / "target",
@@ -292,70 +289,64 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
         log(f"checkpoint ({reason}): step {step}, {tokens} tokens -> {ckpt_path} and {run_dir / 'hf' / 'target'} "
             f"[{time.time() - t:.1f} s]")
 
-    stop = {"signal": None}
-
-    def on_signal(signum, _frame):
-        stop["signal"] = signum
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    if not ckpt:
-        evaluate_now()
-    last_ckpt = last_eval = time.time()
-    window_t, window_cpu, window_tokens = time.time(), time.process_time(), 0
-    step_seconds, steps_here = 0.0, 0
-    plan = ccfg  # ccfg with total_tokens re-planned when fit_to_budget
-    fit_from = (0, 0.0)  # (tokens, time) where the speed measurement starts: after warm-up steps
-    while tokens < plan.total_tokens:
-        if stop["signal"] is not None:
-            log(f"signal {stop['signal']}: stopping")
-            break
-        if ccfg.max_steps and steps_here >= ccfg.max_steps:
-            break
-        if time.time() + 2 * step_seconds + ccfg.reserve_seconds * (not ccfg.quick) > deadline:
-            log("wall-clock budget reached: stopping")
-            break
-        if ccfg.fit_to_budget:
-            plan, fit_from = fitted_plan(plan, ccfg, steps_here, tokens, fit_from, deadline, log)
-        t = time.time()
-        seq_len = curriculum_seq_len(plan, tokens)
-        batch_size = max(1, ccfg.tokens_per_step // seq_len)
-        lr = wsd_lr(plan, step, tokens)
-        set_lr(opt, lr)
-        batch = data.next(seq_len, batch_size).to(ccfg.device, non_blocking=True)
-        with autocast(ccfg.device, ccfg.amp):
-            loss, parts = multi_exit_loss(model, batch, tcfg, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item()
-        opt.step()
-        step += 1
-        steps_here += 1
-        tokens += batch_size * seq_len
-        window_tokens += batch_size * seq_len
-        step_seconds = time.time() - t
-        if step % (1 if ccfg.quick else 10) == 0:
-            wall, cpu = time.time() - window_t, time.process_time() - window_cpu
-            rec = {"event": "train", "step": step, "tokens": tokens, "seq_len": seq_len, "batch": batch_size, "lr": lr,
-                   "grad_norm": round(grad_norm, 3), **{k: round(v, 4) for k, v in parts.items()},
-                   "tok_s": round(window_tokens / max(wall, 1e-9)), "tok_cpu_s": round(window_tokens / max(cpu, 1e-9))}
-            log(f"step {step} tokens {tokens} seq {seq_len}x{batch_size} lr {lr:.2e} "
-                + " ".join(f"{k}={v:.3f}" for k, v in parts.items())
-                + f" gnorm {grad_norm:.2f} {rec['tok_s']} tok/s ({rec['tok_cpu_s']} per CPU-s)")
-            metrics.write(json.dumps(rec) + "\n")
-            metrics.flush()
-            window_t, window_cpu, window_tokens = time.time(), time.process_time(), 0
-        if time.time() - last_eval >= ccfg.eval_minutes * 60:
+    with stop_flag() as stop:
+        if not ckpt:
             evaluate_now()
-            last_eval = time.time()
-        if time.time() - last_ckpt >= ccfg.ckpt_minutes * 60:
-            save("periodic")
-            last_ckpt = time.time()
-    evaluate_now()
-    save("end of run" if tokens < plan.total_tokens else "plan finished")
-    metrics.close()
-    log(f"done: step {step}, {tokens}/{plan.total_tokens} tokens; resume with the same command")
-    return run_dir / "hf" / "target"
+        last_ckpt = last_eval = time.time()
+        window_t, window_cpu, window_tokens = time.time(), time.process_time(), 0
+        step_seconds, steps_here = 0.0, 0
+        plan = ccfg  # ccfg with total_tokens re-planned when fit_to_budget
+        fit_from = (0, 0.0)  # (tokens, time) where the speed measurement starts: after warm-up steps
+        while tokens < plan.total_tokens:
+            if stop["signal"] is not None:
+                log(f"signal {stop['signal']}: stopping")
+                break
+            if ccfg.max_steps and steps_here >= ccfg.max_steps:
+                break
+            if time.time() + 2 * step_seconds + ccfg.reserve_seconds * (not ccfg.quick) > deadline:
+                log("wall-clock budget reached: stopping")
+                break
+            if ccfg.fit_to_budget:
+                plan, fit_from = fitted_plan(plan, ccfg, steps_here, tokens, fit_from, deadline, log)
+            t = time.time()
+            seq_len = curriculum_seq_len(plan, tokens)
+            batch_size = max(1, ccfg.tokens_per_step // seq_len)
+            lr = wsd_lr(plan, step, tokens)
+            set_lr(opt, lr)
+            batch = data.next(seq_len, batch_size).to(ccfg.device, non_blocking=True)
+            with autocast(ccfg.device, ccfg.amp):
+                loss, parts = multi_exit_loss(model, batch, tcfg, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0).item()
+            opt.step()
+            step += 1
+            steps_here += 1
+            tokens += batch_size * seq_len
+            window_tokens += batch_size * seq_len
+            step_seconds = time.time() - t
+            if step % (1 if ccfg.quick else 10) == 0:
+                wall, cpu = time.time() - window_t, time.process_time() - window_cpu
+                rec = {"event": "train", "step": step, "tokens": tokens, "seq_len": seq_len, "batch": batch_size, "lr": lr,
+                       "grad_norm": round(grad_norm, 3), **{k: round(v, 4) for k, v in parts.items()},
+                       "tok_s": round(window_tokens / max(wall, 1e-9)), "tok_cpu_s": round(window_tokens / max(cpu, 1e-9))}
+                log(f"step {step} tokens {tokens} seq {seq_len}x{batch_size} lr {lr:.2e} "
+                    + " ".join(f"{k}={v:.3f}" for k, v in parts.items())
+                    + f" gnorm {grad_norm:.2f} {rec['tok_s']} tok/s ({rec['tok_cpu_s']} per CPU-s)")
+                metrics.write(json.dumps(rec) + "\n")
+                metrics.flush()
+                window_t, window_cpu, window_tokens = time.time(), time.process_time(), 0
+            if time.time() - last_eval >= ccfg.eval_minutes * 60:
+                evaluate_now()
+                last_eval = time.time()
+            if time.time() - last_ckpt >= ccfg.ckpt_minutes * 60:
+                save("periodic")
+                last_ckpt = time.time()
+        evaluate_now()
+        save("end of run" if tokens < plan.total_tokens else "plan finished")
+        metrics.close()
+        log(f"done: step {step}, {tokens}/{plan.total_tokens} tokens; resume with the same command")
+        return run_dir / "hf" / "target"
 
 
 def fitted_plan(plan: ContinueConfig, ccfg: ContinueConfig, steps_here: int, tokens: int, fit_from: tuple[int, float],

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -65,8 +67,8 @@ def autocast(device: str | torch.device, amp: str) -> contextlib.AbstractContext
 
 
 def exit_logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """Logits of an early exit: the shared final norm and LM head on a layer's output."""
-    return model.lm_head(model.model.norm(hidden))
+    """Logits of an early exit: the shared final norm and LM head on a layer's output (an exit anywhere)."""
+    return model.get_output_embeddings()(model.model.norm(hidden))
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int = 50) -> float:
@@ -161,3 +163,32 @@ def adapter_logits(adapter: KangarooAdapter, target, hidden_l: torch.Tensor) -> 
     b, t, _ = hidden_l.shape
     pos = torch.arange(t, device=hidden_l.device).unsqueeze(0).expand(b, t)
     return exit_logits(target, adapter(hidden_l, pos))
+
+
+@contextlib.contextmanager
+def stop_flag():
+    """{"signal": None}, set by SIGTERM/SIGINT: the loop saves at the next step boundary and returns.
+    The previous handlers come back afterwards (tests run this in-process)."""
+    flag: dict = {"signal": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def on_signal(signum, _frame):
+        flag["signal"] = signum
+
+    for sig in previous:
+        signal.signal(sig, on_signal)
+    try:
+        yield flag
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def save_atomic(state: dict, path: Path) -> None:
+    """A checkpoint written beside `path` and then swapped in, so a kill mid-write leaves the previous one whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)

@@ -17,7 +17,6 @@ found without being named, so the app's model field needs only the target's path
 from __future__ import annotations
 
 import json
-import math
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -28,10 +27,11 @@ import torch
 import torch.nn.functional as F
 
 from specviz.engine.adapter import KangarooAdapter
-from specviz.engine.layers import split_parts
+from specviz.engine.layers import cut_config, split_parts
 from specviz.models.hub import PARTS_DIR, check_source, load_causal_lm, load_tokenizer
 from specviz.models.parts import ADAPTER_DIR, CHECKPOINT, REPORT, SORTED_DIR, fingerprint
 from specviz.workshop.config import TrainConfig
+from specviz.workshop.kit import adapter_logits, exit_logits, lr_at, save_atomic, soft_ce
 from specviz.workshop.text import read_corpus
 
 
@@ -89,24 +89,9 @@ def heldout_windows(stream: torch.Tensor, cfg: PartsConfig, count: int = 8) -> t
     return windows(stream, cfg, torch.Generator().manual_seed(cfg.seed + 99), count)
 
 
-def head(target, hidden: torch.Tensor) -> torch.Tensor:
-    """The target's final norm and LM head on a hidden state (an exit anywhere in the stack)."""
-    return target.get_output_embeddings()(target.model.norm(hidden))
-
-
-def soft_ce(student_logits: torch.Tensor, teacher_logp: torch.Tensor) -> torch.Tensor:
-    return -(teacher_logp.exp() * F.log_softmax(student_logits.float(), dim=-1)).sum(-1).mean()
-
-
 def agreement(draft_logits: torch.Tensor, target_logits: torch.Tensor) -> float:
     """Share of positions where the draft's greedy token is the target's (what greedy acceptance counts)."""
     return float((draft_logits.argmax(-1) == target_logits.argmax(-1)).float().mean())
-
-
-def adapter_logits(adapter, target, hidden_l: torch.Tensor) -> torch.Tensor:
-    b, t, _ = hidden_l.shape
-    pos = torch.arange(t, device=hidden_l.device).unsqueeze(0).expand(b, t)
-    return head(target, adapter(hidden_l, pos))
 
 
 @torch.no_grad()
@@ -114,12 +99,12 @@ def measure_adapter(target, adapter, ids: torch.Tensor) -> dict:
     out = target(ids, output_hidden_states=True)
     hidden_l = out.hidden_states[adapter.config.exit_layer]
     return {"agreement_trained": agreement(adapter_logits(adapter, target, hidden_l), out.logits),
-            "agreement_logit_lens": agreement(head(target, hidden_l), out.logits)}
+            "agreement_logit_lens": agreement(exit_logits(target, hidden_l), out.logits)}
 
 
 def sorted_exits(drafter, x: torch.Tensor) -> list[torch.Tensor]:
     out = drafter(x, output_hidden_states=True)
-    return [head(drafter, h) for h in out.hidden_states[1:-1]] + [out.logits]
+    return [exit_logits(drafter, h) for h in out.hidden_states[1:-1]] + [out.logits]
 
 
 @torch.no_grad()
@@ -131,26 +116,18 @@ def measure_sorted(target, drafter, ids: torch.Tensor) -> dict:
 def sorted_from_target(target, layers: int):
     """The target's architecture cut to `layers` layers, initialised from its first layers, embeddings,
     final norm and head (a strong start for distillation; every prefix is a drafter)."""
-    import copy
-
     from transformers import AutoModelForCausalLM
 
-    config = copy.deepcopy(target.config)
-    depth = config.num_hidden_layers
+    depth = target.config.num_hidden_layers
     if not 1 <= layers < depth:
         raise ValueError(f"--layers must be between 1 and {depth - 1} for this {depth}-layer target; got {layers}")
-    config.num_hidden_layers = layers
-    if getattr(config, "layer_types", None):
-        config.layer_types = list(config.layer_types)[:layers]
-    drafter = AutoModelForCausalLM.from_config(config)
+    drafter = AutoModelForCausalLM.from_config(cut_config(target.config, layers))
     drafter.load_state_dict(target.state_dict(), strict=False)  # layers 0..k-1, embeddings, norm, head
     return drafter
 
 
 def save_checkpoint(path: Path, step: int, model, opt, gen: torch.Generator) -> None:
-    tmp = path.with_suffix(".tmp")
-    torch.save({"step": step, "model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}, tmp)
-    tmp.replace(path)
+    save_atomic({"step": step, "model": model.state_dict(), "opt": opt.state_dict(), "gen": gen.get_state()}, path)
 
 
 def train_part(cfg: PartsConfig, log: Callable[[str], None] = print) -> dict:
@@ -198,7 +175,7 @@ def train_part(cfg: PartsConfig, log: Callable[[str], None] = print) -> dict:
     started = time.time()
     bar = tqdm(range(start_step, cfg.steps), desc=f"train {cfg.part}", initial=start_step, total=cfg.steps)
     for step in bar:
-        lr = cfg.lr * min(1.0, (step + 1) / 20) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / max(1, cfg.steps))))
+        lr = lr_at(step, cfg.steps, cfg.lr, warmup=20)
         for group in opt.param_groups:
             group["lr"] = lr
         x = windows(train_ids, cfg, gen)

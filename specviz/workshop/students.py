@@ -33,15 +33,11 @@ students.log or the report into assets/models.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import copy
 import hashlib
 import json
 import os
 import random
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -52,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from specviz.engine.adapter import ADAPTER_CONFIG, AdapterConfig, KangarooAdapter
+from specviz.engine.layers import cut_config
 from specviz.models.hub import EMBEDDED_DIR, PARTS_DIR, RANKING_FILE
 from specviz.models.parts import ADAPTER_DIR, SORTED_DIR
 from specviz.models.parts import REPORT as PART_REPORT
@@ -68,10 +65,12 @@ from specviz.workshop.kit import (
     lr_at,
     model_device,
     optimizer,
+    save_atomic,
     save_hf,
     set_lr,
     soft_ce,
     sorted_logits,
+    stop_flag,
 )
 from specviz.workshop.onpolicy import OnPolicyPool, PoolConfig
 
@@ -249,11 +248,7 @@ def student_llama(target, layers: int):
     """The target's architecture cut to `layers` layers, randomly initialised (the shipped students' shape)."""
     from transformers import AutoModelForCausalLM
 
-    config = copy.deepcopy(target.config)
-    config.num_hidden_layers = layers
-    if getattr(config, "layer_types", None):
-        config.layer_types = list(config.layer_types)[:layers]
-    return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    return AutoModelForCausalLM.from_config(cut_config(target.config, layers), dtype=torch.float32)
 
 
 def same_shape(a, b) -> bool:
@@ -398,28 +393,6 @@ def deadline_of(cfg: StudentsConfig, start: float) -> float:
     return deadline
 
 
-@contextlib.contextmanager
-def stop_flag():
-    """{"signal": None}, set by SIGTERM/SIGINT: the loop saves at the next step boundary and returns.
-    The previous handlers come back afterwards (tests run this in-process)."""
-    flag: dict = {"signal": None}
-    if threading.current_thread() is not threading.main_thread():
-        yield flag
-        return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
-
-    def on_signal(signum, _frame):
-        flag["signal"] = signum
-
-    for sig in previous:
-        signal.signal(sig, on_signal)
-    try:
-        yield flag
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def save_ckpt(path: Path, cfg: StudentsConfig, progress: Progress, s: Students) -> None:
     """Everything a resume needs, written beside and then swapped in."""
     state = {"progress": asdict(progress), "config": asdict(cfg),
@@ -428,8 +401,7 @@ def save_ckpt(path: Path, cfg: StudentsConfig, progress: Progress, s: Students) 
              "optimizers": {k: o.state_dict() for k, o in s.opts.items()},
              "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
              "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    torch.save(state, path.with_name(path.name + ".tmp"))
-    path.with_name(path.name + ".tmp").replace(path)
+    save_atomic(state, path)
 
 
 def resume(ckpt: dict, cfg: StudentsConfig, s: Students, datas: dict[str, WindowStream], log: Log) -> Progress:

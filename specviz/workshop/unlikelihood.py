@@ -41,9 +41,9 @@ import torch
 import torch.nn.functional as F
 
 from specviz.paths import scrub
-from specviz.workshop.config import SPECVIZ_META, TrainConfig
+from specviz.workshop.config import SPECVIZ_META, TrainConfig, exit_weights_for
 from specviz.workshop.continued import heldout_loss, save_hf_fp32, until_epoch
-from specviz.workshop.kit import autocast, multi_exit_loss, set_lr
+from specviz.workshop.kit import autocast, multi_exit_loss, save_atomic, set_lr
 
 
 @dataclass(frozen=True)
@@ -198,9 +198,7 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
     # the target's trained exits (the default ones when it records none), those its depth has
     layers = model.config.num_hidden_layers
     exits = tuple(e for e in (meta.get("exits") or TrainConfig().target_exits) if e < layers)
-    defaults = TrainConfig().exit_weights
-    tcfg = TrainConfig(target_exits=exits, exit_weights=defaults[len(defaults) - len(exits):] if len(exits) <= len(defaults)
-                       else (0.25,) * len(exits))
+    tcfg = TrainConfig(target_exits=exits, exit_weights=exit_weights_for(exits))
     if cfg.objective not in ("unlikelihood", "ditto"):
         raise ValueError(f"objective {cfg.objective!r}: unlikelihood or ditto")
     if cfg.objective == "ditto" and cfg.anchor_weight > 0:
@@ -245,8 +243,8 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
         return rec
 
     def save(final: bool) -> None:
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(), "step": step,
-                    "history": history, "config": asdict(cfg)}, ckpt_path)
+        save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(), "step": step,
+                     "history": history, "config": asdict(cfg)}, ckpt_path)
         if final:
             # the target's specviz.json travels with the model: no machine's paths in it
             record = scrub({"steps": step, "from": cfg.target, "config": asdict(cfg), "history": history})
