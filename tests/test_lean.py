@@ -6,11 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import ARCHS, make_tiny_model, make_tiny_pair
-from transformers import DynamicCache
 
 from specviz.api import run
 from specviz.engine.decoder import Decoder
-from specviz.engine.kvcache import GrowingLayer
+from specviz.engine.kvcache import GrowingLayer, KVCache
 from specviz.engine.lean import LeanDecoder, supports
 
 VOCAB = 64
@@ -30,11 +29,10 @@ def replay(decoder, gen_seed: int = 0) -> list[torch.Tensor]:
 
 
 class PlainDecoder(Decoder):
-    """transformers' own DynamicCache (torch.cat per step): the reference."""
+    """transformers' own DynamicCache layers (torch.cat per step): the reference."""
 
     def reset(self) -> None:
-        self.cache = DynamicCache(config=self.model.config)
-        self.length = 0
+        self.kv = KVCache(self.model.config)  # growing=False: DynamicCache's own layers
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2"])
@@ -51,7 +49,7 @@ def test_lean_forward_matches_transformers(arch):
 def test_growing_cache_gives_the_same_logits_as_dynamic_cache(arch):
     model = make_tiny_model(arch, VOCAB, layers=2, hidden=32, seed=4)
     decoder = Decoder(model, VOCAB)
-    kinds = {type(layer).__name__ for layer in decoder.cache.layers}
+    kinds = {type(layer).__name__ for layer in decoder.kv.cache.layers}
     assert kinds in ({"GrowingLayer"}, {"DynamicSlidingWindowLayer"}, set())  # sliding windows keep their own layer
     for a, b in zip(replay(PlainDecoder(model, VOCAB)), replay(decoder)):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

@@ -12,9 +12,9 @@ import threading
 import time
 from typing import Callable
 
+from specviz.analysis import metrics
 from specviz.analysis.divergence import annotate
 from specviz.analysis.exactness import exactness
-from specviz.analysis import metrics
 from specviz.api import run, run_batch
 from specviz.app.worker import InFlight
 from specviz.bench.matrix import run_matrix

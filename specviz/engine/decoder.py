@@ -1,8 +1,8 @@
 """The one place that owns single-sequence KV caches: feed tokens, read logits, roll back.
 
 Invariant kept by every method and asserted in tests: a model's cache holds exactly the tokens
-it was fed that are still committed; rollback is an index (`kvcache.crop`), never a copy; every hand-off of a cache goes through
-`specviz.engine.kvcache`.
+it was fed that are still committed; rollback is an index (`KVCache.crop`), never a copy; the cache and its
+length belong to one `specviz.engine.kvcache.KVCache`.
 """
 from __future__ import annotations
 
@@ -10,9 +10,8 @@ import os
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
-from specviz.engine import kvcache
+from specviz.engine.kvcache import KVCache
 
 # Tests switch this on: every feed and rollback then asserts the cache holds exactly `length` entries.
 CHECKS = os.environ.get("SPECVIZ_CHECKS") == "1"
@@ -24,37 +23,37 @@ class Decoder:
 
     model: torch.nn.Module
     vocab: int  # logits are cut to this width (the pair's common vocabulary)
-    cache: DynamicCache = field(init=False)
-    length: int = field(init=False, default=0)  # tokens the cache holds
+    kv: KVCache = field(init=False)
 
     def __post_init__(self) -> None:
         self.reset()
 
+    @property
+    def length(self) -> int:
+        """Tokens the cache holds."""
+        return self.kv.length
+
     def reset(self) -> None:
-        self.cache = kvcache.growing_cache(self.model.config)
-        self.length = 0
+        self.kv = KVCache(self.model.config, growing=True)
 
     @torch.inference_mode()
     def feed(self, ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
         """Append ids (1, T) to the cache; return logits (keep, vocab) of the last `keep` positions."""
-        out = kvcache.forward(self.model, self.cache, input_ids=ids, use_cache=True, logits_to_keep=keep)
-        self.length += ids.shape[1]
+        out = self.kv.forward(self.model, ids.shape[1], input_ids=ids, use_cache=True, logits_to_keep=keep)
         if CHECKS:
             self.check()
         return out.logits[0, -keep:, : self.vocab]
 
     def rollback(self, length: int) -> None:
         """Drop cached entries beyond `length` tokens."""
-        if length < self.length:
-            kvcache.crop(self.cache, length)
-            self.length = length
+        self.kv.crop(length)
         if CHECKS:
             self.check()
 
     def check(self) -> None:
         """The cache really holds `length` entries (tests call this after every step)."""
-        held = [kvcache.held(layer) for layer in self.cache.layers]
-        assert all(h == self.length for h in held), f"cache layers hold {held} entries, expected {self.length}"
+        assert len(set(self.kv.lengths)) == 1, f"layers were fed different lengths: {self.kv.lengths}"
+        self.kv.check()
 
 
 class Output:

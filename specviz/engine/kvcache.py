@@ -135,3 +135,93 @@ def is_filled(layer: Any) -> bool:
 def filled_layers(cache: DynamicCache):
     """The layers of `cache` that hold entries (batched realignment moves exactly these)."""
     return (layer for layer in cache.layers if is_filled(layer))
+
+
+class KVCache:
+    """A transformers cache and the number of entries each of its layers holds: the one owner of both.
+
+    Every change to a single-sequence cache goes through it: a forward that appends (`forward`), entries a
+    module appended to some layers only (`appended`), entries replayed from an earlier forward (`since`,
+    `replay`), rollback (`crop`: an index, never a copy), row selection (`select_rows`, `repeated`) and the
+    gather of a path of positions (`gather`, what tree verification keeps). Methods hold a KVCache, never the
+    transformers cache inside it. (Batched, left-padded caches are `specviz.engine.batch_cache.BatchKV`'s; the
+    lean decoders' preallocated buffers are `specviz.engine.lean.LeanKV`'s.)"""
+
+    def __init__(self, config: Any = None, *, growing: bool = False, depth: int | None = None):
+        self.cache = growing_cache(config) if growing else new_cache(config)
+        self.lengths = [0] * (depth if depth is not None else max(1, len(self.cache.layers)))
+
+    @property
+    def length(self) -> int:
+        """Entries the first layer holds (every layer, for a cache fed whole-model forwards)."""
+        return self.lengths[0]
+
+    def forward(self, module: torch.nn.Module, new: int, layers: range | None = None, **kwargs: Any) -> Any:
+        """`module`'s forward over `new` positions on this cache; `layers` are those it appends to (all)."""
+        out = forward(module, self.cache, **kwargs)
+        self.appended(new, layers)
+        return out
+
+    def run(self, call: Any, new: int, layers: range | None = None) -> Any:
+        """`call(cache)` for a module that takes the transformers cache positionally (the Kangaroo adapter)."""
+        out = call(self.cache)
+        self.appended(new, layers)
+        return out
+
+    def appended(self, new: int, layers: range | None = None) -> None:
+        for i in layers if layers is not None else range(len(self.lengths)):
+            self.lengths[i] += new
+
+    def crop(self, length: int) -> None:
+        """Every layer keeps at most its first `length` entries."""
+        for i, held_now in enumerate(self.lengths):
+            if held_now > length:
+                if i < len(self.cache.layers):
+                    crop_layer(self.cache.layers[i], length)
+                self.lengths[i] = length
+
+    def since(self, layers: range, before: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Copies of the entries `layers` appended after holding `before` (to replay them later)."""
+        return [(self.cache.layers[i].keys[..., b:, :].clone(), self.cache.layers[i].values[..., b:, :].clone())
+                for i, b in zip(layers, before)]
+
+    def replay(self, layers: range, entries: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Append entries taken by `since`, as if the forward that made them had run again."""
+        for i, (keys, values) in zip(layers, entries):
+            self.cache.layers[i].update(keys, values)
+            self.lengths[i] += keys.shape[-2]
+
+    def ready(self, layers: range) -> bool:
+        """Whether `layers` exist and were fed (a replay needs their shapes)."""
+        return all(i < len(self.cache.layers) and getattr(self.cache.layers[i], "is_initialized", False) for i in layers)
+
+    def select_rows(self, index: torch.Tensor) -> None:
+        """Keep the rows `index` of a batched cache (lengths are per position, the same in every row)."""
+        self.cache.batch_select_indices(index)
+
+    def repeated(self, length: int, rows: int, config: Any = None) -> "KVCache":
+        """A new cache holding this one's first `length` entries (batch 1), repeated for `rows` rows."""
+        out = KVCache(config, depth=len(self.lengths))
+        for i, layer in enumerate(self.cache.layers):
+            if length and is_filled(layer):
+                out.cache.update(layer.keys[:, :, :length].repeat(rows, 1, 1, 1),
+                                 layer.values[:, :, :length].repeat(rows, 1, 1, 1), i)
+                out.lengths[i] = length
+        return out
+
+    def gather(self, positions: list[int] | torch.Tensor) -> None:
+        """Keep only the entries at `positions` (ascending), in that order, in every layer: the accepted path of
+        a verified tree, whose other branches' entries go. The one exception to "rollback is an index"."""
+        index = torch.as_tensor(positions, dtype=torch.long)
+        for i, layer in enumerate(self.cache.layers):
+            if is_filled(layer):
+                at = index.to(layer.keys.device)
+                layer.keys = layer.keys.index_select(-2, at)
+                layer.values = layer.values.index_select(-2, at)
+                if i < len(self.lengths):
+                    self.lengths[i] = len(index)
+
+    def check(self) -> None:
+        """The cache really holds what the lengths say (tests call this after every step)."""
+        held_now = [held(layer) for layer in self.cache.layers[: len(self.lengths)]]
+        assert held_now == self.lengths[: len(held_now)], f"cache layers hold {held_now} entries, expected {self.lengths}"

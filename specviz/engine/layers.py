@@ -45,8 +45,7 @@ class LayerStack:
         self.model = model
         self.embed, self.layers, self.norm, self.head, self.rotary = split_parts(model)
         self.vocab = vocab
-        self.cache = kvcache.new_cache(model.config)
-        self.lengths = [0] * len(self.layers)  # entries each layer's cache holds
+        self.kv = kvcache.KVCache(model.config, depth=len(self.layers))  # layers may hold different lengths
 
     @property
     def depth(self) -> int:
@@ -61,17 +60,16 @@ class LayerStack:
         """Layers [start, end) over hidden (1, T, d) whose positions follow layer `start`'s cache."""
         if start >= end:
             return hidden
-        first = self.lengths[start]
+        first = self.kv.lengths[start]
         new = hidden.shape[1]
         pos = torch.arange(first, first + new, device=hidden.device).unsqueeze(0)
         pos_emb = self.rotary(hidden, pos)
         mask = causal_mask(new, first, hidden.device)
         for i in range(start, end):
-            assert self.lengths[i] == first, f"layer {i} holds {self.lengths[i]} entries, layer {start} {first}"
-            out = kvcache.forward(self.layers[i], self.cache, hidden_states=hidden, attention_mask=mask, position_ids=pos,
-                                  use_cache=True, position_embeddings=pos_emb)
+            assert self.kv.lengths[i] == first, f"layer {i} holds {self.kv.lengths[i]} entries, layer {start} {first}"
+            out = self.kv.forward(self.layers[i], new, range(i, i + 1), hidden_states=hidden, attention_mask=mask,
+                                  position_ids=pos, use_cache=True, position_embeddings=pos_emb)
             hidden = out[0] if isinstance(out, tuple) else out
-            self.lengths[i] += new
         return hidden
 
     @torch.inference_mode()
@@ -79,17 +77,17 @@ class LayerStack:
         """The shared final norm and LM head (an exit anywhere in the stack): (..., vocab)."""
         return self.head(self.norm(hidden))[..., : self.vocab]
 
+    @property
+    def lengths(self) -> list[int]:
+        """Entries each layer's cache holds."""
+        return self.kv.lengths
+
     def crop(self, length: int) -> None:
         """Every layer keeps at most `length` entries."""
-        for i, held in enumerate(self.lengths):
-            if held > length:
-                kvcache.crop_layer(self.cache.layers[i], length)
-                self.lengths[i] = length
+        self.kv.crop(length)
 
     def check(self) -> None:
-        for i, layer in enumerate(self.cache.layers[: self.depth]):
-            held = kvcache.held(layer)
-            assert held == self.lengths[i], f"layer {i} cache holds {held}, expected {self.lengths[i]}"
+        self.kv.check()
 
 
 def nested_model(model: nn.Module, depth: int) -> nn.Module:

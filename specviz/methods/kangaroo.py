@@ -50,9 +50,13 @@ class SelfDraftState:
     def __init__(self, adapter: KangarooAdapter, lean: bool = False):
         self.adapter = adapter
         self.lean = LeanAdapter(adapter) if lean else None
-        self.cache = kvcache.new_cache() if not lean else None
-        self.length = 0  # entries in the adapter's cache
+        self.kv = kvcache.KVCache(depth=1) if not lean else None  # the adapter is one layer
         self.pending: list[torch.Tensor] = []  # layer-l states (1, 1, d) of positions length.. not fed yet
+
+    @property
+    def length(self) -> int:
+        """Entries in the adapter's cache."""
+        return self.lean.length if self.lean is not None else self.kv.length
 
     @torch.inference_mode()
     def step(self, hidden_l: torch.Tensor) -> torch.Tensor:
@@ -62,18 +66,17 @@ class SelfDraftState:
         if self.lean is not None:
             out = self.lean(h)
         else:
-            pos = torch.arange(self.length, self.length + h.shape[1], device=h.device).unsqueeze(0)
-            out = self.adapter(h, pos, self.cache, causal_mask(h.shape[1], self.length, h.device))
-        self.length += h.shape[1]
+            past = self.kv.length
+            pos = torch.arange(past, past + h.shape[1], device=h.device).unsqueeze(0)
+            mask = causal_mask(h.shape[1], past, h.device)
+            out = self.kv.run(lambda cache: self.adapter(h, pos, cache, mask), h.shape[1])
         return out[:, -1]
 
     def crop(self, length: int) -> None:
-        if self.length > length:
-            if self.lean is not None:
-                self.lean.rollback(length)
-            else:
-                kvcache.crop(self.cache, length)
-            self.length = length
+        if self.lean is not None:
+            self.lean.rollback(length)
+        else:
+            self.kv.crop(length)
 
 
 class LensDraftState:
@@ -95,7 +98,7 @@ class LensDraftState:
 class LayerMemo:
     """Exactness sessions only (`specviz.analysis.exactness`, ctx.memo set): the stack's layer-range forwards and
     the adapter's steps memoized by the token ids they cover. A hit re-appends the KV entries the first
-    computation appended (and bumps the lengths), so every cache ends as if the forward had run."""
+    computation appended (through the cache's KVCache), so every cache ends as if the forward had run."""
 
     MAX_BYTES = 256 * 2**20  # kept before the memo starts over
 
@@ -104,25 +107,25 @@ class LayerMemo:
         self.bytes = 0
         self.hits = self.misses = 0
 
-    def call(self, key: tuple, layers: list, compute, bump) -> torch.Tensor:
+    def call(self, key: tuple, kv: kvcache.KVCache, layers: range, compute, after=None) -> torch.Tensor:
+        """compute() (which appends to `layers` of `kv`), or its remembered output with its entries replayed."""
         hit = self.table.get(key)
-        if hit is not None and len(hit[1]) == len(layers) and all(getattr(layer, "is_initialized", False)
-                                                                   for layer in layers):
-            out, deltas = hit
-            for layer, (k, v) in zip(layers, deltas):
-                layer.update(k, v)
-            bump()
+        if hit is not None and len(hit[1]) == len(layers) and kv.ready(layers):
+            out, entries = hit
+            kv.replay(layers, entries)
+            if after is not None:
+                after()
             self.hits += 1
             return out
         self.misses += 1
-        before = [kvcache.held(layer) for layer in layers]
+        before = [kv.lengths[i] for i in layers]
         out = compute()
-        deltas = [(layer.keys[..., b:, :].clone(), layer.values[..., b:, :].clone()) for layer, b in zip(layers, before)]
-        size = sum(t.numel() * t.element_size() for t in [out] + [x for kv in deltas for x in kv])
+        entries = kv.since(layers, before)
+        size = sum(t.numel() * t.element_size() for t in [out] + [x for kv_pair in entries for x in kv_pair])
         if self.bytes + size > self.MAX_BYTES:
             self.table.clear()
             self.bytes = 0
-        self.table[key] = (out, deltas)
+        self.table[key] = (out, entries)
         self.bytes += size
         return out
 
@@ -199,12 +202,6 @@ class Kangaroo(Method):
                 if ctx.memo is not None else None)
         full: list[int] = seq[0].tolist() if memo is not None else []  # memo keys: committed ids + this round's drafts
 
-        def bump_stack(start: int, end: int, new: int):
-            def bump() -> None:
-                for i in range(start, end):
-                    stack.lengths[i] += new
-            return bump
-
         def shallow(token_t: torch.Tensor) -> torch.Tensor:
             """Layers [0, l) over one token (1, 1): its layer-l state."""
             if shallow_pass is not None:
@@ -213,7 +210,7 @@ class Kangaroo(Method):
             if memo is None:
                 return compute()
             pos = stack.lengths[0]
-            return memo.call(("shallow", tuple(full[: pos + 1])), stack.cache.layers[:l], compute, bump_stack(0, l, 1))
+            return memo.call(("shallow", tuple(full[: pos + 1])), stack.kv, range(0, l), compute)
 
         def draft_logits(h: torch.Tensor) -> torch.Tensor:
             compute = lambda: head(draft.step(h))  # noqa: E731
@@ -221,19 +218,17 @@ class Kangaroo(Method):
                 return compute()
             new = sum(x.shape[1] for x in draft.pending) + 1
 
-            def bump() -> None:
-                draft.length += new
+            def seen() -> None:
                 draft.pending = []
-            return memo.call(("adapter", draft.length, tuple(full[: draft.length + new])), list(draft.cache.layers),
-                             compute, bump)
+            return memo.call(("adapter", draft.length, tuple(full[: draft.length + new])), draft.kv, range(1),
+                             compute, seen)
 
         def deep_logits(block: torch.Tensor) -> torch.Tensor:
             compute = lambda: stack.logits(stack.run(block, l, stack.depth))[0]  # noqa: E731
             if memo is None:
                 return compute()
             pos, new = stack.lengths[l], block.shape[1]
-            return memo.call(("deep", pos, tuple(full[: pos + new])), stack.cache.layers[l : stack.depth], compute,
-                             bump_stack(l, stack.depth, new))
+            return memo.call(("deep", pos, tuple(full[: pos + new])), stack.kv, range(l, stack.depth), compute)
 
         step = 0
         while not out.done:

@@ -26,7 +26,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from specviz.engine import kvcache
 from specviz.engine.layers import LayerStack
@@ -42,19 +41,9 @@ class Branches:
     depth: int  # n^: the acceptance length they assume
     tokens: torch.Tensor  # (kappa, gamma) rolled-out drafts
     q: torch.Tensor  # (kappa, gamma, V) drafter probabilities of each step
-    cache: DynamicCache  # drafter cache of all kappa rows (fed through the second-to-last draft)
-    length: int  # entries per row in `cache`
+    kv: kvcache.KVCache  # drafter cache of all kappa rows (fed through the second-to-last draft)
     t0: float
     t1: float
-
-
-def clone_rows(cache: DynamicCache, length: int, rows: int, config) -> DynamicCache:
-    """A new cache holding the first `length` entries of a batch-1 cache, repeated for `rows` rows."""
-    out = kvcache.new_cache(config)
-    for i, layer in enumerate(cache.layers):
-        if length and layer.keys is not None and layer.keys.numel():
-            out.update(layer.keys[:, :, :length].repeat(rows, 1, 1, 1), layer.values[:, :, :length].repeat(rows, 1, 1, 1), i)
-    return out
 
 
 def default_exit(pair, depth: int, vocab: int | None = None) -> int:
@@ -161,8 +150,8 @@ class MirrorSD(Method):
                     if hit:
                         hits += 1
                         ready = (branches.tokens[chosen], branches.q[chosen])
-                        branches.cache.batch_select_indices(torch.tensor([chosen], device=seq.device))
-                        drafter.decoder.cache, drafter.decoder.length = branches.cache, branches.length
+                        branches.kv.select_rows(torch.tensor([chosen], device=seq.device))
+                        drafter.decoder.kv = branches.kv
                         for depth, token_id in enumerate(ready[0].tolist()):
                             rec.add("draft", step=step + 1, token_id=token_id, q=float(ready[1][depth, token_id]),
                                     depth=depth, source=drafter.source, t0=branches.t0, t1=branches.t1,
@@ -186,18 +175,16 @@ class MirrorSD(Method):
         dec = drafter.decoder
         full = torch.cat([seq, drafts[:depth].view(1, -1)], dim=1)  # committed + assumed-accepted drafts
         base = min(dec.length, full.shape[1])
-        cache = clone_rows(dec.cache, base, kappa, dec.model.config)
+        kv = dec.kv.repeated(base, kappa, dec.model.config)
         cand = torch.tensor(candidates, device=seq.device).view(kappa, 1)
         feed = torch.cat([full[:, base:].expand(kappa, -1), cand], dim=1)  # (kappa, T)
         tokens, qs = [], []
-        length = base
         for i in range(gamma):
-            logits = kvcache.forward(dec.model, cache, input_ids=feed, use_cache=True, logits_to_keep=1).logits[:, -1, : ctx.vocab]
-            length += feed.shape[1]
+            logits = kv.forward(dec.model, feed.shape[1], input_ids=feed, use_cache=True, logits_to_keep=1).logits[:, -1, : ctx.vocab]
             token, q = ctx.sampling.choose(logits, generator)
             tokens.append(token)
             qs.append(q)
             if i + 1 < gamma:
                 feed = token.view(kappa, 1)
         return Branches(candidates=candidates, depth=depth, tokens=torch.stack(tokens, dim=1), q=torch.stack(qs, dim=1),
-                        cache=cache, length=length, t0=t0, t1=ctx.rec.now())
+                        kv=kv, t0=t0, t1=ctx.rec.now())

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import torch
 
-from specviz.engine import kvcache
 from specviz.engine.lean import draft_linear
 from specviz.methods.base import RunContext
 from specviz.methods.rounds import Drafter
@@ -80,6 +79,5 @@ class TrimmedDrafter(Drafter):
     def _logits(self, dec, pending: torch.Tensor) -> torch.Tensor:
         if self.lean:
             return self.head(dec.hidden(pending)[:, -1])
-        hidden = kvcache.forward(self.base, dec.cache, input_ids=pending, use_cache=True).last_hidden_state  # (1, T, d)
-        dec.length += pending.shape[1]
+        hidden = dec.kv.forward(self.base, pending.shape[1], input_ids=pending, use_cache=True).last_hidden_state  # (1, T, d)
         return self.head(hidden[:, -1])  # (1, V), -inf outside the kept ids
