@@ -119,7 +119,8 @@ def main() -> None:
     from specviz.analysis.exactness import exactness
     from specviz.analysis.metrics import compare
     from specviz.api import run_batch
-    from specviz.app.ui import EXAMPLES, RACE_DEFAULT_TOKENS, UI_DEFAULTS
+    from specviz.app.controls import EXAMPLES, UI_DEFAULTS
+    from specviz.app.handlers import RACE_DEFAULT_TOKENS
     from specviz.bench.matrix import run_matrix, summary
     from specviz.bench.prompts import DEFAULT_PROMPTS, load_prompts
 

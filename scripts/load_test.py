@@ -122,7 +122,7 @@ def main() -> None:
     from appserver import playground_stream_args, running_app
 
     from specviz import load_pair, run
-    from specviz.app.ui import EXAMPLES, UI_DEFAULTS
+    from specviz.app.controls import EXAMPLES, UI_DEFAULTS
 
     report: dict = {}
     with running_app({"SPECVIZ_PREWARM": "1"}) as app:

@@ -74,7 +74,8 @@ def running_app(env: dict[str, str] | None = None, command: list[str] | None = N
 
 def playground_stream_args(method: str, max_new_tokens: int, prompt: str = "def long_function(a, b, c):\n") -> list:
     """The Playground's inputs in order, each control at the value the page gives it for `method`."""
-    from specviz.app.ui import MIRROR_COSTS, PARAMS, UI_DEFAULTS
+    from specviz.app.controls import PARAMS, UI_DEFAULTS
+    from specviz.app.handlers import MIRROR_COSTS
     from specviz.methods import METHODS
     from specviz.methods.base import COMMON_PARAMS
 

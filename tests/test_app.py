@@ -168,7 +168,7 @@ def test_every_method_runs_from_the_playground_controls(server):
     """Each method with the control values the page shows for it (catches a control the server cannot take)."""
     from gradio_client import Client
 
-    from specviz.app.ui import SINGLE
+    from specviz.app.controls import SINGLE
 
     client = Client(server.url, verbose=False)
     for method in SINGLE:

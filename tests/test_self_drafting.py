@@ -56,9 +56,9 @@ def test_a_qwen3_target_by_path_runs_kangaroo_and_mirror_with_no_trained_parts(q
 def test_the_app_runs_training_free_kangaroo_on_a_qwen3_path(qwen3_dir, monkeypatch):
     """Through the app's own handler and engine (a server thread here; the engine process runs the same job)."""
     monkeypatch.setenv("SPECVIZ_ENGINE", "thread")
-    from specviz.app import ui
+    from specviz.app import handlers
 
-    text, trace_json = ui.playground_api(None, "def f(x):", "kangaroo", json.dumps({"max_new_tokens": 16}),
+    text, trace_json = handlers.playground_api(None, "def f(x):", "kangaroo", json.dumps({"max_new_tokens": 16}),
                                          str(qwen3_dir / "target"), "")  # None: no browser session
     trace = json.loads(trace_json)
     assert trace["meta"]["kangaroo_drafter"] == "logit lens (no adapter)"

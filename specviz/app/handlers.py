@@ -1,0 +1,306 @@
+"""The tabs' handlers and the API endpoints: each turns a visitor's inputs into an engine job, waits in the
+queue with a visible place, and draws the trace that comes back (figures, downloads, HTML).
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Iterator
+
+import gradio as gr
+import pandas as pd
+
+from specviz.app import requests as app_requests
+from specviz.app.bridge import queue_text, queued_result, served_text, service, status_html, submit, with_served
+from specviz.app.controls import PARAMS, UI_DEFAULTS, collect_params, parse_params
+from specviz.app.serving import Update
+from specviz.bench.matrix import summary
+from specviz.bench.prompts import DEFAULT_PROMPTS, load_prompts
+from specviz.engine.trace import MAX_TRACE_BYTES, Trace
+from specviz.methods import METHODS
+from specviz.models.hub import EMBEDDED, EMBEDDED_DIR, allowlist, load_tokenizer
+from specviz.speedup import HeterogeneousCosts
+from specviz.views import plots, render
+
+DOWNLOAD_DIR = Path(tempfile.gettempdir()) / "specviz-traces"
+
+
+def save_downloads(trace: Trace) -> list[str]:
+    """JSON, CSV and Chrome-trace files of one run, in a directory of their own."""
+    DOWNLOAD_DIR.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix=f"{trace.method}-", dir=DOWNLOAD_DIR))
+    (folder / "trace.json").write_text(trace.to_json())
+    frame = trace.to_frame()
+    frame["info"] = frame["info"].map(json.dumps)
+    frame.to_csv(folder / "trace.csv", index=False)
+    (folder / "trace.chrome.json").write_text(json.dumps(trace.to_chrome_trace()))
+    return [str(folder / name) for name in ("trace.json", "trace.csv", "trace.chrome.json")]
+
+
+def where_measured(trace: Trace) -> str:
+    """Beside every measured figure: where the run ran and whether it had the engine to itself."""
+    note = trace.meta.get("engine") or {}
+    if not note:
+        return ""
+    alone = note.get("runs_at_once", 1) <= 1
+    text = f", {note.get('where', 'engine')}, " + ("alone" if alone else f"sharing the engine with {note['runs_at_once'] - 1} other run(s)")
+    if note.get("where") == "server thread":
+        text += " (an in-process engine: its timings share the process with the page and other requests)"
+    if note.get("queued_s"):
+        text += f", after {note['queued_s']:.2f} s in the queue"
+    return text
+
+
+def run_status(trace: Trace, served: str = "") -> str:
+    return (f"{trace.new_tokens} tokens in {trace.wall_time:.2f} s (measured{where_measured(trace)}) - "
+            f"finish: {trace.rows[0].finish_reason}" + (f" - {served}" if served else ""))
+
+
+def result_figures(trace: Trace, baseline: Trace | None, costs: tuple[float, float, float] | None = None) -> tuple:
+    """(timeline, histogram, per-position, stats, mirror figure) of a finished run."""
+    stats = plots.stats_table(trace, baseline) if baseline is not None else pd.DataFrame(columns=["metric", "value"])
+    mirror = (plots.mirror_timelines(trace, HeterogeneousCosts(*costs) if costs else None)
+              if trace.method == "mirror" else plots.empty_figure("Mirror-SD timelines", "run mirror to see measured vs modeled lanes"))
+    return (plots.token_timeline(trace), plots.acceptance_histogram(trace), plots.position_acceptance(trace), stats,
+            mirror)
+
+
+RENDERED_ENTRIES = 32  # finished Playground results whose figures and downloads are kept, drawn once each
+_RENDERED: OrderedDict[tuple, tuple] = OrderedDict()
+_RENDERED_LOCK = threading.Lock()
+
+
+def rendered(result: dict, key: str | None, measured_at: float | None, costs: tuple) -> tuple:
+    """(trace, figures, trace JSON, download files) of one measured result, drawn once: a class clicking the
+    same example is served its figures, not 32 drawings of them (a drawing costs 0.2-0.3 s of this process).
+    Requests for a result being drawn wait for that drawing."""
+    memo = (key, measured_at, tuple(costs)) if key else None
+    with _RENDERED_LOCK:
+        if memo in _RENDERED:
+            _RENDERED.move_to_end(memo)
+        else:
+            _RENDERED[memo] = (threading.Lock(), [])
+            while len(_RENDERED) > RENDERED_ENTRIES:
+                _RENDERED.popitem(last=False)
+        lock, drawn = _RENDERED[memo]
+    with lock:
+        if not drawn:
+            trace, baseline = Trace.from_json(result["trace"]), Trace.from_json(result["baseline"])
+            drawn.append((trace, result_figures(trace, baseline, costs), result["trace"], save_downloads(trace)))
+    return drawn[0]
+
+
+def playground_views(result: dict, update: Update, costs, key: str | None = None) -> tuple:
+    trace, figures, trace_json, files = rendered(result, key, update.measured_at, costs)
+    status = run_status(trace, served_text(update))
+    return ((render.replay_html(trace, status=status, measured_at=update.measured_at),) + figures
+            + (trace_json, files))
+
+
+def playground(request: gr.Request, fresh: bool, inputs: tuple) -> Iterator[tuple]:
+    """The Playground's run: its place in the queue at once, then the measured trace sent once and replayed in
+    the browser at the pace the run had (nothing streams while it is timed)."""
+    (prompt, target, draft, method, max_new_tokens, temperature, top_k, top_p, seed, heal_prompt, *rest) = inputs
+    *specific_values, cost_t, cost_d, cost_c = rest
+    specific = dict(zip(PARAMS, specific_values))
+    common = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                  heal_prompt=heal_prompt)
+    job = app_requests.traced_job("playground", method, target, draft, prompt, collect_params(method, common, specific))
+    skip = tuple(gr.skip() for _ in range(7))  # every output but the tokens view
+    for update in submit(job, request, fresh):
+        if update.state != "done":
+            yield (status_html(queue_text(update), update.state, update) if update.changed else gr.skip(),) + skip
+    yield playground_views(update.result, update, (cost_t, cost_d, cost_c), job.cache_key)
+
+
+def playground_run(request: gr.Request, *inputs):
+    yield from playground(request, False, inputs)
+
+
+def playground_measure_again(request: gr.Request, *inputs):
+    yield from playground(request, True, inputs)
+
+
+MIRROR_COSTS = (0.5, 0.4, 0.05)  # the Playground's default modeled Mirror-SD costs: target layer, drafter step, transfer (ms)
+RACE_MAX_SECONDS = 60.0  # a longer pair of runs plays faster, and says so
+RACE_DEFAULT_TOKENS = 96
+
+
+def race(request: gr.Request, prompt, method, max_new_tokens, target, draft, fresh=False):
+    """Autoregressive vs a method on the same prompt: each run measured alone in the engine, then the two
+    measured timelines sent once and played back together by the browser at the pace they had."""
+    if method not in METHODS or METHODS[method].batch or method == "autoregressive":
+        raise ValueError("choose a speculative single-sequence method to race against autoregressive")
+    job = app_requests.traced_job("playground", method, target, draft, prompt,
+                                  {"max_new_tokens": int(max_new_tokens), "heal_prompt": UI_DEFAULTS["heal_prompt"]})
+    for update in submit(job, request, fresh):
+        if update.state != "done":
+            yield status_html(queue_text(update), update.state, update) if update.changed else gr.skip()
+    trace = Trace.from_json(update.result["trace"])
+    baseline = Trace.from_json(update.result["baseline"])
+    yield render.race_html(trace, baseline, max_seconds=RACE_MAX_SECONDS, served=served_text(update),
+                           measured_at=update.measured_at)
+
+
+def race_measure_again(request: gr.Request, prompt, method, max_new_tokens, target, draft):
+    yield from race(request, prompt, method, max_new_tokens, target, draft, fresh=True)
+
+
+def exactness_lab(request: gr.Request, prompt, method, temperature, top_k, top_p, n, tokens, seed, with_broken, target,
+                  draft, progress=gr.Progress()):
+    """Exactness lab: is what the method samples distributed as the target's own law?"""
+    params = {"temperature": float(temperature), "top_k": int(top_k or 0), "top_p": float(top_p)}
+    job = app_requests.exactness_job(method, target, draft, prompt, int(n), int(tokens), params, bool(with_broken),
+                                     int(seed))
+    got, update = queued_result(job, request, progress)
+    real, broken = got["real"], got["broken"]
+    return plots.exactness_figure(real, broken), plots.exactness_table(real, broken)
+
+
+def playground_api(request: gr.Request, prompt: str, method: str = "draft_model", params_json: str = "{}",
+                   target: str = EMBEDDED, draft: str = "") -> tuple[str, str]:
+    """API: one run -> (generated text, trace JSON). params_json holds method and common parameters, and
+    "measure_again": true to bypass the trace cache (the trace's meta["served"] says where it came from)."""
+    params = parse_params(params_json)
+    fresh = bool(params.pop("measure_again", False))
+    job = app_requests.traced_job("single", method, target, draft, prompt, params)
+    trace_json, update = queued_result(job, request, fresh=fresh)
+    trace_json = with_served(trace_json, update)
+    return Trace.from_json(trace_json).text, trace_json
+
+
+def compare_methods(request: gr.Request, methods, prompt_source, pasted, n_prompts, max_new_tokens, repeats, target,
+                    draft, progress=gr.Progress()):
+    """Methods x prompts, interleaved per prompt (the bench's own loop, in the engine)."""
+    if not methods:
+        raise ValueError("choose at least one method to compare")
+    unknown = [m for m in methods if m not in METHODS or METHODS[m].batch]
+    if unknown:
+        raise ValueError(f"not single-sequence methods: {', '.join(map(str, unknown))}")
+    if prompt_source == "pasted":
+        texts = [line for line in (pasted or "").splitlines() if line.strip()]
+        if not texts:
+            raise ValueError("paste at least one prompt (one per line)")
+        prompts = [{"id": str(i + 1), "category": "pasted", "prompt": t.replace("\\n", "\n")} for i, t in enumerate(texts[:32])]
+    else:
+        prompts = load_prompts(DEFAULT_PROMPTS)[: int(n_prompts)]
+    common = {"max_new_tokens": int(max_new_tokens)}
+    specs = [(m, m, dict(common)) for m in methods]
+    job = app_requests.compare_job(specs, prompts, int(repeats), int(max_new_tokens), target, draft)
+    got, update = queued_result(job, request, progress)
+    frame = pd.read_json(io.StringIO(got), orient="records")
+
+    table = summary(frame).reset_index().round(3)
+    figs = plots.compare_figures(frame)
+    return table, figs["speedup"], figs["tau"], figs["tokens_per_s"], figs["equal"]
+
+
+def batch_compare(request: gr.Request, batch_size, n_prompts, max_new_tokens, gamma, include_naive, target, draft,
+                  progress=gr.Progress()):
+    """EQSPEC vs EXSPEC (and batched AR, and the naive mode if asked) on the same prompts."""
+    prompts = [p["prompt"] for p in load_prompts(DEFAULT_PROMPTS)[: int(n_prompts)]]
+    if not prompts:
+        raise ValueError("choose at least one prompt")
+    job = app_requests.batch_compare_job(int(batch_size), prompts, int(max_new_tokens), int(gamma), bool(include_naive),
+                                         target, draft)
+    got, update = queued_result(job, request, progress)
+    frame = pd.DataFrame(got["rows"])
+    traces = {label: Trace.from_json(text) for label, text in got["traces"].items()}
+    shown = traces.get("eqspec") or next(iter(traces.values()))
+    ex = traces.get("exspec")
+    return (frame, plots.batch_timeline(shown), plots.batch_timeline(ex) if ex else plots.empty_figure("EXSPEC"),
+            plots.throughput_figure(frame.assign(method=frame["method"].str.split(" ").str[0])), pd.DataFrame(got["equivalence"]))
+
+
+def batch_api(request: gr.Request, prompts_json: str, method: str = "eqspec", params_json: str = "{}",
+              target: str = EMBEDDED, draft: str = "") -> tuple[str, str]:
+    """API: a batch run -> (texts as a JSON list, trace JSON)."""
+    try:
+        prompts = json.loads(prompts_json) if isinstance(prompts_json, str) else prompts_json
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"prompts must be a JSON list of strings: {exc}") from None
+    trace_json, _ = queued_result(app_requests.batch_job(method, target, draft, prompts, parse_params(params_json)),
+                                  request)
+    return json.dumps([r.text for r in Trace.from_json(trace_json).rows]), trace_json
+
+
+def load_trace(file) -> tuple:
+    """Upload: size-capped, schema-checked, then shown like a fresh run (no baseline)."""
+    if file is None:
+        raise ValueError("choose a trace JSON file saved from specviz")
+    path = file if isinstance(file, str) else getattr(file, "name", None) or file.get("path")
+    trace = Trace.read(path, MAX_TRACE_BYTES)
+    if trace.method in METHODS and METHODS[trace.method].batch:
+        html = render.trace_html(trace, status=f"batch trace: row 0 of {len(trace.rows)} shown")
+    else:
+        html = render.trace_html(trace, status=f"loaded {trace.method} trace ({trace.new_tokens} tokens)")
+    return html, plots.token_timeline(trace), trace.to_json()
+
+
+def load_trace_api(trace_json: str) -> str:
+    """API: validate a trace JSON string; returns a one-line summary."""
+    if isinstance(trace_json, str) and len(trace_json.encode()) > MAX_TRACE_BYTES:
+        raise ValueError(f"trace is over {MAX_TRACE_BYTES / 1e6:.0f} MB")
+    trace = Trace.from_json(trace_json)
+    return f"{trace.method}: {len(trace.rows)} row(s), {trace.new_tokens} tokens, {len(trace.events)} events"
+
+
+def health() -> str:
+    """API: the server's state as JSON: runs in flight (queued or running), the queue, the trace cache, models
+    the first engine worker holds, peak resident memory of the server and of that engine process."""
+    import resource
+    import sys
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
+    peak_mb = peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
+    svc = service()
+    state = svc.pool.call(0, "health", {}, immediate=True)
+    queue = svc.admission.snapshot()
+    return json.dumps({"ok": True, "runs_in_flight": queue["running"] + queue["waiting"], "queue": queue,
+                       "trace_cache": svc.cache.stats(), "models_cached": state["models_cached"],
+                       "engine": svc.pool.kind, "engine_workers": svc.pool.size, "engine_pid": state["engine_pid"],
+                       "engine_peak_rss_mb": state["engine_peak_rss_mb"], "peak_rss_mb": round(peak_mb, 1)})
+
+
+@functools.lru_cache(maxsize=8)
+def tokenizer_for(target_name: str):
+    """The tokenizer that names a trace's top-k ids (the drafted tokens carry their own text): the embedded
+    one, or a local target's where this server may read it; None shows ids."""
+    base = (target_name or "").split("[:")[0]
+    try:
+        if base == EMBEDDED:
+            return load_tokenizer(str(EMBEDDED_DIR / "target"))
+        allowed = allowlist()
+        if Path(base).is_dir() and (allowed is None or base in allowed):
+            return load_tokenizer(base)
+    except (ValueError, OSError):
+        pass
+    return None
+
+
+def step_view(trace_json: str, step: float) -> tuple:
+    """The Step through explainer for one round (a fresh run or an uploaded trace)."""
+    if not trace_json:
+        return '<div class="sv-note">run the Playground (or load a trace) first</div>', gr.update()
+    trace = Trace.from_json(trace_json)
+    steps = render.rounds(trace)
+    if not steps:
+        return '<div class="sv-note">this trace has no rounds</div>', gr.update()
+    index = min(max(int(step), 0), len(steps) - 1)
+    tok = tokenizer_for(trace.target_name)
+    decode = (lambda i: tok.decode([i], skip_special_tokens=False)) if tok is not None else None
+    note = (f'<div class="sv-note">round {index + 1} of {len(steps)} - previous / next: the buttons or the '
+            "left / right arrow keys</div>")
+    return note + render.explainer_html(trace, steps[index], decode=decode), gr.update(maximum=len(steps) - 1, value=index)
+
+
+def step_move(trace_json: str, step: float, delta: int) -> int:
+    if not trace_json:
+        return 0
+    last = max(0, len(render.rounds(Trace.from_json(trace_json))) - 1)
+    return min(max(int(step) + delta, 0), last)

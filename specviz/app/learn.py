@@ -1,0 +1,55 @@
+"""The Learn tab: each paper's headline beside what this project measured, and the speedup explorer.
+"""
+from __future__ import annotations
+
+from specviz.engine.trace import Trace
+from specviz.models.hub import EMBEDDED_DIR
+from specviz.views import plots
+from specviz.views.headlines import ROWS, cell, load_summary, provenance
+
+# ----------------------------------------------------------------------------- layout
+LEARN_TEMPLATE = """
+### Speculative decoding in one paragraph
+A cheap **drafter** guesses the next γ tokens; the expensive **target** checks all of them in one forward
+pass. Greedy: drafts are kept while they equal the target's own choice, then the target's token is
+emitted (a *correction*, or a *bonus* when every draft passed). Sampling: each draft is kept with
+probability min(1, p/q), and a rejection resamples from norm(max(0, p − q)) — so the output follows the
+target's distribution **exactly** (Leviathan et al. 2023; Chen et al. 2023). With acceptance rate α and
+cost ratio c, the expected speedup is (1 − α^(γ+1)) / ((1 − α)(γc + 1)).
+
+| method | paper | idea | headline result (paper, their hardware) | measured here (embedded pair) |
+| --- | --- | --- | --- | --- |
+| `draft_model` | Leviathan et al. 2023, *Fast Inference from Transformers via Speculative Decoding* | a separate small drafter | 2–3× on T5-XXL, identical outputs | {draft_model} |
+| `kangaroo` | Liu et al. 2024, *Kangaroo: Lossless Self-Speculative Decoding via Double Early Exiting* | the target's first layers + a small adapter draft; drafting stops when confidence < η | up to 1.68× on Spec-Bench with 88.7 % fewer extra parameters than Medusa | {kangaroo} |
+| `sorted` | Kavehzadeh et al. 2024, *S2D: Sorted Speculative Decoding* | one SoFT-trained drafter whose layer prefixes are drafters; per-token choice by confidence; serves several targets | one drafter for many targets, beating per-target drafters on average | {sorted} |
+| VocabTrim | Goel et al. 2025, *VocabTrim* | drafter LM head cut to the K tokens the target emits most | up to 16 % memory-bound speedup on Llama-3.2-3B | {vocabtrim} |
+| `mirror` | Mirror-SD 2025, *Mirror Speculative Decoding* | an early exit of the target launches drafter branches that run in parallel with the target's remaining layers | 2.8–5.8× wall-time speedup on heterogeneous accelerators | {mirror} |
+| `eqspec` / `exspec` | *Batch Speculative Decoding Done Right* | realign padding, positions, masks and KV caches after every ragged round; or group same-length rows | up to 3× throughput at batch 8 on GPU, outputs equal to non-batched decoding | {batch} |
+
+{provenance}
+
+**What is not included here**: Mirror-SD's *speculative streaming* (a drafter emitting several tokens
+per forward through extra heads) is not implemented; specviz's Mirror-SD drafter emits one token per
+forward. Timings labelled MODELED re-time a measured trace under cost parameters you set; everything
+else is MEASURED on the machine serving this page.
+"""
+
+
+def learn_markdown() -> str:
+    """The Learn tab: each paper's headline beside what this project measured on the shipped models."""
+    summary = load_summary(EMBEDDED_DIR)
+    text = LEARN_TEMPLATE.replace("{provenance}", provenance(summary))
+    for key in ROWS:
+        text = text.replace("{" + key + "}", cell(key, summary).replace("|", "\\|"))
+    return text
+
+
+def explorer_figure(alpha, gamma, c, v, points):
+    return plots.speedup_explorer(float(alpha), int(gamma), float(c), float(v), points)
+
+
+def add_explorer_point(trace_json, alpha, gamma, c, v, points):
+    """After a Playground run: its measured speedup joins this session's points (the last 20 kept)."""
+    point = plots.explorer_point(Trace.from_json(trace_json)) if trace_json else None
+    points = (list(points or []) + [point])[-20:] if point else list(points or [])
+    return points, explorer_figure(alpha, gamma, c, v, points)
