@@ -42,7 +42,7 @@ for dtype in ("float32", "bfloat16"):
 PY
 
 log "fidelity subset (CPU, this machine's transformers)"
-timeout -s ABRT 150 $PY -m pytest -q -x -p no:cacheprovider tests/test_selfcheck.py tests/test_methods.py -k "greedy or selfcheck or keyword or rollback" \
+timeout -s ABRT 150 $PY -m pytest -q -x -p no:cacheprovider tests/models/test_selfcheck.py tests/methods/test_methods.py -k "greedy or selfcheck or keyword or rollback" \
   2>&1 | tail -n 5 | tee -a "$OUT/summary.txt"
 
 prompts=$(mktemp --suffix .jsonl)  # not under $OUT: the device tool returns at most 8 files

@@ -1,4 +1,4 @@
-"""Faults for tests/test_cluster.py, run inside Ray workers (not collected as tests): shipped by value, since
+"""Faults for tests/bench/test_cluster.py, run inside Ray workers (not collected as tests): shipped by value, since
 the workers cannot import the tests' folder."""
 from __future__ import annotations
 

@@ -21,6 +21,13 @@ from specviz.models.pair import ModelPair
 # make tiny ops 20x slower. The app and bench set their own thread counts.
 torch.set_num_threads(1)
 
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: browser, server, training, Ray and chi-square tests; "
+                                       "`python -m pytest -m 'not slow' tests` leaves them out (CI runs everything)")
+
+
 ARCHS = ["llama", "qwen2", "mistral", "gpt2", "gpt_neox", "opt"]
 
 

@@ -110,6 +110,7 @@ def docker_cmd() -> list[str]:
     return json.loads(dict(dockerfile_instructions())["CMD"])
 
 
+@pytest.mark.slow  # starts the app
 def test_docker_cmd_is_the_readme_command_and_serves_a_page():
     cmd = docker_cmd()
     start = readme_commands()[0].split("&&")[-1].split()

@@ -20,7 +20,7 @@ from specviz.app.worker import InFlight
 from specviz.bench.matrix import run_matrix
 from specviz.methods.base import common_values
 from specviz.models.cache import CACHE
-from specviz.models.hub import EMBEDDED
+from specviz.models.hub import pair_names
 from specviz.models.pair import load_pair
 
 JOBS = ("warm", "single", "playground", "batch", "compare", "batch_compare", "exactness_lab", "health")
@@ -28,8 +28,7 @@ _RUNNING = InFlight()  # engine runs executing in this process now
 
 
 def pair_for(target: str | None, draft: str | None):
-    target = (target or EMBEDDED).strip() or EMBEDDED
-    draft = (draft or "").strip() or None
+    target, draft = pair_names(target, draft)
     return load_pair(target, draft, device=os.environ.get("SPECVIZ_DEVICE") or None)
 
 

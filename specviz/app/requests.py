@@ -15,13 +15,9 @@ from specviz.app.serving import Job
 from specviz.app.trace_cache import request_key
 from specviz.methods.base import validate_params
 from specviz.models.fingerprint import pair_fingerprint
-from specviz.models.hub import EMBEDDED
+from specviz.models.hub import pair_names
 
 WARMUP_PRIORITY = 1  # the start-up measurement of the bundled examples waits behind every visitor
-
-
-def names(target: str | None, draft: str | None) -> tuple[str, str | None]:
-    return (str(target or "").strip() or EMBEDDED), (str(draft or "").strip() or None)
 
 
 def traced_job(name: str, method: str, target: str | None, draft: str | None, prompt: Any, params: dict,
@@ -31,7 +27,7 @@ def traced_job(name: str, method: str, target: str | None, draft: str | None, pr
     if cls.batch:
         raise ValueError(f"{method} is a batch method: use the batch endpoint")
     valid = validate_params(cls, params)  # a bad value is refused here, before it queues
-    target, draft = names(target, draft)
+    target, draft = pair_names(target, draft)
     fingerprint = pair_fingerprint(target, draft)
     key = None if fingerprint is None else request_key(name, fingerprint, method, valid, prompt)
     runs = 2 if name == "playground" and method != "autoregressive" else 1
@@ -43,7 +39,7 @@ def traced_job(name: str, method: str, target: str | None, draft: str | None, pr
 
 
 def batch_job(method: str, target: str | None, draft: str | None, prompts: Any, params: dict) -> Job:
-    target, draft = names(target, draft)
+    target, draft = pair_names(target, draft)
     count = len(prompts) if isinstance(prompts, list) else 1
     tokens = params.get("max_new_tokens", 64) if isinstance(params, dict) else 64
     units = count * (tokens if isinstance(tokens, (int, float)) else 64)
@@ -53,7 +49,7 @@ def batch_job(method: str, target: str | None, draft: str | None, prompts: Any, 
 
 def compare_job(specs: list, prompts: list, repeats: int, max_new_tokens: int, target: str | None,
                 draft: str | None) -> Job:
-    target, draft = names(target, draft)
+    target, draft = pair_names(target, draft)
     units = (len(specs) + 1) * len(prompts) * repeats * max_new_tokens  # autoregressive always runs too
     return Job("compare", dict(specs=specs, prompts=prompts, repeats=repeats, target=target, draft=draft),
                kind="compare", units=units)
@@ -61,7 +57,7 @@ def compare_job(specs: list, prompts: list, repeats: int, max_new_tokens: int, t
 
 def batch_compare_job(batch_size: int, prompts: list, max_new_tokens: int, gamma: int, include_naive: bool,
                       target: str | None, draft: str | None) -> Job:
-    target, draft = names(target, draft)
+    target, draft = pair_names(target, draft)
     variants = 4 if include_naive else 3
     sizes = len({1, batch_size})
     units = len(prompts) * max_new_tokens * (1 + variants * sizes)  # + the single-sequence references
@@ -72,7 +68,7 @@ def batch_compare_job(batch_size: int, prompts: list, max_new_tokens: int, gamma
 
 def exactness_job(method: str, target: str | None, draft: str | None, prompt: str, n: int, tokens: int, params: dict,
                   broken: bool, seed: int) -> Job:
-    target, draft = names(target, draft)
+    target, draft = pair_names(target, draft)
     units = n * tokens * (3 if broken else 2) / 50  # a sample's token costs far less than a run's (forwards memoised)
     return Job("exactness_lab", dict(method=method, target=target, draft=draft, prompt=prompt, n=n, tokens=tokens,
                                      params=params, broken=broken, seed=seed), kind=f"exactness:{method}", units=units)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from specviz.bench.cluster import RayTarget, run_cluster
-from specviz.bench.journal import check_journal, journal_path, open_journal, pair_fingerprint
+from specviz.bench.journal import check_journal, journal_path, open_journal
 from specviz.bench.matrix import (
     Outcome,
     Plan,
@@ -43,6 +43,7 @@ from specviz.bench.matrix import (
     where,
 )
 from specviz.bench.prompts import DEFAULT_PROMPTS, load_prompts
+from specviz.models.fingerprint import loaded_pair_fingerprint
 from specviz.models.pair import load_pair
 from specviz.views.report import write_report
 
@@ -55,7 +56,7 @@ def run_local(args: argparse.Namespace, plan: Plan, units: list[Unit]) -> Outcom
     if args.resume:
         check_journal(args.out, plan, units)
     pair = load_pair(args.target, args.draft, device=args.device, dtype=args.dtype)
-    journal = open_journal(args.out, plan, units, pair_fingerprint(pair)) if args.resume else None
+    journal = open_journal(args.out, plan, units, loaded_pair_fingerprint(pair)) if args.resume else None
     found = journal.done_rows() if journal else {}
     pending = [u for u in units if journal is None or journal.key(u) not in found]
     here = where(device_label(pair.device), "local")

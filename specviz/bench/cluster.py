@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from specviz.bench.journal import check_journal, open_journal, pair_fingerprint
+from specviz.bench.journal import check_journal, open_journal
 from specviz.bench.matrix import Outcome, PairInfo, device_label, plain_rows, run_unit, warm_up
+from specviz.models.fingerprint import loaded_pair_fingerprint
 from specviz.models.hub import EMBEDDED, HF_ID, NESTED
 from specviz.models.pair import load_pair
 
@@ -186,7 +187,7 @@ class BenchWorker:
             self.pair = self.load(load, slot)
 
             self.info.update(device=self.device_name(), dtype=str(self.pair.dtype).removeprefix("torch."),
-                             fingerprint=pair_fingerprint(self.pair))
+                             fingerprint=loaded_pair_fingerprint(self.pair))
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which keeps the worker out
             self.pair = None
             self.info["error"] = first_line(exc)

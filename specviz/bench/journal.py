@@ -36,38 +36,6 @@ def digest(obj: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:20]
 
 
-def pair_fingerprint(pair) -> str:
-    """Which weights and tokenizer a pair holds, as one digest that every device holding the same weights in
-    the same dtype computes alike: each tensor's name, shape and dtype and 16 values spread over it (target,
-    drafter and every module in `extras`: adapter, sorted drafter), other extras as JSON, and the tokenizer's
-    definition. No full pass over the weights, so a 7 B target costs a few hundred small reads.
-    (specviz/models/fingerprint.py, on another branch, digests a model name's files; the two may be folded later.)"""
-    import torch
-
-    h = hashlib.sha256()
-    parts = [("target", pair.target), ("draft", pair.draft)] + sorted(pair.extras.items(), key=lambda kv: kv[0])
-    for name, obj in parts:
-        h.update(name.encode())
-        if isinstance(obj, torch.nn.Module):
-            for key, tensor in obj.state_dict().items():
-                h.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
-                flat = tensor.detach().reshape(-1)
-                n = flat.numel()
-                if n:
-                    k = min(16, n)
-                    idx = torch.arange(k, dtype=torch.int64) * (n - 1) // max(k - 1, 1)  # integers: same everywhere
-                    h.update(flat[idx.to(flat.device)].float().cpu().numpy().tobytes())
-        elif obj is not None:
-            try:
-                h.update(json.dumps(obj, sort_keys=True).encode())
-            except TypeError:
-                h.update(type(obj).__name__.encode())
-    backend = getattr(pair.tokenizer, "backend_tokenizer", None)
-    h.update(backend.to_str().encode() if backend is not None else
-             json.dumps(sorted(pair.tokenizer.get_vocab().items())).encode())
-    return h.hexdigest()[:20]
-
-
 def identity(plan, units, fingerprint: str) -> dict[str, Any]:
     """Everything one command's units depend on. Every parameter is written out (defaults included), so
     `draft_model` and `draft_model:gamma=4` are the same unit while a changed default is not."""

@@ -16,9 +16,12 @@ copy that restores mtime, inode and ctime) is not noticed until the process rest
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import threading
 from pathlib import Path
+
+import torch
 
 from specviz.models import hub
 
@@ -146,11 +149,9 @@ def weights_fingerprint(name: str | None) -> str | None:
 
 
 def pair_fingerprint(target: str | None, draft: str | None) -> str | None:
-    """Both models of a pair, named as `engine_jobs.pair_for` names them (an empty target is the embedded
-    one; an empty draft, or "embedded" beside the embedded target, is the pair's own drafter); None when
-    either cannot be told."""
-    target = (target or "").strip() or hub.EMBEDDED
-    draft = (draft or "").strip()
+    """Both models of a pair, named as `hub.pair_names` names them (an empty target is the embedded one; an empty
+    draft, or "embedded" beside the embedded target, is the pair's own drafter); None when either cannot be told."""
+    target, draft = hub.pair_names(target, draft)
     target_fp = weights_fingerprint(target)
     if target_fp is None:
         return None
@@ -168,3 +169,33 @@ def engine_source_hash(root: Path | None = None) -> str:
     root = Path(root) if root is not None else PACKAGE_DIR
     files = _walk(root, (".py",))
     return short("engine", *(f"{rel}={content_digest(path)}" for rel, path in files))
+
+
+def loaded_pair_fingerprint(pair) -> str:
+    """Which weights and tokenizer a pair holds, as one digest that every device holding the same weights in
+    the same dtype computes alike: each tensor's name, shape and dtype and 16 values spread over it (target,
+    drafter and every module in `extras`: adapter, sorted drafter), other extras as JSON, and the tokenizer's
+    definition. No full pass over the weights, so a 7 B target costs a few hundred small reads. (`pair_fingerprint`
+    digests the files a pair's names point at, before anything is loaded: the app's cache keys.)"""
+    h = hashlib.sha256()
+    parts = [("target", pair.target), ("draft", pair.draft)] + sorted(pair.extras.items(), key=lambda kv: kv[0])
+    for name, obj in parts:
+        h.update(name.encode())
+        if isinstance(obj, torch.nn.Module):
+            for key, tensor in obj.state_dict().items():
+                h.update(f"{key}{tuple(tensor.shape)}{tensor.dtype}".encode())
+                flat = tensor.detach().reshape(-1)
+                n = flat.numel()
+                if n:
+                    k = min(16, n)
+                    idx = torch.arange(k, dtype=torch.int64) * (n - 1) // max(k - 1, 1)  # integers: same everywhere
+                    h.update(flat[idx.to(flat.device)].float().cpu().numpy().tobytes())
+        elif obj is not None:
+            try:
+                h.update(json.dumps(obj, sort_keys=True).encode())
+            except TypeError:
+                h.update(type(obj).__name__.encode())
+    backend = getattr(pair.tokenizer, "backend_tokenizer", None)
+    h.update(backend.to_str().encode() if backend is not None else
+             json.dumps(sorted(pair.tokenizer.get_vocab().items())).encode())
+    return h.hexdigest()[:20]

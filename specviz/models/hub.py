@@ -154,3 +154,9 @@ def check_tokenizers_match(target_tok, draft_tok, target_name: str = "target", d
         f"{differ} shared ids map to different tokens, {missing} target ids are unknown to the drafter. "
         "Speculative decoding needs one vocabulary: pick a drafter from the same model family."
     )
+
+
+def pair_names(target: str | None, draft: str | None) -> tuple[str, str | None]:
+    """A pair as a visitor or caller names it, normalised: an empty target is the embedded one, an empty draft is
+    None (the target's own drafter). The engine loads by these names and the app keys its cache by them."""
+    return (str(target or "").strip() or EMBEDDED), (str(draft or "").strip() or None)

@@ -17,6 +17,8 @@ from conftest import make_tiny_model
 from specviz.workshop import continued, students, text
 from specviz.workshop.continued import ContinueConfig
 
+pytestmark = pytest.mark.slow  # training
+
 
 @pytest.fixture()
 def run_inputs(tiny_tokenizer, tmp_path):

@@ -11,7 +11,7 @@ from conftest import make_tiny_pair
 from specviz.bench import cli as bench
 from specviz.bench import prompts as prompt_files
 
-SPEC_BENCH = Path(__file__).resolve().parents[2] / "shared" / "data" / "spec_bench_question.jsonl"
+SPEC_BENCH = Path(__file__).resolve().parents[3] / "shared" / "data" / "spec_bench_question.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_pool_factor_streams_pool_x_batch_requests_of_mixed_lengths(tmp_path):
     """EXSPEC's regime: a request stream of pool_factor x batch_size distinct prompts (EXSPEC's pool holds all)."""
     from specviz.bench.cli import main
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     stream = [json.loads(line) for line in (root / "assets" / "prompts" / "stream.jsonl").read_text().splitlines()]
     assert len(stream) >= 64 and len({s["prompt"] for s in stream}) == len(stream)
     assert len({len(s["prompt"]) // 100 for s in stream}) >= 4, "lengths must be genuinely mixed"

@@ -19,6 +19,8 @@ from specviz.models.pair import load_pair
 from specviz.workshop import students
 from specviz.workshop.text import encode
 
+pytestmark = pytest.mark.slow  # training
+
 TINY_META = {"exits": [1, 2, 4], "nested_targets": [2, 4], "kangaroo_exit": 1}
 
 

@@ -159,6 +159,7 @@ def test_sorted_lazy_fill_matches_a_full_forward(agreeing_pair):
                                          ("kangaroo", {"gamma": 2, "eta": 0.0, "exit_layer": 1}),
                                          ("kangaroo", {"gamma": 2, "eta": 0.0, "exit_layer": 1, "_lens": True}),
                                          ("sorted", {"gamma": 2, "theta": 0.4}), ("mirror", {"gamma": 2, "exit_layer": 1})])
+@pytest.mark.slow  # chi-square over thousands of samples per method: 3 minutes
 def test_speculative_sampling_preserves_the_target_distribution(name, params):
     """Joint law of the first two sampled tokens vs the target's exact law (chi-square, 4,000 runs).
     `_lens`: Kangaroo without an adapter (the training-free logit-lens drafter)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from conftest import build_tiny_tokenizer, make_tiny_model
 
@@ -19,6 +20,8 @@ from specviz.workshop.unlikelihood import (
     repeat_mask,
     unlikelihood_loss,
 )
+
+pytestmark = pytest.mark.slow  # training
 
 
 def tiny_target_and_corpus(tmp_path, meta: dict | None = None):

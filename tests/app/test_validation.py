@@ -1,5 +1,5 @@
 """Every bad input of issue 8, table-driven, against the engine boundary: a ValueError with a message a
-person can act on, and the next good run still correct. (tests/test_reliability.py sends the same kinds
+person can act on, and the next good run still correct. (tests/app/test_reliability.py sends the same kinds
 of input through the running app.)"""
 from __future__ import annotations
 

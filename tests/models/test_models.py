@@ -158,6 +158,7 @@ def test_embedded_target_writes_plausible_python(embedded_pair):
     assert len(set(text.split())) > 4, f"degenerate output: {text!r}"
 
 
+@pytest.mark.slow  # torch.compile
 def test_compiled_forwards_give_the_same_tokens(tiny_tokenizer, tmp_path):
     """The GPU path's optional torch.compile, run here with dynamo's eager backend (no C compiler needed)."""
     from specviz.api import run

@@ -10,7 +10,7 @@ import torch
 from conftest import make_tiny_model
 from transformers import AutoModelForCausalLM
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "interpolate_family.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "interpolate_family.py"
 
 
 def load_script():

@@ -17,8 +17,9 @@ from specviz.bench import cli as bench
 from specviz.bench import journal, matrix
 from specviz.bench import prompts as prompt_files
 from specviz.bench.cluster import RayTarget, Slot, plan_slots
+from specviz.models.fingerprint import loaded_pair_fingerprint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # What does not depend on timing: two runs of one command must agree on these.
 STABLE = ["method", "prompt_id", "category", "new_tokens", "alpha", "tau", "equal_to_autoregressive", "output_digest",
           "tie_divergences", "real_divergences", "early_exits", "wasted_drafts"]
@@ -98,7 +99,7 @@ def test_units_are_keyed_by_what_determines_them(saved_pair, tmp_path):
     def keys(spec: str, *, seed: int = 0, fingerprint: str | None = None, **shared) -> list[str]:
         plan = matrix.make_plan([matrix.parse_method(spec, {"max_new_tokens": 6, "seed": seed, **shared})], repeats=1)
         units = matrix.make_units(plan, prompts)
-        ident = journal.identity(plan, units, fingerprint or journal.pair_fingerprint(pair))
+        ident = journal.identity(plan, units, fingerprint or loaded_pair_fingerprint(pair))
         j = journal.Journal(tmp_path / "j", ident)
         return [j.key(u) for u in units]
 
@@ -113,11 +114,11 @@ def test_units_are_keyed_by_what_determines_them(saved_pair, tmp_path):
 
 def test_pair_fingerprint_follows_the_weights(tiny_tokenizer):
     a = make_tiny_pair("llama", tiny_tokenizer, seed=0)
-    assert journal.pair_fingerprint(a) == journal.pair_fingerprint(make_tiny_pair("llama", tiny_tokenizer, seed=0))
-    assert journal.pair_fingerprint(a) != journal.pair_fingerprint(make_tiny_pair("llama", tiny_tokenizer, seed=1))
+    assert loaded_pair_fingerprint(a) == loaded_pair_fingerprint(make_tiny_pair("llama", tiny_tokenizer, seed=0))
+    assert loaded_pair_fingerprint(a) != loaded_pair_fingerprint(make_tiny_pair("llama", tiny_tokenizer, seed=1))
     half = make_tiny_pair("llama", tiny_tokenizer, seed=0)
     half.target.to(torch.float16)
-    assert journal.pair_fingerprint(half) != journal.pair_fingerprint(a)
+    assert loaded_pair_fingerprint(half) != loaded_pair_fingerprint(a)
 
 
 def test_a_torn_last_line_is_skipped_and_a_second_writer_refused(tmp_path):
@@ -174,6 +175,7 @@ def test_worker_slots_one_per_gpu_or_per_cpu_node():
         plan_slots([node("c", 0)])
 
 
+@pytest.mark.slow  # fresh interpreters import the app
 def test_the_app_and_the_bench_never_import_ray(tmp_path):
     """Ray is optional: the core modules, the bench's parser and its --ray check work without importing it."""
     code = ("import sys, specviz, specviz.api, specviz.models.pair, specviz.bench as b, specviz.bench.journal, specviz.bench.cluster\n"

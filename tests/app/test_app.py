@@ -12,6 +12,8 @@ import pytest
 from appserver import ROOT, playground_stream_args
 from browser import launched
 
+pytestmark = pytest.mark.slow  # a real server in a real browser or under load: minutes
+
 SHOTS = ROOT / "docs" / "screenshots"
 LOCAL = ("http://127.0.0.1", "http://localhost", "ws://127.0.0.1", "data:", "blob:", "about:")
 

@@ -12,8 +12,7 @@ import pytest
 
 from specviz.app import trace_cache
 from specviz.app.trace_cache import CacheLimits, TraceCache, label, request_key
-from specviz.models import fingerprint
-from specviz.models import hub
+from specviz.models import fingerprint, hub
 
 BASE = dict(job="playground", pair_fp="ab" * 8, method="draft_model",
             params={"max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "gamma": 4}, prompt="def f(x):",

@@ -14,7 +14,7 @@ from specviz.models.pair import load_pair
 from specviz.views.plots import equality_text
 
 PROMPTS = [json.loads(line)["prompt"] for line in
-           (Path(__file__).resolve().parents[1] / "assets" / "prompts" / "code.jsonl").read_text().splitlines()[:3]]
+           (Path(__file__).resolve().parents[2] / "assets" / "prompts" / "code.jsonl").read_text().splitlines()[:3]]
 
 
 def test_a_wrong_token_with_a_clear_margin_is_a_bug_not_a_tie(embedded_pair):

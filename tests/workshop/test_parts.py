@@ -16,6 +16,8 @@ from specviz.models.pair import load_pair
 from specviz.workshop import parts_training as parts
 from specviz.workshop.train import main as train_main
 
+pytestmark = pytest.mark.slow  # training
+
 
 @pytest.fixture(scope="module")
 def tiny_target(tiny_tokenizer, tmp_path_factory):

@@ -1,11 +1,13 @@
 """Accessibility: axe-core's WCAG 2 A and AA rules find no violation on any tab of the real app, after a run.
 
-The real `python app.py` in Debian's chromium (as tests/test_app.py); axe-core is the npm package pinned in
+The real `python app.py` in Debian's chromium (as tests/app/test_app.py); axe-core is the npm package pinned in
 tests/a11y/package.json, which .ci/run installs (`npm ci --prefix tests/a11y`)."""
 from __future__ import annotations
 
 import pytest
 from browser import AXE, axe_script, launched
+
+pytestmark = pytest.mark.slow  # a real server in a real browser or under load: minutes
 
 TABS = ["Playground", "Compare", "Batch", "Step through", "Exactness", "Race", "Explorer", "Learn"]
 AXE_RUN = """async () => {

@@ -13,6 +13,8 @@ from gradio_client import Client
 
 from specviz.engine.trace import MAX_TRACE_BYTES, Trace
 
+pytestmark = pytest.mark.slow  # a real server in a real browser or under load: minutes
+
 LONG_PROMPT = "x = 1\n" * 3000
 
 
@@ -253,7 +255,7 @@ def test_a_fault_inside_a_method_is_reported_and_the_next_run_is_right(monkeypat
     from specviz.methods.draft_model import DraftModel
 
     monkeypatch.setenv("SPECVIZ_ENGINE", "thread")  # the patched method lives in this process (the engine process
-    # has its own faults test: tests/test_worker.py)
+    # has its own faults test: tests/app/test_worker.py)
 
     original = DraftModel.generate
 

@@ -218,6 +218,7 @@ def test_pool_config_one_worker_on_a_cpu_one_per_named_device(monkeypatch):
     assert PoolConfig.from_env(in_thread=True) == PoolConfig(devices=(None,), in_thread=True)
 
 
+@pytest.mark.slow  # two engine processes start
 def test_two_engine_processes_run_side_by_side_and_give_the_runs_alone_results():
     """Two real engine workers (spawned processes) on this CPU: correctness only (they share the cores)."""
     from specviz.api import run
