@@ -7,6 +7,7 @@ as jobs of `specviz.app.jobs` on the engine process's main thread (`specviz.app.
 holds no models and draws everything from the traces it gets back. Per-user data lives in `gr.State`,
 never in globals. Every run has a cancel flag: the Stop button, a closed page and the time limit all set it.
 """
+
 from __future__ import annotations
 
 import os
@@ -65,14 +66,23 @@ PAGE_JS = page_style.page_js("() => {" + STEP_KEYS_JS + "}", "() => {" + render.
 
 def build_demo() -> gr.Blocks:
     with gr.Blocks(title="specviz: see speculative decoding", analytics_enabled=False) as demo:
-        gr.Markdown("# specviz\nSee speculative decoding token by token: what was drafted, what the target kept, "
-                    "and what it cost. Every method here is lossless: greedy output equals the target's own.")
+        gr.Markdown(
+            "# specviz\nSee speculative decoding token by token: what was drafted, what the target kept, "
+            "and what it cost. Every method here is lossless: greedy output equals the target's own."
+        )
         trace_state = gr.State("")
         with gr.Row():
-            target = gr.Textbox(value=EMBEDDED, label="target model (embedded, a local path or a Hugging Face id)", scale=2)
-            draft = gr.Textbox(value="", label="drafter (empty: the pair's own; must share the target's tokenizer)", scale=2)
-        gr.Markdown("Curated public pairs (need the network): " + "; ".join(f"`{t}` + `{d}` ({w})" for t, d, w in CURATED_PAIRS),
-                    elem_classes="sv-note")
+            target = gr.Textbox(
+                value=EMBEDDED, label="target model (embedded, a local path or a Hugging Face id)", scale=2
+            )
+            draft = gr.Textbox(
+                value="", label="drafter (empty: the pair's own; must share the target's tokenizer)", scale=2
+            )
+        gr.Markdown(
+            "Curated public pairs (need the network): "
+            + "; ".join(f"`{t}` + `{d}` ({w})" for t, d, w in CURATED_PAIRS),
+            elem_classes="sv-note",
+        )
         with gr.Tabs():
             with gr.Tab("Playground", id="playground"):
                 with gr.Row():
@@ -86,26 +96,38 @@ def build_demo() -> gr.Blocks:
                     with gr.Column(scale=1):
                         method = gr.Dropdown(SINGLE, value="draft_model", label="method", elem_id="method")
                         method_doc = gr.Markdown()
-                        specific = [control(p, visible=p.name in {q.name for q in METHODS["draft_model"].PARAMS})
-                                    for p in PARAMS.values()]
+                        specific = [
+                            control(p, visible=p.name in {q.name for q in METHODS["draft_model"].PARAMS})
+                            for p in PARAMS.values()
+                        ]
                         with gr.Accordion("sampling and length", open=False):
                             common = [control(p, visible=True) for p in COMMON_PARAMS]
                         with gr.Accordion("Mirror-SD modeled costs (ms)", open=False, visible=False) as mirror_box:
-                            costs = [gr.Number(value, label=label) for value, label in
-                                     zip(MIRROR_COSTS, ("target layer (ms)", "drafter step (ms)",
-                                                        "transfer of candidates (ms)"))]
+                            costs = [
+                                gr.Number(value, label=label)
+                                for value, label in zip(
+                                    MIRROR_COSTS,
+                                    ("target layer (ms)", "drafter step (ms)", "transfer of candidates (ms)"),
+                                )
+                            ]
                 gr.HTML(render.legend_html())
                 tokens = gr.HTML(elem_id="tokens")
                 timeline = gr.Plot(label="token timeline (measured)")
                 with gr.Row():
                     hist = gr.Plot(label="tokens per round")
                     pos = gr.Plot(label="acceptance by position")
-                stats = gr.Dataframe(label="against the autoregressive run of the same prompt", interactive=False, elem_id="stats")
+                stats = gr.Dataframe(
+                    label="against the autoregressive run of the same prompt", interactive=False, elem_id="stats"
+                )
                 mirror_plot = gr.Plot(label="Mirror-SD: measured vs MODELED")
-                files = gr.File(label="download this run's trace (JSON, CSV, Chrome trace for Perfetto)", file_count="multiple")
+                files = gr.File(
+                    label="download this run's trace (JSON, CSV, Chrome trace for Perfetto)", file_count="multiple"
+                )
             with gr.Tab("Compare", id="compare"):
                 with gr.Row():
-                    methods = gr.CheckboxGroup(SINGLE, value=["draft_model", "kangaroo"], label="methods (autoregressive is always run)")
+                    methods = gr.CheckboxGroup(
+                        SINGLE, value=["draft_model", "kangaroo"], label="methods (autoregressive is always run)"
+                    )
                     with gr.Column():
                         source = gr.Radio(["bundled", "pasted"], value="bundled", label="prompts")
                         n_prompts = gr.Slider(1, 16, value=3, step=1, label="bundled prompts to use")
@@ -124,14 +146,21 @@ def build_demo() -> gr.Blocks:
                     b_prompts = gr.Slider(1, 16, value=4, step=1, label="prompts")
                     b_tokens = gr.Slider(4, 128, value=24, step=4, label="max new tokens")
                     b_gamma = gr.Slider(1, 8, value=3, step=1, label="gamma")
-                    b_naive = gr.Checkbox(value=True, label="also run the NAIVE mode (broken on purpose: positions not realigned)")
+                    b_naive = gr.Checkbox(
+                        value=True, label="also run the NAIVE mode (broken on purpose: positions not realigned)"
+                    )
                 batch_btn = gr.Button("Run batch", variant="primary", elem_id="batch-run")
-                b_table = gr.Dataframe(label="throughput, time realigning, equivalence (measured)", interactive=False,
-                                       elem_id="batch-table")
+                b_table = gr.Dataframe(
+                    label="throughput, time realigning, equivalence (measured)",
+                    interactive=False,
+                    elem_id="batch-table",
+                )
                 b_eq_timeline = gr.Plot(label="EQSPEC rows")
                 b_ex_timeline = gr.Plot(label="EXSPEC rows")
                 b_tput = gr.Plot(label="throughput vs batch size")
-                b_rows = gr.Dataframe(label="per-row equivalence with single-sequence autoregressive", interactive=False)
+                b_rows = gr.Dataframe(
+                    label="per-row equivalence with single-sequence autoregressive", interactive=False
+                )
             with gr.Tab("Step through", id="step"):
                 gr.Markdown("Replay the last Playground run (or a loaded trace) one verification round at a time.")
                 with gr.Row():
@@ -140,22 +169,29 @@ def build_demo() -> gr.Blocks:
                     step_next = gr.Button("next round >", elem_id="step-next", scale=0)
                 step_html = gr.HTML(elem_id="step-explainer")
                 with gr.Accordion("load a saved trace", open=False):
-                    upload = gr.File(label=f"trace JSON (at most {MAX_TRACE_BYTES // 1_000_000} MB)", file_types=[".json"])
+                    upload = gr.File(
+                        label=f"trace JSON (at most {MAX_TRACE_BYTES // 1_000_000} MB)", file_types=[".json"]
+                    )
                     load_btn = gr.Button("Load trace")
                     loaded_html = gr.HTML()
                     loaded_plot = gr.Plot()
             with gr.Tab("Exactness", id="exactness-tab"):
                 with gr.Column(elem_id="exactness"):
-                    gr.Markdown("Speculative sampling claims to leave the output distribution exactly the target's. "
-                                "Test it: draw N continuations of the first tokens with a method and N with plain "
-                                "autoregressive sampling, and compare both with the target's EXACT probabilities (its top "
-                                "tokens at each step enumerated, the rest binned as 'other'): total-variation distance and "
-                                "a chi-square test. The BROKEN variant draws a rejected token from p instead of the residual "
-                                "max(0, p - q): the same test exposes its bias.")
+                    gr.Markdown(
+                        "Speculative sampling claims to leave the output distribution exactly the target's. "
+                        "Test it: draw N continuations of the first tokens with a method and N with plain "
+                        "autoregressive sampling, and compare both with the target's EXACT probabilities (its top "
+                        "tokens at each step enumerated, the rest binned as 'other'): total-variation distance and "
+                        "a chi-square test. The BROKEN variant draws a rejected token from p instead of the residual "
+                        "max(0, p - q): the same test exposes its bias."
+                    )
                     with gr.Row():
                         e_prompt = gr.Textbox(value="def f(x):", lines=2, label="prompt", scale=2)
-                        e_method = gr.Dropdown([m for m in SINGLE if m not in ("autoregressive", "hf_assisted")],
-                                               value="draft_model", label="method")
+                        e_method = gr.Dropdown(
+                            [m for m in SINGLE if m not in ("autoregressive", "hf_assisted")],
+                            value="draft_model",
+                            label="method",
+                        )
                     with gr.Row():
                         e_temp = gr.Number(1.0, label="temperature (> 0)")
                         e_topk = gr.Number(0, label="top_k (0 = off)", precision=0)
@@ -165,17 +201,22 @@ def build_demo() -> gr.Blocks:
                         e_seed = gr.Number(0, label="seed", precision=0)
                         e_broken = gr.Checkbox(True, label="also run the BROKEN-on-purpose rule")
                     exact_btn = gr.Button("Test exactness", variant="primary", elem_id="exactness-run")
-                    e_table = gr.Dataframe(label="against the target's exact law", interactive=False, elem_id="exactness-table")
+                    e_table = gr.Dataframe(
+                        label="against the target's exact law", interactive=False, elem_id="exactness-table"
+                    )
                     e_plot = gr.Plot(label="empirical shares vs the exact law", elem_id="exactness-plot")
             with gr.Tab("Race", id="race-tab"):
                 with gr.Column(elem_id="race"):
-                    gr.Markdown("The same prompt by autoregressive decoding and by a speculative method, side by side: "
-                                "tokens appear at the pace each run really had, with both clocks and the running speedup.")
+                    gr.Markdown(
+                        "The same prompt by autoregressive decoding and by a speculative method, side by side: "
+                        "tokens appear at the pace each run really had, with both clocks and the running speedup."
+                    )
                     with gr.Row():
                         r_prompt = gr.Textbox(value=EXAMPLES[1], lines=3, label="prompt", scale=3)
                         with gr.Column(scale=1):
-                            r_method = gr.Dropdown([m for m in SINGLE if m != "autoregressive"], value="draft_model",
-                                                   label="method")
+                            r_method = gr.Dropdown(
+                                [m for m in SINGLE if m != "autoregressive"], value="draft_model", label="method"
+                            )
                             r_tokens = gr.Slider(8, 256, value=RACE_DEFAULT_TOKENS, step=8, label="max new tokens")
                     with gr.Row():
                         race_btn = gr.Button("Race", variant="primary", elem_id="race-run")
@@ -183,15 +224,21 @@ def build_demo() -> gr.Blocks:
                     race_out = gr.HTML(elem_id="race-html")
             with gr.Tab("Explorer", id="explorer-tab"):
                 with gr.Column(elem_id="explorer"):
-                    gr.Markdown("The expected speedup of speculative decoding (Leviathan et al. 2023) for an i.i.d. "
-                                "acceptance rate alpha, gamma drafts per round, a draft step costing c target steps and a "
-                                "verification costing v target steps: (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + v)). "
-                                "The curve is MODELED; every Playground run of this session appears as a MEASURED point "
-                                "(at its mean drafts per round), so the gap between model and measurement shows.")
+                    gr.Markdown(
+                        "The expected speedup of speculative decoding (Leviathan et al. 2023) for an i.i.d. "
+                        "acceptance rate alpha, gamma drafts per round, a draft step costing c target steps and a "
+                        "verification costing v target steps: (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + v)). "
+                        "The curve is MODELED; every Playground run of this session appears as a MEASURED point "
+                        "(at its mean drafts per round), so the gap between model and measurement shows."
+                    )
                     with gr.Row():
-                        x_alpha = gr.Slider(0.0, 1.0, value=0.8, step=0.01, label="alpha (acceptance rate)", elem_id="x-alpha")
+                        x_alpha = gr.Slider(
+                            0.0, 1.0, value=0.8, step=0.01, label="alpha (acceptance rate)", elem_id="x-alpha"
+                        )
                         x_gamma = gr.Slider(1, 16, value=4, step=1, label="gamma (drafts per round)", elem_id="x-gamma")
-                        x_c = gr.Slider(0.0, 1.0, value=0.15, step=0.01, label="c (draft step / target step)", elem_id="x-c")
+                        x_c = gr.Slider(
+                            0.0, 1.0, value=0.15, step=0.01, label="c (draft step / target step)", elem_id="x-c"
+                        )
                         x_v = gr.Slider(1.0, 3.0, value=1.2, step=0.05, label="v (verify / target step)", elem_id="x-v")
                     x_plot = gr.Plot(label="expected speedup vs gamma", elem_id="explorer-plot")
                     x_points = gr.State([])
@@ -205,39 +252,86 @@ def build_demo() -> gr.Blocks:
         engine_events = dict(concurrency_limit=ENGINE_EVENTS, concurrency_id="engine")
         # Playground and Race show their own answer (place, then the replay): no spinner or timer beside a timed run
         replayed = dict(engine_events, show_progress="hidden")
-        playground_io = ([prompt, target, draft, method] + common + specific + costs,
-                         [tokens, timeline, hist, pos, stats, mirror_plot, trace_state, files])
-        run_event = run_btn.click(friendly(playground_run), *playground_io, api_visibility="undocumented",
-                                  api_name="playground_stream", **replayed)
-        again_event = again_btn.click(friendly(playground_measure_again), *playground_io, api_visibility="undocumented",
-                                      api_name="playground_measure_again", **replayed)
+        playground_io = (
+            [prompt, target, draft, method] + common + specific + costs,
+            [tokens, timeline, hist, pos, stats, mirror_plot, trace_state, files],
+        )
+        run_event = run_btn.click(
+            friendly(playground_run),
+            *playground_io,
+            api_visibility="undocumented",
+            api_name="playground_stream",
+            **replayed,
+        )
+        again_event = again_btn.click(
+            friendly(playground_measure_again),
+            *playground_io,
+            api_visibility="undocumented",
+            api_name="playground_measure_again",
+            **replayed,
+        )
         stop_btn.click(None, None, None, cancels=[run_event, again_event])
-        exact_btn.click(friendly(exactness_lab), [e_prompt, e_method, e_temp, e_topk, e_topp, e_n, e_tokens, e_seed, e_broken,
-                                                  target, draft], [e_plot, e_table], api_name="exactness", **engine_events)
+        exact_btn.click(
+            friendly(exactness_lab),
+            [e_prompt, e_method, e_temp, e_topk, e_topp, e_n, e_tokens, e_seed, e_broken, target, draft],
+            [e_plot, e_table],
+            api_name="exactness",
+            **engine_events,
+        )
         race_io = ([r_prompt, r_method, r_tokens, target, draft], race_out)
         race_btn.click(friendly(race), *race_io, api_visibility="undocumented", api_name="race", **replayed)
-        race_again.click(friendly(race_measure_again), *race_io, api_visibility="undocumented",
-                         api_name="race_measure_again", **replayed)
+        race_again.click(
+            friendly(race_measure_again),
+            *race_io,
+            api_visibility="undocumented",
+            api_name="race_measure_again",
+            **replayed,
+        )
         explorer_inputs = [x_alpha, x_gamma, x_c, x_v, x_points]
         for event in (run_event, again_event):
-            event.then(add_explorer_point, [trace_state] + explorer_inputs, [x_points, x_plot], api_visibility="private")
+            event.then(
+                add_explorer_point, [trace_state] + explorer_inputs, [x_points, x_plot], api_visibility="private"
+            )
         for slider in (x_alpha, x_gamma, x_c, x_v):
             slider.change(explorer_figure, explorer_inputs, x_plot, api_visibility="private")
         demo.load(explorer_figure, explorer_inputs, x_plot, api_visibility="private")
         trace_state.change(step_view, [trace_state, step_slider], [step_html, step_slider], api_visibility="private")
-        step_slider.change(friendly(step_view), [trace_state, step_slider], [step_html, step_slider], api_visibility="private")
-        step_prev.click(lambda t, s: step_move(t, s, -1), [trace_state, step_slider], step_slider, api_visibility="private")
-        step_next.click(lambda t, s: step_move(t, s, 1), [trace_state, step_slider], step_slider, api_visibility="private")
-        compare_btn.click(friendly(compare_methods), [methods, source, pasted, n_prompts, c_tokens, c_repeats, target, draft],
-                          [c_table, c_speed, c_tau, c_tps, c_equal], api_name="compare", **engine_events)
-        batch_btn.click(friendly(batch_compare), [b_size, b_prompts, b_tokens, b_gamma, b_naive, target, draft],
-                        [b_table, b_eq_timeline, b_ex_timeline, b_tput, b_rows], api_name="batch", **engine_events)
-        load_btn.click(friendly(load_trace), upload, [loaded_html, loaded_plot, trace_state], api_visibility="private",
-                       api_name="upload_trace")
+        step_slider.change(
+            friendly(step_view), [trace_state, step_slider], [step_html, step_slider], api_visibility="private"
+        )
+        step_prev.click(
+            lambda t, s: step_move(t, s, -1), [trace_state, step_slider], step_slider, api_visibility="private"
+        )
+        step_next.click(
+            lambda t, s: step_move(t, s, 1), [trace_state, step_slider], step_slider, api_visibility="private"
+        )
+        compare_btn.click(
+            friendly(compare_methods),
+            [methods, source, pasted, n_prompts, c_tokens, c_repeats, target, draft],
+            [c_table, c_speed, c_tau, c_tps, c_equal],
+            api_name="compare",
+            **engine_events,
+        )
+        batch_btn.click(
+            friendly(batch_compare),
+            [b_size, b_prompts, b_tokens, b_gamma, b_naive, target, draft],
+            [b_table, b_eq_timeline, b_ex_timeline, b_tput, b_rows],
+            api_name="batch",
+            **engine_events,
+        )
+        load_btn.click(
+            friendly(load_trace),
+            upload,
+            [loaded_html, loaded_plot, trace_state],
+            api_visibility="private",
+            api_name="upload_trace",
+        )
         # plain API endpoints (gradio_client): strings in, strings out
         api_in = [gr.Textbox(visible=False) for _ in range(5)]
         api_out = [gr.Textbox(visible=False) for _ in range(2)]
-        gr.Button(visible=False).click(friendly(playground_api), api_in, api_out, api_name="playground", **engine_events)
+        gr.Button(visible=False).click(
+            friendly(playground_api), api_in, api_out, api_name="playground", **engine_events
+        )
         gr.Button(visible=False).click(friendly(batch_api), api_in, api_out, api_name="batch_run", **engine_events)
         gr.Button(visible=False).click(friendly(load_trace_api), api_in[:1], api_out[:1], api_name="load_trace")
         gr.Button(visible=False).click(health, None, api_out[:1], api_name="health", queue=False)
@@ -254,10 +348,21 @@ def warm_engines(target: str = EMBEDDED) -> str:
 def prewarm_jobs() -> list[Job]:
     """The bundled examples as the page sends them with its default settings (Playground, and Race's default)."""
     page = {"heal_prompt": UI_DEFAULTS["heal_prompt"]}
-    jobs = [app_requests.traced_job("playground", "draft_model", EMBEDDED, "", p, page, app_requests.WARMUP_PRIORITY)
-            for p in EXAMPLES[:8]]
-    jobs.append(app_requests.traced_job("playground", "draft_model", EMBEDDED, "", EXAMPLES[1],
-                                        {**page, "max_new_tokens": RACE_DEFAULT_TOKENS}, app_requests.WARMUP_PRIORITY))
+    jobs = [
+        app_requests.traced_job("playground", "draft_model", EMBEDDED, "", p, page, app_requests.WARMUP_PRIORITY)
+        for p in EXAMPLES[:8]
+    ]
+    jobs.append(
+        app_requests.traced_job(
+            "playground",
+            "draft_model",
+            EMBEDDED,
+            "",
+            EXAMPLES[1],
+            {**page, "max_new_tokens": RACE_DEFAULT_TOKENS},
+            app_requests.WARMUP_PRIORITY,
+        )
+    )
     return jobs
 
 
@@ -276,6 +381,15 @@ def launch(host: str = "127.0.0.1", port: int = 7860) -> None:
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=GRADIO_QUEUE)
     if os.environ.get(PREWARM_ENV, "1") != "0":
         threading.Thread(target=prewarm, name="specviz-prewarm", daemon=True).start()
-    demo.launch(server_name=host, server_port=port, theme=page_style.theme(), css=render.CSS + render.REPLAY_CSS,
-                js=PAGE_JS, show_error=True, ssr_mode=False, footer_links=["api"],
-                max_file_size=f"{MAX_TRACE_BYTES // 1_000_000}mb", max_threads=ENGINE_EVENTS + 2 * CONCURRENCY)
+    demo.launch(
+        server_name=host,
+        server_port=port,
+        theme=page_style.theme(),
+        css=render.CSS + render.REPLAY_CSS,
+        js=PAGE_JS,
+        show_error=True,
+        ssr_mode=False,
+        footer_links=["api"],
+        max_file_size=f"{MAX_TRACE_BYTES // 1_000_000}mb",
+        max_threads=ENGINE_EVENTS + 2 * CONCURRENCY,
+    )

@@ -1,16 +1,9 @@
-"""`python -m specviz.bench`: methods x prompts -> one row per (method, prompt) with medians.
+"""The bench's units of work and their rows: each method beside the `autoregressive` run of the same prompt.
 
-Speed is measured as ratios inside one process: for every prompt and repeat the methods run one
-after another (their order rotated each repeat), and each method's speedup is its tokens/s over
-the `autoregressive` run of the same prompt (always run, even when not listed).
-
-A method may be given with parameters, `draft_model:gamma=3:vocab_trim=2048`, so variants of
-one method compare side by side; `--param name=value` applies to every method that has it.
-
-The work is cut into units (`Unit`): one prompt with every single-sequence method and repeat, or the
-batch methods over the prompt stream. `run_unit` measures one unit on one pair, so each row's ratios come
-from one device; the local loop below and `specviz.bench.cluster` (`--ray`) both call it, and `specviz.bench.journal`
-keeps finished units so an interrupted run resumes (`--resume`; always on with `--ray`).
+For every prompt and repeat the methods run one after another in one process (their order rotated each
+repeat), and each method's speedup is its tokens/s over the autoregressive run of that prompt. A unit
+(`Unit`) is one prompt with every single-sequence method and repeat, or the batch methods over the prompt
+stream; `run_unit` measures one unit on one pair, so each row's ratios come from one device.
 """
 from __future__ import annotations
 

@@ -1,8 +1,9 @@
 """Load a target/draft pair: the embedded models, a local path or a Hugging Face id.
 
-One place decides device, dtype, what may be loaded (allowlist, never `trust_remote_code`) and
-caches loaded models (LRU by count and bytes, one load per key even under concurrent requests).
-It also knows each architecture's anatomy (embeddings, decoder layers, final norm, LM head).
+`load_pair` puts together what the other rooms of this floor decide: the device and dtype (`device`), what may
+be loaded and how (`hub`: the allowlist, never `trust_remote_code`), the models kept for the next request
+(`cache`), trained parts beside a target (`parts`), and the load-time proof that the engine computes what the
+model computes (`selfcheck`).
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Train what Kangaroo and S2D need for YOUR target, and load it beside the target.
+"""Train what Kangaroo and S2D need for YOUR target (`specviz.models.parts` loads it beside the target).
 
     python -m specviz.workshop.train kangaroo-adapter --target ID_OR_PATH [--out DIR] [--steps 400] [--text FILE]
     python -m specviz.workshop.train sorted-drafter   --target ID_OR_PATH [--out DIR] [--steps 400] [--layers 3]
