@@ -3,6 +3,8 @@
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import json
 import traceback
 from typing import Any, Callable
@@ -52,9 +54,6 @@ def control(p: Param, visible: bool = False) -> gr.components.Component:
 
 def friendly(fn: Callable) -> Callable:
     """ValueError -> gr.Error with its message; anything else -> a short gr.Error, logged; never a crash."""
-    import functools
-    import inspect
-
     def convert(exc: Exception) -> gr.Error:
         if isinstance(exc, gr.Error):
             return exc

@@ -6,6 +6,8 @@ from __future__ import annotations
 import functools
 import io
 import json
+import resource
+import sys
 import tempfile
 import threading
 from collections import OrderedDict
@@ -253,9 +255,6 @@ def load_trace_api(trace_json: str) -> str:
 def health() -> str:
     """API: the server's state as JSON: runs in flight (queued or running), the queue, the trace cache, models
     the first engine worker holds, peak resident memory of the server and of that engine process."""
-    import resource
-    import sys
-
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     peak_mb = peak / (1 << 20) if sys.platform == "darwin" else peak / 1024
     svc = service()

@@ -8,6 +8,8 @@ so nothing but data crosses the process boundary; the UI draws its plots from th
 from __future__ import annotations
 
 import os
+import resource
+import sys
 import threading
 import time
 from typing import Callable
@@ -153,9 +155,6 @@ def exactness_lab(method: str, target: str, draft: str | None, prompt: str, n: i
 
 
 def health(*, cancel: threading.Event, emit: Callable) -> dict:
-    import resource
-    import sys
-
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return {"models_cached": [k[0] for k in CACHE.keys()], "engine_pid": os.getpid(),

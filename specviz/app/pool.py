@@ -13,6 +13,8 @@ import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
+
 from specviz.app.worker import REGISTRY, ProcessEngine, ThreadEngine
 
 WORKERS_ENV = "SPECVIZ_ENGINE_WORKERS"  # engine workers on this machine (default: one per GPU, else 1)
@@ -40,8 +42,6 @@ def default_devices() -> tuple[str | None, ...]:
     if os.environ.get("SPECVIZ_DEVICE"):
         return (None,)
     try:
-        import torch
-
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     except ImportError:  # the UI may run without torch in principle; one worker then
         count = 0

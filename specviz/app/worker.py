@@ -25,6 +25,8 @@ import queue
 import threading
 from typing import Any, Callable
 
+import torch
+
 from specviz.shown import shown
 
 REGISTRY = "specviz.app.jobs"
@@ -56,8 +58,6 @@ def run_job(fn: Callable, kwargs: dict, cancel: threading.Event, emit: Callable[
 def rebuild_error(type_name: str, message: str) -> Exception:
     """The child's exception, as the same built-in type where there is one (the UI words errors by type)."""
     if type_name == "OutOfMemoryError":
-        import torch
-
         return torch.OutOfMemoryError(message)
     cls = getattr(builtins, type_name, None)
     if isinstance(cls, type) and issubclass(cls, Exception):

@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+from tqdm import tqdm
+
 from specviz.bench.cluster import RayTarget, run_cluster
 from specviz.bench.journal import check_journal, journal_path, open_journal
 from specviz.bench.matrix import (
@@ -43,8 +46,6 @@ from specviz.views.report import write_report
 
 def run_local(args: argparse.Namespace, plan: Plan, units: list[Unit]) -> Outcome:
     """Every unit on this process's pair, in order; with `--resume`, finished units come from the journal."""
-    from tqdm import tqdm
-
 
     if args.resume:
         check_journal(args.out, plan, units)
@@ -191,8 +192,6 @@ def write_outputs(args: argparse.Namespace, outcome: Outcome, command: str, prom
                   seconds: float) -> int:
     """--out, the printed summary, --markdown, --json and --html from what finished; the exit code says the rest
     (0 all done, 1 units failed twice, 130 interrupted: the files then hold a valid partial result)."""
-    import pandas as pd
-
 
     df = pd.DataFrame(outcome.rows) if outcome.rows else pd.DataFrame(columns=list(CONTRACT_COLUMNS))
     out = Path(args.out)

@@ -15,6 +15,7 @@ Ray is imported in this module only, and only once a run starts. A local instanc
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import socket
@@ -24,6 +25,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
+from tqdm import tqdm
 
 from specviz.bench.journal import check_journal, open_journal
 from specviz.bench.matrix import Outcome, PairInfo, device_label, plain_rows, run_unit, warm_up
@@ -169,8 +173,6 @@ class BenchWorker:
     A load that fails leaves the worker unfit instead of crashing it, so the driver can say why."""
 
     def __init__(self, load: LoadSpec, slot: Slot, name: str, plan, code: str):
-        import torch
-
         torch.set_num_threads(slot.threads)
         self.plan, self.name, self.pair, self.warm = plan, name, None, False
         self.info: dict[str, Any] = {"worker": name, "host": socket.gethostname(), "pid": os.getpid(),
@@ -198,7 +200,7 @@ class BenchWorker:
     def device_name(self) -> str:
         label = device_label(self.pair.device)
         if self.pair.device.type == "cuda":  # Ray shows each worker its GPU as cuda:0; name the physical one
-            import ray
+            import ray  # Ray only in a cluster run: the app and the local bench never load it
 
             ids = ray.get_runtime_context().get_accelerator_ids().get("GPU") or ["0"]
             label = label.replace("cuda:0", f"cuda:{ids[0]}", 1)
@@ -234,9 +236,8 @@ def connect(target: RayTarget) -> bool:
         # Token authentication, said out loud: a new local instance makes its token; a head on this machine's
         # loopback gets this machine's token (Ray sends none to an explicit address unless told to).
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-    import logging
 
-    import ray
+    import ray  # Ray only in a cluster run: the app and the local bench never load it
 
     if ray.is_initialized():  # a caller's connection (tests, notebooks): use it and leave it open
         return False
@@ -258,8 +259,8 @@ def connect(target: RayTarget) -> bool:
 
 def check_nodes(spec: LoadSpec, code: str) -> None:
     """Up front, before loading anything: every node has the local model paths and the driver's code."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    import ray  # Ray only in a cluster run: the app and the local bench never load it
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # Ray only in a cluster run: the app and the local bench never load it
 
     probe = ray.remote(num_cpus=0)(check_node)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -286,8 +287,8 @@ def start_workers(slots: list[Slot], spec: LoadSpec, plan, code: str, worker_cls
                   quiet: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Start one actor per slot and wait for each to load; hub models load first on one worker per node,
     so each node downloads them once. Returns the handles and every worker's description."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+    import ray  # Ray only in a cluster run: the app and the local bench never load it
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # Ray only in a cluster run: the app and the local bench never load it
 
     actor = ray.remote(worker_cls)
     handles: dict[str, Any] = {}
@@ -364,8 +365,8 @@ def dispatch(handles: dict[str, Any], fit: list[str], units: list, journal, bar,
              fingerprint: str) -> tuple[Dispatch, bool]:
     """Hand units to free workers until all finished or failed twice; True as second value if interrupted.
     A restarted worker comes back only with a clean self-check and the same weights (`fingerprint`)."""
-    import ray
-    from ray.exceptions import ActorDiedError, RayActorError
+    import ray  # Ray only in a cluster run: the app and the local bench never load it
+    from ray.exceptions import ActorDiedError, RayActorError  # Ray only in a cluster run: the app and the local bench never load it
 
     state = Dispatch(pending=list(units))
     idle = list(fit)
@@ -441,8 +442,6 @@ def dispatch(handles: dict[str, Any], fit: list[str], units: list, journal, bar,
 def run_cluster(args, plan, units: list, worker_cls: type = BenchWorker):
     """The bench's `--ray` path: the same units as a local run, on the cluster's workers. `worker_cls`: a
     BenchWorker subclass (the tests inject faults with one)."""
-    from tqdm import tqdm
-
 
     check_journal(args.out, plan, units)  # a journal of another command is refused before Ray starts
     target = RayTarget.parse(args.ray)
@@ -454,7 +453,7 @@ def run_cluster(args, plan, units: list, worker_cls: type = BenchWorker):
         raise ValueError(f"cannot reach the Ray cluster at {args.ray}: {first_line(exc)}. A cluster with token "
                          f"authentication (Ray's default) needs RAY_AUTH_MODE=token here and its token in "
                          f"RAY_AUTH_TOKEN or ~/.ray/auth_token (docs/cluster.md)") from None
-    import ray
+    import ray  # Ray only in a cluster run: the app and the local bench never load it
 
     handles: dict[str, Any] = {}
     journal = None

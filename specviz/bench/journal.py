@@ -19,6 +19,11 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from specviz.methods import METHODS
+
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
 from specviz.methods.base import validate_params
 
 VERSION = 1  # the journal's own format; a header of another version is refused
@@ -136,9 +141,7 @@ def read_records(path: Path) -> tuple[dict[str, Any] | None, list[dict[str, Any]
 
 
 def _lock(handle: TextIO, path: Path) -> None:
-    try:
-        import fcntl
-    except ImportError:  # Windows: no advisory lock; one run per --out is then the user's care
+    if fcntl is None:  # Windows: no advisory lock; one run per --out is then the user's care
         return
     try:
         fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

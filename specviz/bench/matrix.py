@@ -15,6 +15,10 @@ from dataclasses import asdict, dataclass, field
 from statistics import median
 from typing import Any, Callable
 
+import pandas as pd
+import torch
+from tqdm import tqdm
+
 from specviz.analysis.divergence import annotate, classify
 from specviz.analysis.metrics import compare, mirror_stats
 from specviz.api import method_class, run, run_batch
@@ -125,9 +129,6 @@ def prompt_rows(pair, methods: list[MethodSpec], prompt: dict, repeats: int, ove
 def run_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], repeats: int, progress: bool = True,
                overhead: bool = False) -> "pd.DataFrame":
     """Every prompt's rows (`prompt_rows`) in one frame, the baseline added and warmed up first."""
-    import pandas as pd
-    from tqdm import tqdm
-
     methods = with_baseline(methods)
     warm_up(pair, methods, prompts[0]["prompt"])
     total = len(prompts) * repeats * (len(methods) * (2 if overhead else 1))
@@ -198,9 +199,6 @@ def batch_rows(pair, methods: list[MethodSpec], prompts: list[dict], repeats: in
 def run_batch_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], repeats: int,
                      progress: bool = True, pool_factor: int | None = None) -> "pd.DataFrame":
     """`batch_rows` as a frame, with a progress bar."""
-    import pandas as pd
-    from tqdm import tqdm
-
     bar = tqdm(total=len(methods) * repeats, desc="bench (batch)", file=sys.stderr, disable=not progress)
     rows = batch_rows(pair, methods, prompts, repeats, pool_factor, bar.update)
     bar.close()
@@ -263,8 +261,6 @@ def run_unit(pair, plan: Plan, unit: Unit, tick: Tick | None = None) -> list[dic
 
 def device_label(device) -> str:
     """What a row was measured on, for the per-device table: 'cuda:0 NVIDIA H100 80GB HBM3', 'cpu', 'mps'."""
-    import torch
-
     device = torch.device(device)
     if device.type == "cuda":
         return f"cuda:{device.index or 0} {torch.cuda.get_device_name(device)}"

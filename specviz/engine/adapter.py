@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import LlamaConfig
 from transformers.cache_utils import Cache
@@ -87,8 +88,6 @@ class KangarooAdapter(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def save(self, directory: str | Path) -> None:
-        from safetensors.torch import save_file
-
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / ADAPTER_CONFIG).write_text(json.dumps(asdict(self.config), indent=2))
@@ -97,8 +96,6 @@ class KangarooAdapter(nn.Module):
 
     @classmethod
     def load(cls, directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> "KangarooAdapter":
-        from safetensors.torch import load_file
-
         directory = Path(directory)
         config = AdapterConfig(**json.loads((directory / ADAPTER_CONFIG).read_text()))
         adapter = cls(config)

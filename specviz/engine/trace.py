@@ -12,6 +12,9 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Iterable
 
+import pandas as pd
+import torch
+
 # 2: verdict events (accept / reject / correct / bonus, and emit) carry in `info` the distributions the rule
 #    used: top_q / top_p ([[token_id, prob], ...], top `dist_top_k` after temperature / top-k / top-p),
 #    rule ("argmax" or "ratio"), and in sampling u and accept_prob, residual_top on a correction.
@@ -160,8 +163,6 @@ class Trace:
 
     def to_frame(self):
         """One row per event; `info` stays a dict column."""
-        import pandas as pd
-
         cols = [f.name for f in fields(Event)]
         return pd.DataFrame([e.to_dict() for e in self.events], columns=cols)
 
@@ -206,8 +207,6 @@ class Recorder:
         if not self.enabled:
             return 0.0
         if self._sync is not None:
-            import torch
-
             torch.cuda.synchronize() if self._sync == "cuda" else torch.mps.synchronize()
         return time.perf_counter() - self._t_start
 

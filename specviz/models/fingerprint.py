@@ -22,6 +22,7 @@ import threading
 from pathlib import Path
 
 import torch
+from huggingface_hub import try_to_load_from_cache
 
 from specviz.models import hub
 
@@ -105,8 +106,6 @@ def directory_fingerprint(root: Path, suffixes: tuple[str, ...] = MODEL_SUFFIXES
 def hub_fingerprint(repo_id: str, cache_dir: str | Path | None = None) -> str | None:
     """The commit of the locally cached snapshot `from_pretrained` would load offline (refs/main), read
     through huggingface_hub's cache API without the network; None when the id is not cached here."""
-    from huggingface_hub import try_to_load_from_cache
-
     try:
         found = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache_dir)
     except (ValueError, OSError):

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
 EMBEDDED = "embedded"
 EMBEDDED_DIR = Path(os.environ.get("SPECVIZ_EMBEDDED_DIR") or Path(__file__).resolve().parents[2] / "assets" / "models")
@@ -87,9 +89,6 @@ def is_offline() -> bool:
 
 def load_causal_lm(source: str, device: torch.device, dtype: torch.dtype, *, device_map: str | None = None) -> nn.Module:
     """`from_pretrained` with `trust_remote_code=False`, checked to be a causal LM, eval mode, no grads."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
@@ -131,8 +130,6 @@ def first_line(exc: BaseException) -> str:
 
 
 def load_tokenizer(source: str):
-    from transformers import AutoTokenizer
-
     try:
         return AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError, TypeError) as exc:

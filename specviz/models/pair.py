@@ -7,6 +7,7 @@ model computes (`selfcheck`).
 """
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,8 +84,6 @@ def _hub_parts(source: str, device: torch.device, dtype: torch.dtype, device_map
 def compiled(model: nn.Module | None, backend: str) -> nn.Module | None:
     """A shallow twin whose forward is compiled (dynamic shapes: the KV cache grows every step); the
     cached original and its parameters stay as they are, and per-layer access still works."""
-    import copy
-
     if model is None:
         return None
     twin = copy.copy(model)

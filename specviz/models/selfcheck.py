@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import transformers
 
 from specviz.engine import kvcache
 from specviz.engine.batch_cache import BatchKV
@@ -67,8 +68,6 @@ class Report:
 
 
 def versions() -> str:
-    import transformers
-
     return f"torch {torch.__version__}, transformers {transformers.__version__}"
 
 

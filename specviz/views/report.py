@@ -10,6 +10,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import plotly.io as pio
+import torch
 
 from specviz.views.plots import TEMPLATE, compare_figures, throughput_figure
 
@@ -23,8 +24,6 @@ th, td { border: 1px solid #ddd; padding: .25rem .5rem; text-align: right; } th 
 
 
 def machine_line(pair=None) -> str:
-    import torch
-
     parts = [platform.platform(), f"{os.cpu_count()} CPU cores", f"torch {torch.__version__}",
              f"{torch.get_num_threads()} threads"]
     if pair is not None:

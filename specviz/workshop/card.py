@@ -14,6 +14,8 @@ import json
 import sys
 from pathlib import Path
 
+import torch
+
 from specviz.paths import cache_dir, scrub
 from specviz.workshop.continued import RUN_RECORD, RUN_RECORD_KEYS
 from specviz.workshop.quality import markdown_report
@@ -179,7 +181,6 @@ def load_run_record(train_dir: Path) -> dict:
     checkpoint writes beside ckpt.pt; older run folders have only ckpt.pt, read then (148 MB)."""
     if (train_dir / RUN_RECORD).exists():
         return read_json(train_dir / RUN_RECORD)
-    import torch
 
     ckpt = torch.load(train_dir / "ckpt.pt", map_location="cpu", weights_only=False)
     return {k: ckpt[k] for k in RUN_RECORD_KEYS if k in ckpt}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import shutil
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -12,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from specviz.paths import cache_dir as specviz_cache
 from specviz.paths import portable
@@ -164,8 +167,6 @@ def heldout_loss(model, ids: np.ndarray, windows: int, seq_len: int, batch: int 
 
 def save_hf_fp32(model, tok, directory: Path, meta: dict) -> None:
     """An fp32 HF checkpoint, written beside and then swapped in (never half-written)."""
-    import shutil
-
     tmp = directory.with_name(directory.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -205,8 +206,6 @@ def continue_corpus(ccfg: ContinueConfig, tok, run_dir: Path, log) -> tuple[dict
 def continue_target(ccfg: ContinueConfig, log) -> Path:
     """Train the saved target further; resumes run_dir/ckpt.pt when it exists. Returns the HF fp32 dir."""
 
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
     t_start = time.time()

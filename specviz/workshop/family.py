@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 from specviz.engine.adapter import KangarooAdapter
 from specviz.workshop.config import EOS, SPECVIZ_META, TrainConfig
@@ -133,8 +134,6 @@ def refine_drafter(cfg: TrainConfig, target, drafter, train_ids: np.ndarray, log
 @torch.no_grad()
 def calibrate_vocab(cfg: TrainConfig, tok, target, heldout_texts: list[str], log) -> dict:
     """VocabTrim calibration: how often the target itself emits each id when it generates greedily."""
-    from transformers import GenerationConfig
-
     counts = np.zeros(len(tok), dtype=np.int64)
     rng = random.Random(cfg.seed)
     prompts = []
@@ -214,8 +213,6 @@ These are teaching models: they write Python-looking text, not correct programs.
 def refine_saved(cfg: TrainConfig, tok, train_ids: np.ndarray, heldout_ids: np.ndarray, out: Path, log) -> None:
     """The refinement phase alone, on models already saved in `out` (same tokenizer: it is retrained
     deterministically from the same corpus and checked against the saved one)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     if AutoTokenizer.from_pretrained(out / "target").get_vocab() != tok.get_vocab():
         raise SystemExit("the retrained tokenizer differs from the saved one: run the full pipeline instead")
     target = AutoModelForCausalLM.from_pretrained(out / "target", dtype=torch.float32)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
 
 from specviz.engine.adapter import KangarooAdapter
 from specviz.workshop.config import SPECVIZ_META, TrainConfig
@@ -33,8 +34,6 @@ class Batches:
 
 # ----------------------------------------------------------------------------- models
 def llama(cfg: TrainConfig, tok, layers: int, hidden: int, heads: int, ffn: int):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
     config = LlamaConfig(
         vocab_size=len(tok),
         hidden_size=hidden,

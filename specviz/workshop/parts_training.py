@@ -16,6 +16,7 @@ found without being named, so the app's model field needs only the target's path
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import time
@@ -25,6 +26,8 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
+from transformers import AutoModelForCausalLM
 
 from specviz.engine.adapter import KangarooAdapter
 from specviz.engine.layers import cut_config, split_parts
@@ -116,8 +119,6 @@ def measure_sorted(target, drafter, ids: torch.Tensor) -> dict:
 def sorted_from_target(target, layers: int):
     """The target's architecture cut to `layers` layers, initialised from its first layers, embeddings,
     final norm and head (a strong start for distillation; every prefix is a drafter)."""
-    from transformers import AutoModelForCausalLM
-
     depth = target.config.num_hidden_layers
     if not 1 <= layers < depth:
         raise ValueError(f"--layers must be between 1 and {depth - 1} for this {depth}-layer target; got {layers}")
@@ -132,8 +133,6 @@ def save_checkpoint(path: Path, step: int, model, opt, gen: torch.Generator) -> 
 
 def train_part(cfg: PartsConfig, log: Callable[[str], None] = print) -> dict:
     """Train (or resume) one part; returns its report (agreements before/after on held-out text, cost)."""
-    from tqdm import tqdm
-
 
     if cfg.part not in (ADAPTER_DIR, SORTED_DIR):
         raise ValueError(f"part must be {ADAPTER_DIR} or {SORTED_DIR}")
@@ -213,8 +212,6 @@ def train_part(cfg: PartsConfig, log: Callable[[str], None] = print) -> dict:
 
 
 def main(part: str, argv: list[str]) -> None:
-    import argparse
-
     parser = argparse.ArgumentParser(prog=f"python -m specviz.workshop.train {part}", description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="a local model directory or a Hugging Face id")
     parser.add_argument("--out", default="", help=f"default: <target>/{PARTS_DIR} for a local target")

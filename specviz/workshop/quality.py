@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import hashlib
 import io
 import json
 import math
@@ -49,6 +50,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import median
 from typing import Any
+
+import numpy as np
+import torch
+import transformers
 
 from specviz.api import encode_prompt, run
 from specviz.bench import matrix
@@ -300,16 +305,12 @@ def window_targets(ids, windows: int, seq_len: int) -> list:
 
 def vocab_sha1(tokenizer) -> str:
     """The corpus manifest's tokenizer fingerprint (specviz.workshop.corpus.build_corpus)."""
-    import hashlib
-
     return hashlib.sha1(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
 
 
 def corpus_repeated_share(ids, length: int, stretches: int = 2000) -> dict[str, Any]:
     """The repeated 4-gram share of the corpus's own text, in stretches as long as the scored continuations
     (evenly spaced, pooled as pooled_share): what real code scores on the repetition goal's measure."""
-    import numpy as np
-
     if len(ids) < length + 1:
         return {"skipped": f"split has {len(ids)} tokens, fewer than {length}"}
     starts = np.linspace(0, len(ids) - length, min(stretches, len(ids) - length + 1)).astype(int)
@@ -322,9 +323,6 @@ def real_text_agreement(pair, ids, windows: int, seq_len: int) -> dict[str, Any]
     probability of the target's top-1 token and how often the drafter's top-1 is the target's. Why: a target
     whose greedy text read like its corpus would be this sure and drafted about this well; on its own greedy
     loops it is far surer (continuations' greedy_token_p_median), which is what the speedups lean on."""
-    import numpy as np
-    import torch
-
 
     if len(ids) < seq_len + 2:
         return {"skipped": f"split has {len(ids)} tokens, fewer than one window of {seq_len}"}
@@ -357,8 +355,6 @@ def split_loss(model, tokenizer, ids, windows: int, seq_len: int) -> dict[str, A
 
 def heldout_section(pair, cfg: QualityConfig) -> dict[str, Any]:
     """Both held-out splits of a built corpus, or the reason they were skipped."""
-    import numpy as np
-
     root = Path(cfg.corpus) if cfg.corpus else None
     if root is None or not (root / "manifest.json").is_file():
         return {"skipped": f"no built corpus at {cfg.corpus} (build one with `python -m specviz.workshop.train --continue-target`)"}
@@ -533,9 +529,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import torch
-    import transformers
-
     args = build_parser().parse_args(argv)
     if min(args.max_new_tokens, args.windows, args.seq_len, args.per_category, args.repeats,
            args.bench_tokens) < 1:

@@ -38,6 +38,7 @@ import json
 import os
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -46,6 +47,8 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 from specviz.engine.adapter import ADAPTER_CONFIG, AdapterConfig, KangarooAdapter
 from specviz.engine.layers import cut_config
@@ -208,8 +211,6 @@ def stale(out: str | Path, target: str | Path) -> bool:
 def load_teacher(path: str, log: Log, device: str = "cpu") -> Teacher:
     """The target in fp32, re-read if its files change meanwhile (train.continue_target swaps its HF
     copy every few minutes; snapshotting it first is still the better habit)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     for _ in range(3):
         before = target_fingerprint(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
@@ -246,8 +247,6 @@ def load_streams(corpus: str, tok) -> tuple[dict[str, np.ndarray], dict]:
 # ----------------------------------------------------------------------------- students
 def student_llama(target, layers: int):
     """The target's architecture cut to `layers` layers, randomly initialised (the shipped students' shape)."""
-    from transformers import AutoModelForCausalLM
-
     return AutoModelForCausalLM.from_config(cut_config(target.config, layers), dtype=torch.float32)
 
 
@@ -289,8 +288,6 @@ def warm_llama(target, tok, layers: int, warm_dir: Path | None, log: Log,
     """A shipped student when it has this shape and tokenizer (it saves steps); else the target's first
     `layers` layers, embeddings, norm and head (as specviz.workshop.parts_training starts a sorted drafter), with the Kangaroo
     adapter grafted on as the last layer when `adapter` is given and reads the state after `layers - 1`."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
-
     model = student_llama(target, layers)
     if warm_dir is not None and (warm_dir / "config.json").exists():
         same_tok = AutoTokenizer.from_pretrained(warm_dir).get_vocab() == tok.get_vocab()
@@ -514,8 +511,6 @@ def outputs_present(out: Path, fingerprint: dict) -> bool:
 def make(cfg: StudentsConfig, log: Log) -> dict | None:
     """Train (or resume) until done or stopped; returns the report when the student set is complete,
     None when it stopped first (the same call resumes)."""
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
     deadline = deadline_of(cfg, time.time())
@@ -715,8 +710,6 @@ def earlier_report(warm_from: str) -> dict | None:
 
 
 def main(argv: list[str] | None = None, log: Log | None = None) -> dict | None:
-    import sys
-
 
     parser = argparse.ArgumentParser(prog="python -m specviz.workshop.students", description=__doc__.splitlines()[0])
     parser.add_argument("--target", required=True, help="HF dir of the (continued) target")

@@ -7,6 +7,8 @@ import sysconfig
 from pathlib import Path
 
 import numpy as np
+from tokenizers import ByteLevelBPETokenizer
+from transformers import PreTrainedTokenizerFast
 
 from specviz.workshop.config import EOS, TrainConfig
 
@@ -59,9 +61,6 @@ def read_corpus(cfg: TrainConfig) -> tuple[list[str], list[str]]:
 
 # ----------------------------------------------------------------------------- tokenizer
 def train_tokenizer(texts: list[str], cfg: TrainConfig):
-    from tokenizers import ByteLevelBPETokenizer
-    from transformers import PreTrainedTokenizerFast
-
     bpe = ByteLevelBPETokenizer(add_prefix_space=False)
     bpe.train_from_iterator(texts, vocab_size=cfg.vocab_size, min_frequency=2, special_tokens=[EOS], show_progress=False)
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)

@@ -33,11 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 from specviz.workshop.config import TrainConfig
 from specviz.workshop.continued import ContinueConfig, continue_corpus, continue_target
@@ -48,8 +50,6 @@ from specviz.workshop.text import encode, read_corpus, train_tokenizer
 
 
 def main(argv: list[str] | None = None) -> None:
-    import sys
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("kangaroo-adapter", "sorted-drafter"):  # parts for a user's own target
 
@@ -108,8 +108,6 @@ def main(argv: list[str] | None = None) -> None:
 
         clog(f"config: {json.dumps(asdict(ccfg))}")
         if args.build_corpus_only:
-            from transformers import AutoTokenizer
-
             if ccfg.threads:
                 torch.set_num_threads(ccfg.threads)
             continue_corpus(ccfg, AutoTokenizer.from_pretrained(ccfg.init), Path(ccfg.run_dir), clog)

@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from specviz.paths import scrub
 from specviz.workshop.config import SPECVIZ_META, TrainConfig, exit_weights_for
@@ -183,8 +184,6 @@ def freeze_shared(model, layers: int) -> int:
 
 
 def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     torch.set_num_threads(cfg.threads)
     start = time.time()
     deadline = until_epoch(cfg.until, start) if cfg.until else float("inf")
