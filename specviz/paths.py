@@ -7,7 +7,7 @@ machine it was made on.
 - `portable(path)`: a path as a committed record may show it: relative inside the repository, under
   `~/.cache/specviz` (or `$XDG_CACHE_HOME/specviz`) inside the cache, else only its folder and name.
 - `portable_text(text)` and `scrub(obj)`: the same for every absolute path in a command line or in a JSON
-  record (what quality.py, students.py, card.py and the bench summary write).
+  record (what the workshop's quality, students and card and the bench summary write).
 
     python -m specviz.paths NAME          # print cache_dir(NAME): the shell scripts' defaults
     python -m specviz.paths --scrub FILE  # rewrite a JSON record's absolute paths in place
