@@ -200,7 +200,7 @@ class BenchWorker:
     def device_name(self) -> str:
         label = device_label(self.pair.device)
         if self.pair.device.type == "cuda":  # Ray shows each worker its GPU as cuda:0; name the physical one
-            import ray  # Ray only in a cluster run: the app and the local bench never load it
+            import ray  # Ray: cluster runs only
 
             ids = ray.get_runtime_context().get_accelerator_ids().get("GPU") or ["0"]
             label = label.replace("cuda:0", f"cuda:{ids[0]}", 1)
@@ -237,7 +237,7 @@ def connect(target: RayTarget) -> bool:
         # loopback gets this machine's token (Ray sends none to an explicit address unless told to).
         os.environ.setdefault("RAY_AUTH_MODE", "token")
 
-    import ray  # Ray only in a cluster run: the app and the local bench never load it
+    import ray  # Ray: cluster runs only
 
     if ray.is_initialized():  # a caller's connection (tests, notebooks): use it and leave it open
         return False
@@ -259,8 +259,8 @@ def connect(target: RayTarget) -> bool:
 
 def check_nodes(spec: LoadSpec, code: str) -> None:
     """Up front, before loading anything: every node has the local model paths and the driver's code."""
-    import ray  # Ray only in a cluster run: the app and the local bench never load it
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # Ray only in a cluster run: the app and the local bench never load it
+    import ray  # Ray: cluster runs only
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # Ray: cluster runs only
 
     probe = ray.remote(num_cpus=0)(check_node)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
@@ -287,8 +287,8 @@ def start_workers(slots: list[Slot], spec: LoadSpec, plan, code: str, worker_cls
                   quiet: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Start one actor per slot and wait for each to load; hub models load first on one worker per node,
     so each node downloads them once. Returns the handles and every worker's description."""
-    import ray  # Ray only in a cluster run: the app and the local bench never load it
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # Ray only in a cluster run: the app and the local bench never load it
+    import ray  # Ray: cluster runs only
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy  # Ray: cluster runs only
 
     actor = ray.remote(worker_cls)
     handles: dict[str, Any] = {}
@@ -365,8 +365,8 @@ def dispatch(handles: dict[str, Any], fit: list[str], units: list, journal, bar,
              fingerprint: str) -> tuple[Dispatch, bool]:
     """Hand units to free workers until all finished or failed twice; True as second value if interrupted.
     A restarted worker comes back only with a clean self-check and the same weights (`fingerprint`)."""
-    import ray  # Ray only in a cluster run: the app and the local bench never load it
-    from ray.exceptions import ActorDiedError, RayActorError  # Ray only in a cluster run: the app and the local bench never load it
+    import ray  # Ray: cluster runs only
+    from ray.exceptions import ActorDiedError, RayActorError  # Ray: cluster runs only
 
     state = Dispatch(pending=list(units))
     idle = list(fit)
@@ -453,7 +453,7 @@ def run_cluster(args, plan, units: list, worker_cls: type = BenchWorker):
         raise ValueError(f"cannot reach the Ray cluster at {args.ray}: {first_line(exc)}. A cluster with token "
                          f"authentication (Ray's default) needs RAY_AUTH_MODE=token here and its token in "
                          f"RAY_AUTH_TOKEN or ~/.ray/auth_token (docs/cluster.md)") from None
-    import ray  # Ray only in a cluster run: the app and the local bench never load it
+    import ray  # Ray: cluster runs only
 
     handles: dict[str, Any] = {}
     journal = None
