@@ -251,8 +251,8 @@ def exactness(method: str, pair, prompt: str, n: int = 2000, tokens: int = 2, br
     cls = method_class(method)
     if cls.batch:
         raise ValueError(f"{method} is a batch method: exactness samples single-sequence methods")
-    if method == "hf_assisted":
-        raise ValueError("hf_assisted decodes greedily only: its law is a point mass, nothing to test")
+    if cls.peer:
+        raise ValueError(f"{method} decodes greedily only: its law is a point mass, nothing to test")
     for name, value, low, high in (("n", n, 1, MAX_SAMPLES), ("tokens", tokens, 1, MAX_TOKENS), ("top", top, 1, MAX_TOP)):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ValueError(f"{name} must be an integer in {low}..{high}; got {shown(value)}")

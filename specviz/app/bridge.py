@@ -6,7 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from typing import Any, Callable, Iterator
+import time
+from typing import Any, Callable, Generator, Iterator
 
 import gradio as gr
 
@@ -91,6 +92,23 @@ def queued_result(job: Job, request: gr.Request | None, progress: gr.Progress | 
             fraction = (last.progress or {}).get("progress", 0.0) if last.state == "running" else 0.0
             progress(fraction, desc=queue_text(last))
     return last.result, last
+
+
+def awaited(job: Job, request: gr.Request | None, outputs: int, fresh: bool = False) -> Generator[tuple, None, tuple]:
+    """A handler's wait, as `got, update = yield from awaited(...)`: while the job waits or runs it yields
+    `outputs` skips and the status (its place, the estimate, then "running"), and returns (result, update). The
+    page shows no progress bar or timer: nothing animates beside a timed run (the status changes a few times)."""
+    last = None
+    for last in submit(job, request, fresh):
+        if last.state != "done" and last.changed:
+            yield tuple(gr.skip() for _ in range(outputs)) + (status_html(queue_text(last), last.state, last),)
+    return last.result, last
+
+
+def done_html(update: Update, what: str) -> str:
+    """The status once a result is shown: when it was measured, and by what."""
+    when = time.strftime("%H:%M:%S", time.localtime(update.measured_at)) if update.measured_at else "now"
+    return status_html(f"{what}, measured at {when}", "done", update)
 
 
 def status_html(text: str, state: str, update: Update | None = None) -> str:

@@ -17,7 +17,8 @@ from specviz.methods import METHODS
 from specviz.methods.base import COMMON_PARAMS, Param
 from specviz.shown import shown
 
-SINGLE = [name for name, cls in METHODS.items() if not cls.batch and name != "hf_assisted"] + ["hf_assisted"]
+SINGLE = [name for name, cls in METHODS.items() if not cls.batch and not cls.peer] + \
+    [name for name, cls in METHODS.items() if cls.peer]  # transformers' own rows last
 BATCH = [name for name, cls in METHODS.items() if cls.batch]
 COMMON = {p.name for p in COMMON_PARAMS}
 EXAMPLES = [p["prompt"] for p in load_prompts(DEFAULT_PROMPTS)]

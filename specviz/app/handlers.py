@@ -17,8 +17,19 @@ from typing import Iterator
 import gradio as gr
 import pandas as pd
 
+from specviz.analysis.categories import task_of, task_table
 from specviz.app import requests as app_requests
-from specviz.app.bridge import queue_text, queued_result, served_text, service, status_html, submit, with_served
+from specviz.app.bridge import (
+    awaited,
+    done_html,
+    queue_text,
+    queued_result,
+    served_text,
+    service,
+    status_html,
+    submit,
+    with_served,
+)
 from specviz.app.controls import PARAMS, UI_DEFAULTS, collect_params, parse_params
 from specviz.app.serving import Update
 from specviz.bench.matrix import summary
@@ -97,11 +108,20 @@ def rendered(result: dict, key: str | None, measured_at: float | None, costs: tu
     return drawn[0]
 
 
+def prompt_pieces(trace: Trace) -> list[str] | None:
+    """The prompt's tokens' texts when a token of the run was copied by prompt lookup (the page points at its
+    source); None otherwise, or where this server has no tokenizer for the target."""
+    if not trace.rows or not render.copy_sources(trace.events):
+        return None
+    tokenizer = tokenizer_for(trace.target_name)
+    return None if tokenizer is None else [tokenizer.decode([i]) for i in trace.rows[0].prompt_ids]
+
+
 def playground_views(result: dict, update: Update, costs, key: str | None = None) -> tuple:
     trace, figures, trace_json, files = rendered(result, key, update.measured_at, costs)
     status = run_status(trace, served_text(update))
-    return ((render.replay_html(trace, status=status, measured_at=update.measured_at),) + figures
-            + (trace_json, files))
+    html = render.replay_html(trace, status=status, measured_at=update.measured_at, pieces=prompt_pieces(trace))
+    return (html,) + figures + (trace_json, files)
 
 
 def playground(request: gr.Request, fresh: bool, inputs: tuple) -> Iterator[tuple]:
@@ -154,14 +174,17 @@ def race_measure_again(request: gr.Request, prompt, method, max_new_tokens, targ
 
 
 def exactness_lab(request: gr.Request, prompt, method, temperature, top_k, top_p, n, tokens, seed, with_broken, target,
-                  draft, progress=gr.Progress()):
-    """Exactness lab: is what the method samples distributed as the target's own law?"""
-    params = {"temperature": float(temperature), "top_k": int(top_k or 0), "top_p": float(top_p)}
+                  draft, params_json="{}"):
+    """Exactness lab: is what the method samples distributed as the target's own law? `params_json`: the method's
+    own parameters (the hybrid's `lookup`, a gamma...)."""
+    params = {**parse_params(params_json), "temperature": float(temperature), "top_k": int(top_k or 0),
+              "top_p": float(top_p)}
     job = app_requests.exactness_job(method, target, draft, prompt, int(n), int(tokens), params, bool(with_broken),
                                      int(seed))
-    got, update = queued_result(job, request, progress)
+    got, update = yield from awaited(job, request, 2)
     real, broken = got["real"], got["broken"]
-    return plots.exactness_figure(real, broken), plots.exactness_table(real, broken)
+    yield (plots.exactness_figure(real, broken), plots.exactness_table(real, broken),
+           done_html(update, f"{method}: {int(n)} samples against the exact law"))
 
 
 def playground_api(request: gr.Request, prompt: str, method: str = "draft_model", params_json: str = "{}",
@@ -176,9 +199,41 @@ def playground_api(request: gr.Request, prompt: str, method: str = "draft_model"
     return Trace.from_json(trace_json).text, trace_json
 
 
+QUESTION_FILE_MAX_BYTES = 2_000_000  # Spec-Bench's 480 questions are 0.7 MB
+QUESTION_FILE_MAX_PROMPTS = 1000
+
+
+def read_question_file(file) -> list[dict]:
+    """An uploaded question file (ours or Spec-Bench's JSONL), size-capped and checked line by line."""
+    path = file if isinstance(file, (str, Path)) else (file.get("path") if isinstance(file, dict) else getattr(file, "name", None))
+    if not path:
+        raise ValueError("upload a question file first (JSONL: Spec-Bench's {question_id, category, turns} lines)")
+    size = Path(path).stat().st_size
+    if size > QUESTION_FILE_MAX_BYTES:
+        raise ValueError(f"the question file is {size / 1e6:.1f} MB; at most {QUESTION_FILE_MAX_BYTES / 1e6:.0f} MB")
+    prompts = load_prompts(path)
+    if len(prompts) > QUESTION_FILE_MAX_PROMPTS:
+        raise ValueError(f"the question file holds {len(prompts)} questions; at most {QUESTION_FILE_MAX_PROMPTS}")
+    return prompts
+
+
+def question_tasks(file):
+    """After an upload: the file's tasks (MT-bench's sub-categories as one), all chosen, and what was found."""
+    if not file:
+        return gr.update(choices=[], value=[]), ""
+    prompts = read_question_file(file)
+    counts: dict[str, int] = {}
+    for p in prompts:
+        counts[task_of(p["category"])] = counts.get(task_of(p["category"]), 0) + 1
+    found = ", ".join(f"{task} ({n})" for task, n in counts.items())
+    return (gr.update(choices=list(counts), value=list(counts)),
+            f"{len(prompts)} questions in {len(counts)} tasks: {found}. Choose tasks; each runs its first N that fit.")
+
+
 def compare_methods(request: gr.Request, methods, prompt_source, pasted, n_prompts, max_new_tokens, repeats, target,
-                    draft, progress=gr.Progress()):
-    """Methods x prompts, interleaved per prompt (the bench's own loop, in the engine)."""
+                    draft, question_file=None, tasks=None):
+    """Methods x prompts, interleaved per prompt (the bench's own loop, in the engine). From an uploaded question
+    file: the first N questions of each chosen task that fit the target's context, and a table by task."""
     if not methods:
         raise ValueError("choose at least one method to compare")
     unknown = [m for m in methods if m not in METHODS or METHODS[m].batch]
@@ -189,34 +244,47 @@ def compare_methods(request: gr.Request, methods, prompt_source, pasted, n_promp
         if not texts:
             raise ValueError("paste at least one prompt (one per line)")
         prompts = [{"id": str(i + 1), "category": "pasted", "prompt": t.replace("\\n", "\n")} for i, t in enumerate(texts[:32])]
-    else:
+    per_task = None
+    if prompt_source == "uploaded file":
+        chosen = set(tasks or [])
+        if not chosen:
+            raise ValueError("choose at least one task of the uploaded file")
+        prompts = [p for p in read_question_file(question_file) if task_of(p["category"]) in chosen]
+        per_task = int(n_prompts)
+    elif prompt_source != "pasted":
         prompts = load_prompts(DEFAULT_PROMPTS)[: int(n_prompts)]
     common = {"max_new_tokens": int(max_new_tokens)}
     specs = [(m, m, dict(common)) for m in methods]
-    job = app_requests.compare_job(specs, prompts, int(repeats), int(max_new_tokens), target, draft)
-    got, update = queued_result(job, request, progress)
-    frame = pd.read_json(io.StringIO(got), orient="records")
+    job = app_requests.compare_job(specs, prompts, int(repeats), int(max_new_tokens), target, draft, per_task)
+    got, update = yield from awaited(job, request, 6)
+    frame = pd.read_json(io.StringIO(got["frame"]), orient="records")
 
     table = summary(frame).reset_index().round(3)
     figs = plots.compare_figures(frame)
-    return table, figs["speedup"], figs["tau"], figs["tokens_per_s"], figs["equal"]
+    by_task = task_table(frame)
+    by_task = (by_task.reset_index().round(3) if by_task is not None
+               else pd.DataFrame(columns=["task", "method", "prompts", "speedup", "tau", "alpha"]))
+    if got.get("passed_over"):
+        gr.Info(f"{got['passed_over']} questions were passed over: longer than the target's context with the new tokens")
+    yield (table, figs["speedup"], figs["tau"], figs["tokens_per_s"], figs["equal"], by_task,
+           done_html(update, f"{len(methods)} methods x {frame['prompt_id'].nunique()} prompts"))
 
 
-def batch_compare(request: gr.Request, batch_size, n_prompts, max_new_tokens, gamma, include_naive, target, draft,
-                  progress=gr.Progress()):
+def batch_compare(request: gr.Request, batch_size, n_prompts, max_new_tokens, gamma, include_naive, target, draft):
     """EQSPEC vs EXSPEC (and batched AR, and the naive mode if asked) on the same prompts."""
     prompts = [p["prompt"] for p in load_prompts(DEFAULT_PROMPTS)[: int(n_prompts)]]
     if not prompts:
         raise ValueError("choose at least one prompt")
     job = app_requests.batch_compare_job(int(batch_size), prompts, int(max_new_tokens), int(gamma), bool(include_naive),
                                          target, draft)
-    got, update = queued_result(job, request, progress)
+    got, update = yield from awaited(job, request, 5)
     frame = pd.DataFrame(got["rows"])
     traces = {label: Trace.from_json(text) for label, text in got["traces"].items()}
     shown = traces.get("eqspec") or next(iter(traces.values()))
     ex = traces.get("exspec")
-    return (frame, plots.batch_timeline(shown), plots.batch_timeline(ex) if ex else plots.empty_figure("EXSPEC"),
-            plots.throughput_figure(frame.assign(method=frame["method"].str.split(" ").str[0])), pd.DataFrame(got["equivalence"]))
+    yield (frame, plots.batch_timeline(shown), plots.batch_timeline(ex) if ex else plots.empty_figure("EXSPEC"),
+           plots.throughput_figure(frame.assign(method=frame["method"].str.split(" ").str[0])),
+           pd.DataFrame(got["equivalence"]), done_html(update, f"batch of {int(batch_size)}"))
 
 
 def batch_api(request: gr.Request, prompts_json: str, method: str = "eqspec", params_json: str = "{}",

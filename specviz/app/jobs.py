@@ -15,11 +15,13 @@ import time
 from typing import Callable
 
 from specviz.analysis import metrics
+from specviz.analysis.categories import first_per_task
 from specviz.analysis.divergence import annotate
 from specviz.analysis.exactness import exactness
-from specviz.api import run, run_batch
+from specviz.api import encode_prompt, run, run_batch
 from specviz.app.worker import InFlight
 from specviz.bench.matrix import run_matrix
+from specviz.engine.decoder import context_limit
 from specviz.methods.base import common_values
 from specviz.models.cache import CACHE
 from specviz.models.hub import pair_names
@@ -101,13 +103,29 @@ def batch(method: str, target: str, draft: str | None, prompts: list, params: di
                   cancel)
 
 
-def compare(specs: list, prompts: list, repeats: int, target: str, draft: str | None, *, cancel: threading.Event,
-            emit: Callable) -> str:
-    """Methods x prompts, interleaved per prompt (the bench's own loop): the frame as JSON records."""
+def compare(specs: list, prompts: list, repeats: int, target: str, draft: str | None, per_task: int | None = None, *,
+            cancel: threading.Event, emit: Callable) -> dict:
+    """Methods x prompts, interleaved per prompt (the bench's own loop): the frame as JSON records. `per_task`: the
+    prompts are a question file's; the first `per_task` of each task that fit the target's context are run."""
     pair = pair_for(target, draft)
+    passed_over = 0
+    if per_task:
+        tokens = max(s[2].get("max_new_tokens", 64) for s in specs)
+        room = context_limit(pair.target) - tokens
+
+        def fits(prompt: dict) -> bool:
+            try:
+                return len(encode_prompt(pair, prompt["prompt"])) <= room
+            except ValueError:
+                return False
+
+        prompts, passed_over = first_per_task(prompts, per_task, fits)
+        if not prompts:
+            raise ValueError(f"no question of the file fits the target's context ({context_limit(pair.target)} tokens) "
+                             f"with {tokens} new tokens")
     with Running():
         frame = run_matrix(pair, [tuple(s) for s in specs], prompts, int(repeats), progress=False)
-    return frame.to_json(orient="records")
+    return {"frame": frame.to_json(orient="records"), "passed_over": passed_over}
 
 
 def batch_compare(batch_size: int, prompts: list, max_new_tokens: int, gamma: int, include_naive: bool, target: str,

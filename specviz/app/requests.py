@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from specviz.analysis.categories import task_of
 from specviz.api import method_class
 from specviz.app.serving import Job
 from specviz.app.trace_cache import request_key
@@ -48,11 +49,12 @@ def batch_job(method: str, target: str | None, draft: str | None, prompts: Any, 
 
 
 def compare_job(specs: list, prompts: list, repeats: int, max_new_tokens: int, target: str | None,
-                draft: str | None) -> Job:
+                draft: str | None, per_task: int | None = None) -> Job:
     target, draft = pair_names(target, draft)
-    units = (len(specs) + 1) * len(prompts) * repeats * max_new_tokens  # autoregressive always runs too
-    return Job("compare", dict(specs=specs, prompts=prompts, repeats=repeats, target=target, draft=draft),
-               kind="compare", units=units)
+    runs = len(prompts) if not per_task else min(len(prompts), per_task * len({task_of(p["category"]) for p in prompts}))
+    units = (len(specs) + 1) * runs * repeats * max_new_tokens  # autoregressive always runs too
+    return Job("compare", dict(specs=specs, prompts=prompts, repeats=repeats, target=target, draft=draft,
+                               per_task=per_task), kind="compare", units=units)
 
 
 def batch_compare_job(batch_size: int, prompts: list, max_new_tokens: int, gamma: int, include_naive: bool,

@@ -32,6 +32,7 @@ from specviz.app.handlers import (
     playground_api,
     playground_measure_again,
     playground_run,
+    question_tasks,
     race,
     race_measure_again,
     rendered,
@@ -61,7 +62,9 @@ STEP_KEYS_JS = """
   });
 """
 # run once when the page loads: arrow keys in Step through, the replay of measured runs, accessibility fixes
-PAGE_JS = page_style.page_js("() => {" + STEP_KEYS_JS + "}", "() => {" + render.REPLAY_JS + "}", page_style.A11Y_JS)
+PAGE_JS = page_style.page_js(
+    "() => {" + STEP_KEYS_JS + "}", "() => {" + render.REPLAY_JS + "}", "() => {" + render.COPY_JS + "}", page_style.A11Y_JS
+)
 
 
 def build_demo() -> gr.Blocks:
@@ -129,17 +132,36 @@ def build_demo() -> gr.Blocks:
                         SINGLE, value=["draft_model", "kangaroo"], label="methods (autoregressive is always run)"
                     )
                     with gr.Column():
-                        source = gr.Radio(["bundled", "pasted"], value="bundled", label="prompts")
-                        n_prompts = gr.Slider(1, 16, value=3, step=1, label="bundled prompts to use")
+                        source = gr.Radio(
+                            ["bundled", "pasted", "uploaded file"], value="bundled", label="prompts", elem_id="compare-source"
+                        )
+                        n_prompts = gr.Slider(
+                            1, 16, value=3, step=1, label="prompts: the first N bundled, or N per task of a file"
+                        )
                         c_tokens = gr.Slider(8, 256, value=48, step=8, label="max new tokens")
                         c_repeats = gr.Slider(1, 5, value=1, step=1, label="repeats (median)")
                 pasted = gr.Textbox(lines=3, label="pasted prompts, one per line (\\n for a newline)")
+                with gr.Row():
+                    c_file = gr.File(
+                        label="a question file (Spec-Bench's JSONL, at most 2 MB)",
+                        file_types=[".jsonl"],
+                        elem_id="compare-file",
+                    )
+                    with gr.Column():
+                        c_tasks = gr.Dropdown([], multiselect=True, label="its tasks to run", elem_id="compare-tasks")
+                        c_found = gr.Markdown(elem_id="compare-found")
                 compare_btn = gr.Button("Compare", variant="primary", elem_id="compare-run")
+                c_status = gr.HTML(elem_id="compare-status")
                 c_table = gr.Dataframe(label="median per method (measured)", interactive=False, elem_id="compare-table")
                 with gr.Row():
                     c_speed, c_tau = gr.Plot(), gr.Plot()
                 with gr.Row():
                     c_tps, c_equal = gr.Plot(), gr.Plot()
+                c_by_task = gr.Dataframe(
+                    label="by task: median speedup, tau, alpha (MT-bench's sub-categories as one task)",
+                    interactive=False,
+                    elem_id="compare-by-task",
+                )
             with gr.Tab("Batch", id="batch"):
                 with gr.Row():
                     b_size = gr.Slider(1, 32, value=4, step=1, label="batch size")
@@ -150,6 +172,7 @@ def build_demo() -> gr.Blocks:
                         value=True, label="also run the NAIVE mode (broken on purpose: positions not realigned)"
                     )
                 batch_btn = gr.Button("Run batch", variant="primary", elem_id="batch-run")
+                b_status = gr.HTML(elem_id="batch-status")
                 b_table = gr.Dataframe(
                     label="throughput, time realigning, equivalence (measured)",
                     interactive=False,
@@ -188,7 +211,7 @@ def build_demo() -> gr.Blocks:
                     with gr.Row():
                         e_prompt = gr.Textbox(value="def f(x):", lines=2, label="prompt", scale=2)
                         e_method = gr.Dropdown(
-                            [m for m in SINGLE if m not in ("autoregressive", "hf_assisted")],
+                            [m for m in SINGLE if m != "autoregressive" and not METHODS[m].peer],
                             value="draft_model",
                             label="method",
                         )
@@ -200,7 +223,13 @@ def build_demo() -> gr.Blocks:
                         e_tokens = gr.Slider(1, 3, value=2, step=1, label="tokens per sample")
                         e_seed = gr.Number(0, label="seed", precision=0)
                         e_broken = gr.Checkbox(True, label="also run the BROKEN-on-purpose rule")
+                        e_params = gr.Textbox(
+                            "{}",
+                            label='method parameters (JSON), e.g. {"lookup": 2} for the lookup-or-drafter hybrid',
+                            elem_id="e-params",
+                        )
                     exact_btn = gr.Button("Test exactness", variant="primary", elem_id="exactness-run")
+                    e_status = gr.HTML(elem_id="exactness-status")
                     e_table = gr.Dataframe(
                         label="against the target's exact law", interactive=False, elem_id="exactness-table"
                     )
@@ -250,7 +279,8 @@ def build_demo() -> gr.Blocks:
         # Every event that needs the engine is admitted by Gradio at once (ENGINE_EVENTS) and waits in
         # specviz.app.admission's queue, which answers with its place and estimated wait.
         engine_events = dict(concurrency_limit=ENGINE_EVENTS, concurrency_id="engine")
-        # Playground and Race show their own answer (place, then the replay): no spinner or timer beside a timed run
+        # every engine event shows its own answer (its place, "running", then when it was measured): no spinner,
+        # progress bar or timer animates in the browser beside a timed run
         replayed = dict(engine_events, show_progress="hidden")
         playground_io = (
             [prompt, target, draft, method] + common + specific + costs,
@@ -273,10 +303,10 @@ def build_demo() -> gr.Blocks:
         stop_btn.click(None, None, None, cancels=[run_event, again_event])
         exact_btn.click(
             friendly(exactness_lab),
-            [e_prompt, e_method, e_temp, e_topk, e_topp, e_n, e_tokens, e_seed, e_broken, target, draft],
-            [e_plot, e_table],
+            [e_prompt, e_method, e_temp, e_topk, e_topp, e_n, e_tokens, e_seed, e_broken, target, draft, e_params],
+            [e_plot, e_table, e_status],
             api_name="exactness",
-            **engine_events,
+            **replayed,
         )
         race_io = ([r_prompt, r_method, r_tokens, target, draft], race_out)
         race_btn.click(friendly(race), *race_io, api_visibility="undocumented", api_name="race", **replayed)
@@ -307,17 +337,19 @@ def build_demo() -> gr.Blocks:
         )
         compare_btn.click(
             friendly(compare_methods),
-            [methods, source, pasted, n_prompts, c_tokens, c_repeats, target, draft],
-            [c_table, c_speed, c_tau, c_tps, c_equal],
+            [methods, source, pasted, n_prompts, c_tokens, c_repeats, target, draft, c_file, c_tasks],
+            [c_table, c_speed, c_tau, c_tps, c_equal, c_by_task, c_status],
             api_name="compare",
-            **engine_events,
+            **replayed,
         )
+        c_file.change(friendly(question_tasks), c_file, [c_tasks, c_found], api_visibility="private")
+        c_file.upload(lambda: gr.update(value="uploaded file"), None, source, api_visibility="private")
         batch_btn.click(
             friendly(batch_compare),
             [b_size, b_prompts, b_tokens, b_gamma, b_naive, target, draft],
-            [b_table, b_eq_timeline, b_ex_timeline, b_tput, b_rows],
+            [b_table, b_eq_timeline, b_ex_timeline, b_tput, b_rows, b_status],
             api_name="batch",
-            **engine_events,
+            **replayed,
         )
         load_btn.click(
             friendly(load_trace),

@@ -17,6 +17,8 @@ from typing import Any
 import pandas as pd
 from tqdm import tqdm
 
+from specviz.analysis.categories import first_per_task, task_markdown, task_of, task_table
+from specviz.api import encode_prompt
 from specviz.bench.cluster import RayTarget, run_cluster
 from specviz.bench.journal import check_journal, journal_path, open_journal
 from specviz.bench.matrix import (
@@ -39,6 +41,7 @@ from specviz.bench.matrix import (
     where,
 )
 from specviz.bench.prompts import DEFAULT_PROMPTS, load_prompts
+from specviz.engine.decoder import context_limit
 from specviz.models.fingerprint import loaded_pair_fingerprint
 from specviz.models.pair import load_pair
 from specviz.views.report import write_report
@@ -87,10 +90,13 @@ def summary_record(table: "pd.DataFrame", args: argparse.Namespace, command: str
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m specviz.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--methods", default="autoregressive,draft_model,hf_assisted",
+    p.add_argument("--methods", default="autoregressive,draft_model,prompt_lookup,hf_assisted,hf_prompt_lookup",
                    help="comma-separated methods; parameters after colons, e.g. 'draft_model:gamma=3:vocab_trim=2048'")
     p.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="jsonl prompt file (ours or Spec-Bench's)")
     p.add_argument("--limit", type=int, default=None, help="use the first N prompts")
+    p.add_argument("--per-category", type=int, default=None, metavar="N",
+                   help="the first N prompts of each task that fit the context (Spec-Bench: MT-bench's eight "
+                        "sub-categories are one task); writes the table by task")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="results.csv", help=".csv or .parquet")
@@ -159,10 +165,33 @@ def prepare(args: argparse.Namespace) -> tuple[list[tuple[str, str, dict[str, An
     return methods, prompts
 
 
+def per_task(args: argparse.Namespace, prompts: list[dict[str, str]]) -> list[dict[str, str]]:
+    """--per-category N: the first N prompts of each task whose tokens and the new tokens fit the target's context
+    (longer ones are passed over and counted, never cut: a cut prompt would be another question)."""
+    pair = load_pair(args.target, args.draft, device=args.device, dtype=args.dtype)
+    room = context_limit(pair.target) - args.max_new_tokens
+
+    def fits(prompt: dict) -> bool:
+        try:
+            return len(encode_prompt(pair, prompt["prompt"])) <= room
+        except ValueError:
+            return False
+
+    chosen, too_long = first_per_task(prompts, args.per_category, fits)
+    tasks = len({task_of(p["category"]) for p in chosen})
+    print(f"--per-category {args.per_category}: {len(chosen)} prompts in {tasks} tasks; {too_long} passed over "
+          f"as longer than the context ({context_limit(pair.target)} tokens) minus {args.max_new_tokens} new tokens")
+    if not chosen:
+        raise ValueError("no prompt of the file fits the target's context with the new tokens")
+    return chosen
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         methods, prompts = prepare(args)
+        if args.per_category is not None:
+            prompts = per_task(args, prompts)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -199,9 +228,12 @@ def write_outputs(args: argparse.Namespace, outcome: Outcome, command: str, prom
     df.to_parquet(out) if out.suffix == ".parquet" else df.to_csv(out, index=False)
     table = summary(df) if outcome.rows else None
     devices = device_summary(df) if outcome.rows and args.ray else None
+    tasks = task_table(df) if outcome.rows else None
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         if table is not None:
             print(table.to_string())
+        if tasks is not None:
+            print("\nby task (median speedup, tau, alpha):\n" + task_markdown(tasks))
         if devices is not None:
             print("\nper device:\n" + devices.to_string())
     if "real_divergences" in df and (df["tie_divergences"].fillna(0).sum() or df["real_divergences"].fillna(0).sum()):
@@ -221,8 +253,11 @@ def write_outputs(args: argparse.Namespace, outcome: Outcome, command: str, prom
         print(f"interrupted: {outcome.done} of {outcome.units} units finished and written; {again}")
     if table is not None:
         if args.markdown:
-            Path(args.markdown).write_text(markdown_table(table) + f"\n`{command}`\n")
+            by_task = "\n" + task_markdown(tasks) if tasks is not None else ""
+            Path(args.markdown).write_text(markdown_table(table) + by_task + f"\n`{command}`\n")
         record = summary_record(table, args, command, on, prompts)
+        if tasks is not None:
+            record["by_task"] = [{k: plain(v) for k, v in r.items()} for r in tasks.reset_index().to_dict("records")]
         if devices is not None:
             record["by_device"] = [{k: plain(v) for k, v in r.items()}
                                    for r in devices.reset_index().to_dict("records")]
@@ -233,6 +268,8 @@ def write_outputs(args: argparse.Namespace, outcome: Outcome, command: str, prom
             Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
         if args.html:
             sections = {"Per device (median per device and method)": devices} if devices is not None else {}
+            if tasks is not None:
+                sections["By task (Spec-Bench: MT-bench's sub-categories as one task)"] = tasks
             if outcome.failed:
                 sections["Units that failed twice (no rows)"] = pd.DataFrame(outcome.failed)
             write_report(df, table, args.html, command=command, pair=on, sections=sections)

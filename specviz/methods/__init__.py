@@ -6,8 +6,10 @@ from specviz.methods.base import Method
 from specviz.methods.batch import BatchAutoregressive, EQSpec, EXSpec
 from specviz.methods.draft_model import DraftModel
 from specviz.methods.hf_assisted import HFAssisted
+from specviz.methods.hf_prompt_lookup import HFPromptLookup
 from specviz.methods.kangaroo import Kangaroo
 from specviz.methods.mirror import MirrorSD
+from specviz.methods.prompt_lookup import PromptLookup
 from specviz.methods.sorted import Sorted
 
 METHODS: dict[str, type[Method]] = {
@@ -16,6 +18,8 @@ METHODS: dict[str, type[Method]] = {
         Autoregressive,
         DraftModel,
         HFAssisted,
+        PromptLookup,
+        HFPromptLookup,
         Kangaroo,
         Sorted,
         MirrorSD,

@@ -177,6 +177,8 @@ class Method:
     PARAMS: ClassVar[tuple[Param, ...]] = ()
     needs_draft: ClassVar[bool] = False  # requires pair.draft
     batch: ClassVar[bool] = False  # takes a list of prompts
+    # transformers' own loop, run as the row a user would pick instead: opaque (no rounds seen), greedy only
+    peer: ClassVar[bool] = False
     # every model forward goes through ctx.decoder(...): exactness may memoize forwards by token prefix
     memo_safe: ClassVar[bool] = False
 

@@ -5,10 +5,20 @@ Per round: the drafter proposes gamma tokens one by one on its own KV cache; the
 prefix and emit a correction or bonus token; both caches are cropped back to what was committed.
 Gamma is fixed, or adapted per round with transformers' "heuristic" schedule (+2 after a round
 where every draft passed, -1 otherwise).
+
+`lookup=n` makes it a lookup-or-drafter hybrid: a round whose text ends in n tokens that occurred before takes
+the prompt-lookup draft (`specviz.methods.prompt_lookup`: free to make, q = 1 at each copy) and skips the
+drafter; other rounds draft as usual. Each round's drafts come from one source and are verified by the rule for
+it (a copy is accepted with p(x), a drafted token with min(1, p/q)), so the hybrid is exact under sampling too.
+The drafter catches up on the tokens of lookup rounds at its next round (its cache feeds what it has not seen).
 """
 from __future__ import annotations
 
+import torch
+
 from specviz.methods.base import GAMMA, Method, Param, RunContext, eta_param
+from specviz.methods.prompt_lookup import SOURCE as LOOKUP
+from specviz.methods.prompt_lookup import NgramIndex, one_hot, record_copies
 from specviz.methods.rounds import Drafter, commit, next_gamma, prefill_both, verify_block
 from specviz.methods.vocabtrim import TrimmedDrafter
 
@@ -18,6 +28,12 @@ DRAFTER_FORWARD = Param("drafter_forward", str, "lean", choices=("lean", "transf
 GAMMA_SCHEDULE = Param("gamma_schedule", str, "constant", choices=("constant", "heuristic"),
                        help="constant gamma, or +2 after a round with every draft accepted and -1 otherwise "
                             "(transformers' 'heuristic' schedule)")
+
+
+LOOKUP_PARAM = Param("lookup", int, 0, 0, 8,
+                     help="hybrid: a round whose text ends in this many tokens seen before copies what followed them "
+                          "(prompt lookup) instead of asking the drafter (0 = never)")
+LOOKUP_GAMMA_PARAM = Param("lookup_gamma", int, 10, 1, 16, help="hybrid: tokens copied per lookup round at most")
 
 
 class DraftModel(Method):
@@ -32,6 +48,8 @@ class DraftModel(Method):
         DRAFTER_FORWARD,
         Param("vocab_trim", int, 0, 0, 1_000_000,
               help="VocabTrim: keep only the K most frequent target tokens in the drafter's LM head (0 = off)"),
+        LOOKUP_PARAM,
+        LOOKUP_GAMMA_PARAM,
     )
 
     def make_drafter(self, ctx: RunContext) -> Drafter:
@@ -49,16 +67,43 @@ class DraftModel(Method):
         drafter = self.make_drafter(ctx)
         seq = ctx.prompt_ids
         prefill_both(ctx, target, drafter, drafter.source)
-        step = 0
+        lookup = ctx.params["lookup"]
+        index = NgramIndex(lookup, max(lookup, 4)) if lookup else None
+        if index is not None:
+            index.extend(seq[0].tolist())
+        step = lookup_rounds = 0
         while not out.done:
             ctx.check_cancel()
             length = seq.shape[1]
-            g = min(gamma, out.room - 1)
-            drafts, q = drafter.propose(seq, g, step, eta)
+            copied = self.copy(ctx, index, seq, step, min(ctx.params["lookup_gamma"], out.room - 1)) if index else None
+            if copied is not None:
+                drafts, q = copied
+                source = LOOKUP
+                lookup_rounds += 1
+            else:
+                drafts, q = drafter.propose(seq, min(gamma, out.room - 1), step, eta)
+                source = drafter.source
             verdict = verify_block(ctx, target, seq, drafts, q, step)
-            seq = commit(ctx, seq, drafts, verdict, step, [drafter.source] * len(drafts))
+            seq = commit(ctx, seq, drafts, verdict, step, [source] * len(drafts))
             target.rollback(length + verdict.accepted)
             drafter.rollback(length + verdict.accepted)
-            gamma = next_gamma(gamma, verdict.accepted, len(drafts), schedule, limit)
+            if copied is None:
+                gamma = next_gamma(gamma, verdict.accepted, len(drafts), schedule, limit)
+            if index is not None:
+                index.extend(seq[0, length:].tolist())
             step += 1
         ctx.meta["final_gamma"] = gamma
+        if index is not None:
+            ctx.meta["lookup"] = {"rounds": step, "lookup_rounds": lookup_rounds}
+
+    @staticmethod
+    def copy(ctx: RunContext, index: NgramIndex, seq, step: int, gamma: int):
+        """The round's prompt-lookup draft and its q, or None (no match: the drafter drafts)."""
+        t0 = ctx.rec.now()
+        drafts, sources, n = index.draft(gamma)
+        cut = next((i for i, d in enumerate(drafts) if d >= ctx.vocab), len(drafts))
+        if not cut:
+            return None
+        drafts, sources = drafts[:cut], sources[:cut]
+        record_copies(ctx, step, drafts, sources, n, ctx.prompt_ids.shape[1], t0)
+        return torch.tensor(drafts, dtype=seq.dtype, device=seq.device), one_hot(drafts, ctx.vocab, seq.device)

@@ -17,6 +17,7 @@ class HFAssisted(Method):
     name = "hf_assisted"
     title = "transformers assisted generation (peer)"
     needs_draft = True
+    peer = True
     PARAMS = (
         GAMMA,
         GAMMA_SCHEDULE,
@@ -25,23 +26,27 @@ class HFAssisted(Method):
     )
 
     def generate(self, ctx: RunContext) -> None:
-        if not ctx.sampling.greedy:
-            raise ValueError("hf_assisted runs greedy only here (temperature 0): its sampling uses torch's global RNG")
-        rec, out, pair = ctx.rec, ctx.out, ctx.pair
-        eos = sorted(out.eos_ids)
-        cfg = GenerationConfig(
-            max_new_tokens=out.limit, do_sample=False, num_assistant_tokens=ctx.params["gamma"],
-            num_assistant_tokens_schedule=ctx.params["gamma_schedule"],
-            assistant_confidence_threshold=ctx.params["confidence_threshold"],
-            eos_token_id=eos or None, pad_token_id=eos[0] if eos else 0,
-        )
-        t0 = rec.now()
-        with torch.inference_mode():
-            ids = pair.target.generate(ctx.prompt_ids, attention_mask=torch.ones_like(ctx.prompt_ids),
-                                       assistant_model=pair.draft, generation_config=cfg)
-        t1 = rec.now()
-        rec.add("prefill", source="transformers.generate", t0=t0, t1=t1, info={"opaque": True})
-        for token_id in ids[0, ctx.prompt_ids.shape[1]:].tolist():
-            if out.done:
-                break
-            rec.add("emit", step=0, position=out.push(int(token_id)), token_id=int(token_id), source="hf_assisted", t0=t1, t1=t1)
+        opaque_generate(ctx, self.name, {"assistant_model": ctx.pair.draft},
+                        num_assistant_tokens=ctx.params["gamma"],
+                        num_assistant_tokens_schedule=ctx.params["gamma_schedule"],
+                        assistant_confidence_threshold=ctx.params["confidence_threshold"])
+
+
+def opaque_generate(ctx: RunContext, name: str, models: dict, **config) -> None:
+    """`target.generate` greedy with `config`, recorded as one prefill span and an `emit` per output token."""
+    if not ctx.sampling.greedy:
+        raise ValueError(f"{name} runs greedy only here (temperature 0): its sampling uses torch's global RNG")
+    rec, out, pair = ctx.rec, ctx.out, ctx.pair
+    eos = sorted(out.eos_ids)
+    cfg = GenerationConfig(max_new_tokens=out.limit, do_sample=False, eos_token_id=eos or None,
+                           pad_token_id=eos[0] if eos else 0, **config)
+    t0 = rec.now()
+    with torch.inference_mode():
+        ids = pair.target.generate(ctx.prompt_ids, attention_mask=torch.ones_like(ctx.prompt_ids), generation_config=cfg,
+                                   **models)
+    t1 = rec.now()
+    rec.add("prefill", source="transformers.generate", t0=t0, t1=t1, info={"opaque": True})
+    for token_id in ids[0, ctx.prompt_ids.shape[1]:].tolist():
+        if out.done:
+            break
+        rec.add("emit", step=0, position=out.push(int(token_id)), token_id=int(token_id), source=name, t0=t1, t1=t1)

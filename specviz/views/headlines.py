@@ -20,6 +20,7 @@ ROWS: dict[str, tuple[str, ...]] = {
     "vocabtrim": ("draft_model:vocab_trim=2048", "draft_model:vocab_trim=1024"),
     "mirror": ("mirror", "mirror:parallel=false"),
     "batch": ("eqspec:batch_size=4", "exspec:batch_size=4"),
+    "prompt_lookup": ("prompt_lookup", "hf_prompt_lookup"),
 }
 
 

@@ -17,7 +17,8 @@ CSS = """
 .sv-prompt { color: #4b5563; }
 .sv-tok { border-radius: 3px; padding: 0 1px; margin: 0 0.5px; color: #111; } .sv-tok.sv-draft { color: inherit; }
 .sv-accept { background: #c7ebd5; } .sv-correct { background: #f8d2bf; } .sv-bonus { background: #cbd9f6; }
-.sv-emit { background: #e6e7ea; } .sv-reject { background: #f3c6cc; text-decoration: line-through; }
+.sv-emit { background: #e6e7ea; } .sv-copied { text-decoration: underline dotted #15803d 2px; }
+.sv-source { outline: 2px solid #c2410c; background: #ffedd5; border-radius: 2px; } .sv-reject { background: #f3c6cc; text-decoration: line-through; }
 .sv-legend span { margin-right: .8rem; font-size: .85rem; } .sv-note { color: #4b5563; font-size: .85rem; }
 .dark .sv-note { color: #a1a1aa; } .dark .sv-done { color: #4ade80; } [data-sv-scroll]:focus-visible { outline: 2px solid #c2410c; outline-offset: 2px; }
 .sv-race { display: grid; grid-template-columns: 1fr 1fr; gap: .8rem; }
@@ -52,10 +53,46 @@ def token_title(e: Event) -> str:
     return esc(" | ".join(token_facts(e)))
 
 
-def token_span(e: Event, text: str | None = None) -> str:
-    """One output token; `data-t` is when the run committed it (seconds from its start): the replay's clock."""
-    return (f'<span class="sv-tok sv-{e.kind}" data-fate="{e.kind}" data-t="{e.t1:.4f}" title="{token_title(e)}">'
+def token_span(e: Event, text: str | None = None, pos: int | None = None, copied_from: int | None = None) -> str:
+    """One output token; `data-t` is when the run committed it (seconds from its start): the replay's clock.
+    `pos`: its place in prompt + output; `copied_from`: the place its prompt-lookup draft was copied from (the page
+    points at it on hover)."""
+    extra, title = "", token_title(e)
+    if pos is not None:
+        extra += f' data-pos="{pos}"'
+    if copied_from is not None:
+        extra += f' data-copied-from="{copied_from}"'
+        title += esc(f" | copied from token {copied_from} of the text")
+    copied = " sv-copied" if copied_from is not None else ""
+    return (f'<span class="sv-tok sv-{e.kind}{copied}" data-fate="{e.kind}" data-t="{e.t1:.4f}"{extra} title="{title}">'
             f"{visible(e.text if text is None else text)}</span>")
+
+
+def copy_sources(events: Iterable[Event], row: int = 0) -> dict[tuple[int, int], int]:
+    """(round, depth) -> the place in prompt + output that a prompt-lookup draft was copied from."""
+    return {(e.step, e.depth): e.info["copied_from"] for e in events
+            if e.kind == "draft" and e.row == row and e.source == "lookup" and "copied_from" in e.info}
+
+
+def prompt_html(prompt: str, pieces: list[str] | None) -> str:
+    """The prompt, token by token (`data-pos`) when `pieces` are its tokens' texts and join to it exactly."""
+    if not pieces or "".join(pieces) != prompt:
+        return f'<span class="sv-prompt">{esc(prompt)}</span>'
+    spans = "".join(f'<span class="sv-ptok" data-pos="{i}">{esc(p)}</span>' for i, p in enumerate(pieces))
+    return f'<span class="sv-prompt">{spans}</span>'
+
+
+COPY_JS = """
+  const mark = (e, on) => {
+    const tok = e.target.closest && e.target.closest("[data-copied-from]");
+    if (!tok) return;
+    const box = tok.closest(".sv-tokens");
+    const source = box && box.querySelector(`[data-pos="${tok.dataset.copiedFrom}"]`);
+    if (source) source.classList.toggle("sv-source", on);
+  };
+  document.addEventListener("mouseover", (e) => mark(e, true));
+  document.addEventListener("mouseout", (e) => mark(e, false));
+"""
 
 
 def legend_html() -> str:
@@ -64,17 +101,23 @@ def legend_html() -> str:
     return f'<div class="sv-legend">{items}</div>'
 
 
-def tokens_html(prompt: str, events: Iterable[Event], row: int = 0, status: str = "") -> str:
-    """The prompt, then every output token of `row` coloured by fate (hover: p, q, round, depth, source)."""
-    spans = [token_span(e) for e in sorted((e for e in events if e.kind in TOKEN_KINDS and e.row == row),
-                                           key=lambda e: e.position)]
+def tokens_html(prompt: str, events: Iterable[Event], row: int = 0, status: str = "",
+                pieces: list[str] | None = None) -> str:
+    """The prompt, then every output token of `row` coloured by fate (hover: p, q, round, depth, source). With
+    the prompt's token `pieces`, a token whose draft was copied by prompt lookup points at its source on hover."""
+    events = list(events)
+    copies = copy_sources(events, row)
+    start = len(pieces) if pieces and "".join(pieces) == prompt else None
+    spans = [token_span(e, pos=None if start is None else start + e.position,
+                        copied_from=copies.get((e.step, e.depth)) if e.kind == "accept" and start is not None else None)
+             for e in sorted((e for e in events if e.kind in TOKEN_KINDS and e.row == row), key=lambda e: e.position)]
     note = f'<div class="sv-note">{esc(status)}</div>' if status else ""
-    return f'<div class="sv-tokens"><span class="sv-prompt">{esc(prompt)}</span>{"".join(spans)}</div>{note}'
+    return f'<div class="sv-tokens">{prompt_html(prompt, pieces)}{"".join(spans)}</div>{note}'
 
 
-def trace_html(trace: Trace, row: int = 0, status: str = "") -> str:
+def trace_html(trace: Trace, row: int = 0, status: str = "", pieces: list[str] | None = None) -> str:
     prompt = trace.rows[row].prompt if trace.rows else ""
-    return tokens_html(prompt, trace.events, row, status=status)
+    return tokens_html(prompt, trace.events, row, status=status, pieces=pieces)
 
 
 def rounds(trace: Trace, row: int = 0) -> list[int]:
@@ -96,13 +139,13 @@ def replay_bar(label: str, end: float, pace: float) -> str:
 
 
 def replay_html(trace: Trace, row: int = 0, status: str = "", max_seconds: float = 60.0,
-                measured_at: float | None = None) -> str:
+                measured_at: float | None = None, pieces: list[str] | None = None) -> str:
     """A finished run, sent once: the browser reveals each token at the moment the run committed it.
     `data-measured-at` (epoch seconds) tells one measurement from another (scripts wait for a new one)."""
     pace = replay_pace(trace.wall_time, max_seconds)
     when = f' data-measured-at="{measured_at:.3f}"' if measured_at else ""
     return (f'<div class="sv-replay" data-end="{trace.wall_time:.4f}" data-pace="{pace:.3f}"{when}>'
-            f'{replay_bar("replay of the measured run", trace.wall_time, pace)}{trace_html(trace, row, status)}</div>')
+            f'{replay_bar("replay of the measured run", trace.wall_time, pace)}{trace_html(trace, row, status, pieces)}</div>')
 
 
 def lane_html(label: str, trace: Trace, lane_id: str) -> str:
@@ -246,6 +289,14 @@ def rule_html(event: Event, decode) -> str:
         return (f'<div class="sv-rule" data-rule="argmax">greedy rule: the target\'s argmax is <b>{visible(best)}</b>'
                 f'{"" if top[1] is None else f" (p={float(top[1]):.3f})"}, the draft is <b>{visible(event.text)}</b> '
                 f"(p={event.p:.3g}): {'equal' if event.kind == 'accept' else 'different'} -> <b>{verdict}</b></div>")
+    if "u" in info and "accept_prob" in info and event.source == "lookup":
+        u, a = float(info["u"]), float(info["accept_prob"])
+        return (f'<div class="sv-rule" data-rule="copy">a copied draft is not sampled: q = 1 at <b>{visible(event.text)}</b>'
+                f" and 0 elsewhere, so it is accepted when u &lt; min(1, p/q) = p = <b>{a:.3f}</b>; drawn u = "
+                f"<b>{u:.3f}</b> -> <b>{verdict}</b>. At a rejection the target draws from norm(max(0, p - q)): p "
+                f"without the copied token, renormalised, so every token keeps probability p exactly."
+                f'<div class="sv-unit" title="0 .. 1: green = accept zone, black = u"><div class="sv-accept-zone" '
+                f'style="width:{100 * a:.1f}%"></div><div class="sv-u" style="left:calc({100 * u:.1f}% - 1px)"></div></div></div>')
     if "u" in info and "accept_prob" in info:
         u, a = float(info["u"]), float(info["accept_prob"])
         return (f'<div class="sv-rule" data-rule="ratio">speculative sampling: accept when u &lt; min(1, p/q) = '
@@ -278,6 +329,7 @@ def explainer_html(trace: Trace, step: int, row: int = 0, decode=None) -> str:
         info = v.info if v is not None else {}
         parts.append(f'<div class="sv-card sv-v-{fate}" data-depth="{d.depth}" data-verdict="{fate}">'
                      f"<b>draft {d.depth + 1}</b>: {token_span(d)} from {esc(d.source)}"
+                     + (f", copied from token {int(d.info['copied_from'])} of the text" if "copied_from" in d.info else "")
                      + (f" (q={d.q:.3g})" if d.q is not None else "")
                      + f'<div class="sv-dists">{bars_html("drafter q (top-k)", info.get("top_q") or [], decode, d.token_id, "q")}'
                      f'{bars_html("target p (top-k)", info.get("top_p") or [], decode, d.token_id, "p")}</div>'
@@ -287,8 +339,10 @@ def explainer_html(trace: Trace, step: int, row: int = 0, decode=None) -> str:
         card = [f'<div class="sv-card" data-emitted="{esc(e.kind)}"><b>the target emits</b> {token_span(e)} ({esc(what)}'
                 + (f", p={e.p:.3g}" if e.p is not None else "") + ")"]
         if e.info.get("residual_top"):
-            card.append(bars_html("drawn from the residual norm(max(0, p - q)) (top-k)", e.info["residual_top"], decode,
-                                  e.token_id, "residual"))
+            copied = any(d.source == "lookup" for d in drafts)
+            title = ("drawn from p without the copied token, renormalised (norm(max(0, p - q)), q one-hot) (top-k)"
+                     if copied else "drawn from the residual norm(max(0, p - q)) (top-k)")
+            card.append(bars_html(title, e.info["residual_top"], decode, e.token_id, "residual"))
         elif e.info.get("top_p"):
             card.append(bars_html("target p here (top-k)", e.info["top_p"], decode, e.token_id, "p"))
         parts.append("".join(card) + "</div>")

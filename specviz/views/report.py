@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 import plotly.io as pio
 import torch
 
+from specviz.analysis.categories import task_of
 from specviz.views.plots import TEMPLATE, compare_figures, throughput_figure
 
 STYLE = """
@@ -33,16 +34,19 @@ def machine_line(pair=None) -> str:
 
 
 def category_figure(df: pd.DataFrame) -> go.Figure | None:
-    """Median speedup by prompt category and method (Spec-Bench style breakdown)."""
+    """Median speedup by task and method (Spec-Bench's breakdown: MT-bench's sub-categories as one task)."""
     rows = df[df.get("category", pd.Series(dtype=str)).astype(str) != "batch"] if "category" in df else df
     if "category" not in rows or rows["category"].nunique() < 2 or "speedup" not in rows:
         return None
-    table = rows.groupby(["category", "method"], sort=False)["speedup"].median().reset_index()
+    rows = rows.assign(task=rows["category"].map(task_of))
+    if rows["task"].nunique() < 2:
+        return None
+    table = rows.groupby(["task", "method"], sort=False)["speedup"].median().reset_index()
     fig = go.Figure()
     for method, part in table.groupby("method", sort=False):
-        fig.add_trace(go.Bar(x=part["category"], y=part["speedup"], name=str(method)))
+        fig.add_trace(go.Bar(x=part["task"], y=part["speedup"], name=str(method)))
     fig.add_hline(y=1.0, line_dash="dot")
-    fig.update_layout(title="Median speedup by category (measured)", barmode="group", template=TEMPLATE, height=360)
+    fig.update_layout(title="Median speedup by task (measured)", barmode="group", template=TEMPLATE, height=360)
     return fig
 
 

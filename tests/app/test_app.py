@@ -274,3 +274,55 @@ def test_exactness_lab_passes_the_real_rule_and_exposes_the_broken_one(page):
     assert any(n.startswith("target's exact p") for n in names) and any("BROKEN" in n for n in names)
     page.screenshot(path=str(SHOTS / "exactness.png"), full_page=True)
     assert not page.errors, f"console errors: {page.errors}"
+
+
+REPEATING = "def area(width, height):\n    return width * height\n\n\ndef perimeter(width, height):\n    return"
+
+
+def choose(page, selector: str, value: str) -> None:
+    """Pick `value` in a Gradio dropdown."""
+    box = page.locator(f"{selector} input").first
+    box.click()
+    box.fill(value)
+    page.locator(f"[role=option]:has-text('{value}')").first.click()
+
+
+def test_a_copied_token_points_at_its_source_in_the_prompt(page):
+    """prompt_lookup in the Playground: a token whose draft was copied is marked, and hovering it marks the
+    prompt token it was copied from."""
+    page.fill("#prompt textarea", REPEATING)
+    choose(page, "#method", "prompt_lookup")
+    page.click("#run")
+    page.wait_for_selector("#tokens .sv-copied", timeout=60_000)
+    prompt_tokens = page.locator("#tokens .sv-ptok").count()
+    assert prompt_tokens > 10
+    copied = page.locator("#tokens .sv-copied")
+    sources = [int(copied.nth(i).get_attribute("data-copied-from")) for i in range(copied.count())]
+    first = next(i for i, at in enumerate(sources) if at < prompt_tokens)  # one copied from the prompt itself
+    copied.nth(first).hover()
+    source = page.locator(f'#tokens .sv-ptok[data-pos="{sources[first]}"]')
+    page.wait_for_function("el => el.classList.contains('sv-source')", arg=source.element_handle(), timeout=5_000)
+    assert "copied from token" in copied.nth(first).get_attribute("title")
+    page.mouse.move(0, 0)
+    assert "sv-source" not in (source.get_attribute("class") or "")
+    assert not page.errors, f"console errors: {page.errors}"
+
+
+def test_compare_runs_an_uploaded_question_file_by_task(page):
+    """A Spec-Bench-format file as the Compare tab's prompts: its tasks are offered, and the table by task comes
+    back with MT-bench's sub-categories as one task."""
+    open_tab(page, "Compare")
+    page.set_input_files("#compare-file input[type=file]", str(ROOT / "tests" / "data" / "spec_bench_fixture.jsonl"))
+    page.wait_for_function("document.querySelector('#compare-found').innerText.includes('8 questions in 4 tasks')",
+                           timeout=30_000)
+    assert page.locator("#compare-source input[value='uploaded file']").is_checked()
+    set_number(page, "prompts: the first N", "1")
+    page.get_by_label("kangaroo", exact=True).uncheck()
+    page.get_by_label("prompt_lookup", exact=True).check()
+    page.click("#compare-run")
+    page.wait_for_function("document.querySelector('#compare-by-task').innerText.includes('mt_bench')", timeout=180_000)
+    table = page.inner_text("#compare-by-task")
+    for task in ("mt_bench", "summarization", "rag", "translation"):
+        assert task in table
+    assert "prompt_lookup" in table
+    assert not page.errors, f"console errors: {page.errors}"

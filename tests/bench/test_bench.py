@@ -110,3 +110,39 @@ def test_pool_factor_streams_pool_x_batch_requests_of_mixed_lengths(tmp_path):
     assert df["share_equal_rows"].eq(1.0).all() and df["real_divergences"].eq(0).all()
     assert main(["--prompts", str(root / "assets" / "prompts" / "stream.jsonl"), "--pool-factor", "9",
                  "--methods", "exspec", "--out", str(out)]) == 2
+
+
+def test_per_category_writes_the_table_by_task(saved_pair, tmp_path, capsys):
+    """A Spec-Bench-format file, the first prompt of each task: rows for prompt_lookup and its transformers peer
+    beside autoregressive, equal outputs, and the table by task in the markdown, JSON and HTML outputs."""
+    fixture = Path(__file__).resolve().parents[1] / "data" / "spec_bench_fixture.jsonl"
+    out = tmp_path / "r.csv"
+    code = bench.main(["--methods", "prompt_lookup,hf_prompt_lookup", "--prompts", str(fixture), "--per-category", "1",
+                       "--max-new-tokens", "8", "--repeats", "1", "--out", str(out), "--quiet",
+                       "--target", str(saved_pair / "target"), "--draft", str(saved_pair / "draft"),
+                       "--markdown", str(tmp_path / "r.md"), "--json", str(tmp_path / "s.json"), "--html", str(tmp_path / "r.html")])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "--per-category 1: 4 prompts in 4 tasks; 0 passed over" in printed
+    rows = pd.read_csv(out)
+    assert set(rows.method) == {"autoregressive", "prompt_lookup", "hf_prompt_lookup"}
+    assert rows.equal_to_autoregressive.all()
+    assert sorted(rows.category.unique()) == ["rag", "summarization", "translation", "writing"]
+    table = (tmp_path / "r.md").read_text()
+    assert "| task | prompts | `autoregressive` | `prompt_lookup` | `hf_prompt_lookup` |" in table
+    assert "| mt_bench | 1 |" in table
+    record = json.loads((tmp_path / "s.json").read_text())
+    assert {r["task"] for r in record["by_task"]} == {"mt_bench", "summarization", "rag", "translation"}
+    assert "By task (Spec-Bench" in (tmp_path / "r.html").read_text()
+
+
+def test_per_category_passes_over_prompts_longer_than_the_context(saved_pair, tmp_path, capsys):
+    long = tmp_path / "long.jsonl"
+    long.write_text(json.dumps({"question_id": 1, "category": "rag", "turns": ["word " * 600]}) + "\n"
+                    + json.dumps({"question_id": 2, "category": "qa", "turns": ["def f(x):"]}) + "\n")
+    code = bench.main(["--methods", "prompt_lookup", "--prompts", str(long), "--per-category", "1", "--max-new-tokens", "8",
+                       "--repeats", "1", "--out", str(tmp_path / "r.csv"), "--quiet", "--target", str(saved_pair / "target"),
+                       "--draft", str(saved_pair / "draft")])
+    assert code == 0
+    assert "1 prompts in 1 tasks; 1 passed over as longer than the context (512 tokens) minus 8 new tokens" in \
+        capsys.readouterr().out

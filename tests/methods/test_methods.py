@@ -46,7 +46,9 @@ def method_params(name: str) -> list[dict]:
     return {
         "draft_model": [{"gamma": 1}, {"gamma": 4}, {"gamma": 3, "gamma_schedule": "heuristic"}, {"gamma": 3, "vocab_trim": 100},
                         {"gamma": 4, "drafter_forward": "transformers"}, {"gamma": 3, "vocab_trim": 100, "drafter_forward": "transformers"},
-                        {"gamma": 6, "eta": 0.5}, {"gamma": 3, "eta": 0.5, "gamma_schedule": "heuristic", "vocab_trim": 100}],
+                        {"gamma": 6, "eta": 0.5}, {"gamma": 3, "eta": 0.5, "gamma_schedule": "heuristic", "vocab_trim": 100},
+                        {"gamma": 3, "lookup": 1}, {"gamma": 2, "lookup": 2, "lookup_gamma": 6, "vocab_trim": 100}],
+        "prompt_lookup": [{}, {"gamma": 3, "min_ngram": 2, "max_ngram": 2}],
         "hf_assisted": [{"gamma": 3}],
         "kangaroo": [{"gamma": 4, "eta": 0.0, "exit_layer": 1}, {"gamma": 6, "eta": 0.6, "exit_layer": 1},
                      {"gamma": 3, "exit_layer": 1, "vocab_trim": 100}],
@@ -261,7 +263,8 @@ def test_cancel_returns_a_partial_trace(pairs):
 
 
 EMBEDDED_CASES = [("draft_model", {"gamma": 4}), ("draft_model", {"gamma": 3, "vocab_trim": 2048}),
-                  ("kangaroo", {}), ("sorted", {}), ("sorted", {"sub_model": 1}), ("mirror", {}), ("hf_assisted", {"gamma": 4})]
+                  ("kangaroo", {}), ("sorted", {}), ("sorted", {"sub_model": 1}), ("mirror", {}), ("hf_assisted", {"gamma": 4}),
+                  ("prompt_lookup", {}), ("hf_prompt_lookup", {}), ("draft_model", {"gamma": 4, "lookup": 2})]
 
 
 @pytest.mark.parametrize("name,params", EMBEDDED_CASES)
