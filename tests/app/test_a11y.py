@@ -57,7 +57,7 @@ def run_tab(page, tab: str) -> bool:
         page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=120_000)
         page.wait_for_selector("text=speedup vs autoregressive (measured)", timeout=30_000)
     elif tab == "Compare":
-        set_slider(page, "bundled prompts to use", 1)
+        set_slider(page, "prompts: the first N bundled, or N per task of a file", 1)
         set_slider(page, "max new tokens", 8)
         page.click("#compare-run")
         visible_plots(page, 4)
