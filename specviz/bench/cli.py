@@ -97,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--per-category", type=int, default=None, metavar="N",
                    help="the first N prompts of each task that fit the context (Spec-Bench: MT-bench's eight "
                         "sub-categories are one task); writes the table by task")
+    p.add_argument("--tasks", default=None, help="with --per-category: only these tasks (comma-separated, e.g. "
+                                                 "'summarization,rag'; MT-bench's sub-categories are 'mt_bench')")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="results.csv", help=".csv or .parquet")
@@ -142,6 +144,8 @@ def prepare(args: argparse.Namespace) -> tuple[list[tuple[str, str, dict[str, An
         raise ValueError("--out must end in .csv or .parquet")
     if args.ray is not None:
         RayTarget.parse(args.ray)
+    if args.tasks and args.per_category is None:
+        raise ValueError("--tasks goes with --per-category")
     if args.worker_cpus is not None and (args.worker_cpus < 1 or not args.ray):
         raise ValueError("--worker-cpus needs --ray and a positive number of cores")
     shared: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
@@ -177,6 +181,11 @@ def per_task(args: argparse.Namespace, prompts: list[dict[str, str]]) -> list[di
         except ValueError:
             return False
 
+    if args.tasks:
+        wanted = set(split_methods(args.tasks))
+        prompts = [p for p in prompts if task_of(p["category"]) in wanted]
+        if not prompts:
+            raise ValueError(f"no prompt of the file is in the tasks {args.tasks}")
     chosen, too_long = first_per_task(prompts, args.per_category, fits)
     tasks = len({task_of(p["category"]) for p in chosen})
     print(f"--per-category {args.per_category}: {len(chosen)} prompts in {tasks} tasks; {too_long} passed over "

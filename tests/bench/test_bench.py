@@ -146,3 +146,15 @@ def test_per_category_passes_over_prompts_longer_than_the_context(saved_pair, tm
     assert code == 0
     assert "1 prompts in 1 tasks; 1 passed over as longer than the context (512 tokens) minus 8 new tokens" in \
         capsys.readouterr().out
+
+
+def test_tasks_keeps_only_the_named_tasks(saved_pair, tmp_path, capsys):
+    fixture = Path(__file__).resolve().parents[1] / "data" / "spec_bench_fixture.jsonl"
+    out = tmp_path / "r.csv"
+    code = bench.main(["--methods", "prompt_lookup", "--prompts", str(fixture), "--per-category", "2", "--tasks", "rag,mt_bench",
+                       "--max-new-tokens", "4", "--repeats", "1", "--out", str(out), "--quiet",
+                       "--target", str(saved_pair / "target"), "--draft", str(saved_pair / "draft")])
+    assert code == 0
+    assert sorted(pd.read_csv(out).category.unique()) == ["coding", "rag", "writing"]
+    assert bench.main(["--tasks", "rag", "--out", str(out)]) == 2
+    assert "--tasks goes with --per-category" in capsys.readouterr().err
