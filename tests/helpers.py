@@ -129,3 +129,17 @@ def make_agreeing_pair(tokenizer, draft_noise: float = 0.1):
               "vocab_ranking": list(range(vocab))}
     return ModelPair(target=target, tokenizer=tokenizer, draft=near_copy(target, draft_noise, seed=5), target_name="agree",
                      draft_name="agree-draft", device=torch.device("cpu"), dtype=torch.float32, extras=extras)
+
+
+def two_token_law(target, ids: list[int], temperature: float) -> dict[tuple, float]:
+    """The target's exact joint law of its first two sampled tokens after `ids` (id 0 = EOS ends a sample after
+    one token): what every chi-square exactness test compares counts against."""
+    vocab = target.get_output_embeddings().weight.shape[0]
+    with torch.no_grad():
+        first = torch.softmax(target(torch.tensor([ids])).logits[0, -1].double() / temperature, -1)
+        law = {(0,): float(first[0])}
+        for a in range(1, vocab):
+            second = torch.softmax(target(torch.tensor([ids + [a]])).logits[0, -1].double() / temperature, -1)
+            for b in range(vocab):
+                law[(a, b)] = float(first[a] * second[b])
+    return law

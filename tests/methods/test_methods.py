@@ -6,7 +6,14 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import ARCHS, make_tiny_model, make_tiny_pair
-from helpers import assert_greedy_equal, assert_trace_invariants, make_agreeing_pair, peaky_llama, word_tokenizer
+from helpers import (
+    assert_greedy_equal,
+    assert_trace_invariants,
+    make_agreeing_pair,
+    peaky_llama,
+    two_token_law,
+    word_tokenizer,
+)
 
 import specviz.engine.decoder as engine
 from specviz.analysis.stats import chi_square
@@ -178,17 +185,7 @@ def test_speculative_sampling_preserves_the_target_distribution(name, params):
     if lens:
         del pair.extras["kangaroo_adapter"]
     prompt, temperature, runs = "w1 w2", 0.8, 4000
-    ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        first = torch.softmax(target(torch.tensor([ids])).logits[0, -1].double() / temperature, -1)
-        law = {}
-        for a in range(vocab):
-            if a == 0:
-                law[(0,)] = float(first[0])
-                continue
-            second = torch.softmax(target(torch.tensor([ids + [a]])).logits[0, -1].double() / temperature, -1)
-            for b in range(vocab):
-                law[(a, b)] = float(first[a] * second[b])
+    law = two_token_law(target, tok(prompt, add_special_tokens=False)["input_ids"], temperature)
     counts = {cell: 0 for cell in law}
     for seed in range(runs):
         out = run(name, pair, prompt, max_new_tokens=2, temperature=temperature, seed=seed, **params).output_ids

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import assert_greedy_equal, assert_trace_invariants, peaky_llama, word_tokenizer
+from helpers import assert_greedy_equal, assert_trace_invariants, peaky_llama, two_token_law, word_tokenizer
 
 from specviz.analysis.stats import chi_square
 from specviz.api import run
@@ -93,17 +93,7 @@ def test_speculative_sampling_with_copied_drafts_preserves_the_target_distributi
     pair = ModelPair(target=target, tokenizer=tok, draft=peaky_llama(vocab, layers=1, seed=22), target_name="t",
                      draft_name="d", device=torch.device("cpu"), dtype=torch.float32, extras={})
     temperature, runs = 0.8, 4000
-    ids = tok(prompt, add_special_tokens=False)["input_ids"]
-    with torch.no_grad():
-        first = torch.softmax(target(torch.tensor([ids])).logits[0, -1].double() / temperature, -1)
-        law = {}
-        for a in range(vocab):
-            if a == 0:
-                law[(0,)] = float(first[0])
-                continue
-            second = torch.softmax(target(torch.tensor([ids + [a]])).logits[0, -1].double() / temperature, -1)
-            for b in range(vocab):
-                law[(a, b)] = float(first[a] * second[b])
+    law = two_token_law(target, tok(prompt, add_special_tokens=False)["input_ids"], temperature)
     counts = {cell: 0 for cell in law}
     drafted = 0
     for seed in range(runs):

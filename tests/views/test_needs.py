@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 from specviz.app.learn import learn_markdown
-from specviz.views.needs import NEEDS, Machine, cell
 from specviz.views.headlines import ROWS
+from specviz.views.needs import NEEDS, Machine, cell
 
 
 def test_every_learn_row_says_what_its_headline_needs():
