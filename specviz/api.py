@@ -40,7 +40,9 @@ def target_layers(model) -> int | None:
 
 
 def method_class(name: str):
-    if not isinstance(name, str) or name not in METHODS:
+    if not isinstance(name, str):  # a name goes here; listing every method beside a wrong type would only bury it
+        raise ValueError(f"unknown method {shown(name)}: a method is named by a string, one of specviz.METHODS")
+    if name not in METHODS:
         raise ValueError(f"unknown method {shown(name)}; choose one of: {', '.join(METHODS)}")
     return METHODS[name]
 

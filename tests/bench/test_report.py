@@ -25,7 +25,7 @@ def test_bench_html_report(tiny_tokenizer, tmp_path, capsys):
     assert page.count('<script type="text/javascript">/**') <= 1  # plotly.js embedded once
     assert not re.search(r"<(script|link)[^>]*(src|href)=[\"']?https?:", page)  # works offline: nothing fetched
     for title in ("Speedup over autoregressive", "Mean tokens per verification round", "Throughput (measured)",
-                  "Output equals autoregressive", "Median speedup by category"):
+                  "Output equals autoregressive", "Median speedup by task"):
         assert title in page, title
     assert "python -m specviz.bench --methods draft_model,draft_model:gamma=2" in page
     assert "draft_model:gamma=2" in page and "<table" in page
