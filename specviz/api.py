@@ -39,6 +39,15 @@ def target_layers(model) -> int | None:
         return None
 
 
+def fits_context(pair, prompt: str, new_tokens: int) -> bool:
+    """Whether `prompt`'s tokens and `new_tokens` more fit the target's context (what the bench's --per-category,
+    the Compare tab's question files and the workshop's Spec-Bench section keep)."""
+    try:
+        return len(encode_prompt(pair, prompt)) + new_tokens <= context_limit(pair.target)
+    except ValueError:
+        return False
+
+
 def method_class(name: str):
     if not isinstance(name, str):  # a name goes here; listing every method beside a wrong type would only bury it
         raise ValueError(f"unknown method {shown(name)}: a method is named by a string, one of specviz.METHODS")

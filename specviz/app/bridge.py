@@ -83,14 +83,11 @@ def submit(job: Job, request: gr.Request | None, fresh: bool = False) -> Iterato
     yield from service().submit(job, session_of(request), fresh)
 
 
-def queued_result(job: Job, request: gr.Request | None, progress: gr.Progress | None = None,
-                  fresh: bool = False) -> tuple[Any, Update]:
-    """A job's result for a handler that returns once: its place, then the run's progress, on the bar."""
+def queued_result(job: Job, request: gr.Request | None, fresh: bool = False) -> tuple[Any, Update]:
+    """A job's result for an API endpoint that returns once (the page's tabs show their wait: `awaited`)."""
     last = None
     for last in submit(job, request, fresh):
-        if progress is not None and last.state != "done" and last.changed:
-            fraction = (last.progress or {}).get("progress", 0.0) if last.state == "running" else 0.0
-            progress(fraction, desc=queue_text(last))
+        pass
     return last.result, last
 
 

@@ -18,7 +18,7 @@ from specviz.analysis import metrics
 from specviz.analysis.categories import first_per_task
 from specviz.analysis.divergence import annotate
 from specviz.analysis.exactness import exactness
-from specviz.api import encode_prompt, run, run_batch
+from specviz.api import fits_context, run, run_batch
 from specviz.app.worker import InFlight
 from specviz.bench.matrix import run_matrix
 from specviz.engine.decoder import context_limit
@@ -111,15 +111,7 @@ def compare(specs: list, prompts: list, repeats: int, target: str, draft: str | 
     passed_over = 0
     if per_task:
         tokens = max(s[2].get("max_new_tokens", 64) for s in specs)
-        room = context_limit(pair.target) - tokens
-
-        def fits(prompt: dict) -> bool:
-            try:
-                return len(encode_prompt(pair, prompt["prompt"])) <= room
-            except ValueError:
-                return False
-
-        prompts, passed_over = first_per_task(prompts, per_task, fits)
+        prompts, passed_over = first_per_task(prompts, per_task, lambda p: fits_context(pair, p["prompt"], tokens))
         if not prompts:
             raise ValueError(f"no question of the file fits the target's context ({context_limit(pair.target)} tokens) "
                              f"with {tokens} new tokens")

@@ -18,7 +18,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from specviz.analysis.categories import first_per_task, task_markdown, task_of, task_table
-from specviz.api import encode_prompt
+from specviz.api import fits_context
 from specviz.bench.cluster import RayTarget, run_cluster
 from specviz.bench.journal import check_journal, journal_path, open_journal
 from specviz.bench.matrix import (
@@ -173,13 +173,8 @@ def per_task(args: argparse.Namespace, prompts: list[dict[str, str]]) -> list[di
     """--per-category N: the first N prompts of each task whose tokens and the new tokens fit the target's context
     (longer ones are passed over and counted, never cut: a cut prompt would be another question)."""
     pair = load_pair(args.target, args.draft, device=args.device, dtype=args.dtype)
-    room = context_limit(pair.target) - args.max_new_tokens
-
     def fits(prompt: dict) -> bool:
-        try:
-            return len(encode_prompt(pair, prompt["prompt"])) <= room
-        except ValueError:
-            return False
+        return fits_context(pair, prompt["prompt"], args.max_new_tokens)
 
     if args.tasks:
         wanted = set(split_methods(args.tasks))

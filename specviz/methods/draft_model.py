@@ -100,10 +100,8 @@ class DraftModel(Method):
     def copy(ctx: RunContext, index: NgramIndex, seq, step: int, gamma: int):
         """The round's prompt-lookup draft and its q, or None (no match: the drafter drafts)."""
         t0 = ctx.rec.now()
-        drafts, sources, n = index.draft(gamma)
-        cut = next((i for i, d in enumerate(drafts) if d >= ctx.vocab), len(drafts))
-        if not cut:
+        drafts, sources, n = index.draft(gamma, ctx.vocab)
+        if not drafts:
             return None
-        drafts, sources = drafts[:cut], sources[:cut]
         record_copies(ctx, step, drafts, sources, n, ctx.prompt_ids.shape[1], t0)
         return torch.tensor(drafts, dtype=seq.dtype, device=seq.device), one_hot(drafts, ctx.vocab, seq.device)

@@ -59,8 +59,9 @@ class NgramIndex:
                 return n, end
         return None
 
-    def draft(self, gamma: int) -> tuple[list[int], list[int], int]:
-        """Up to gamma tokens that followed the match, the position each was copied from, and the n matched."""
+    def draft(self, gamma: int, vocab: int | None = None) -> tuple[list[int], list[int], int]:
+        """Up to gamma tokens that followed the match, the position each was copied from, and the n matched; with
+        `vocab`, the copy stops before the first id the target's logits do not cover."""
         found = self.match() if gamma > 0 else None
         if found is None:
             return [], [], 0
@@ -69,7 +70,10 @@ class NgramIndex:
         drafts, sources = [], []
         for i in range(gamma):
             at = end + 1 + i  # past the text's end, the copy reads its own drafts (a repeating pattern repeats)
-            drafts.append(tokens[at] if at < length else drafts[at - length])
+            token = tokens[at] if at < length else drafts[at - length]
+            if vocab is not None and token >= vocab:
+                break
+            drafts.append(token)
             sources.append(at if at < length else sources[at - length])
         return drafts, sources, n
 
@@ -128,10 +132,8 @@ class PromptLookup(Method):
             ctx.check_cancel()
             length = seq.shape[1]
             t0 = rec.now()
-            drafts, sources, n = index.draft(min(gamma, out.room - 1))
+            drafts, sources, n = index.draft(min(gamma, out.room - 1), ctx.vocab)
             t1 = rec.now()
-            cut = next((i for i, d in enumerate(drafts) if d >= ctx.vocab), len(drafts))  # ids past the logits' width
-            drafts, sources = drafts[:cut], sources[:cut]
             record_copies(ctx, step, drafts, sources, n, prompt_length, t0, t1)
             hits += bool(drafts)
             draft_t = torch.tensor(drafts, dtype=seq.dtype, device=seq.device)

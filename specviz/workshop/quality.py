@@ -55,12 +55,12 @@ import numpy as np
 import torch
 import transformers
 
-from specviz.api import encode_prompt, run
+from specviz.api import fits_context, run
 from specviz.bench import matrix
 from specviz.bench import prompts as prompt_files
 from specviz.bench.cli import _quote
 from specviz.bench.prompts import DEFAULT_PROMPTS, load_prompts
-from specviz.engine.decoder import context_limit, eos_ids
+from specviz.engine.decoder import eos_ids
 from specviz.models.pair import load_pair
 from specviz.paths import cache_dir, portable, portable_text, scrub
 from specviz.workshop.continued import heldout_loss, window_starts
@@ -406,13 +406,9 @@ def spec_bench_section(pair, cfg: QualityConfig) -> dict[str, Any]:
     if not Path(cfg.spec_bench).is_file():
         return {"skipped": f"{cfg.spec_bench} not found"}
     label, _, _ = method = matrix.parse_method(cfg.method, {"max_new_tokens": cfg.bench_tokens})
-    limit = context_limit(pair.target)
 
     def fits(p: dict) -> bool:
-        try:
-            return len(encode_prompt(pair, p["prompt"])) + cfg.bench_tokens <= limit
-        except ValueError:
-            return False
+        return fits_context(pair, p["prompt"], cfg.bench_tokens)
 
     every = prompt_files.load_prompts(cfg.spec_bench)
     prompts = first_per_category(every, cfg.per_category, fits)
