@@ -40,11 +40,34 @@ def assert_trace_invariants(trace: Trace) -> None:
         assert e.t1 >= e.t0 - 1e-9, f"{e.kind} ends before it starts"
         if e.kind in ("accept", "reject"):
             assert e.q is None or 0.0 <= e.q <= 1.0 + 1e-6
-    # every accept follows a draft of the same token at the same step and depth
-    drafts = {(e.row, e.step, e.depth): e.token_id for e in trace.events if e.kind == "draft"}
+    # every accept follows a draft of the same token at the same step and depth (in a token tree: the same node)
+    def slot(e):
+        return (e.row, e.step, "node", e.info["node"]) if "node" in e.info else (e.row, e.step, e.depth)
+
+    drafts = {slot(e): e.token_id for e in trace.events if e.kind == "draft"}
     for e in trace.events:
         if e.kind in ("accept", "reject") and drafts:
-            assert drafts.get((e.row, e.step, e.depth)) == e.token_id, "accepted/rejected token was not drafted"
+            assert drafts.get(slot(e)) == e.token_id, "accepted/rejected token was not drafted"
+    assert_tree_rounds(trace)
+
+
+def assert_tree_rounds(trace: Trace) -> None:
+    """A token tree's round: every node has one verdict, its parent is the root or an earlier node one level up,
+    and the accepted nodes form one path from the root."""
+    by_step: dict = {}
+    for e in trace.events:
+        if "node" in e.info and e.kind in ("draft", "accept", "reject"):
+            by_step.setdefault((e.row, e.step), []).append(e)
+    for events in by_step.values():
+        drafts = {e.info["node"]: e for e in events if e.kind == "draft"}
+        verdicts = [e.info["node"] for e in events if e.kind in ("accept", "reject")]
+        assert sorted(verdicts) == sorted(drafts), "a tree node without exactly one verdict"
+        for node, d in drafts.items():
+            parent = d.info["parent"]
+            assert parent == 0 or (parent in drafts and parent < node and drafts[parent].depth == d.depth - 1)
+        path = [e.info["node"] for e in events if e.kind == "accept"]
+        for child, parent in zip(path, [0] + path):
+            assert drafts[child].info["parent"] == parent, "accepted nodes are not one path from the root"
 
 
 def word_tokenizer(words: int = 11):

@@ -44,6 +44,23 @@ class Decoder:
             self.check()
         return out.logits[0, -keep:, : self.vocab]
 
+    @torch.inference_mode()
+    def feed_tree(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Append the nodes ids (1, T) of a token tree with their position ids (1, T) and additive attention mask
+        (1, 1, T, length + T) (`specviz.engine.tree.tree_mask`); return the logits (T, vocab) of every node."""
+        out = self.kv.forward(self.model, ids.shape[1], input_ids=ids, attention_mask=mask, position_ids=positions,
+                              use_cache=True, logits_to_keep=ids.shape[1])
+        if CHECKS:
+            self.check()
+        return out.logits[0, :, : self.vocab]
+
+    @torch.inference_mode()
+    def keep_path(self, positions: list[int]) -> None:
+        """Keep only the cache entries at `positions` (ascending): a verified tree's accepted path."""
+        self.kv.gather(positions)
+        if CHECKS:
+            self.check()
+
     def rollback(self, length: int) -> None:
         """Drop cached entries beyond `length` tokens."""
         self.kv.crop(length)

@@ -211,15 +211,30 @@ class KVCache:
 
     def gather(self, positions: list[int] | torch.Tensor) -> None:
         """Keep only the entries at `positions` (ascending), in that order, in every layer: the accepted path of
-        a verified tree, whose other branches' entries go. The one exception to "rollback is an index"."""
-        index = torch.as_tensor(positions, dtype=torch.long)
+        a verified tree, whose other branches' entries go. The one exception to "rollback is an index": the
+        entries up to the first gap stay where they are and only the path after it is copied (in place, in a
+        GrowingLayer's buffer), so a round costs the path's length, not the cache's."""
+        positions = [int(p) for p in (positions.tolist() if isinstance(positions, torch.Tensor) else positions)]
+        base = next((i for i, p in enumerate(positions) if p != i), len(positions))
+        tail = positions[base:]
         for i, layer in enumerate(self.cache.layers):
-            if is_filled(layer):
-                at = index.to(layer.keys.device)
-                layer.keys = layer.keys.index_select(-2, at)
-                layer.values = layer.values.index_select(-2, at)
-                if i < len(self.lengths):
-                    self.lengths[i] = len(index)
+            if not is_filled(layer):
+                continue
+            if tail:
+                at = torch.tensor(tail, dtype=torch.long, device=layer.keys.device)
+                keys, values = layer.keys.index_select(-2, at), layer.values.index_select(-2, at)
+                end = base + len(tail)
+                if isinstance(layer, GrowingLayer) and layer._owns_views():
+                    layer.buffers[0][..., base:end, :] = keys
+                    layer.buffers[1][..., base:end, :] = values
+                    layer.keys, layer.values = layer.buffers[0][..., :end, :], layer.buffers[1][..., :end, :]
+                else:
+                    layer.keys = torch.cat([layer.keys[..., :base, :], keys], dim=-2)
+                    layer.values = torch.cat([layer.values[..., :base, :], values], dim=-2)
+            else:
+                crop_layer(layer, base)
+            if i < len(self.lengths):
+                self.lengths[i] = len(positions)
 
     def check(self) -> None:
         """The cache really holds what the lengths say (tests call this after every step)."""

@@ -15,12 +15,15 @@ from typing import Any, Iterable
 import pandas as pd
 import torch
 
+# 3: token trees (the `tree` method): a round's draft / accept / reject events carry info.node, info.parent (node
+#    numbers within the round; 0 is the root, the last committed token) and info.sibling (rank among the parent's
+#    children), so several drafts of a round may share a depth; reject's info.cause adds "sibling_accepted".
 # 2: verdict events (accept / reject / correct / bonus, and emit) carry in `info` the distributions the rule
 #    used: top_q / top_p ([[token_id, prob], ...], top `dist_top_k` after temperature / top-k / top-p),
 #    rule ("argmax" or "ratio"), and in sampling u and accept_prob, residual_top on a correction.
-# 1: the same without them. Both load; a version-1 trace simply has no distributions to show.
-SCHEMA_VERSION = 2
-READABLE_SCHEMAS = (1, 2)
+# 1: the same without them. All three load; a version-1 trace simply has no distributions to show.
+SCHEMA_VERSION = 3
+READABLE_SCHEMAS = (1, 2, 3)
 MAX_TRACE_BYTES = 20_000_000  # uploaded trace files larger than this are refused unread
 
 # Kinds of event. Every generated token is produced by exactly one event of a TOKEN_KINDS kind.

@@ -185,3 +185,60 @@ def decide(sampling: Sampling, drafts: torch.Tensor, q: torch.Tensor | None, log
         q_x = q[torch.arange(gamma, device=q.device), drafts].tolist() if gamma else []
         return greedy_verdict(drafts, logits, q_x, q=q, top=top)
     return sampling_verdict(drafts, q, sampling.probs(logits), generator, top=top, rule=rule)
+
+
+@dataclass(frozen=True)
+class SiblingVerdict:
+    """Outcome of verifying the children of one tree node, tried one by one in their order."""
+
+    accepted: int | None  # index of the accepted child; None when every child was rejected (or there were none)
+    token: int  # the accepted child's token, else the token emitted instead: a correction, or a bonus at a leaf
+    p_token: float  # the target's probability of `token` (before any child was removed)
+    tried: list[float]  # per child tried, the probability it was accepted with (greedy: 1 if it is the argmax)
+    u: list[float]  # sampling: the uniform drawn per child tried
+    rule: str = "argmax"  # "argmax", "sibling" (sampling, this rule) or "broken" (exactness demo only)
+    residual_top: list | None = None  # sampling, every child rejected: top-k of the residual the token came from
+
+
+def sibling_verdict(sampling: Sampling, logits: torch.Tensor, children: list[int], generator: torch.Generator | None,
+                    *, top: int = 0, rule: str = "exact") -> SiblingVerdict:
+    """Which of a node's deterministic children (a token tree's top-k siblings) the target takes, from its logits
+    (V,) at the node.
+
+    Greedy: the child equal to the argmax, if any; else the argmax is emitted.
+    Sampling (exact for children chosen deterministically, as a tree's top-k are): with r = p, try the children in
+    order; child x is accepted with probability r(x) (its q is a point mass, so min(1, r/q) = r(x)); when rejected,
+    x is removed from r and r renormalised, and the next child is tried; when every child is rejected the token is
+    drawn from the last r. Then P(emit y) = p(y) for every y: by induction over the children tried, the chance of
+    reaching child i is 1 - sum of p over the children before it, and r is then p restricted to the tokens not yet
+    tried, renormalised, so child i is emitted with probability (1 - P_before) p(x_i) / (1 - P_before) = p(x_i), and
+    a token y that is no child with (1 - P_all) p(y) / (1 - P_all) = p(y). The tree's deeper levels are the same
+    argument at the accepted child, whose own children depend on the path only, so the whole output has the
+    target's law. (SpecInfer's multi-step rule is the version of this for children sampled from q.)"""
+    if rule not in RULES:
+        raise ValueError(f"unknown verify rule {rule!r}")
+    if sampling.greedy:
+        best = int(logits.argmax(-1).item())
+        p_best = float(torch.softmax(logits.float(), dim=-1)[best].item())
+        hit = children.index(best) if best in children else None
+        tried = [1.0 if token == best else 0.0 for token in children[: (hit + 1 if hit is not None else len(children))]]
+        return SiblingVerdict(hit, best, p_best, tried, [])
+    p = sampling.probs(logits)
+    r = p.clone()
+    tried, drawn = [], []
+    for i, token in enumerate(children):
+        chance = float(r[token].item())
+        u = float(uniform(1, generator, p.device)[0].item())
+        tried.append(chance)
+        drawn.append(u)
+        if u < chance:
+            return SiblingVerdict(i, token, float(p[token].item()), tried, drawn, rule="sibling" if rule == "exact" else rule)
+        r[token] = 0.0
+        total = r.sum()
+        # float noise only: in exact arithmetic a child holding all of r's mass is accepted with certainty
+        r = r / total if total > 0 else p
+    dist = p if rule == "broken" else r  # BROKEN ON PURPOSE: p itself, as if no child had been tried
+    token_id = int(sample(dist.unsqueeze(0), generator)[0].item())
+    residual = top_entries(dist.unsqueeze(0), top)[0] if top > 0 and children else None
+    return SiblingVerdict(None, token_id, float(p[token_id].item()), tried, drawn,
+                          rule="sibling" if rule == "exact" else rule, residual_top=residual)

@@ -11,6 +11,7 @@ from specviz.methods.kangaroo import Kangaroo
 from specviz.methods.mirror import MirrorSD
 from specviz.methods.prompt_lookup import PromptLookup
 from specviz.methods.sorted import Sorted
+from specviz.methods.tree import Tree
 
 METHODS: dict[str, type[Method]] = {
     m.name: m
@@ -20,6 +21,7 @@ METHODS: dict[str, type[Method]] = {
         HFAssisted,
         PromptLookup,
         HFPromptLookup,
+        Tree,
         Kangaroo,
         Sorted,
         MirrorSD,

@@ -133,16 +133,18 @@ def strip_to_v1(trace: Trace) -> str:
     return json.dumps(d)
 
 
-def test_version_1_traces_still_load(pair):
+def test_version_1_and_2_traces_still_load(pair):
     trace = run("draft_model", pair, PROMPTS[0], max_new_tokens=20, temperature=1.0)
-    assert trace.to_dict()["schema"] == SCHEMA_VERSION == 2
+    assert trace.to_dict()["schema"] == SCHEMA_VERSION == 3
+    as_v2 = trace.to_dict() | {"schema": 2}  # version 3 added tree fields only: a chain trace is a valid version 2
+    assert Trace.from_dict(as_v2) == trace
     old = Trace.from_json(strip_to_v1(trace))
     assert old.output_ids == trace.output_ids and len(old.events) == len(trace.events)
     assert all("top_p" not in e.info for e in old.events)
-    assert Trace.from_json(old.to_json()).to_dict()["schema"] == 2  # saved again: the current schema
+    assert Trace.from_json(old.to_json()).to_dict()["schema"] == 3  # saved again: the current schema
     again = Trace.from_json(trace.to_json())
     assert again == trace
     d = trace.to_dict()
-    d["schema"] = 3
+    d["schema"] = 4
     with pytest.raises(ValueError, match="not a specviz trace"):
         Trace.from_json(json.dumps(d))
