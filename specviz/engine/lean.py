@@ -144,11 +144,14 @@ class KVBuffers:
         return x * cos + rotated * sin
 
     def attend(self, i: int, attn: nn.Module, h: torch.Tensor, heads: int, past: int, end: int,
-               mask: torch.Tensor | None, linear=exact_linear) -> torch.Tensor:
+               mask: torch.Tensor | None, linear=exact_linear, positions: torch.Tensor | None = None) -> torch.Tensor:
         """Layer i's self-attention (q/k/v/o projections of `attn`, through `linear`) over normed h (1, T, d);
-        stores its KV."""
+        stores its KV. `positions` (T,): the rotary positions of a token tree's nodes (default past..end-1)."""
         new = h.shape[1]
-        cos, sin = self.cos[past:end], self.sin[past:end]
+        if positions is None:
+            cos, sin = self.cos[past:end], self.sin[past:end]
+        else:
+            cos, sin = self.cos[positions], self.sin[positions]
         q = project(linear, attn.q_proj, h).view(1, new, heads, self.head_dim).transpose(1, 2)
         k = project(linear, attn.k_proj, h).view(1, new, self.kv_heads, self.head_dim).transpose(1, 2)
         v = project(linear, attn.v_proj, h).view(1, new, self.kv_heads, self.head_dim).transpose(1, 2)
@@ -210,15 +213,19 @@ class LeanDecoder(HoldsKV):
         self.adds_mlp = [exact or bool(layer.mlp.down_proj.weight.any()) for layer in self.layers]
 
     @torch.inference_mode()
-    def states(self, ids: torch.Tensor) -> torch.Tensor:
-        """Append ids (1, T); return the residual stream after this decoder's layers (1, T, d), un-normed."""
+    def states(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Append ids (1, T); return the residual stream after this decoder's layers (1, T, d), un-normed. A token
+        tree's nodes come with their `positions` (1, T) and attention `mask` (1, 1, T, length + T)."""
         new = ids.shape[1]
         past, end = self.kv.reserve(new, "drafter")
-        mask = self.kv.causal(new, past, end, ids.device)
+        if mask is None:
+            mask = self.kv.causal(new, past, end, ids.device)
+        rotary = None if positions is None else positions.reshape(-1)
         x = self.embed(ids)
         for i, layer in enumerate(self.layers):
             h = self.norm_of(layer.input_layernorm, x)
-            x = x + self.kv.attend(i, layer.self_attn, h, self.heads, past, end, mask, self.linear)
+            x = x + self.kv.attend(i, layer.self_attn, h, self.heads, past, end, mask, self.linear, rotary)
             if not self.adds_mlp[i]:
                 continue
             h = self.norm_of(layer.post_attention_layernorm, x)
@@ -236,6 +243,13 @@ class LeanDecoder(HoldsKV):
     def feed(self, ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
         """Append ids (1, T); return logits (keep, vocab) of the last `keep` positions."""
         return project(self.linear, self.head, self.hidden(ids)[0, -keep:])[:, : self.vocab]
+
+    @torch.inference_mode()
+    def feed_tree(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`engine.Decoder.feed_tree`'s twin: a token tree's nodes (1, T) with their positions and mask; the
+        logits (T, vocab) of every node."""
+        hidden = fast_norm(self.norm, self.states(ids, positions, mask))
+        return project(self.linear, self.head, hidden[0])[:, : self.vocab]
 
 
 class LeanAdapter(HoldsKV):

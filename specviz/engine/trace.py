@@ -17,7 +17,8 @@ import torch
 
 # 3: token trees (the `tree` method): a round's draft / accept / reject events carry info.node, info.parent (node
 #    numbers within the round; 0 is the root, the last committed token) and info.sibling (rank among the parent's
-#    children), so several drafts of a round may share a depth; reject's info.cause adds "sibling_accepted".
+#    children), so several drafts of a round may share a depth; reject's info.cause adds "sibling_accepted" and
+#    "past_end".
 # 2: verdict events (accept / reject / correct / bonus, and emit) carry in `info` the distributions the rule
 #    used: top_q / top_p ([[token_id, prob], ...], top `dist_top_k` after temperature / top-k / top-p),
 #    rule ("argmax" or "ratio"), and in sampling u and accept_prob, residual_top on a correction.

@@ -5,7 +5,7 @@ before it on its path. Nodes are numbered in the order they were added, so a par
 children and the nodes can be fed in that order. Fed in one forward after a cache of `past` entries, node i sits
 at cache slot past + i, its position id is (the root's position) + its depth, and it attends to the committed
 context, its ancestors and itself: then its logits equal those of feeding its path alone (tested in
-tests/engine/test_tree.py, and on every architecture through the `tree` method's greedy-equality tests).
+tests/engine/test_tree_mask.py, and on every architecture through the `tree` method's greedy-equality tests).
 """
 from __future__ import annotations
 

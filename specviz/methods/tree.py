@@ -24,7 +24,8 @@ back to the committed text and feeds the accepted path at its next round.
 Events: each candidate is a `draft` event with info {node, parent, sibling} (node numbers within the round, the
 root is node 0; sibling: its rank among its parent's children, 0 = the drafter's first choice), and gets an
 `accept` or a `reject` (info.cause: "mismatch"/"ratio" when tried and refused, "sibling_accepted" when a sibling
-before it was taken, "after_reject" below a node that was not taken). Schema 3.
+before it was taken, "after_reject" below a node that was not taken, "past_end" when accepted after the output
+ended). Schema 3.
 """
 from __future__ import annotations
 
@@ -35,9 +36,11 @@ import torch
 
 from specviz.engine.decoder import Decoder
 from specviz.engine.kvcache import full_attention_only
+from specviz.engine.lean import supports
 from specviz.engine.tree import TokenTree, tree_mask
 from specviz.engine.verify import SiblingVerdict, sibling_verdict, top_entries
 from specviz.methods.base import Method, Param, RunContext
+from specviz.methods.draft_model import DRAFTER_FORWARD
 from specviz.methods.rounds import prefill_both
 
 NODES = Param("nodes", int, 16, 1, 128, help="node budget: candidate tokens in each round's tree (the target verifies "
@@ -57,14 +60,16 @@ class GrownTree:
 
 
 class TreeDrafter:
-    """Grows a round's token tree with a causal LM that has its own KV cache (transformers' forward: the tree
-    mask needs it)."""
+    """Grows a round's token tree with a causal LM that has its own KV cache (specviz's lean Llama loop where the
+    model is one, as draft_model's drafter; both forwards take the tree's mask and positions)."""
 
     source = "draft"
 
-    def __init__(self, ctx: RunContext, model: torch.nn.Module):
+    def __init__(self, ctx: RunContext, model: torch.nn.Module, lean: bool = True):
         self.ctx = ctx
-        self.decoder: Decoder = ctx.decoder(model)
+        self.lean = lean and ctx.once(("lean_supports", id(model)), lambda: supports(model))
+        self.decoder = ctx.decoder(model, lean=self.lean)
+        ctx.meta["drafter_forward"] = "lean" if self.lean else "transformers"
 
     def prefill(self, ids: torch.Tensor) -> None:
         if ids.shape[1]:
@@ -102,7 +107,7 @@ class TreeDrafter:
             past = self.decoder.length
             visible = [[slot[a] for a in tree.ancestors(n)] for n in parents]
             positions = torch.tensor([[committed - 1 + tree.depths[n] for n in parents]], device=seq.device)
-            mask = tree_mask(visible, committed, past, self.decoder.model.dtype, seq.device)
+            mask = tree_mask(visible, committed, past, next(self.decoder.model.parameters()).dtype, seq.device)
             t0 = rec.now()
             logits = self.decoder.feed_tree(torch.tensor([[tree.tokens[n] for n in parents]], device=seq.device),
                                             positions, mask)
@@ -122,7 +127,7 @@ class Tree(Method):
     name = "tree"
     title = "Token-tree speculation (EAGLE-2's dynamic tree, one verification forward)"
     needs_draft = True
-    PARAMS = (NODES, DEPTH, BRANCH)
+    PARAMS = (NODES, DEPTH, BRANCH, DRAFTER_FORWARD)
 
     def check_pair(self, pair) -> None:
         super().check_pair(pair)
@@ -134,7 +139,7 @@ class Tree(Method):
     def generate(self, ctx: RunContext) -> None:
         out, params = ctx.out, ctx.params
         target = ctx.decoder(ctx.pair.target)
-        drafter = TreeDrafter(ctx, ctx.pair.draft)
+        drafter = TreeDrafter(ctx, ctx.pair.draft, lean=params["drafter_forward"] == "lean")
         seq = ctx.prompt_ids
         prefill_both(ctx, target, drafter, drafter.source)
         step = 0
@@ -218,9 +223,9 @@ def commit_tree(ctx: RunContext, grown: GrownTree, p: torch.Tensor, p_tops: list
         state, judged, i = fate.get(n, ("after_reject", None, 0))
         if judged is not None and judged.u and i < len(judged.u):  # sampling: the chance it had and the draw
             info["u"], info["accept_prob"] = judged.u[i], judged.tried[i]
+        if state == "accept" and out.done:
+            state = "past_end"  # accepted after EOS / the token limit: not part of the output
         if state == "accept":
-            if out.done:
-                continue  # accepted past EOS / the token limit: not part of the output
             pushed.append(tree.tokens[n])
             if rec.enabled:
                 rec.add("accept", position=out.push(tree.tokens[n]), info=info, **common)
