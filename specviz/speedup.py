@@ -3,6 +3,8 @@ heterogeneous timeline. Pure arithmetic: it imports nothing from specviz, so eve
 """
 from __future__ import annotations
 
+import heapq
+
 
 def iid_alpha(tau: float, gamma: float) -> float | None:
     """The per-token acceptance a with (1 - a^(g+1)) / (1 - a) = tau (bisection; None if undefined)."""
@@ -19,6 +21,31 @@ def iid_alpha(tau: float, gamma: float) -> float | None:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if expected(mid) < tau else (lo, mid)
     return (lo + hi) / 2
+
+
+def tree_tau(alpha: float, nodes: int, branch: int, depth: int) -> float:
+    """Expected tokens per round of the best token tree of `nodes` candidates (at most `branch` children per node,
+    `depth` levels) under the i.i.d. model extended to siblings: the target takes the drafter's r-th choice at a
+    node with probability alpha (1 - alpha)^(r - 1) (the chance it takes the next choice, given it refused the
+    earlier ones, is alpha again). A round then yields 1 + the sum over the tree's nodes of the chance that the
+    node's whole path is taken; the best tree holds the `nodes` nodes with the highest such chance (a child never
+    beats its parent, so they do form a tree: Sequoia's construction, EAGLE-2's in expectation). With branch 1
+    it is Leviathan's (1 - alpha^(n+1)) / (1 - alpha)."""
+    if nodes <= 0 or depth <= 0 or branch <= 0 or alpha <= 0:
+        return 1.0
+    rank = [alpha * (1 - alpha) ** r for r in range(branch)]
+    frontier = [(-rank[r], 1) for r in range(branch)]  # (-chance of the path, depth)
+    heapq.heapify(frontier)
+    tau = 1.0
+    for _ in range(nodes):
+        if not frontier:
+            break
+        chance, level = heapq.heappop(frontier)
+        tau -= chance
+        if level < depth:
+            for r in range(branch):
+                heapq.heappush(frontier, (chance * rank[r], level + 1))
+    return tau
 
 
 def leviathan_speedup(alpha: float, gamma: float, c: float, verify_cost: float = 1.0) -> float:

@@ -26,6 +26,7 @@ cost ratio c, the expected speedup is (1 − α^(γ+1)) / ((1 − α)(γc + 1)).
 | VocabTrim | Goel et al. 2025, *VocabTrim* | drafter LM head cut to the K tokens the target emits most | up to 16 % memory-bound speedup on Llama-3.2-3B | {need_vocabtrim} | {vocabtrim} |
 | `mirror` | Mirror-SD 2025, *Mirror Speculative Decoding* | an early exit of the target launches drafter branches that run in parallel with the target's remaining layers | 2.8–5.8× wall-time speedup on heterogeneous accelerators | {need_mirror} | {mirror} |
 | `prompt_lookup` | Saxena 2023, *Prompt Lookup Decoding*; vLLM's `ngram`, transformers' `prompt_lookup_num_tokens` (`hf_prompt_lookup`) | no drafter: the draft is what followed the last n tokens where they occurred before in the prompt or the output | Spec-Bench leaderboard: 1.64× overall (Vicuna-7B, RTX 3090), most on summarization and RAG | {need_prompt_lookup} | {prompt_lookup} |
+| `tree` | Li et al. 2024, *EAGLE-2: Faster Inference of Language Models with Dynamic Draft Trees*; SpecInfer (Miao et al. 2024); Sequoia (Chen et al. 2024) | the drafter grows a tree of candidates along its most probable paths; the target verifies the whole tree in one forward with a tree attention mask and keeps the longest accepted path | Spec-Bench leaderboard: EAGLE-2 2.19× (τ 4.35) against 1.79× (τ 2.28) for a chain drafter (Vicuna-7B, RTX 3090) | {need_tree} | {tree} |
 | `eqspec` / `exspec` | *Batch Speculative Decoding Done Right* | realign padding, positions, masks and KV caches after every ragged round; or group same-length rows | up to 3× throughput at batch 8 on GPU, outputs equal to non-batched decoding | {need_batch} | {batch} |
 
 {provenance}
@@ -50,6 +51,10 @@ def learn_markdown() -> str:
 
 def explorer_figure(alpha, gamma, c, v, points):
     return plots.speedup_explorer(float(alpha), int(gamma), float(c), float(v), points)
+
+
+def tau_figure(alpha, branch, depth, points):
+    return plots.tau_explorer(float(alpha), int(branch), int(depth), points)
 
 
 def add_explorer_point(trace_json, alpha, gamma, c, v, points):

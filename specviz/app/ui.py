@@ -39,7 +39,7 @@ from specviz.app.handlers import (
     step_move,
     step_view,
 )
-from specviz.app.learn import add_explorer_point, explorer_figure, learn_markdown
+from specviz.app.learn import add_explorer_point, explorer_figure, learn_markdown, tau_figure
 from specviz.app.serving import Job
 from specviz.engine.trace import MAX_TRACE_BYTES
 from specviz.methods import METHODS
@@ -270,6 +270,17 @@ def build_demo() -> gr.Blocks:
                         )
                         x_v = gr.Slider(1.0, 3.0, value=1.2, step=0.05, label="v (verify / target step)", elem_id="x-v")
                     x_plot = gr.Plot(label="expected speedup vs gamma", elem_id="explorer-plot")
+                    gr.Markdown(
+                        "A token tree drafts several candidates per position and verifies them all in one forward. "
+                        "Below: the expected tokens per round (tau) of a chain of gamma drafts against the best tree "
+                        "of as many nodes, if the target takes the drafter's r-th choice with probability "
+                        "alpha (1 - alpha)^(r-1). What the tree costs is the wider verification (cheap on a GPU, "
+                        "about linear in the nodes on a CPU)."
+                    )
+                    with gr.Row():
+                        x_branch = gr.Slider(1, 8, value=4, step=1, label="tree: children per node", elem_id="x-branch")
+                        x_depth = gr.Slider(1, 12, value=6, step=1, label="tree: depth limit", elem_id="x-depth")
+                    x_tau = gr.Plot(label="expected tokens per round: chain vs tree", elem_id="explorer-tau")
                     x_points = gr.State([])
             with gr.Tab("Learn", id="learn"):
                 gr.Markdown(learn_markdown())
@@ -325,6 +336,10 @@ def build_demo() -> gr.Blocks:
         for slider in (x_alpha, x_gamma, x_c, x_v):
             slider.change(explorer_figure, explorer_inputs, x_plot, api_visibility="private")
         demo.load(explorer_figure, explorer_inputs, x_plot, api_visibility="private")
+        tau_inputs = [x_alpha, x_branch, x_depth, x_points]
+        for source in (x_alpha, x_branch, x_depth, x_points):
+            source.change(tau_figure, tau_inputs, x_tau, api_visibility="private")
+        demo.load(tau_figure, tau_inputs, x_tau, api_visibility="private")
         trace_state.change(step_view, [trace_state, step_slider], [step_html, step_slider], api_visibility="private")
         step_slider.change(
             friendly(step_view), [trace_state, step_slider], [step_html, step_slider], api_visibility="private"

@@ -21,6 +21,7 @@ ROWS: dict[str, tuple[str, ...]] = {
     "mirror": ("mirror", "mirror:parallel=false"),
     "batch": ("eqspec:batch_size=4", "exspec:batch_size=4"),
     "prompt_lookup": ("prompt_lookup", "hf_prompt_lookup"),
+    "tree": ("tree", "tree:nodes=8", "tree:nodes=32"),
 }
 
 

@@ -59,6 +59,8 @@ NEEDS: dict[str, Need] = {
                       (None, "depends on the drafter's vocabulary")),
     "mirror": Need("target and drafter on separate accelerators, running at the same time", two_accelerators),
     "batch": Need("a GPU, where verifying a batch costs little more than one step", a_gpu),
+    "tree": Need("a GPU, where verifying a tree of many nodes costs about one step (on a CPU the target's cost "
+                 "grows with every node verified)", a_gpu),
     "prompt_lookup": Need("outputs that copy from the input (summaries, RAG, code edits); no drafter at all",
                           lambda m: (None, "depends on the prompt, not the machine: try one that quotes its input")),
 }

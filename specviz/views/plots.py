@@ -15,7 +15,7 @@ from plotly.subplots import make_subplots
 from specviz.analysis.exactness import OTHER
 from specviz.analysis.metrics import compare, per_position_acceptance, tokens_per_round
 from specviz.engine.trace import TOKEN_KINDS, Trace
-from specviz.speedup import HeterogeneousCosts, modeled_timeline
+from specviz.speedup import HeterogeneousCosts, modeled_timeline, tree_tau
 
 FATE_COLORS = {"accept": "#2e9d5b", "correct": "#e0662f", "bonus": "#3b6fd8", "emit": "#8a8f98",
                "reject": "#c8374a", "draft": "#b9a5e6"}
@@ -64,6 +64,8 @@ def token_facts(e) -> list[str]:
         facts.append(f"q={e.q:.3f}")
     if e.source:
         facts.append(f"source {e.source}")
+    if e.info.get("sibling"):
+        facts.append(f"tree branch: the drafter's choice #{int(e.info['sibling']) + 1} at its parent")
     if e.row:
         facts.append(f"row {e.row}")
     return facts
@@ -336,13 +338,38 @@ def speedup_explorer(alpha: float, gamma: int, c: float, v: float, points: list[
     return fig
 
 
+def tau_explorer(alpha: float, branch: int, depth: int, points: list[dict] | None = None, most: int = 32) -> go.Figure:
+    """MODELED tokens per round against the tokens drafted per round, for a chain of gamma drafts and for the best
+    token tree of that many nodes (`speedup.tree_tau`), with this session's MEASURED runs as points: what a tree
+    buys in tau for the same drafted tokens (what it costs is the wider verification: docs/results.md)."""
+    sizes = list(range(1, most + 1))
+    chain = [tree_tau(alpha, n, 1, n) for n in sizes]
+    tree = [tree_tau(alpha, n, branch, depth) for n in sizes]
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=sizes, y=chain, mode="lines", name=f"MODELED chain: alpha {alpha:.2f}",
+                             hovertemplate="chain of %{x} drafts: tau %{y:.2f} (modeled)<extra></extra>"))
+    fig.add_trace(go.Scatter(x=sizes, y=tree, mode="lines", line=dict(dash="dash"),
+                             name=f"MODELED tree: branch {branch}, depth {depth}",
+                             hovertemplate="tree of %{x} nodes: tau %{y:.2f} (modeled)<extra></extra>"))
+    for p in points or []:
+        if p.get("tau"):
+            fig.add_trace(go.Scatter(x=[p["gamma"]], y=[p["tau"]], mode="markers", marker=dict(size=10),
+                                     name=f"MEASURED {esc(p['method'])}",
+                                     hovertemplate=f"{esc(p['method'])}: tau %{{y:.2f}} at %{{x:.1f}} drafted tokens a round "
+                                                   "(measured)<extra></extra>"))
+    fig.update_layout(title="Expected tokens per round (tau): a chain against a token tree", template=TEMPLATE,
+                      height=380, xaxis_title="tokens drafted per round (chain: gamma; tree: nodes)",
+                      yaxis_title="tokens per round (tau)")
+    return fig
+
+
 def explorer_point(trace: Trace) -> dict | None:
     """A measured run as an explorer point, from what the Playground stored in its trace."""
     m = trace.meta.get("against_autoregressive") or {}
     if not m.get("speedup") or not m.get("mean_drafts_per_round"):
         return None
     return {"method": trace.method, "gamma": m["mean_drafts_per_round"], "speedup": m["speedup"],
-            "alpha": m.get("alpha"), "c": m.get("c")}
+            "alpha": m.get("alpha"), "c": m.get("c"), "tau": m.get("tau")}
 
 
 def exactness_figure(real: dict, broken: dict | None = None, cells: int = 12) -> go.Figure:

@@ -34,6 +34,13 @@ CSS = """
 .sv-unit { position: relative; height: 1rem; background: #f1f3f5; border: 1px solid #ced4da; border-radius: 2px; margin: .3rem 0; }
 .sv-unit .sv-accept-zone { position: absolute; left: 0; top: 0; bottom: 0; background: #c7ebd5; }
 .sv-unit .sv-u { position: absolute; top: -3px; bottom: -3px; width: 3px; background: #111; }
+.sv-sibling { box-shadow: inset 0 -3px 0 #7c3aed; }
+.sv-tree ul { list-style: none; margin: 0; padding-left: 1.3rem; border-left: 1px dotted #9ca3af; }
+.sv-tree > ul { padding-left: 0; border-left: 0; } .sv-tree li { margin: .15rem 0; }
+.sv-node { font-family: ui-monospace, monospace; border: 1px solid #ced4da; border-radius: 3px; padding: 0 .3rem;
+           background: #fff; color: #111; } .sv-node.sv-n-accept { background: #c7ebd5; border-color: #2f9e63; font-weight: 700; }
+.sv-node.sv-n-tried { background: #f3c6cc; } .sv-node-facts { color: #4b5563; font-size: .78rem; margin-left: .4rem; }
+.dark .sv-node-facts { color: #a1a1aa; }
 .sv-step table { border-collapse: collapse; margin-top: .4rem; } .sv-step td, .sv-step th { border: 1px solid #e3e5e8; padding: .2rem .5rem; }
 """
 
@@ -64,6 +71,9 @@ def token_span(e: Event, text: str | None = None, pos: int | None = None, copied
         extra += f' data-copied-from="{copied_from}"'
         title += esc(f" | copied from token {copied_from} of the text")
     copied = " sv-copied" if copied_from is not None else ""
+    if e.kind == "accept" and e.info.get("sibling"):  # a token tree's non-first branch: the drafter's 2nd+ choice
+        copied += " sv-sibling"
+        extra += f' data-sibling="{int(e.info["sibling"])}"'
     return (f'<span class="sv-tok sv-{e.kind}{copied}" data-fate="{e.kind}" data-t="{e.t1:.4f}"{extra} title="{title}">'
             f"{visible(e.text if text is None else text)}</span>")
 
@@ -314,6 +324,8 @@ def explainer_html(trace: Trace, step: int, row: int = 0, decode=None) -> str:
         return '<div class="sv-note">no such round</div>'
     before = [e for e in trace.events if e.row == row and e.kind in TOKEN_KINDS and e.step < step]
     context = "".join(token_span(e) for e in sorted(before, key=lambda e: e.position)[-24:])
+    if any("node" in e.info for e in events if e.kind == "draft"):
+        return tree_round_html(trace, step, events, context, decode)
     drafts = sorted((e for e in events if e.kind == "draft" and "branch" not in e.info), key=lambda e: e.depth)
     verdicts = {e.depth: e for e in events if e.kind in ("accept", "reject")}
     emitted = [e for e in events if e.kind in ("correct", "bonus", "emit")]
@@ -350,3 +362,74 @@ def explainer_html(trace: Trace, step: int, row: int = 0, decode=None) -> str:
         parts.append(f'<div class="sv-note">early exit ({esc(str(e.info.get("reason", "")))}), confidence '
                      f'{e.info.get("confidence", float("nan")):.3f}</div>')
     return f'<div class="sv-step" id="step-explainer-body" data-rule="{esc(rule or "")}">{"".join(parts)}</div>'
+
+
+TREE_DRAWN = 64  # nodes a round's tree draws at most (a summary says what is left out)
+CAUSES = {"mismatch": "tried: not the target's argmax", "ratio": "tried: refused by the sibling rule",
+          "sibling_accepted": "not tried: a sibling before it was taken", "after_reject": "not reached: its parent was not taken",
+          "past_end": "taken after the output ended"}
+
+
+def tree_round_html(trace: Trace, step: int, events: list[Event], context: str, decode=None,
+                    limit: int = TREE_DRAWN) -> str:
+    """A token-tree round: the tree drawn as nested lists from the root (the last committed token), the accepted
+    path highlighted, each node's q, p and verdict on hover and beside it; then the rule and the token the target
+    emitted. Beyond `limit` nodes only the accepted path and the nodes nearest the root are drawn, with a count."""
+    drafts = {e.info["node"]: e for e in events if e.kind == "draft"}
+    verdicts = {e.info["node"]: e for e in events if e.kind in ("accept", "reject") and "node" in e.info}
+    emitted = [e for e in events if e.kind in ("correct", "bonus")]
+    children: dict[int, list[int]] = {}
+    for node, d in sorted(drafts.items()):
+        children.setdefault(int(d.info["parent"]), []).append(node)
+    path = [n for n, v in verdicts.items() if v.kind == "accept"]
+    drawn = set(path)  # the accepted path always; then level by level (so every drawn node's parent is drawn)
+    for node in sorted(drafts, key=lambda n: (drafts[n].depth, n)):
+        if len(drawn) >= limit:
+            break
+        drawn.add(node)
+    rule = next((v.info.get("rule") for v in verdicts.values() if v.info.get("rule")), None) or \
+        next((e.info.get("rule") for e in emitted), None)
+    depth = max((d.depth for d in drafts.values()), default=-1) + 1
+    leaves = sum(1 for n in drafts if n not in children)
+    summary = (f"a tree of {len(drafts)} candidates, {depth} levels deep, {leaves} leaves; the accepted path is "
+               f"{len(path)} long" + (f"; {len(drafts) - len(drawn)} nodes not drawn (the first {limit} by depth, and "
+                                      "the accepted path, are)" if len(drawn) < len(drafts) else ""))
+
+    def node_html(node: int) -> str:
+        d, v = drafts[node], verdicts.get(node)
+        cause = v.info.get("cause", "") if v is not None else ""
+        fate = "accept" if v is not None and v.kind == "accept" else ("tried" if cause in ("mismatch", "ratio") else "other")
+        facts = [f"q={d.q:.3g}" if d.q is not None else "", f"p={v.p:.3g}" if v is not None and v.p is not None else "",
+                 "accepted" if fate == "accept" else CAUSES.get(cause, cause)]
+        if v is not None and "accept_prob" in v.info:
+            facts.append(f"chance {float(v.info['accept_prob']):.3f}, u {float(v.info['u']):.3f}")
+        text = " | ".join(f for f in facts if f)
+        label = decode(d.token_id) if decode else (d.text or f"#{d.token_id}")
+        kids = [c for c in children.get(node, []) if c in drawn]
+        inner = f"<ul>{''.join(node_html(c) for c in kids)}</ul>" if kids else ""
+        return (f'<li data-node="{node}" data-verdict="{fate}"><span class="sv-node sv-n-{fate}" title="{esc(text)}">'
+                f'{visible(label)}</span><span class="sv-node-facts">{esc(text)}</span>{inner}</li>')
+
+    roots = [c for c in children.get(0, []) if c in drawn]
+    rule_text = {"argmax": "greedy: at each node the child equal to the target's argmax is taken, if there is one",
+                 "sibling": "sampling, the sibling rule: at each node the children are tried in the drafter's order; "
+                            "child x is taken with the residual's probability of x, otherwise x is removed from the "
+                            "residual, which is renormalised, and the next child is tried; when none is taken the "
+                            "target's token is drawn from what is left. Every token keeps probability p exactly."}
+    parts = [f"<h4>Round {step} - a token tree - rule: {esc(rule or 'not recorded')}</h4>",
+             f'<div class="sv-tokens"><span class="sv-prompt">... </span>{context}</div>',
+             f'<div class="sv-note" data-tree-summary="1">{esc(summary)}</div>',
+             f'<div class="sv-tree"><ul><li data-node="0">'
+             f'<span class="sv-node">root (last committed token)</span><ul>{"".join(node_html(c) for c in roots)}</ul>'
+             f"</li></ul></div>",
+             f'<div class="sv-rule" data-rule="{esc(rule or "")}">{esc(rule_text.get(rule or "", ""))}</div>']
+    for e in emitted:
+        card = [f'<div class="sv-card" data-emitted="{esc(e.kind)}"><b>the target emits</b> {token_span(e)} '
+                f"({esc(FATE_LABELS[e.kind])}" + (f", p={e.p:.3g}" if e.p is not None else "") + ")"]
+        if e.info.get("residual_top"):
+            card.append(bars_html("drawn from p without the children tried, renormalised (top-k)", e.info["residual_top"],
+                                  decode, e.token_id, "residual"))
+        elif e.info.get("top_p"):
+            card.append(bars_html("target p here (top-k)", e.info["top_p"], decode, e.token_id, "p"))
+        parts.append("".join(card) + "</div>")
+    return f'<div class="sv-step" id="step-explainer-body" data-rule="{esc(rule or "")}" data-tree="1">{"".join(parts)}</div>'
