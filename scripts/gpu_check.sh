@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU check (README "GPU"): on a CUDA machine, prove the engine there and measure it. It ran in 6.5 minutes
 # on one H100 after a 35 s start (2026-11-27: each process pays ~15 s of imports, load and self-check, and a
-# 96-token run takes ~0.5-0.9 s there, launch-bound), so a lease of 15 minutes leaves room to rerun it.
+# 96-token run takes ~0.5-0.9 s there, launch-bound), so a lease of 15 minutes leaves room to rerun it. Since
+# 2026-12-07 the single-sequence bench also runs prompt_lookup and token trees of 8-64 nodes (where trees are meant
+# to pay: a verification of many nodes costs about one step on a GPU): about 2 minutes more, not yet run on a GPU.
 # Writes 7 files (summary.txt, 3 CSVs, 3 logs) under $OUT (the device tool's folder, which returns 8 at most)
 # or ./gpu-results.
 #   1. the load-time self-check and the fidelity subset (greedy equality on tiny random models, CPU-side)
@@ -19,7 +21,7 @@ PY=${PY:-python3}
 export DEVICE=${DEVICE:-cuda}
 # the batch bench took 70 s on an H100 and runs past 120 s on a 2-core CPU rehearsal
 BATCH_LIMIT=${BATCH_LIMIT:-$([ "$DEVICE" = cuda ] && echo 120 || echo 400)}
-SINGLE="draft_model,hf_assisted,kangaroo,sorted,sorted:sub_model=1,mirror,mirror:parallel=false"
+SINGLE="draft_model,hf_assisted,kangaroo,sorted,sorted:sub_model=1,mirror,mirror:parallel=false,prompt_lookup,tree:nodes=8,tree,tree:nodes=32,tree:nodes=64:depth=8:branch=8"
 log() { echo "== $(date +%T) $*" | tee -a "$OUT/summary.txt"; }
 
 $PY - <<'PY' 2>&1 | tee -a "$OUT/summary.txt"
@@ -59,7 +61,7 @@ PY
 
 for dtype in float32 bfloat16; do
   log "single-sequence methods, $dtype"
-  timeout -s ABRT 150 $PY -m specviz.bench --device $DEVICE --dtype $dtype --limit 6 --max-new-tokens 96 --repeats 2 \
+  timeout -s ABRT 240 $PY -m specviz.bench --device $DEVICE --dtype $dtype --limit 6 --max-new-tokens 96 --repeats 2 \
     --methods "autoregressive,$SINGLE" --out "$OUT/single_${dtype}.csv" > "$OUT/bench_$dtype.log" 2>&1 \
     || log "  FAILED or TIMED OUT (rc $?): traceback and progress in bench_$dtype.log"
 done

@@ -102,6 +102,7 @@ class Admission:
         self._running: dict[int, Ticket] = {}  # worker -> ticket
         self._order = itertools.count()
         self.started = 0  # runs that got a worker since start-up (the load script counts engine runs by it)
+        self.last_arrival = 0.0  # time.monotonic() of the last request that took a place (a burst's end is quiet)
 
     # ------------------------------------------------------------------ entering and leaving
     def enter(self, session: str, kind: str, units: float, priority: int = 0) -> Ticket:
@@ -118,6 +119,7 @@ class Admission:
             ticket = Ticket(session=session, kind=kind, units=units, cost_s=self.costs.estimate(kind, units),
                             priority=priority, order=next(self._order))
             self._waiting.append(ticket)
+            self.last_arrival = time.monotonic()
             self._waiting.sort(key=lambda t: (t.priority, t.order))
             self._dispatch()
             return ticket

@@ -19,6 +19,11 @@ from specviz.app.admission import Admission, Place, Ticket
 POLL_SECONDS = 0.25  # how often a waiting handler re-reads its place (its page updates only on a change)
 HEARTBEAT_SECONDS = 1.0  # longest time between two yields of a waiting handler
 SETTLE_SECONDS = 0.2  # between telling a page its run starts and starting it (the page draws that meanwhile)
+# ... and while requests keep arriving (a class clicking at once), until none came for SETTLE_SECONDS, at most this
+# long: the server answers the burst (places and estimates) before the run takes the cores, and the run is not
+# timed beside that work. Measured: 32 clicks at once got their first answer after p95 1.6 s when the first run
+# started 0.2 s after the first click (scripts/load_test.py --parts c; docs/serving.md).
+SETTLE_MAX_SECONDS = 1.0
 # A generator handler must yield that often: Gradio stops (Stop, a closed page) a sync generator only between
 # two of its yields, and waits for that before it answers the cancel request.
 
@@ -137,7 +142,7 @@ class Service:
             flight.worker = self.pool.describe(ticket.worker)
             started = time.perf_counter()  # the worker is this run's from here: the wait estimate learns from it
             # the page that is told "running now" draws that before the run is timed, not during its first steps
-            time.sleep(SETTLE_SECONDS)
+            self._settle()
             flight.result = self.pool.call(ticket.worker, job.name, job.kwargs, cancel=flight.cancel,
                                            on_message=lambda payload: setattr(flight, "progress", payload))
             flight.measured_at = time.time()
@@ -152,6 +157,16 @@ class Service:
                 if job.cache_key and self._flights.get(job.cache_key) is flight:
                     del self._flights[job.cache_key]
             flight.done.set()
+
+    def _settle(self) -> None:
+        """Wait SETTLE_SECONDS, and then until no request has arrived for SETTLE_SECONDS (SETTLE_MAX_SECONDS at most)."""
+        start = time.monotonic()
+        time.sleep(SETTLE_SECONDS)
+        while time.monotonic() - start < SETTLE_MAX_SECONDS:
+            quiet = time.monotonic() - getattr(self.admission, "last_arrival", 0.0)
+            if quiet >= SETTLE_SECONDS:
+                return
+            time.sleep(min(SETTLE_SECONDS - quiet, SETTLE_MAX_SECONDS - (time.monotonic() - start)) + 0.005)
 
     def call(self, job: Job, session: str = "", fresh: bool = False) -> tuple[Any, Update]:
         """The result without the updates (API endpoints that return once): (result, the final update)."""

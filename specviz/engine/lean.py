@@ -187,6 +187,21 @@ class HoldsKV:
     def rollback(self, length: int) -> None:
         self.kv.length = min(self.kv.length, length)
 
+    @torch.inference_mode()
+    def keep_path(self, positions: list[int]) -> None:
+        """Keep only the entries at `positions` (ascending): a token tree's accepted path, the one exception to
+        "rollback is a number". The entries up to the first gap stay; the rest are copied down in place."""
+        kv = self.kv
+        base = next((i for i, p in enumerate(positions) if p != i), len(positions))
+        tail = positions[base:]
+        if tail:
+            at = torch.tensor(tail, dtype=torch.long, device=kv.device)
+            end = base + len(tail)
+            for buffers in (kv.keys, kv.values):
+                for layer in buffers:
+                    layer[:, :, base:end] = layer.index_select(2, at)
+        kv.length = len(positions)
+
 
 class LeanDecoder(HoldsKV):
     """Same interface as `engine.Decoder` (feed / rollback / length) over a Llama-family model, or over

@@ -18,8 +18,9 @@ shape depends on the committed path only, so the output has the target's law). T
 then the target's own token at its end (a correction where children were all rejected, a bonus at a leaf).
 
 Caches: the target's keeps the entries of the committed text, the root and the accepted path (a gather,
-`specviz.engine.kvcache.KVCache.gather`: the one exception to "rollback is an index"); the drafter's is cropped
-back to the committed text and feeds the accepted path at its next round.
+`specviz.engine.kvcache.KVCache.gather`: the one exception to "rollback is an index"); the drafter's keeps the
+committed text and the accepted nodes it fed while growing (the same gather, in its own cache), and feeds the rest
+of the path and the target's token at its next round.
 
 Events: each candidate is a `draft` event with info {node, parent, sibling} (node numbers within the round, the
 root is node 0; sibling: its rank among its parent's children, 0 = the drafter's first choice), and gets an
@@ -43,10 +44,10 @@ from specviz.methods.base import Method, Param, RunContext
 from specviz.methods.draft_model import DRAFTER_FORWARD
 from specviz.methods.rounds import prefill_both
 
-NODES = Param("nodes", int, 16, 1, 128, help="node budget: candidate tokens in each round's tree (the target verifies "
+NODES = Param("nodes", int, 12, 1, 128, help="node budget: candidate tokens in each round's tree (the target verifies "
                                                "them all, plus the root, in one forward)")
 DEPTH = Param("depth", int, 6, 1, 16, help="depth limit: the longest path a round can accept (drafter forwards per round)")
-BRANCH = Param("branch", int, 4, 1, 16, help="children per expanded node, and nodes expanded per depth (EAGLE-2's top-k)")
+BRANCH = Param("branch", int, 3, 1, 16, help="children per expanded node, and nodes expanded per depth (EAGLE-2's top-k)")
 
 
 @dataclass
@@ -57,6 +58,7 @@ class GrownTree:
     q: list[float]  # node -> q of its token at its parent (1.0 for the root)
     spans: list[tuple[float, float]]  # node -> the drafter forward that proposed it (t0, t1)
     q_top: list[list]  # node -> top-k of q at its parent (empty unless recorded)
+    slots: list[int | None]  # node -> where the drafter's cache holds it (None: never fed, a leaf of the growth)
 
 
 class TreeDrafter:
@@ -117,10 +119,17 @@ class TreeDrafter:
         keep = sorted(sorted(range(1, len(tree)), key=lambda n: (-score[n], n))[:nodes])
         chosen = tree.subtree(keep)
         return GrownTree(chosen, [1.0] + [q[n] for n in keep], [spans[0]] + [spans[n] for n in keep],
-                         [[]] + [q_top[n] for n in keep])
+                         [[]] + [q_top[n] for n in keep], [slot[0]] + [slot.get(n) for n in keep])
 
-    def rollback(self, length: int) -> None:
-        self.decoder.rollback(length)
+    def keep(self, committed: int, grown: GrownTree, path: list[int]) -> None:
+        """After verification: the committed text's entries and those of the accepted path as far as the drafter
+        fed it (the rest of the path, and the target's token, are fed at the next round)."""
+        fed = []
+        for node in path:
+            if grown.slots[node] is None:
+                break
+            fed.append(grown.slots[node])
+        self.decoder.keep_path(list(range(committed)) + fed)
 
 
 class Tree(Method):
@@ -152,7 +161,7 @@ class Tree(Method):
             path, emitted = self.verify(ctx, target, grown, committed, step)
             sizes.append(len(grown.tree) - 1)
             target.keep_path(list(range(committed)) + [committed - 1 + n for n in path])
-            drafter.rollback(committed)
+            drafter.keep(committed, grown, path)
             seq = torch.cat([seq, torch.tensor([emitted], dtype=seq.dtype, device=seq.device)], dim=1)
             step += 1
         ctx.meta["tree"] = {"rounds": step, "mean_nodes": round(sum(sizes) / len(sizes), 2) if sizes else 0.0}

@@ -308,6 +308,32 @@ def test_a_copied_token_points_at_its_source_in_the_prompt(page):
     assert not page.errors, f"console errors: {page.errors}"
 
 
+def test_a_tree_round_is_drawn_in_step_through(page):
+    """tree in the Playground, then Step through: the round's candidates drawn as a tree from the root, the accepted
+    path highlighted, each node's q, p and verdict on hover; the Explorer models the tree's tau beside the chain's."""
+    choose(page, "#method", "tree")
+    page.click("#run")
+    page.wait_for_selector("text=speedup vs autoregressive (measured)", timeout=120_000)
+    open_tab(page, "Step through")
+    page.wait_for_selector("#step-explainer [data-tree='1']", timeout=30_000)
+    assert page.locator("#step-explainer .sv-tree li[data-node]").count() > 2
+    accepted = page.locator("#step-explainer .sv-node.sv-n-accept")
+    if not accepted.count():  # a round where the drafter's first level missed: find one with an accepted path
+        page.click("#step-next")
+        page.wait_for_selector("#step-explainer .sv-node.sv-n-accept", timeout=30_000)
+    title = accepted.first.get_attribute("title")
+    assert "q=" in title and "p=" in title and "accepted" in title, title
+    assert "a tree of" in page.inner_text("#step-explainer [data-tree-summary]")
+    page.screenshot(path=str(SHOTS / "step-tree.png"), full_page=True)
+    open_tab(page, "Explorer")
+    plot = "#explorer-tau .js-plotly-plot"
+    page.wait_for_function("() => { const g = document.querySelector('" + plot + "'); return g && g.data && "
+                           "g.data.some(t => t.name.startsWith('MEASURED tree')); }", timeout=60_000)
+    names = page.evaluate(f"document.querySelector('{plot}').data.map(t => t.name)")
+    assert any(n.startswith("MODELED tree") for n in names) and any(n.startswith("MODELED chain") for n in names)
+    assert not page.errors, f"console errors: {page.errors}"
+
+
 def test_compare_runs_an_uploaded_question_file_by_task(page):
     """A Spec-Bench-format file as the Compare tab's prompts: its tasks are offered, and the table by task comes
     back with MT-bench's sub-categories as one task."""
