@@ -21,15 +21,17 @@ def task_of(category: str) -> str:
     return MT_BENCH_TASK if category in MT_BENCH else (category or "uncategorized")
 
 
-def first_per_task(prompts: list[dict], n: int, fits: Callable[[dict], bool]) -> tuple[list[dict], int]:
-    """The first n prompts of each task, in file order, that `fits` (the context holds prompt + new tokens), and
-    how many were passed over for not fitting."""
+def first_per_task(prompts: list[dict], n: int, fits: Callable[[dict], bool],
+                   group: Callable[[str], str] = task_of) -> tuple[list[dict], int]:
+    """The first n prompts of each task (or of each `group` of their category: `str` for the categories
+    themselves), in file order, that `fits` (the context holds prompt + new tokens), and how many were passed over
+    for not fitting."""
     if n < 1:
         raise ValueError(f"--per-category must be at least 1; got {n}")
     taken: dict[str, int] = {}
     chosen, too_long = [], 0
     for prompt in prompts:
-        task = task_of(prompt.get("category", ""))
+        task = group(prompt.get("category", ""))
         if taken.get(task, 0) >= n:
             continue
         if not fits(prompt):

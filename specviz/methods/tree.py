@@ -57,7 +57,6 @@ class GrownTree:
     tree: TokenTree
     q: list[float]  # node -> q of its token at its parent (1.0 for the root)
     spans: list[tuple[float, float]]  # node -> the drafter forward that proposed it (t0, t1)
-    q_top: list[list]  # node -> top-k of q at its parent (empty unless recorded)
     slots: list[int | None]  # node -> where the drafter's cache holds it (None: never fed, a leaf of the growth)
 
 
@@ -81,14 +80,13 @@ class TreeDrafter:
         ctx, rec = self.ctx, self.ctx.rec
         tree = TokenTree.rooted_at(int(seq[0, -1]))
         committed = seq.shape[1]  # the root sits at cache slot committed - 1 once pending is fed
-        score, q, spans, q_top, slot = [0.0], [1.0], [(0.0, 0.0)], [[]], {0: committed - 1}
+        score, q, spans, slot = [0.0], [1.0], [(0.0, 0.0)], {0: committed - 1}
         t0 = rec.now()
         probs = ctx.sampling.probs(self.decoder.feed(seq[:, self.decoder.length:]))  # (1, V) at the root
         parents = [0]
         for level in range(1, depth + 1):
             span = (t0, rec.now())
             values, ids = torch.topk(probs, min(branch, probs.shape[-1]), dim=-1)
-            tops = top_entries(probs, ctx.dist_top)
             layer = []
             for row, parent in enumerate(parents):
                 for value, token in zip(values[row].tolist(), ids[row].tolist()):
@@ -98,7 +96,6 @@ class TreeDrafter:
                     score.append(score[parent] + math.log(value))
                     q.append(value)
                     spans.append(span)
-                    q_top.append(tops[row])
                     layer.append(node)
             if level == depth or not layer:
                 break
@@ -119,7 +116,7 @@ class TreeDrafter:
         keep = sorted(sorted(range(1, len(tree)), key=lambda n: (-score[n], n))[:nodes])
         chosen = tree.subtree(keep)
         return GrownTree(chosen, [1.0] + [q[n] for n in keep], [spans[0]] + [spans[n] for n in keep],
-                         [[]] + [q_top[n] for n in keep], [slot[0]] + [slot.get(n) for n in keep])
+                         [slot[0]] + [slot.get(n) for n in keep])
 
     def keep(self, committed: int, grown: GrownTree, path: list[int]) -> None:
         """After verification: the committed text's entries and those of the accepted path as far as the drafter
@@ -178,7 +175,6 @@ class Tree(Method):
         t0 = rec.now()
         logits = target.feed_tree(torch.tensor([tree.tokens], device=device), positions, mask)  # (N + 1, V)
         p = ctx.sampling.probs(logits)
-        p_tops = top_entries(p, ctx.dist_top)
         node, path, fate = 0, [], {}
         while True:
             children = tree.children(node)
@@ -194,7 +190,10 @@ class Tree(Method):
         rec.add("verify", step=step, source="target", t0=t0, t1=rec.now(),
                 info={"tokens": len(tree), "drafts": len(tree) - 1, "accepted": len(path), "tree": True,
                       "depth": max(tree.depths), "leaves": sum(1 for n in range(len(tree)) if not tree.children(n))})
-        emitted = commit_tree(ctx, grown, p, p_tops, fate, path, node, verdict, step)
+        # the target's top-k where it emitted its own token (a node's q and p are on its events: top-k lists for
+        # every node would cost more than the 3 % recording budget on trees of 16+ nodes)
+        top_end = top_entries(p[node : node + 1], ctx.dist_top)[0] if ctx.dist_top else []
+        emitted = commit_tree(ctx, grown, p, top_end, fate, path, node, verdict, step)
         return path, emitted
 
 
@@ -211,7 +210,7 @@ def record_candidates(ctx: RunContext, grown: GrownTree, step: int) -> None:
                 t0=t0, t1=t1, info={"node": n, "parent": tree.parents[n], "sibling": sibling})
 
 
-def commit_tree(ctx: RunContext, grown: GrownTree, p: torch.Tensor, p_tops: list, fate: dict, path: list[int],
+def commit_tree(ctx: RunContext, grown: GrownTree, p: torch.Tensor, top_end: list, fate: dict, path: list[int],
                 end: int, verdict: SiblingVerdict, step: int) -> list[int]:
     """Push the accepted path and the target's token at its end; record every candidate's verdict. Returns the
     tokens pushed."""
@@ -227,8 +226,6 @@ def commit_tree(ctx: RunContext, grown: GrownTree, p: torch.Tensor, p_tops: list
         common = dict(step=step, token_id=tree.tokens[n], p=p_at[n - 1], q=grown.q[n], depth=tree.depths[n] - 1,
                       source="draft", t0=now, t1=now)
         info: dict = {"node": n, "parent": tree.parents[n], "sibling": sibling, "rule": rule}
-        if ctx.dist_top:
-            info["top_q"], info["top_p"] = grown.q_top[n], p_tops[tree.parents[n]]
         state, judged, i = fate.get(n, ("after_reject", None, 0))
         if judged is not None and judged.u and i < len(judged.u):  # sampling: the chance it had and the draw
             info["u"], info["accept_prob"] = judged.u[i], judged.tried[i]
@@ -246,8 +243,8 @@ def commit_tree(ctx: RunContext, grown: GrownTree, p: torch.Tensor, p_tops: list
     if not out.done:
         kind = "correct" if tree.children(end) else "bonus"
         extra: dict = {"rule": rule, "node": end}
-        if ctx.dist_top:
-            extra["top_p"] = p_tops[end]
+        if top_end:
+            extra["top_p"] = top_end
         if verdict.residual_top is not None and kind == "correct":
             extra["residual_top"] = verdict.residual_top
         position = out.push(verdict.token)

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 import transformers
 
+from specviz.analysis.categories import first_per_task
 from specviz.api import fits_context, run
 from specviz.bench import matrix
 from specviz.bench import prompts as prompt_files
@@ -379,13 +380,7 @@ def heldout_section(pair, cfg: QualityConfig) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- 4. Spec-Bench
 def first_per_category(prompts: list[dict], n: int, fits) -> list[dict]:
     """The first n prompts of each category (file order) for which `fits(prompt)` holds."""
-    taken: dict[str, int] = {}
-    chosen = []
-    for p in prompts:
-        if taken.get(p["category"], 0) < n and fits(p):
-            taken[p["category"]] = taken.get(p["category"], 0) + 1
-            chosen.append(p)
-    return chosen
+    return first_per_task(prompts, n, fits, group=str)[0]
 
 
 def json_safe(obj: Any) -> Any:
