@@ -132,3 +132,20 @@ def test_no_wcag_violation_in_dark_mode(browser, server):
     report = violations_by_tab(page, ["Playground", "Race"])
     page.context.close()
     assert not report, "axe-core WCAG 2 A/AA violations in dark mode:\n" + report
+
+
+def test_no_wcag_violation_on_a_drawn_token_tree(browser, server):
+    """A `tree` run's Step through draws the round as nested lists of candidates (tests/app/test_app.py checks what
+    it shows): the same rules hold there, in both colour schemes."""
+    for scheme in ("light", "dark"):
+        page = open_page(browser, server, scheme)
+        box = page.locator("#method input")
+        box.click()
+        box.fill("tree")
+        page.locator("[role=option]:has-text('tree')").first.click()
+        run_tab(page, "Playground")
+        open_tab(page, "Step through")
+        page.wait_for_selector("#step-explainer [data-tree='1']", timeout=30_000)
+        report = describe(axe_violations(page))
+        page.context.close()
+        assert not report, f"axe-core WCAG 2 A/AA violations on a drawn tree ({scheme}):\n{report}"
