@@ -8,6 +8,7 @@ the causal mask; a tree: a tree mask and per-node positions, the `tree` method's
 forward over w nodes (the tree's growth, per level), each in target steps (a forward over 1 token), and prints the
 break-even: the tau a tree of N nodes needs to be as fast as a chain of gamma drafts.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,7 +68,7 @@ def main() -> None:
         """The target's cache holds exactly the first `length` context tokens."""
         target.rollback(length)
         if target.length < length:
-            target.feed(context[:, target.length:length])
+            target.feed(context[:, target.length : length])
 
     def chain(k: int):
         ids = torch.randint(0, vocab, (1, k))
@@ -100,8 +101,10 @@ def main() -> None:
                 at(CONTEXT - 1)
                 rows.setdefault((kind, k), []).append(timed(calls[(kind, k)], args.repeats))
     step = statistics.median(rows[("chain", 1)])
-    print(f"target: {args.target}, one step (1 token after {CONTEXT}) = {1000 * step:.2f} ms; medians of 3 rounds x "
-          f"{args.repeats}\n")
+    print(
+        f"target: {args.target}, one step (1 token after {CONTEXT}) = {1000 * step:.2f} ms; medians of 3 rounds x "
+        f"{args.repeats}\n"
+    )
     print("| tokens in the verification | chain (causal) | tree (mask, positions) |\n|---|---|---|")
     for k in WIDTHS:
         c, t = statistics.median(rows[("chain", k)]), statistics.median(rows[("tree", k)])
@@ -124,8 +127,10 @@ def main() -> None:
                 lean.rollback(CONTEXT)
 
             costs[w] = timed(grow, args.repeats)
-        print(f"\ndrafter forward over w nodes of one level ({type(lean).__name__}), in target steps: "
-              + ", ".join(f"w={w}: {costs[w] / step:.3f}" for w in DRAFT_WIDTHS))
+        print(
+            f"\ndrafter forward over w nodes of one level ({type(lean).__name__}), in target steps: "
+            + ", ".join(f"w={w}: {costs[w] / step:.3f}" for w in DRAFT_WIDTHS)
+        )
         c = costs[1] / step
         v = {k: statistics.median(rows[("tree", k)]) / step for k in WIDTHS}
         vc = {k: statistics.median(rows[("chain", k)]) / step for k in WIDTHS}
@@ -133,8 +138,10 @@ def main() -> None:
         for gamma, nodes, depth in ((4, 8, 6), (4, 16, 6), (4, 32, 6), (4, 64, 8)):
             chain_cost = gamma * c + vc[gamma + 1]
             tree_cost = depth * costs[4] / step + v[nodes + 1]
-            print(f"- a tree of {nodes} nodes (depth {depth}) must reach {tree_cost / chain_cost:.2f}x the tau of a "
-                  f"chain of {gamma} drafts (round cost {tree_cost:.2f} vs {chain_cost:.2f} target steps)")
+            print(
+                f"- a tree of {nodes} nodes (depth {depth}) must reach {tree_cost / chain_cost:.2f}x the tau of a "
+                f"chain of {gamma} drafts (round cost {tree_cost:.2f} vs {chain_cost:.2f} target steps)"
+            )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ heterogeneous timeline. Pure arithmetic: it imports nothing from specviz, so eve
 from __future__ import annotations
 
 import heapq
+from dataclasses import dataclass
 
 
 def iid_alpha(tau: float, gamma: float) -> float | None:
@@ -63,8 +64,6 @@ def mbsu(tau: float, gamma: float, draft_params: int, target_params: int) -> flo
     (a lookup reads one row) - see specviz.models.anatomy.weights_read_per_token."""
     return tau / (draft_params / target_params * gamma + 1)
 
-
-from dataclasses import dataclass
 
 
 @dataclass(frozen=True)

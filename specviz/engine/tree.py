@@ -7,6 +7,7 @@ at cache slot past + i, its position id is (the root's position) + its depth, an
 context, its ancestors and itself: then its logits equal those of feeding its path alone (tested in
 tests/engine/test_tree_mask.py, and on every architecture through the `tree` method's greedy-equality tests).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -56,8 +57,9 @@ class TokenTree:
         return out
 
 
-def tree_mask(visible: list[list[int]], prefix: int, past: int, dtype: torch.dtype,
-              device: torch.device | str) -> torch.Tensor:
+def tree_mask(
+    visible: list[list[int]], prefix: int, past: int, dtype: torch.dtype, device: torch.device | str
+) -> torch.Tensor:
     """The additive attention mask (1, 1, T, past + T) of T new entries fed after `past` cached ones: new entry
     i sees the first `prefix` cached entries (the committed context), the cache slots in visible[i] (its
     ancestors) and itself; everything else gets the dtype's minimum. Additive rather than boolean: eager

@@ -28,6 +28,7 @@ root is node 0; sibling: its rank among its parent's children, 0 = the drafter's
 before it was taken, "after_reject" below a node that was not taken, "past_end" when accepted after the output
 ended). Schema 3.
 """
+
 from __future__ import annotations
 
 import math
@@ -44,10 +45,21 @@ from specviz.methods.base import Method, Param, RunContext
 from specviz.methods.draft_model import DRAFTER_FORWARD
 from specviz.methods.rounds import prefill_both
 
-NODES = Param("nodes", int, 12, 1, 128, help="node budget: candidate tokens in each round's tree (the target verifies "
-                                               "them all, plus the root, in one forward)")
-DEPTH = Param("depth", int, 6, 1, 16, help="depth limit: the longest path a round can accept (drafter forwards per round)")
-BRANCH = Param("branch", int, 3, 1, 16, help="children per expanded node, and nodes expanded per depth (EAGLE-2's top-k)")
+NODES = Param(
+    "nodes",
+    int,
+    12,
+    1,
+    128,
+    help="node budget: candidate tokens in each round's tree (the target verifies "
+    "them all, plus the root, in one forward)",
+)
+DEPTH = Param(
+    "depth", int, 6, 1, 16, help="depth limit: the longest path a round can accept (drafter forwards per round)"
+)
+BRANCH = Param(
+    "branch", int, 3, 1, 16, help="children per expanded node, and nodes expanded per depth (EAGLE-2's top-k)"
+)
 
 
 @dataclass
@@ -82,7 +94,7 @@ class TreeDrafter:
         committed = seq.shape[1]  # the root sits at cache slot committed - 1 once pending is fed
         score, q, spans, slot = [0.0], [1.0], [(0.0, 0.0)], {0: committed - 1}
         t0 = rec.now()
-        probs = ctx.sampling.probs(self.decoder.feed(seq[:, self.decoder.length:]))  # (1, V) at the root
+        probs = ctx.sampling.probs(self.decoder.feed(seq[:, self.decoder.length :]))  # (1, V) at the root
         parents = [0]
         for level in range(1, depth + 1):
             span = (t0, rec.now())
@@ -108,15 +120,20 @@ class TreeDrafter:
             positions = torch.tensor([[committed - 1 + tree.depths[n] for n in parents]], device=seq.device)
             mask = tree_mask(visible, committed, past, next(self.decoder.model.parameters()).dtype, seq.device)
             t0 = rec.now()
-            logits = self.decoder.feed_tree(torch.tensor([[tree.tokens[n] for n in parents]], device=seq.device),
-                                            positions, mask)
+            logits = self.decoder.feed_tree(
+                torch.tensor([[tree.tokens[n] for n in parents]], device=seq.device), positions, mask
+            )
             probs = ctx.sampling.probs(logits)
             for i, n in enumerate(parents):
                 slot[n] = past + i
         keep = sorted(sorted(range(1, len(tree)), key=lambda n: (-score[n], n))[:nodes])
         chosen = tree.subtree(keep)
-        return GrownTree(chosen, [1.0] + [q[n] for n in keep], [spans[0]] + [spans[n] for n in keep],
-                         [slot[0]] + [slot.get(n) for n in keep])
+        return GrownTree(
+            chosen,
+            [1.0] + [q[n] for n in keep],
+            [spans[0]] + [spans[n] for n in keep],
+            [slot[0]] + [slot.get(n) for n in keep],
+        )
 
     def keep(self, committed: int, grown: GrownTree, path: list[int]) -> None:
         """After verification: the committed text's entries and those of the accepted path as far as the drafter
@@ -139,8 +156,10 @@ class Tree(Method):
         super().check_pair(pair)
         for role, model in (("target", pair.target), ("drafter", pair.draft)):
             if not full_attention_only(model.config):
-                raise ValueError(f"tree verification needs a {role} whose every layer attends to the whole history; "
-                                 f"{type(model).__name__} has sliding-window layers")
+                raise ValueError(
+                    f"tree verification needs a {role} whose every layer attends to the whole history; "
+                    f"{type(model).__name__} has sliding-window layers"
+                )
 
     def generate(self, ctx: RunContext) -> None:
         out, params = ctx.out, ctx.params
@@ -164,7 +183,9 @@ class Tree(Method):
         ctx.meta["tree"] = {"rounds": step, "mean_nodes": round(sum(sizes) / len(sizes), 2) if sizes else 0.0}
 
     @staticmethod
-    def verify(ctx: RunContext, target: Decoder, grown: GrownTree, committed: int, step: int) -> tuple[list[int], list[int]]:
+    def verify(
+        ctx: RunContext, target: Decoder, grown: GrownTree, committed: int, step: int
+    ) -> tuple[list[int], list[int]]:
         """The whole tree in one target forward, the walk from the root, and the round's events; returns the
         accepted path (node numbers) and the tokens emitted."""
         rec, tree, device = ctx.rec, grown.tree, ctx.prompt_ids.device
@@ -178,18 +199,38 @@ class Tree(Method):
         node, path, fate = 0, [], {}
         while True:
             children = tree.children(node)
-            verdict = sibling_verdict(ctx.sampling, logits[node], [tree.tokens[c] for c in children], ctx.generator,
-                                      top=ctx.dist_top, rule=ctx.verify_rule)
+            verdict = sibling_verdict(
+                ctx.sampling,
+                logits[node],
+                [tree.tokens[c] for c in children],
+                ctx.generator,
+                top=ctx.dist_top,
+                rule=ctx.verify_rule,
+            )
             for i, child in enumerate(children):
-                state = "accept" if i == verdict.accepted else ("tried" if i < len(verdict.tried) else "sibling_accepted")
+                state = (
+                    "accept" if i == verdict.accepted else ("tried" if i < len(verdict.tried) else "sibling_accepted")
+                )
                 fate[child] = (state, verdict, i)
             if verdict.accepted is None:
                 break
             node = children[verdict.accepted]
             path.append(node)
-        rec.add("verify", step=step, source="target", t0=t0, t1=rec.now(),
-                info={"tokens": len(tree), "drafts": len(tree) - 1, "accepted": len(path), "tree": True,
-                      "depth": max(tree.depths), "leaves": sum(1 for n in range(len(tree)) if not tree.children(n))})
+        rec.add(
+            "verify",
+            step=step,
+            source="target",
+            t0=t0,
+            t1=rec.now(),
+            info={
+                "tokens": len(tree),
+                "drafts": len(tree) - 1,
+                "accepted": len(path),
+                "tree": True,
+                "depth": max(tree.depths),
+                "leaves": sum(1 for n in range(len(tree)) if not tree.children(n)),
+            },
+        )
         # the target's top-k where it emitted its own token (a node's q and p are on its events: top-k lists for
         # every node would cost more than the 3 % recording budget on trees of 16+ nodes)
         top_end = top_entries(p[node : node + 1], ctx.dist_top)[0] if ctx.dist_top else []
@@ -206,12 +247,30 @@ def record_candidates(ctx: RunContext, grown: GrownTree, step: int) -> None:
     for n in range(1, len(tree)):
         sibling = rank[tree.parents[n]] = rank.get(tree.parents[n], -1) + 1
         t0, t1 = grown.spans[n]
-        rec.add("draft", step=step, token_id=tree.tokens[n], q=grown.q[n], depth=tree.depths[n] - 1, source="draft",
-                t0=t0, t1=t1, info={"node": n, "parent": tree.parents[n], "sibling": sibling})
+        rec.add(
+            "draft",
+            step=step,
+            token_id=tree.tokens[n],
+            q=grown.q[n],
+            depth=tree.depths[n] - 1,
+            source="draft",
+            t0=t0,
+            t1=t1,
+            info={"node": n, "parent": tree.parents[n], "sibling": sibling},
+        )
 
 
-def commit_tree(ctx: RunContext, grown: GrownTree, p: torch.Tensor, top_end: list, fate: dict, path: list[int],
-                end: int, verdict: SiblingVerdict, step: int) -> list[int]:
+def commit_tree(
+    ctx: RunContext,
+    grown: GrownTree,
+    p: torch.Tensor,
+    top_end: list,
+    fate: dict,
+    path: list[int],
+    end: int,
+    verdict: SiblingVerdict,
+    step: int,
+) -> list[int]:
     """Push the accepted path and the target's token at its end; record every candidate's verdict. Returns the
     tokens pushed."""
     rec, out, tree = ctx.rec, ctx.out, grown.tree
@@ -219,12 +278,23 @@ def commit_tree(ctx: RunContext, grown: GrownTree, p: torch.Tensor, top_end: lis
     now = rec.now()
     rank: dict[int, int] = {}
     rule = "argmax" if ctx.sampling.greedy else ("sibling" if ctx.verify_rule == "exact" else ctx.verify_rule)
-    p_at = p[torch.tensor(tree.parents[1:], device=p.device), torch.tensor(tree.tokens[1:], device=p.device)].tolist() \
-        if len(tree) > 1 else []
+    p_at = (
+        p[torch.tensor(tree.parents[1:], device=p.device), torch.tensor(tree.tokens[1:], device=p.device)].tolist()
+        if len(tree) > 1
+        else []
+    )
     for n in range(1, len(tree)):
         sibling = rank[tree.parents[n]] = rank.get(tree.parents[n], -1) + 1
-        common = dict(step=step, token_id=tree.tokens[n], p=p_at[n - 1], q=grown.q[n], depth=tree.depths[n] - 1,
-                      source="draft", t0=now, t1=now)
+        common = dict(
+            step=step,
+            token_id=tree.tokens[n],
+            p=p_at[n - 1],
+            q=grown.q[n],
+            depth=tree.depths[n] - 1,
+            source="draft",
+            t0=now,
+            t1=now,
+        )
         info: dict = {"node": n, "parent": tree.parents[n], "sibling": sibling, "rule": rule}
         state, judged, i = fate.get(n, ("after_reject", None, 0))
         if judged is not None and judged.u and i < len(judged.u):  # sampling: the chance it had and the draw
@@ -248,7 +318,18 @@ def commit_tree(ctx: RunContext, grown: GrownTree, p: torch.Tensor, top_end: lis
         if verdict.residual_top is not None and kind == "correct":
             extra["residual_top"] = verdict.residual_top
         position = out.push(verdict.token)
-        rec.add(kind, step=step, position=position, token_id=verdict.token, p=verdict.p_token, q=None,
-                depth=len(path), source="target", t0=now, t1=now, info=extra)
+        rec.add(
+            kind,
+            step=step,
+            position=position,
+            token_id=verdict.token,
+            p=verdict.p_token,
+            q=None,
+            depth=len(path),
+            source="target",
+            t0=now,
+            t1=now,
+            info=extra,
+        )
         pushed.append(verdict.token)
     return pushed

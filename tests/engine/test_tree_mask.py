@@ -1,5 +1,6 @@
 """`specviz.engine.tree`: a token tree fed in one forward with its mask and positions gives every node the logits
 of its path fed alone, on every architecture the engine runs; keeping a path leaves the cache of that path."""
+
 from __future__ import annotations
 
 import pytest
@@ -55,8 +56,11 @@ def test_tree_logits_equal_each_path_fed_alone(arch):
     dec.feed(torch.tensor([PROMPT[:-1]]))
     past = dec.length
     visible = [[past + a for a in tree.ancestors(n)] for n in range(len(tree))]
-    logits = dec.feed_tree(torch.tensor([tree.tokens]), torch.tensor([[past + d for d in tree.depths]]),
-                           tree_mask(visible, past, past, model.dtype, "cpu"))
+    logits = dec.feed_tree(
+        torch.tensor([tree.tokens]),
+        torch.tensor([[past + d for d in tree.depths]]),
+        tree_mask(visible, past, past, model.dtype, "cpu"),
+    )
     assert logits.shape == (len(tree), VOCAB) and dec.length == past + len(tree)
     for node in range(len(tree)):
         alone = Decoder(model, VOCAB).feed(torch.tensor([PROMPT + path_tokens(tree, node)]))[0]

@@ -1,6 +1,7 @@
 """The `tree` method: greedy output equal to autoregressive (with test_methods' architectures), its sampling exact
 by the sibling rule (chi-square, including a prompt where the drafter's first choice is often refused and a later
 sibling taken), the rule broken on purpose caught by the Exactness lab's test, and its events a well-formed tree."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,8 +20,16 @@ TREE = {"nodes": 6, "depth": 2, "branch": 3}
 def peaky_pair():
     tok = word_tokenizer(7)  # 8 ids, id 0 = EOS
     vocab = len(tok)
-    return ModelPair(target=peaky_llama(vocab, layers=2, seed=21), tokenizer=tok, draft=peaky_llama(vocab, layers=1, seed=22),
-                     target_name="t", draft_name="d", device=torch.device("cpu"), dtype=torch.float32, extras={})
+    return ModelPair(
+        target=peaky_llama(vocab, layers=2, seed=21),
+        tokenizer=tok,
+        draft=peaky_llama(vocab, layers=1, seed=22),
+        target_name="t",
+        draft_name="d",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        extras={},
+    )
 
 
 @pytest.mark.slow  # chi-square over 3,000 runs
@@ -29,7 +38,9 @@ def test_tree_sampling_preserves_the_target_distribution(peaky_pair):
     is tried at the root and again below the accepted child) against the target's exact law. On this prompt the
     drafter's first choice at the root is refused in about half the runs and a later sibling taken in about half."""
     prompt, temperature, runs = "w1 w2", 0.8, 3000
-    law = two_token_law(peaky_pair.target, peaky_pair.tokenizer(prompt, add_special_tokens=False)["input_ids"], temperature)
+    law = two_token_law(
+        peaky_pair.target, peaky_pair.tokenizer(prompt, add_special_tokens=False)["input_ids"], temperature
+    )
     counts = {cell: 0 for cell in law}
     first_refused = later_taken = deep = 0
     for seed in range(runs):
@@ -40,7 +51,11 @@ def test_tree_sampling_preserves_the_target_distribution(peaky_pair):
         first_refused += any(e.kind == "reject" and e.info["sibling"] == 0 and e.info["cause"] == "ratio" for e in root)
         later_taken += any(e.kind == "accept" and e.info["sibling"] > 0 for e in root)
         deep += any(e.kind == "accept" and e.step == 0 and e.depth == 1 for e in trace.events)
-    assert first_refused > 0.3 * runs and later_taken > 0.3 * runs and deep > 0.1 * runs, (first_refused, later_taken, deep)
+    assert first_refused > 0.3 * runs and later_taken > 0.3 * runs and deep > 0.1 * runs, (
+        first_refused,
+        later_taken,
+        deep,
+    )
     cells = list(law)
     pvalue = chi_square([counts[c] for c in cells], [law[c] for c in cells]).p_value
     assert pvalue > 1e-3, f"chi-square p = {pvalue:.2e}"
@@ -50,8 +65,9 @@ def test_tree_sampling_preserves_the_target_distribution(peaky_pair):
 def test_the_exactness_lab_catches_the_broken_sibling_rule(peaky_pair):
     """The Exactness lab's test can fail for a tree: drawing the correction from p itself (as if no sibling had
     been tried) over-weights the siblings, and the chi-square says so."""
-    broken = exactness("tree", peaky_pair, "w1 w2", n=1000, tokens=2, seed=0, broken=True,
-                        temperature=0.8, reference=False, **TREE)
+    broken = exactness(
+        "tree", peaky_pair, "w1 w2", n=1000, tokens=2, seed=0, broken=True, temperature=0.8, reference=False, **TREE
+    )
     assert broken["broken"] and broken["chi2_p"] < 1e-3, broken
 
 

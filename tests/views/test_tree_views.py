@@ -1,6 +1,7 @@
 """What the page shows of a token tree: the Step-through draws a round's tree (accepted path highlighted, q, p and
 the verdict per node, a display limit with a summary), the token view marks tokens from a non-first branch, and the
 explorer's modeled tau of a tree reduces to Leviathan's chain at one child per node and grows with the branches."""
+
 from __future__ import annotations
 
 import re
@@ -15,8 +16,17 @@ from specviz.views.render import explainer_html, tokens_html
 
 @pytest.fixture(scope="module")
 def tree_trace(embedded_pair):
-    return run("tree", embedded_pair, "def fibonacci(n):\n    if n < 2:\n", max_new_tokens=40, nodes=12, depth=5, branch=3,
-               dist_top_k=4, heal_prompt=True)
+    return run(
+        "tree",
+        embedded_pair,
+        "def fibonacci(n):\n    if n < 2:\n",
+        max_new_tokens=40,
+        nodes=12,
+        depth=5,
+        branch=3,
+        dist_top_k=4,
+        heal_prompt=True,
+    )
 
 
 def test_step_through_draws_the_tree(tree_trace, embedded_pair):
@@ -30,6 +40,7 @@ def test_step_through_draws_the_tree(tree_trace, embedded_pair):
     assert "q=" in html and "p=" in html and "the target emits" in html and f"a tree of {len(nodes)} candidates" in html
     small = explainer_html(tree_trace, step, decode=embedded_pair.tokenizer.decode)
     from specviz.views.render import tree_round_html  # the display limit
+
     events = [e for e in tree_trace.events if e.step == step]
     limited = tree_round_html(tree_trace, step, events, "", embedded_pair.tokenizer.decode, limit=3)
     assert limited.count('class="sv-node sv-n-') == max(3, len(accepted)) and "nodes not drawn" in limited
@@ -53,7 +64,7 @@ def test_tree_tau_model():
             assert tree_tau(alpha, n, 1, n) == pytest.approx(chain)
             assert tree_tau(alpha, n, 4, n) >= chain - 1e-12
     assert tree_tau(0.6, 16, 4, 6) > tree_tau(0.6, 16, 1, 16)  # at 0.6 branching beats a longer chain
-    assert tree_tau(0.6, 16, 4, 1) == pytest.approx(1 + 1 - 0.4 ** 4)  # one level: P(any of 4 choices)
+    assert tree_tau(0.6, 16, 4, 1) == pytest.approx(1 + 1 - 0.4**4)  # one level: P(any of 4 choices)
     fig = tau_explorer(0.6, 4, 6, [{"method": "tree", "gamma": 16, "speedup": 1.1, "tau": 3.9}])
     assert [t.name for t in fig.data][:2] == ["MODELED chain: alpha 0.60", "MODELED tree: branch 4, depth 6"]
     assert fig.data[2].y[0] == 3.9
