@@ -38,12 +38,11 @@ import torch
 
 from specviz.engine.decoder import Decoder
 from specviz.engine.kvcache import full_attention_only
-from specviz.engine.lean import supports
 from specviz.engine.tree import TokenTree, tree_mask
 from specviz.engine.verify import SiblingVerdict, sibling_verdict, top_entries
 from specviz.methods.base import Method, Param, RunContext
 from specviz.methods.draft_model import DRAFTER_FORWARD
-from specviz.methods.rounds import prefill_both
+from specviz.methods.rounds import Drafter, prefill_both
 
 NODES = Param(
     "nodes",
@@ -72,21 +71,9 @@ class GrownTree:
     slots: list[int | None]  # node -> where the drafter's cache holds it (None: never fed, a leaf of the growth)
 
 
-class TreeDrafter:
-    """Grows a round's token tree with a causal LM that has its own KV cache (specviz's lean Llama loop where the
+class TreeDrafter(Drafter):
+    """Grows a round's token tree with the pair's drafter on its own KV cache (specviz's lean Llama loop where the
     model is one, as draft_model's drafter; both forwards take the tree's mask and positions)."""
-
-    source = "draft"
-
-    def __init__(self, ctx: RunContext, model: torch.nn.Module, lean: bool = True):
-        self.ctx = ctx
-        self.lean = lean and ctx.once(("lean_supports", id(model)), lambda: supports(model))
-        self.decoder = ctx.decoder(model, lean=self.lean)
-        ctx.meta["drafter_forward"] = "lean" if self.lean else "transformers"
-
-    def prefill(self, ids: torch.Tensor) -> None:
-        if ids.shape[1]:
-            self.decoder.feed(ids)
 
     def grow(self, seq: torch.Tensor, nodes: int, depth: int, branch: int) -> GrownTree:
         ctx, rec = self.ctx, self.ctx.rec

@@ -87,10 +87,7 @@ def test_events_form_a_tree_and_greedy_is_lossless(embedded_pair):
     assert trace.meta["tree"]["rounds"] == len(verifies)
 
 
-def test_bad_tree_parameters_get_clear_messages(peaky_pair):
-    with pytest.raises(ValueError, match="nodes"):
-        run("tree", peaky_pair, "w1", nodes=0)
-    with pytest.raises(ValueError, match="depth"):
-        run("tree", peaky_pair, "w1", depth=17)
-    with pytest.raises(ValueError, match="branch"):
-        run("tree", peaky_pair, "w1", branch=0)
+@pytest.mark.parametrize("params,name", [({"nodes": 0}, "nodes"), ({"depth": 17}, "depth"), ({"branch": 0}, "branch")])
+def test_bad_tree_parameters_get_clear_messages(peaky_pair, params, name):
+    with pytest.raises(ValueError, match=name):
+        run("tree", peaky_pair, "w1", **params)
