@@ -88,3 +88,21 @@ def launched():
         browser = launch(p)
         yield browser
         browser.close()
+
+
+AXE_RUN = """async () => {
+  const r = await axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa"]}, resultTypes: ["violations"]});
+  return r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+                                 nodes: v.nodes.map(n => ({target: n.target.join(" "), summary: n.failureSummary}))}));
+}"""
+
+
+def axe_violations(page) -> list[dict]:
+    if not page.evaluate("typeof axe !== 'undefined'"):
+        page.add_script_tag(path=str(AXE))
+    return page.evaluate(AXE_RUN)
+
+
+def describe(violations: list[dict]) -> str:
+    return "; ".join(f"{v['id']} ({v['impact']}, {len(v['nodes'])} node(s): "
+                     + ", ".join(n["target"] for n in v["nodes"][:3]) + ")" for v in violations)

@@ -337,8 +337,8 @@ def build_demo() -> gr.Blocks:
             slider.change(explorer_figure, explorer_inputs, x_plot, api_visibility="private")
         demo.load(explorer_figure, explorer_inputs, x_plot, api_visibility="private")
         tau_inputs = [x_alpha, x_branch, x_depth, x_points]
-        for source in (x_alpha, x_branch, x_depth, x_points):
-            source.change(tau_figure, tau_inputs, x_tau, api_visibility="private")
+        for tau_input in (x_alpha, x_branch, x_depth, x_points):
+            tau_input.change(tau_figure, tau_inputs, x_tau, api_visibility="private")
         demo.load(tau_figure, tau_inputs, x_tau, api_visibility="private")
         trace_state.change(step_view, [trace_state, step_slider], [step_html, step_slider], api_visibility="private")
         step_slider.change(

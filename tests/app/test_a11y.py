@@ -5,16 +5,11 @@ tests/a11y/package.json, which .ci/run installs (`npm ci --prefix tests/a11y`)."
 from __future__ import annotations
 
 import pytest
-from browser import AXE, axe_script, launched
+from browser import axe_script, axe_violations, describe, launched
 
 pytestmark = pytest.mark.slow  # a real server in a real browser or under load: minutes
 
 TABS = ["Playground", "Compare", "Batch", "Step through", "Exactness", "Race", "Explorer", "Learn"]
-AXE_RUN = """async () => {
-  const r = await axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa"]}, resultTypes: ["violations"]});
-  return r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
-                                 nodes: v.nodes.map(n => ({target: n.target.join(" "), summary: n.failureSummary}))}));
-}"""
 
 
 @pytest.fixture(scope="module")
@@ -94,17 +89,6 @@ def ready(page, tab: str) -> None:
     page.wait_for_timeout(500)
 
 
-def axe_violations(page) -> list[dict]:
-    if not page.evaluate("typeof axe !== 'undefined'"):
-        page.add_script_tag(path=str(AXE))
-    return page.evaluate(AXE_RUN)
-
-
-def describe(violations: list[dict]) -> str:
-    return "; ".join(f"{v['id']} ({v['impact']}, {len(v['nodes'])} node(s): "
-                     + ", ".join(n["target"] for n in v["nodes"][:3]) + ")" for v in violations)
-
-
 def violations_by_tab(page, runs: list[str]) -> str:
     """Every tab after the Playground run (the Playground before it too), and each tab in `runs` once more
     after a run of its own; '' when axe-core finds nothing."""
@@ -133,19 +117,3 @@ def test_no_wcag_violation_in_dark_mode(browser, server):
     page.context.close()
     assert not report, "axe-core WCAG 2 A/AA violations in dark mode:\n" + report
 
-
-def test_no_wcag_violation_on_a_drawn_token_tree(browser, server):
-    """A `tree` run's Step through draws the round as nested lists of candidates (tests/app/test_app.py checks what
-    it shows): the same rules hold there, in both colour schemes."""
-    for scheme in ("light", "dark"):
-        page = open_page(browser, server, scheme)
-        box = page.locator("#method input")
-        box.click()
-        box.fill("tree")
-        page.locator("[role=option]:has-text('tree')").first.click()
-        run_tab(page, "Playground")
-        open_tab(page, "Step through")
-        page.wait_for_selector("#step-explainer [data-tree='1']", timeout=30_000)
-        report = describe(axe_violations(page))
-        page.context.close()
-        assert not report, f"axe-core WCAG 2 A/AA violations on a drawn tree ({scheme}):\n{report}"

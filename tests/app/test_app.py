@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from appserver import ROOT, playground_stream_args
-from browser import launched
+from browser import axe_script, axe_violations, describe, launched
 
 pytestmark = pytest.mark.slow  # a real server in a real browser or under load: minutes
 
@@ -324,6 +324,9 @@ def test_a_tree_round_is_drawn_in_step_through(page):
     title = accepted.first.get_attribute("title")
     assert "q=" in title and "p=" in title and "accepted" in title, title
     assert "a tree of" in page.inner_text("#step-explainer [data-tree-summary]")
+    axe_script()
+    report = describe(axe_violations(page))  # the drawn tree keeps the page's WCAG 2 A/AA pass (test_a11y: every tab)
+    assert not report, f"axe-core WCAG 2 A/AA violations on a drawn tree:\n{report}"
     page.screenshot(path=str(SHOTS / "step-tree.png"), full_page=True)
     open_tab(page, "Explorer")
     plot = "#explorer-tau .js-plotly-plot"

@@ -58,7 +58,7 @@ def method_params(name: str) -> list[dict]:
                         {"gamma": 3, "lookup": 1}, {"gamma": 2, "lookup": 2, "lookup_gamma": 6, "vocab_trim": 100}],
         "prompt_lookup": [{}, {"gamma": 3, "min_ngram": 2, "max_ngram": 2}],
         "hf_assisted": [{"gamma": 3}],
-        "tree": [{}, {"nodes": 5, "depth": 3, "branch": 2}, {"nodes": 1, "depth": 1, "branch": 1}, {"nodes": 40, "depth": 9, "branch": 6},
+        "tree": [{}, {"nodes": 5, "depth": 3, "branch": 2}, {"nodes": 1, "depth": 1, "branch": 1},
                  {"nodes": 10, "depth": 5, "branch": 3, "drafter_forward": "transformers"}],
         "kangaroo": [{"gamma": 4, "eta": 0.0, "exit_layer": 1}, {"gamma": 6, "eta": 0.6, "exit_layer": 1},
                      {"gamma": 3, "exit_layer": 1, "vocab_trim": 100}],
@@ -269,7 +269,7 @@ def test_cancel_returns_a_partial_trace(pairs):
 EMBEDDED_CASES = [("draft_model", {"gamma": 4}), ("draft_model", {"gamma": 3, "vocab_trim": 2048}),
                   ("kangaroo", {}), ("sorted", {}), ("sorted", {"sub_model": 1}), ("mirror", {}), ("hf_assisted", {"gamma": 4}),
                   ("prompt_lookup", {}), ("hf_prompt_lookup", {}), ("draft_model", {"gamma": 4, "lookup": 2}),
-                  ("tree", {}), ("tree", {"nodes": 32, "depth": 8, "branch": 4})]
+                  ("tree", {"nodes": 32, "depth": 8, "branch": 4})]  # the default tree: tests/methods/test_tree.py
 
 
 @pytest.mark.parametrize("name,params", EMBEDDED_CASES)
