@@ -189,7 +189,7 @@ def test_a_session_is_refused_its_fourth_run_at_submission(app):
     """One browser session (one gradio_client) with four long runs at once: three take their places, the fourth
     is refused at once with the reason; the other sessions' runs are untouched."""
     session = Client(app.url, verbose=False)
-    jobs = [session.submit(*playground_stream_args("draft_model", 1024, prompt=f"def f{i}(x):\n"),
+    jobs = [session.submit(*playground_stream_args("draft_model", 256, prompt=f"def f{i}(x):\n"),
                            api_name="/playground_stream") for i in range(4)]
     try:
         deadline = time.time() + 60
