@@ -177,7 +177,7 @@ def test_sorted_lazy_fill_matches_a_full_forward(agreeing_pair):
                                          ("sorted", {"gamma": 2, "theta": 0.4}), ("mirror", {"gamma": 2, "exit_layer": 1})])
 @pytest.mark.slow  # chi-square over thousands of samples per method: 3 minutes
 def test_speculative_sampling_preserves_the_target_distribution(name, params):
-    """Joint law of the first two sampled tokens vs the target's exact law (chi-square, 4,000 runs).
+    """Joint law of the first two sampled tokens vs the target's exact law (chi-square, 3,000 runs).
     `_lens`: Kangaroo without an adapter (the training-free logit-lens drafter)."""
     params = dict(params)
     lens = params.pop("_lens", False)
@@ -191,7 +191,7 @@ def test_speculative_sampling_preserves_the_target_distribution(name, params):
                                                   "vocab_ranking": list(range(vocab))})
     if lens:
         del pair.extras["kangaroo_adapter"]
-    prompt, temperature, runs = "w1 w2", 0.8, 4000
+    prompt, temperature, runs = "w1 w2", 0.8, 3000
     law = two_token_law(target, tok(prompt, add_special_tokens=False)["input_ids"], temperature)
     counts = {cell: 0 for cell in law}
     for seed in range(runs):
