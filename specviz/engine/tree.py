@@ -41,6 +41,19 @@ class TokenTree:
         """The children of `node`, in the order they were added."""
         return [i for i, parent in enumerate(self.parents) if parent == node]
 
+    def sibling_ranks(self) -> list[int]:
+        """node -> its rank among its parent's children, in the order they were added (the root: 0)."""
+        seen: dict[int, int] = {}
+        ranks = [0]
+        for parent in self.parents[1:]:
+            seen[parent] = seen.get(parent, -1) + 1
+            ranks.append(seen[parent])
+        return ranks
+
+    def leaves(self) -> int:
+        """Nodes without children."""
+        return len(self.tokens) - len(set(self.parents[1:]))
+
     def ancestors(self, node: int) -> list[int]:
         """`node`'s ancestors from the root down (the root included, `node` not)."""
         chain = []

@@ -200,10 +200,10 @@ class SiblingVerdict:
     residual_top: list | None = None  # sampling, every child rejected: top-k of the residual the token came from
 
 
-def sibling_verdict(sampling: Sampling, logits: torch.Tensor, children: list[int], generator: torch.Generator | None,
-                    *, top: int = 0, rule: str = "exact") -> SiblingVerdict:
+def sibling_verdict(sampling: Sampling, logits: torch.Tensor, p: torch.Tensor, children: list[int],
+                    generator: torch.Generator | None, *, top: int = 0, rule: str = "exact") -> SiblingVerdict:
     """Which of a node's deterministic children (a token tree's top-k siblings) the target takes, from its logits
-    (V,) at the node.
+    (V,) at the node and their probabilities p = sampling.probs(logits) (computed once for the whole tree).
 
     Greedy: the child equal to the argmax, if any; else the argmax is emitted.
     Sampling (exact for children chosen deterministically, as a tree's top-k are): with r = p, try the children in
@@ -219,11 +219,10 @@ def sibling_verdict(sampling: Sampling, logits: torch.Tensor, children: list[int
         raise ValueError(f"unknown verify rule {rule!r}")
     if sampling.greedy:
         best = int(logits.argmax(-1).item())
-        p_best = float(torch.softmax(logits.float(), dim=-1)[best].item())
+        p_best = float(p[best].item())  # greedy: p is the softmax at T = 1
         hit = children.index(best) if best in children else None
         tried = [1.0 if token == best else 0.0 for token in children[: (hit + 1 if hit is not None else len(children))]]
         return SiblingVerdict(hit, best, p_best, tried, [])
-    p = sampling.probs(logits)
     r = p.clone()
     tried, drawn = [], []
     for i, token in enumerate(children):

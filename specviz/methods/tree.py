@@ -189,6 +189,7 @@ class Tree(Method):
             verdict = sibling_verdict(
                 ctx.sampling,
                 logits[node],
+                p[node],
                 [tree.tokens[c] for c in children],
                 ctx.generator,
                 top=ctx.dist_top,
@@ -215,7 +216,7 @@ class Tree(Method):
                 "accepted": len(path),
                 "tree": True,
                 "depth": max(tree.depths),
-                "leaves": sum(1 for n in range(len(tree)) if not tree.children(n)),
+                "leaves": tree.leaves(),
             },
         )
         # the target's top-k where it emitted its own token (a node's q and p are on its events: top-k lists for
@@ -230,9 +231,8 @@ def record_candidates(ctx: RunContext, grown: GrownTree, step: int) -> None:
     rec, tree = ctx.rec, grown.tree
     if not rec.enabled:
         return
-    rank: dict[int, int] = {}
+    ranks = tree.sibling_ranks()
     for n in range(1, len(tree)):
-        sibling = rank[tree.parents[n]] = rank.get(tree.parents[n], -1) + 1
         t0, t1 = grown.spans[n]
         rec.add(
             "draft",
@@ -243,7 +243,7 @@ def record_candidates(ctx: RunContext, grown: GrownTree, step: int) -> None:
             source="draft",
             t0=t0,
             t1=t1,
-            info={"node": n, "parent": tree.parents[n], "sibling": sibling},
+            info={"node": n, "parent": tree.parents[n], "sibling": ranks[n]},
         )
 
 
@@ -263,7 +263,7 @@ def commit_tree(
     rec, out, tree = ctx.rec, ctx.out, grown.tree
     pushed: list[int] = []
     now = rec.now()
-    rank: dict[int, int] = {}
+    ranks = tree.sibling_ranks()
     rule = "argmax" if ctx.sampling.greedy else ("sibling" if ctx.verify_rule == "exact" else ctx.verify_rule)
     p_at = (
         p[torch.tensor(tree.parents[1:], device=p.device), torch.tensor(tree.tokens[1:], device=p.device)].tolist()
@@ -271,7 +271,6 @@ def commit_tree(
         else []
     )
     for n in range(1, len(tree)):
-        sibling = rank[tree.parents[n]] = rank.get(tree.parents[n], -1) + 1
         common = dict(
             step=step,
             token_id=tree.tokens[n],
@@ -282,7 +281,7 @@ def commit_tree(
             t0=now,
             t1=now,
         )
-        info: dict = {"node": n, "parent": tree.parents[n], "sibling": sibling, "rule": rule}
+        info: dict = {"node": n, "parent": tree.parents[n], "sibling": ranks[n], "rule": rule}
         state, judged, i = fate.get(n, ("after_reject", None, 0))
         if judged is not None and judged.u and i < len(judged.u):  # sampling: the chance it had and the draw
             info["u"], info["accept_prob"] = judged.u[i], judged.tried[i]

@@ -34,6 +34,7 @@ def test_token_tree_structure():
     tree = sample_tree()
     assert tree.children(0) == [1, 2] and tree.children(1) == [3, 4] and tree.children(3) == [6]
     assert tree.ancestors(6) == [0, 1, 3] and tree.depths == [0, 1, 1, 2, 2, 2, 3]
+    assert tree.sibling_ranks() == [0, 0, 1, 0, 1, 0, 0] and tree.leaves() == 3
     sub = tree.subtree([1, 3, 6])
     assert sub.tokens == [PROMPT[-1], 11, 13, 16] and sub.parents == [-1, 0, 1, 2]
 
