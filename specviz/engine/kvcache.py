@@ -137,6 +137,13 @@ def filled_layers(cache: DynamicCache):
     return (layer for layer in cache.layers if is_filled(layer))
 
 
+def path_split(positions: list[int]) -> tuple[int, list[int]]:
+    """A gather's positions (ascending) as (the entries that stay where they are, the positions after the first
+    gap, which are copied down to follow them)."""
+    base = next((i for i, p in enumerate(positions) if p != i), len(positions))
+    return base, positions[base:]
+
+
 class KVCache:
     """A transformers cache and the number of entries each of its layers holds: the one owner of both.
 
@@ -215,8 +222,7 @@ class KVCache:
         entries up to the first gap stay where they are and only the path after it is copied (in place, in a
         GrowingLayer's buffer), so a round costs the path's length, not the cache's."""
         positions = [int(p) for p in (positions.tolist() if isinstance(positions, torch.Tensor) else positions)]
-        base = next((i for i, p in enumerate(positions) if p != i), len(positions))
-        tail = positions[base:]
+        base, tail = path_split(positions)
         for i, layer in enumerate(self.cache.layers):
             if not is_filled(layer):
                 continue

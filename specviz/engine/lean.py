@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from specviz.engine.decoder import context_limit
-from specviz.engine.kvcache import full_attention_only
+from specviz.engine.kvcache import full_attention_only, path_split
 from specviz.engine.layers import split_parts
 
 LEAN_TYPES = ("llama", "qwen2", "mistral")  # RMSNorm, RoPE at model level, q/k/v/o + SwiGLU, no q/k norms,
@@ -192,8 +192,7 @@ class HoldsKV:
         """Keep only the entries at `positions` (ascending): a token tree's accepted path, the one exception to
         "rollback is a number". The entries up to the first gap stay; the rest are copied down in place."""
         kv = self.kv
-        base = next((i for i, p in enumerate(positions) if p != i), len(positions))
-        tail = positions[base:]
+        base, tail = path_split(positions)
         if tail:
             at = torch.tensor(tail, dtype=torch.long, device=kv.device)
             end = base + len(tail)
