@@ -8,7 +8,9 @@ where every draft passed, -1 otherwise).
 
 `lookup=n` makes it a lookup-or-drafter hybrid: a round whose text ends in n tokens that occurred before takes
 the prompt-lookup draft (`specviz.methods.prompt_lookup`: free to make, q = 1 at each copy) and skips the
-drafter; other rounds draft as usual. Each round's drafts come from one source and are verified by the rule for
+drafter; other rounds draft as usual. With `choose=yield` (`specviz.methods.hybrid`) each round instead takes the
+source and length with the most expected tokens per modeled cost, from the run's own verdicts: a copy, the
+drafter, or no draft at all (a plain target step). Each round's drafts come from one source and are verified by the rule for
 it (a copy is accepted with p(x), a drafted token with min(1, p/q)), so the hybrid is exact under sampling too.
 The drafter catches up on the tokens of lookup rounds at its next round (its cache feeds what it has not seen).
 """
@@ -17,10 +19,12 @@ from __future__ import annotations
 import torch
 
 from specviz.methods.base import GAMMA, Method, Param, RunContext, eta_param
+from specviz.methods.hybrid import CHOOSE, WIDTH_COST, SourceChooser
 from specviz.methods.prompt_lookup import SOURCE as LOOKUP
 from specviz.methods.prompt_lookup import NgramIndex, one_hot, record_copies
 from specviz.methods.rounds import Drafter, commit, next_gamma, prefill_both, verify_block
 from specviz.methods.vocabtrim import TrimmedDrafter
+from specviz.models.anatomy import weights_read_per_token
 
 DRAFTER_FORWARD = Param("drafter_forward", str, "lean", choices=("lean", "transformers"),
                         help="the drafter's forward: specviz's lean Llama-family loop (same weights, less framework "
@@ -50,6 +54,8 @@ class DraftModel(Method):
               help="VocabTrim: keep only the K most frequent target tokens in the drafter's LM head (0 = off)"),
         LOOKUP_PARAM,
         LOOKUP_GAMMA_PARAM,
+        CHOOSE,
+        WIDTH_COST,
     )
 
     def make_drafter(self, ctx: RunContext) -> Drafter:
@@ -71,23 +77,38 @@ class DraftModel(Method):
         index = NgramIndex(lookup, max(lookup, 4)) if lookup else None
         if index is not None:
             index.extend(seq[0].tolist())
+        chooser = (SourceChooser(ctx.params["width_cost"], draft_cost(ctx, ctx.pair.target))
+                   if ctx.params["choose"] == "yield" else None)
         step = lookup_rounds = 0
         while not out.done:
             ctx.check_cancel()
-            length = seq.shape[1]
-            copied = self.copy(ctx, index, seq, step, min(ctx.params["lookup_gamma"], out.room - 1)) if index else None
+            length, room = seq.shape[1], out.room - 1
+            plan, ngram, copied = None, 0, None
+            if chooser is not None:
+                found = index.match() if index is not None else None
+                ngram = found[0] if found else 0
+                plan = chooser.plan(copy_max=min(ctx.params["lookup_gamma"], room) if found else 0, ngram=ngram,
+                                    draft_max=min(gamma, room))
+                if plan.source == LOOKUP:
+                    copied = self.copy(ctx, index, seq, step, plan.k)
+            elif index is not None:
+                copied = self.copy(ctx, index, seq, step, min(ctx.params["lookup_gamma"], room))
             if copied is not None:
-                drafts, q = copied
+                drafts, q, ngram = copied
                 source = LOOKUP
                 lookup_rounds += 1
+            elif plan is not None and plan.source is None:  # no draft pays: a plain target step
+                drafts, q, source = seq.new_zeros(0), torch.zeros(0, ctx.vocab, device=seq.device), drafter.source
             else:
-                drafts, q = drafter.propose(seq, min(gamma, out.room - 1), step, eta)
+                drafts, q = drafter.propose(seq, plan.k if plan is not None else min(gamma, room), step, eta)
                 source = drafter.source
-            verdict = verify_block(ctx, target, seq, drafts, q, step)
+            verdict = verify_block(ctx, target, seq, drafts, q, step, plan=plan.info() if plan is not None else None)
             seq = commit(ctx, seq, drafts, verdict, step, [source] * len(drafts))
             target.rollback(length + verdict.accepted)
             drafter.rollback(length + verdict.accepted)
-            if copied is None:
+            if chooser is not None:
+                chooser.update(plan, len(drafts), verdict.accepted, ngram)
+            elif copied is None:
                 gamma = next_gamma(gamma, verdict.accepted, len(drafts), schedule, limit)
             if index is not None:
                 index.extend(seq[0, length:].tolist())
@@ -95,13 +116,21 @@ class DraftModel(Method):
         ctx.meta["final_gamma"] = gamma
         if index is not None:
             ctx.meta["lookup"] = {"rounds": step, "lookup_rounds": lookup_rounds}
+        if chooser is not None:
+            ctx.meta["chooser"] = chooser.summary()
 
     @staticmethod
     def copy(ctx: RunContext, index: NgramIndex, seq, step: int, gamma: int):
-        """The round's prompt-lookup draft and its q, or None (no match: the drafter drafts)."""
+        """The round's prompt-lookup draft, its q and the n-gram matched, or None (no match: the drafter drafts)."""
         t0 = ctx.rec.now()
         drafts, sources, n = index.draft(gamma, ctx.vocab)
         if not drafts:
             return None
         record_copies(ctx, step, drafts, sources, n, ctx.prompt_ids.shape[1], t0)
-        return torch.tensor(drafts, dtype=seq.dtype, device=seq.device), one_hot(drafts, ctx.vocab, seq.device)
+        return torch.tensor(drafts, dtype=seq.dtype, device=seq.device), one_hot(drafts, ctx.vocab, seq.device), n
+
+
+def draft_cost(ctx: RunContext, target) -> float:
+    """A drafter token's modeled cost in target steps: the weights it reads over the target's (MBSU's model)."""
+    whole = ctx.once(("target_params", id(target)), lambda: weights_read_per_token(target))
+    return ctx.meta["draft_params"] / max(1, whole)

@@ -17,6 +17,10 @@ framework work added a third on top. The lean shallow pass is bit-identical to t
 transformers path in float32 (tests, load-time self-check), since verification continues from it.
 The reference code drafts greedily; with temperature > 0 specviz samples drafts from q (processed
 like p), so speculative sampling stays exact.
+
+`lookup=n` makes it a lookup-or-self-draft hybrid, as draft_model's: a round may copy what followed an earlier
+occurrence of the text's last n tokens (`prompt_lookup`), whose shallow pass then runs over the whole copy in one
+forward; `choose=yield` picks the copy, the early exit or no draft per round (`methods.hybrid`).
 """
 from __future__ import annotations
 
@@ -29,8 +33,13 @@ from specviz.engine.lean import LeanAdapter, LeanDecoder, draft_linear, fast_nor
 from specviz.engine.verify import decide
 from specviz.methods.base import Method, Param, RunContext, confidence_exit, eta_param
 from specviz.methods.calibrate import calibrated_exit
+from specviz.methods.draft_model import LOOKUP_GAMMA_PARAM, LOOKUP_PARAM
+from specviz.methods.hybrid import CHOOSE, WIDTH_COST, SourceChooser
+from specviz.methods.prompt_lookup import SOURCE as LOOKUP
+from specviz.methods.prompt_lookup import NgramIndex, one_hot, record_copies
 from specviz.methods.rounds import commit
 from specviz.methods.vocabtrim import TrimmedHead, kept_ids
+from specviz.models.anatomy import weights_read_per_token
 
 
 def find_adapter(ctx: RunContext, exit_layer: int | None) -> KangarooAdapter | None:
@@ -145,6 +154,10 @@ class Kangaroo(Method):
               help="the draft's forward (layers [0, l), adapter, head): specviz's lean Llama-family loop, bit-identical "
                    "to transformers' layers in float32, or transformers' per-layer modules; other architectures (and "
                    "exactness sessions, which memoize per-layer forwards) always use transformers"),
+        LOOKUP_PARAM,
+        LOOKUP_GAMMA_PARAM,
+        CHOOSE,
+        WIDTH_COST,
     )
 
     def generate(self, ctx: RunContext) -> None:
@@ -212,6 +225,16 @@ class Kangaroo(Method):
             pos = stack.lengths[0]
             return memo.call(("shallow", tuple(full[: pos + 1])), stack.kv, range(0, l), compute)
 
+        def shallow_block(ids: torch.Tensor) -> torch.Tensor:
+            """Layers [0, l) over [last token, copies] (1, T) at once: a lookup round's layer-l states."""
+            if shallow_pass is not None:
+                return shallow_pass.states(ids)
+            compute = lambda: stack.run(stack.embed_ids(ids), 0, l)  # noqa: E731
+            if memo is None:
+                return compute()
+            pos = stack.lengths[0]
+            return memo.call(("shallow_block", pos, tuple(full[: pos + ids.shape[1]])), stack.kv, range(0, l), compute)
+
         def draft_logits(h: torch.Tensor) -> torch.Tensor:
             compute = lambda: head(draft.step(h))  # noqa: E731
             if memo is None or adapter is None:
@@ -230,18 +253,45 @@ class Kangaroo(Method):
             pos, new = stack.lengths[l], block.shape[1]
             return memo.call(("deep", pos, tuple(full[: pos + new])), stack.kv, range(l, stack.depth), compute)
 
-        step = 0
+        lookup = ctx.params["lookup"]
+        index = NgramIndex(lookup, max(lookup, 4)) if lookup else None
+        if index is not None:
+            index.extend(seq[0].tolist())
+        chooser = (SourceChooser(ctx.params["width_cost"], ctx.meta["draft_params"] / max(1, weights_read_per_token(ctx.pair.target)))
+                   if ctx.params["choose"] == "yield" else None)
+        step = lookup_rounds = 0
         while not out.done:
             ctx.check_cancel()
             length = seq.shape[1]
             budget = min(gamma, out.room - 1)
-            # 1-2. draft through layers [0, l) + adapter until the confidence exit or the depth limit
+            plan, ngram, copies = None, 0, []
+            copy_budget = min(ctx.params["lookup_gamma"], out.room - 1)
+            if chooser is not None:
+                found = index.match() if index is not None else None
+                ngram = found[0] if found else 0
+                plan = chooser.plan(copy_max=copy_budget if found else 0, ngram=ngram, draft_max=budget)
+                budget = plan.k if plan.source == "draft" else 0
+                copy_budget = plan.k if plan.source == LOOKUP else 0
+            if index is not None and copy_budget > 0:
+                t0 = rec.now()
+                copies, sources, ngram = index.draft(copy_budget, ctx.vocab)
+                record_copies(ctx, step, copies, sources, ngram, ctx.prompt_ids.shape[1], t0)
+            # 1-2. draft through layers [0, l) + adapter until the confidence exit or the depth limit (or copy)
             states = []  # layer-l states of [last token, d_1 .. d_k]
             tokens, qs = [], []
             token = seq[:, -1:]
             t0 = rec.now()
-            h = shallow(token)
-            states.append(h)
+            if copies:
+                lookup_rounds += 1
+                tokens = [torch.tensor([c], dtype=seq.dtype, device=seq.device) for c in copies]
+                if memo is not None:
+                    full.extend(copies)
+                states.append(shallow_block(torch.cat([token, torch.tensor([copies], dtype=seq.dtype,
+                                                                           device=seq.device)], dim=1)))
+                budget = 0
+            else:
+                h = shallow(token)
+                states.append(h)
             for depth in range(budget):
                 logits = draft_logits(h)
                 token_t, q = ctx.sampling.choose(logits, ctx.generator)
@@ -262,17 +312,22 @@ class Kangaroo(Method):
                 h = shallow(token_t.view(1, 1))
                 states.append(h)
             drafts = torch.cat(tokens) if tokens else seq.new_zeros(0)
-            q = torch.stack(qs) if qs else None
+            q = one_hot(copies, ctx.vocab, seq.device) if copies else (torch.stack(qs) if qs else None)
             # 3. verify: the last draft's shallow pass, then layers [l, N) over every stored state
             t0 = rec.now()
-            if tokens:
+            if tokens and not copies:
                 states.append(shallow(drafts[-1:].view(1, 1)))
             block = torch.cat(states, dim=1)  # (1, k+1, d)
             logits = deep_logits(block)  # (k+1, V)
             verdict = decide(ctx.sampling, drafts, q, logits, ctx.generator, top=ctx.dist_top, rule=ctx.verify_rule)
             rec.add("verify", step=step, source=f"target[{l}:]", t0=t0, t1=rec.now(),
-                    info={"tokens": block.shape[1], "drafts": len(tokens), "accepted": verdict.accepted})
-            seq = commit(ctx, seq, drafts, verdict, step, [source] * len(tokens))
+                    info={"tokens": block.shape[1], "drafts": len(tokens), "accepted": verdict.accepted,
+                          **({"plan": plan.info()} if plan is not None else {})})
+            seq = commit(ctx, seq, drafts, verdict, step, [LOOKUP if copies else source] * len(tokens))
+            if chooser is not None:
+                chooser.update(plan, len(tokens), verdict.accepted, ngram)
+            if index is not None:
+                index.extend(seq[0, length:].tolist())
             if memo is not None:
                 full = seq[0].tolist()
             # 4. roll back to [.. last token, d_1..d_n]; keep their layer-l states for the adapter
@@ -287,6 +342,10 @@ class Kangaroo(Method):
             if keep > start:
                 draft.pending = draft.pending + [block[:, start - (length - 1) : keep - (length - 1)]]
             step += 1
+        if index is not None:
+            ctx.meta["lookup"] = {"rounds": step, "lookup_rounds": lookup_rounds}
+        if chooser is not None:
+            ctx.meta["chooser"] = chooser.summary()
 
     @staticmethod
     def draft_params(ctx: RunContext, stack: LayerStack, adapter: KangarooAdapter | None, l: int) -> int:

@@ -11,6 +11,10 @@ drafted token and 0 elsewhere. The draft x is accepted with probability min(1, p
 rejection the emitted token is drawn from norm(max(0, p - q)), which is p with x removed and renormalised:
 P(emit y) = p(x) [y = x] + (1 - p(x)) p(y) / (1 - p(x)) [y != x] = p(y).
 
+`choose=yield` (`specviz.methods.hybrid`) copies per round only as many tokens as the run's own verdicts say pay
+for their verification (a match of n tokens is trusted as much as earlier matches of n were), and none at all
+where a copy is not expected to pay: on a CPU, verifying ten tokens costs about half a step more than one.
+
 The lookup stays cheap on long prompts: `NgramIndex` keeps, for every n, each n-gram's most recent end
 position, updated as tokens are committed; a round reads a few dict entries instead of rescanning the text.
 """
@@ -19,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from specviz.methods.base import Method, Param, RunContext
+from specviz.methods.hybrid import CHOOSE, WIDTH_COST, SourceChooser
 from specviz.methods.rounds import commit, verify_block
 
 SOURCE = "lookup"
@@ -111,7 +116,7 @@ class PromptLookup(Method):
     name = "prompt_lookup"
     title = "Prompt lookup (n-gram drafts, no drafter)"
     memo_safe = True
-    PARAMS = (LOOKUP_GAMMA, MAX_NGRAM, MIN_NGRAM)
+    PARAMS = (LOOKUP_GAMMA, MAX_NGRAM, MIN_NGRAM, CHOOSE, WIDTH_COST)
 
     def generate(self, ctx: RunContext) -> None:
         gamma, low, high = lookup_params(ctx)
@@ -127,19 +132,30 @@ class PromptLookup(Method):
         index = NgramIndex(low, high)
         index.extend(seq[0].tolist())
         rec.add("prefill", source=SOURCE, t0=t1, t1=rec.now(), info={"tokens": prompt_length, "what": "n-gram index"})
+        chooser = SourceChooser(ctx.params["width_cost"], 0.0) if ctx.params["choose"] == "yield" else None
         step = hits = 0
         while not out.done:
             ctx.check_cancel()
             length = seq.shape[1]
             t0 = rec.now()
-            drafts, sources, n = index.draft(min(gamma, out.room - 1), ctx.vocab)
+            k, plan = min(gamma, out.room - 1), None
+            if chooser is not None:
+                found = index.match()
+                plan = chooser.plan(copy_max=k if found else 0, ngram=found[0] if found else 0)
+                k = plan.k
+            drafts, sources, n = index.draft(k, ctx.vocab)
             t1 = rec.now()
             record_copies(ctx, step, drafts, sources, n, prompt_length, t0, t1)
             hits += bool(drafts)
             draft_t = torch.tensor(drafts, dtype=seq.dtype, device=seq.device)
-            verdict = verify_block(ctx, target, seq, draft_t, one_hot(drafts, ctx.vocab, seq.device), step)
+            verdict = verify_block(ctx, target, seq, draft_t, one_hot(drafts, ctx.vocab, seq.device), step,
+                                   plan=plan.info() if plan is not None else None)
+            if chooser is not None:
+                chooser.update(plan, len(drafts), verdict.accepted, n)
             seq = commit(ctx, seq, draft_t, verdict, step, [SOURCE] * len(drafts))
             target.rollback(length + verdict.accepted)
             index.extend(seq[0, length:].tolist())
             step += 1
         ctx.meta["lookup"] = {"rounds": step, "rounds_with_a_match": hits, "prompt_tokens": prompt_length}
+        if chooser is not None:
+            ctx.meta["chooser"] = chooser.summary()

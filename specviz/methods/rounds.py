@@ -65,15 +65,17 @@ class Drafter:
 
 
 def verify_block(ctx: RunContext, target: Decoder, seq: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor,
-                 step: int, source: str = "target") -> Verdict:
-    """One target forward over [last committed, drafts] and the lossless verdict on it."""
+                 step: int, source: str = "target", plan: dict | None = None) -> Verdict:
+    """One target forward over [last committed, drafts] and the lossless verdict on it; `plan`: how the round's
+    source and length were chosen (`methods.hybrid`), recorded on the verify event."""
     rec = ctx.rec
     block = torch.cat([seq[:, -1:], drafts.view(1, -1)], dim=1)
     t0 = rec.now()
     logits = target.feed(block, keep=block.shape[1])  # (gamma+1, V)
     verdict = decide(ctx.sampling, drafts, q, logits, ctx.generator, top=ctx.dist_top, rule=ctx.verify_rule)
     rec.add("verify", step=step, source=source, t0=t0, t1=rec.now(),
-            info={"tokens": block.shape[1], "drafts": len(drafts), "accepted": verdict.accepted})
+            info={"tokens": block.shape[1], "drafts": len(drafts), "accepted": verdict.accepted,
+                  **({"plan": plan} if plan else {})})
     return verdict
 
 

@@ -333,6 +333,9 @@ def explainer_html(trace: Trace, step: int, row: int = 0, decode=None) -> str:
     rule_name = {"argmax": "greedy (argmax)", "ratio": "speculative sampling (ratio test)"}.get(rule, rule or "not recorded")
     parts = [f"<h4>Round {step} - rule: {esc(rule_name)}</h4>",
              f'<div class="sv-tokens"><span class="sv-prompt">... </span>{context}</div>']
+    plan = next((e.info["plan"] for e in events if e.kind == "verify" and "plan" in e.info), None)
+    if plan:
+        parts.append(plan_html(plan))
     if not drafts:
         parts.append('<div class="sv-note">no drafts this round: the target produced the token itself</div>')
     for d in drafts:
@@ -365,6 +368,18 @@ def explainer_html(trace: Trace, step: int, row: int = 0, decode=None) -> str:
 
 
 TREE_DRAWN = 64  # nodes a round's tree draws at most (a summary says what is left out)
+PLAN_SOURCES = {"lookup": "copy {k} token(s) from earlier in the text", "draft": "ask the drafter for up to {k} token(s)",
+                "none": "no draft: one plain target step"}
+
+
+def plan_html(plan: dict) -> str:
+    """Why this round drafted what it did (choose=yield: the best expected tokens per modeled cost so far)."""
+    what = PLAN_SOURCES.get(plan.get("source"), "{source}").format(**plan)
+    return (f'<div class="sv-note" data-plan="{esc(str(plan.get("source")))}">chosen for this round: {esc(what)}; '
+            f'expected {float(plan.get("value", 0)):.2f} tokens per target step of modeled cost, the best option on '
+            f"this run's verdicts so far (choose=yield)</div>")
+
+
 CAUSES = {"mismatch": "tried: not the target's argmax", "ratio": "tried: refused by the sibling rule",
           "sibling_accepted": "not tried: a sibling before it was taken", "after_reject": "not reached: its parent was not taken",
           "past_end": "taken after the output ended"}

@@ -78,20 +78,23 @@ def test_every_draft_says_where_it_was_copied_from(embedded_pair):
     assert trace.meta["lookup"]["rounds_with_a_match"] > 0
 
 
-@pytest.mark.slow  # chi-square over 4,000 runs each
+@pytest.mark.slow  # chi-square over 3,000 runs each
 @pytest.mark.parametrize("name,params,prompt,source", [
     ("prompt_lookup", {"gamma": 2}, "w1 w2 w3 w4 w1 w2", "lookup"),
-    ("draft_model", {"gamma": 2, "lookup": 1, "lookup_gamma": 2}, "w1 w2 w3 w4 w1 w2", "lookup")])
+    ("draft_model", {"gamma": 2, "lookup": 1, "lookup_gamma": 2}, "w1 w2 w3 w4 w1 w2", "lookup"),
+    ("kangaroo", {"gamma": 2, "exit_layer": 1, "lookup": 1, "lookup_gamma": 2, "choose": "yield"}, "w1 w2 w3 w4 w1 w2",
+     "lookup")])
 def test_speculative_sampling_with_copied_drafts_preserves_the_target_distribution(name, params, prompt, source):
     """Joint law of the first two sampled tokens against the target's exact law. After a prompt that ends in a
     repeat the first round copies (q = 1 at the copy: accepted with p(x), otherwise drawn from p without x), in
-    prompt_lookup and in the hybrid (whose rounds without a match are draft_model's own, tested in test_methods)."""
+    prompt_lookup and in the hybrids (whose rounds without a match are draft_model's and Kangaroo's own, tested in
+    test_methods); Kangaroo's plans each round by yield (`choose=yield`), whose first plan is a copy."""
     tok = word_tokenizer(7)
     vocab = len(tok)
     target = peaky_llama(vocab, layers=2, seed=21)
     pair = ModelPair(target=target, tokenizer=tok, draft=peaky_llama(vocab, layers=1, seed=22), target_name="t",
                      draft_name="d", device=torch.device("cpu"), dtype=torch.float32, extras={})
-    temperature, runs = 0.8, 4000
+    temperature, runs = 0.8, 3000
     law = two_token_law(target, tok(prompt, add_special_tokens=False)["input_ids"], temperature)
     counts = {cell: 0 for cell in law}
     drafted = 0
