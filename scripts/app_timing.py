@@ -78,13 +78,15 @@ def table_rows(page, selector: str) -> list[dict[str, str]]:
     }""", selector)
 
 
-def run_and_wait(page, button: str, output: str) -> None:
-    """Click `button` and wait for the run it starts to finish: Gradio's status tracker on `output` shows, then
-    hides (the page's own DOM is never touched: Gradio's components own it)."""
-    busy = f"document.querySelector('{output} .wrap:not(.hide)') !== null"
+def run_and_wait(page, button: str, status: str) -> None:
+    """Click `button` and wait until the tab's own status (`status`: its place, "running now", then "... measured
+    at HH:MM:SS") says done with a text it did not show before: these tabs show no Gradio progress tracker."""
+    done = f"{status} .sv-queue[data-state='done']"
+    before = page.inner_text(done) if page.locator(done).count() else None
     page.click(button)
-    page.wait_for_function(busy, timeout=60_000)
-    page.wait_for_function(f"!({busy})", timeout=600_000)
+    page.wait_for_function(
+        "([sel, b]) => { const el = document.querySelector(sel); return el && el.innerText !== b; }",
+        arg=[done, before], timeout=600_000)
     page.wait_for_timeout(300)
 
 
@@ -209,7 +211,7 @@ def main() -> None:
             engine_values = {m: [] for m, _, _ in specs}
             for r in range(max(2, args.repeats // 2) + 1):
                 frame = summary(run_matrix(pair, specs, prompts, 1, progress=False))
-                run_and_wait(page, "#compare-run", "#compare-table")
+                run_and_wait(page, "#compare-run", "#compare-status")
                 rows = {row["method"]: row for row in table_rows(page, "#compare-table")}
                 if r:
                     for m in page_values:
@@ -225,7 +227,7 @@ def main() -> None:
             for r in range(max(2, args.repeats // 2) + 1):
                 eq = run_batch("eqspec", pair, prompts, max_new_tokens=24, batch_size=4, gamma=3)
                 ar = run_batch("batch_autoregressive", pair, prompts, max_new_tokens=24, batch_size=4)
-                run_and_wait(page, "#batch-run", "#batch-table")
+                run_and_wait(page, "#batch-run", "#batch-status")
                 rate = {(row["method"], row["batch_size"]): float(row["tokens_per_s"])
                         for row in table_rows(page, "#batch-table")}
                 if r:
@@ -239,7 +241,7 @@ def main() -> None:
             page_values, engine_values = [], []
             for r in range(3):
                 got = exactness("draft_model", pair, "def f(x):", n=2000, tokens=2, seed=0, temperature=1.0)
-                run_and_wait(page, "#exactness-run", "#exactness-table")
+                run_and_wait(page, "#exactness-run", "#exactness-status")
                 row = next(row for row in table_rows(page, "#exactness-table") if row["sampler"] == "draft_model")
                 page_values.append(float(row["seconds"]))
                 engine_values.append(round(got["method_seconds"], 1))

@@ -116,6 +116,7 @@ def prompt_rows(pair, methods: list[MethodSpec], prompt: dict, repeats: int, ove
             "verify_ms": stats["verify_s"] * 1e3 if stats["verify_s"] else None,
         }
         row["efficiency"] = row["speedup"] / row["theoretical_speedup"] if row["theoretical_speedup"] else None
+        row.update(after_prefill(runs, traces[BASELINE]))
         if overhead:
             plain = median(bare[label])
             row["recording_overhead"] = (seconds - plain) / plain if plain else None
@@ -124,6 +125,25 @@ def prompt_rows(pair, methods: list[MethodSpec], prompt: dict, repeats: int, ove
             row["output_digest"] = output_digest([typical.output_ids])
         rows.append(row)
     return rows
+
+
+def target_prefill_s(trace) -> float | None:
+    """Seconds of the target's prompt prefill (healing's too), which every method pays alike; None where the
+    trace does not show it (transformers' opaque rows)."""
+    spans = [e.t1 - e.t0 for e in trace.events if e.kind == "prefill" and e.source == "target"]
+    return sum(spans) if spans else None
+
+
+def after_prefill(runs: list, baseline: list) -> dict:
+    """The share of the run spent in the target's prefill, and the speedup of what follows it: on long prompts
+    (summarization, RAG) the prefill every method pays bounds the speedup of the whole run."""
+    mine, base = [target_prefill_s(t) for t in runs], [target_prefill_s(t) for t in baseline]
+    if None in mine or None in base:
+        return {"prefill_share": None, "speedup_after_prefill": None}
+    after = median(t.wall_time - p for t, p in zip(runs, mine))
+    base_after = median(t.wall_time - p for t, p in zip(baseline, base))
+    return {"prefill_share": median(p / t.wall_time for t, p in zip(runs, mine) if t.wall_time),
+            "speedup_after_prefill": base_after / after if after > 0 else None}
 
 
 def run_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], repeats: int, progress: bool = True,
@@ -311,6 +331,7 @@ def summary(df) -> "pd.DataFrame":
            "equal_to_autoregressive": "mean", "c": "median", "efficiency": "median", "mbsu": "median",
            "draft_step_ms": "median", "tie_divergences": "sum", "real_divergences": "sum"}
     for optional in ("mean_drafts_per_round", "wasted_drafts", "recording_overhead", "realign_share", "share_equal_rows",
+                     "prefill_share", "speedup_after_prefill",
                      "branch_hit_rate", "overlap", "modeled_speedup_over_ar", "modeled_speedup_over_sd"):
         if optional in df:
             agg[optional] = "median"

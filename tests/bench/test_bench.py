@@ -54,6 +54,8 @@ def test_bench_writes_the_contract_columns(saved_pair, tmp_path, capsys):
     assert set(df.prompt_id.astype(str)) == {"a", "7"}
     assert df.equal_to_autoregressive.all()
     assert (df[df.method == "autoregressive"].speedup == 1.0).all()
+    assert (df[df.method == "autoregressive"].speedup_after_prefill == 1.0).all()
+    assert df.prefill_share.between(0, 1, inclusive="neither").all() and (df.speedup_after_prefill > 0).all()
     printed = capsys.readouterr().out
     assert "share_equal" in printed and "reproduce: python -m specviz.bench" in printed
 
