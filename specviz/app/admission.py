@@ -77,7 +77,6 @@ class Ticket:
     started: float | None = None
     worker: int | None = None
     released: bool = False
-    told: bool = False  # its page has been sent its first answer (its place, or "running now")
     admitted: threading.Event = field(default_factory=threading.Event)
 
     @property
@@ -139,15 +138,6 @@ class Admission:
             if seconds is not None:
                 self.costs.observe(ticket.kind, ticket.units, seconds)
             self._dispatch()
-
-    def tell(self, ticket: Ticket) -> None:
-        """The ticket's page has its first answer."""
-        ticket.told = True
-
-    def untold(self) -> int:
-        """Runs, waiting or started, whose pages have not been sent their first answer yet."""
-        with self._lock:
-            return sum(1 for t in self._all() if not t.told)
 
     def promote(self, ticket: Ticket, priority: int) -> None:
         """A waiting run moves up to `priority` (a visitor now waits for the warm-up's run of the same request)."""

@@ -93,12 +93,14 @@ def queued_result(job: Job, request: gr.Request | None, fresh: bool = False) -> 
 
 def awaited(job: Job, request: gr.Request | None, outputs: int, fresh: bool = False) -> Generator[tuple, None, tuple]:
     """A handler's wait, as `got, update = yield from awaited(...)`: while the job waits or runs it yields
-    `outputs` skips and the status (its place, the estimate, then "running"), and returns (result, update). The
-    page shows no progress bar or timer: nothing animates beside a timed run (the status changes a few times)."""
+    `outputs` Nones (the last result is cleared: a skip is an update, for which Gradio builds a new component and
+    its config, a third of a waiting answer's cost when a class clicks at once) and the status (its place, the
+    estimate, then "running"), and returns (result, update). The page shows no progress bar or timer: nothing
+    animates beside a timed run (the status changes a few times)."""
     last = None
     for last in submit(job, request, fresh):
         if last.state != "done" and last.changed:
-            yield tuple(gr.skip() for _ in range(outputs)) + (status_html(queue_text(last), last.state, last),)
+            yield (None,) * outputs + (status_html(queue_text(last), last.state, last),)
     return last.result, last
 
 

@@ -133,7 +133,10 @@ def playground(request: gr.Request, fresh: bool, inputs: tuple) -> Iterator[tupl
     common = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                   heal_prompt=heal_prompt)
     job = app_requests.traced_job("playground", method, target, draft, prompt, collect_params(method, common, specific))
-    skip = tuple(gr.skip() for _ in range(7))  # every output but the tokens view
+    # While it waits, the last run's figures and downloads are cleared (None) and the trace state kept (skip): a
+    # skip of a component is an update, for which Gradio builds a new component and its config, about a third of a
+    # waiting answer's cost when a class clicks at once (py-spy on the load test's burst); None costs nothing.
+    skip = (None,) * 5 + (gr.skip(), None)  # timeline, histogram, positions, stats, Mirror plot | trace | files
     for update in submit(job, request, fresh):
         if update.state != "done":
             yield (status_html(queue_text(update), update.state, update) if update.changed else gr.skip(),) + skip

@@ -100,7 +100,6 @@ class Service:
                 if view != shown or time.monotonic() - said >= HEARTBEAT_SECONDS:
                     yield replace(update, changed=view != shown)
                     shown, said = view, time.monotonic()
-                    self.admission.tell(flight.ticket)  # resumed: the page has its answer
             if flight.error is not None:
                 raise flight.error
             yield Update("done", result=flight.result, served="engine" if leader else "shared",
@@ -160,16 +159,14 @@ class Service:
             flight.done.set()
 
     def _settle(self) -> None:
-        """Wait SETTLE_SECONDS, and then until no request has arrived for SETTLE_SECONDS and every page in the queue
-        has its first answer (SETTLE_MAX_SECONDS at most): a class's burst is answered before a run takes the cores."""
+        """Wait SETTLE_SECONDS, and then until no request has arrived for SETTLE_SECONDS (SETTLE_MAX_SECONDS at most)."""
         start = time.monotonic()
         time.sleep(SETTLE_SECONDS)
-        while (waited := time.monotonic() - start) < SETTLE_MAX_SECONDS:
+        while time.monotonic() - start < SETTLE_MAX_SECONDS:
             quiet = time.monotonic() - getattr(self.admission, "last_arrival", 0.0)
-            untold = self.admission.untold() if hasattr(self.admission, "untold") else 0
-            if quiet >= SETTLE_SECONDS and not untold:
+            if quiet >= SETTLE_SECONDS:
                 return
-            time.sleep(min(max(SETTLE_SECONDS - quiet, 0.02), SETTLE_MAX_SECONDS - waited) + 0.005)
+            time.sleep(min(SETTLE_SECONDS - quiet, SETTLE_MAX_SECONDS - (time.monotonic() - start)) + 0.005)
 
     def call(self, job: Job, session: str = "", fresh: bool = False) -> tuple[Any, Update]:
         """The result without the updates (API endpoints that return once): (result, the final update)."""

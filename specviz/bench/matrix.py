@@ -130,7 +130,10 @@ def prompt_rows(pair, methods: list[MethodSpec], prompt: dict, repeats: int, ove
 def target_prefill_s(trace) -> float | None:
     """Seconds of the target's prompt prefill (healing's too), which every method pays alike; None where the
     trace does not show it (transformers' opaque rows)."""
-    spans = [e.t1 - e.t0 for e in trace.events if e.kind == "prefill" and e.source == "target"]
+    prefills = [e for e in trace.events if e.kind == "prefill"]
+    if any(e.info.get("opaque") for e in prefills):  # one span over the whole generate(): no prefill of its own
+        return None
+    spans = [e.t1 - e.t0 for e in prefills if e.source == "target"]
     return sum(spans) if spans else None
 
 

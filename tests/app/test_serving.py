@@ -244,21 +244,3 @@ def test_two_engine_processes_run_side_by_side_and_give_the_runs_alone_results()
             assert Trace.from_json(r[-1].result).output_ids == run("draft_model", pair, prompt, max_new_tokens=12).output_ids
     finally:
         pool.close()
-
-
-def test_a_run_starts_once_every_page_in_the_queue_has_its_first_answer():
-    """A class's burst is answered before a run takes the cores: the settle waits for every unanswered request (at
-    most SETTLE_MAX_SECONDS), and a request answered (its generator resumed after the first update) counts."""
-    from specviz.app import serving
-
-    started: list[float] = []
-    svc = service({"run": lambda cancel=None, **kw: started.append(time.monotonic()) or "done"})
-    unanswered = svc.submit(job(), session="late")
-    first = next(unanswered)  # yielded, but not yet resumed: this page is not told until Gradio asks for more
-    t0 = time.monotonic()
-    assert first.state in ("running", "queued") and svc.admission.untold() == 1
-    time.sleep(serving.SETTLE_SECONDS * 2)
-    assert not started, "the run started before its page had its answer"
-    rest = list(unanswered)  # the page has it: the run starts (its quiet time has long passed)
-    assert rest[-1].state == "done" and started and started[0] - t0 < serving.SETTLE_MAX_SECONDS
-    assert svc.admission.untold() == 0

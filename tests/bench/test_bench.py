@@ -56,6 +56,13 @@ def test_bench_writes_the_contract_columns(saved_pair, tmp_path, capsys):
     assert (df[df.method == "autoregressive"].speedup == 1.0).all()
     assert (df[df.method == "autoregressive"].speedup_after_prefill == 1.0).all()
     assert df.prefill_share.between(0, 1, inclusive="neither").all() and (df.speedup_after_prefill > 0).all()
+    from specviz.bench.matrix import target_prefill_s
+    from specviz.engine.trace import Event, Trace
+
+    events = [Event("prefill", source="target", t0=0.0, t1=0.1),  # healing's forward, then generate() as one span
+              Event("prefill", source="transformers.generate", t0=0.1, t1=1.0, info={"opaque": True})]
+    opaque = Trace(method="hf_prompt_lookup", params={}, rows=[], events=events)
+    assert target_prefill_s(opaque) is None  # transformers' rows: their prefill is not shown apart
     printed = capsys.readouterr().out
     assert "share_equal" in printed and "reproduce: python -m specviz.bench" in printed
 
