@@ -333,8 +333,8 @@ def summary(df) -> "pd.DataFrame":
     agg = {"speedup": "median", "tau": "median", "alpha": "median", "tokens_per_s": "median",
            "equal_to_autoregressive": "mean", "c": "median", "efficiency": "median", "mbsu": "median",
            "draft_step_ms": "median", "tie_divergences": "sum", "real_divergences": "sum"}
-    for optional in ("mean_drafts_per_round", "wasted_drafts", "recording_overhead", "realign_share", "share_equal_rows",
-                     "prefill_share", "speedup_after_prefill",
+    for optional in ("mean_drafts_per_round", "wasted_drafts", "recording_overhead", "realign_share",
+                     "share_equal_rows", "prefill_share", "speedup_after_prefill",
                      "branch_hit_rate", "overlap", "modeled_speedup_over_ar", "modeled_speedup_over_sd"):
         if optional in df:
             agg[optional] = "median"

@@ -5,9 +5,10 @@ the width is not free: 10 more tokens cost about half a step), plus `draft_cost`
 makes. It yields 1 + (accepted drafts) tokens. `choose="yield"` plans each round for the largest expected
 tokens per unit of that modeled cost, from the run's own verdicts so far:
 
-- each source keeps two acceptance rates: its first draft's (prior 0.6, worth 4 rounds: one early miss does not rule a source out), and a later draft's given the one before
-  it passed (prior 3/4: optimistic, or a source planned at k = 1 would never learn its runs; copies come in
-  runs: once a copied span is right, its next token usually is too);
+- each source keeps two acceptance rates: its first draft's (prior 0.6, worth 4 rounds: one early miss does not
+  rule a source out), and a later draft's given the one before it passed (prior 3/4: optimistic, or a source
+  planned at k = 1 would never learn its runs; copies come in runs: once a copied span is right, its next token
+  usually is too);
 - a copy's rates are kept per length of the n-gram it matched (1, 2, 3, 4 or more), so a long match is trusted
   more than a common word;
 - k drafts are expected to yield a1 (1 - a^k) / (1 - a) accepted tokens; the plan is the (source, k) with the
@@ -87,7 +88,8 @@ class SourceChooser:
     def best(self, source: str, k_max: int, ngram: int = 0, at_least: int = 0) -> Plan:
         rate = self.rates.setdefault(self.key(source, ngram), Acceptance())
         per_token = self.width_cost + (self.draft_cost if source == "draft" else 0.0)
-        plans = [Plan(source, k, (1 + rate.expected(k)) / (1 + k * per_token)) for k in range(max(1, at_least), k_max + 1)]
+        plans = [Plan(source, k, (1 + rate.expected(k)) / (1 + k * per_token))
+                 for k in range(max(1, at_least), k_max + 1)]
         return max(plans, key=lambda p: p.value) if plans else Plan(None, 0, 1.0)
 
     def plan(self, copy_max: int = 0, ngram: int = 0, draft_max: int = 0) -> Plan:
