@@ -28,6 +28,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 TOKENS = 64
 
 
+def empty_trace():
+    """A trace of no run: what the queued warm-up call of each session sends to /load_trace."""
+    from specviz.engine.trace import Trace
+
+    return Trace(method="autoregressive", params={}, rows=[])
+
+
 def p95(values: list[float]) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(round(0.95 * (len(values) - 1))))]
@@ -74,10 +81,14 @@ def crowd(url: str, requests: list[list]) -> list[User]:
 
     start = threading.Barrier(len(requests))
     # Plain HTTP on loopback: ssl_verify=False only spares this generator loading the CA bundle at each request
-    # (it shares the server's two cores). Each session asks /health first, as a page's load does before a click.
+    # (it shares the server's two cores). Each session asks /health first, as a page's load does before a click,
+    # and makes one queued call: a browser's page load runs the page's load events through the queue, which builds
+    # the session's state on the server (about 15 ms a session, py-spy), so a click from a loaded page never pays it.
     clients = [Client(url, verbose=False, download_files=False, ssl_verify=False) for _ in requests]
+    loaded = empty_trace().to_json()
     for client in clients:
         client.predict(api_name="/health")
+        client.predict(loaded, api_name="/load_trace")
     users = [User(client, args, start) for client, args in zip(clients, requests)]
     for u in users:
         u.start()

@@ -215,25 +215,16 @@ class Kangaroo(Method):
                 if ctx.memo is not None else None)
         full: list[int] = seq[0].tolist() if memo is not None else []  # memo keys: committed ids + this round's drafts
 
-        def shallow(token_t: torch.Tensor) -> torch.Tensor:
-            """Layers [0, l) over one token (1, 1): its layer-l state."""
-            if shallow_pass is not None:
-                return shallow_pass.states(token_t)
-            compute = lambda: stack.run(stack.embed_ids(token_t), 0, l)  # noqa: E731
-            if memo is None:
-                return compute()
-            pos = stack.lengths[0]
-            return memo.call(("shallow", tuple(full[: pos + 1])), stack.kv, range(0, l), compute)
-
-        def shallow_block(ids: torch.Tensor) -> torch.Tensor:
-            """Layers [0, l) over [last token, copies] (1, T) at once: a lookup round's layer-l states."""
+        def shallow(ids: torch.Tensor) -> torch.Tensor:
+            """Layers [0, l) over ids (1, T): their layer-l states (one token a draft step; a lookup round's last token
+            and its copies at once)."""
             if shallow_pass is not None:
                 return shallow_pass.states(ids)
             compute = lambda: stack.run(stack.embed_ids(ids), 0, l)  # noqa: E731
             if memo is None:
                 return compute()
             pos = stack.lengths[0]
-            return memo.call(("shallow_block", pos, tuple(full[: pos + ids.shape[1]])), stack.kv, range(0, l), compute)
+            return memo.call(("shallow", pos, tuple(full[: pos + ids.shape[1]])), stack.kv, range(0, l), compute)
 
         def draft_logits(h: torch.Tensor) -> torch.Tensor:
             compute = lambda: head(draft.step(h))  # noqa: E731
@@ -286,7 +277,7 @@ class Kangaroo(Method):
                 tokens = [torch.tensor([c], dtype=seq.dtype, device=seq.device) for c in copies]
                 if memo is not None:
                     full.extend(copies)
-                states.append(shallow_block(torch.cat([token, torch.tensor([copies], dtype=seq.dtype,
+                states.append(shallow(torch.cat([token, torch.tensor([copies], dtype=seq.dtype,
                                                                            device=seq.device)], dim=1)))
                 budget = 0
             else:

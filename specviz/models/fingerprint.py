@@ -78,18 +78,22 @@ def _walk(root: Path, suffixes: tuple[str, ...]) -> list[tuple[str, Path]]:
     they lead back to a folder above them."""
     found: list[tuple[str, Path]] = []
 
-    def visit(folder: Path, rel: str, above: frozenset[str]) -> None:
+    def identity(path) -> tuple[int, int]:  # a folder itself (through symlinks): cheaper than its real path
+        st = os.stat(path)
+        return st.st_dev, st.st_ino
+
+    def visit(folder: Path, rel: str, above: frozenset[tuple[int, int]]) -> None:
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):
             if entry.name.startswith(".") or entry.name == "__pycache__":
                 continue
             if entry.is_dir():
-                real = os.path.realpath(entry.path)
-                if real not in above:  # a symlink loop otherwise
-                    visit(Path(entry.path), f"{rel}{entry.name}/", above | {real})
+                folder_id = identity(entry.path)
+                if folder_id not in above:  # a symlink loop otherwise
+                    visit(Path(entry.path), f"{rel}{entry.name}/", above | {folder_id})
             elif entry.is_file() and entry.name.endswith(suffixes):
                 found.append((f"{rel}{entry.name}", Path(entry.path)))
 
-    visit(Path(root), "", frozenset({os.path.realpath(root)}))
+    visit(Path(root), "", frozenset({identity(root)}))
     return found
 
 

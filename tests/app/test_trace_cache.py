@@ -243,3 +243,19 @@ def test_engine_source_hash_reads_every_py_once(tmp_path, monkeypatch):
     (tmp_path / "sub" / "b.py").rename(tmp_path / "sub" / "c.py")  # a rename alone changes the engine
     assert fingerprint.engine_source_hash(tmp_path) != first
     assert fingerprint.engine_source_hash() == fingerprint.engine_source_hash()  # the package's own
+
+
+def test_the_weights_walk_follows_linked_folders_once_and_never_loops(tmp_path):
+    from specviz.models.fingerprint import _walk, directory_fingerprint
+
+    (tmp_path / "target").mkdir()
+    (tmp_path / "target" / "model.safetensors").write_bytes(b"w")
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "adapter.safetensors").write_bytes(b"a")
+    (tmp_path / "target" / "parts").symlink_to("../parts")  # a linked sibling: followed
+    (tmp_path / "parts" / "up").symlink_to("..")  # a link back to a folder above: not followed
+    files = [rel for rel, _ in _walk(tmp_path, (".safetensors",))]
+    assert files == ["parts/adapter.safetensors", "target/model.safetensors", "target/parts/adapter.safetensors"]
+    before = directory_fingerprint(tmp_path)
+    (tmp_path / "parts" / "adapter.safetensors").write_bytes(b"changed")
+    assert directory_fingerprint(tmp_path) != before
