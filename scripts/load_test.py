@@ -136,6 +136,7 @@ def main() -> None:
     from specviz.app.controls import EXAMPLES, UI_DEFAULTS
 
     report: dict = {}
+    methods = ["draft_model", "kangaroo", "autoregressive", "draft_model"]  # (c) and (d) cycle through these
     with running_app({"SPECVIZ_PREWARM": "1"}) as app:
         deadline = time.time() + 600
         while health(app.url)["trace_cache"]["entries"] < 9 and time.time() < deadline:  # the warm-up
@@ -162,7 +163,6 @@ def main() -> None:
         if "c" in parts:
             # (c) different prompts
             prompts = [f"def task_{i}(items):\n    total = {i}\n" for i in range(args.users)]
-            methods = ["draft_model", "kangaroo", "autoregressive", "draft_model"]
             requests = [playground_stream_args(methods[i % len(methods)], TOKENS, p) for i, p in enumerate(prompts)]
             users = crowd(app.url, requests)
             report["c_different"] = summary("c: different prompts", users)
