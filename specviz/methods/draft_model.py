@@ -85,10 +85,7 @@ class DraftModel(Method):
             length, room = seq.shape[1], out.room - 1
             plan, ngram, copied = None, 0, None
             if chooser is not None:
-                found = index.match() if index is not None else None
-                ngram = found[0] if found else 0
-                plan = chooser.plan(copy_max=min(ctx.params["lookup_gamma"], room) if found else 0, ngram=ngram,
-                                    draft_max=min(gamma, room))
+                plan, ngram = chooser.plan_round(index, min(ctx.params["lookup_gamma"], room), min(gamma, room))
                 if plan.source == LOOKUP:
                     copied = self.copy(ctx, index, seq, step, plan.k)
             elif index is not None:

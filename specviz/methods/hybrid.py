@@ -13,7 +13,7 @@ tokens per unit of that modeled cost, from the run's own verdicts so far:
   more than a common word;
 - k drafts are expected to yield a1 (1 - a^k) / (1 - a) accepted tokens; the plan is the (source, k) with the
   best (1 + that) / (1 + k (width_cost + draft_cost)), where k = 0 is a plain target step (value 1);
-- a source left out for `PROBE_EVERY` rounds is tried again with its best k >= 1, so a bad start is not final.
+- a source left out for `PROBE_EVERY` rounds is tried again with its best k (>= 1), so a bad start is not final.
 
 The plan is a function of the run's own past verdicts (counts, never timings), so a run is reproducible from its
 seed, and it changes only how many tokens are drafted and by whom: each round is verified by its source's exact
@@ -85,12 +85,19 @@ class SourceChooser:
     def key(self, source: str, ngram: int = 0) -> tuple:
         return (source, min(ngram, LONGEST_MATCH_BUCKET)) if source == "lookup" else (source,)
 
-    def best(self, source: str, k_max: int, ngram: int = 0, at_least: int = 0) -> Plan:
+    def best(self, source: str, k_max: int, ngram: int = 0) -> Plan:
+        """The source's best plan of 1..k_max drafts."""
         rate = self.rates.setdefault(self.key(source, ngram), Acceptance())
         per_token = self.width_cost + (self.draft_cost if source == "draft" else 0.0)
-        plans = [Plan(source, k, (1 + rate.expected(k)) / (1 + k * per_token))
-                 for k in range(max(1, at_least), k_max + 1)]
+        plans = [Plan(source, k, (1 + rate.expected(k)) / (1 + k * per_token)) for k in range(1, k_max + 1)]
         return max(plans, key=lambda p: p.value) if plans else Plan(None, 0, 1.0)
+
+    def plan_round(self, index, copy_max: int, draft_max: int = 0) -> tuple[Plan, int]:
+        """The round's plan and the n-gram the text's ending matched in `index` (an NgramIndex, or None: no copy);
+        a copy is planned only where there is a match."""
+        found = index.match() if index is not None else None
+        ngram = found[0] if found else 0
+        return self.plan(copy_max=copy_max if found else 0, ngram=ngram, draft_max=draft_max), ngram
 
     def plan(self, copy_max: int = 0, ngram: int = 0, draft_max: int = 0) -> Plan:
         """The round's plan: copy_max > 0 when a copy is possible (of a matched `ngram`), draft_max > 0 when the
@@ -103,7 +110,7 @@ class SourceChooser:
         if chosen.source is None:  # a source left out too long is tried again
             for source, k_max in (("draft", draft_max), ("lookup", copy_max)):
                 if k_max > 0 and self.idle.get(source, 0) >= PROBE_EVERY:
-                    chosen = self.best(source, k_max, ngram, at_least=1)
+                    chosen = self.best(source, k_max, ngram)
                     break
         for source in ("lookup", "draft"):
             self.idle[source] = 0 if chosen.source == source else self.idle.get(source, 0) + 1

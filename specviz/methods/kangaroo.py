@@ -33,13 +33,12 @@ from specviz.engine.lean import LeanAdapter, LeanDecoder, draft_linear, fast_nor
 from specviz.engine.verify import decide
 from specviz.methods.base import Method, Param, RunContext, confidence_exit, eta_param
 from specviz.methods.calibrate import calibrated_exit
-from specviz.methods.draft_model import LOOKUP_GAMMA_PARAM, LOOKUP_PARAM
+from specviz.methods.draft_model import LOOKUP_GAMMA_PARAM, LOOKUP_PARAM, draft_cost
 from specviz.methods.hybrid import CHOOSE, WIDTH_COST, SourceChooser
 from specviz.methods.prompt_lookup import SOURCE as LOOKUP
 from specviz.methods.prompt_lookup import NgramIndex, one_hot, record_copies
 from specviz.methods.rounds import commit
 from specviz.methods.vocabtrim import TrimmedHead, kept_ids
-from specviz.models.anatomy import weights_read_per_token
 
 
 def find_adapter(ctx: RunContext, exit_layer: int | None) -> KangarooAdapter | None:
@@ -248,7 +247,7 @@ class Kangaroo(Method):
         index = NgramIndex(lookup, max(lookup, 4)) if lookup else None
         if index is not None:
             index.extend(seq[0].tolist())
-        chooser = (SourceChooser(ctx.params["width_cost"], ctx.meta["draft_params"] / max(1, weights_read_per_token(ctx.pair.target)))
+        chooser = (SourceChooser(ctx.params["width_cost"], draft_cost(ctx, ctx.pair.target))
                    if ctx.params["choose"] == "yield" else None)
         step = lookup_rounds = 0
         while not out.done:
@@ -258,9 +257,7 @@ class Kangaroo(Method):
             plan, ngram, copies = None, 0, []
             copy_budget = min(ctx.params["lookup_gamma"], out.room - 1)
             if chooser is not None:
-                found = index.match() if index is not None else None
-                ngram = found[0] if found else 0
-                plan = chooser.plan(copy_max=copy_budget if found else 0, ngram=ngram, draft_max=budget)
+                plan, ngram = chooser.plan_round(index, copy_budget, budget)
                 budget = plan.k if plan.source == "draft" else 0
                 copy_budget = plan.k if plan.source == LOOKUP else 0
             if index is not None and copy_budget > 0:
@@ -274,11 +271,11 @@ class Kangaroo(Method):
             t0 = rec.now()
             if copies:
                 lookup_rounds += 1
-                tokens = [torch.tensor([c], dtype=seq.dtype, device=seq.device) for c in copies]
+                copied = torch.tensor(copies, dtype=seq.dtype, device=seq.device)
+                tokens = list(copied.split(1))
                 if memo is not None:
                     full.extend(copies)
-                states.append(shallow(torch.cat([token, torch.tensor([copies], dtype=seq.dtype,
-                                                                           device=seq.device)], dim=1)))
+                states.append(shallow(torch.cat([token, copied.view(1, -1)], dim=1)))
                 budget = 0
             else:
                 h = shallow(token)

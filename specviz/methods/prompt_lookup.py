@@ -140,8 +140,7 @@ class PromptLookup(Method):
             t0 = rec.now()
             k, plan = min(gamma, out.room - 1), None
             if chooser is not None:
-                found = index.match()
-                plan = chooser.plan(copy_max=k if found else 0, ngram=found[0] if found else 0)
+                plan, _ = chooser.plan_round(index, k)
                 k = plan.k
             drafts, sources, n = index.draft(k, ctx.vocab)
             t1 = rec.now()
