@@ -35,6 +35,7 @@ from __future__ import annotations
 import sys
 import time
 import types
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -56,18 +57,44 @@ MAX_TOP = 64
 MEMO_BYTES = 256 * 2**20  # memoized forward outputs kept per model before the memo starts over
 
 
+@dataclass(frozen=True, eq=False)
+class TreeFeed:
+    """One `feed_tree` call held in a cache after its linear tokens: the memo key, and what replays it."""
+
+    key: tuple
+    ids: torch.Tensor
+    positions: torch.Tensor
+    mask: torch.Tensor
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, TreeFeed) and self.key == other.key
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    @staticmethod
+    def of(ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> TreeFeed:
+        seen = mask[0, 0].eq(0).cpu().numpy()  # which entries each node attends to: the tree's shape
+        key = (tuple(ids[0].tolist()), tuple(positions[0].tolist()), seen.shape, seen.tobytes())
+        return TreeFeed(key, ids, positions, mask)
+
+
 class SharedDecoder:
     """One real decoder over a model, with the tokens its cache holds and the memo of its forwards."""
 
     def __init__(self, inner: Any):
         self.inner = inner
-        self.tokens: list[int] = []  # what the real cache holds
+        self.tokens: list[int] = []  # what the real cache holds: these tokens, in order,
+        self.trees: tuple[TreeFeed, ...] = ()  # then the nodes of these tree feeds
         self.memo: dict[tuple, torch.Tensor] = {}
         self.bytes = 0
         self.hits = self.misses = 0
 
-    def sync(self, tokens: list[int], device: torch.device) -> None:
-        """Make the real cache hold exactly `tokens`: crop to the common prefix, feed the rest."""
+    def sync(self, tokens: list[int], device: torch.device, trees: tuple[TreeFeed, ...] = ()) -> None:
+        """Make the real cache hold exactly `tokens` (crop to the common prefix, feed the rest), then `trees`."""
+        if self.trees and (self.trees != trees or self.tokens != tokens):
+            self.inner.rollback(len(self.tokens))  # the tree nodes go first; the linear part is kept
+            self.trees = ()
         common = 0
         for a, b in zip(self.tokens, tokens):
             if a != b:
@@ -79,6 +106,9 @@ class SharedDecoder:
         if common < len(tokens):
             self.inner.feed(torch.tensor([tokens[common:]], dtype=torch.long, device=device))
             self.tokens = list(tokens)
+        for feed in trees[len(self.trees):]:
+            self.inner.feed_tree(feed.ids, feed.positions, feed.mask)
+        self.trees = trees
 
 
 class LazyDecoder:
@@ -88,34 +118,74 @@ class LazyDecoder:
     def __init__(self, shared: SharedDecoder):
         self.shared = shared
         self.tokens: list[int] = []
+        self.trees: tuple[TreeFeed, ...] = ()  # tree feeds after `tokens`, until keep_path makes them a path
         self.model = getattr(shared.inner, "model", None)
         self.vocab = getattr(shared.inner, "vocab", None)
 
     @property
     def length(self) -> int:
-        return len(self.tokens)
+        return len(self.tokens) + sum(feed.ids.shape[1] for feed in self.trees)
+
+    def remember(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The memoized value of `key`, computed (on the real decoder, brought to this view) on a miss."""
+        shared = self.shared
+        value = shared.memo.get(key)
+        if value is not None:
+            shared.hits += 1
+            return value
+        shared.misses += 1
+        value = compute()
+        size = value.numel() * value.element_size()
+        if shared.bytes + size > MEMO_BYTES:
+            shared.memo.clear()
+            shared.bytes = 0
+        shared.memo[key] = value
+        shared.bytes += size
+        return value
 
     def through(self, tag: Any, ids: torch.Tensor, compute: Callable[[Any, torch.Tensor], torch.Tensor]) -> torch.Tensor:
         """`compute(real decoder, ids)` after the tokens this view holds, memoized; ids (1, T) are appended."""
+        if self.trees:
+            raise RuntimeError("a linear feed after a tree feed: keep a path of the tree first (keep_path)")
         new = ids[0].tolist()
         shared = self.shared
-        key = (tag, tuple(self.tokens), tuple(new))
-        value = shared.memo.get(key)
-        if value is None:
-            shared.misses += 1
+
+        def compute_here() -> torch.Tensor:
             shared.sync(self.tokens, ids.device)
             value = compute(shared.inner, ids)
             shared.tokens = self.tokens + new
-            size = value.numel() * value.element_size()
-            if shared.bytes + size > MEMO_BYTES:
-                shared.memo.clear()
-                shared.bytes = 0
-            shared.memo[key] = value
-            shared.bytes += size
-        else:
-            shared.hits += 1
+            return value
+
+        value = self.remember((tag, tuple(self.tokens), tuple(new)), compute_here)
         self.tokens = self.tokens + new
         return value
+
+    def feed_tree(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """A tree's nodes after what this view holds (`Decoder.feed_tree`), memoized by the tree's tokens, positions
+        and shape; the view holds them as a pending tree until `keep_path`."""
+        feed, shared = TreeFeed.of(ids, positions, mask), self.shared
+
+        def compute_here() -> torch.Tensor:
+            shared.sync(self.tokens, ids.device, self.trees)
+            value = shared.inner.feed_tree(ids, positions, mask)
+            shared.trees = self.trees + (feed,)
+            return value
+
+        value = self.remember(("tree", tuple(self.tokens), tuple(f.key for f in self.trees), feed.key), compute_here)
+        self.trees = self.trees + (feed,)
+        return value
+
+    def keep_path(self, positions: list[int]) -> None:
+        """Keep the entries at `positions`: the committed text and a root-to-node path of the pending trees, whose
+        entries are then those of that path fed as plain tokens (each node saw only its ancestors). The real cache
+        does the same gather when it holds exactly this view's entries; otherwise its next sync feeds the path."""
+        flat = self.tokens + [t for feed in self.trees for t in feed.ids[0].tolist()]
+        kept = [flat[p] for p in positions]
+        shared = self.shared
+        if shared.tokens == self.tokens and shared.trees == self.trees:
+            shared.inner.keep_path(positions)
+            shared.tokens, shared.trees = list(kept), ()
+        self.tokens, self.trees = kept, ()
 
     def feed(self, ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
         return self.through(("feed", keep), ids, lambda dec, x: dec.feed(x, keep=keep))
@@ -124,11 +194,13 @@ class LazyDecoder:
         return self.through("hidden", ids, lambda dec, x: dec.hidden(x))
 
     def rollback(self, length: int) -> None:
+        if self.trees and length < self.length:
+            raise RuntimeError("rollback inside a pending tree: keep a path of it first (keep_path)")
         if length < len(self.tokens):
             self.tokens = self.tokens[:length]
 
     def reset(self) -> None:
-        self.tokens = []
+        self.tokens, self.trees = [], ()
 
     def check(self) -> None:  # the real cache is checked by its own decoder
         pass

@@ -137,6 +137,7 @@ class Tree(Method):
     name = "tree"
     title = "Token-tree speculation (EAGLE-2's dynamic tree, one verification forward)"
     needs_draft = True
+    memo_safe = True  # its forwards are functions of the tokens and the tree (exactness memoizes feed_tree too)
     PARAMS = (NODES, DEPTH, BRANCH, DRAFTER_FORWARD)
 
     def check_pair(self, pair) -> None:

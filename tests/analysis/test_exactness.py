@@ -94,7 +94,10 @@ def test_law_enumerates_the_top_tokens_and_bins_the_rest(peaky_pair):
                                          ("draft_model", {"gamma": 3, "eta": 0.9}),
                                          ("sorted", {"gamma": 2}), ("autoregressive", {}),
                                          ("kangaroo", {"gamma": 3, "eta": 0.0, "exit_layer": 1}),
-                                         ("kangaroo", {"gamma": 3, "eta": 0.5, "exit_layer": 1, "vocab_trim": 5})])
+                                         ("kangaroo", {"gamma": 3, "eta": 0.5, "exit_layer": 1, "vocab_trim": 5}),
+                                         ("prompt_lookup", {"gamma": 3}),
+                                         ("tree", {"nodes": 6, "depth": 3, "branch": 2}),
+                                         ("tree", {"nodes": 5, "depth": 2, "branch": 3, "drafter_forward": "transformers"})])
 def test_memoized_samples_equal_plain_runs(peaky_pair, name, params):
     """The shared, memoized forwards change no draw: the same seeds give the same tokens as `run`."""
     cls = METHODS[name]
@@ -132,7 +135,8 @@ def test_bad_requests_get_clear_messages(peaky_pair, kwargs, message):
         specviz.analysis.exactness(kwargs.pop("method"), peaky_pair, PROMPT, **kwargs)
 
 
-@pytest.mark.parametrize("name,params", [("draft_model", {"gamma": 3}), ("kangaroo", {"gamma": 3, "eta": 0.0, "exit_layer": 1})])
+@pytest.mark.parametrize("name,params", [("draft_model", {"gamma": 3}), ("kangaroo", {"gamma": 3, "eta": 0.0, "exit_layer": 1}),
+                                         ("tree", {"nodes": 6, "depth": 3, "branch": 2})])
 def test_a_memo_that_starts_over_changes_no_draw(peaky_pair, monkeypatch, name, params):
     """Memos cleared every few entries (their byte cap) still give `run`'s tokens."""
     import specviz.analysis.exactness as ex
