@@ -349,22 +349,26 @@ def explainer_html(trace: Trace, step: int, row: int = 0, decode=None) -> str:
                      + f'<div class="sv-dists">{bars_html("drafter q (top-k)", info.get("top_q") or [], decode, d.token_id, "q")}'
                      f'{bars_html("target p (top-k)", info.get("top_p") or [], decode, d.token_id, "p")}</div>'
                      + (rule_html(v, decode) if v is not None else '<div class="sv-note">not verified</div>') + "</div>")
-    for e in emitted:
-        what = FATE_LABELS[e.kind]
-        card = [f'<div class="sv-card" data-emitted="{esc(e.kind)}"><b>the target emits</b> {token_span(e)} ({esc(what)}'
-                + (f", p={e.p:.3g}" if e.p is not None else "") + ")"]
-        if e.info.get("residual_top"):
-            copied = any(d.source == "lookup" for d in drafts)
-            title = ("drawn from p without the copied token, renormalised (norm(max(0, p - q)), q one-hot) (top-k)"
-                     if copied else "drawn from the residual norm(max(0, p - q)) (top-k)")
-            card.append(bars_html(title, e.info["residual_top"], decode, e.token_id, "residual"))
-        elif e.info.get("top_p"):
-            card.append(bars_html("target p here (top-k)", e.info["top_p"], decode, e.token_id, "p"))
-        parts.append("".join(card) + "</div>")
+    copied = any(d.source == "lookup" for d in drafts)
+    residual = ("drawn from p without the copied token, renormalised (norm(max(0, p - q)), q one-hot) (top-k)"
+                if copied else "drawn from the residual norm(max(0, p - q)) (top-k)")
+    parts.extend(emitted_card(e, decode, residual) for e in emitted)
     for e in (e for e in events if e.kind == "early_exit"):
         parts.append(f'<div class="sv-note">early exit ({esc(str(e.info.get("reason", "")))}), confidence '
                      f'{e.info.get("confidence", float("nan")):.3f}</div>')
     return f'<div class="sv-step" id="step-explainer-body" data-rule="{esc(rule or "")}">{"".join(parts)}</div>'
+
+
+def emitted_card(e: Event, decode, residual_title: str) -> str:
+    """The token the target emitted this round (a correction, a bonus or a plain step) with the distribution it was
+    drawn from: the residual at a sampling rejection (titled by the round's kind of draft), else p's top-k."""
+    card = [f'<div class="sv-card" data-emitted="{esc(e.kind)}"><b>the target emits</b> {token_span(e)} '
+            f"({esc(FATE_LABELS[e.kind])}" + (f", p={e.p:.3g}" if e.p is not None else "") + ")"]
+    if e.info.get("residual_top"):
+        card.append(bars_html(residual_title, e.info["residual_top"], decode, e.token_id, "residual"))
+    elif e.info.get("top_p"):
+        card.append(bars_html("target p here (top-k)", e.info["top_p"], decode, e.token_id, "p"))
+    return "".join(card) + "</div>"
 
 
 TREE_DRAWN = 64  # nodes a round's tree draws at most (a summary says what is left out)
@@ -438,13 +442,6 @@ def tree_round_html(trace: Trace, step: int, events: list[Event], context: str, 
              f'<span class="sv-node">root (last committed token)</span><ul>{"".join(node_html(c) for c in roots)}</ul>'
              f"</li></ul></div>",
              f'<div class="sv-rule" data-rule="{esc(rule or "")}">{esc(rule_text.get(rule or "", ""))}</div>']
-    for e in emitted:
-        card = [f'<div class="sv-card" data-emitted="{esc(e.kind)}"><b>the target emits</b> {token_span(e)} '
-                f"({esc(FATE_LABELS[e.kind])}" + (f", p={e.p:.3g}" if e.p is not None else "") + ")"]
-        if e.info.get("residual_top"):
-            card.append(bars_html("drawn from p without the children tried, renormalised (top-k)", e.info["residual_top"],
-                                  decode, e.token_id, "residual"))
-        elif e.info.get("top_p"):
-            card.append(bars_html("target p here (top-k)", e.info["top_p"], decode, e.token_id, "p"))
-        parts.append("".join(card) + "</div>")
+    parts.extend(emitted_card(e, decode, "drawn from p without the children tried, renormalised (top-k)")
+                 for e in emitted)
     return f'<div class="sv-step" id="step-explainer-body" data-rule="{esc(rule or "")}" data-tree="1">{"".join(parts)}</div>'
