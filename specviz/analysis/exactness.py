@@ -17,9 +17,11 @@ shared decoder per model whose forwards are memoized by (tokens held, tokens fed
 prefill runs once, and a continuation seen before costs a dictionary look-up; on a miss the shared
 decoder is rolled back to the longest common prefix (a crop) and fed the rest. Kangaroo, whose
 forwards split the target by layer, keeps its own prefill and a layer-range memo the same way (a hit
-re-appends the KV entries the forward appended). The sorted drafter runs its own forwards per sample;
-Mirror-SD, whose branches copy the drafter's cache, is never memoized. Every random choice (drafts,
-acceptance uniforms, residual and bonus draws) is still made per sample by the method's own code with
+re-appends the KV entries the forward appended). A token tree's forwards (`feed_tree`) are memoized by the tree's
+tokens, positions and mask; a view holds them as a pending tree until `keep_path` keeps a root-to-node path, whose
+entries are then those of the path fed as plain tokens (each node saw only its ancestors). The sorted drafter
+runs its own forwards per sample; Mirror-SD, whose branches copy the drafter's cache, is never memoized. Every
+random choice (drafts, acceptance uniforms, residual and bonus draws) is still made per sample by the method's own code with
 that sample's generator, so the samples are independent draws; tests check that they equal `run`'s
 outputs for the same seeds. (A memoized forward may have been computed along another path to the same
 tokens, e.g. in a longer block: its last float bits can then differ from a fresh run's, as any two
