@@ -22,23 +22,27 @@ def task_of(category: str) -> str:
 
 
 def first_per_task(prompts: list[dict], n: int, fits: Callable[[dict], bool],
-                   group: Callable[[str], str] = task_of) -> tuple[list[dict], int]:
+                   group: Callable[[str], str] = task_of, skip: int = 0) -> tuple[list[dict], int]:
     """The first n prompts of each task (or of each `group` of their category: `str` for the categories
     themselves), in file order, that `fits` (the context holds prompt + new tokens), and how many were passed over
-    for not fitting."""
+    for not fitting. `skip`: the first `skip` that fit are passed over too, so a tuning set (questions 11-20) stays
+    apart from a goal set (questions 1-10)."""
     if n < 1:
         raise ValueError(f"--per-category must be at least 1; got {n}")
+    if skip < 0:
+        raise ValueError(f"--skip-per-category must be 0 or more; got {skip}")
     taken: dict[str, int] = {}
     chosen, too_long = [], 0
     for prompt in prompts:
         task = group(prompt.get("category", ""))
-        if taken.get(task, 0) >= n:
+        if taken.get(task, 0) >= skip + n:
             continue
         if not fits(prompt):
             too_long += 1
             continue
         taken[task] = taken.get(task, 0) + 1
-        chosen.append(prompt)
+        if taken[task] > skip:
+            chosen.append(prompt)
     return chosen, too_long
 
 

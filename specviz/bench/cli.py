@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "sub-categories are one task); writes the table by task")
     p.add_argument("--tasks", default=None, help="with --per-category: only these tasks (comma-separated, e.g. "
                                                  "'summarization,rag'; MT-bench's sub-categories are 'mt_bench')")
+    p.add_argument("--skip-per-category", type=int, default=0, metavar="K",
+                   help="with --per-category: pass over the first K fitting prompts of each task first (a tuning set, "
+                        "questions K+1..K+N, apart from the goal set of the first N)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="results.csv", help=".csv or .parquet")
@@ -144,8 +147,10 @@ def prepare(args: argparse.Namespace) -> tuple[list[tuple[str, str, dict[str, An
         raise ValueError("--out must end in .csv or .parquet")
     if args.ray is not None:
         RayTarget.parse(args.ray)
-    if args.tasks and args.per_category is None:
-        raise ValueError("--tasks goes with --per-category")
+    if (args.tasks or args.skip_per_category) and args.per_category is None:
+        raise ValueError("--tasks and --skip-per-category go with --per-category")
+    if args.skip_per_category < 0:
+        raise ValueError("--skip-per-category must be 0 or more")
     if args.worker_cpus is not None and (args.worker_cpus < 1 or not args.ray):
         raise ValueError("--worker-cpus needs --ray and a positive number of cores")
     shared: dict[str, Any] = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
@@ -181,9 +186,10 @@ def per_task(args: argparse.Namespace, prompts: list[dict[str, str]]) -> list[di
         prompts = [p for p in prompts if task_of(p["category"]) in wanted]
         if not prompts:
             raise ValueError(f"no prompt of the file is in the tasks {args.tasks}")
-    chosen, too_long = first_per_task(prompts, args.per_category, fits)
+    chosen, too_long = first_per_task(prompts, args.per_category, fits, skip=args.skip_per_category)
     tasks = len({task_of(p["category"]) for p in chosen})
-    print(f"--per-category {args.per_category}: {len(chosen)} prompts in {tasks} tasks; {too_long} passed over "
+    after = f" after the first {args.skip_per_category} of each" if args.skip_per_category else ""
+    print(f"--per-category {args.per_category}{after}: {len(chosen)} prompts in {tasks} tasks; {too_long} passed over "
           f"as longer than the context ({context_limit(pair.target)} tokens) minus {args.max_new_tokens} new tokens")
     if not chosen:
         raise ValueError("no prompt of the file fits the target's context with the new tokens")

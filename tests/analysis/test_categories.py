@@ -28,6 +28,19 @@ def test_first_per_task_keeps_file_order_and_counts_what_does_not_fit():
         first_per_task(prompts, 0, lambda p: True)
 
 
+def test_skip_takes_the_next_prompts_of_each_task():
+    """A tuning set apart from the goal set: questions 2.. of each task, none of the first."""
+    prompts = load_prompts(FIXTURE)
+    first, _ = first_per_task(prompts, 1, lambda p: True)
+    after, _ = first_per_task(prompts, 1, lambda p: True, skip=1)
+    assert [p["id"] for p in after] == ["1002", "1005", "1007"]  # the second of mt_bench, summarization, rag
+    assert not {p["id"] for p in first} & {p["id"] for p in after}
+    both, _ = first_per_task(prompts, 2, lambda p: True)
+    assert [p["id"] for p in both if p not in first] == [p["id"] for p in after]
+    with pytest.raises(ValueError, match="0 or more"):
+        first_per_task(prompts, 1, lambda p: True, skip=-1)
+
+
 @pytest.mark.skipif(not SPEC_BENCH.is_file(), reason="Spec-Bench's question file is not beside this checkout")
 def test_the_real_question_file_has_six_tasks():
     chosen, _ = first_per_task(load_prompts(SPEC_BENCH), 10, lambda p: True)

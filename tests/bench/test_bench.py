@@ -166,4 +166,6 @@ def test_tasks_keeps_only_the_named_tasks(saved_pair, tmp_path, capsys):
     assert code == 0
     assert sorted(pd.read_csv(out).category.unique()) == ["coding", "rag", "writing"]
     assert bench.main(["--tasks", "rag", "--out", str(out)]) == 2
-    assert "--tasks goes with --per-category" in capsys.readouterr().err
+    assert "--tasks and --skip-per-category go with --per-category" in capsys.readouterr().err
+    assert bench.main(["--skip-per-category", "1", "--out", str(out)]) == 2
+    assert "go with --per-category" in capsys.readouterr().err
