@@ -57,7 +57,7 @@ def method_params(name: str) -> list[dict]:
                         {"gamma": 6, "eta": 0.5}, {"gamma": 3, "eta": 0.5, "gamma_schedule": "heuristic", "vocab_trim": 100},
                         {"gamma": 3, "lookup": 1}, {"gamma": 2, "lookup": 2, "lookup_gamma": 6, "vocab_trim": 100},
                         {"gamma": 4, "lookup": 1, "choose": "yield"}, {"gamma": 4, "choose": "yield", "width_cost": 0.3}],
-        "prompt_lookup": [{}, {"gamma": 3, "min_ngram": 2, "max_ngram": 2}, {"choose": "yield", "width_cost": 0.2}],
+        "prompt_lookup": [{}, {"gamma": 3, "min_ngram": 1, "max_ngram": 2}, {"choose": "yield", "width_cost": 0.2}],
         "hf_assisted": [{"gamma": 3}],
         "tree": [{}, {"nodes": 5, "depth": 3, "branch": 2}, {"nodes": 1, "depth": 1, "branch": 1},
                  {"nodes": 10, "depth": 5, "branch": 3, "drafter_forward": "transformers"}],

@@ -53,7 +53,7 @@ def test_min_ngram_above_max_ngram_is_refused(embedded_pair):
         run("prompt_lookup", embedded_pair, "def f(x):", max_new_tokens=4, gamma=0)
 
 
-@pytest.mark.parametrize("name,params", [("prompt_lookup", {}), ("prompt_lookup", {"gamma": 3, "max_ngram": 1}),
+@pytest.mark.parametrize("name,params", [("prompt_lookup", {}), ("prompt_lookup", {"gamma": 3, "min_ngram": 1, "max_ngram": 1}),
                                          ("prompt_lookup", {"gamma": 16, "min_ngram": 2, "max_ngram": 4}),
                                          ("hf_prompt_lookup", {})])
 def test_embedded_pair_is_lossless(embedded_pair, name, params):
