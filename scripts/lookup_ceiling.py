@@ -136,7 +136,7 @@ def main() -> None:
     parser.add_argument("--min-ngram", type=int, default=MIN_NGRAM.default)
     parser.add_argument("--max-ngram", type=int, default=MAX_NGRAM.default)
     parser.add_argument("--trie-nodes", default="16,32,64", help="node budgets of the trie of every match")
-    parser.add_argument("--repeats", type=int, default=15, help="repeats of the width-cost measurement")
+    parser.add_argument("--repeats", type=int, default=30, help="repeats of the width-cost measurement")
     args = parser.parse_args()
 
     pair = load_pair(args.target)
