@@ -78,7 +78,8 @@ if [ -n "${SPEC_BENCH:-}" ] && [ -f "$SPEC_BENCH" ]; then
   log "Spec-Bench summarization + RAG, fp32, 64 new tokens"
   timeout -s ABRT $SUMRAG_LIMIT $PY -m specviz.bench --device $DEVICE --prompts "$SPEC_BENCH" --per-category 10 --tasks summarization,rag \
     --methods autoregressive,prompt_lookup,hf_prompt_lookup,kangaroo:lookup=2 --max-new-tokens 64 --repeats 2 --quiet \
-    --out "$OUT/sumrag_fp32.csv" 2>&1 | grep -v "Loading weights" | tail -n 8 | tee -a "$OUT/summary.txt"
+    --out "$OUT/sumrag_fp32.csv" 2>&1 | grep -v "Loading weights" | tail -n 8 | tee -a "$OUT/summary.txt" \
+    || log "  FAILED or TIMED OUT (rc ${PIPESTATUS[0]})"
 fi
 
 $PY - "$OUT" <<'PY' 2>&1 | tee -a "$OUT/summary.txt"

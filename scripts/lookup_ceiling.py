@@ -22,6 +22,7 @@ import argparse
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,7 +33,7 @@ from specviz.analysis.categories import first_per_task, task_of  # noqa: E402
 from specviz.api import fits_context, run  # noqa: E402
 from specviz.bench.matrix import target_prefill_s  # noqa: E402
 from specviz.bench.prompts import load_prompts  # noqa: E402
-from specviz.engine.decoder import Decoder  # noqa: E402
+from specviz.engine.decoder import Decoder, context_limit  # noqa: E402
 from specviz.methods.prompt_lookup import LOOKUP_GAMMA, MAX_NGRAM, MIN_NGRAM, NgramIndex  # noqa: E402
 from specviz.models.pair import load_pair  # noqa: E402
 
@@ -41,6 +42,7 @@ WIDTHS = (1, 2, 3, 4, 6, 8, 11, 16, 24, 33, 48, 65)
 
 def width_costs(pair, context: int, repeats: int) -> dict[int, float]:
     """A target forward over w tokens after `context` tokens, in steps (w = 1), interleaved, medians."""
+    context = min(context, context_limit(pair.target) - max(WIDTHS))  # the widest forward must fit too
     vocab = pair.target.get_output_embeddings().weight.shape[0]
     torch.manual_seed(0)
     ids = torch.randint(0, vocab, (1, context + max(WIDTHS)))
@@ -62,6 +64,8 @@ def cost_of(costs: dict[int, float], width: int) -> float:
     known = sorted(costs)
     if width in costs:
         return costs[width]
+    if len(known) < 2 or width < known[0]:
+        raise ValueError(f"width {width}: the measured widths {known} neither hold nor bracket it")
     below = max((w for w in known if w < width), default=known[0])
     above = min((w for w in known if w > width), default=None)
     if above is None:
@@ -73,6 +77,9 @@ def cost_of(costs: dict[int, float], width: int) -> float:
 def chain_drafts(index: NgramIndex, gamma: int) -> list[list[int]]:
     drafts, _, _ = index.draft(gamma)
     return [drafts] if drafts else []
+
+
+Propose = Callable[[list[int], int], list[list[int]]]  # (text so far, most drafts the output has room for) -> drafts
 
 
 def trie_drafts(text: list[int], budget: int, depth: int, low: int, high: int) -> list[list[int]]:
@@ -104,11 +111,12 @@ def trie_drafts(text: list[int], budget: int, depth: int, low: int, high: int) -
     return paths
 
 
-def replay(prompt: list[int], output: list[int], propose, costs: dict[int, float]) -> tuple[float, float]:
-    """(tau, speedup after the prefill) of a lookup drafter replayed against the known output."""
+def replay(prompt: list[int], output: list[int], propose: Propose, costs: dict[int, float]) -> tuple[float, float]:
+    """(tau, speedup after the prefill) of a lookup drafter replayed against the known output. A round drafts at
+    most one token fewer than the output has left, as prompt_lookup does (the target's own token ends it)."""
     text, done, rounds, spent = list(prompt), 0, 0, 0.0
     while done < len(output):
-        drafts = propose(text)
+        drafts = propose(text, len(output) - done - 1)
         width = 1 + len({tuple(d[: i + 1]) for d in drafts for i in range(len(d))})
         accepted = 0
         for d in drafts:
@@ -139,13 +147,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30, help="repeats of the width-cost measurement")
     args = parser.parse_args()
 
+    if args.tasks and args.per_category is None:
+        parser.error("--tasks goes with --per-category")
     pair = load_pair(args.target)
     prompts = load_prompts(args.prompts, args.limit)
-    if args.per_category:
+    if args.per_category is not None:
         if args.tasks:
             prompts = [p for p in prompts if task_of(p["category"]) in set(args.tasks.split(","))]
         prompts, _ = first_per_task(prompts, args.per_category,
                                     lambda p: fits_context(pair, p["prompt"], args.max_new_tokens))
+    if not prompts:
+        parser.error("no prompt to replay: check --tasks and --per-category against the file")
     runs = []
     for p in prompts:
         trace = run("autoregressive", pair, p["prompt"], max_new_tokens=args.max_new_tokens)
@@ -171,12 +183,12 @@ def main() -> None:
                 index = NgramIndex(args.min_ngram, args.max_ngram)
                 index.extend(prompt)
 
-                def propose(text: list[int], index=index) -> list[list[int]]:
+                def propose(text: list[int], room: int, index=index) -> list[list[int]]:
                     index.extend(text[len(index.tokens):])
-                    return chain_drafts(index, args.gamma)
+                    return chain_drafts(index, min(args.gamma, room))
             else:
-                def propose(text: list[int], budget=budget) -> list[list[int]]:
-                    return trie_drafts(text, budget, args.gamma, args.min_ngram, args.max_ngram)
+                def propose(text: list[int], room: int, budget=budget) -> list[list[int]]:
+                    return trie_drafts(text, budget, min(args.gamma, room), args.min_ngram, args.max_ngram)
             tau, after = replay(prompt, output, propose, costs)
             taus.append(tau)
             afters.append(after)

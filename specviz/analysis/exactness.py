@@ -94,7 +94,7 @@ class SharedDecoder:
 
     def sync(self, tokens: list[int], device: torch.device, trees: tuple[TreeFeed, ...] = ()) -> None:
         """Make the real cache hold exactly `tokens` (crop to the common prefix, feed the rest), then `trees`."""
-        if self.trees and (self.trees != trees or self.tokens != tokens):
+        if self.trees and (trees[: len(self.trees)] != self.trees or self.tokens != tokens):
             self.inner.rollback(len(self.tokens))  # the tree nodes go first; the linear part is kept
             self.trees = ()
         common = 0
@@ -182,6 +182,10 @@ class LazyDecoder:
         entries are then those of that path fed as plain tokens (each node saw only its ancestors). The real cache
         does the same gather when it holds exactly this view's entries; otherwise its next sync feeds the path."""
         flat = self.tokens + [t for feed in self.trees for t in feed.ids[0].tolist()]
+        linear = len(self.tokens)
+        if list(positions[:linear]) != list(range(linear)) or any(b <= a for a, b in zip(positions, positions[1:])) \
+                or (positions and positions[-1] >= len(flat)):
+            raise ValueError("keep_path keeps every plain token and then ascending tree entries (one root-to-node path)")
         kept = [flat[p] for p in positions]
         shared = self.shared
         if shared.tokens == self.tokens and shared.trees == self.trees:

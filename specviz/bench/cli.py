@@ -101,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "'summarization,rag'; MT-bench's sub-categories are 'mt_bench')")
     p.add_argument("--skip-per-category", type=int, default=0, metavar="K",
                    help="with --per-category: pass over the first K fitting prompts of each task first (a tuning set, "
-                        "questions K+1..K+N, apart from the goal set of the first N)")
+                        "questions K+1..K+N; apart from a goal set of the first N when K >= N and both runs take the "
+                        "same --max-new-tokens, which decides what fits)")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="results.csv", help=".csv or .parquet")
@@ -192,7 +193,8 @@ def per_task(args: argparse.Namespace, prompts: list[dict[str, str]]) -> list[di
     print(f"--per-category {args.per_category}{after}: {len(chosen)} prompts in {tasks} tasks; {too_long} passed over "
           f"as longer than the context ({context_limit(pair.target)} tokens) minus {args.max_new_tokens} new tokens")
     if not chosen:
-        raise ValueError("no prompt of the file fits the target's context with the new tokens")
+        raise ValueError("no prompt of the file fits the target's context with the new tokens"
+                         + (f" after the first {args.skip_per_category} of each task" if args.skip_per_category else ""))
     return chosen
 
 

@@ -2,8 +2,8 @@
 
 `target.generate(..., prompt_lookup_num_tokens=gamma, max_matching_ngram_size=max_ngram)`: what a user of
 transformers turns on first. Opaque like `hf_assisted`: one prefill span and an `emit` per output token; greedy
-only. transformers matches the n-gram's earliest occurrence (ours, the most recent) and never copies past the
-text's end.
+only. transformers matches the n-gram's earliest occurrence (ours, the most recent), matches down to one token
+(ours, by default, down to two: `min_ngram`) and never copies past the text's end.
 """
 from __future__ import annotations
 

@@ -95,7 +95,7 @@ def test_law_enumerates_the_top_tokens_and_bins_the_rest(peaky_pair):
                                          ("sorted", {"gamma": 2}), ("autoregressive", {}),
                                          ("kangaroo", {"gamma": 3, "eta": 0.0, "exit_layer": 1}),
                                          ("kangaroo", {"gamma": 3, "eta": 0.5, "exit_layer": 1, "vocab_trim": 5}),
-                                         ("prompt_lookup", {"gamma": 3}),
+                                         ("prompt_lookup", {"gamma": 3, "min_ngram": 1}),  # "w1 w2" repeats one token at most
                                          ("tree", {"nodes": 6, "depth": 3, "branch": 2}),
                                          ("tree", {"nodes": 5, "depth": 2, "branch": 3, "drafter_forward": "transformers"})])
 def test_memoized_samples_equal_plain_runs(peaky_pair, name, params):
@@ -116,6 +116,25 @@ def test_memoized_samples_equal_plain_runs(peaky_pair, name, params):
     else:
         stats = memo.stats()
     assert stats["hits"] > stats["misses"] > 0
+
+
+def test_a_memoized_tree_keeps_only_the_plain_tokens_and_one_path(peaky_pair):
+    """keep_path after a memoized tree feed: the plain tokens, then ascending tree entries; anything else is refused
+    (the memo's key would no longer say what the cache holds)."""
+    from specviz.engine.decoder import Decoder
+    from specviz.engine.tree import tree_mask
+
+    view = ForwardMemo().decoder(peaky_pair.target, "transformers", lambda: Decoder(peaky_pair.target, 8))
+    view.feed(torch.tensor([[1, 2, 3]]))
+    mask = tree_mask([[3], [3, 4], [3, 5]], 3, 3, torch.float32, torch.device("cpu"))  # a root and two children
+    view.feed_tree(torch.tensor([[4, 5, 6]]), torch.tensor([[3, 4, 4]]), mask)
+    assert view.length == 6
+    with pytest.raises(ValueError, match="keep_path keeps every plain token"):
+        view.keep_path([0, 2, 3, 4])
+    with pytest.raises(ValueError, match="keep_path keeps every plain token"):
+        view.keep_path([0, 1, 2, 4, 3])
+    view.keep_path([0, 1, 2, 3, 5])
+    assert view.tokens == [1, 2, 3, 4, 6] and view.length == 5 and view.shared.tokens == [1, 2, 3, 4, 6]
 
 
 def test_the_broken_rule_is_unreachable_from_run(peaky_pair):

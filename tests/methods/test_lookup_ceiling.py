@@ -26,9 +26,9 @@ def chain(ceiling, prompt: list[int], low: int = 2, high: int = 3, gamma: int = 
     index = NgramIndex(low, high)
     index.extend(prompt)
 
-    def propose(text: list[int]) -> list[list[int]]:
+    def propose(text: list[int], room: int) -> list[list[int]]:
         index.extend(text[len(index.tokens):])
-        return ceiling.chain_drafts(index, gamma)
+        return ceiling.chain_drafts(index, min(gamma, room))
 
     return propose
 
@@ -36,11 +36,13 @@ def chain(ceiling, prompt: list[int], low: int = 2, high: int = 3, gamma: int = 
 def test_a_copied_continuation_is_one_round_priced_at_its_width(ceiling):
     costs = {1: 1.0, 2: 1.2, 11: 1.5, 16: 2.0}
     tau, after = ceiling.replay([1, 2, 3, 4, 5, 1, 2], [3, 4, 5, 1, 2, 3], chain(ceiling, [1, 2, 3, 4, 5, 1, 2]), costs)
-    assert tau == 6.0 and after == pytest.approx(6 / 1.5)  # ten copied (the copy runs into itself), six accepted
+    assert tau == 6.0 and after == pytest.approx(6 / (1.2 + 0.3 * 4 / 9))  # five copied (room for 5), all taken
     tau, after = ceiling.replay([1, 2, 3], [7, 8], chain(ceiling, [1, 2, 3]), costs)
     assert tau == 1.0 and after == 1.0  # no match: plain steps
     assert ceiling.cost_of(costs, 6) == pytest.approx(1.2 + 0.3 * 4 / 9)  # linear between measured widths
     assert ceiling.cost_of(costs, 20) == pytest.approx(2.0 + 0.1 * 4)  # beyond the widest: the last slope
+    with pytest.raises(ValueError, match="neither hold nor bracket"):
+        ceiling.cost_of({2: 1.2, 11: 1.5}, 1)
 
 
 def test_the_trie_holds_every_match_within_its_budget(ceiling):

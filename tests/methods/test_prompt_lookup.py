@@ -49,6 +49,9 @@ def test_no_match_no_draft_and_the_index_grows_with_the_text():
 def test_min_ngram_above_max_ngram_is_refused(embedded_pair):
     with pytest.raises(ValueError, match=r"min_ngram \(3\) must not exceed max_ngram \(2\)"):
         run("prompt_lookup", embedded_pair, "def f(x):", max_new_tokens=4, min_ngram=3, max_ngram=2)
+    with pytest.raises(ValueError, match=r"min_ngram \(2\) must not exceed max_ngram \(1\); min_ngram is 2 unless set: "
+                                         r"set min_ngram=1 too"):
+        run("prompt_lookup", embedded_pair, "def f(x):", max_new_tokens=4, max_ngram=1)
     with pytest.raises(ValueError, match="gamma must be >= 1"):
         run("prompt_lookup", embedded_pair, "def f(x):", max_new_tokens=4, gamma=0)
 
