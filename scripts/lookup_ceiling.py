@@ -4,8 +4,9 @@
 A measurement of the bound, not of a method: each prompt's greedy output is decoded once (autoregressive); then, with
 that output known, every round of a lookup drafter is replayed offline. The round drafts from the text so far, the
 accepted length is the drafts' common prefix with the true output, and the round costs one target forward over its
-width. That forward's cost by width is measured here, on the target, at the prompts' median context, in target
-steps (interleaved, medians). Two drafters are replayed:
+width. That forward's cost by width is measured on the target right after each prompt's own run, at that prompt's
+context, in target steps (widths interleaved, medians of `--repeats`): on a shared machine the curve moves between
+minutes, and a prompt is priced by the curve of its own moment. Two drafters are replayed:
 - the chain: `prompt_lookup`'s own (`NgramIndex`: the most recent earlier match of the longest n-gram, up to gamma
   tokens);
 - a trie of every earlier match's continuation (longest n first, most recent first) up to a node budget. This is
@@ -40,12 +41,13 @@ from specviz.models.pair import load_pair  # noqa: E402
 WIDTHS = (1, 2, 3, 4, 6, 8, 11, 16, 24, 33, 48, 65)
 
 
-def width_costs(pair, context: int, repeats: int) -> dict[int, float]:
-    """A target forward over w tokens after `context` tokens, in steps (w = 1), interleaved, medians."""
-    context = min(context, context_limit(pair.target) - max(WIDTHS))  # the widest forward must fit too
+def width_costs(pair, text: list[int], repeats: int) -> dict[int, float]:
+    """A target forward over w tokens after the prompt `text` (cut so that the widest forward fits the context), in
+    steps (w = 1), widths interleaved, medians."""
     vocab = pair.target.get_output_embeddings().weight.shape[0]
+    context = min(len(text), context_limit(pair.target) - max(WIDTHS))
     torch.manual_seed(0)
-    ids = torch.randint(0, vocab, (1, context + max(WIDTHS)))
+    ids = torch.tensor([text[:context] + torch.randint(0, vocab, (max(WIDTHS),)).tolist()])
     target = Decoder(pair.target, vocab)
     target.feed(ids[:, :context])
     times: dict[int, list[float]] = {w: [] for w in WIDTHS}
@@ -144,7 +146,7 @@ def main() -> None:
     parser.add_argument("--min-ngram", type=int, default=MIN_NGRAM.default)
     parser.add_argument("--max-ngram", type=int, default=MAX_NGRAM.default)
     parser.add_argument("--trie-nodes", default="16,32,64", help="node budgets of the trie of every match")
-    parser.add_argument("--repeats", type=int, default=30, help="repeats of the width-cost measurement")
+    parser.add_argument("--repeats", type=int, default=7, help="repeats of each prompt's width-cost measurement")
     args = parser.parse_args()
 
     if args.tasks and args.per_category is None:
@@ -161,23 +163,24 @@ def main() -> None:
     runs = []
     for p in prompts:
         trace = run("autoregressive", pair, p["prompt"], max_new_tokens=args.max_new_tokens)
-        runs.append((p, trace, target_prefill_s(trace) / trace.wall_time))
-    context = int(statistics.median(len(t.rows[0].prompt_ids) for _, t, _ in runs))
-    costs = width_costs(pair, context, args.repeats)
-    print(f"{len(runs)} prompts; a target forward over w tokens at a {context}-token context, in steps (w = 1):")
-    print("  " + ", ".join(f"{w}: {c:.2f}" for w, c in costs.items()))
+        costs = width_costs(pair, trace.rows[0].prompt_ids, args.repeats)
+        runs.append((trace, target_prefill_s(trace) / trace.wall_time, costs))
+    context = int(statistics.median(len(t.rows[0].prompt_ids) for t, _, _ in runs))
+    print(f"{len(runs)} prompts (median context {context} tokens); a target forward over w tokens, in steps (w = 1), "
+          "the median over prompts:")
+    print("  " + ", ".join(f"{w}: {statistics.median(c[w] for _, _, c in runs):.2f}" for w in WIDTHS))
 
     budgets = [int(b) for b in args.trie_nodes.split(",") if b]
     drafters = {f"chain (gamma {args.gamma}, n {args.min_ngram}-{args.max_ngram})": None}
     drafters.update({f"trie of every match, {b} nodes": b for b in budgets})
-    shares = [share for _, _, share in runs]
+    shares = [share for _, share, _ in runs]
     f = statistics.median(shares)
     print(f"autoregressive's prefill share: median {f:.3f} (range {min(shares):.3f}-{max(shares):.3f})")
     print("| drafter | tau | speedup after the prefill | whole-run ceiling |")
     print("|---|---|---|---|")
     for label, budget in drafters.items():
         taus, afters, wholes = [], [], []
-        for _, trace, share in runs:
+        for trace, share, costs in runs:
             prompt, output = trace.rows[0].prompt_ids, trace.output_ids
             if budget is None:
                 index = NgramIndex(args.min_ngram, args.max_ngram)
