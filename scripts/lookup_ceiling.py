@@ -68,7 +68,7 @@ def cost_of(costs: dict[int, float], width: int) -> float:
         return costs[width]
     if len(known) < 2 or width < known[0]:
         raise ValueError(f"width {width}: the measured widths {known} neither hold nor bracket it")
-    below = max((w for w in known if w < width), default=known[0])
+    below = max(w for w in known if w < width)
     above = min((w for w in known if w > width), default=None)
     if above is None:
         below, above = known[-2], known[-1]
@@ -76,12 +76,27 @@ def cost_of(costs: dict[int, float], width: int) -> float:
     return costs[below] + slope * (width - below)
 
 
-def chain_drafts(index: NgramIndex, gamma: int) -> list[list[int]]:
-    drafts, _, _ = index.draft(gamma)
-    return [drafts] if drafts else []
-
-
 Propose = Callable[[list[int], int], list[list[int]]]  # (text so far, most drafts the output has room for) -> drafts
+
+
+def chain_proposer(prompt: list[int], gamma: int, low: int, high: int) -> Propose:
+    """prompt_lookup's own drafts: its NgramIndex over the prompt, extended as the replay commits tokens."""
+    index = NgramIndex(low, high)
+    index.extend(prompt)
+
+    def propose(text: list[int], room: int) -> list[list[int]]:
+        index.extend(text[len(index.tokens):])
+        drafts, _, _ = index.draft(min(gamma, room))
+        return [drafts] if drafts else []
+
+    return propose
+
+
+def trie_proposer(budget: int, gamma: int, low: int, high: int) -> Propose:
+    def propose(text: list[int], room: int) -> list[list[int]]:
+        return trie_drafts(text, budget, min(gamma, room), low, high)
+
+    return propose
 
 
 def trie_drafts(text: list[int], budget: int, depth: int, low: int, high: int) -> list[list[int]]:
@@ -182,16 +197,8 @@ def main() -> None:
         taus, afters, wholes = [], [], []
         for trace, share, costs in runs:
             prompt, output = trace.rows[0].prompt_ids, trace.output_ids
-            if budget is None:
-                index = NgramIndex(args.min_ngram, args.max_ngram)
-                index.extend(prompt)
-
-                def propose(text: list[int], room: int, index=index) -> list[list[int]]:
-                    index.extend(text[len(index.tokens):])
-                    return chain_drafts(index, min(args.gamma, room))
-            else:
-                def propose(text: list[int], room: int, budget=budget) -> list[list[int]]:
-                    return trie_drafts(text, budget, min(args.gamma, room), args.min_ngram, args.max_ngram)
+            ngrams = (args.gamma, args.min_ngram, args.max_ngram)
+            propose = chain_proposer(prompt, *ngrams) if budget is None else trie_proposer(budget, *ngrams)
             tau, after = replay(prompt, output, propose, costs)
             taus.append(tau)
             afters.append(after)

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from specviz.api import run
-from specviz.methods.prompt_lookup import NgramIndex
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "lookup_ceiling.py"
 
@@ -22,15 +21,8 @@ def ceiling():
     return module
 
 
-def chain(ceiling, prompt: list[int], low: int = 2, high: int = 3, gamma: int = 10):
-    index = NgramIndex(low, high)
-    index.extend(prompt)
-
-    def propose(text: list[int], room: int) -> list[list[int]]:
-        index.extend(text[len(index.tokens):])
-        return ceiling.chain_drafts(index, min(gamma, room))
-
-    return propose
+def chain(ceiling, prompt: list[int]):
+    return ceiling.chain_proposer(prompt, gamma=10, low=2, high=3)
 
 
 def test_a_copied_continuation_is_one_round_priced_at_its_width(ceiling):
