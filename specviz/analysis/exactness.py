@@ -21,8 +21,8 @@ re-appends the KV entries the forward appended). A token tree's forwards (`feed_
 tokens, positions and mask; a view holds them as a pending tree until `keep_path` keeps a root-to-node path, whose
 entries are then those of the path fed as plain tokens (each node saw only its ancestors). The sorted drafter
 runs its own forwards per sample; Mirror-SD, whose branches copy the drafter's cache, is never memoized. Every
-random choice (drafts, acceptance uniforms, residual and bonus draws) is still made per sample by the method's own code with
-that sample's generator, so the samples are independent draws; tests check that they equal `run`'s
+random choice (drafts, acceptance uniforms, residual and bonus draws) is still made per sample by the method's own
+code with that sample's generator, so the samples are independent draws; tests check that they equal `run`'s
 outputs for the same seeds. (A memoized forward may have been computed along another path to the same
 tokens, e.g. in a longer block: its last float bits can then differ from a fresh run's, as any two
 block shapes do; the law tested is unaffected.)
@@ -185,7 +185,8 @@ class LazyDecoder:
         linear = len(self.tokens)
         if list(positions[:linear]) != list(range(linear)) or any(b <= a for a, b in zip(positions, positions[1:])) \
                 or (positions and positions[-1] >= len(flat)):
-            raise ValueError("keep_path keeps every plain token and then ascending tree entries (one root-to-node path)")
+            raise ValueError("keep_path keeps every plain token and then ascending tree entries "
+                             "(one root-to-node path)")
         kept = [flat[p] for p in positions]
         shared = self.shared
         if shared.tokens == self.tokens and shared.trees == self.trees:

@@ -159,7 +159,8 @@ class Service:
             flight.done.set()
 
     def _settle(self) -> None:
-        """Wait SETTLE_SECONDS, and then until no request has arrived for SETTLE_SECONDS (SETTLE_MAX_SECONDS at most)."""
+        """Wait SETTLE_SECONDS, and then until no request has arrived for SETTLE_SECONDS (SETTLE_MAX_SECONDS at
+        most)."""
         start = time.monotonic()
         time.sleep(SETTLE_SECONDS)
         while time.monotonic() - start < SETTLE_MAX_SECONDS:

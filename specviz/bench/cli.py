@@ -189,12 +189,11 @@ def per_task(args: argparse.Namespace, prompts: list[dict[str, str]]) -> list[di
             raise ValueError(f"no prompt of the file is in the tasks {args.tasks}")
     chosen, too_long = first_per_task(prompts, args.per_category, fits, skip=args.skip_per_category)
     tasks = len({task_of(p["category"]) for p in chosen})
-    after = f" after the first {args.skip_per_category} of each" if args.skip_per_category else ""
+    after = f" after the first {args.skip_per_category} of each task" if args.skip_per_category else ""
     print(f"--per-category {args.per_category}{after}: {len(chosen)} prompts in {tasks} tasks; {too_long} passed over "
           f"as longer than the context ({context_limit(pair.target)} tokens) minus {args.max_new_tokens} new tokens")
     if not chosen:
-        raise ValueError("no prompt of the file fits the target's context with the new tokens"
-                         + (f" after the first {args.skip_per_category} of each task" if args.skip_per_category else ""))
+        raise ValueError(f"no prompt of the file fits the target's context with the new tokens{after}")
     return chosen
 
 

@@ -4,9 +4,10 @@ What production servers ship without training (transformers' `prompt_lookup_num_
 method; Saxena 2023): when the last n tokens occurred earlier in the prompt or the output, the tokens that
 followed them there are the draft. Here n runs from `max_ngram` down to `min_ngram`, the most recent earlier
 occurrence wins, and the copy may run into the tokens it is copying (a repeated pattern keeps repeating, as an
-LZ77 copy does), so a match gives gamma drafts (fewer only where the output's room or the target's vocabulary ends). `min_ngram` is 2 by default (transformers' matches down to
-one token): a copy after one common token is seldom accepted, and on a CPU the round that verifies it costs
-about a quarter of a step more than a plain one (docs/results.md measures both on every prompt set).
+LZ77 copy does), so a match gives gamma drafts (fewer only where the output's room or the target's vocabulary
+ends). `min_ngram` is 2 by default (transformers' matches down to one token): a copy after one common token is
+seldom accepted, and on a CPU the round that verifies it costs about a quarter of a step more than a plain one
+(docs/results.md measures both on every prompt set).
 
 Exact under sampling with the same rule as every method: a copied draft is deterministic, so its q is 1 at the
 drafted token and 0 elsewhere. The draft x is accepted with probability min(1, p(x) / q(x)) = p(x), and at a
@@ -90,7 +91,8 @@ class NgramIndex:
 def lookup_params(ctx: RunContext) -> tuple[int, int, int]:
     gamma, low, high = ctx.params["gamma"], ctx.params["min_ngram"], ctx.params["max_ngram"]
     if low > high:
-        hint = f"; min_ngram is {MIN_NGRAM.default} unless set: set min_ngram={high} too" if low == MIN_NGRAM.default else ""
+        unset = low == MIN_NGRAM.default
+        hint = f"; min_ngram is {MIN_NGRAM.default} unless set: set min_ngram={high} too" if unset else ""
         raise ValueError(f"min_ngram ({low}) must not exceed max_ngram ({high}){hint}")
     return gamma, low, high
 
