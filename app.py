@@ -3,6 +3,7 @@
 Starts offline (no analytics, no hub calls for the embedded models) and warms the embedded pair up
 before serving, so the first run does not pay the model load.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,7 +40,10 @@ def main() -> None:
     from specviz.app import ui
 
     ui.warm_engines()  # every engine worker loads the pair: first request is fast, missing assets fail early
-    print(f"specviz: models ready in {time.perf_counter() - start:.1f} s; serving on http://{args.host}:{args.port}", flush=True)
+    print(
+        f"specviz: models ready in {time.perf_counter() - start:.1f} s; serving on http://{args.host}:{args.port}",
+        flush=True,
+    )
     ui.launch(args.host, args.port)
 
 

@@ -12,6 +12,7 @@ Every page run uses "Measure again" (or a tab that never caches) and checks that
 this request, not served from the cache. Each check passes when the page's median is within 10 % of the
 engine's. Exit status 1 when one fails. Nothing else should run on this machine meanwhile.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,9 +41,11 @@ def check(name: str, page_values: list[float], engine_values: list[float], resul
     ratio = page / engine if engine else float("nan")
     ok = abs(ratio - 1) <= TOLERANCE
     results.append((name, page, engine, ratio, ok))
-    print(f"  {name:48s} page {page:8.3f} | engine {engine:8.3f} | page/engine {ratio:.3f} {'ok' if ok else 'FAIL'}"
-          f"\n      page {[round(v, 3) for v in page_values]}\n      engine {[round(v, 3) for v in engine_values]}",
-          flush=True)
+    print(
+        f"  {name:48s} page {page:8.3f} | engine {engine:8.3f} | page/engine {ratio:.3f} {'ok' if ok else 'FAIL'}"
+        f"\n      page {[round(v, 3) for v in page_values]}\n      engine {[round(v, 3) for v in engine_values]}",
+        flush=True,
+    )
 
 
 def first_verify_ms(trace) -> float:
@@ -71,11 +74,14 @@ def set_value(page, selector: str, value) -> None:
 
 def table_rows(page, selector: str) -> list[dict[str, str]]:
     """A Gradio Dataframe's rows as {header: cell text}, read from its table cells."""
-    return page.evaluate("""(sel) => {
+    return page.evaluate(
+        """(sel) => {
         const head = [...document.querySelectorAll(sel + ' table.header-table thead th')].map((th) => th.title);
         return [...document.querySelectorAll(sel + ' .virtual-body > [aria-rowindex]')].map((row) =>
             Object.fromEntries([...row.children].map((cell, i) => [head[i], cell.innerText.trim()])));
-    }""", selector)
+    }""",
+        selector,
+    )
 
 
 def run_and_wait(page, button: str, status: str) -> None:
@@ -86,17 +92,26 @@ def run_and_wait(page, button: str, status: str) -> None:
     page.click(button)
     page.wait_for_function(
         "([sel, b]) => { const el = document.querySelector(sel); return el && el.innerText !== b; }",
-        arg=[done, before], timeout=600_000)
+        arg=[done, before],
+        timeout=600_000,
+    )
     page.wait_for_timeout(300)
 
 
 def playground_run(page, method: str) -> tuple[float, float]:
     """One measured-again Playground run: (speedup shown, autoregressive tokens/s shown)."""
-    before = page.get_attribute("#tokens .sv-replay", "data-measured-at") if page.locator("#tokens .sv-replay").count() else None
+    before = (
+        page.get_attribute("#tokens .sv-replay", "data-measured-at")
+        if page.locator("#tokens .sv-replay").count()
+        else None
+    )
     page.click("#measure-again")
     page.wait_for_function(
         "(b) => { const r = document.querySelector('#tokens .sv-replay'); "
-        "return r && r.dataset.measuredAt && r.dataset.measuredAt !== b; }", arg=before, timeout=300_000)
+        "return r && r.dataset.measuredAt && r.dataset.measuredAt !== b; }",
+        arg=before,
+        timeout=300_000,
+    )
     page.wait_for_timeout(300)
     status = page.inner_text("#tokens .sv-note")
     assert "for this request" in status and "served from cache" not in status, status
@@ -138,7 +153,9 @@ def main() -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(app.url)
         page.wait_for_selector("#run", timeout=60_000)
-        print(f"embedded pair, {args.tokens} tokens, {args.repeats} repeats (first dropped), page vs engine:", flush=True)
+        print(
+            f"embedded pair, {args.tokens} tokens, {args.repeats} repeats (first dropped), page vs engine:", flush=True
+        )
 
         if "playground" in tabs:
             page_speed = {m: [] for m in methods}
@@ -172,34 +189,48 @@ def main() -> None:
             client = Client(app.url, verbose=False)
             first_app, first_engine = [], []
             for r in range(args.repeats + 1):
-                outputs = client.predict(*playground_stream_args("draft_model", args.tokens, prompt),
-                                         api_name="/playground_measure_again")
+                outputs = client.predict(
+                    *playground_stream_args("draft_model", args.tokens, prompt), api_name="/playground_measure_again"
+                )
                 page_trace = Trace.read(outputs[-1][0], 50_000_000)
                 time.sleep(0.5)  # the client's threads done: the reference runs alone in this process
                 local = run("draft_model", pair, prompt, **common)
                 if r:
                     first_app.append(first_verify_ms(page_trace))
                     first_engine.append(first_verify_ms(local))
-            print(f"  first verification round, draft_model: app {statistics.median(first_app):.1f} ms | engine "
-                  f"{statistics.median(first_engine):.1f} ms (medians; the page once showed about 180 ms)", flush=True)
+            print(
+                f"  first verification round, draft_model: app {statistics.median(first_app):.1f} ms | engine "
+                f"{statistics.median(first_engine):.1f} ms (medians; the page once showed about 180 ms)",
+                flush=True,
+            )
 
         if "race" in tabs:
             open_tab(page, "Race")
             page_values, engine_values = [], []
             for r in range(args.repeats + 1):
                 trace = run("draft_model", pair, EXAMPLES[1], max_new_tokens=RACE_DEFAULT_TOKENS, heal_prompt=True)
-                baseline = run("autoregressive", pair, EXAMPLES[1], max_new_tokens=RACE_DEFAULT_TOKENS, heal_prompt=True)
-                before = page.get_attribute("#race-html .sv-replay", "data-measured-at") \
-                    if page.locator("#race-html .sv-replay").count() else None
+                baseline = run(
+                    "autoregressive", pair, EXAMPLES[1], max_new_tokens=RACE_DEFAULT_TOKENS, heal_prompt=True
+                )
+                before = (
+                    page.get_attribute("#race-html .sv-replay", "data-measured-at")
+                    if page.locator("#race-html .sv-replay").count()
+                    else None
+                )
                 page.click("#race-again")
                 page.wait_for_function(
                     "(b) => { const r = document.querySelector('#race-html .sv-replay'); "
-                    "return r && r.dataset.measuredAt && r.dataset.measuredAt !== b; }", arg=before, timeout=300_000)
+                    "return r && r.dataset.measuredAt && r.dataset.measuredAt !== b; }",
+                    arg=before,
+                    timeout=300_000,
+                )
                 page.wait_for_selector("#race-verdict", timeout=300_000)  # shown when the replay ends
                 if "shared" in page.inner_text("#race-html") or "served from cache" in page.inner_text("#race-html"):
                     raise SystemExit("the race was not measured for this request")
                 if r:
-                    page_values.append(number(r"([\d.]+)x the speed of autoregressive", page.inner_text("#race-verdict")))
+                    page_values.append(
+                        number(r"([\d.]+)x the speed of autoregressive", page.inner_text("#race-verdict"))
+                    )
                     engine_values.append(compare(trace, baseline)["speedup"])
             check("Race draft_model: speedup", page_values, engine_values, results)
 
@@ -228,8 +259,10 @@ def main() -> None:
                 eq = run_batch("eqspec", pair, prompts, max_new_tokens=24, batch_size=4, gamma=3)
                 ar = run_batch("batch_autoregressive", pair, prompts, max_new_tokens=24, batch_size=4)
                 run_and_wait(page, "#batch-run", "#batch-status")
-                rate = {(row["method"], row["batch_size"]): float(row["tokens_per_s"])
-                        for row in table_rows(page, "#batch-table")}
+                rate = {
+                    (row["method"], row["batch_size"]): float(row["tokens_per_s"])
+                    for row in table_rows(page, "#batch-table")
+                }
                 if r:
                     page_values.append(rate[("eqspec", "4")] / rate[("batch_autoregressive", "4")])
                     engine_values.append(eq.meta["throughput"] / ar.meta["throughput"])

@@ -7,6 +7,7 @@ in one process, the same target object, medians over repeats).
 
 Nothing else may run meanwhile (pause training first).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,15 +39,19 @@ def main() -> None:
     args = parser.parse_args()
     os.chdir(Path(__file__).resolve().parents[1])  # the assets' relative paths
     cpu = torch.device("cpu")
-    adapters = {name: KangarooAdapter.load(path, device=cpu, dtype=torch.float32).eval()
-                for name, path in (("shipped", args.shipped), ("new", args.new))}
+    adapters = {
+        name: KangarooAdapter.load(path, device=cpu, dtype=torch.float32).eval()
+        for name, path in (("shipped", args.shipped), ("new", args.new))
+    }
     cfg = PartsConfig(part="kangaroo-adapter", target="assets/models/target")
     target = load_causal_lm("assets/models/target", cpu, torch.float32)
     held = heldout_windows(token_split(load_tokenizer("assets/models/target"), training_text(cfg), cfg)[1], cfg)
     for name, adapter in adapters.items():
         print(f"{name:8s} held-out agreement {measure_adapter(target, adapter, held)}")
     base = load_pair("embedded")
-    pairs = {name: dataclasses.replace(base, extras={**base.extras, "kangaroo_adapter": a}) for name, a in adapters.items()}
+    pairs = {
+        name: dataclasses.replace(base, extras={**base.extras, "kangaroo_adapter": a}) for name, a in adapters.items()
+    }
     prompts = [p["prompt"] for p in load_prompts("assets/prompts/code.jsonl", args.limit)]
     rates: dict[str, dict[int, list[tuple[float, float]]]] = {}
 

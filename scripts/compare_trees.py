@@ -8,6 +8,7 @@ machine's speed falls on both. It checks that every (method, prompt) row has the
 both trees, and that each method's speedup (median over its rows and rounds) in the new tree is within
 `--tolerance` (5 %) of the old one's. Exit 1 when either fails. Run on a quiet machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,20 @@ METHODS = "autoregressive,draft_model,kangaroo,sorted,mirror,draft_model:vocab_t
 
 def bench(tree: Path, out: Path, args: argparse.Namespace) -> pd.DataFrame:
     env = {**os.environ, "PYTHONPATH": str(tree), "HF_HUB_OFFLINE": "1"}
-    command = [sys.executable, "-m", "specviz.bench", "--methods", args.methods, "--max-new-tokens",
-               str(args.max_new_tokens), "--repeats", "1", "--quiet", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "specviz.bench",
+        "--methods",
+        args.methods,
+        "--max-new-tokens",
+        str(args.max_new_tokens),
+        "--repeats",
+        "1",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
     if args.limit:
         command += ["--limit", str(args.limit)]
     subprocess.run(command, cwd=tree, env=env, check=True, stdout=subprocess.DEVNULL)
@@ -48,8 +61,13 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     old = Path(tempfile.mkdtemp(prefix="specviz-old-")) / "tree"
-    subprocess.run(["git", "worktree", "add", "--detach", str(old), args.old], cwd=ROOT, check=True,
-                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(old), args.old],
+        cwd=ROOT,
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     frames: dict[str, list[pd.DataFrame]] = {"old": [], "new": []}
     try:
         for r in range(args.repeats):
@@ -67,11 +85,24 @@ def main() -> int:
     for method, group in rows.groupby("method", sort=False):
         old_s = median(group[group.tree == "old"]["speedup"])
         new_s = median(group[group.tree == "new"]["speedup"])
-        table.append({"method": method, "old_speedup": round(old_s, 3), "new_speedup": round(new_s, 3),
-                      "new/old": round(new_s / old_s, 3), "within": abs(new_s / old_s - 1) <= args.tolerance,
-                      "rows_equal": int((digests.loc[method] == 1).sum()), "rows": int(len(digests.loc[method]))})
-    report = {"old": args.old, "rounds": args.repeats, "max_new_tokens": args.max_new_tokens, "methods": table,
-              "unequal_rows": [list(i) for i in unequal.index]}
+        table.append(
+            {
+                "method": method,
+                "old_speedup": round(old_s, 3),
+                "new_speedup": round(new_s, 3),
+                "new/old": round(new_s / old_s, 3),
+                "within": abs(new_s / old_s - 1) <= args.tolerance,
+                "rows_equal": int((digests.loc[method] == 1).sum()),
+                "rows": int(len(digests.loc[method])),
+            }
+        )
+    report = {
+        "old": args.old,
+        "rounds": args.repeats,
+        "max_new_tokens": args.max_new_tokens,
+        "methods": table,
+        "unequal_rows": [list(i) for i in unequal.index],
+    }
     (out / "compare.json").write_text(json.dumps(report, indent=2) + "\n")
     print(pd.DataFrame(table).to_string(index=False))
     print(f"rows with different outputs: {len(unequal)}; written {out / 'compare.json'}")

@@ -14,6 +14,7 @@ verify applies it at each position over the same prefix); this probe asks only w
 
     python scripts/decode_penalty_probe.py [--family assets/models] [--max-new-tokens 96] [--threads 2]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,11 +32,14 @@ GAMMA, DRAFT_COST, VERIFY_COST = 4, 0.2, 1.3
 def processors() -> dict[str, list]:
     from transformers.generation.logits_process import NoRepeatNGramLogitsProcessor, RepetitionPenaltyLogitsProcessor
 
-    return {"none": [], "repetition_penalty=1.1": [RepetitionPenaltyLogitsProcessor(1.1)],
-            "repetition_penalty=1.2": [RepetitionPenaltyLogitsProcessor(1.2)],
-            "repetition_penalty=1.3": [RepetitionPenaltyLogitsProcessor(1.3)],
-            "no_repeat_ngram_size=8": [NoRepeatNGramLogitsProcessor(8)],
-            "no_repeat_ngram_size=6": [NoRepeatNGramLogitsProcessor(6)]}
+    return {
+        "none": [],
+        "repetition_penalty=1.1": [RepetitionPenaltyLogitsProcessor(1.1)],
+        "repetition_penalty=1.2": [RepetitionPenaltyLogitsProcessor(1.2)],
+        "repetition_penalty=1.3": [RepetitionPenaltyLogitsProcessor(1.3)],
+        "no_repeat_ngram_size=8": [NoRepeatNGramLogitsProcessor(8)],
+        "no_repeat_ngram_size=6": [NoRepeatNGramLogitsProcessor(6)],
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +64,10 @@ def main(argv: list[str] | None = None) -> int:
     prompts = [json.loads(line) for line in Path(args.prompts).read_text().splitlines() if line.strip()]
     eos = tokenizer.eos_token_id
 
-    print("| processor | repeated 4-gram share | parse rate | target's p of its greedy token, median "
-          "| drafter agreement | modeled draft_model speedup |\n|---|---|---|---|---|---|")
+    print(
+        "| processor | repeated 4-gram share | parse rate | target's p of its greedy token, median "
+        "| drafter agreement | modeled draft_model speedup |\n|---|---|---|---|---|---|"
+    )
     for name, chosen in processors().items():
         process = LogitsProcessorList(chosen)
         continuations, p_top, agreed, scored, parsed = [], [], 0, 0, 0
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
                         break
                 drafter_logits = drafter(seq).logits[0]
                 for i in range(start, seq.shape[1]):
-                    guess = process(seq[:, :i], drafter_logits[i - 1:i].clone()).argmax(-1).item()
+                    guess = process(seq[:, :i], drafter_logits[i - 1 : i].clone()).argmax(-1).item()
                     agreed += guess == seq[0, i].item()
                     scored += 1
             ids = seq[0, start:].tolist()
@@ -85,8 +91,11 @@ def main(argv: list[str] | None = None) -> int:
             continuations.append(ids)
             parsed += parses(prompt["prompt"], tokenizer.decode(ids, skip_special_tokens=True), False)
         agreement = agreed / scored
-        print(f"| {name} | {pooled_share(continuations, 4):.3f} | {parsed}/{len(prompts)} | "
-              f"{statistics.median(p_top):.3f} | {agreement:.3f} | {leviathan_speedup(agreement, GAMMA, DRAFT_COST, VERIFY_COST):.2f}x |", flush=True)
+        print(
+            f"| {name} | {pooled_share(continuations, 4):.3f} | {parsed}/{len(prompts)} | "
+            f"{statistics.median(p_top):.3f} | {agreement:.3f} | {leviathan_speedup(agreement, GAMMA, DRAFT_COST, VERIFY_COST):.2f}x |",
+            flush=True,
+        )
     return 0
 
 

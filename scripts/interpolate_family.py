@@ -8,6 +8,7 @@ Why: a dial between two families, e.g. repetition against speed (README, "Unlike
     python scripts/interpolate_family.py assets/models FINE_TUNED_FAMILY MIX --lam 0.3
     SPECVIZ_EMBEDDED_DIR=MIX python -m specviz.bench ...
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,7 +60,9 @@ def main() -> None:
     parser.add_argument("--lam", type=float, required=True)
     parser.add_argument("--force", action="store_true", help="replace a non-empty out")
     args = parser.parse_args()
-    print(f"{interpolate(args.a, args.b, args.out, args.lam, args.force)} tensors mixed at lam {args.lam} -> {args.out}")
+    print(
+        f"{interpolate(args.a, args.b, args.out, args.lam, args.force)} tensors mixed at lam {args.lam} -> {args.out}"
+    )
 
 
 if __name__ == "__main__":

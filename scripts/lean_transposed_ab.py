@@ -5,6 +5,7 @@ prompt in one process against the autoregressive run of the same prompt, medians
 
 Nothing else may run meanwhile (pause training first): the two cores are the measurement.
 """
+
 from __future__ import annotations
 
 import argparse

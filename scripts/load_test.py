@@ -10,6 +10,7 @@
 (d) resident memory of the UI and engine processes after run 20 and run 200 (goal growth <= 50 MB).
 Every request goes through the streamed Playground endpoint, as a click does. Run on a quiet machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -115,10 +116,14 @@ def health(url: str) -> dict:
 def summary(name: str, users: list[User]) -> dict:
     done = [u.done_s for u in users if not u.error]
     first = [u.first_s for u in users]
-    figures = {"users": len(users), "failed": sum(1 for u in users if u.error),
-               "result_median_s": round(statistics.median(done), 2) if done else None,
-               "result_p95_s": round(p95(done), 2) if done else None,
-               "first_answer_max_s": round(max(first), 2), "first_answer_p95_s": round(p95(first), 2)}
+    figures = {
+        "users": len(users),
+        "failed": sum(1 for u in users if u.error),
+        "result_median_s": round(statistics.median(done), 2) if done else None,
+        "result_p95_s": round(p95(done), 2) if done else None,
+        "first_answer_max_s": round(max(first), 2),
+        "first_answer_p95_s": round(p95(first), 2),
+    }
     print(f"({name}) {figures}", flush=True)
     return figures
 
@@ -146,9 +151,13 @@ def main() -> None:
         parts = set(args.parts.split(","))
         if "a" in parts:
             # (a) the bundled examples, as clicked
-            users = crowd(app.url, [playground_stream_args("draft_model", TOKENS, EXAMPLES[i % 8]) for i in range(args.users)])
+            users = crowd(
+                app.url, [playground_stream_args("draft_model", TOKENS, EXAMPLES[i % 8]) for i in range(args.users)]
+            )
             report["a_examples"] = summary("a: bundled examples", users)
-            report["a_examples"]["served_from_cache"] = sum("served from cache" in str(u.result[0]) for u in users if u.result)
+            report["a_examples"]["served_from_cache"] = sum(
+                "served from cache" in str(u.result[0]) for u in users if u.result
+            )
 
         if "b" in parts:
             # (b) one identical prompt, not cached
@@ -157,7 +166,9 @@ def main() -> None:
             users = crowd(app.url, [playground_stream_args("draft_model", TOKENS, prompt) for _ in range(args.users)])
             report["b_identical"] = summary("b: one identical prompt", users)
             ids = {tuple(trace_of(u).output_ids) for u in users if u.result}
-            report["b_identical"].update(engine_runs=health(app.url)["queue"]["runs_started"] - before, all_identical=len(ids) == 1)
+            report["b_identical"].update(
+                engine_runs=health(app.url)["queue"]["runs_started"] - before, all_identical=len(ids) == 1
+            )
             print(f"    engine runs {report['b_identical']['engine_runs']}, identical {len(ids) == 1}", flush=True)
 
         if "c" in parts:
@@ -183,10 +194,17 @@ def main() -> None:
                 else:  # running at once: told so, nothing to estimate
                     accurate += 'data-state="running"' in u.first_html
             n = len(users)
-            report["c_different"].update(equal_to_run_alone=f"{equal}/{n}", shown_a_place=told,
-                                         estimate_within_50pct=f"{accurate}/{n}", estimate_share=round(accurate / n, 2))
-            print(f"    equal to the run alone {equal}/{n}; estimate within +-50 % of the real wait {accurate}/{n} "
-                  f"({told} told a place)", flush=True)
+            report["c_different"].update(
+                equal_to_run_alone=f"{equal}/{n}",
+                shown_a_place=told,
+                estimate_within_50pct=f"{accurate}/{n}",
+                estimate_share=round(accurate / n, 2),
+            )
+            print(
+                f"    equal to the run alone {equal}/{n}; estimate within +-50 % of the real wait {accurate}/{n} "
+                f"({told} told a place)",
+                flush=True,
+            )
 
         if "d" in parts:
             # (d) memory from run 20 to run `memory_runs`
@@ -195,15 +213,20 @@ def main() -> None:
             client = Client(app.url, verbose=False)
             rss = {}
             for i in range(1, args.memory_runs + 1):
-                client.predict(*playground_stream_args(methods[i % len(methods)], 16, f"x_{i} = [{i}]\n"),
-                               api_name="/playground_stream")
+                client.predict(
+                    *playground_stream_args(methods[i % len(methods)], 16, f"x_{i} = [{i}]\n"),
+                    api_name="/playground_stream",
+                )
                 if i in (20, args.memory_runs):
                     pid = health(app.url)["engine_pid"]
                     rss[i] = {"ui_mb": round(rss_mb(app.proc.pid), 1), "engine_mb": round(rss_mb(pid), 1)}
                     print(f"    after run {i}: {rss[i]}", flush=True)
-            report["d_memory"] = {"after_run_20": rss[20], f"after_run_{args.memory_runs}": rss[args.memory_runs],
-                                  "ui_growth_mb": round(rss[args.memory_runs]["ui_mb"] - rss[20]["ui_mb"], 1),
-                                  "engine_growth_mb": round(rss[args.memory_runs]["engine_mb"] - rss[20]["engine_mb"], 1)}
+            report["d_memory"] = {
+                "after_run_20": rss[20],
+                f"after_run_{args.memory_runs}": rss[args.memory_runs],
+                "ui_growth_mb": round(rss[args.memory_runs]["ui_mb"] - rss[20]["ui_mb"], 1),
+                "engine_growth_mb": round(rss[args.memory_runs]["engine_mb"] - rss[20]["engine_mb"], 1),
+            }
             print(f"(d) {report['d_memory']}", flush=True)
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

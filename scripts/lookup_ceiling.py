@@ -85,7 +85,7 @@ def chain_proposer(prompt: list[int], gamma: int, low: int, high: int) -> Propos
     index.extend(prompt)
 
     def propose(text: list[int], room: int) -> list[list[int]]:
-        index.extend(text[len(index.tokens):])
+        index.extend(text[len(index.tokens) :])
         drafts, _, _ = index.draft(min(gamma, room))
         return [drafts] if drafts else []
 
@@ -171,8 +171,9 @@ def main() -> None:
     if args.per_category is not None:
         if args.tasks:
             prompts = [p for p in prompts if task_of(p["category"]) in set(args.tasks.split(","))]
-        prompts, _ = first_per_task(prompts, args.per_category,
-                                    lambda p: fits_context(pair, p["prompt"], args.max_new_tokens))
+        prompts, _ = first_per_task(
+            prompts, args.per_category, lambda p: fits_context(pair, p["prompt"], args.max_new_tokens)
+        )
     if not prompts:
         parser.error("no prompt to replay: check --tasks and --per-category against the file")
     runs = []
@@ -181,8 +182,10 @@ def main() -> None:
         costs = width_costs(pair, trace.rows[0].prompt_ids, args.repeats)
         runs.append((trace, target_prefill_s(trace) / trace.wall_time, costs))
     context = int(statistics.median(len(t.rows[0].prompt_ids) for t, _, _ in runs))
-    print(f"{len(runs)} prompts (median context {context} tokens); a target forward over w tokens, in steps (w = 1), "
-          "the median over prompts:")
+    print(
+        f"{len(runs)} prompts (median context {context} tokens); a target forward over w tokens, in steps (w = 1), "
+        "the median over prompts:"
+    )
     print("  " + ", ".join(f"{w}: {statistics.median(c[w] for _, _, c in runs):.2f}" for w in WIDTHS))
 
     budgets = [int(b) for b in args.trie_nodes.split(",") if b]
@@ -203,8 +206,10 @@ def main() -> None:
             taus.append(tau)
             afters.append(after)
             wholes.append(1 / (share + (1 - share) / after))
-        print(f"| {label} | {statistics.median(taus):.2f} | {statistics.median(afters):.2f} | "
-              f"{statistics.median(wholes):.2f} |")
+        print(
+            f"| {label} | {statistics.median(taus):.2f} | {statistics.median(afters):.2f} | "
+            f"{statistics.median(wholes):.2f} |"
+        )
     for goal in (1.5, 2.0):
         need = (1 - f) / (1 / goal - f) if 1 / goal > f else float("inf")
         print(f"a whole-run {goal}x at the median prefill share needs {need:.2f}x after the prefill")

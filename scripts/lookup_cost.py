@@ -7,6 +7,7 @@ tokens. Each round drafts, then commits a few tokens as a verification would; th
 (`draft` + `extend`) is timed against transformers' way (a sliding-window comparison over the whole text per
 round, `PromptLookupCandidateGenerator`'s unfold, rebuilt here with torch). Medians over the rounds.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,11 +31,11 @@ def rescan_draft(ids: torch.Tensor, max_n: int, gamma: int) -> list[int]:
     length = ids.shape[0]
     for n in range(max_n, 0, -1):
         windows = ids.unfold(0, n, 1)
-        matches = (windows == ids[length - n:]).all(dim=1).nonzero().flatten()
+        matches = (windows == ids[length - n :]).all(dim=1).nonzero().flatten()
         for start in matches.tolist():
             begin = start + n
             if begin < length:
-                return ids[begin: min(begin + gamma, length)].tolist()
+                return ids[begin : min(begin + gamma, length)].tolist()
     return []
 
 
@@ -62,12 +63,12 @@ def main() -> None:
         step = 1 + r % 4
         t = time.perf_counter()
         index.draft(args.gamma)
-        index.extend(commits[at: at + step])
+        index.extend(commits[at : at + step])
         indexed.append((time.perf_counter() - t) * 1e6)
         t = time.perf_counter()
         rescan_draft(torch.tensor(text_ids), args.max_ngram, args.gamma)
         rescanned.append((time.perf_counter() - t) * 1e6)
-        text_ids.extend(commits[at: at + step])
+        text_ids.extend(commits[at : at + step])
         at += step
     print(f"prompt {args.tokens} tokens, {args.rounds} rounds, gamma {args.gamma}, n-grams 1..{args.max_ngram}")
     print(f"index build (once per run): {build_ms:.1f} ms")

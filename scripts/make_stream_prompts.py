@@ -7,6 +7,7 @@ models never trained on (`corpus.old_stdlib_heldout`), starting at a top-level `
 a length drawn from a fixed, seeded spread (about 10 to 300 tokens). Deterministic for a given Python.
 `python scripts/make_stream_prompts.py [--out assets/prompts/stream.jsonl] [--count 96]`
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,14 @@ STARTS = re.compile(r"^(?:def|class|async def) ", re.M)
 
 def heldout_files() -> list[Path]:
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = [p for p in sorted(root.rglob("*.py")) if "test" not in p.parts and "tests" not in p.parts
-             and "site-packages" not in p.parts and old_stdlib_heldout(p.name)]
+    files = [
+        p
+        for p in sorted(root.rglob("*.py"))
+        if "test" not in p.parts
+        and "tests" not in p.parts
+        and "site-packages" not in p.parts
+        and old_stdlib_heldout(p.name)
+    ]
     return [p for p in files if p.stat().st_size > 1500]
 
 
@@ -34,13 +41,15 @@ def prompts(count: int, seed: int = 0) -> list[dict]:
     rng = random.Random(seed)
     files = heldout_files()
     out: list[dict] = []
-    starts = {p: [m.start() for m in STARTS.finditer(p.read_text(encoding="utf-8", errors="replace"))] or [0] for p in files}
+    starts = {
+        p: [m.start() for m in STARTS.finditer(p.read_text(encoding="utf-8", errors="replace"))] or [0] for p in files
+    }
     while len(out) < count:
         path = files[len(out) % len(files)]
         text = path.read_text(encoding="utf-8", errors="replace")
         begin = rng.choice(starts[path])
         length = int(rng.choice([40, 80, 160, 320, 640, 1000]) * rng.uniform(0.8, 1.25))
-        head = text[begin: begin + length]
+        head = text[begin : begin + length]
         cut = head.rfind("\n")
         head = head[: cut + 1] if cut > 20 else head
         if len(head.strip()) < 10 or any(r["prompt"] == head for r in out):

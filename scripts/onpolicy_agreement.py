@@ -17,6 +17,7 @@ into the shape of --drafter.
 Why: on 2026-11-26 a drafter with 0.43 agreement on held-out corpus text made draft_model 1.06x; with gamma 4
 and c = 0.1, 1.8x needs about 0.6 on the target's own text.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drafter", default="")
     parser.add_argument("--family", default="", help="a models dir: its target, drafter, sorted drafter and adapter")
     parser.add_argument("--code-prompts", action="store_true", help="continue the bundled prompts instead")
-    parser.add_argument("--students-ckpt", default="", help="a specviz.workshop.students ckpt.pt: its drafter's weights")
-    parser.add_argument("--corpus", default=str(cache_dir("train") / "corpus"),
-                        help="prefixes come from its heldout.npy (default: the training run folder's corpus)")
+    parser.add_argument(
+        "--students-ckpt", default="", help="a specviz.workshop.students ckpt.pt: its drafter's weights"
+    )
+    parser.add_argument(
+        "--corpus",
+        default=str(cache_dir("train") / "corpus"),
+        help="prefixes come from its heldout.npy (default: the training run folder's corpus)",
+    )
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--prefix", type=int, default=64)
     parser.add_argument("--new", type=int, default=96)
@@ -65,24 +71,33 @@ def main(argv: list[str] | None = None) -> int:
         """Each drafter's and each target exit's logits over seq (the sorted drafter run once for all its exits)."""
         named = {"drafter " + args.drafter: drafter(seq).logits}
         if args.family:
-            named.update({f"sorted drafter, {k.removeprefix('_k')} layer(s)": logits
-                          for k, logits in sorted_logits(sorted_lm, seq, sorted_lm.config.num_hidden_layers).items()})
+            named.update(
+                {
+                    f"sorted drafter, {k.removeprefix('_k')} layer(s)": logits
+                    for k, logits in sorted_logits(sorted_lm, seq, sorted_lm.config.num_hidden_layers).items()
+                }
+            )
             named["Kangaroo adapter"] = adapter_logits(adapter, target, out.hidden_states[adapter.config.exit_layer])
         for k in range(1, len(parts.layers)):
             named[f"target layers [0, {k}) + final norm and head"] = target.get_output_embeddings()(
-                parts.final_norm(out.hidden_states[k]))
+                parts.final_norm(out.hidden_states[k])
+            )
         return named
 
     if args.family:
         from specviz.engine.adapter import KangarooAdapter
         from specviz.workshop.kit import adapter_logits, sorted_logits
 
-        sorted_lm = AutoModelForCausalLM.from_pretrained(str(Path(args.family) / "sorted-drafter"), dtype=torch.float32).eval()
+        sorted_lm = AutoModelForCausalLM.from_pretrained(
+            str(Path(args.family) / "sorted-drafter"), dtype=torch.float32
+        ).eval()
         adapter = KangarooAdapter.load(Path(args.family) / "kangaroo-adapter", device="cpu", dtype=torch.float32).eval()
     if args.students_ckpt:
         ckpt = torch.load(args.students_ckpt, map_location="cpu", weights_only=False)
         drafter.load_state_dict(ckpt["models"]["drafter"])
-        print(f"drafter weights from {args.students_ckpt}: phase {ckpt['progress']['phase']} step {ckpt['progress']['step']}")
+        print(
+            f"drafter weights from {args.students_ckpt}: phase {ckpt['progress']['phase']} step {ckpt['progress']['step']}"
+        )
     if args.code_prompts:
         import json
 
@@ -106,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             total += want.numel()
             for name, logits in all_logits(seq, out).items():
                 hits[name] = hits.get(name, 0.0) + (logits.argmax(-1)[:, span] == want).sum().item()
-    print(f"greedy agreement on the target's own text ({'bundled prompts' if args.code_prompts else 'corpus prefixes'}, "
-          f"{total} tokens):")
+    print(
+        f"greedy agreement on the target's own text ({'bundled prompts' if args.code_prompts else 'corpus prefixes'}, "
+        f"{total} tokens):"
+    )
     for name, hit in hits.items():
         print(f"  {name}: {hit / total:.3f}")
     return 0

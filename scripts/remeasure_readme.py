@@ -15,6 +15,7 @@ for a hand edit. A command that writes a bench summary (`--json`) has its record
 Lines written with a placeholder, e.g. `--pool-factor F` followed by "(F = 1, 2, 4, 8)", run once per value;
 an optional part in brackets, e.g. `[--target 'embedded[:8]']`, runs without it and with it.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,7 @@ def readme_bench_commands(text: str) -> list[list[str]]:
         optional = OPTIONAL.search(line)
         lines = [OPTIONAL.sub("", line), OPTIONAL.sub(r"\1", line)] if optional else [line]
         for variant in lines:
-            for value in ([v.strip() for v in values.split(",")] if name else [None]):
+            for value in [v.strip() for v in values.split(",")] if name else [None]:
                 argv = shlex.split(variant)
                 commands.append([value if (name and a == name) else a for a in argv])
     return commands
@@ -103,8 +104,11 @@ def apply_tables(text: str, out_dir: Path, before: int = 0, name: str = "") -> t
         at = text.count("\n", 0, match.start())
         block = table_above(lines, at)
         if runs != 1 or block is None:
-            todo.append(f"{first}{f'-{index}' if runs > 1 else ''} ({where}line {at + 1}): "
-                        + ("placeholders or an optional part" if runs != 1 else "no table right above") + ": by hand")
+            todo.append(
+                f"{first}{f'-{index}' if runs > 1 else ''} ({where}line {at + 1}): "
+                + ("placeholders or an optional part" if runs != 1 else "no table right above")
+                + ": by hand"
+            )
             continue
         found = sorted(out_dir.glob(f"{first:02d}*.md"))
         if not found:
@@ -123,14 +127,22 @@ def json_output(argv: list[str]) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--files", nargs="+", default=None,
-                        help="markdown files holding the tables (default: README.md, then docs/*.md)")
+    parser.add_argument(
+        "--files",
+        nargs="+",
+        default=None,
+        help="markdown files holding the tables (default: README.md, then docs/*.md)",
+    )
     parser.add_argument("--readme", help=argparse.SUPPRESS)  # the old single-file form: same as --files FILE
     parser.add_argument("--out", help="folder for the CSVs and markdown tables")
     parser.add_argument("--apply", help="a folder this script filled: its tables into the files")
     parser.add_argument("--list", action="store_true", help="print the commands (numbered as --only counts) and stop")
-    parser.add_argument("--only", default="", help="comma-separated command numbers (1-based, as --list): the tables a "
-                                                   "session has time for, the rest on the next run")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated command numbers (1-based, as --list): the tables a "
+        "session has time for, the rest on the next run",
+    )
     args = parser.parse_args(argv)
     files = [Path(f) for f in args.files] if args.files else [Path(args.readme)] if args.readme else default_files()
     docs = documents(files)

@@ -4,6 +4,7 @@ Each repeat is a fresh process (so imports and first-touch allocations count as 
 does): the wall time of the first `load_pair("embedded")`, and of the self-check inside it. Pause any
 background job first: the figures are wall times.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +31,20 @@ def main() -> None:
     args = parser.parse_args()
     runs = []
     for _ in range(args.repeats):
-        out = subprocess.run([sys.executable, "-c", CHILD], capture_output=True, text=True, check=True,
-                             env={"HF_HUB_OFFLINE": "1", **__import__("os").environ})
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={"HF_HUB_OFFLINE": "1", **__import__("os").environ},
+        )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
-    print(f"first load_pair('embedded') {med['load_s']:.3f} s, of which the self-check {med['check_s']:.3f} s "
-          f"({med['check_s'] / med['load_s']:.0%}; {med['check_s'] / (med['load_s'] - med['check_s']):.0%} on top of the "
-          f"load without it); imports before it {med['import_s']:.2f} s; median of {args.repeats} fresh processes")
+    print(
+        f"first load_pair('embedded') {med['load_s']:.3f} s, of which the self-check {med['check_s']:.3f} s "
+        f"({med['check_s'] / med['load_s']:.0%}; {med['check_s'] / (med['load_s'] - med['check_s']):.0%} on top of the "
+        f"load without it); imports before it {med['import_s']:.2f} s; median of {args.repeats} fresh processes"
+    )
 
 
 if __name__ == "__main__":

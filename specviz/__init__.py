@@ -2,6 +2,7 @@
 
 Names are imported on first use (PEP 562), so `import specviz` stays cheap and side-effect free.
 """
+
 from __future__ import annotations
 
 from specviz.lazy import exports

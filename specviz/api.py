@@ -3,6 +3,7 @@
 Validation happens here, once: the method name, every parameter (types and ranges), the prompt
 (non-empty, token cap, room in the context) and what the method needs from the pair.
 """
+
 from __future__ import annotations
 
 import threading
@@ -76,12 +77,23 @@ def encode_prompt(pair, prompt: Any, max_prompt_tokens: int = MAX_PROMPT_TOKENS)
         raise ValueError(f"prompt is {len(ids)} tokens; the limit is {max_prompt_tokens}")
     room = context_limit(pair.target) - len(ids)
     if room < 1:
-        raise ValueError(f"prompt is {len(ids)} tokens, which fills the target's context ({context_limit(pair.target)})")
+        raise ValueError(
+            f"prompt is {len(ids)} tokens, which fills the target's context ({context_limit(pair.target)})"
+        )
     return ids
 
 
-def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, record: bool = True,
-        recorder: Recorder | None = None, max_prompt_tokens: int = MAX_PROMPT_TOKENS, **params: Any) -> Trace:
+def run(
+    name: str,
+    pair,
+    prompt: str,
+    *,
+    cancel: threading.Event | None = None,
+    record: bool = True,
+    recorder: Recorder | None = None,
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS,
+    **params: Any,
+) -> Trace:
     """Run one method on one prompt and return its full trace.
 
     `cancel`: set it from another thread to stop the run (the trace so far is returned with
@@ -103,7 +115,9 @@ def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, 
     healing = plan(pair.tokenizer, ids, vocab) if values["heal_prompt"] else None
     rec = recorder if recorder is not None else Recorder(device, enabled=record)
     conditioned = healing.kept_ids if healing else ids
-    out = Output(values["max_new_tokens"], eos_ids(pair.target, pair.tokenizer), context_limit(pair.target) - len(conditioned))
+    out = Output(
+        values["max_new_tokens"], eos_ids(pair.target, pair.tokenizer), context_limit(pair.target) - len(conditioned)
+    )
     generator = torch.Generator(device="cpu").manual_seed(values["seed"])
     sampling = Sampling(values["temperature"], values["top_k"], values["top_p"])
     meta: dict[str, Any] = {}
@@ -114,8 +128,17 @@ def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, 
             healed = heal_first(pair, healing, sampling, generator, vocab, rec, out, row=0)
             meta["token_healing"] = [healing.record(healed)]
             ids = healing.kept_ids + [healed]
-        ctx = RunContext(pair=pair, prompt_ids=torch.tensor([ids], dtype=torch.long, device=device), params=values,
-                         sampling=sampling, generator=generator, rec=rec, out=out, vocab=vocab, cancel=cancel)
+        ctx = RunContext(
+            pair=pair,
+            prompt_ids=torch.tensor([ids], dtype=torch.long, device=device),
+            params=values,
+            sampling=sampling,
+            generator=generator,
+            rec=rec,
+            out=out,
+            vocab=vocab,
+            cancel=cancel,
+        )
         if not out.done:
             method.generate(ctx)
     except Cancelled:
@@ -124,43 +147,90 @@ def run(name: str, pair, prompt: str, *, cancel: threading.Event | None = None, 
         meta.update(ctx.meta)  # a cancelled run keeps its method's notes
     synchronize(device)
     wall = time.perf_counter() - start
-    row = RowResult(prompt=healed_prompt(prompt, healing, pair.tokenizer), prompt_ids=conditioned,
-                    output_ids=list(out.ids), text=pair.tokenizer.decode(out.ids, skip_special_tokens=False),
-                    finish_reason=out.finish_reason)
+    row = RowResult(
+        prompt=healed_prompt(prompt, healing, pair.tokenizer),
+        prompt_ids=conditioned,
+        output_ids=list(out.ids),
+        text=pair.tokenizer.decode(out.ids, skip_special_tokens=False),
+        finish_reason=out.finish_reason,
+    )
     rec.events.sort(key=lambda e: e.t0)  # chronological; stable, so same-time events keep their order
     fill_token_text(rec.events, pair.tokenizer)
-    return Trace(method=name, params=values, rows=[row], events=rec.events, target_name=pair.target_name,
-                 draft_name=pair.draft_name if cls.needs_draft else None, device=str(device),
-                 dtype=str(pair.dtype).replace("torch.", ""), wall_time=wall, started_at=rec.started_at,
-                 meta={"vocab": vocab, "target_params": weights_read_per_token(pair.target),
-                       "target_layers": target_layers(pair.target), **meta})
+    return Trace(
+        method=name,
+        params=values,
+        rows=[row],
+        events=rec.events,
+        target_name=pair.target_name,
+        draft_name=pair.draft_name if cls.needs_draft else None,
+        device=str(device),
+        dtype=str(pair.dtype).replace("torch.", ""),
+        wall_time=wall,
+        started_at=rec.started_at,
+        meta={
+            "vocab": vocab,
+            "target_params": weights_read_per_token(pair.target),
+            "target_layers": target_layers(pair.target),
+            **meta,
+        },
+    )
 
 
-def heal_first(pair, healing: Healing, sampling: Sampling, generator: torch.Generator, vocab: int, rec: Recorder,
-               out: Output | None, row: int) -> int:
+def heal_first(
+    pair,
+    healing: Healing,
+    sampling: Sampling,
+    generator: torch.Generator,
+    vocab: int,
+    rec: Recorder,
+    out: Output | None,
+    row: int,
+) -> int:
     """The healed first token, pushed into `out` (a batch method pushes it itself: position 0) and recorded: one target forward over the kept prompt
     (a prefill span) and the token it emits under the healing constraint."""
     t0 = rec.now()
     token, prob = heal_token(pair.target, healing, sampling, generator, vocab)
     t1 = rec.now()
-    rec.add("prefill", row=row, source="target", t0=t0, t1=t1,
-            info={"tokens": len(healing.kept_ids), "token_healing": True})
-    rec.add("emit", step=HEALING_STEP, row=row, position=out.push(token) if out is not None else 0, token_id=token, p=prob,
-            source="target (token healing)",
-            t0=t0, t1=t1, info={"removed_text": healing.removed_text, "allowed": len(healing.allowed)})
+    rec.add(
+        "prefill", row=row, source="target", t0=t0, t1=t1, info={"tokens": len(healing.kept_ids), "token_healing": True}
+    )
+    rec.add(
+        "emit",
+        step=HEALING_STEP,
+        row=row,
+        position=out.push(token) if out is not None else 0,
+        token_id=token,
+        p=prob,
+        source="target (token healing)",
+        t0=t0,
+        t1=t1,
+        info={"removed_text": healing.removed_text, "allowed": len(healing.allowed)},
+    )
     return token
+
 
 MAX_BATCH_PROMPTS = 256
 
 
-def run_batch(name: str, pair, prompts: list[str], *, cancel: threading.Event | None = None, record: bool = True,
-              recorder: Recorder | None = None, max_prompt_tokens: int = MAX_PROMPT_TOKENS, **params: Any) -> Trace:
+def run_batch(
+    name: str,
+    pair,
+    prompts: list[str],
+    *,
+    cancel: threading.Event | None = None,
+    record: bool = True,
+    recorder: Recorder | None = None,
+    max_prompt_tokens: int = MAX_PROMPT_TOKENS,
+    **params: Any,
+) -> Trace:
     """Run a batch method over several prompts: ONE Trace with one row per prompt (input order);
     every event carries its `row`. Same validation as `run`, per prompt."""
     cls = method_class(name)
     if not cls.batch:
-        raise ValueError(f"{name} is not a batch method: use specviz.run for one prompt "
-                         f"(batch methods: {', '.join(n for n, c in METHODS.items() if c.batch)})")
+        raise ValueError(
+            f"{name} is not a batch method: use specviz.run for one prompt "
+            f"(batch methods: {', '.join(n for n, c in METHODS.items() if c.batch)})"
+        )
     if isinstance(prompts, str) or not isinstance(prompts, (list, tuple)) or not prompts:
         raise ValueError("prompts must be a non-empty list of strings")
     if len(prompts) > MAX_BATCH_PROMPTS:
@@ -193,9 +263,19 @@ def run_batch(name: str, pair, prompts: list[str], *, cancel: threading.Event | 
                 ids[i] = healing.kept_ids + [first[i]]
         if first:
             meta["token_healing"] = [h.record(first[i]) if h else None for i, h in enumerate(healings)]
-        ctx = RunContext(pair=pair, prompt_ids=torch.tensor([ids[0]], device=device), params=values,
-                         sampling=sampling, generator=generator, rec=rec, out=Output(values["max_new_tokens"], set(), 1 << 20),
-                         vocab=vocab, cancel=cancel, batch_prompts=ids, first_tokens=first)
+        ctx = RunContext(
+            pair=pair,
+            prompt_ids=torch.tensor([ids[0]], device=device),
+            params=values,
+            sampling=sampling,
+            generator=generator,
+            rec=rec,
+            out=Output(values["max_new_tokens"], set(), 1 << 20),
+            vocab=vocab,
+            cancel=cancel,
+            batch_prompts=ids,
+            first_tokens=first,
+        )
         method.generate(ctx)
     except Cancelled:
         cancelled = True
@@ -209,15 +289,33 @@ def run_batch(name: str, pair, prompts: list[str], *, cancel: threading.Event | 
         out_ids = list(outputs[i].ids) if i < len(outputs) else []
         reason = outputs[i].finish_reason if i < len(outputs) else ""
         healing = healings[i]
-        rows.append(RowResult(prompt=healed_prompt(prompt, healing, pair.tokenizer),
-                              prompt_ids=conditioned[i], output_ids=out_ids,
-                              text=pair.tokenizer.decode(out_ids, skip_special_tokens=False),
-                              finish_reason=reason or ("cancelled" if cancelled else "")))
+        rows.append(
+            RowResult(
+                prompt=healed_prompt(prompt, healing, pair.tokenizer),
+                prompt_ids=conditioned[i],
+                output_ids=out_ids,
+                text=pair.tokenizer.decode(out_ids, skip_special_tokens=False),
+                finish_reason=reason or ("cancelled" if cancelled else ""),
+            )
+        )
     rec.events.sort(key=lambda e: e.t0)
     fill_token_text(rec.events, pair.tokenizer)
     new_tokens = sum(len(r.output_ids) for r in rows)
-    return Trace(method=name, params=values, rows=rows, events=rec.events, target_name=pair.target_name,
-                 draft_name=pair.draft_name if cls.needs_draft else None, device=str(device),
-                 dtype=str(pair.dtype).replace("torch.", ""), wall_time=wall, started_at=rec.started_at,
-                 meta={"vocab": vocab, "target_params": weights_read_per_token(pair.target),
-                       "throughput": new_tokens / wall if wall > 0 else 0.0, **meta})
+    return Trace(
+        method=name,
+        params=values,
+        rows=rows,
+        events=rec.events,
+        target_name=pair.target_name,
+        draft_name=pair.draft_name if cls.needs_draft else None,
+        device=str(device),
+        dtype=str(pair.dtype).replace("torch.", ""),
+        wall_time=wall,
+        started_at=rec.started_at,
+        meta={
+            "vocab": vocab,
+            "target_params": weights_read_per_token(pair.target),
+            "throughput": new_tokens / wall if wall > 0 else 0.0,
+            **meta,
+        },
+    )

@@ -3,6 +3,7 @@
 The packages re-export what the flat modules they replaced used to offer (`from specviz.models import load_pair`
 still works), without loading torch or transformers for a caller that only wanted a constant.
 """
+
 from __future__ import annotations
 
 from importlib import import_module

@@ -12,6 +12,7 @@ machine it was made on.
     python -m specviz.paths NAME          # print cache_dir(NAME): the shell scripts' defaults
     python -m specviz.paths --scrub FILE  # rewrite a JSON record's absolute paths in place
 """
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """How an error message names a value a caller passed: its type and a short excerpt, never a full repr
 (a model passed where a method name goes once put 8,192 vocabulary ids into one message)."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,6 +1,7 @@
 """Cost models of speculative decoding: Leviathan et al.'s expected speedup, MBSU, and Mirror-SD's
 heterogeneous timeline. Pure arithmetic: it imports nothing from specviz, so every floor may use it.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -15,7 +16,9 @@ def iid_alpha(tau: float, gamma: float) -> float | None:
         return 1.0
 
     def expected(a: float) -> float:
-        return sum(a**i for i in range(int(gamma) + 1)) if float(gamma).is_integer() else (1 - a ** (gamma + 1)) / (1 - a)
+        return (
+            sum(a**i for i in range(int(gamma) + 1)) if float(gamma).is_integer() else (1 - a ** (gamma + 1)) / (1 - a)
+        )
 
     lo, hi = 0.0, 1.0 - 1e-12
     for _ in range(80):
@@ -65,7 +68,6 @@ def mbsu(tau: float, gamma: float, draft_params: int, target_params: int) -> flo
     return tau / (draft_params / target_params * gamma + 1)
 
 
-
 @dataclass(frozen=True)
 class HeterogeneousCosts:
     """The paper's setting, modeled: target on one accelerator, drafter on another (milliseconds)."""
@@ -93,12 +95,25 @@ def modeled_timeline(trace, layers: int, exit_layer: int, costs: HeterogeneousCo
         # every draft the round verified, also those a reused branch supplied (serial drafting would have paid them)
         drafts = sum(1 for e in trace.events if e.kind == "draft" and e.step == step)
         serial = 0.0 if step in reused else drafts * costs.draft_step_ms
-        lanes.append({"step": step, "draft": (t, t + serial), "prefix": (t + serial, t + serial + prefix),
-                      "suffix": (t + serial + prefix, t + serial + prefix + suffix),
-                      "branches": (t + serial + prefix, t + serial + prefix + branch)})
+        lanes.append(
+            {
+                "step": step,
+                "draft": (t, t + serial),
+                "prefix": (t + serial, t + serial + prefix),
+                "suffix": (t + serial + prefix, t + serial + prefix + suffix),
+                "branches": (t + serial + prefix, t + serial + prefix + branch),
+            }
+        )
         t += serial + prefix + max(suffix, branch)
         t_sd += drafts * costs.draft_step_ms + prefix + suffix
     t_ar = trace.new_tokens * layers * costs.target_layer_ms  # one full target pass per token
-    return {"label": "modeled", "costs": costs.__dict__, "rounds": lanes, "mirror_ms": t, "speculative_ms": t_sd,
-            "autoregressive_ms": t_ar, "modeled_speedup_over_sd": t_sd / t if t else None,
-            "modeled_speedup_over_ar": t_ar / t if t else None}
+    return {
+        "label": "modeled",
+        "costs": costs.__dict__,
+        "rounds": lanes,
+        "mirror_ms": t,
+        "speculative_ms": t_sd,
+        "autoregressive_ms": t_ar,
+        "modeled_speedup_over_sd": t_sd / t if t else None,
+        "modeled_speedup_over_ar": t_ar / t if t else None,
+    }

@@ -1,4 +1,5 @@
 """Start the real app (`python app.py`, as README and the Docker CMD do) on a free port for a test module."""
+
 from __future__ import annotations
 
 import contextlib
@@ -53,14 +54,21 @@ def wait_for(url: str, proc: subprocess.Popen, seconds: float = 120) -> float:
 def running_app(env: dict[str, str] | None = None, command: list[str] | None = None) -> Iterator[RunningApp]:
     """`command` (default `python app.py`) with its --port replaced by a free one (7860 may be taken)."""
     port = free_port()
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "SPECVIZ_PREWARM": "0",
-                **(env or {})}
+    full_env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "SPECVIZ_PREWARM": "0",
+        **(env or {}),
+    }
     command = [sys.executable if a == "python" else a for a in (command or ["python", "app.py"])]
     if "--port" in command:
         command[command.index("--port") + 1] = str(port)
     else:
         command += ["--port", str(port)]
-    proc = subprocess.Popen(command, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        command, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         yield RunningApp(url, wait_for(url, proc), proc)

@@ -6,6 +6,7 @@ elsewhere playwright fetches its own; when that fails too, the run stops at once
 Never a skip: CI fails without a browser. The same for axe-core (the accessibility test): `npm ci` when npm
 exists, else the command.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -60,7 +61,9 @@ def chromium() -> str:
     done = subprocess.run(command, shell=True, capture_output=True, text=True)
     found = find_chromium()
     if done.returncode != 0 or not found:
-        pytest.exit(f"no browser for the browser tests; install one with: {command}\n{done.stderr[-500:]}", returncode=1)
+        pytest.exit(
+            f"no browser for the browser tests; install one with: {command}\n{done.stderr[-500:]}", returncode=1
+        )
     return found
 
 
@@ -69,8 +72,10 @@ def axe_script() -> Path:
     if not AXE.exists() and shutil.which("npm"):
         subprocess.run(AXE_INSTALL.split() + ["--no-audit", "--no-fund"], cwd=ROOT, capture_output=True, text=True)
     if not AXE.exists():
-        pytest.exit(f"{AXE.relative_to(ROOT)} missing: install axe-core with `{AXE_INSTALL}` (from the repository root)",
-                    returncode=1)
+        pytest.exit(
+            f"{AXE.relative_to(ROOT)} missing: install axe-core with `{AXE_INSTALL}` (from the repository root)",
+            returncode=1,
+        )
     return AXE
 
 
@@ -104,5 +109,7 @@ def axe_violations(page) -> list[dict]:
 
 
 def describe(violations: list[dict]) -> str:
-    return "; ".join(f"{v['id']} ({v['impact']}, {len(v['nodes'])} node(s): "
-                     + ", ".join(n["target"] for n in v["nodes"][:3]) + ")" for v in violations)
+    return "; ".join(
+        f"{v['id']} ({v['impact']}, {len(v['nodes'])} node(s): " + ", ".join(n["target"] for n in v["nodes"][:3]) + ")"
+        for v in violations
+    )

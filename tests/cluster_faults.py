@@ -1,5 +1,6 @@
 """Faults for tests/bench/test_cluster.py, run inside Ray workers (not collected as tests): shipped by value, since
 the workers cannot import the tests' folder."""
+
 from __future__ import annotations
 
 from specviz.bench.cluster import BenchWorker

@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random-weight models of several architectures built from configs, a small
 byte-level BPE tokenizer trained in a second, and the committed embedded pair. Nothing touches the network."""
+
 from __future__ import annotations
 
 import os
@@ -22,10 +23,12 @@ from specviz.models.pair import ModelPair
 torch.set_num_threads(1)
 
 
-
 def pytest_configure(config) -> None:
-    config.addinivalue_line("markers", "slow: browser, server, training, Ray and chi-square tests; "
-                                       "`python -m pytest -m 'not slow' tests` leaves them out (CI runs everything)")
+    config.addinivalue_line(
+        "markers",
+        "slow: browser, server, training, Ray and chi-square tests; "
+        "`python -m pytest -m 'not slow' tests` leaves them out (CI runs everything)",
+    )
 
 
 ARCHS = ["llama", "qwen2", "mistral", "gpt2", "gpt_neox", "opt"]
@@ -37,17 +40,40 @@ def tiny_config(arch: str, vocab: int, layers: int, hidden: int):
 
     common = dict(vocab_size=vocab, eos_token_id=0, bos_token_id=0, pad_token_id=0)
     if arch in ("llama", "qwen2", "qwen3", "mistral"):
-        cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "qwen3": tf.Qwen3Config, "mistral": tf.MistralConfig}[arch]
-        return cls(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
-                   num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=False, **common)
+        cls = {"llama": tf.LlamaConfig, "qwen2": tf.Qwen2Config, "qwen3": tf.Qwen3Config, "mistral": tf.MistralConfig}[
+            arch
+        ]
+        return cls(
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            tie_word_embeddings=False,
+            **common,
+        )
     if arch == "gpt2":
         return tf.GPT2Config(n_embd=hidden, n_layer=layers, n_head=4, n_positions=512, **common)
     if arch == "gpt_neox":
-        return tf.GPTNeoXConfig(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                                num_attention_heads=4, max_position_embeddings=512, **common)
+        return tf.GPTNeoXConfig(
+            hidden_size=hidden,
+            intermediate_size=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+            **common,
+        )
     if arch == "opt":
-        return tf.OPTConfig(hidden_size=hidden, ffn_dim=2 * hidden, num_hidden_layers=layers, num_attention_heads=4,
-                            max_position_embeddings=512, word_embed_proj_dim=hidden, **common)
+        return tf.OPTConfig(
+            hidden_size=hidden,
+            ffn_dim=2 * hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            max_position_embeddings=512,
+            word_embed_proj_dim=hidden,
+            **common,
+        )
     raise ValueError(arch)
 
 
@@ -59,8 +85,9 @@ def make_tiny_model(arch: str, vocab: int, *, layers: int = 2, hidden: int = 32,
     return model.eval().requires_grad_(False)
 
 
-def make_tiny_pair(arch: str, tokenizer, *, target_layers: int = 2, draft_layers: int = 1, seed: int = 0,
-                   save_dir: Path | None = None) -> ModelPair:
+def make_tiny_pair(
+    arch: str, tokenizer, *, target_layers: int = 2, draft_layers: int = 1, seed: int = 0, save_dir: Path | None = None
+) -> ModelPair:
     """Random target + drafter of one family sharing `tokenizer`; saved in HF format if `save_dir`."""
     vocab = len(tokenizer)
     target = make_tiny_model(arch, vocab, layers=target_layers, seed=seed)
@@ -69,8 +96,16 @@ def make_tiny_pair(arch: str, tokenizer, *, target_layers: int = 2, draft_layers
         for name, model in (("target", target), ("draft", draft)):
             model.save_pretrained(Path(save_dir) / name)
             tokenizer.save_pretrained(Path(save_dir) / name)
-    return ModelPair(target=target, tokenizer=tokenizer, draft=draft, target_name=f"tiny-{arch}", draft_name=f"tiny-{arch}-draft",
-                     device=torch.device("cpu"), dtype=torch.float32, extras={})
+    return ModelPair(
+        target=target,
+        tokenizer=tokenizer,
+        draft=draft,
+        target_name=f"tiny-{arch}",
+        draft_name=f"tiny-{arch}-draft",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        extras={},
+    )
 
 
 def build_tiny_tokenizer():
@@ -108,8 +143,9 @@ def saved_pairs(tiny_tokenizer, tmp_path_factory):
     root = tmp_path_factory.mktemp("pairs")
     make_tiny_pair("llama", tiny_tokenizer, save_dir=root / "ok")
     make_tiny_pair("llama", word_tokenizer(30), save_dir=root / "other")
-    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32)).save_pretrained(root / "bert")
+    BertModel(
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(root / "bert")
     return root
 
 

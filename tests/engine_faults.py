@@ -1,4 +1,5 @@
 """Jobs for tests/app/test_worker.py, run inside a real engine process (not collected as tests)."""
+
 from __future__ import annotations
 
 import os

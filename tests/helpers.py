@@ -1,4 +1,5 @@
 """Assertions shared by the method tests: greedy equality (or a proven numerical tie) and trace invariants."""
+
 from __future__ import annotations
 
 import torch
@@ -24,7 +25,9 @@ def assert_greedy_equal(pair, trace: Trace, reference: Trace) -> None:
         return
     assert i < min(len(a), len(b)), f"{trace.method}: lengths differ ({len(b)} vs {len(a)}) with equal prefix"
     gap = top2_gap(pair.target, reference.rows[0].prompt_ids + a[:i])
-    assert gap < TIE_GAP, f"{trace.method} diverged from autoregressive at token {i} ({b[i]} vs {a[i]}), top-2 gap {gap:.2e}"
+    assert gap < TIE_GAP, (
+        f"{trace.method} diverged from autoregressive at token {i} ({b[i]} vs {a[i]}), top-2 gap {gap:.2e}"
+    )
 
 
 def assert_trace_invariants(trace: Trace) -> None:
@@ -40,6 +43,7 @@ def assert_trace_invariants(trace: Trace) -> None:
         assert e.t1 >= e.t0 - 1e-9, f"{e.kind} ends before it starts"
         if e.kind in ("accept", "reject"):
             assert e.q is None or 0.0 <= e.q <= 1.0 + 1e-6
+
     # every accept follows a draft of the same token at the same step and depth (in a token tree: the same node)
     def slot(e):
         return (e.row, e.step, "node", e.info["node"]) if "node" in e.info else (e.row, e.step, e.depth)
@@ -86,9 +90,19 @@ def peaky_llama(vocab: int, layers: int, seed: int, hidden: int = 16, init: floa
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-                      initializer_range=init, eos_token_id=0, bos_token_id=0, pad_token_id=0)
+    cfg = LlamaConfig(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        initializer_range=init,
+        eos_token_id=0,
+        bos_token_id=0,
+        pad_token_id=0,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -148,10 +162,21 @@ def make_agreeing_pair(tokenizer, draft_noise: float = 0.1):
     target = peaky_llama(vocab, layers=4, seed=3, hidden=32, init=0.2)
     damp_layers_after(target, 2, 0.1)
     adapter = KangarooAdapter.for_target(target.config, 2, identity=True).eval()
-    extras = {"kangaroo_adapter": adapter, "sorted_drafter": near_copy(target, 0.1, seed=4),
-              "vocab_ranking": list(range(vocab))}
-    return ModelPair(target=target, tokenizer=tokenizer, draft=near_copy(target, draft_noise, seed=5), target_name="agree",
-                     draft_name="agree-draft", device=torch.device("cpu"), dtype=torch.float32, extras=extras)
+    extras = {
+        "kangaroo_adapter": adapter,
+        "sorted_drafter": near_copy(target, 0.1, seed=4),
+        "vocab_ranking": list(range(vocab)),
+    }
+    return ModelPair(
+        target=target,
+        tokenizer=tokenizer,
+        draft=near_copy(target, draft_noise, seed=5),
+        target_name="agree",
+        draft_name="agree-draft",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        extras=extras,
+    )
 
 
 def two_token_law(target, ids: list[int], temperature: float) -> dict[tuple, float]:

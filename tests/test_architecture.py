@@ -1,5 +1,6 @@
 """The shape of the package, read from its imports with `ast` (docs/architecture.md): no import cycles, each
 floor imports only the floors below it, and nothing outside the workshop imports the workshop."""
+
 from __future__ import annotations
 
 import ast
@@ -9,8 +10,18 @@ PACKAGE = Path(__file__).resolve().parents[1] / "specviz"
 
 # Each floor may import its own floor and the floors with a lower number; the workshop stands beside them.
 FLOORS = {
-    "paths": 0, "shown": 0, "lazy": 0, "speedup": 0,
-    "engine": 1, "models": 2, "methods": 3, "api": 4, "analysis": 5, "views": 6, "bench": 7, "app": 8,
+    "paths": 0,
+    "shown": 0,
+    "lazy": 0,
+    "speedup": 0,
+    "engine": 1,
+    "models": 2,
+    "methods": 3,
+    "api": 4,
+    "analysis": 5,
+    "views": 6,
+    "bench": 7,
+    "app": 8,
     "workshop": 9,
 }
 MAX_FUNCTION_LEVEL = 20
@@ -24,8 +35,12 @@ def module_name(path: Path) -> str:
 def imports(path: Path) -> list[tuple[str, bool, int]]:
     """(imported specviz module, inside a function?, line) for every import in `path`."""
     tree = ast.parse(path.read_text())
-    inner = {id(node) for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
-             for node in ast.walk(fn)}
+    inner = {
+        id(node)
+        for fn in ast.walk(tree)
+        if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for node in ast.walk(fn)
+    }
     name = module_name(path)
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     known = {module_name(p) for p in PACKAGE.rglob("*.py")}
@@ -119,8 +134,12 @@ def test_each_floor_imports_only_the_floors_below():
 def test_nothing_outside_the_workshop_imports_it():
     root = PACKAGE.parent
     outside = [p for p in list(PACKAGE.rglob("*.py")) + [root / "app.py"] if "workshop" not in p.parts]
-    offenders = [f"{p.relative_to(root)}:{line}" for p in outside for target, _, line in imports_anywhere(p)
-                 if target.startswith("specviz.workshop")]
+    offenders = [
+        f"{p.relative_to(root)}:{line}"
+        for p in outside
+        for target, _, line in imports_anywhere(p)
+        if target.startswith("specviz.workshop")
+    ]
     assert offenders == []
 
 
@@ -128,15 +147,26 @@ def imports_anywhere(path: Path) -> list[tuple[str, bool, int]]:
     if path.is_relative_to(PACKAGE):
         return imports(path)
     tree = ast.parse(path.read_text())
-    return [(a.name if isinstance(n, ast.Import) else n.module or "", False, n.lineno)
-            for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names]
+    return [
+        (a.name if isinstance(n, ast.Import) else n.module or "", False, n.lineno)
+        for n in ast.walk(tree)
+        if isinstance(n, (ast.Import, ast.ImportFrom))
+        for a in n.names
+    ]
 
 
 def function_level_imports(path: Path) -> list[int]:
     """Lines of every import inside a function of `path` (specviz's own and any library's)."""
     tree = ast.parse(path.read_text())
-    return sorted({node.lineno for fn in ast.walk(tree) if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
-                   for node in ast.walk(fn) if isinstance(node, (ast.Import, ast.ImportFrom))})
+    return sorted(
+        {
+            node.lineno
+            for fn in ast.walk(tree)
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef))
+            for node in ast.walk(fn)
+            if isinstance(node, (ast.Import, ast.ImportFrom))
+        }
+    )
 
 
 def test_function_level_imports_are_few_and_say_why():
@@ -145,5 +175,6 @@ def test_function_level_imports_are_few_and_say_why():
     assert len(inner) <= MAX_FUNCTION_LEVEL
     silent = [f"{p.name}:{line}" for p, line in inner if "#" not in p.read_text().splitlines()[line - 1]]
     assert silent == [], "a function-level import says on its line which heavy library it keeps out"
-    assert not any(target for p in PACKAGE.rglob("*.py") for target, in_function, _ in imports(p) if in_function), \
+    assert not any(target for p in PACKAGE.rglob("*.py") for target, in_function, _ in imports(p) if in_function), (
         "specviz's own modules are imported at the top: a cycle is fixed, not hidden"
+    )

@@ -1,5 +1,6 @@
 """The shipping surface stays true: README commands = CI's, the Space front matter parses, the Dockerfile
 follows the rules we care about, and its CMD really starts the app and serves a page."""
+
 from __future__ import annotations
 
 import json
@@ -47,13 +48,16 @@ def test_ci_runs_the_readme_test_command_then_proves_the_floor():
     ci = (ROOT / ".ci" / "run").read_text().splitlines()
     commands = [line.strip() for line in ci if line.strip() and not line.lstrip().startswith("#")]
     assert readme_commands()[1] in commands, "CI must run exactly the README's test command"
-    after = commands[commands.index(readme_commands()[1]) + 1:]
+    after = commands[commands.index(readme_commands()[1]) + 1 :]
     assert any("floor-requirements.txt" in c for c in after) and any("pytest" in c for c in after)
 
 
 def test_readme_states_the_floor_ci_proves_and_the_lock_pins_everything():
-    floor = dict(line.split("==") for line in (ROOT / ".ci" / "floor-requirements.txt").read_text().splitlines()
-                 if line and not line.startswith("#"))
+    floor = dict(
+        line.split("==")
+        for line in (ROOT / ".ci" / "floor-requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
     assert f"transformers >= {floor['transformers']}" in README, "README's library range must start at the proven floor"
     for name in ("requirements.txt", "requirements-dev.txt"):
         for line in (ROOT / name).read_text().splitlines():
@@ -171,14 +175,19 @@ def test_every_benchmark_command_in_readme_is_valid(monkeypatch):
 
     remeasure = remeasure_module()
     assert remeasure.readme_bench_commands(README), "README's headline table lost its command"
-    commands = [c for _, text, _ in remeasure.documents(remeasure.default_files())
-                for c in remeasure.readme_bench_commands(text)]
+    commands = [
+        c
+        for _, text, _ in remeasure.documents(remeasure.default_files())
+        for c in remeasure.readme_bench_commands(text)
+    ]
     assert len(commands) >= 10, "the result tables lost their commands"
     monkeypatch.chdir(ROOT)  # prompt paths in README are relative to the repository
     for argv in commands:
         if "spec_bench_question.jsonl" in argv:  # Spec-Bench's file is not bundled: our fixture has its format
-            argv = [str(ROOT / "tests" / "data" / "spec_bench_fixture.jsonl") if a == "spec_bench_question.jsonl" else a
-                    for a in argv]
+            argv = [
+                str(ROOT / "tests" / "data" / "spec_bench_fixture.jsonl") if a == "spec_bench_question.jsonl" else a
+                for a in argv
+            ]
         bench.prepare(bench.build_parser().parse_args(argv))
     bad = commands[0][:]
     bad[bad.index("--methods") + 1] += ",draft_model:gamma=0"
@@ -192,9 +201,25 @@ def test_remeasured_tables_go_back_above_their_commands(tmp_path):
     on from one file to the next."""
     remeasure = remeasure_module()
     cmd = "`python -m specviz.bench --limit {n} --methods autoregressive --out {n}.csv`"
-    text = "\n".join(["# R", "| a |", "|---|", "| old1 |", "", cmd.format(n=1), "prose", "", cmd.format(n=2),
-                      "| b |", "|---|", "| old3 |", "", cmd.format(n=3),
-                      "`python -m specviz.bench --pool-factor F --methods autoregressive` (F = 1, 2)"])
+    text = "\n".join(
+        [
+            "# R",
+            "| a |",
+            "|---|",
+            "| old1 |",
+            "",
+            cmd.format(n=1),
+            "prose",
+            "",
+            cmd.format(n=2),
+            "| b |",
+            "|---|",
+            "| old3 |",
+            "",
+            cmd.format(n=3),
+            "`python -m specviz.bench --pool-factor F --methods autoregressive` (F = 1, 2)",
+        ]
+    )
     (tmp_path / "01-1.md").write_text("| a |\n|---|\n| new1 |\n| new1b |\n\n`python -m specviz.bench ...`\n")
     (tmp_path / "03-3.md").write_text("| b |\n|---|\n| new3 |\n")
     out, todo = remeasure.apply_tables(text, tmp_path)

@@ -11,6 +11,7 @@ fp32 keeps token equality as the rule (it is classified the same way, and the te
 The result is stored in the trace (`meta["divergence"]`), so metrics, the bench and the app read it
 from traces like everything else.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -35,8 +36,10 @@ class Divergence:
 
     def describe(self) -> str:
         kind = "a numerical tie" if self.tie else "NOT a tie (a bug)"
-        return (f"first difference at token {self.position}: {self.token} instead of {self.reference_token}; "
-                f"top-2 margin {self.margin:.3g} vs logit difference {self.logit_difference:.3g} -> {kind}")
+        return (
+            f"first difference at token {self.position}: {self.token} instead of {self.reference_token}; "
+            f"top-2 margin {self.margin:.3g} vs logit difference {self.logit_difference:.3g} -> {kind}"
+        )
 
 
 def first_difference(a: list[int], b: list[int]) -> int | None:
@@ -51,11 +54,13 @@ def round_block(trace: Trace, row: int, position: int, output: list[int]) -> tup
     after the token before it): the round's drafts where the trace has them, else its emitted tokens."""
     emitter = next((e for e in trace.events if e.kind in TOKEN_KINDS and e.row == row and e.position == position), None)
     if emitter is None:
-        return position, output[position: position + 1]
+        return position, output[position : position + 1]
     step = emitter.step
     start = min(e.position for e in trace.events if e.kind in TOKEN_KINDS and e.row == row and e.step == step)
-    drafts = sorted((e.depth, e.token_id) for e in trace.events if e.kind == "draft" and e.row == row and e.step == step)
-    tokens = [t for _, t in drafts] or output[start: position + 1]
+    drafts = sorted(
+        (e.depth, e.token_id) for e in trace.events if e.kind == "draft" and e.row == row and e.step == step
+    )
+    tokens = [t for _, t in drafts] or output[start : position + 1]
     return start, tokens
 
 
@@ -80,14 +85,24 @@ def classify(pair, trace: Trace, baseline: Trace, row: int = 0) -> Divergence | 
     before = (prompt + ref)[len(prompt) + start - 1]
     block = [before] + block_tokens
     if len(block) <= i - start:  # the trace's drafts do not reach position i
-        block = [before] + ref[start:i] + out[i: i + 1]
+        block = [before] + ref[start:i] + out[i : i + 1]
     many = dec.feed(torch.tensor([block], device=device), keep=len(block))[i - start]
     one, many = one.float(), many.float()
     top = torch.topk(one, 2)
-    margin = float(top.values[0] - one[out[i]]) if int(top.indices[0]) != out[i] else float(top.values[0] - top.values[1])
+    margin = (
+        float(top.values[0] - one[out[i]]) if int(top.indices[0]) != out[i] else float(top.values[0] - top.values[1])
+    )
     difference = float((one - many).abs().max())
-    return Divergence(row=row, position=i, token=out[i], reference_token=ref[i], margin=margin,
-                      logit_difference=difference, block=len(block), tie=margin <= difference)
+    return Divergence(
+        row=row,
+        position=i,
+        token=out[i],
+        reference_token=ref[i],
+        margin=margin,
+        logit_difference=difference,
+        block=len(block),
+        tie=margin <= difference,
+    )
 
 
 def annotate(pair, trace: Trace, baseline: Trace) -> list[Divergence]:

@@ -32,6 +32,7 @@ right acceptance test u < min(1, p/q), but a rejection resamples from p instead 
 max(0, p - q)), labelled "BROKEN on purpose" in the result: the chi-square test must reject it. It
 exists only here, never as a default, and `run` cannot reach it.
 """
+
 from __future__ import annotations
 
 import sys
@@ -51,8 +52,10 @@ from specviz.methods import METHODS
 from specviz.methods.base import RunContext, validate_params
 from specviz.shown import shown
 
-BROKEN_LABEL = ("BROKEN on purpose: a rejected draft is replaced by a token drawn from p instead of from the "
-                "residual max(0, p - q); speculative sampling is NOT exact under this rule")
+BROKEN_LABEL = (
+    "BROKEN on purpose: a rejected draft is replaced by a token drawn from p instead of from the "
+    "residual max(0, p - q); speculative sampling is NOT exact under this rule"
+)
 MAX_SAMPLES = 200_000
 MAX_TOKENS = 4
 MAX_TOP = 64
@@ -108,7 +111,7 @@ class SharedDecoder:
         if common < len(tokens):
             self.inner.feed(torch.tensor([tokens[common:]], dtype=torch.long, device=device))
             self.tokens = list(tokens)
-        for feed in trees[len(self.trees):]:
+        for feed in trees[len(self.trees) :]:
             self.inner.feed_tree(feed.ids, feed.positions, feed.mask)
         self.trees = trees
 
@@ -145,7 +148,9 @@ class LazyDecoder:
         shared.bytes += size
         return value
 
-    def through(self, tag: Any, ids: torch.Tensor, compute: Callable[[Any, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    def through(
+        self, tag: Any, ids: torch.Tensor, compute: Callable[[Any, torch.Tensor], torch.Tensor]
+    ) -> torch.Tensor:
         """`compute(real decoder, ids)` after the tokens this view holds, memoized; ids (1, T) are appended."""
         if self.trees:
             raise RuntimeError("a linear feed after a tree feed: keep a path of the tree first (keep_path)")
@@ -183,10 +188,14 @@ class LazyDecoder:
         does the same gather when it holds exactly this view's entries; otherwise its next sync feeds the path."""
         flat = self.tokens + [t for feed in self.trees for t in feed.ids[0].tolist()]
         linear = len(self.tokens)
-        if list(positions[:linear]) != list(range(linear)) or any(b <= a for a, b in zip(positions, positions[1:])) \
-                or (positions and positions[-1] >= len(flat)):
-            raise ValueError("keep_path keeps every plain token and then ascending tree entries "
-                             "(one root-to-node path)")
+        if (
+            list(positions[:linear]) != list(range(linear))
+            or any(b <= a for a, b in zip(positions, positions[1:]))
+            or (positions and positions[-1] >= len(flat))
+        ):
+            raise ValueError(
+                "keep_path keeps every plain token and then ascending tree entries (one root-to-node path)"
+            )
         kept = [flat[p] for p in positions]
         shared = self.shared
         if shared.tokens == self.tokens and shared.trees == self.trees:
@@ -226,7 +235,10 @@ class ForwardMemo:
         return LazyDecoder(self.shared[key])
 
     def stats(self) -> dict[str, int]:
-        return {"hits": sum(s.hits for s in self.shared.values()), "misses": sum(s.misses for s in self.shared.values())}
+        return {
+            "hits": sum(s.hits for s in self.shared.values()),
+            "misses": sum(s.misses for s in self.shared.values()),
+        }
 
 
 # ----------------------------------------------------------------------------- the exact law
@@ -238,8 +250,9 @@ OTHER = "other"
 
 
 @torch.inference_mode()
-def target_law(pair, prompt_ids: list[int], sampling: Sampling, tokens: int, top: int, vocab: int,
-               eos: set[int]) -> tuple[dict[tuple[int, ...], float], float]:
+def target_law(
+    pair, prompt_ids: list[int], sampling: Sampling, tokens: int, top: int, vocab: int, eos: set[int]
+) -> tuple[dict[tuple[int, ...], float], float]:
     """{token-id tuple: exact probability} for the enumerated prefixes, and the mass of everything else."""
     dec = Decoder(pair.target, vocab)
     device = pair.target.device
@@ -280,8 +293,17 @@ def classify(output: list[int], law: dict[tuple[int, ...], float], tokens: int) 
 
 
 # ----------------------------------------------------------------------------- sampling
-def iter_samples(cls, pair, prompt_ids: list[int], values: dict, seeds, vocab: int, rule: str = "exact",
-                 memo: "ForwardMemo | None" = None, shared: dict | None = None):
+def iter_samples(
+    cls,
+    pair,
+    prompt_ids: list[int],
+    values: dict,
+    seeds,
+    vocab: int,
+    rule: str = "exact",
+    memo: "ForwardMemo | None" = None,
+    shared: dict | None = None,
+):
     """The output ids of one run of method `cls` per seed (`values`: validated parameters; the run's
     max_new_tokens is values["max_new_tokens"]). Nothing is recorded. Forwards are shared through `memo`
     when the method allows it (see the module doc); each run draws from its own generator."""
@@ -297,21 +319,42 @@ def iter_samples(cls, pair, prompt_ids: list[int], values: dict, seeds, vocab: i
     rec = Recorder(device, enabled=False)
     for seed in seeds:
         params = {**values, "seed": seed, "dist_top_k": 0}
-        ctx = RunContext(pair=pair, prompt_ids=prompt, params=params, sampling=sampling,
-                         generator=torch.Generator(device="cpu").manual_seed(seed), rec=rec,
-                         out=Output(limit, eos, room), vocab=vocab, verify_rule=rule,
-                         memo=memo if cls.memo_safe else None, shared=shared)
+        ctx = RunContext(
+            pair=pair,
+            prompt_ids=prompt,
+            params=params,
+            sampling=sampling,
+            generator=torch.Generator(device="cpu").manual_seed(seed),
+            rec=rec,
+            out=Output(limit, eos, room),
+            vocab=vocab,
+            verify_rule=rule,
+            memo=memo if cls.memo_safe else None,
+            shared=shared,
+        )
         cls().generate(ctx)
         yield list(ctx.out.ids)
 
 
-def sample_panel(cls, pair, prompt_ids: list[int], values: dict, n: int, first_seed: int, vocab: int,
-                 law: dict, tokens: int, rule: str) -> tuple[dict[str, int], dict]:
+def sample_panel(
+    cls,
+    pair,
+    prompt_ids: list[int],
+    values: dict,
+    n: int,
+    first_seed: int,
+    vocab: int,
+    law: dict,
+    tokens: int,
+    rule: str,
+) -> tuple[dict[str, int], dict]:
     """n runs of method `cls`, seeds first_seed .. first_seed+n-1: counts per cell, and memo stats."""
     memo = ForwardMemo() if cls.memo_safe else None
     shared: dict = {}
     counts: dict[str, int] = {}
-    for output in iter_samples(cls, pair, prompt_ids, values, range(first_seed, first_seed + n), vocab, rule, memo, shared):
+    for output in iter_samples(
+        cls, pair, prompt_ids, values, range(first_seed, first_seed + n), vocab, rule, memo, shared
+    ):
         key = classify(output, law, tokens)
         counts[key] = counts.get(key, 0) + 1
     stats = memo.stats() if memo is not None else {"hits": 0, "misses": 0}
@@ -321,8 +364,18 @@ def sample_panel(cls, pair, prompt_ids: list[int], values: dict, n: int, first_s
     return counts, stats
 
 
-def exactness(method: str, pair, prompt: str, n: int = 2000, tokens: int = 2, broken: bool = False, seed: int = 0,
-              top: int = 16, reference: bool = True, **params: Any) -> dict[str, Any]:
+def exactness(
+    method: str,
+    pair,
+    prompt: str,
+    n: int = 2000,
+    tokens: int = 2,
+    broken: bool = False,
+    seed: int = 0,
+    top: int = 16,
+    reference: bool = True,
+    **params: Any,
+) -> dict[str, Any]:
     """Sample `n` continuations of `tokens` tokens with `method` (and with plain autoregressive sampling)
     and test them against the target's exact law. `params`: the method's parameters (temperature > 0).
     Returns tv_distance, chi2_p, counts, reference_* (the autoregressive panel), law, cells, n, seconds,
@@ -332,7 +385,11 @@ def exactness(method: str, pair, prompt: str, n: int = 2000, tokens: int = 2, br
         raise ValueError(f"{method} is a batch method: exactness samples single-sequence methods")
     if cls.peer:
         raise ValueError(f"{method} decodes greedily only: its law is a point mass, nothing to test")
-    for name, value, low, high in (("n", n, 1, MAX_SAMPLES), ("tokens", tokens, 1, MAX_TOKENS), ("top", top, 1, MAX_TOP)):
+    for name, value, low, high in (
+        ("n", n, 1, MAX_SAMPLES),
+        ("tokens", tokens, 1, MAX_TOKENS),
+        ("top", top, 1, MAX_TOP),
+    ):
         if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
             raise ValueError(f"{name} must be an integer in {low}..{high}; got {shown(value)}")
     if broken and method == "autoregressive":
@@ -359,12 +416,23 @@ def exactness(method: str, pair, prompt: str, n: int = 2000, tokens: int = 2, br
     law[OTHER] = other
     total = sum(law.values())
     law = {k: v / total for k, v in law.items()}  # float64 rounding only: total is 1 within ~1e-12
-    decode = lambda path: pair.tokenizer.decode(list(path), skip_special_tokens=False,  # noqa: E731
-                                                clean_up_tokenization_spaces=False)
-    cells = [{"key": cell_key(path), "ids": list(path), "text": decode(path), "prob": law[cell_key(path)]}
-             for path, _ in ordered]
-    cells.append({"key": OTHER, "ids": [], "text": f"(any other continuation: beyond the top {top} at some step)",
-                  "prob": law[OTHER]})
+    decode = lambda path: pair.tokenizer.decode(
+        list(path),
+        skip_special_tokens=False,  # noqa: E731
+        clean_up_tokenization_spaces=False,
+    )
+    cells = [
+        {"key": cell_key(path), "ids": list(path), "text": decode(path), "prob": law[cell_key(path)]}
+        for path, _ in ordered
+    ]
+    cells.append(
+        {
+            "key": OTHER,
+            "ids": [],
+            "text": f"(any other continuation: beyond the top {top} at some step)",
+            "prob": law[OTHER],
+        }
+    )
 
     def panel(panel_cls, first_seed: int, rule: str) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -373,8 +441,15 @@ def exactness(method: str, pair, prompt: str, n: int = 2000, tokens: int = 2, br
         counts = {k: raw.get(k, 0) for k in keys}
         observed, expected = [counts[k] for k in keys], [law[k] for k in keys]
         test = chi_square(observed, expected)
-        return {"counts": counts, "tv_distance": total_variation(observed, expected), "chi2_p": test.p_value,
-                "chi2": test.statistic, "dof": test.dof, "seconds": seconds, "memo": memo}
+        return {
+            "counts": counts,
+            "tv_distance": total_variation(observed, expected),
+            "chi2_p": test.p_value,
+            "chi2": test.statistic,
+            "dof": test.dof,
+            "seconds": seconds,
+            "memo": memo,
+        }
 
     rule = "broken" if broken else "exact"
     main = panel(cls, seed, rule)
@@ -401,9 +476,16 @@ def exactness(method: str, pair, prompt: str, n: int = 2000, tokens: int = 2, br
         "memo": main["memo"],
     }
     if ref is not None:
-        result.update({"reference_counts": ref["counts"], "reference_tv_distance": ref["tv_distance"],
-                       "reference_chi2_p": ref["chi2_p"], "reference_chi2": ref["chi2"], "reference_dof": ref["dof"],
-                       "reference_seconds": ref["seconds"]})
+        result.update(
+            {
+                "reference_counts": ref["counts"],
+                "reference_tv_distance": ref["tv_distance"],
+                "reference_chi2_p": ref["chi2_p"],
+                "reference_chi2": ref["chi2"],
+                "reference_dof": ref["dof"],
+                "reference_seconds": ref["seconds"],
+            }
+        )
     result["seconds"] = time.perf_counter() - start
     return result
 

@@ -17,6 +17,7 @@
 - MBSU (VocabTrim's memory-bound speed-up) = tau / (c_params g + 1), c_params = drafter
   parameters (its LM head at the size used) / target parameters.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -67,7 +68,11 @@ def summarize(trace: Trace) -> RunStats:
     tokens = sum(1 for e in trace.events if e.kind in TOKEN_KINDS)
     # token healing's first token (step -1) took one target forward of its own: a round of one token
     healed = sum(1 for e in trace.events if is_healed_token(e))
-    rounds = len(verify_time) + healed if verify_time else len({(e.row, e.step) for e in trace.events if e.kind in TOKEN_KINDS})
+    rounds = (
+        len(verify_time) + healed
+        if verify_time
+        else len({(e.row, e.step) for e in trace.events if e.kind in TOKEN_KINDS})
+    )
     draft_spans = [e.t1 - e.t0 for e in drafts if "branch" not in e.info]  # serial draft steps only
     verify_spans = list(verify_time.values())
     new_tokens = trace.new_tokens
@@ -132,16 +137,22 @@ def compare(trace: Trace, baseline: Trace) -> dict:
         "theoretical_speedup": theoretical,
         "efficiency": speedup / theoretical if speedup and theoretical else None,
         "modeled_speedup": s.tau / (gamma * c + v) if c is not None and v is not None and gamma else None,
-        "mbsu": (mbsu(s.tau, gamma, trace.meta["draft_params"], trace.meta["target_params"])
-                 if gamma and s.tau and trace.meta.get("draft_params") and trace.meta.get("target_params") else None),
+        "mbsu": (
+            mbsu(s.tau, gamma, trace.meta["draft_params"], trace.meta["target_params"])
+            if gamma and s.tau and trace.meta.get("draft_params") and trace.meta.get("target_params")
+            else None
+        ),
     }
 
 
 def divergence_counts(trace: Trace) -> dict:
     """Differences from autoregressive as `specviz.analysis.divergence` classified them into the trace."""
     found = trace.meta.get("divergence") or []
-    return {"tie_divergences": sum(1 for d in found if d["tie"]), "real_divergences": sum(1 for d in found if not d["tie"]),
-            "first_difference": found[0] if found else None}
+    return {
+        "tie_divergences": sum(1 for d in found if d["tie"]),
+        "real_divergences": sum(1 for d in found if not d["tie"]),
+        "first_difference": found[0] if found else None,
+    }
 
 
 def mirror_stats(trace: Trace, costs=None) -> dict:
@@ -160,8 +171,12 @@ def mirror_stats(trace: Trace, costs=None) -> dict:
         busy += b1 - b0
         hidden += max(0.0, min(b1, s1) - max(b0, s0))
     mirror = trace.meta.get("mirror", {})
-    modeled = modeled_timeline(trace, trace.meta["target_layers"], trace.params["exit_layer"],
-                               costs or HeterogeneousCosts())
-    return {"branch_hit_rate": mirror.get("hit_rate"), "overlap": hidden / busy if busy else None,
-            "modeled_speedup_over_ar": modeled["modeled_speedup_over_ar"],
-            "modeled_speedup_over_sd": modeled["modeled_speedup_over_sd"]}
+    modeled = modeled_timeline(
+        trace, trace.meta["target_layers"], trace.params["exit_layer"], costs or HeterogeneousCosts()
+    )
+    return {
+        "branch_hit_rate": mirror.get("hit_rate"),
+        "overlap": hidden / busy if busy else None,
+        "modeled_speedup_over_ar": modeled["modeled_speedup_over_ar"],
+        "modeled_speedup_over_sd": modeled["modeled_speedup_over_sd"],
+    }

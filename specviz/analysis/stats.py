@@ -4,6 +4,7 @@ rounding tolerance (scipy 1.17's `chisquare` refuses observed and expected sums 
 Used by the exactness checks (tests, `specviz.analysis.exactness`): is what a method sampled distributed as
 the target's own law?
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,12 +44,17 @@ def chi_square(observed: Sequence[float], law: Sequence[float], min_expected: fl
             o_last, e_last = o_cells.pop(), e_cells.pop()
             o_cells[-1] += o_last
             e_cells[-1] += e_last
-    o_t, e_t = torch.stack([torch.as_tensor(x, dtype=torch.float64) for x in o_cells]), \
-        torch.stack([torch.as_tensor(x, dtype=torch.float64) for x in e_cells])
+    o_t, e_t = (
+        torch.stack([torch.as_tensor(x, dtype=torch.float64) for x in o_cells]),
+        torch.stack([torch.as_tensor(x, dtype=torch.float64) for x in e_cells]),
+    )
     statistic = float(((o_t - e_t) ** 2 / e_t).sum())
     dof = max(o_t.numel() - 1, 1)
-    p_value = float(torch.special.gammaincc(torch.tensor(dof / 2, dtype=torch.float64),
-                                            torch.tensor(statistic / 2, dtype=torch.float64)))
+    p_value = float(
+        torch.special.gammaincc(
+            torch.tensor(dof / 2, dtype=torch.float64), torch.tensor(statistic / 2, dtype=torch.float64)
+        )
+    )
     return ChiSquare(statistic, dof, p_value, o_t.numel(), int(rare.sum()))
 
 

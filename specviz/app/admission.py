@@ -7,6 +7,7 @@ place, and the wait estimate must account for the size of every run ahead (token
 not only a handler's past average. The estimate replays the queue: each worker's remaining time on
 its current run, then every run ahead placed on the first worker to become free.
 """
+
 from __future__ import annotations
 
 import heapq
@@ -32,8 +33,11 @@ class AdmissionConfig:
 
     @classmethod
     def from_env(cls, workers: int) -> "AdmissionConfig":
-        return cls(workers=workers, per_session=int(os.environ.get(SESSION_RUNS_ENV, "3")),
-                   max_waiting=int(os.environ.get(QUEUE_SIZE_ENV, "64")))
+        return cls(
+            workers=workers,
+            per_session=int(os.environ.get(SESSION_RUNS_ENV, "3")),
+            max_waiting=int(os.environ.get(QUEUE_SIZE_ENV, "64")),
+        )
 
 
 class RunCosts:
@@ -110,14 +114,24 @@ class Admission:
         with self._lock:
             mine = sum(1 for t in self._all() if t.session == session)
             if session and priority == 0 and mine >= self.config.per_session:
-                raise Refused(f"this browser session already has {mine} runs queued or running (at most "
-                              f"{self.config.per_session}); wait for one to finish or press Stop, then run again")
+                raise Refused(
+                    f"this browser session already has {mine} runs queued or running (at most "
+                    f"{self.config.per_session}); wait for one to finish or press Stop, then run again"
+                )
             if len(self._waiting) >= self.config.max_waiting:
                 backlog = self._start_estimate(len(self._waiting))
-                raise Refused(f"the queue is full ({len(self._waiting)} runs waiting, about {backlog:.0f} s of work): "
-                              f"please try again in about {max(5, round(backlog / 2))} s")
-            ticket = Ticket(session=session, kind=kind, units=units, cost_s=self.costs.estimate(kind, units),
-                            priority=priority, order=next(self._order))
+                raise Refused(
+                    f"the queue is full ({len(self._waiting)} runs waiting, about {backlog:.0f} s of work): "
+                    f"please try again in about {max(5, round(backlog / 2))} s"
+                )
+            ticket = Ticket(
+                session=session,
+                kind=kind,
+                units=units,
+                cost_s=self.costs.estimate(kind, units),
+                priority=priority,
+                order=next(self._order),
+            )
             self._waiting.append(ticket)
             self.last_arrival = time.monotonic()
             self._waiting.sort(key=lambda t: (t.priority, t.order))
@@ -171,8 +185,10 @@ class Admission:
         """Seconds until the run behind the first `ahead` waiting runs starts: every worker's remaining time,
         then each run ahead on the first worker free."""
         now = time.monotonic()
-        free_at = [max(0.0, t.cost_s - (now - t.started)) if (t := self._running.get(w)) else 0.0
-                   for w in range(self.config.workers)]
+        free_at = [
+            max(0.0, t.cost_s - (now - t.started)) if (t := self._running.get(w)) else 0.0
+            for w in range(self.config.workers)
+        ]
         heapq.heapify(free_at)
         for t in self._waiting[:ahead]:
             heapq.heappush(free_at, heapq.heappop(free_at) + t.cost_s)
@@ -184,6 +200,11 @@ class Admission:
 
     def snapshot(self) -> dict:
         with self._lock:
-            return {"workers": self.config.workers, "running": len(self._running), "waiting": len(self._waiting),
-                    "runs_started": self.started,
-                    "per_session": self.config.per_session, "max_waiting": self.config.max_waiting}
+            return {
+                "workers": self.config.workers,
+                "running": len(self._running),
+                "waiting": len(self._waiting),
+                "runs_started": self.started,
+                "per_session": self.config.per_session,
+                "max_waiting": self.config.max_waiting,
+            }

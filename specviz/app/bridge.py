@@ -1,6 +1,7 @@
 """The page's way to the engine: the one Service (trace cache, admission queue, engine workers) and what a
 waiting handler shows (its place, the estimate, where its result came from).
 """
+
 from __future__ import annotations
 
 import logging
@@ -65,8 +66,10 @@ def queue_text(update: Update) -> str:
     """A waiting request's answer: its place and the estimated wait, or where it runs."""
     if update.state == "queued" and update.place is not None:
         place = update.place
-        return (f"queued: {ordinal(place.position)} in line ({place.waiting} waiting), about "
-                f"{max(1, round(place.estimate_s))} s before it starts")
+        return (
+            f"queued: {ordinal(place.position)} in line ({place.waiting} waiting), about "
+            f"{max(1, round(place.estimate_s))} s before it starts"
+        )
     if update.state == "running":
         desc = (update.progress or {}).get("desc")
         return f"running now on the engine ({update.worker})" + (f": {desc}" if desc else "")
@@ -113,8 +116,11 @@ def done_html(update: Update, what: str) -> str:
 def status_html(text: str, state: str, update: Update | None = None) -> str:
     """The answer shown in the tokens view while a request waits (data-* for scripts and tests)."""
     place = update.place if update is not None else None
-    data = (f' data-position="{place.position}" data-waiting="{place.waiting}" data-estimate-s="{place.estimate_s:.2f}"'
-            if place is not None else "")
+    data = (
+        f' data-position="{place.position}" data-waiting="{place.waiting}" data-estimate-s="{place.estimate_s:.2f}"'
+        if place is not None
+        else ""
+    )
     return f'<div class="sv-queue" role="status" data-state="{state}"{data}>{render.esc(text)}</div>'
 
 

@@ -1,6 +1,7 @@
 """The page's controls, built from the methods' parameter specs, and how their values become a run's parameters;
 `friendly` turns any handler's exception into a clear message instead of a crash.
 """
+
 from __future__ import annotations
 
 import functools
@@ -17,8 +18,9 @@ from specviz.methods import METHODS
 from specviz.methods.base import COMMON_PARAMS, Param
 from specviz.shown import shown
 
-SINGLE = [name for name, cls in METHODS.items() if not cls.batch and not cls.peer] + \
-    [name for name, cls in METHODS.items() if cls.peer]  # transformers' own rows last
+SINGLE = [name for name, cls in METHODS.items() if not cls.batch and not cls.peer] + [
+    name for name, cls in METHODS.items() if cls.peer
+]  # transformers' own rows last
 BATCH = [name for name, cls in METHODS.items() if cls.batch]
 COMMON = {p.name for p in COMMON_PARAMS}
 EXAMPLES = [p["prompt"] for p in load_prompts(DEFAULT_PROMPTS)]
@@ -49,12 +51,17 @@ def control(p: Param, visible: bool = False) -> gr.components.Component:
         return gr.Dropdown(choices=list(p.choices), value=p.default, label=label, visible=visible)
     if p.kind is int and not p.optional and p.low is not None and p.high is not None and p.high - p.low <= 64:
         return gr.Slider(p.low, p.high, value=p.default, step=1, label=label, visible=visible)
-    return gr.Number(value=p.default, label=label + (" (empty = default)" if p.optional else ""), visible=visible,
-                     precision=0 if p.kind is int else None)
+    return gr.Number(
+        value=p.default,
+        label=label + (" (empty = default)" if p.optional else ""),
+        visible=visible,
+        precision=0 if p.kind is int else None,
+    )
 
 
 def friendly(fn: Callable) -> Callable:
     """ValueError -> gr.Error with its message; anything else -> a short gr.Error, logged; never a crash."""
+
     def convert(exc: Exception) -> gr.Error:
         if isinstance(exc, gr.Error):
             return exc
@@ -66,12 +73,14 @@ def friendly(fn: Callable) -> Callable:
         return gr.Error(f"internal error ({type(exc).__name__}): {str(exc)[:200]}")
 
     if inspect.isgeneratorfunction(fn):
+
         @functools.wraps(fn)
         def gen_wrapper(*args, **kwargs):
             try:
                 yield from fn(*args, **kwargs)
             except Exception as exc:  # noqa: BLE001 - the boundary of the server
                 raise convert(exc) from None
+
         return gen_wrapper
 
     @functools.wraps(fn)
@@ -80,6 +89,7 @@ def friendly(fn: Callable) -> Callable:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001
             raise convert(exc) from None
+
     return wrapper
 
 
@@ -101,16 +111,21 @@ def parse_params(params_json: str | dict | None) -> dict[str, Any]:
     try:
         value = json.loads(params_json)
     except json.JSONDecodeError as exc:
-        raise ValueError(f"params must be a JSON object, e.g. {{\"gamma\": 4}}: {exc}") from None
+        raise ValueError(f'params must be a JSON object, e.g. {{"gamma": 4}}: {exc}') from None
     if not isinstance(value, dict):
-        raise ValueError("params must be a JSON object, e.g. {\"gamma\": 4}")
+        raise ValueError('params must be a JSON object, e.g. {"gamma": 4}')
     return value
 
 
 def method_changed(method: str) -> list:
     names = {p.name: p for p in METHODS[method].PARAMS} if method in METHODS else {}
     doc = (METHODS[method].__doc__ or "").strip().split("\n")[0] if method in METHODS else ""
-    updates = [gr.update(visible=True, value=names[name].default) if name in names else gr.update(visible=False)
-               for name in PARAMS]
-    return [gr.update(value=f"**{METHODS[method].title}**. {doc}" if method in METHODS else "")] + updates + \
-        [gr.update(visible=method == "mirror")]
+    updates = [
+        gr.update(visible=True, value=names[name].default) if name in names else gr.update(visible=False)
+        for name in PARAMS
+    ]
+    return (
+        [gr.update(value=f"**{METHODS[method].title}**. {doc}" if method in METHODS else "")]
+        + updates
+        + [gr.update(visible=method == "mirror")]
+    )

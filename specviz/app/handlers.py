@@ -1,6 +1,7 @@
 """The tabs' handlers and the API endpoints: each turns a visitor's inputs into an engine job, waits in the
 queue with a visible place, and draws the trace that comes back (figures, downloads, HTML).
 """
+
 from __future__ import annotations
 
 import functools
@@ -61,7 +62,9 @@ def where_measured(trace: Trace) -> str:
     if not note:
         return ""
     alone = note.get("runs_at_once", 1) <= 1
-    text = f", {note.get('where', 'engine')}, " + ("alone" if alone else f"sharing the engine with {note['runs_at_once'] - 1} other run(s)")
+    text = f", {note.get('where', 'engine')}, " + (
+        "alone" if alone else f"sharing the engine with {note['runs_at_once'] - 1} other run(s)"
+    )
     if note.get("where") == "server thread":
         text += " (an in-process engine: its timings share the process with the page and other requests)"
     if note.get("queued_s"):
@@ -70,17 +73,27 @@ def where_measured(trace: Trace) -> str:
 
 
 def run_status(trace: Trace, served: str = "") -> str:
-    return (f"{trace.new_tokens} tokens in {trace.wall_time:.2f} s (measured{where_measured(trace)}) - "
-            f"finish: {trace.rows[0].finish_reason}" + (f" - {served}" if served else ""))
+    return (
+        f"{trace.new_tokens} tokens in {trace.wall_time:.2f} s (measured{where_measured(trace)}) - "
+        f"finish: {trace.rows[0].finish_reason}" + (f" - {served}" if served else "")
+    )
 
 
 def result_figures(trace: Trace, baseline: Trace | None, costs: tuple[float, float, float] | None = None) -> tuple:
     """(timeline, histogram, per-position, stats, mirror figure) of a finished run."""
     stats = plots.stats_table(trace, baseline) if baseline is not None else pd.DataFrame(columns=["metric", "value"])
-    mirror = (plots.mirror_timelines(trace, HeterogeneousCosts(*costs) if costs else None)
-              if trace.method == "mirror" else plots.empty_figure("Mirror-SD timelines", "run mirror to see measured vs modeled lanes"))
-    return (plots.token_timeline(trace), plots.acceptance_histogram(trace), plots.position_acceptance(trace), stats,
-            mirror)
+    mirror = (
+        plots.mirror_timelines(trace, HeterogeneousCosts(*costs) if costs else None)
+        if trace.method == "mirror"
+        else plots.empty_figure("Mirror-SD timelines", "run mirror to see measured vs modeled lanes")
+    )
+    return (
+        plots.token_timeline(trace),
+        plots.acceptance_histogram(trace),
+        plots.position_acceptance(trace),
+        stats,
+        mirror,
+    )
 
 
 RENDERED_ENTRIES = 32  # finished Playground results whose figures and downloads are kept, drawn once each
@@ -130,8 +143,14 @@ def playground(request: gr.Request, fresh: bool, inputs: tuple) -> Iterator[tupl
     (prompt, target, draft, method, max_new_tokens, temperature, top_k, top_p, seed, heal_prompt, *rest) = inputs
     *specific_values, cost_t, cost_d, cost_c = rest
     specific = dict(zip(PARAMS, specific_values))
-    common = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                  heal_prompt=heal_prompt)
+    common = dict(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        heal_prompt=heal_prompt,
+    )
     job = app_requests.traced_job("playground", method, target, draft, prompt, collect_params(method, common, specific))
     # While it waits, the last run's figures and downloads are cleared (None) and the trace state kept (skip): a
     # skip of a component is an update, for which Gradio builds a new component and its config, about a third of a
@@ -151,7 +170,11 @@ def playground_measure_again(request: gr.Request, *inputs):
     yield from playground(request, True, inputs)
 
 
-MIRROR_COSTS = (0.5, 0.4, 0.05)  # the Playground's default modeled Mirror-SD costs: target layer, drafter step, transfer (ms)
+MIRROR_COSTS = (
+    0.5,
+    0.4,
+    0.05,
+)  # the Playground's default modeled Mirror-SD costs: target layer, drafter step, transfer (ms)
 RACE_MAX_SECONDS = 60.0  # a longer pair of runs plays faster, and says so
 RACE_DEFAULT_TOKENS = 96
 
@@ -161,37 +184,71 @@ def race(request: gr.Request, prompt, method, max_new_tokens, target, draft, fre
     measured timelines sent once and played back together by the browser at the pace they had."""
     if method not in METHODS or METHODS[method].batch or method == "autoregressive":
         raise ValueError("choose a speculative single-sequence method to race against autoregressive")
-    job = app_requests.traced_job("playground", method, target, draft, prompt,
-                                  {"max_new_tokens": int(max_new_tokens), "heal_prompt": UI_DEFAULTS["heal_prompt"]})
+    job = app_requests.traced_job(
+        "playground",
+        method,
+        target,
+        draft,
+        prompt,
+        {"max_new_tokens": int(max_new_tokens), "heal_prompt": UI_DEFAULTS["heal_prompt"]},
+    )
     for update in submit(job, request, fresh):
         if update.state != "done":
             yield status_html(queue_text(update), update.state, update) if update.changed else gr.skip()
     trace = Trace.from_json(update.result["trace"])
     baseline = Trace.from_json(update.result["baseline"])
-    yield render.race_html(trace, baseline, max_seconds=RACE_MAX_SECONDS, served=served_text(update),
-                           measured_at=update.measured_at)
+    yield render.race_html(
+        trace, baseline, max_seconds=RACE_MAX_SECONDS, served=served_text(update), measured_at=update.measured_at
+    )
 
 
 def race_measure_again(request: gr.Request, prompt, method, max_new_tokens, target, draft):
     yield from race(request, prompt, method, max_new_tokens, target, draft, fresh=True)
 
 
-def exactness_lab(request: gr.Request, prompt, method, temperature, top_k, top_p, n, tokens, seed, with_broken, target,
-                  draft, params_json="{}"):
+def exactness_lab(
+    request: gr.Request,
+    prompt,
+    method,
+    temperature,
+    top_k,
+    top_p,
+    n,
+    tokens,
+    seed,
+    with_broken,
+    target,
+    draft,
+    params_json="{}",
+):
     """Exactness lab: is what the method samples distributed as the target's own law? `params_json`: the method's
     own parameters (the hybrid's `lookup`, a gamma...)."""
-    params = {**parse_params(params_json), "temperature": float(temperature), "top_k": int(top_k or 0),
-              "top_p": float(top_p)}
-    job = app_requests.exactness_job(method, target, draft, prompt, int(n), int(tokens), params, bool(with_broken),
-                                     int(seed))
+    params = {
+        **parse_params(params_json),
+        "temperature": float(temperature),
+        "top_k": int(top_k or 0),
+        "top_p": float(top_p),
+    }
+    job = app_requests.exactness_job(
+        method, target, draft, prompt, int(n), int(tokens), params, bool(with_broken), int(seed)
+    )
     got, update = yield from awaited(job, request, 2)
     real, broken = got["real"], got["broken"]
-    yield (plots.exactness_figure(real, broken), plots.exactness_table(real, broken),
-           done_html(update, f"{method}: {int(n)} samples against the exact law"))
+    yield (
+        plots.exactness_figure(real, broken),
+        plots.exactness_table(real, broken),
+        done_html(update, f"{method}: {int(n)} samples against the exact law"),
+    )
 
 
-def playground_api(request: gr.Request, prompt: str, method: str = "draft_model", params_json: str = "{}",
-                   target: str = EMBEDDED, draft: str = "") -> tuple[str, str]:
+def playground_api(
+    request: gr.Request,
+    prompt: str,
+    method: str = "draft_model",
+    params_json: str = "{}",
+    target: str = EMBEDDED,
+    draft: str = "",
+) -> tuple[str, str]:
     """API: one run -> (generated text, trace JSON). params_json holds method and common parameters, and
     "measure_again": true to bypass the trace cache (the trace's meta["served"] says where it came from)."""
     params = parse_params(params_json)
@@ -208,7 +265,11 @@ QUESTION_FILE_MAX_PROMPTS = 1000
 
 def read_question_file(file) -> list[dict]:
     """An uploaded question file (ours or Spec-Bench's JSONL), size-capped and checked line by line."""
-    path = file if isinstance(file, (str, Path)) else (file.get("path") if isinstance(file, dict) else getattr(file, "name", None))
+    path = (
+        file
+        if isinstance(file, (str, Path))
+        else (file.get("path") if isinstance(file, dict) else getattr(file, "name", None))
+    )
     if not path:
         raise ValueError("upload a question file first (JSONL: Spec-Bench's {question_id, category, turns} lines)")
     size = Path(path).stat().st_size
@@ -229,12 +290,25 @@ def question_tasks(file):
     for p in prompts:
         counts[task_of(p["category"])] = counts.get(task_of(p["category"]), 0) + 1
     found = ", ".join(f"{task} ({n})" for task, n in counts.items())
-    return (gr.update(choices=list(counts), value=list(counts)),
-            f"{len(prompts)} questions in {len(counts)} tasks: {found}. Choose tasks; each runs its first N that fit.")
+    return (
+        gr.update(choices=list(counts), value=list(counts)),
+        f"{len(prompts)} questions in {len(counts)} tasks: {found}. Choose tasks; each runs its first N that fit.",
+    )
 
 
-def compare_methods(request: gr.Request, methods, prompt_source, pasted, n_prompts, max_new_tokens, repeats, target,
-                    draft, question_file=None, tasks=None):
+def compare_methods(
+    request: gr.Request,
+    methods,
+    prompt_source,
+    pasted,
+    n_prompts,
+    max_new_tokens,
+    repeats,
+    target,
+    draft,
+    question_file=None,
+    tasks=None,
+):
     """Methods x prompts, interleaved per prompt (the bench's own loop, in the engine). From an uploaded question
     file: the first N questions of each chosen task that fit the target's context, and a table by task."""
     if not methods:
@@ -246,7 +320,9 @@ def compare_methods(request: gr.Request, methods, prompt_source, pasted, n_promp
         texts = [line for line in (pasted or "").splitlines() if line.strip()]
         if not texts:
             raise ValueError("paste at least one prompt (one per line)")
-        prompts = [{"id": str(i + 1), "category": "pasted", "prompt": t.replace("\\n", "\n")} for i, t in enumerate(texts[:32])]
+        prompts = [
+            {"id": str(i + 1), "category": "pasted", "prompt": t.replace("\\n", "\n")} for i, t in enumerate(texts[:32])
+        ]
     per_task = None
     if prompt_source == "uploaded file":
         chosen = set(tasks or [])
@@ -265,12 +341,24 @@ def compare_methods(request: gr.Request, methods, prompt_source, pasted, n_promp
     table = summary(frame).reset_index().round(3)
     figs = plots.compare_figures(frame)
     by_task = task_table(frame)
-    by_task = (by_task.reset_index().round(3) if by_task is not None
-               else pd.DataFrame(columns=["task", "method", "prompts", "speedup", "tau", "alpha"]))
+    by_task = (
+        by_task.reset_index().round(3)
+        if by_task is not None
+        else pd.DataFrame(columns=["task", "method", "prompts", "speedup", "tau", "alpha"])
+    )
     if got.get("passed_over"):
-        gr.Info(f"{got['passed_over']} questions were passed over: longer than the target's context with the new tokens")
-    yield (table, figs["speedup"], figs["tau"], figs["tokens_per_s"], figs["equal"], by_task,
-           done_html(update, f"{len(methods)} methods x {frame['prompt_id'].nunique()} prompts"))
+        gr.Info(
+            f"{got['passed_over']} questions were passed over: longer than the target's context with the new tokens"
+        )
+    yield (
+        table,
+        figs["speedup"],
+        figs["tau"],
+        figs["tokens_per_s"],
+        figs["equal"],
+        by_task,
+        done_html(update, f"{len(methods)} methods x {frame['prompt_id'].nunique()} prompts"),
+    )
 
 
 def batch_compare(request: gr.Request, batch_size, n_prompts, max_new_tokens, gamma, include_naive, target, draft):
@@ -278,27 +366,40 @@ def batch_compare(request: gr.Request, batch_size, n_prompts, max_new_tokens, ga
     prompts = [p["prompt"] for p in load_prompts(DEFAULT_PROMPTS)[: int(n_prompts)]]
     if not prompts:
         raise ValueError("choose at least one prompt")
-    job = app_requests.batch_compare_job(int(batch_size), prompts, int(max_new_tokens), int(gamma), bool(include_naive),
-                                         target, draft)
+    job = app_requests.batch_compare_job(
+        int(batch_size), prompts, int(max_new_tokens), int(gamma), bool(include_naive), target, draft
+    )
     got, update = yield from awaited(job, request, 5)
     frame = pd.DataFrame(got["rows"])
     traces = {label: Trace.from_json(text) for label, text in got["traces"].items()}
     shown = traces.get("eqspec") or next(iter(traces.values()))
     ex = traces.get("exspec")
-    yield (frame, plots.batch_timeline(shown), plots.batch_timeline(ex) if ex else plots.empty_figure("EXSPEC"),
-           plots.throughput_figure(frame.assign(method=frame["method"].str.split(" ").str[0])),
-           pd.DataFrame(got["equivalence"]), done_html(update, f"batch of {int(batch_size)}"))
+    yield (
+        frame,
+        plots.batch_timeline(shown),
+        plots.batch_timeline(ex) if ex else plots.empty_figure("EXSPEC"),
+        plots.throughput_figure(frame.assign(method=frame["method"].str.split(" ").str[0])),
+        pd.DataFrame(got["equivalence"]),
+        done_html(update, f"batch of {int(batch_size)}"),
+    )
 
 
-def batch_api(request: gr.Request, prompts_json: str, method: str = "eqspec", params_json: str = "{}",
-              target: str = EMBEDDED, draft: str = "") -> tuple[str, str]:
+def batch_api(
+    request: gr.Request,
+    prompts_json: str,
+    method: str = "eqspec",
+    params_json: str = "{}",
+    target: str = EMBEDDED,
+    draft: str = "",
+) -> tuple[str, str]:
     """API: a batch run -> (texts as a JSON list, trace JSON)."""
     try:
         prompts = json.loads(prompts_json) if isinstance(prompts_json, str) else prompts_json
     except json.JSONDecodeError as exc:
         raise ValueError(f"prompts must be a JSON list of strings: {exc}") from None
-    trace_json, _ = queued_result(app_requests.batch_job(method, target, draft, prompts, parse_params(params_json)),
-                                  request)
+    trace_json, _ = queued_result(
+        app_requests.batch_job(method, target, draft, prompts, parse_params(params_json)), request
+    )
     return json.dumps([r.text for r in Trace.from_json(trace_json).rows]), trace_json
 
 
@@ -331,10 +432,20 @@ def health() -> str:
     svc = service()
     state = svc.pool.call(0, "health", {}, immediate=True)
     queue = svc.admission.snapshot()
-    return json.dumps({"ok": True, "runs_in_flight": queue["running"] + queue["waiting"], "queue": queue,
-                       "trace_cache": svc.cache.stats(), "models_cached": state["models_cached"],
-                       "engine": svc.pool.kind, "engine_workers": svc.pool.size, "engine_pid": state["engine_pid"],
-                       "engine_peak_rss_mb": state["engine_peak_rss_mb"], "peak_rss_mb": round(peak_mb, 1)})
+    return json.dumps(
+        {
+            "ok": True,
+            "runs_in_flight": queue["running"] + queue["waiting"],
+            "queue": queue,
+            "trace_cache": svc.cache.stats(),
+            "models_cached": state["models_cached"],
+            "engine": svc.pool.kind,
+            "engine_workers": svc.pool.size,
+            "engine_pid": state["engine_pid"],
+            "engine_peak_rss_mb": state["engine_peak_rss_mb"],
+            "peak_rss_mb": round(peak_mb, 1),
+        }
+    )
 
 
 @functools.lru_cache(maxsize=8)
@@ -364,9 +475,13 @@ def step_view(trace_json: str, step: float) -> tuple:
     index = min(max(int(step), 0), len(steps) - 1)
     tok = tokenizer_for(trace.target_name)
     decode = (lambda i: tok.decode([i], skip_special_tokens=False)) if tok is not None else None
-    note = (f'<div class="sv-note">round {index + 1} of {len(steps)} - previous / next: the buttons or the '
-            "left / right arrow keys</div>")
-    return note + render.explainer_html(trace, steps[index], decode=decode), gr.update(maximum=len(steps) - 1, value=index)
+    note = (
+        f'<div class="sv-note">round {index + 1} of {len(steps)} - previous / next: the buttons or the '
+        "left / right arrow keys</div>"
+    )
+    return note + render.explainer_html(trace, steps[index], decode=decode), gr.update(
+        maximum=len(steps) - 1, value=index
+    )
 
 
 def step_move(trace_json: str, step: float, delta: int) -> int:

@@ -5,6 +5,7 @@ in a server thread. Each takes `cancel` (a threading.Event: Stop, a closed page,
 and `emit` (sends a progress payload to the waiting handler: Compare's and Batch's progress bars, between timed runs). Results are JSON-able,
 so nothing but data crosses the process boundary; the UI draws its plots from the traces it gets back.
 """
+
 from __future__ import annotations
 
 import os
@@ -67,13 +68,23 @@ def traced(runner: Callable, target: str, draft: str | None, first, params: dict
     return trace.to_json()
 
 
-def single(method: str, target: str, draft: str | None, prompt: str, params: dict, *, cancel: threading.Event,
-           emit: Callable) -> str:
+def single(
+    method: str, target: str, draft: str | None, prompt: str, params: dict, *, cancel: threading.Event, emit: Callable
+) -> str:
     return traced(lambda pair, prompt_, **kw: run(method, pair, prompt_, **kw), target, draft, prompt, params, cancel)
 
 
-def playground(method: str, target: str, draft: str | None, prompt: str, params: dict, submitted_at: float | None = None,
-               *, cancel: threading.Event, emit: Callable) -> dict:
+def playground(
+    method: str,
+    target: str,
+    draft: str | None,
+    prompt: str,
+    params: dict,
+    submitted_at: float | None = None,
+    *,
+    cancel: threading.Event,
+    emit: Callable,
+) -> dict:
     """The Playground's (and the Race's) run, then the autoregressive run of the same prompt: each measured
     alone, nothing else working in this process while it is timed (no streamer: the page replays the
     measured timeline afterwards). A greedy difference is classified (tie or bug); the measured figures
@@ -92,19 +103,31 @@ def playground(method: str, target: str, draft: str | None, prompt: str, params:
         if not params.get("temperature") and trace.output_ids != baseline.output_ids:
             annotate(pair, trace, baseline)  # greedy must be equal: a difference is classified, tie or bug, and shown
         figures = metrics.compare(trace, baseline)
-        trace.meta["against_autoregressive"] = {k: figures.get(k) for k in
-                                                ("speedup", "alpha", "c", "v", "tau", "mean_drafts_per_round")}
+        trace.meta["against_autoregressive"] = {
+            k: figures.get(k) for k in ("speedup", "alpha", "c", "v", "tau", "mean_drafts_per_round")
+        }
     return {"trace": trace.to_json(), "baseline": baseline.to_json()}
 
 
-def batch(method: str, target: str, draft: str | None, prompts: list, params: dict, *, cancel: threading.Event,
-          emit: Callable) -> str:
-    return traced(lambda pair, prompts_, **kw: run_batch(method, pair, prompts_, **kw), target, draft, prompts, params,
-                  cancel)
+def batch(
+    method: str, target: str, draft: str | None, prompts: list, params: dict, *, cancel: threading.Event, emit: Callable
+) -> str:
+    return traced(
+        lambda pair, prompts_, **kw: run_batch(method, pair, prompts_, **kw), target, draft, prompts, params, cancel
+    )
 
 
-def compare(specs: list, prompts: list, repeats: int, target: str, draft: str | None, per_task: int | None = None, *,
-            cancel: threading.Event, emit: Callable) -> dict:
+def compare(
+    specs: list,
+    prompts: list,
+    repeats: int,
+    target: str,
+    draft: str | None,
+    per_task: int | None = None,
+    *,
+    cancel: threading.Event,
+    emit: Callable,
+) -> dict:
     """Methods x prompts, interleaved per prompt (the bench's own loop): the frame as JSON records. `per_task`: the
     prompts are a question file's; the first `per_task` of each task that fit the target's context are run."""
     pair = pair_for(target, draft)
@@ -113,15 +136,27 @@ def compare(specs: list, prompts: list, repeats: int, target: str, draft: str | 
         tokens = max(s[2].get("max_new_tokens", 64) for s in specs)
         prompts, passed_over = first_per_task(prompts, per_task, lambda p: fits_context(pair, p["prompt"], tokens))
         if not prompts:
-            raise ValueError(f"no question of the file fits the target's context ({context_limit(pair.target)} tokens) "
-                             f"with {tokens} new tokens")
+            raise ValueError(
+                f"no question of the file fits the target's context ({context_limit(pair.target)} tokens) "
+                f"with {tokens} new tokens"
+            )
     with Running():
         frame = run_matrix(pair, [tuple(s) for s in specs], prompts, int(repeats), progress=False)
     return {"frame": frame.to_json(orient="records"), "passed_over": passed_over}
 
 
-def batch_compare(batch_size: int, prompts: list, max_new_tokens: int, gamma: int, include_naive: bool, target: str,
-                  draft: str | None, *, cancel: threading.Event, emit: Callable) -> dict:
+def batch_compare(
+    batch_size: int,
+    prompts: list,
+    max_new_tokens: int,
+    gamma: int,
+    include_naive: bool,
+    target: str,
+    draft: str | None,
+    *,
+    cancel: threading.Event,
+    emit: Callable,
+) -> dict:
     """EQSPEC vs EXSPEC (and batched AR, and the naive mode if asked) on the same prompts."""
     pair = pair_for(target, draft)
     common = {"max_new_tokens": int(max_new_tokens), "batch_size": int(batch_size)}
@@ -137,19 +172,42 @@ def batch_compare(batch_size: int, prompts: list, max_new_tokens: int, gamma: in
             trace = run_batch(name, pair, prompts, cancel=cancel, **{**common, **extra, "batch_size": size})
             label = name + (" (NAIVE: broken on purpose)" if extra.get("realign") == "naive" else "")
             equal = [r.output_ids == ref for r, ref in zip(trace.rows, reference)]
-            rows.append({"method": label, "batch_size": size, "tokens_per_s": round(trace.meta["throughput"], 1),
-                         "realign_share": round(trace.meta["realign_seconds"] / trace.wall_time, 3) if trace.wall_time else 0.0,
-                         "rounds": trace.meta["rounds"], "realigned_rounds": trace.meta["realigned_rounds"],
-                         "rows_equal_to_autoregressive": f"{sum(equal)}/{len(equal)}"})
+            rows.append(
+                {
+                    "method": label,
+                    "batch_size": size,
+                    "tokens_per_s": round(trace.meta["throughput"], 1),
+                    "realign_share": round(trace.meta["realign_seconds"] / trace.wall_time, 3)
+                    if trace.wall_time
+                    else 0.0,
+                    "rounds": trace.meta["rounds"],
+                    "realigned_rounds": trace.meta["realigned_rounds"],
+                    "rows_equal_to_autoregressive": f"{sum(equal)}/{len(equal)}",
+                }
+            )
             if size == int(batch_size):
                 traces[label] = trace.to_json()
-                equivalence += [{"method": label, "row": j, "equal": "yes" if e else "NO",
-                                 "text": trace.rows[j].text[:60]} for j, e in enumerate(equal)]
+                equivalence += [
+                    {"method": label, "row": j, "equal": "yes" if e else "NO", "text": trace.rows[j].text[:60]}
+                    for j, e in enumerate(equal)
+                ]
     return {"rows": rows, "equivalence": equivalence, "traces": traces}
 
 
-def exactness_lab(method: str, target: str, draft: str | None, prompt: str, n: int, tokens: int, params: dict,
-                  broken: bool, seed: int = 0, *, cancel: threading.Event, emit: Callable) -> dict:
+def exactness_lab(
+    method: str,
+    target: str,
+    draft: str | None,
+    prompt: str,
+    n: int,
+    tokens: int,
+    params: dict,
+    broken: bool,
+    seed: int = 0,
+    *,
+    cancel: threading.Event,
+    emit: Callable,
+) -> dict:
     """The Exactness lab: `method` and plain autoregressive sampling against the target's exact law, and
     (if asked) the BROKEN-on-purpose rule under the same test. Results are plain dicts (specviz.analysis.exactness)."""
     pair = pair_for(target, draft)
@@ -159,13 +217,25 @@ def exactness_lab(method: str, target: str, draft: str | None, prompt: str, n: i
         bad = None
         if broken and not cancel.is_set():
             emit({"progress": 0.6, "desc": f"{method}, BROKEN on purpose: {n} samples"})
-            bad = exactness(method, pair, prompt, n=int(n), tokens=int(tokens), seed=int(seed), broken=True,
-                            reference=False, **params)
+            bad = exactness(
+                method,
+                pair,
+                prompt,
+                n=int(n),
+                tokens=int(tokens),
+                seed=int(seed),
+                broken=True,
+                reference=False,
+                **params,
+            )
     return {"real": real, "broken": bad}
 
 
 def health(*, cancel: threading.Event, emit: Callable) -> dict:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
-    return {"models_cached": [k[0] for k in CACHE.keys()], "engine_pid": os.getpid(),
-            "engine_peak_rss_mb": round(peak / (1 << 20) if sys.platform == "darwin" else peak / 1024, 1)}
+    return {
+        "models_cached": [k[0] for k in CACHE.keys()],
+        "engine_pid": os.getpid(),
+        "engine_peak_rss_mb": round(peak / (1 << 20) if sys.platform == "darwin" else peak / 1024, 1),
+    }

@@ -1,5 +1,5 @@
-"""The Learn tab: each paper's headline beside what this project measured, and the speedup explorer.
-"""
+"""The Learn tab: each paper's headline beside what this project measured, and the speedup explorer."""
+
 from __future__ import annotations
 
 from specviz.engine.trace import Trace

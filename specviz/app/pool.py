@@ -6,6 +6,7 @@ a machine with several GPUs gets one worker per GPU (each pinned through SPECVIZ
 ZeroGPU keeps its single in-thread engine (its `@spaces.GPU` must run in the server process): the page
 says its timings share the process. Which run goes to which worker is `specviz.app.admission`'s decision.
 """
+
 from __future__ import annotations
 
 import atexit
@@ -51,8 +52,13 @@ def default_devices() -> tuple[str | None, ...]:
 class EnginePool:
     """The engines, by worker index; started lazily, restarted after a crash (ProcessEngine does both)."""
 
-    def __init__(self, config: PoolConfig, registry: str = REGISTRY,
-                 factory: Callable[..., Any] | None = None, wrap: Callable | None = None) -> None:
+    def __init__(
+        self,
+        config: PoolConfig,
+        registry: str = REGISTRY,
+        factory: Callable[..., Any] | None = None,
+        wrap: Callable | None = None,
+    ) -> None:
         self.config = config
         self.wrap = wrap  # ZeroGPU: spaces.GPU around each in-thread call
         if config.in_thread:
@@ -75,8 +81,15 @@ class EnginePool:
         device = self.config.devices[worker] if worker < len(self.config.devices) else None
         return f"worker {worker + 1} of {self.size}" + (f" ({device})" if device else "")
 
-    def call(self, worker: int, name: str, kwargs: dict, on_message: Callable | None = None, cancel=None,
-             immediate: bool = False) -> Any:
+    def call(
+        self,
+        worker: int,
+        name: str,
+        kwargs: dict,
+        on_message: Callable | None = None,
+        cancel=None,
+        immediate: bool = False,
+    ) -> Any:
         call = self.engines[worker].call
         return (self.wrap(call) if self.wrap and not immediate else call)(name, kwargs, on_message, cancel, immediate)
 

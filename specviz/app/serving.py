@@ -6,6 +6,7 @@ of a second the request's place and estimated wait (or the cached answer), then 
 measurement runs in a thread of its own (a `Flight`), so the handlers that watch it may come and go: a
 closed page stops watching, and the run is cancelled only when nobody watches it any more.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -102,8 +103,13 @@ class Service:
                     shown, said = view, time.monotonic()
             if flight.error is not None:
                 raise flight.error
-            yield Update("done", result=flight.result, served="engine" if leader else "shared",
-                         measured_at=flight.measured_at, worker=flight.worker)
+            yield Update(
+                "done",
+                result=flight.result,
+                served="engine" if leader else "shared",
+                measured_at=flight.measured_at,
+                worker=flight.worker,
+            )
         finally:
             self._leave(flight)
 
@@ -143,16 +149,22 @@ class Service:
             started = time.perf_counter()  # the worker is this run's from here: the wait estimate learns from it
             # the page that is told "running now" draws that before the run is timed, not during its first steps
             self._settle()
-            flight.result = self.pool.call(ticket.worker, job.name, job.kwargs, cancel=flight.cancel,
-                                           on_message=lambda payload: setattr(flight, "progress", payload))
+            flight.result = self.pool.call(
+                ticket.worker,
+                job.name,
+                job.kwargs,
+                cancel=flight.cancel,
+                on_message=lambda payload: setattr(flight, "progress", payload),
+            )
             flight.measured_at = time.time()
             if job.cache_key and self.cache is not None and not flight.cancel.is_set():
                 self.cache.put(job.cache_key, flight.result, flight.measured_at, flight.order)
         except BaseException as exc:  # noqa: BLE001 - every watcher of this run gets its error
             flight.error = exc
         finally:
-            self.admission.release(ticket, None if started is None or flight.error is not None
-                                   else time.perf_counter() - started)
+            self.admission.release(
+                ticket, None if started is None or flight.error is not None else time.perf_counter() - started
+            )
             with self._lock:
                 if job.cache_key and self._flights.get(job.cache_key) is flight:
                     del self._flights[job.cache_key]

@@ -6,6 +6,7 @@ key (`request_key`) covers the pair's weights (specviz.models.fingerprint), the 
 the seed, the prompt(s) and the engine's sources. Identical requests already running share one
 measurement and "measure again" bypasses the stored trace: both are `specviz.app.serving`'s.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,8 +57,15 @@ def canonical(value: Any) -> Any:
     raise TypeError(f"cannot key a request on a {type(value).__name__} value: {value!r:.80}")
 
 
-def request_key(job: str, pair_fp: str, method: str, params: Mapping[str, Any], prompt: str | list[str],
-                seed: Any = None, extra: Mapping[str, Any] | None = None) -> str:
+def request_key(
+    job: str,
+    pair_fp: str,
+    method: str,
+    params: Mapping[str, Any],
+    prompt: str | list[str],
+    seed: Any = None,
+    extra: Mapping[str, Any] | None = None,
+) -> str:
     """The cache key of one engine request: a 32-hex digest of canonical JSON (sorted keys) of
 
     - `job`: the engine job ("single", "playground", ...: their results differ for the same run);
@@ -80,8 +88,17 @@ def request_key(job: str, pair_fp: str, method: str, params: Mapping[str, Any], 
     if seed is not None and in_params is not None and seed != in_params:
         raise ValueError(f"two seeds for one request: {seed!r} and params' {in_params!r}")
     seed = next((s for s in (seed, in_params) if s is not None), DEFAULT_SEED)
-    payload = {"v": KEY_VERSION, "job": job, "pair": pair_fp, "method": method, "params": params, "seed": seed,
-               "prompt": canonical(prompt), "extra": canonical(dict(extra or {})), "engine": engine_source_hash()}
+    payload = {
+        "v": KEY_VERSION,
+        "job": job,
+        "pair": pair_fp,
+        "method": method,
+        "params": params,
+        "seed": seed,
+        "prompt": canonical(prompt),
+        "extra": canonical(dict(extra or {})),
+        "engine": engine_source_hash(),
+    }
     text = json.dumps(payload, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
     return hashlib.blake2b(text.encode("utf-8"), digest_size=16).hexdigest()
 
@@ -132,8 +149,10 @@ class CacheLimits:
 
     @classmethod
     def from_env(cls) -> "CacheLimits":
-        return cls(max_bytes=int(float(os.environ.get(BYTES_ENV, "32")) * (1 << 20)),
-                   max_entries=int(os.environ.get(ENTRIES_ENV, "256")))
+        return cls(
+            max_bytes=int(float(os.environ.get(BYTES_ENV, "32")) * (1 << 20)),
+            max_entries=int(os.environ.get(ENTRIES_ENV, "256")),
+        )
 
 
 @dataclass
@@ -201,9 +220,15 @@ class TraceCache:
     def stats(self) -> dict[str, int]:
         """For the health endpoint: entries, bytes, hits, misses, stored, limits."""
         with self._lock:
-            return {"entries": len(self._items), "bytes": self._bytes, "hits": self._stats.hits,
-                    "misses": self._stats.misses, "stored": self._stats.stored, "max_bytes": self.limits.max_bytes,
-                    "max_entries": self.limits.max_entries}
+            return {
+                "entries": len(self._items),
+                "bytes": self._bytes,
+                "hits": self._stats.hits,
+                "misses": self._stats.misses,
+                "stored": self._stats.stored,
+                "max_bytes": self.limits.max_bytes,
+                "max_entries": self.limits.max_entries,
+            }
 
 
 def label(measured_at: float | None, served_from: Served, now: float | None = None) -> str:

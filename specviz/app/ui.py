@@ -63,7 +63,10 @@ STEP_KEYS_JS = """
 """
 # run once when the page loads: arrow keys in Step through, the replay of measured runs, accessibility fixes
 PAGE_JS = page_style.page_js(
-    "() => {" + STEP_KEYS_JS + "}", "() => {" + render.REPLAY_JS + "}", "() => {" + render.COPY_JS + "}", page_style.A11Y_JS
+    "() => {" + STEP_KEYS_JS + "}",
+    "() => {" + render.REPLAY_JS + "}",
+    "() => {" + render.COPY_JS + "}",
+    page_style.A11Y_JS,
 )
 
 
@@ -133,7 +136,10 @@ def build_demo() -> gr.Blocks:
                     )
                     with gr.Column():
                         source = gr.Radio(
-                            ["bundled", "pasted", "uploaded file"], value="bundled", label="prompts", elem_id="compare-source"
+                            ["bundled", "pasted", "uploaded file"],
+                            value="bundled",
+                            label="prompts",
+                            elem_id="compare-source",
                         )
                         n_prompts = gr.Slider(
                             1, 16, value=3, step=1, label="prompts: the first N bundled, or N per task of a file"

@@ -14,6 +14,7 @@ Protocol (pickled tuples over one Pipe): parent -> child ("job", id, name, kwarg
 child -> parent ("msg", id, payload) | ("done", id, result) | ("error", id, type name, message).
 Only functions listed in the registry module's JOBS can be called.
 """
+
 from __future__ import annotations
 
 import builtins
@@ -89,8 +90,14 @@ class ThreadEngine:
         self.registry = registry
         self.in_flight = InFlight()
 
-    def call(self, name: str, kwargs: dict, on_message: Callable[[Any], None] | None = None,
-             cancel: threading.Event | None = None, immediate: bool = False) -> Any:
+    def call(
+        self,
+        name: str,
+        kwargs: dict,
+        on_message: Callable[[Any], None] | None = None,
+        cancel: threading.Event | None = None,
+        immediate: bool = False,
+    ) -> Any:
         fn = resolve(self.registry, name)
         if not immediate:
             self.in_flight.add(1)
@@ -131,7 +138,13 @@ def serve(conn, registry: str, env: dict[str, str] | None = None) -> None:
             elif message[0] == "now":  # a quick read (health) answered at once, not queued behind runs
                 job_id, name, kwargs = message[1:]
                 try:
-                    send(("done", job_id, resolve(registry, name)(**kwargs, cancel=threading.Event(), emit=lambda p: None)))
+                    send(
+                        (
+                            "done",
+                            job_id,
+                            resolve(registry, name)(**kwargs, cancel=threading.Event(), emit=lambda p: None),
+                        )
+                    )
                 except Exception as exc:  # noqa: BLE001
                     send(("error", job_id, type(exc).__name__, str(exc)[:2000]))
 
@@ -173,11 +186,15 @@ class ProcessEngine:
                 self.restarts += 1
             ctx = mp.get_context("spawn")
             parent, child = ctx.Pipe()
-            self._proc = ctx.Process(target=serve, args=(child, self.registry, self.env), name="specviz-engine", daemon=True)
+            self._proc = ctx.Process(
+                target=serve, args=(child, self.registry, self.env), name="specviz-engine", daemon=True
+            )
             self._proc.start()  # the child inherits this process's environment
             child.close()
             self._conn = parent
-            threading.Thread(target=self._read, args=(parent, self._proc), name="specviz-engine-reader", daemon=True).start()
+            threading.Thread(
+                target=self._read, args=(parent, self._proc), name="specviz-engine-reader", daemon=True
+            ).start()
 
     def _read(self, conn, proc) -> None:
         while True:
@@ -191,15 +208,27 @@ class ProcessEngine:
         proc.join(timeout=5)
         code = proc.exitcode
         for job_id, box in list(self._waiting.items()):  # every run still waiting on the dead process fails clearly
-            box.put(("error", job_id, "RuntimeError",
-                     f"the engine process stopped (exit code {code}) during this run; it starts again for the next one"))
+            box.put(
+                (
+                    "error",
+                    job_id,
+                    "RuntimeError",
+                    f"the engine process stopped (exit code {code}) during this run; it starts again for the next one",
+                )
+            )
 
     def _send(self, message: tuple) -> None:
         with self._send_lock:
             self._conn.send(message)
 
-    def call(self, name: str, kwargs: dict, on_message: Callable[[Any], None] | None = None,
-             cancel: threading.Event | None = None, immediate: bool = False) -> Any:
+    def call(
+        self,
+        name: str,
+        kwargs: dict,
+        on_message: Callable[[Any], None] | None = None,
+        cancel: threading.Event | None = None,
+        immediate: bool = False,
+    ) -> Any:
         """Run job `name` and wait for its result; `immediate` reads (health) skip the queue of runs."""
         self._ensure()
         job_id = next(self._ids)

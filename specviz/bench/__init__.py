@@ -8,6 +8,7 @@ Rule: imports analysis and below, and `views.report` for `--html`.
 
 The names the flat module of the same name offered are re-exported, imported on first use.
 """
+
 from __future__ import annotations
 
 from specviz.lazy import exports

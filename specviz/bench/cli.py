@@ -5,6 +5,7 @@ compare side by side; `--param name=value` applies to every method that has it. 
 (`specviz.bench.matrix`) run here one after another, or on Ray (`--ray`, `specviz.bench.cluster`);
 `specviz.bench.journal` keeps finished units so an interrupted run resumes (`--resume`; always on with `--ray`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -76,62 +77,112 @@ def run_local(args: argparse.Namespace, plan: Plan, units: list[Unit]) -> Outcom
         bar.close()
         if journal:
             journal.close()
-    return Outcome(rows=[r for i in sorted(rows) for r in rows[i]], units=len(units), done=len(rows),
-                   resumed=resumed, measured_on=pair, interrupted=interrupted)
+    return Outcome(
+        rows=[r for i in sorted(rows) for r in rows[i]],
+        units=len(units),
+        done=len(rows),
+        resumed=resumed,
+        measured_on=pair,
+        interrupted=interrupted,
+    )
 
 
 def summary_record(table: "pd.DataFrame", args: argparse.Namespace, command: str, pair, prompts: int) -> dict[str, Any]:
     """The summary with what it was measured on: a file the app can show beside the papers' figures."""
     rows = {method: {k: plain(v) for k, v in row.items()} for method, row in table.to_dict(orient="index").items()}
-    return {"command": command, "measured": time.strftime("%Y-%m-%d", time.gmtime()), "device": str(pair.device),
-            "dtype": str(pair.dtype).removeprefix("torch."), "prompts": prompts, "repeats": args.repeats,
-            "max_new_tokens": args.max_new_tokens, "target": args.target, "rows": rows}
+    return {
+        "command": command,
+        "measured": time.strftime("%Y-%m-%d", time.gmtime()),
+        "device": str(pair.device),
+        "dtype": str(pair.dtype).removeprefix("torch."),
+        "prompts": prompts,
+        "repeats": args.repeats,
+        "max_new_tokens": args.max_new_tokens,
+        "target": args.target,
+        "rows": rows,
+    }
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m specviz.bench", description=__doc__.split("\n")[0])
-    p.add_argument("--methods", default="autoregressive,draft_model,prompt_lookup,hf_assisted,hf_prompt_lookup",
-                   help="comma-separated methods; parameters after colons, e.g. 'draft_model:gamma=3:vocab_trim=2048'")
+    p.add_argument(
+        "--methods",
+        default="autoregressive,draft_model,prompt_lookup,hf_assisted,hf_prompt_lookup",
+        help="comma-separated methods; parameters after colons, e.g. 'draft_model:gamma=3:vocab_trim=2048'",
+    )
     p.add_argument("--prompts", default=str(DEFAULT_PROMPTS), help="jsonl prompt file (ours or Spec-Bench's)")
     p.add_argument("--limit", type=int, default=None, help="use the first N prompts")
-    p.add_argument("--per-category", type=int, default=None, metavar="N",
-                   help="the first N prompts of each task that fit the context (Spec-Bench: MT-bench's eight "
-                        "sub-categories are one task); writes the table by task")
-    p.add_argument("--tasks", default=None, help="with --per-category: only these tasks (comma-separated, e.g. "
-                                                 "'summarization,rag'; MT-bench's sub-categories are 'mt_bench')")
-    p.add_argument("--skip-per-category", type=int, default=0, metavar="K",
-                   help="with --per-category: pass over the first K fitting prompts of each task first (a tuning set, "
-                        "questions K+1..K+N; apart from a goal set of the first N when K >= N and both runs take the "
-                        "same --max-new-tokens, which decides what fits)")
+    p.add_argument(
+        "--per-category",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the first N prompts of each task that fit the context (Spec-Bench: MT-bench's eight "
+        "sub-categories are one task); writes the table by task",
+    )
+    p.add_argument(
+        "--tasks",
+        default=None,
+        help="with --per-category: only these tasks (comma-separated, e.g. "
+        "'summarization,rag'; MT-bench's sub-categories are 'mt_bench')",
+    )
+    p.add_argument(
+        "--skip-per-category",
+        type=int,
+        default=0,
+        metavar="K",
+        help="with --per-category: pass over the first K fitting prompts of each task first (a tuning set, "
+        "questions K+1..K+N; apart from a goal set of the first N when K >= N and both runs take the "
+        "same --max-new-tokens, which decides what fits)",
+    )
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", default="results.csv", help=".csv or .parquet")
     p.add_argument("--html", default=None, help="write a self-contained HTML report")
     p.add_argument("--markdown", default=None, help="also write the summary as a markdown table to this file")
-    p.add_argument("--json", default=None, help="also write the summary as JSON (the Learn tab reads "
-                                                  "assets/models/bench-summary.json)")
+    p.add_argument(
+        "--json",
+        default=None,
+        help="also write the summary as JSON (the Learn tab reads assets/models/bench-summary.json)",
+    )
     p.add_argument("--target", default="embedded")
     p.add_argument("--draft", default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
     p.add_argument("--temperature", type=float, default=0.0)
     p.add_argument("--batch-size", type=int, default=None, help="batch methods: rows per batch")
-    p.add_argument("--pool-factor", type=int, default=None,
-                   help="batch methods: a request stream of pool_factor x batch_size prompts (EXSPEC's pool holds "
-                        "them all); use with --prompts assets/prompts/stream.jsonl (96 prompts of mixed lengths)")
+    p.add_argument(
+        "--pool-factor",
+        type=int,
+        default=None,
+        help="batch methods: a request stream of pool_factor x batch_size prompts (EXSPEC's pool holds "
+        "them all); use with --prompts assets/prompts/stream.jsonl (96 prompts of mixed lengths)",
+    )
     p.add_argument("--vocab-trim", type=int, default=None, help="VocabTrim K for drafting methods")
     p.add_argument("--param", action="append", default=[], help="name=value for every method that has it (repeatable)")
-    p.add_argument("--overhead", action="store_true", help="also run each method without recording: recording overhead column")
+    p.add_argument(
+        "--overhead", action="store_true", help="also run each method without recording: recording overhead column"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--resume", action="store_true",
-                   help="keep a journal of finished units beside --out and skip the units it holds "
-                        "(always on with --ray)")
-    p.add_argument("--ray", default=None, metavar="ADDRESS|local[:N]",
-                   help="run the units on Ray workers: a cluster's address (auto, host:port, ray://host:port), or "
-                        "local[:N] for N CPU workers on this machine (a rehearsal); pip install -r "
-                        "requirements-cluster.txt; see docs/cluster.md")
-    p.add_argument("--worker-cpus", type=int, default=None,
-                   help="with --ray on CPU nodes: cores per worker (default: all of a node's cores, one worker a node)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep a journal of finished units beside --out and skip the units it holds (always on with --ray)",
+    )
+    p.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS|local[:N]",
+        help="run the units on Ray workers: a cluster's address (auto, host:port, ray://host:port), or "
+        "local[:N] for N CPU workers on this machine (a rehearsal); pip install -r "
+        "requirements-cluster.txt; see docs/cluster.md",
+    )
+    p.add_argument(
+        "--worker-cpus",
+        type=int,
+        default=None,
+        help="with --ray on CPU nodes: cores per worker (default: all of a node's cores, one worker a node)",
+    )
     return p
 
 
@@ -179,6 +230,7 @@ def per_task(args: argparse.Namespace, prompts: list[dict[str, str]]) -> list[di
     """--per-category N: the first N prompts of each task whose tokens and the new tokens fit the target's context
     (longer ones are passed over and counted, never cut: a cut prompt would be another question)."""
     pair = load_pair(args.target, args.draft, device=args.device, dtype=args.dtype)
+
     def fits(prompt: dict) -> bool:
         return fits_context(pair, prompt["prompt"], args.max_new_tokens)
 
@@ -190,8 +242,10 @@ def per_task(args: argparse.Namespace, prompts: list[dict[str, str]]) -> list[di
     chosen, too_long = first_per_task(prompts, args.per_category, fits, skip=args.skip_per_category)
     tasks = len({task_of(p["category"]) for p in chosen})
     after = f" after the first {args.skip_per_category} of each task" if args.skip_per_category else ""
-    print(f"--per-category {args.per_category}{after}: {len(chosen)} prompts in {tasks} tasks; {too_long} passed over "
-          f"as longer than the context ({context_limit(pair.target)} tokens) minus {args.max_new_tokens} new tokens")
+    print(
+        f"--per-category {args.per_category}{after}: {len(chosen)} prompts in {tasks} tasks; {too_long} passed over "
+        f"as longer than the context ({context_limit(pair.target)} tokens) minus {args.max_new_tokens} new tokens"
+    )
     if not chosen:
         raise ValueError(f"no prompt of the file fits the target's context with the new tokens{after}")
     return chosen
@@ -224,12 +278,26 @@ def main(argv: list[str] | None = None) -> int:
     return write_outputs(args, outcome, command, len(prompts), len(methods), time.time() - start)
 
 
-CONTRACT_COLUMNS = ("method", "prompt_id", "category", "new_tokens", "seconds", "tokens_per_s", "speedup", "alpha",
-                    "tau", "equal_to_autoregressive", "host", "device", "worker")
+CONTRACT_COLUMNS = (
+    "method",
+    "prompt_id",
+    "category",
+    "new_tokens",
+    "seconds",
+    "tokens_per_s",
+    "speedup",
+    "alpha",
+    "tau",
+    "equal_to_autoregressive",
+    "host",
+    "device",
+    "worker",
+)
 
 
-def write_outputs(args: argparse.Namespace, outcome: Outcome, command: str, prompts: int, methods: int,
-                  seconds: float) -> int:
+def write_outputs(
+    args: argparse.Namespace, outcome: Outcome, command: str, prompts: int, methods: int, seconds: float
+) -> int:
     """--out, the printed summary, --markdown, --json and --html from what finished; the exit code says the rest
     (0 all done, 1 units failed twice, 130 interrupted: the files then hold a valid partial result)."""
 
@@ -248,19 +316,26 @@ def write_outputs(args: argparse.Namespace, outcome: Outcome, command: str, prom
         if devices is not None:
             print("\nper device:\n" + devices.to_string())
     if "real_divergences" in df and (df["tie_divergences"].fillna(0).sum() or df["real_divergences"].fillna(0).sum()):
-        print(f"\ndivergences from autoregressive: {int(df['tie_divergences'].fillna(0).sum())} proven numerical ties, "
-              f"{int(df['real_divergences'].fillna(0).sum())} REAL (not ties: a bug)")
+        print(
+            f"\ndivergences from autoregressive: {int(df['tie_divergences'].fillna(0).sum())} proven numerical ties, "
+            f"{int(df['real_divergences'].fillna(0).sum())} REAL (not ties: a bug)"
+        )
     for failure in outcome.failed:
         print(f"\nFAILED twice, no rows: {failure['unit']}: " + " | ".join(failure["errors"]))
     on = outcome.measured_on
-    print(f"\n{prompts} prompts x {methods} methods x {args.repeats} repeats in {seconds:.0f} s on "
-          f"{on.device} ({str(on.dtype).removeprefix('torch.')}); rows in {out}\nreproduce: {command}")
+    print(
+        f"\n{prompts} prompts x {methods} methods x {args.repeats} repeats in {seconds:.0f} s on "
+        f"{on.device} ({str(on.dtype).removeprefix('torch.')}); rows in {out}\nreproduce: {command}"
+    )
     if outcome.resumed:
-        print(f"{outcome.resumed} of {outcome.units} units came from the journal {journal_path(args.out)} "
-              f"(measured by an earlier run of this command; delete it to measure all again)")
+        print(
+            f"{outcome.resumed} of {outcome.units} units came from the journal {journal_path(args.out)} "
+            f"(measured by an earlier run of this command; delete it to measure all again)"
+        )
     if outcome.interrupted:
-        again = ("re-run the same command to finish" if (args.ray or args.resume)
-                 else "add --resume next time to keep them")
+        again = (
+            "re-run the same command to finish" if (args.ray or args.resume) else "add --resume next time to keep them"
+        )
         print(f"interrupted: {outcome.done} of {outcome.units} units finished and written; {again}")
     if table is not None:
         if args.markdown:
@@ -270,8 +345,9 @@ def write_outputs(args: argparse.Namespace, outcome: Outcome, command: str, prom
         if tasks is not None:
             record["by_task"] = [{k: plain(v) for k, v in r.items()} for r in tasks.reset_index().to_dict("records")]
         if devices is not None:
-            record["by_device"] = [{k: plain(v) for k, v in r.items()}
-                                   for r in devices.reset_index().to_dict("records")]
+            record["by_device"] = [
+                {k: plain(v) for k, v in r.items()} for r in devices.reset_index().to_dict("records")
+            ]
             record["workers"] = outcome.workers
         if outcome.failed or outcome.interrupted:
             record["incomplete"] = {"units": outcome.units, "done": outcome.done, "failed": outcome.failed}

@@ -12,6 +12,7 @@ leaves a result that the same command completes.
 
 Ray is imported in this module only, and only once a run starts. A local instance listens on loopback only.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,10 @@ ADDRESS = re.compile(r"^(auto|ray://[A-Za-z0-9._-]+(:\d{1,5})?|[A-Za-z0-9._-]+:\
 MAX_ATTEMPTS = 2  # a unit that fails this often is reported as failed
 MAX_RESTARTS = 3  # Ray restarts a dead worker this often (each restart loads the pair again)
 PROBE_SECONDS = 600  # how long a restarted worker may take to load its pair again before it counts as gone
-LOOPBACK_ENV = {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # node address 127.0.0.1: every server on loopback
-                "RAY_USAGE_STATS_ENABLED": "0"}
+LOOPBACK_ENV = {
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",  # node address 127.0.0.1: every server on loopback
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,9 @@ class RayTarget:
                 raise ValueError(f"--ray {text!r}: local:N takes N between 1 and 256 workers")
             return cls(None, int(count))
         if not ADDRESS.match(text):
-            raise ValueError(f"--ray {text!r}: give a cluster address (auto, host:port or ray://host:port) or "
-                             f"local[:N]")
+            raise ValueError(
+                f"--ray {text!r}: give a cluster address (auto, host:port or ray://host:port) or local[:N]"
+            )
         return cls(text, None)
 
     @property
@@ -84,8 +88,12 @@ class Slot:
     device: str  # what load_pair gets: "cuda" or "cpu"
 
 
-def plan_slots(nodes: list[dict[str, Any]], device: str | None = None, worker_cpus: int | None = None,
-               local_workers: int | None = None) -> list[Slot]:
+def plan_slots(
+    nodes: list[dict[str, Any]],
+    device: str | None = None,
+    worker_cpus: int | None = None,
+    local_workers: int | None = None,
+) -> list[Slot]:
     """Workers for the alive nodes of `ray.nodes()`: one a GPU where there are GPUs (unless --device says cpu),
     else one a CPU node with all its cores (or `worker_cpus` each)."""
     if local_workers:
@@ -175,21 +183,35 @@ class BenchWorker:
     def __init__(self, load: LoadSpec, slot: Slot, name: str, plan, code: str):
         torch.set_num_threads(slot.threads)
         self.plan, self.name, self.pair, self.warm = plan, name, None, False
-        self.info: dict[str, Any] = {"worker": name, "host": socket.gethostname(), "pid": os.getpid(),
-                                     "threads": slot.threads, "device": None, "dtype": None, "fingerprint": None,
-                                     "error": None}
+        self.info: dict[str, Any] = {
+            "worker": name,
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "threads": slot.threads,
+            "device": None,
+            "dtype": None,
+            "fingerprint": None,
+            "error": None,
+        }
         try:
             missing = [p for p in load.paths if not Path(p).is_dir()]
             if missing:
-                raise ValueError(f"{', '.join(missing)} not found on {self.info['host']}: a local model path must "
-                                 f"exist on every node (copy it to the same path, or use a hub id)")
+                raise ValueError(
+                    f"{', '.join(missing)} not found on {self.info['host']}: a local model path must "
+                    f"exist on every node (copy it to the same path, or use a hub id)"
+                )
             if code_digest() != code:
-                raise ValueError(f"{self.info['host']} runs other specviz code than the driver: install the same "
-                                 f"commit on every node")
+                raise ValueError(
+                    f"{self.info['host']} runs other specviz code than the driver: install the same "
+                    f"commit on every node"
+                )
             self.pair = self.load(load, slot)
 
-            self.info.update(device=self.device_name(), dtype=str(self.pair.dtype).removeprefix("torch."),
-                             fingerprint=loaded_pair_fingerprint(self.pair))
+            self.info.update(
+                device=self.device_name(),
+                dtype=str(self.pair.dtype).removeprefix("torch."),
+                fingerprint=loaded_pair_fingerprint(self.pair),
+            )
         except Exception as exc:  # noqa: BLE001 - reported to the driver, which keeps the worker out
             self.pair = None
             self.info["error"] = first_line(exc)
@@ -223,8 +245,11 @@ class BenchWorker:
 
 def check_node(paths: tuple[str, ...], code: str) -> dict[str, Any]:
     """Run once on every node before any worker starts: the model paths and the code are there."""
-    return {"host": socket.gethostname(), "missing": [p for p in paths if not Path(p).is_dir()],
-            "code_matches": code_digest() == code}
+    return {
+        "host": socket.gethostname(),
+        "missing": [p for p in paths if not Path(p).is_dir()],
+        "code_matches": code_digest() == code,
+    }
 
 
 # ----------------------------------------------------------------------------- the driver
@@ -247,11 +272,19 @@ def connect(target: RayTarget) -> bool:
         try:
             socket.create_connection((host, int(port)), timeout=10).close()
         except OSError as exc:
-            raise ValueError(f"nothing answers at {target.address} ({exc}): is the head started, and is this "
-                             f"machine in the cluster's network?") from None
+            raise ValueError(
+                f"nothing answers at {target.address} ({exc}): is the head started, and is this "
+                f"machine in the cluster's network?"
+            ) from None
     if target.address is None:
-        ray.init(address="local", num_cpus=target.local_workers, num_gpus=0, include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.WARNING)
+        ray.init(
+            address="local",
+            num_cpus=target.local_workers,
+            num_gpus=0,
+            include_dashboard=False,
+            log_to_driver=False,
+            logging_level=logging.WARNING,
+        )
     else:
         ray.init(address=target.address, log_to_driver=False, logging_level=logging.WARNING)
     return True
@@ -264,27 +297,36 @@ def check_nodes(spec: LoadSpec, code: str) -> None:
 
     probe = ray.remote(num_cpus=0)(check_node)
     nodes = [n for n in ray.nodes() if n.get("Alive")]
-    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
-        spec.paths, code) for n in nodes]
+    refs = [
+        probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+            spec.paths, code
+        )
+        for n in nodes
+    ]
     problems = []
     for node, ref in zip(nodes, refs):
         try:
             found = ray.get(ref)
         except Exception as exc:  # noqa: BLE001 - typically: specviz not importable there
-            problems.append(f"node {node.get('NodeManagerAddress')}: {first_line(exc)} (is the repository there, "
-                            f"with requirements-cluster.txt installed?)")
+            problems.append(
+                f"node {node.get('NodeManagerAddress')}: {first_line(exc)} (is the repository there, "
+                f"with requirements-cluster.txt installed?)"
+            )
             continue
         if found["missing"]:
-            problems.append(f"{found['host']}: {', '.join(found['missing'])} not found (a local model path must "
-                            f"exist on every node; copy it there or use a hub id)")
+            problems.append(
+                f"{found['host']}: {', '.join(found['missing'])} not found (a local model path must "
+                f"exist on every node; copy it there or use a hub id)"
+            )
         if not found["code_matches"]:
             problems.append(f"{found['host']}: other specviz code than the driver's (install the same commit)")
     if problems:
         raise ValueError("the cluster cannot run this command: " + "; ".join(problems))
 
 
-def start_workers(slots: list[Slot], spec: LoadSpec, plan, code: str, worker_cls=BenchWorker,
-                  quiet: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+def start_workers(
+    slots: list[Slot], spec: LoadSpec, plan, code: str, worker_cls=BenchWorker, quiet: bool = False
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Start one actor per slot and wait for each to load; hub models load first on one worker per node,
     so each node downloads them once. Returns the handles and every worker's description."""
     import ray  # Ray: cluster runs only
@@ -294,8 +336,12 @@ def start_workers(slots: list[Slot], spec: LoadSpec, plan, code: str, worker_cls
     handles: dict[str, Any] = {}
 
     def start(i: int, slot: Slot) -> None:
-        opts: dict[str, Any] = {"num_cpus": slot.cpus, "num_gpus": slot.gpus, "max_restarts": MAX_RESTARTS,
-                                "max_task_retries": 0}
+        opts: dict[str, Any] = {
+            "num_cpus": slot.cpus,
+            "num_gpus": slot.gpus,
+            "max_restarts": MAX_RESTARTS,
+            "max_task_retries": 0,
+        }
         if slot.node_id:
             opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(slot.node_id, soft=False)
         handles[f"w{i}"] = actor.options(**opts).remote(spec, slot, f"w{i}", plan, code)
@@ -320,9 +366,15 @@ def start_workers(slots: list[Slot], spec: LoadSpec, plan, code: str, worker_cls
                     infos[name] = {"worker": name, "error": first_line(exc)}
                 if not quiet:
                     info = infos[name]
-                    print(f"worker {name}: " + (f"unfit, takes no units: {info['error']}" if info.get("error") else
-                                                f"{info['host']} {info['device']} ({info['threads']} threads)"),
-                          file=sys.stderr)
+                    print(
+                        f"worker {name}: "
+                        + (
+                            f"unfit, takes no units: {info['error']}"
+                            if info.get("error")
+                            else f"{info['host']} {info['device']} ({info['threads']} threads)"
+                        ),
+                        file=sys.stderr,
+                    )
     return handles, [infos[f"w{i}"] for i in range(len(slots))]
 
 
@@ -331,13 +383,16 @@ def agree(infos: list[dict[str, Any]]) -> str:
     is marked unfit. Raises when no worker is fit."""
     fit = [i for i in infos if not i.get("error")]
     if not fit:
-        raise ValueError("no Ray worker could load the pair: "
-                         + "; ".join(f"{i['worker']}: {i['error']}" for i in infos))
+        raise ValueError(
+            "no Ray worker could load the pair: " + "; ".join(f"{i['worker']}: {i['error']}" for i in infos)
+        )
     common, _ = Counter(i["fingerprint"] for i in fit).most_common(1)[0]
     for info in fit:
         if info["fingerprint"] != common:
-            info["error"] = (f"loaded other weights than the other workers (fingerprint {info['fingerprint']}, "
-                             f"theirs {common}): the same path holds different files on {info['host']}?")
+            info["error"] = (
+                f"loaded other weights than the other workers (fingerprint {info['fingerprint']}, "
+                f"theirs {common}): the same path holds different files on {info['host']}?"
+            )
     return common
 
 
@@ -361,8 +416,9 @@ class Dispatch:
         return None
 
 
-def dispatch(handles: dict[str, Any], fit: list[str], units: list, journal, bar,
-             fingerprint: str) -> tuple[Dispatch, bool]:
+def dispatch(
+    handles: dict[str, Any], fit: list[str], units: list, journal, bar, fingerprint: str
+) -> tuple[Dispatch, bool]:
     """Hand units to free workers until all finished or failed twice; True as second value if interrupted.
     A restarted worker comes back only with a clean self-check and the same weights (`fingerprint`)."""
     import ray  # Ray: cluster runs only
@@ -378,8 +434,13 @@ def dispatch(handles: dict[str, Any], fit: list[str], units: list, journal, bar,
         state.tried.setdefault(unit.index, set()).add(worker)
         if len(state.errors[unit.index]) >= MAX_ATTEMPTS:
             journal.record_failed(unit, state.errors[unit.index])
-            state.failed.append({"unit": unit.label, "prompt_ids": [p["id"] for p in unit.prompts][:8],
-                                 "errors": state.errors[unit.index]})
+            state.failed.append(
+                {
+                    "unit": unit.label,
+                    "prompt_ids": [p["id"] for p in unit.prompts][:8],
+                    "errors": state.errors[unit.index],
+                }
+            )
             bar.update()
         else:
             state.pending.insert(0, unit)
@@ -395,8 +456,13 @@ def dispatch(handles: dict[str, Any], fit: list[str], units: list, journal, bar,
             if not running and not probing:
                 for unit in state.pending:  # no worker left alive
                     state.errors.setdefault(unit.index, []).append("no live worker left")
-                    state.failed.append({"unit": unit.label, "prompt_ids": [p["id"] for p in unit.prompts][:8],
-                                         "errors": state.errors[unit.index]})
+                    state.failed.append(
+                        {
+                            "unit": unit.label,
+                            "prompt_ids": [p["id"] for p in unit.prompts][:8],
+                            "errors": state.errors[unit.index],
+                        }
+                    )
                 state.pending.clear()
                 break
             ready, _ = ray.wait(list(running) + list(probing), num_returns=1, timeout=1.0)
@@ -450,9 +516,11 @@ def run_cluster(args, plan, units: list, worker_cls: type = BenchWorker):
     except ImportError:
         raise ValueError("--ray needs Ray: pip install -r requirements-cluster.txt (docs/cluster.md)") from None
     except (ConnectionError, RuntimeError) as exc:
-        raise ValueError(f"cannot reach the Ray cluster at {args.ray}: {first_line(exc)}. A cluster with token "
-                         f"authentication (Ray's default) needs RAY_AUTH_MODE=token here and its token in "
-                         f"RAY_AUTH_TOKEN or ~/.ray/auth_token (docs/cluster.md)") from None
+        raise ValueError(
+            f"cannot reach the Ray cluster at {args.ray}: {first_line(exc)}. A cluster with token "
+            f"authentication (Ray's default) needs RAY_AUTH_MODE=token here and its token in "
+            f"RAY_AUTH_TOKEN or ~/.ray/auth_token (docs/cluster.md)"
+        ) from None
     import ray  # Ray: cluster runs only
 
     handles: dict[str, Any] = {}
@@ -468,19 +536,35 @@ def run_cluster(args, plan, units: list, worker_cls: type = BenchWorker):
         journal = open_journal(args.out, plan, units, fingerprint)
         found = journal.done_rows()
         pending = [u for u in units if journal.key(u) not in found]
-        bar = tqdm(total=len(pending), desc=f"bench on {len(fit)} Ray workers", unit="unit", file=sys.stderr,
-                   disable=args.quiet)
+        bar = tqdm(
+            total=len(pending),
+            desc=f"bench on {len(fit)} Ray workers",
+            unit="unit",
+            file=sys.stderr,
+            disable=args.quiet,
+        )
         state, interrupted = dispatch(handles, fit, pending, journal, bar, fingerprint)
         bar.close()
         rows = {u.index: found[journal.key(u)] for u in units if journal.key(u) in found}
         resumed = len(rows)
         rows.update(state.rows)
         devices = sorted({i["device"] for i in infos if not i.get("error")})
-        on = PairInfo(device=f"{len(fit)} Ray workers ({', '.join(devices)})",
-                      dtype=next(i["dtype"] for i in infos if not i.get("error")),
-                      target_name=args.target, draft_name=args.draft)
-        return Outcome(rows=[r for i in sorted(rows) for r in rows[i]], units=len(units), done=len(rows),
-                       resumed=resumed, measured_on=on, failed=state.failed, interrupted=interrupted, workers=infos)
+        on = PairInfo(
+            device=f"{len(fit)} Ray workers ({', '.join(devices)})",
+            dtype=next(i["dtype"] for i in infos if not i.get("error")),
+            target_name=args.target,
+            draft_name=args.draft,
+        )
+        return Outcome(
+            rows=[r for i in sorted(rows) for r in rows[i]],
+            units=len(units),
+            done=len(rows),
+            resumed=resumed,
+            measured_on=on,
+            failed=state.failed,
+            interrupted=interrupted,
+            workers=infos,
+        )
     finally:
         if journal is not None:
             journal.close()

@@ -8,6 +8,7 @@ the same command skips finished units; a journal written by another command is r
 differs. Each line is flushed and synced before the next unit is counted, and a last line cut short by a
 crash is ignored (that unit simply runs again). No Ray here: the local `--resume` path uses it too.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -44,12 +45,20 @@ def digest(obj: Any) -> str:
 def identity(plan, units, fingerprint: str) -> dict[str, Any]:
     """Everything one command's units depend on. Every parameter is written out (defaults included), so
     `draft_model` and `draft_model:gamma=4` are the same unit while a changed default is not."""
+
     def methods(specs) -> list:
         return [[label, name, validate_params(METHODS[name], params)] for label, name, params in specs]
 
-    return {"journal": VERSION, "methods": methods(plan.single), "batch_methods": methods(plan.batched),
-            "repeats": plan.repeats, "overhead": plan.overhead, "pool_factor": plan.pool_factor, "pair": fingerprint,
-            "prompts": digest([[u.kind, list(u.prompts)] for u in units])}
+    return {
+        "journal": VERSION,
+        "methods": methods(plan.single),
+        "batch_methods": methods(plan.batched),
+        "repeats": plan.repeats,
+        "overhead": plan.overhead,
+        "pool_factor": plan.pool_factor,
+        "pair": fingerprint,
+        "prompts": digest([[u.kind, list(u.prompts)] for u in units]),
+    }
 
 
 class JournalMismatch(ValueError):
@@ -75,8 +84,11 @@ NAMES = {"pair": "the pair's weights fingerprint", "prompts": "the prompt set's 
 def differences(theirs: dict[str, Any], ours: dict[str, Any], most: int = 6) -> list[str]:
     """What differs between two identities, one phrase each ('draft_model max_new_tokens: 8 there, 9 here')."""
     a, b = flatten(theirs), flatten(ours)
-    found = [f"{NAMES.get(k, k)}: {json.dumps(a.get(k))} there, {json.dumps(b.get(k))} here"
-             for k in sorted(set(a) | set(b), key=lambda k: (" " in k, k)) if a.get(k) != b.get(k)]
+    found = [
+        f"{NAMES.get(k, k)}: {json.dumps(a.get(k))} there, {json.dumps(b.get(k))} here"
+        for k in sorted(set(a) | set(b), key=lambda k: (" " in k, k))
+        if a.get(k) != b.get(k)
+    ]
     return found[:most] + ([f"{len(found) - most} more"] if len(found) > most else [])
 
 
@@ -109,14 +121,34 @@ class Journal:
         os.fsync(self.handle.fileno())
         self.records.append(record)
 
-    def record_done(self, unit, rows: list[dict[str, Any]], where: dict[str, Any], attempts: int = 1,
-                    seconds: float | None = None) -> None:
-        self._append({"unit": self.key(unit), "index": unit.index, "label": unit.label, "status": "done",
-                      "attempts": attempts, "seconds": seconds, "where": where, "at": time.time(), "rows": rows})
+    def record_done(
+        self, unit, rows: list[dict[str, Any]], where: dict[str, Any], attempts: int = 1, seconds: float | None = None
+    ) -> None:
+        self._append(
+            {
+                "unit": self.key(unit),
+                "index": unit.index,
+                "label": unit.label,
+                "status": "done",
+                "attempts": attempts,
+                "seconds": seconds,
+                "where": where,
+                "at": time.time(),
+                "rows": rows,
+            }
+        )
 
     def record_failed(self, unit, errors: list[str]) -> None:
-        self._append({"unit": self.key(unit), "index": unit.index, "label": unit.label, "status": "failed",
-                      "errors": errors, "at": time.time()})
+        self._append(
+            {
+                "unit": self.key(unit),
+                "index": unit.index,
+                "label": unit.label,
+                "status": "failed",
+                "errors": errors,
+                "at": time.time(),
+            }
+        )
 
     def close(self) -> None:
         if self.handle is not None:
@@ -154,7 +186,8 @@ def mismatch(path: Path, theirs: dict[str, Any], ours: dict[str, Any]) -> Journa
     return JournalMismatch(
         f"{path} was written by a different command, so its units cannot be reused here: "
         + "; ".join(differences(theirs, ours))
-        + f". Run that command again to finish it, or use another --out (or delete {path.name} to start over)")
+        + f". Run that command again to finish it, or use another --out (or delete {path.name} to start over)"
+    )
 
 
 def read_header(path: Path) -> dict[str, Any] | None:
@@ -163,8 +196,9 @@ def read_header(path: Path) -> dict[str, Any] | None:
         return None
     header, _ = read_records(path)
     if header is None:
-        raise JournalMismatch(f"{path} is not a bench journal (its first line is no header); move it away or "
-                              f"use another --out")
+        raise JournalMismatch(
+            f"{path} is not a bench journal (its first line is no header); move it away or use another --out"
+        )
     return header["identity"]
 
 

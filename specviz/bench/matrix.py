@@ -5,6 +5,7 @@ repeat), and each method's speedup is its tokens/s over the autoregressive run o
 (`Unit`) is one prompt with every single-sequence method and repeat, or the batch methods over the prompt
 stream; `run_unit` measures one unit on one pair, so each row's ratios come from one device.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -74,14 +75,21 @@ def warm_up(pair, methods: list[MethodSpec], prompt: str) -> None:
         run(name, pair, prompt, **{**params, "max_new_tokens": 8})
 
 
-def prompt_rows(pair, methods: list[MethodSpec], prompt: dict, repeats: int, overhead: bool = False,
-                tick: Tick | None = None, digest: bool = False) -> list[dict[str, Any]]:
+def prompt_rows(
+    pair,
+    methods: list[MethodSpec],
+    prompt: dict,
+    repeats: int,
+    overhead: bool = False,
+    tick: Tick | None = None,
+    digest: bool = False,
+) -> list[dict[str, Any]]:
     """One prompt, every method `repeats` times interleaved (order rotated per repeat): one row per method,
     medians over repeats, speedup over the baseline's run of this prompt here. `methods` holds the baseline."""
     traces: dict[str, list] = {label: [] for label, _, _ in methods}
     bare: dict[str, list[float]] = {label: [] for label, _, _ in methods}
     for r in range(repeats):
-        order = methods[r % len(methods):] + methods[: r % len(methods)]
+        order = methods[r % len(methods) :] + methods[: r % len(methods)]
         for label, name, params in order:
             traces[label].append(run(name, pair, prompt["prompt"], **params))
             if tick:
@@ -105,9 +113,26 @@ def prompt_rows(pair, methods: list[MethodSpec], prompt: dict, repeats: int, ove
             "method": label,
             "prompt_id": prompt["id"],
             "category": prompt["category"],
-            **{k: stats[k] for k in ("new_tokens", "alpha", "tau", "c", "v", "alpha_iid", "theoretical_speedup",
-                                      "modeled_speedup", "mean_drafts_per_round", "early_exits", "wasted_drafts",
-                                      "equal_to_autoregressive", "mbsu", "tie_divergences", "real_divergences")},
+            **{
+                k: stats[k]
+                for k in (
+                    "new_tokens",
+                    "alpha",
+                    "tau",
+                    "c",
+                    "v",
+                    "alpha_iid",
+                    "theoretical_speedup",
+                    "modeled_speedup",
+                    "mean_drafts_per_round",
+                    "early_exits",
+                    "wasted_drafts",
+                    "equal_to_autoregressive",
+                    "mbsu",
+                    "tie_divergences",
+                    "real_divergences",
+                )
+            },
             "seconds": seconds,
             "tokens_per_s": tps,
             "speedup": tps / base_tps if base_tps else None,
@@ -145,12 +170,20 @@ def after_prefill(runs: list, baseline: list) -> dict:
         return {"prefill_share": None, "speedup_after_prefill": None}
     after = median(t.wall_time - p for t, p in zip(runs, mine))
     base_after = median(t.wall_time - p for t, p in zip(baseline, base))
-    return {"prefill_share": median(p / t.wall_time for t, p in zip(runs, mine) if t.wall_time),
-            "speedup_after_prefill": base_after / after if after > 0 else None}
+    return {
+        "prefill_share": median(p / t.wall_time for t, p in zip(runs, mine) if t.wall_time),
+        "speedup_after_prefill": base_after / after if after > 0 else None,
+    }
 
 
-def run_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], repeats: int, progress: bool = True,
-               overhead: bool = False) -> "pd.DataFrame":
+def run_matrix(
+    pair,
+    methods: list[tuple[str, str, dict]],
+    prompts: list[dict],
+    repeats: int,
+    progress: bool = True,
+    overhead: bool = False,
+) -> "pd.DataFrame":
     """Every prompt's rows (`prompt_rows`) in one frame, the baseline added and warmed up first."""
     methods = with_baseline(methods)
     warm_up(pair, methods, prompts[0]["prompt"])
@@ -167,13 +200,22 @@ def stream_size(params: dict, pool_factor: int | None, available: int) -> int | 
         return None
     need = pool_factor * int(params.get("batch_size", 1))
     if need > available:
-        raise ValueError(f"--pool-factor {pool_factor} x batch size {params.get('batch_size')} needs {need} prompts; "
-                         f"the prompt file has {available} (assets/prompts/stream.jsonl has 96)")
+        raise ValueError(
+            f"--pool-factor {pool_factor} x batch size {params.get('batch_size')} needs {need} prompts; "
+            f"the prompt file has {available} (assets/prompts/stream.jsonl has 96)"
+        )
     return need
 
 
-def batch_rows(pair, methods: list[MethodSpec], prompts: list[dict], repeats: int, pool_factor: int | None = None,
-               tick: Tick | None = None, digest: bool = False) -> list[dict[str, Any]]:
+def batch_rows(
+    pair,
+    methods: list[MethodSpec],
+    prompts: list[dict],
+    repeats: int,
+    pool_factor: int | None = None,
+    tick: Tick | None = None,
+    digest: bool = False,
+) -> list[dict[str, Any]]:
     """Batch methods over a request stream: the whole prompt list, or with `pool_factor` the first
     pool_factor x batch_size prompts (EXSPEC's pool then holds them all: pool_factor is its parameter too).
     One row per method variant (medians over repeats, the variants' order rotated per repeat); rows are
@@ -181,8 +223,10 @@ def batch_rows(pair, methods: list[MethodSpec], prompts: list[dict], repeats: in
     texts = [p["prompt"] for p in prompts]
     sizes = {label: stream_size(params, pool_factor, len(texts)) or len(texts) for label, _, params in methods}
     if pool_factor is not None:
-        methods = [(label, name, {**params, "pool_factor": pool_factor} if name == "exspec" else params)
-                   for label, name, params in methods]
+        methods = [
+            (label, name, {**params, "pool_factor": pool_factor} if name == "exspec" else params)
+            for label, name, params in methods
+        ]
     base_params = common_values(methods[0][2])
     reference_traces = [run(BASELINE, pair, t, **base_params) for t in texts[: max(sizes.values())]]
     reference = [t.output_ids for t in reference_traces]
@@ -190,7 +234,7 @@ def batch_rows(pair, methods: list[MethodSpec], prompts: list[dict], repeats: in
         run_batch(name, pair, texts[:2], **{**params, "max_new_tokens": 4})
     traces: dict[str, list] = {label: [] for label, _, _ in methods}
     for r in range(repeats):
-        for label, name, params in methods[r % len(methods):] + methods[: r % len(methods)]:
+        for label, name, params in methods[r % len(methods) :] + methods[: r % len(methods)]:
             traces[label].append(run_batch(name, pair, texts[: sizes[label]], **params))
             if tick:
                 tick()
@@ -201,26 +245,45 @@ def batch_rows(pair, methods: list[MethodSpec], prompts: list[dict], repeats: in
         typical = min(runs, key=lambda t: abs(t.wall_time - seconds))
         equal = [row.output_ids == ref for row, ref in zip(typical.rows, reference)]
         greedy = not typical.params.get("temperature")
-        found = [d for j, e in enumerate(equal) if greedy and not e
-                 and (d := classify(pair, typical, reference_traces[j], row=j)) is not None]
+        found = [
+            d
+            for j, e in enumerate(equal)
+            if greedy and not e and (d := classify(pair, typical, reference_traces[j], row=j)) is not None
+        ]
         typical.meta["divergence"] = [asdict(d) for d in found]
-        rows.append({
-            "method": label, "prompt_id": "all", "category": "batch", "batch_size": typical.params["batch_size"],
-            "pool_factor": pool_factor,
-            "rows": len(typical.rows), "new_tokens": typical.new_tokens, "seconds": seconds,
-            "tokens_per_s": typical.new_tokens / seconds if seconds else 0.0,
-            "realign_share": median(t.meta["realign_seconds"] / t.wall_time for t in runs if t.wall_time),
-            "realigned_rounds": typical.meta["realigned_rounds"], "rounds": typical.meta["rounds"],
-            "equal_to_autoregressive": all(equal), "share_equal_rows": sum(equal) / len(equal),
-            "tie_divergences": sum(d.tie for d in found), "real_divergences": sum(not d.tie for d in found),
-            **{f"param_{k}": v for k, v in typical.params.items()},
-            **({"output_digest": output_digest([row.output_ids for row in typical.rows])} if digest else {}),
-        })
+        rows.append(
+            {
+                "method": label,
+                "prompt_id": "all",
+                "category": "batch",
+                "batch_size": typical.params["batch_size"],
+                "pool_factor": pool_factor,
+                "rows": len(typical.rows),
+                "new_tokens": typical.new_tokens,
+                "seconds": seconds,
+                "tokens_per_s": typical.new_tokens / seconds if seconds else 0.0,
+                "realign_share": median(t.meta["realign_seconds"] / t.wall_time for t in runs if t.wall_time),
+                "realigned_rounds": typical.meta["realigned_rounds"],
+                "rounds": typical.meta["rounds"],
+                "equal_to_autoregressive": all(equal),
+                "share_equal_rows": sum(equal) / len(equal),
+                "tie_divergences": sum(d.tie for d in found),
+                "real_divergences": sum(not d.tie for d in found),
+                **{f"param_{k}": v for k, v in typical.params.items()},
+                **({"output_digest": output_digest([row.output_ids for row in typical.rows])} if digest else {}),
+            }
+        )
     return rows
 
 
-def run_batch_matrix(pair, methods: list[tuple[str, str, dict]], prompts: list[dict], repeats: int,
-                     progress: bool = True, pool_factor: int | None = None) -> "pd.DataFrame":
+def run_batch_matrix(
+    pair,
+    methods: list[tuple[str, str, dict]],
+    prompts: list[dict],
+    repeats: int,
+    progress: bool = True,
+    pool_factor: int | None = None,
+) -> "pd.DataFrame":
     """`batch_rows` as a frame, with a progress bar."""
     bar = tqdm(total=len(methods) * repeats, desc="bench (batch)", file=sys.stderr, disable=not progress)
     rows = batch_rows(pair, methods, prompts, repeats, pool_factor, bar.update)
@@ -277,8 +340,9 @@ def make_units(plan: Plan, prompts: list[dict[str, str]]) -> list[Unit]:
 def run_unit(pair, plan: Plan, unit: Unit, tick: Tick | None = None) -> list[dict[str, Any]]:
     """Measure one unit on `pair`: its rows, each with its output's digest. The one function every path runs."""
     if unit.kind == "batch":
-        return batch_rows(pair, list(plan.batched), list(unit.prompts), plan.repeats, plan.pool_factor, tick,
-                          digest=True)
+        return batch_rows(
+            pair, list(plan.batched), list(unit.prompts), plan.repeats, plan.pool_factor, tick, digest=True
+        )
     return prompt_rows(pair, list(plan.single), unit.prompts[0], plan.repeats, plan.overhead, tick, digest=True)
 
 
@@ -330,24 +394,51 @@ def plain_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def summary(df) -> "pd.DataFrame":
-    agg = {"speedup": "median", "tau": "median", "alpha": "median", "tokens_per_s": "median",
-           "equal_to_autoregressive": "mean", "c": "median", "efficiency": "median", "mbsu": "median",
-           "draft_step_ms": "median", "tie_divergences": "sum", "real_divergences": "sum"}
-    for optional in ("mean_drafts_per_round", "wasted_drafts", "recording_overhead", "realign_share",
-                     "share_equal_rows", "prefill_share", "speedup_after_prefill",
-                     "branch_hit_rate", "overlap", "modeled_speedup_over_ar", "modeled_speedup_over_sd"):
+    agg = {
+        "speedup": "median",
+        "tau": "median",
+        "alpha": "median",
+        "tokens_per_s": "median",
+        "equal_to_autoregressive": "mean",
+        "c": "median",
+        "efficiency": "median",
+        "mbsu": "median",
+        "draft_step_ms": "median",
+        "tie_divergences": "sum",
+        "real_divergences": "sum",
+    }
+    for optional in (
+        "mean_drafts_per_round",
+        "wasted_drafts",
+        "recording_overhead",
+        "realign_share",
+        "share_equal_rows",
+        "prefill_share",
+        "speedup_after_prefill",
+        "branch_hit_rate",
+        "overlap",
+        "modeled_speedup_over_ar",
+        "modeled_speedup_over_sd",
+    ):
         if optional in df:
             agg[optional] = "median"
-    out = df.groupby("method", sort=False).agg({k: v for k, v in agg.items() if k in df}).rename(
-        columns={"equal_to_autoregressive": "share_equal"})
+    out = (
+        df.groupby("method", sort=False)
+        .agg({k: v for k, v in agg.items() if k in df})
+        .rename(columns={"equal_to_autoregressive": "share_equal"})
+    )
     return out
 
 
 def device_summary(df) -> "pd.DataFrame":
     """Medians per device and method (a cluster run): a slow or odd device shows as its own line."""
     keys = [k for k in ("host", "device", "worker") if k in df]
-    agg = {"units": ("prompt_id", "size"), "tokens_per_s": ("tokens_per_s", "median"),
-           "share_equal": ("equal_to_autoregressive", "mean"), "seconds": ("seconds", "median")}
+    agg = {
+        "units": ("prompt_id", "size"),
+        "tokens_per_s": ("tokens_per_s", "median"),
+        "share_equal": ("equal_to_autoregressive", "mean"),
+        "seconds": ("seconds", "median"),
+    }
     if "speedup" in df:
         agg["speedup"] = ("speedup", "median")
     return df.groupby(keys + ["method"], sort=False).agg(**agg)

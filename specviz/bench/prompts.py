@@ -1,5 +1,5 @@
-"""Prompt files: the bundled code prompts and the JSONL format the bench, the app and the workshop read.
-"""
+"""Prompt files: the bundled code prompts and the JSONL format the bench, the app and the workshop read."""
+
 from __future__ import annotations
 
 import json
@@ -22,9 +22,17 @@ def load_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, s
         except json.JSONDecodeError as exc:
             raise ValueError(f"{path}:{n}: not JSON ({exc})") from None
         if isinstance(obj, dict) and "prompt" in obj:
-            prompts.append({"id": str(obj.get("id", n)), "category": str(obj.get("category", "")), "prompt": str(obj["prompt"])})
+            prompts.append(
+                {"id": str(obj.get("id", n)), "category": str(obj.get("category", "")), "prompt": str(obj["prompt"])}
+            )
         elif isinstance(obj, dict) and obj.get("turns"):
-            prompts.append({"id": str(obj.get("question_id", n)), "category": str(obj.get("category", "")), "prompt": str(obj["turns"][0])})
+            prompts.append(
+                {
+                    "id": str(obj.get("question_id", n)),
+                    "category": str(obj.get("category", "")),
+                    "prompt": str(obj["turns"][0]),
+                }
+            )
         else:
             raise ValueError(f"{path}:{n}: expected {{'id', 'prompt'}} or {{'question_id', 'category', 'turns'}}")
     if not prompts:

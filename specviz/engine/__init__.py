@@ -9,6 +9,7 @@ Rule: the ground floor. It imports nothing from specviz but the leaves (`specviz
 
 The names the flat module of the same name offered are re-exported, imported on first use.
 """
+
 from __future__ import annotations
 
 from specviz.lazy import exports

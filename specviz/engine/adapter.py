@@ -7,6 +7,7 @@ Design as in Kangaroo (Liu et al. 2024): input RMSNorm -> multi-head self-attent
 adds about 4*d^2 + d parameters. It is built from transformers' own Llama attention, rotary and
 norm modules, and is saved as safetensors plus a small JSON config.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,14 @@ class KangarooAdapter(nn.Module):
             # Causal, aligned to the bottom right: new token i sees every cached entry and new <= i.
             past = cache.get_seq_length(0) if cache is not None else 0
             attention_mask = torch.ones(new, past + new, dtype=torch.bool, device=hidden.device).tril(past)[None, None]
-        attn_out, _ = kvcache.forward(self.attn, cache, hidden_states=self.input_norm(hidden), position_embeddings=pos_emb,
-                                      attention_mask=attention_mask, is_causal=False)
+        attn_out, _ = kvcache.forward(
+            self.attn,
+            cache,
+            hidden_states=self.input_norm(hidden),
+            position_embeddings=pos_emb,
+            attention_mask=attention_mask,
+            is_causal=False,
+        )
         return hidden + attn_out
 
     def num_parameters(self) -> int:
@@ -91,18 +98,24 @@ class KangarooAdapter(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / ADAPTER_CONFIG).write_text(json.dumps(asdict(self.config), indent=2))
-        state = {k: v.detach().to(torch.float16).contiguous() for k, v in self.state_dict().items() if "rotary" not in k}
+        state = {
+            k: v.detach().to(torch.float16).contiguous() for k, v in self.state_dict().items() if "rotary" not in k
+        }
         save_file(state, str(directory / ADAPTER_WEIGHTS))
 
     @classmethod
-    def load(cls, directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> "KangarooAdapter":
+    def load(
+        cls, directory: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> "KangarooAdapter":
         directory = Path(directory)
         config = AdapterConfig(**json.loads((directory / ADAPTER_CONFIG).read_text()))
         adapter = cls(config)
         state = load_file(str(directory / ADAPTER_WEIGHTS))
         missing, unexpected = adapter.load_state_dict(state, strict=False)
         if unexpected or any("rotary" not in k for k in missing):
-            raise ValueError(f"adapter weights in {directory} do not match its config: missing={missing} unexpected={unexpected}")
+            raise ValueError(
+                f"adapter weights in {directory} do not match its config: missing={missing} unexpected={unexpected}"
+            )
         return adapter.to(device=device, dtype=dtype).eval()
 
     @classmethod

@@ -2,6 +2,7 @@
 
 It owns the rows' committed lengths; the batch methods and the load-time self-check use it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -75,8 +76,9 @@ class BatchKV:
         else:
             start = torch.tensor(self.valid, device=device) - torch.tensor(pads_new, device=device)
             positions = (start[:, None] + torch.arange(new, device=device)[None, :]).clamp_min(0)
-        out = kvcache.forward(self.model, self.cache, input_ids=ids, attention_mask=mask, position_ids=positions,
-                              use_cache=True)
+        out = kvcache.forward(
+            self.model, self.cache, input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True
+        )
         self.valid = [v + new - p for v, p in zip(self.valid, pads_new)]
         return out.logits[..., : self.vocab]
 
@@ -103,10 +105,19 @@ class BatchKV:
         for i, (v, k, s) in enumerate(zip(self.valid, kept, shifts)):
             pad_before = width - block - (v - block)
             pad_after = new_width - valid_after[i]
-            infos.append({"kept": k, "shift": s, "pad_before": pad_before, "pad_after": pad_after,
-                          "pad_added": max(0, pad_after - pad_before), "pad_removed": max(0, pad_before - pad_after),
-                          "cache_moved": valid_after[i] if (s or drop) else 0, "width_before": width - block,
-                          "width_after": new_width})
+            infos.append(
+                {
+                    "kept": k,
+                    "shift": s,
+                    "pad_before": pad_before,
+                    "pad_after": pad_after,
+                    "pad_added": max(0, pad_after - pad_before),
+                    "pad_removed": max(0, pad_before - pad_after),
+                    "cache_moved": valid_after[i] if (s or drop) else 0,
+                    "width_before": width - block,
+                    "width_after": new_width,
+                }
+            )
         self.valid = valid_after
         return infos
 
@@ -137,10 +148,14 @@ class BatchKV:
                 if not filled:
                     continue
                 shape_k, shape_v, like = filled[0].keys.shape, filled[0].values.shape, filled[0].keys
-                keys = [left_pad(layer.keys if is_filled(layer) else like.new_zeros(1, shape_k[1], 0, shape_k[3]), width)
-                        for layer in layers]
-                values = [left_pad(layer.values if is_filled(layer) else like.new_zeros(1, shape_v[1], 0, shape_v[3]), width)
-                          for layer in layers]
+                keys = [
+                    left_pad(layer.keys if is_filled(layer) else like.new_zeros(1, shape_k[1], 0, shape_k[3]), width)
+                    for layer in layers
+                ]
+                values = [
+                    left_pad(layer.values if is_filled(layer) else like.new_zeros(1, shape_v[1], 0, shape_v[3]), width)
+                    for layer in layers
+                ]
                 batch.cache.update(torch.cat(keys), torch.cat(values), li)
         batch.valid = [p.valid[0] for p in parts]
         return batch, padded
@@ -154,7 +169,9 @@ class BatchKV:
             for li, layer in enumerate(self.cache.layers):
                 if is_filled(layer):
                     end = layer.keys.shape[2] - trim_right[i]
-                    single.cache.update(layer.keys[i : i + 1, :, end - v : end], layer.values[i : i + 1, :, end - v : end], li)
+                    single.cache.update(
+                        layer.keys[i : i + 1, :, end - v : end], layer.values[i : i + 1, :, end - v : end], li
+                    )
             single.valid = [v]
             out.append(single)
         return out

@@ -4,6 +4,7 @@ Invariant kept by every method and asserted in tests: a model's cache holds exac
 it was fed that are still committed; rollback is an index (`KVCache.crop`), never a copy; the cache and its
 length belong to one `specviz.engine.kvcache.KVCache`.
 """
+
 from __future__ import annotations
 
 import os
@@ -48,8 +49,15 @@ class Decoder:
     def feed_tree(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Append the nodes ids (1, T) of a token tree with their position ids (1, T) and additive attention mask
         (1, 1, T, length + T) (`specviz.engine.tree.tree_mask`); return the logits (T, vocab) of every node."""
-        out = self.kv.forward(self.model, ids.shape[1], input_ids=ids, attention_mask=mask, position_ids=positions,
-                              use_cache=True, logits_to_keep=ids.shape[1])
+        out = self.kv.forward(
+            self.model,
+            ids.shape[1],
+            input_ids=ids,
+            attention_mask=mask,
+            position_ids=positions,
+            use_cache=True,
+            logits_to_keep=ids.shape[1],
+        )
         if CHECKS:
             self.check()
         return out.logits[0, :, : self.vocab]

@@ -9,6 +9,7 @@ every method decodes from the same healed prompt and greedy equality with the au
 baseline holds; in sampling the first token is drawn from the target's distribution restricted to
 the tokens that extend the removed text (renormalized), then processed as every other step.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -29,16 +30,21 @@ class Healing:
 
     def record(self, healed_id: int) -> dict:
         """What Trace.meta["token_healing"] says of one row."""
-        return {"removed_token": self.removed_id, "removed_text": self.removed_text, "allowed": len(self.allowed),
-                "healed_token": healed_id}
+        return {
+            "removed_token": self.removed_id,
+            "removed_text": self.removed_text,
+            "allowed": len(self.allowed),
+            "healed_token": healed_id,
+        }
 
 
 def token_texts(tokenizer) -> list[str]:
     """The text of every token id on its own (decoded once per tokenizer: a 150k vocabulary takes a second)."""
     texts = _TEXTS.get(tokenizer)
     if texts is None:
-        texts = tokenizer.batch_decode([[i] for i in range(len(tokenizer))], skip_special_tokens=False,
-                                       clean_up_tokenization_spaces=False)
+        texts = tokenizer.batch_decode(
+            [[i] for i in range(len(tokenizer))], skip_special_tokens=False, clean_up_tokenization_spaces=False
+        )
         _TEXTS[tokenizer] = texts
     return texts
 

@@ -8,6 +8,7 @@ from the module class's own signature (once per class) and refuses a class that 
 else the engine leans on (DynamicLayer subclassing, negative `crop`, `logits_to_keep`) lives here
 too, and `specviz.models.selfcheck` proves the whole seam against `generate` when a pair is loaded.
 """
+
 from __future__ import annotations
 
 import functools
@@ -80,8 +81,10 @@ class GrowingLayer(DynamicLayer):
         buffers = self.buffers if (held == 0 or self._owns_views()) else None  # keys replaced from outside
         if buffers is None or end > buffers[0].shape[-2] or buffers[0].shape[:-2] != key_states.shape[:-2]:
             capacity = max(end, 2 * held, 64)
-            buffers = (key_states.new_empty((*key_states.shape[:-2], capacity, key_states.shape[-1])),
-                       value_states.new_empty((*value_states.shape[:-2], capacity, value_states.shape[-1])))
+            buffers = (
+                key_states.new_empty((*key_states.shape[:-2], capacity, key_states.shape[-1])),
+                value_states.new_empty((*value_states.shape[:-2], capacity, value_states.shape[-1])),
+            )
             if held:
                 buffers[0][..., :held, :] = self.keys
                 buffers[1][..., :held, :] = self.values
@@ -189,8 +192,10 @@ class KVCache:
 
     def since(self, layers: range, before: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Copies of the entries `layers` appended after holding `before` (to replay them later)."""
-        return [(self.cache.layers[i].keys[..., b:, :].clone(), self.cache.layers[i].values[..., b:, :].clone())
-                for i, b in zip(layers, before)]
+        return [
+            (self.cache.layers[i].keys[..., b:, :].clone(), self.cache.layers[i].values[..., b:, :].clone())
+            for i, b in zip(layers, before)
+        ]
 
     def replay(self, layers: range, entries: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Append entries taken by `since`, as if the forward that made them had run again."""
@@ -200,7 +205,9 @@ class KVCache:
 
     def ready(self, layers: range) -> bool:
         """Whether `layers` exist and were fed (a replay needs their shapes)."""
-        return all(i < len(self.cache.layers) and getattr(self.cache.layers[i], "is_initialized", False) for i in layers)
+        return all(
+            i < len(self.cache.layers) and getattr(self.cache.layers[i], "is_initialized", False) for i in layers
+        )
 
     def select_rows(self, index: torch.Tensor) -> None:
         """Keep the rows `index` of a batched cache (lengths are per position, the same in every row)."""
@@ -211,8 +218,11 @@ class KVCache:
         out = KVCache(config, depth=len(self.lengths))
         for i, layer in enumerate(self.cache.layers):
             if length and is_filled(layer):
-                out.cache.update(layer.keys[:, :, :length].repeat(rows, 1, 1, 1),
-                                 layer.values[:, :, :length].repeat(rows, 1, 1, 1), i)
+                out.cache.update(
+                    layer.keys[:, :, :length].repeat(rows, 1, 1, 1),
+                    layer.values[:, :, :length].repeat(rows, 1, 1, 1),
+                    i,
+                )
                 out.lengths[i] = length
         return out
 
@@ -245,4 +255,6 @@ class KVCache:
     def check(self) -> None:
         """The cache really holds what the lengths say (tests call this after every step)."""
         held_now = [held(layer) for layer in self.cache.layers[: len(self.lengths)]]
-        assert held_now == self.lengths[: len(held_now)], f"cache layers hold {held_now} entries, expected {self.lengths}"
+        assert held_now == self.lengths[: len(held_now)], (
+            f"cache layers hold {held_now} entries, expected {self.lengths}"
+        )

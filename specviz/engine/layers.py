@@ -8,6 +8,7 @@ embeddings computed once at model level (Llama, Qwen2, Mistral and kin); each la
 grows only when that layer runs, so layer caches may hold different lengths, and `crop` rolls
 every layer back to a committed length.
 """
+
 from __future__ import annotations
 
 import copy
@@ -67,8 +68,16 @@ class LayerStack:
         mask = causal_mask(new, first, hidden.device)
         for i in range(start, end):
             assert self.kv.lengths[i] == first, f"layer {i} holds {self.kv.lengths[i]} entries, layer {start} {first}"
-            out = self.kv.forward(self.layers[i], new, range(i, i + 1), hidden_states=hidden, attention_mask=mask,
-                                  position_ids=pos, use_cache=True, position_embeddings=pos_emb)
+            out = self.kv.forward(
+                self.layers[i],
+                new,
+                range(i, i + 1),
+                hidden_states=hidden,
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=True,
+                position_embeddings=pos_emb,
+            )
             hidden = out[0] if isinstance(out, tuple) else out
         return hidden
 

@@ -15,6 +15,7 @@ load-time self-check compare it bit for bit in float32 with the per-layer transf
 Only the draft-only products (the separate drafter, the adapter, the draft head) go through
 `draft_linear`, which reads wide weights from a transposed copy where that is faster on a CPU.
 """
+
 from __future__ import annotations
 
 import weakref
@@ -46,8 +47,11 @@ def supports(model: nn.Module) -> bool:
         return False  # a sliding window would change which keys are seen
     first = layers[0]
     attn, mlp = first.self_attn, first.mlp
-    return (all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
-            and not hasattr(attn, "q_norm") and all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")))
+    return (
+        all(hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj"))
+        and not hasattr(attn, "q_norm")
+        and all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj"))
+    )
 
 
 def fast_norm(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -65,8 +69,13 @@ def transposed_pays(weight: torch.Tensor) -> bool:
     inputs (up-projections, LM heads), and small enough to copy. There one row times W^T stored as (in, out)
     ran 1.6x (256 -> 768) to 2.5x (256 -> 8,192) faster than F.linear when W comes from memory rather than
     cache (2-core EPYC, PyTorch 2.13); with fewer outputs than inputs (768 -> 256) it ran 0.7x."""
-    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 2
-            and weight.shape[0] > weight.shape[1] and weight.numel() * weight.element_size() <= TRANSPOSED_MAX_BYTES)
+    return (
+        weight.device.type == "cpu"
+        and weight.dtype == torch.float32
+        and weight.dim() == 2
+        and weight.shape[0] > weight.shape[1]
+        and weight.numel() * weight.element_size() <= TRANSPOSED_MAX_BYTES
+    )
 
 
 def transposed(weight: torch.Tensor) -> torch.Tensor:
@@ -104,8 +113,17 @@ class KVBuffers:
     """Preallocated keys and values for a few attention layers of one sequence, and their rotary table.
     Every layer holds the same `length`; rolling back is setting it."""
 
-    def __init__(self, layers: int, kv_heads: int, head_dim: int, inv_freq: torch.Tensor, limit: int,
-                 device: torch.device, dtype: torch.dtype, capacity: int = 256):
+    def __init__(
+        self,
+        layers: int,
+        kv_heads: int,
+        head_dim: int,
+        inv_freq: torch.Tensor,
+        limit: int,
+        device: torch.device,
+        dtype: torch.dtype,
+        capacity: int = 256,
+    ):
         self.count, self.kv_heads, self.head_dim = layers, kv_heads, head_dim
         self.inv_freq, self.limit, self.device, self.dtype = inv_freq, limit, device, dtype
         self.length = 0
@@ -143,8 +161,18 @@ class KVBuffers:
         rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
         return x * cos + rotated * sin
 
-    def attend(self, i: int, attn: nn.Module, h: torch.Tensor, heads: int, past: int, end: int,
-               mask: torch.Tensor | None, linear=exact_linear, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def attend(
+        self,
+        i: int,
+        attn: nn.Module,
+        h: torch.Tensor,
+        heads: int,
+        past: int,
+        end: int,
+        mask: torch.Tensor | None,
+        linear=exact_linear,
+        positions: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Layer i's self-attention (q/k/v/o projections of `attn`, through `linear`) over normed h (1, T, d);
         stores its KV. `positions` (T,): the rotary positions of a token tree's nodes (default past..end-1)."""
         new = h.shape[1]
@@ -158,9 +186,14 @@ class KVBuffers:
         q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
         self.keys[i][:, :, past:end] = k
         self.values[i][:, :, past:end] = v
-        a = F.scaled_dot_product_attention(q, self.keys[i][:, :, :end], self.values[i][:, :, :end],
-                                           attn_mask=mask, enable_gqa=self.kv_heads != heads,
-                                           scale=getattr(attn, "scaling", None))
+        a = F.scaled_dot_product_attention(
+            q,
+            self.keys[i][:, :, :end],
+            self.values[i][:, :, :end],
+            attn_mask=mask,
+            enable_gqa=self.kv_heads != heads,
+            scale=getattr(attn, "scaling", None),
+        )
         return project(linear, attn.o_proj, a.transpose(1, 2).reshape(1, new, -1))
 
     @staticmethod
@@ -206,8 +239,9 @@ class LeanDecoder(HoldsKV):
     """Same interface as `engine.Decoder` (feed / rollback / length) over a Llama-family model, or over
     its first `depth` layers only (`states`: Kangaroo's shallow pass)."""
 
-    def __init__(self, model: nn.Module, vocab: int, capacity: int = 256, depth: int | None = None,
-                 exact: bool = False):
+    def __init__(
+        self, model: nn.Module, vocab: int, capacity: int = 256, depth: int | None = None, exact: bool = False
+    ):
         cfg = model.config
         self.model = model
         self.vocab = vocab
@@ -220,15 +254,17 @@ class LeanDecoder(HoldsKV):
         param = next(model.parameters())
         self.norm_of = (lambda module, x: module(x)) if exact else fast_norm
         self.linear = exact_linear if exact else draft_linear
-        self.kv = KVBuffers(len(self.layers), kv_heads, head_dim, rotary.inv_freq, self.limit, param.device,
-                            param.dtype, capacity)
+        self.kv = KVBuffers(
+            len(self.layers), kv_heads, head_dim, rotary.inv_freq, self.limit, param.device, param.dtype, capacity
+        )
         # An MLP whose down projection is all zeros adds exactly nothing: a drafter grafted from Kangaroo's
         # attention-only adapter (students.graft_adapter) has one; computing it would be wasted work.
         self.adds_mlp = [exact or bool(layer.mlp.down_proj.weight.any()) for layer in self.layers]
 
     @torch.inference_mode()
-    def states(self, ids: torch.Tensor, positions: torch.Tensor | None = None,
-               mask: torch.Tensor | None = None) -> torch.Tensor:
+    def states(
+        self, ids: torch.Tensor, positions: torch.Tensor | None = None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Append ids (1, T); return the residual stream after this decoder's layers (1, T, d), un-normed. A token
         tree's nodes come with their `positions` (1, T) and attention `mask` (1, 1, T, length + T)."""
         new = ids.shape[1]
@@ -244,7 +280,9 @@ class LeanDecoder(HoldsKV):
                 continue
             h = self.norm_of(layer.post_attention_layernorm, x)
             mlp, lin = layer.mlp, self.linear
-            x = x + project(lin, mlp.down_proj, mlp.act_fn(project(lin, mlp.gate_proj, h)) * project(lin, mlp.up_proj, h))
+            x = x + project(
+                lin, mlp.down_proj, mlp.act_fn(project(lin, mlp.gate_proj, h)) * project(lin, mlp.up_proj, h)
+            )
         self.kv.length = end
         return x
 
@@ -273,8 +311,16 @@ class LeanAdapter(HoldsKV):
         cfg = adapter.config
         self.adapter = adapter
         param = next(adapter.parameters())
-        self.kv = KVBuffers(1, cfg.num_key_value_heads, cfg.head_dim, adapter.rotary.inv_freq,
-                            cfg.max_position_embeddings, param.device, param.dtype, capacity)
+        self.kv = KVBuffers(
+            1,
+            cfg.num_key_value_heads,
+            cfg.head_dim,
+            adapter.rotary.inv_freq,
+            cfg.max_position_embeddings,
+            param.device,
+            param.dtype,
+            capacity,
+        )
 
     @torch.inference_mode()
     def __call__(self, hidden: torch.Tensor) -> torch.Tensor:
@@ -282,7 +328,15 @@ class LeanAdapter(HoldsKV):
         new = hidden.shape[1]
         past, end = self.kv.reserve(new, "adapter")
         h = fast_norm(self.adapter.input_norm, hidden)
-        out = self.kv.attend(0, self.adapter.attn, h, self.adapter.config.num_attention_heads, past, end,
-                             self.kv.causal(new, past, end, hidden.device), draft_linear)
+        out = self.kv.attend(
+            0,
+            self.adapter.attn,
+            h,
+            self.adapter.config.num_attention_heads,
+            past,
+            end,
+            self.kv.causal(new, past, end, hidden.device),
+            draft_linear,
+        )
         self.kv.length = end
         return hidden + out

@@ -4,6 +4,7 @@ Everything the UI, plots, metrics and bench show is read from a Trace: a method 
 times or counts anything by itself. A Trace is plain data (JSON round trip, pandas frame,
 Chrome trace for Perfetto), so a saved run can be viewed again anywhere.
 """
+
 from __future__ import annotations
 
 import json
@@ -135,8 +136,10 @@ class Trace:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Trace":
         if not isinstance(d, dict) or d.get("schema") not in READABLE_SCHEMAS or "events" not in d or "rows" not in d:
-            raise ValueError("not a specviz trace (expected a JSON object with schema %s, rows and events)"
-                             % " or ".join(map(str, READABLE_SCHEMAS)))
+            raise ValueError(
+                "not a specviz trace (expected a JSON object with schema %s, rows and events)"
+                % " or ".join(map(str, READABLE_SCHEMAS))
+            )
         try:
             rows = [RowResult(**r) for r in d["rows"]]
             events = [Event(**e) for e in d["events"]]
@@ -179,8 +182,20 @@ class Trace:
             for kind, tid in lanes.items():
                 out.append({"ph": "M", "name": "thread_name", "pid": row, "tid": tid, "args": {"name": kind}})
         for e in self.events:
-            args = {k: v for k, v in (("step", e.step), ("position", e.position), ("token", e.text), ("token_id", e.token_id),
-                                      ("p", e.p), ("q", e.q), ("depth", e.depth), ("source", e.source)) if v not in (None, -1, "")}
+            args = {
+                k: v
+                for k, v in (
+                    ("step", e.step),
+                    ("position", e.position),
+                    ("token", e.text),
+                    ("token_id", e.token_id),
+                    ("p", e.p),
+                    ("q", e.q),
+                    ("depth", e.depth),
+                    ("source", e.source),
+                )
+                if v not in (None, -1, "")
+            }
             args.update({k: v for k, v in e.info.items() if isinstance(v, (int, float, str, bool))})
             name = e.kind if not e.text else f"{e.kind} {e.text!r}"
             base = {"name": name, "cat": e.kind, "pid": e.row, "tid": lanes[e.kind], "ts": e.t0 * 1e6, "args": args}
@@ -188,7 +203,11 @@ class Trace:
                 out.append({**base, "ph": "X", "dur": (e.t1 - e.t0) * 1e6})
             else:
                 out.append({**base, "ph": "i", "s": "t"})
-        return {"traceEvents": out, "displayTimeUnit": "ms", "otherData": {"method": self.method, "params": self.params}}
+        return {
+            "traceEvents": out,
+            "displayTimeUnit": "ms",
+            "otherData": {"method": self.method, "params": self.params},
+        }
 
 
 class Recorder:

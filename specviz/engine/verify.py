@@ -20,6 +20,7 @@ residual norm(max(0, p - q)). Emitted tokens then follow min(p, q) + (1 - sum mi
 over-weights what the drafter also likes. No user-facing parameter reaches it (`run` rejects unknown
 parameters; the rule rides on a private RunContext field).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -51,7 +52,9 @@ class Sampling:
         if self.top_p < 1.0:
             sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
             cum = torch.softmax(sorted_logits, dim=-1).cumsum(-1)
-            drop_sorted = cum - torch.softmax(sorted_logits, dim=-1) >= self.top_p  # keep the smallest set reaching top_p
+            drop_sorted = (
+                cum - torch.softmax(sorted_logits, dim=-1) >= self.top_p
+            )  # keep the smallest set reaching top_p
             drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
             logits = logits.masked_fill(drop, float("-inf"))
         return torch.softmax(logits, dim=-1)
@@ -87,7 +90,7 @@ def top_entries(probs: torch.Tensor, k: int) -> list[list[list]]:
     if k <= 0 or rows == 0:
         return [[] for _ in range(rows)]
     vals, idx = torch.topk(probs, min(k, probs.shape[-1]), dim=-1)
-    scale = 10.0 ** PROB_DECIMALS
+    scale = 10.0**PROB_DECIMALS
     vals = (vals.detach().to("cpu", torch.float64) * scale).round() / scale  # float64: short JSON reprs
     return [[[i, v] for i, v in zip(ri, rv)] for ri, rv in zip(idx.tolist(), vals.tolist())]
 
@@ -109,8 +112,14 @@ class Verdict:
     residual_top: list | None = None  # sampling rejection: top-k of norm(max(0, p - q)) at the rejected position
 
 
-def greedy_verdict(drafts: torch.Tensor, target_logits: torch.Tensor, q_draft: list[float], *,
-                   q: torch.Tensor | None = None, top: int = 0) -> Verdict:
+def greedy_verdict(
+    drafts: torch.Tensor,
+    target_logits: torch.Tensor,
+    q_draft: list[float],
+    *,
+    q: torch.Tensor | None = None,
+    top: int = 0,
+) -> Verdict:
     """drafts (gamma,), target_logits (gamma+1, V): accept the prefix equal to the target's argmax.
     `top` > 0 (and q, the drafter's (gamma, V) probabilities): the top-k lists for the trace too."""
     gamma = drafts.shape[0]
@@ -120,8 +129,9 @@ def greedy_verdict(drafts: torch.Tensor, target_logits: torch.Tensor, q_draft: l
     n = int(match.cumprod(0).sum().item()) if gamma else 0
     token = best[n]
     p_draft = probs[torch.arange(gamma, device=probs.device), drafts].tolist() if gamma else []
-    verdict = Verdict(n, int(token.item()), p_draft, q_draft, float(probs[n, token].item()),
-                      [float(m) for m in match.tolist()])
+    verdict = Verdict(
+        n, int(token.item()), p_draft, q_draft, float(probs[n, token].item()), [float(m) for m in match.tolist()]
+    )
     if top > 0:
         with_q = q is not None and gamma > 0
         tops = top_entries(torch.cat([probs, q.to(probs.dtype)]) if with_q else probs, top)
@@ -163,18 +173,38 @@ def sampling_verdict(
     else:
         token = sample(p[gamma].unsqueeze(0), generator)[0]
     token_id = int(token.item())
-    verdict = Verdict(n, token_id, p_x.tolist(), q_x.tolist(), float(p[n, token_id].item()), ratio.tolist(),
-                      rule="ratio" if rule == "exact" else rule, u=r.tolist())
+    verdict = Verdict(
+        n,
+        token_id,
+        p_x.tolist(),
+        q_x.tolist(),
+        float(p[n, token_id].item()),
+        ratio.tolist(),
+        rule="ratio" if rule == "exact" else rule,
+        u=r.tolist(),
+    )
     if top > 0:
         parts = [p, q.to(p.dtype)] + ([dist.unsqueeze(0)] if dist is not None else [])
         tops = top_entries(torch.cat(parts) if gamma else p, top)
-        verdict = replace(verdict, top_p=tops[: gamma + 1], top_q=tops[gamma + 1 : 2 * gamma + 1],
-                          residual_top=tops[2 * gamma + 1] if dist is not None else None)
+        verdict = replace(
+            verdict,
+            top_p=tops[: gamma + 1],
+            top_q=tops[gamma + 1 : 2 * gamma + 1],
+            residual_top=tops[2 * gamma + 1] if dist is not None else None,
+        )
     return verdict
 
 
-def decide(sampling: Sampling, drafts: torch.Tensor, q: torch.Tensor | None, logits: torch.Tensor,
-           generator: torch.Generator | None, *, top: int = 0, rule: str = "exact") -> Verdict:
+def decide(
+    sampling: Sampling,
+    drafts: torch.Tensor,
+    q: torch.Tensor | None,
+    logits: torch.Tensor,
+    generator: torch.Generator | None,
+    *,
+    top: int = 0,
+    rule: str = "exact",
+) -> Verdict:
     """The verdict on one verified block, greedy or sampling: drafts (gamma,), q (gamma, V) drafter
     probabilities (processed), logits (gamma+1, V) the target's raw logits over [last, drafts].
     `rule` applies to sampling only (greedy has one rule, the argmax)."""
@@ -200,8 +230,16 @@ class SiblingVerdict:
     residual_top: list | None = None  # sampling, every child rejected: top-k of the residual the token came from
 
 
-def sibling_verdict(sampling: Sampling, logits: torch.Tensor, p: torch.Tensor, children: list[int],
-                    generator: torch.Generator | None, *, top: int = 0, rule: str = "exact") -> SiblingVerdict:
+def sibling_verdict(
+    sampling: Sampling,
+    logits: torch.Tensor,
+    p: torch.Tensor,
+    children: list[int],
+    generator: torch.Generator | None,
+    *,
+    top: int = 0,
+    rule: str = "exact",
+) -> SiblingVerdict:
     """Which of a node's deterministic children (a token tree's top-k siblings) the target takes, from its logits
     (V,) at the node and their probabilities p = sampling.probs(logits) (computed once for the whole tree).
 
@@ -231,7 +269,9 @@ def sibling_verdict(sampling: Sampling, logits: torch.Tensor, p: torch.Tensor, c
         tried.append(chance)
         drawn.append(u)
         if u < chance:
-            return SiblingVerdict(i, token, float(p[token].item()), tried, drawn, rule="sibling" if rule == "exact" else rule)
+            return SiblingVerdict(
+                i, token, float(p[token].item()), tried, drawn, rule="sibling" if rule == "exact" else rule
+            )
         r[token] = 0.0
         total = r.sum()
         # float noise only: in exact arithmetic a child holding all of r's mass is accepted with certainty
@@ -239,5 +279,12 @@ def sibling_verdict(sampling: Sampling, logits: torch.Tensor, p: torch.Tensor, c
     dist = p if rule == "broken" else r  # BROKEN ON PURPOSE: p itself, as if no child had been tried
     token_id = int(sample(dist.unsqueeze(0), generator)[0].item())
     residual = top_entries(dist.unsqueeze(0), top)[0] if top > 0 and children else None
-    return SiblingVerdict(None, token_id, float(p[token_id].item()), tried, drawn,
-                          rule="sibling" if rule == "exact" else rule, residual_top=residual)
+    return SiblingVerdict(
+        None,
+        token_id,
+        float(p[token_id].item()),
+        tried,
+        drawn,
+        rule="sibling" if rule == "exact" else rule,
+        residual_top=residual,
+    )

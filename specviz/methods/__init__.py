@@ -1,4 +1,5 @@
 """The METHODS registry: name -> Method class. A new method is one file plus one line here."""
+
 from __future__ import annotations
 
 from specviz.methods.autoregressive import Autoregressive

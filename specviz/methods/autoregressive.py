@@ -1,4 +1,5 @@
 """The baseline every speedup is measured against: one target forward per token, on a KV cache."""
+
 from __future__ import annotations
 
 from specviz.engine.verify import top_entries
@@ -24,8 +25,17 @@ class Autoregressive(Method):
             token_id = int(token.item())
             position = out.push(token_id)
             if rec.enabled:
-                rec.add("emit", step=step, position=position, token_id=token_id, p=float(probs[0, token_id].item()),
-                        source="target", t0=t0, t1=rec.now(), info={"top_p": top_entries(probs, top)[0]} if top else {})
+                rec.add(
+                    "emit",
+                    step=step,
+                    position=position,
+                    token_id=token_id,
+                    p=float(probs[0, token_id].item()),
+                    source="target",
+                    t0=t0,
+                    t1=rec.now(),
+                    info={"top_p": top_entries(probs, top)[0]} if top else {},
+                )
             if out.done:
                 break
             ctx.check_cancel()

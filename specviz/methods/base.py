@@ -5,6 +5,7 @@ and the bench to build their controls) and `generate(ctx)`, which reports everyt
 `ctx.rec` and pushes tokens into `ctx.out`. A new instance is made for every run, so a method
 may keep per-run state on `self`; nothing is shared between runs.
 """
+
 from __future__ import annotations
 
 import math
@@ -83,9 +84,13 @@ COMMON_PARAMS: tuple[Param, ...] = (
     Param("top_k", int, 0, 0, 1_000_000, help="keep the k most likely tokens (0 = off); same for drafter and target"),
     Param("top_p", float, 1.0, 0.01, 1.0, help="nucleus sampling mass (1 = off); same for drafter and target"),
     Param("seed", int, 0, 0, 2**31 - 1, help="seed of this run's own random generator"),
-    Param("heal_prompt", bool, False,
-          help="token healing: back off the prompt's last token and make the first new token extend its text "
-               "(a prompt ending in a bare newline gets its indentation); every method decodes the same healed prompt"),
+    Param(
+        "heal_prompt",
+        bool,
+        False,
+        help="token healing: back off the prompt's last token and make the first new token extend its text "
+        "(a prompt ending in a bare newline gets its indentation); every method decodes the same healed prompt",
+    ),
 )
 
 
@@ -98,16 +103,28 @@ def common_values(params: dict[str, Any]) -> dict[str, Any]:
 
 # What the trace records (not how tokens are chosen): kept apart from COMMON_PARAMS, whose controls the UI lays out.
 TRACE_PARAMS: tuple[Param, ...] = (
-    Param("dist_top_k", int, 8, 0, 32,
-          help="record the top-k of the drafter's q and the target's p at every verified position (0 = off)"),
+    Param(
+        "dist_top_k",
+        int,
+        8,
+        0,
+        32,
+        help="record the top-k of the drafter's q and the target's p at every verified position (0 = off)",
+    ),
 )
 GAMMA = Param("gamma", int, 4, 1, 16, help="draft tokens per verification round (the paper's gamma / k)")
 
 
 def eta_param(default: float) -> Param:
     """The confidence stop of drafting (Kangaroo's second early exit; draft_model's option)."""
-    return Param("eta", float, default, 0.0, 1.0,
-                 help="stop drafting after a draft whose top-1 probability is under eta; that draft is kept (0 = never)")
+    return Param(
+        "eta",
+        float,
+        default,
+        0.0,
+        1.0,
+        help="stop drafting after a draft whose top-1 probability is under eta; that draft is kept (0 = never)",
+    )
 
 
 def confidence_exit(rec, step: int, depth: int, source: str, t: float, confidence: float, eta: float) -> bool:
@@ -115,8 +132,15 @@ def confidence_exit(rec, step: int, depth: int, source: str, t: float, confidenc
     early_exit event when it does."""
     if confidence >= eta:
         return False
-    rec.add("early_exit", step=step, depth=depth, source=source, t0=t, t1=t,
-            info={"reason": "confidence", "confidence": confidence, "eta": eta})
+    rec.add(
+        "early_exit",
+        step=step,
+        depth=depth,
+        source=source,
+        t0=t,
+        t1=t,
+        info={"reason": "confidence", "confidence": confidence, "eta": eta},
+    )
     return True
 
 

@@ -28,6 +28,7 @@ or a realignment shift moves it. Output equivalence then breaks, which the Batch
 Drafting runs gamma drafter forwards plus one that writes the last draft into the drafter's cache,
 so both caches always hold the same tokens and each row has exactly one pending token per round.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -42,8 +43,13 @@ from specviz.methods.base import GAMMA, Method, Param, RunContext
 from specviz.methods.rounds import commit_tokens
 
 BATCH_SIZE = Param("batch_size", int, 4, 1, 32, help="rows decoded together")
-REALIGN = Param("realign", str, "full", choices=("full", "naive"),
-                help="full: correct realignment; naive: BROKEN ON PURPOSE (positions from padded columns) to show why it matters")
+REALIGN = Param(
+    "realign",
+    str,
+    "full",
+    choices=("full", "naive"),
+    help="full: correct realignment; naive: BROKEN ON PURPOSE (positions from padded columns) to show why it matters",
+)
 
 
 is_filled, each_layer = kvcache.is_filled, kvcache.filled_layers
@@ -74,8 +80,10 @@ class BatchMethod(Method):
         pair = ctx.pair
         eos = eos_ids(pair.target, pair.tokenizer)
         limit = context_limit(pair.target)
-        seqs = [Seq(i, ids, Output(ctx.params["max_new_tokens"], eos, limit - len(ids) + (i in ctx.first_tokens)))
-                for i, ids in enumerate(ctx.batch_prompts)]
+        seqs = [
+            Seq(i, ids, Output(ctx.params["max_new_tokens"], eos, limit - len(ids) + (i in ctx.first_tokens)))
+            for i, ids in enumerate(ctx.batch_prompts)
+        ]
         for s in seqs:  # token healing (specviz.api) chose a row's first token already: it counts as output
             if s.index in ctx.first_tokens:
                 s.out.push(ctx.first_tokens[s.index])
@@ -106,13 +114,27 @@ class BatchMethod(Method):
             t1 = rec.now()
             clock.prefill += t1 - t0
             for s in seqs:
-                rec.add("prefill", row=s.index, source=source, t0=t0, t1=t1, info={"tokens": len(s.prompt_ids) - 1,
-                                                                                 "pad": width - len(s.prompt_ids) + 1})
+                rec.add(
+                    "prefill",
+                    row=s.index,
+                    source=source,
+                    t0=t0,
+                    t1=t1,
+                    info={"tokens": len(s.prompt_ids) - 1, "pad": width - len(s.prompt_ids) + 1},
+                )
             kvs.append(kv)
         return kvs[0], (kvs[1] if self.speculative else None)
 
-    def round(self, ctx: RunContext, seqs: list[Seq], target: BatchKV, draft: BatchKV | None, step: int,
-              clock: RoundClock, settle: bool = True) -> list[int]:
+    def round(
+        self,
+        ctx: RunContext,
+        seqs: list[Seq],
+        target: BatchKV,
+        draft: BatchKV | None,
+        step: int,
+        clock: RoundClock,
+        settle: bool = True,
+    ) -> list[int]:
         """Draft, verify and commit one round for every row; realign (settle) or leave it to the caller.
         Returns the rejected-entry count at the right end of each row (0 after settling)."""
         rec, sampling, gen = ctx.rec, ctx.sampling, ctx.generator
@@ -131,7 +153,17 @@ class BatchMethod(Method):
                 clock.draft += t1 - t0
                 q_x = q.gather(1, token[:, None])[:, 0].tolist()
                 for s, tok, qv in zip(seqs, token.tolist(), q_x):
-                    rec.add("draft", step=s.steps, row=s.index, token_id=tok, q=qv, depth=depth, source="draft", t0=t0, t1=t1)
+                    rec.add(
+                        "draft",
+                        step=s.steps,
+                        row=s.index,
+                        token_id=tok,
+                        q=qv,
+                        depth=depth,
+                        source="draft",
+                        t0=t0,
+                        t1=t1,
+                    )
                 qs.append(q)
                 cur = token[:, None]
                 drafts = torch.cat([drafts, cur], dim=1)
@@ -148,17 +180,40 @@ class BatchMethod(Method):
         top = ctx.dist_top
         for i, s in enumerate(seqs):
             row_drafts = drafts[i]
-            verdict = decide(sampling, row_drafts, q_all[i] if q_all is not None else None, logits[i], gen,
-                             top=top, rule=ctx.verify_rule)
-            rec.add("verify", step=s.steps, row=s.index, source="target", t0=t0, t1=t1,
-                    info={"tokens": gamma + 1, "drafts": gamma, "accepted": verdict.accepted, "batch": len(seqs)})
+            verdict = decide(
+                sampling,
+                row_drafts,
+                q_all[i] if q_all is not None else None,
+                logits[i],
+                gen,
+                top=top,
+                rule=ctx.verify_rule,
+            )
+            rec.add(
+                "verify",
+                step=s.steps,
+                row=s.index,
+                source="target",
+                t0=t0,
+                t1=t1,
+                info={"tokens": gamma + 1, "drafts": gamma, "accepted": verdict.accepted, "batch": len(seqs)},
+            )
             if self.speculative:
                 new = commit_tokens(ctx, s.out, row_drafts.tolist(), verdict, s.steps, ["draft"] * gamma, row=s.index)
             else:
                 new = [verdict.token]
-                rec.add("emit", step=s.steps, row=s.index, position=s.out.push(verdict.token), token_id=verdict.token,
-                        p=verdict.p_token, source="target", t0=t0, t1=t1,
-                        info={"top_p": verdict.top_p[0]} if verdict.top_p else {})
+                rec.add(
+                    "emit",
+                    step=s.steps,
+                    row=s.index,
+                    position=s.out.push(verdict.token),
+                    token_id=verdict.token,
+                    p=verdict.p_token,
+                    source="target",
+                    t0=t0,
+                    t1=t1,
+                    info={"top_p": verdict.top_p[0]} if verdict.top_p else {},
+                )
             if new:
                 s.pending = new[-1]
             kept.append(1 + verdict.accepted)
@@ -170,8 +225,17 @@ class BatchMethod(Method):
             kv.valid = [v - (gamma + 1) + k for v, k in zip(kv.valid, kept)]
         return [gamma + 1 - k for k in kept]
 
-    def realign(self, ctx: RunContext, seqs: list[Seq], target: BatchKV, draft: BatchKV | None, kept: list[int],
-                block: int, step: int, clock: RoundClock) -> None:
+    def realign(
+        self,
+        ctx: RunContext,
+        seqs: list[Seq],
+        target: BatchKV,
+        draft: BatchKV | None,
+        kept: list[int],
+        block: int,
+        step: int,
+        clock: RoundClock,
+    ) -> None:
         rec = ctx.rec
         t0 = rec.now()
         infos = target.settle(kept, block)
@@ -182,21 +246,35 @@ class BatchMethod(Method):
         if any(info["shift"] or info["pad_removed"] for info in infos):
             clock.realigned_rounds += 1
         for s, info in zip(seqs, infos):
-            rec.add("realign", step=s.steps - 1, row=s.index, source="batch", t0=t0, t1=t1,
-                    info={"accepted": info["kept"] - 1, **info, "mode": ctx.params["realign"]})
+            rec.add(
+                "realign",
+                step=s.steps - 1,
+                row=s.index,
+                source="batch",
+                t0=t0,
+                t1=t1,
+                info={"accepted": info["kept"] - 1, **info, "mode": ctx.params["realign"]},
+            )
 
     def finish_meta(self, ctx: RunContext, clock: RoundClock, seqs: list[Seq]) -> None:
-        ctx.meta.update({
-            "batch_size": ctx.params["batch_size"],
-            "realign_mode": ctx.params["realign"],
-            "naive": ctx.params["realign"] == "naive",
-            "realign_seconds": clock.realign,
-            "seconds": {"prefill": clock.prefill, "draft": clock.draft, "verify": clock.verify,
-                        "realign": clock.realign, "schedule": clock.schedule},
-            "rounds": clock.rounds,
-            "realigned_rounds": clock.realigned_rounds,
-            **clock.extra,
-        })
+        ctx.meta.update(
+            {
+                "batch_size": ctx.params["batch_size"],
+                "realign_mode": ctx.params["realign"],
+                "naive": ctx.params["realign"] == "naive",
+                "realign_seconds": clock.realign,
+                "seconds": {
+                    "prefill": clock.prefill,
+                    "draft": clock.draft,
+                    "verify": clock.verify,
+                    "realign": clock.realign,
+                    "schedule": clock.schedule,
+                },
+                "rounds": clock.rounds,
+                "realigned_rounds": clock.realigned_rounds,
+                **clock.extra,
+            }
+        )
 
 
 class StaticBatch(BatchMethod):
@@ -246,8 +324,12 @@ class EXSpec(BatchMethod):
     name = "exspec"
     title = "EXSPEC (sliding pool, same-length grouping)"
     needs_draft = True
-    PARAMS = (BATCH_SIZE, GAMMA, REALIGN,
-              Param("pool_factor", int, 2, 1, 8, help="pool holds pool_factor x batch_size sequences"))
+    PARAMS = (
+        BATCH_SIZE,
+        GAMMA,
+        REALIGN,
+        Param("pool_factor", int, 2, 1, 8, help="pool holds pool_factor x batch_size sequences"),
+    )
 
     def generate(self, ctx: RunContext) -> None:
         rec, clock = ctx.rec, RoundClock()
@@ -277,15 +359,41 @@ class EXSpec(BatchMethod):
             else:
                 clock.same_length_rounds += 1
             for s in group:
-                rec.add("schedule", step=s.steps, row=s.index, source="pool", t0=t0, t1=t1,
-                        info={"group": chosen, "length": s.length, "same_length": same, "padded": padded_t,
-                              "pool": len(pool), "queued": len(queue)})
+                rec.add(
+                    "schedule",
+                    step=s.steps,
+                    row=s.index,
+                    source="pool",
+                    t0=t0,
+                    t1=t1,
+                    info={
+                        "group": chosen,
+                        "length": s.length,
+                        "same_length": same,
+                        "padded": padded_t,
+                        "pool": len(pool),
+                        "queued": len(queue),
+                    },
+                )
             if padded_t:
                 for s, member in zip(group, members):
-                    rec.add("realign", step=s.steps, row=s.index, source="pool", t0=t0, t1=t1,
-                            info={"reason": "no same-length group fills the batch", "pad_added": target.width - member[1].width,
-                                  "pad_removed": 0, "shift": 0, "cache_moved": member[1].width, "width_after": target.width,
-                                  "mode": ctx.params["realign"]})
+                    rec.add(
+                        "realign",
+                        step=s.steps,
+                        row=s.index,
+                        source="pool",
+                        t0=t0,
+                        t1=t1,
+                        info={
+                            "reason": "no same-length group fills the batch",
+                            "pad_added": target.width - member[1].width,
+                            "pad_removed": 0,
+                            "shift": 0,
+                            "cache_moved": member[1].width,
+                            "width_after": target.width,
+                            "mode": ctx.params["realign"],
+                        },
+                    )
             trims = self.round(ctx, group, target, draft, step, clock, settle=False)
             for s, t_part, d_part in zip(group, target.split(trims), draft.split(trims)):
                 if s.out.done:

@@ -8,6 +8,7 @@ take the cost of a draft step as c_l = (l layers + the head) / (all layers + the
 the choice maximises the expected speedup of Leviathan et al. at gamma drafts per round. The table is
 recorded in every trace that used it (meta["exit_calibration"]), and the UI shows it.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,10 @@ from specviz.speedup import leviathan_speedup
 
 GAMMA = 4
 PROMPT_FILE = Path(__file__).resolve().parents[2] / "assets" / "prompts" / "code.jsonl"
-TEXTS = ("The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of times.",
-         "def mean(values):\n    \"\"\"Return the arithmetic mean.\"\"\"\n    return sum(values) / len(values)\n")
+TEXTS = (
+    "The quick brown fox jumps over the lazy dog. It was the best of times, it was the worst of times.",
+    'def mean(values):\n    """Return the arithmetic mean."""\n    return sum(values) / len(values)\n',
+)
 _CACHE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # target module -> its calibration
 _LOCK = threading.Lock()
 
@@ -56,8 +59,14 @@ def exit_table(target, tokenizer, vocab: int) -> list[dict]:
     for l in range(1, depth):
         alpha = float(agree[l - 1] / max(1, total))
         c = (l + head_cost) / (depth + head_cost)
-        rows.append({"exit_layer": l, "alpha": round(alpha, 4), "c": round(c, 4),
-                     "modeled_speedup": round(leviathan_speedup(min(alpha, 0.999), GAMMA, c), 4)})
+        rows.append(
+            {
+                "exit_layer": l,
+                "alpha": round(alpha, 4),
+                "c": round(c, 4),
+                "modeled_speedup": round(leviathan_speedup(min(alpha, 0.999), GAMMA, c), 4),
+            }
+        )
     return rows
 
 
@@ -68,6 +77,10 @@ def calibrated_exit(pair, vocab: int) -> dict:
         if key not in _CACHE:
             table = exit_table(pair.target, pair.tokenizer, vocab)
             best = max(table, key=lambda r: (r["modeled_speedup"], -r["exit_layer"]))
-            _CACHE[key] = {"exit_layer": best["exit_layer"], "table": table, "gamma": GAMMA,
-                           "rule": "max (1 - alpha^(g+1)) / ((1 - alpha)(g c + 1)), alpha = logit-lens agreement"}
+            _CACHE[key] = {
+                "exit_layer": best["exit_layer"],
+                "table": table,
+                "gamma": GAMMA,
+                "rule": "max (1 - alpha^(g+1)) / ((1 - alpha)(g c + 1)), alpha = logit-lens agreement",
+            }
         return _CACHE[key]

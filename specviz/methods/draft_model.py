@@ -14,6 +14,7 @@ drafter, or no draft at all (a plain target step). Each round's drafts come from
 it (a copy is accepted with p(x), a drafted token with min(1, p/q)), so the hybrid is exact under sampling too.
 The drafter catches up on the tokens of lookup rounds at its next round (its cache feeds what it has not seen).
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,17 +27,33 @@ from specviz.methods.rounds import Drafter, commit, next_gamma, prefill_both, ve
 from specviz.methods.vocabtrim import TrimmedDrafter
 from specviz.models.anatomy import weights_read_per_token
 
-DRAFTER_FORWARD = Param("drafter_forward", str, "lean", choices=("lean", "transformers"),
-                        help="the drafter's forward: specviz's lean Llama-family loop (same weights, less framework "
-                             "work per call) or transformers' model(...); other architectures always use transformers")
-GAMMA_SCHEDULE = Param("gamma_schedule", str, "constant", choices=("constant", "heuristic"),
-                       help="constant gamma, or +2 after a round with every draft accepted and -1 otherwise "
-                            "(transformers' 'heuristic' schedule)")
+DRAFTER_FORWARD = Param(
+    "drafter_forward",
+    str,
+    "lean",
+    choices=("lean", "transformers"),
+    help="the drafter's forward: specviz's lean Llama-family loop (same weights, less framework "
+    "work per call) or transformers' model(...); other architectures always use transformers",
+)
+GAMMA_SCHEDULE = Param(
+    "gamma_schedule",
+    str,
+    "constant",
+    choices=("constant", "heuristic"),
+    help="constant gamma, or +2 after a round with every draft accepted and -1 otherwise "
+    "(transformers' 'heuristic' schedule)",
+)
 
 
-LOOKUP_PARAM = Param("lookup", int, 0, 0, 8,
-                     help="hybrid: a round whose text ends in this many tokens seen before copies what followed them "
-                          "(prompt lookup) instead of asking the drafter (0 = never)")
+LOOKUP_PARAM = Param(
+    "lookup",
+    int,
+    0,
+    0,
+    8,
+    help="hybrid: a round whose text ends in this many tokens seen before copies what followed them "
+    "(prompt lookup) instead of asking the drafter (0 = never)",
+)
 LOOKUP_GAMMA_PARAM = Param("lookup_gamma", int, 10, 1, 16, help="hybrid: tokens copied per lookup round at most")
 
 
@@ -50,8 +67,14 @@ class DraftModel(Method):
         eta_param(0.0),
         GAMMA_SCHEDULE,
         DRAFTER_FORWARD,
-        Param("vocab_trim", int, 0, 0, 1_000_000,
-              help="VocabTrim: keep only the K most frequent target tokens in the drafter's LM head (0 = off)"),
+        Param(
+            "vocab_trim",
+            int,
+            0,
+            0,
+            1_000_000,
+            help="VocabTrim: keep only the K most frequent target tokens in the drafter's LM head (0 = off)",
+        ),
         LOOKUP_PARAM,
         LOOKUP_GAMMA_PARAM,
         CHOOSE,
@@ -77,8 +100,11 @@ class DraftModel(Method):
         index = NgramIndex(lookup, max(lookup, 4)) if lookup else None
         if index is not None:
             index.extend(seq[0].tolist())
-        chooser = (SourceChooser(ctx.params["width_cost"], draft_cost(ctx, ctx.pair.target))
-                   if ctx.params["choose"] == "yield" else None)
+        chooser = (
+            SourceChooser(ctx.params["width_cost"], draft_cost(ctx, ctx.pair.target))
+            if ctx.params["choose"] == "yield"
+            else None
+        )
         step = lookup_rounds = 0
         while not out.done:
             ctx.check_cancel()

@@ -4,6 +4,7 @@
 the whole call and an `emit` per output token (no drafts, accepts or timings inside). Greedy
 only, because its sampling draws from torch's global RNG, which concurrent runs would share.
 """
+
 from __future__ import annotations
 
 import torch
@@ -21,15 +22,25 @@ class HFAssisted(Method):
     PARAMS = (
         GAMMA,
         GAMMA_SCHEDULE,
-        Param("confidence_threshold", float, 0.0, 0.0, 1.0,
-              help="assistant_confidence_threshold (transformers' default 0.4; 0 = off, a fixed gamma)"),
+        Param(
+            "confidence_threshold",
+            float,
+            0.0,
+            0.0,
+            1.0,
+            help="assistant_confidence_threshold (transformers' default 0.4; 0 = off, a fixed gamma)",
+        ),
     )
 
     def generate(self, ctx: RunContext) -> None:
-        opaque_generate(ctx, self.name, {"assistant_model": ctx.pair.draft},
-                        num_assistant_tokens=ctx.params["gamma"],
-                        num_assistant_tokens_schedule=ctx.params["gamma_schedule"],
-                        assistant_confidence_threshold=ctx.params["confidence_threshold"])
+        opaque_generate(
+            ctx,
+            self.name,
+            {"assistant_model": ctx.pair.draft},
+            num_assistant_tokens=ctx.params["gamma"],
+            num_assistant_tokens_schedule=ctx.params["gamma_schedule"],
+            assistant_confidence_threshold=ctx.params["confidence_threshold"],
+        )
 
 
 def opaque_generate(ctx: RunContext, name: str, models: dict, **config) -> None:
@@ -38,15 +49,17 @@ def opaque_generate(ctx: RunContext, name: str, models: dict, **config) -> None:
         raise ValueError(f"{name} runs greedy only here (temperature 0): its sampling uses torch's global RNG")
     rec, out, pair = ctx.rec, ctx.out, ctx.pair
     eos = sorted(out.eos_ids)
-    cfg = GenerationConfig(max_new_tokens=out.limit, do_sample=False, eos_token_id=eos or None,
-                           pad_token_id=eos[0] if eos else 0, **config)
+    cfg = GenerationConfig(
+        max_new_tokens=out.limit, do_sample=False, eos_token_id=eos or None, pad_token_id=eos[0] if eos else 0, **config
+    )
     t0 = rec.now()
     with torch.inference_mode():
-        ids = pair.target.generate(ctx.prompt_ids, attention_mask=torch.ones_like(ctx.prompt_ids), generation_config=cfg,
-                                   **models)
+        ids = pair.target.generate(
+            ctx.prompt_ids, attention_mask=torch.ones_like(ctx.prompt_ids), generation_config=cfg, **models
+        )
     t1 = rec.now()
     rec.add("prefill", source="transformers.generate", t0=t0, t1=t1, info={"opaque": True})
-    for token_id in ids[0, ctx.prompt_ids.shape[1]:].tolist():
+    for token_id in ids[0, ctx.prompt_ids.shape[1] :].tolist():
         if out.done:
             break
         rec.add("emit", step=0, position=out.push(int(token_id)), token_id=int(token_id), source=name, t0=t1, t1=t1)

@@ -5,6 +5,7 @@ transformers turns on first. Opaque like `hf_assisted`: one prefill span and an 
 only. transformers matches the n-gram's earliest occurrence (ours, the most recent), matches down to one token
 (ours, by default, down to two: `min_ngram`) and never copies past the text's end.
 """
+
 from __future__ import annotations
 
 from specviz.methods.base import Method, RunContext
@@ -21,5 +22,10 @@ class HFPromptLookup(Method):
     PARAMS = (LOOKUP_GAMMA, MAX_NGRAM)
 
     def generate(self, ctx: RunContext) -> None:
-        opaque_generate(ctx, self.name, {}, prompt_lookup_num_tokens=ctx.params["gamma"],
-                        max_matching_ngram_size=ctx.params["max_ngram"])
+        opaque_generate(
+            ctx,
+            self.name,
+            {},
+            prompt_lookup_num_tokens=ctx.params["gamma"],
+            max_matching_ngram_size=ctx.params["max_ngram"],
+        )

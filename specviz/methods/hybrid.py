@@ -20,6 +20,7 @@ seed, and it changes only how many tokens are drafted and by whom: each round is
 rule, so the output's law (and greedy output) are unchanged. Costs are modeled, not measured per run: timings
 would make the output of a seeded run depend on the machine's load.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -29,12 +30,23 @@ from specviz.methods.base import Param
 PROBE_EVERY = 4  # rounds a source may be left out before it is tried again
 LONGEST_MATCH_BUCKET = 4
 
-CHOOSE = Param("choose", str, "match", choices=("match", "yield"),
-               help="'match': copy whenever the text's ending occurred before, else draft as set; 'yield': each round "
-                    "takes the source and length with the most expected tokens per modeled cost (or no draft)")
-WIDTH_COST = Param("width_cost", float, 0.05, 0.0, 1.0,
-                   help="with choose=yield: the modeled cost of verifying one more token, in target steps (this 2-core "
-                        "CPU: about 0.05; a GPU: about 0.01)")
+CHOOSE = Param(
+    "choose",
+    str,
+    "match",
+    choices=("match", "yield"),
+    help="'match': copy whenever the text's ending occurred before, else draft as set; 'yield': each round "
+    "takes the source and length with the most expected tokens per modeled cost (or no draft)",
+)
+WIDTH_COST = Param(
+    "width_cost",
+    float,
+    0.05,
+    0.0,
+    1.0,
+    help="with choose=yield: the modeled cost of verifying one more token, in target steps (this 2-core "
+    "CPU: about 0.05; a GPU: about 0.01)",
+)
 
 
 @dataclass
@@ -59,7 +71,7 @@ class Acceptance:
     def expected(self, k: int) -> float:
         """Expected accepted drafts of k."""
         a1, a = self.first_hits / self.first_tries, self.more_hits / self.more_tries
-        return a1 * (1 - a ** k) / (1 - a) if k else 0.0
+        return a1 * (1 - a**k) / (1 - a) if k else 0.0
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,10 @@ class SourceChooser:
 
     def summary(self) -> dict:
         """The learnt rates, for the trace's meta."""
-        return {"/".join(map(str, key)): {"first": round(r.first_hits / r.first_tries, 3),
-                                          "more": round(r.more_hits / r.more_tries, 3)}
-                for key, r in sorted(self.rates.items(), key=lambda kv: str(kv[0]))}
+        return {
+            "/".join(map(str, key)): {
+                "first": round(r.first_hits / r.first_tries, 3),
+                "more": round(r.more_hits / r.more_tries, 3),
+            }
+            for key, r in sorted(self.rates.items(), key=lambda kv: str(kv[0]))
+        }

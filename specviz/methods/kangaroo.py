@@ -22,6 +22,7 @@ like p), so speculative sampling stays exact.
 occurrence of the text's last n tokens (`prompt_lookup`), whose shallow pass then runs over the whole copy in one
 forward; `choose=yield` picks the copy, the early exit or no draft per round (`methods.hybrid`).
 """
+
 from __future__ import annotations
 
 import torch
@@ -47,7 +48,9 @@ def find_adapter(ctx: RunContext, exit_layer: int | None) -> KangarooAdapter | N
     if adapter is None:
         return None
     if exit_layer is not None and adapter.config.exit_layer != exit_layer:
-        raise ValueError(f"the adapter was trained on layer {adapter.config.exit_layer}; exit_layer={exit_layer} does not match it")
+        raise ValueError(
+            f"the adapter was trained on layer {adapter.config.exit_layer}; exit_layer={exit_layer} does not match it"
+        )
     return adapter
 
 
@@ -145,14 +148,33 @@ class Kangaroo(Method):
     PARAMS = (
         Param("gamma", int, 6, 1, 16, help="maximum draft depth per round (the paper's reference run: 6)"),
         eta_param(0.6),
-        Param("exit_layer", int, None, 1, 64, optional=True,
-              help="l: the draft uses the target's first l layers (default: the adapter's trained layer, embedded: 2; "
-                   "without an adapter, the calibrated logit-lens exit)"),
-        Param("vocab_trim", int, 0, 0, 1_000_000, help="VocabTrim: keep only the K most frequent target tokens in the draft head (0 = off)"),
-        Param("drafter_forward", str, "lean", choices=("lean", "transformers"),
-              help="the draft's forward (layers [0, l), adapter, head): specviz's lean Llama-family loop, bit-identical "
-                   "to transformers' layers in float32, or transformers' per-layer modules; other architectures (and "
-                   "exactness sessions, which memoize per-layer forwards) always use transformers"),
+        Param(
+            "exit_layer",
+            int,
+            None,
+            1,
+            64,
+            optional=True,
+            help="l: the draft uses the target's first l layers (default: the adapter's trained layer, embedded: 2; "
+            "without an adapter, the calibrated logit-lens exit)",
+        ),
+        Param(
+            "vocab_trim",
+            int,
+            0,
+            0,
+            1_000_000,
+            help="VocabTrim: keep only the K most frequent target tokens in the draft head (0 = off)",
+        ),
+        Param(
+            "drafter_forward",
+            str,
+            "lean",
+            choices=("lean", "transformers"),
+            help="the draft's forward (layers [0, l), adapter, head): specviz's lean Llama-family loop, bit-identical "
+            "to transformers' layers in float32, or transformers' per-layer modules; other architectures (and "
+            "exactness sessions, which memoize per-layer forwards) always use transformers",
+        ),
         LOOKUP_PARAM,
         LOOKUP_GAMMA_PARAM,
         CHOOSE,
@@ -163,8 +185,11 @@ class Kangaroo(Method):
         rec, out = ctx.rec, ctx.out
         gamma, eta, l = ctx.params["gamma"], ctx.params["eta"], ctx.params["exit_layer"]
         stack = LayerStack(ctx.pair.target, ctx.vocab)
-        lean = (ctx.params["drafter_forward"] == "lean" and ctx.memo is None
-                and ctx.once(("lean_supports", id(ctx.pair.target)), lambda: supports(ctx.pair.target)))
+        lean = (
+            ctx.params["drafter_forward"] == "lean"
+            and ctx.memo is None
+            and ctx.once(("lean_supports", id(ctx.pair.target)), lambda: supports(ctx.pair.target))
+        )
         ctx.meta["drafter_forward"] = "lean" if lean else "transformers"
         if l is not None and l >= stack.depth:
             raise ValueError(f"exit_layer must be below the target's {stack.depth} layers; got {l}")
@@ -187,8 +212,9 @@ class Kangaroo(Method):
         ctx.meta["kangaroo_drafter"] = "adapter" if adapter is not None else "logit lens (no adapter)"
         head = self.draft_head(ctx, stack, lean)
         ctx.meta["draft_params"] = self.draft_params(ctx, stack, adapter, l)
-        source = (f"target[:{l}]+adapter" if adapter is not None else f"target[:{l}]+head (no adapter)") + \
-            (f"[vocab {ctx.params['vocab_trim']}]" if ctx.params["vocab_trim"] else "")
+        source = (f"target[:{l}]+adapter" if adapter is not None else f"target[:{l}]+head (no adapter)") + (
+            f"[vocab {ctx.params['vocab_trim']}]" if ctx.params["vocab_trim"] else ""
+        )
 
         seq = ctx.prompt_ids
         t0 = rec.now()
@@ -203,15 +229,27 @@ class Kangaroo(Method):
         else:
             h_l = None
             if seq.shape[1] > 1:
-                h_l = (shallow_pass.states(seq[:, :-1]) if shallow_pass is not None
-                       else stack.run(stack.embed_ids(seq[:, :-1]), 0, l))
+                h_l = (
+                    shallow_pass.states(seq[:, :-1])
+                    if shallow_pass is not None
+                    else stack.run(stack.embed_ids(seq[:, :-1]), 0, l)
+                )
                 stack.run(h_l, l, stack.depth)
                 draft.pending = [h_l]
             if ctx.shared is not None:
                 ctx.shared[key] = (seq[0, :-1].tolist(), stack, draft, h_l)
-        rec.add("prefill", source="target", t0=t0, t1=rec.now(), info={"tokens": seq.shape[1] - 1, "adapter": adapter is not None})
-        memo = (ctx.once(("kangaroo_layer_memo", ctx.params["vocab_trim"]) + key[1:], LayerMemo)
-                if ctx.memo is not None else None)
+        rec.add(
+            "prefill",
+            source="target",
+            t0=t0,
+            t1=rec.now(),
+            info={"tokens": seq.shape[1] - 1, "adapter": adapter is not None},
+        )
+        memo = (
+            ctx.once(("kangaroo_layer_memo", ctx.params["vocab_trim"]) + key[1:], LayerMemo)
+            if ctx.memo is not None
+            else None
+        )
         full: list[int] = seq[0].tolist() if memo is not None else []  # memo keys: committed ids + this round's drafts
 
         def shallow(ids: torch.Tensor) -> torch.Tensor:
@@ -233,8 +271,10 @@ class Kangaroo(Method):
 
             def seen() -> None:
                 draft.pending = []
-            return memo.call(("adapter", draft.length, tuple(full[: draft.length + new])), draft.kv, range(1),
-                             compute, seen)
+
+            return memo.call(
+                ("adapter", draft.length, tuple(full[: draft.length + new])), draft.kv, range(1), compute, seen
+            )
 
         def deep_logits(block: torch.Tensor) -> torch.Tensor:
             compute = lambda: stack.logits(stack.run(block, l, stack.depth))[0]  # noqa: E731
@@ -247,8 +287,11 @@ class Kangaroo(Method):
         index = NgramIndex(lookup, max(lookup, 4)) if lookup else None
         if index is not None:
             index.extend(seq[0].tolist())
-        chooser = (SourceChooser(ctx.params["width_cost"], draft_cost(ctx, ctx.pair.target))
-                   if ctx.params["choose"] == "yield" else None)
+        chooser = (
+            SourceChooser(ctx.params["width_cost"], draft_cost(ctx, ctx.pair.target))
+            if ctx.params["choose"] == "yield"
+            else None
+        )
         step = lookup_rounds = 0
         while not out.done:
             ctx.check_cancel()
@@ -286,8 +329,17 @@ class Kangaroo(Method):
                 confidence = float(q.max().item())
                 t1 = rec.now()
                 token_id = int(token_t.item())
-                rec.add("draft", step=step, token_id=token_id, q=float(q[0, token_id].item()), depth=depth, source=source,
-                        t0=t0, t1=t1, info={"confidence": confidence})
+                rec.add(
+                    "draft",
+                    step=step,
+                    token_id=token_id,
+                    q=float(q[0, token_id].item()),
+                    depth=depth,
+                    source=source,
+                    t0=t0,
+                    t1=t1,
+                    info={"confidence": confidence},
+                )
                 tokens.append(token_t)
                 qs.append(q[0])
                 if memo is not None:
@@ -308,9 +360,19 @@ class Kangaroo(Method):
             block = torch.cat(states, dim=1)  # (1, k+1, d)
             logits = deep_logits(block)  # (k+1, V)
             verdict = decide(ctx.sampling, drafts, q, logits, ctx.generator, top=ctx.dist_top, rule=ctx.verify_rule)
-            rec.add("verify", step=step, source=f"target[{l}:]", t0=t0, t1=rec.now(),
-                    info={"tokens": block.shape[1], "drafts": len(tokens), "accepted": verdict.accepted,
-                          **({"plan": plan.info()} if plan is not None else {})})
+            rec.add(
+                "verify",
+                step=step,
+                source=f"target[{l}:]",
+                t0=t0,
+                t1=rec.now(),
+                info={
+                    "tokens": block.shape[1],
+                    "drafts": len(tokens),
+                    "accepted": verdict.accepted,
+                    **({"plan": plan.info()} if plan is not None else {}),
+                },
+            )
             seq = commit(ctx, seq, drafts, verdict, step, [LOOKUP if copies else source] * len(tokens))
             if chooser is not None:
                 chooser.update(plan, len(tokens), verdict.accepted, ngram)
@@ -340,8 +402,12 @@ class Kangaroo(Method):
         """Weights one draft step reads: the first l layers, the adapter, the final norm and the (trimmed) head."""
         count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
         head_rows = ctx.params["vocab_trim"] or stack.head.weight.shape[0]
-        return (sum(count(layer) for layer in stack.layers[:l]) + count(adapter) + count(stack.norm)
-                + head_rows * stack.head.weight.shape[1])
+        return (
+            sum(count(layer) for layer in stack.layers[:l])
+            + count(adapter)
+            + count(stack.norm)
+            + head_rows * stack.head.weight.shape[1]
+        )
 
     def draft_head(self, ctx: RunContext, stack: LayerStack, lean: bool = False):
         """Adapted state (1, d) -> draft logits (1, V): the target's norm and head, or VocabTrim's
@@ -354,6 +420,8 @@ class Kangaroo(Method):
                 return stack.logits
             return lambda hidden: project(draft_linear, stack.head, norm(hidden))[..., : ctx.vocab]
 
-        trimmed = ctx.once(("kangaroo_trimmed_head", id(stack.head), k), lambda: TrimmedHead(
-            stack.head, kept_ids(ctx.pair, k, ctx.vocab, ctx.prompt_ids.device), ctx.vocab))
+        trimmed = ctx.once(
+            ("kangaroo_trimmed_head", id(stack.head), k),
+            lambda: TrimmedHead(stack.head, kept_ids(ctx.pair, k, ctx.vocab, ctx.prompt_ids.device), ctx.vocab),
+        )
         return lambda hidden: trimmed(norm(hidden))

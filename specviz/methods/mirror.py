@@ -20,6 +20,7 @@ Our reading where the paper is not public: candidates are taken at the predicted
 only (not at every possible rejection depth); speculative streaming (several tokens per drafter
 forward) is not implemented.
 """
+
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
@@ -65,10 +66,22 @@ class MirrorSD(Method):
     needs_draft = True
     PARAMS = (
         Param("gamma", int, 4, 1, 16, help="drafts per round (serial drafts and branch rollouts alike)"),
-        Param("exit_layer", int, None, 1, 64, optional=True,
-              help="l_e: the target's early exit that launches the branches (default: the trained exit nearest half depth; embedded: 6)"),
+        Param(
+            "exit_layer",
+            int,
+            None,
+            1,
+            64,
+            optional=True,
+            help="l_e: the target's early exit that launches the branches (default: the trained exit nearest half depth; embedded: 6)",
+        ),
         Param("kappa", int, 2, 1, 8, help="early-exit candidates, one branch each"),
-        Param("parallel", bool, True, help="run the branches in a worker thread beside the target suffix (off: one after the other)"),
+        Param(
+            "parallel",
+            bool,
+            True,
+            help="run the branches in a worker thread beside the target suffix (off: one after the other)",
+        ),
     )
 
     def generate(self, ctx: RunContext) -> None:
@@ -83,7 +96,9 @@ class MirrorSD(Method):
             raise ValueError(f"exit_layer must be below the target's {stack.depth} layers; got {le}")
         drafter = Drafter(ctx, ctx.pair.draft)
         branch_gen = torch.Generator(device="cpu").manual_seed(ctx.params["seed"] + 0x5EED)
-        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirror-drafter") if ctx.params["parallel"] else None
+        pool = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="mirror-drafter") if ctx.params["parallel"] else None
+        )
         hits = rounds_with_branches = 0
         try:
             seq = ctx.prompt_ids
@@ -117,11 +132,29 @@ class MirrorSD(Method):
                 top = torch.topk(exit_probs[depth_hat], kappa)
                 candidates = top.indices.tolist()
                 t1 = rec.now()
-                rec.add("verify", step=step, source=f"target[:{le}]", t0=t0, t1=t1,
-                        info={"tokens": block.shape[1], "part": "prefix"})
-                rec.add("early_exit", step=step, depth=depth_hat, source=f"target[:{le}]", t0=t1, t1=t1,
-                        info={"reason": "mirror signal", "candidates": candidates, "candidate_probs": top.values.tolist(),
-                              "confidence": float(top.values[0]), "predicted_accepted": depth_hat})
+                rec.add(
+                    "verify",
+                    step=step,
+                    source=f"target[:{le}]",
+                    t0=t0,
+                    t1=t1,
+                    info={"tokens": block.shape[1], "part": "prefix"},
+                )
+                rec.add(
+                    "early_exit",
+                    step=step,
+                    depth=depth_hat,
+                    source=f"target[:{le}]",
+                    t0=t1,
+                    t1=t1,
+                    info={
+                        "reason": "mirror signal",
+                        "candidates": candidates,
+                        "candidate_probs": top.values.tolist(),
+                        "confidence": float(top.values[0]),
+                        "predicted_accepted": depth_hat,
+                    },
+                )
                 # 2. branches beside the target suffix
                 launch = out.room - (depth_hat + 1) > 1  # a next round will exist
                 branch_args = (ctx, drafter, seq, drafts, depth_hat, candidates, gamma, branch_gen)
@@ -132,8 +165,14 @@ class MirrorSD(Method):
                 branches = future.result() if future else (self.rollout(*branch_args) if launch else None)
                 # 3. verify on the final distribution
                 verdict = decide(ctx.sampling, drafts, q, logits, ctx.generator, top=ctx.dist_top, rule=ctx.verify_rule)
-                rec.add("verify", step=step, source=f"target[{le}:]", t0=t0, t1=t_suffix,
-                        info={"tokens": block.shape[1], "part": "suffix", "drafts": k, "accepted": verdict.accepted})
+                rec.add(
+                    "verify",
+                    step=step,
+                    source=f"target[{le}:]",
+                    t0=t0,
+                    t1=t_suffix,
+                    info={"tokens": block.shape[1], "part": "suffix", "drafts": k, "accepted": verdict.accepted},
+                )
                 seq = commit(ctx, seq, drafts, verdict, step, [drafter.source] * k)
                 keep = length + verdict.accepted
                 stack.crop(keep)
@@ -143,32 +182,62 @@ class MirrorSD(Method):
                     hit = verdict.accepted == branches.depth and verdict.token in branches.candidates
                     chosen = branches.candidates.index(verdict.token) if hit else -1
                     for j, cand in enumerate(branches.candidates):
-                        rec.add("branch", step=step, depth=branches.depth, token_id=cand, source="draft",
-                                t0=branches.t0, t1=branches.t1,
-                                info={"fate": "reused" if j == chosen else "discarded", "branch": j,
-                                      "tokens": branches.tokens[j].tolist(), "lane": "drafter"})
+                        rec.add(
+                            "branch",
+                            step=step,
+                            depth=branches.depth,
+                            token_id=cand,
+                            source="draft",
+                            t0=branches.t0,
+                            t1=branches.t1,
+                            info={
+                                "fate": "reused" if j == chosen else "discarded",
+                                "branch": j,
+                                "tokens": branches.tokens[j].tolist(),
+                                "lane": "drafter",
+                            },
+                        )
                     if hit:
                         hits += 1
                         ready = (branches.tokens[chosen], branches.q[chosen])
                         branches.kv.select_rows(torch.tensor([chosen], device=seq.device))
                         drafter.decoder.kv = branches.kv
                         for depth, token_id in enumerate(ready[0].tolist()):
-                            rec.add("draft", step=step + 1, token_id=token_id, q=float(ready[1][depth, token_id]),
-                                    depth=depth, source=drafter.source, t0=branches.t0, t1=branches.t1,
-                                    info={"branch": chosen})
+                            rec.add(
+                                "draft",
+                                step=step + 1,
+                                token_id=token_id,
+                                q=float(ready[1][depth, token_id]),
+                                depth=depth,
+                                source=drafter.source,
+                                t0=branches.t0,
+                                t1=branches.t1,
+                                info={"branch": chosen},
+                            )
                 if ready is None:
                     drafter.rollback(keep)
                 step += 1
         finally:
             if pool:
                 pool.shutdown(wait=True)
-        ctx.meta["mirror"] = {"branch_rounds": rounds_with_branches, "hits": hits,
-                              "hit_rate": hits / rounds_with_branches if rounds_with_branches else None}
+        ctx.meta["mirror"] = {
+            "branch_rounds": rounds_with_branches,
+            "hits": hits,
+            "hit_rate": hits / rounds_with_branches if rounds_with_branches else None,
+        }
 
     @staticmethod
     @torch.inference_mode()
-    def rollout(ctx: RunContext, drafter: Drafter, seq: torch.Tensor, drafts: torch.Tensor, depth: int,
-                candidates: list[int], gamma: int, generator: torch.Generator) -> Branches:
+    def rollout(
+        ctx: RunContext,
+        drafter: Drafter,
+        seq: torch.Tensor,
+        drafts: torch.Tensor,
+        depth: int,
+        candidates: list[int],
+        gamma: int,
+        generator: torch.Generator,
+    ) -> Branches:
         """kappa branches, one per candidate, each gamma drafts after [seq, d_1..d_depth, candidate]."""
         t0 = ctx.rec.now()
         kappa = len(candidates)
@@ -180,11 +249,20 @@ class MirrorSD(Method):
         feed = torch.cat([full[:, base:].expand(kappa, -1), cand], dim=1)  # (kappa, T)
         tokens, qs = [], []
         for i in range(gamma):
-            logits = kv.forward(dec.model, feed.shape[1], input_ids=feed, use_cache=True, logits_to_keep=1).logits[:, -1, : ctx.vocab]
+            logits = kv.forward(dec.model, feed.shape[1], input_ids=feed, use_cache=True, logits_to_keep=1).logits[
+                :, -1, : ctx.vocab
+            ]
             token, q = ctx.sampling.choose(logits, generator)
             tokens.append(token)
             qs.append(q)
             if i + 1 < gamma:
                 feed = token.view(kappa, 1)
-        return Branches(candidates=candidates, depth=depth, tokens=torch.stack(tokens, dim=1), q=torch.stack(qs, dim=1),
-                        kv=kv, t0=t0, t1=ctx.rec.now())
+        return Branches(
+            candidates=candidates,
+            depth=depth,
+            tokens=torch.stack(tokens, dim=1),
+            q=torch.stack(qs, dim=1),
+            kv=kv,
+            t0=t0,
+            t1=ctx.rec.now(),
+        )

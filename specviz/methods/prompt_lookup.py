@@ -21,6 +21,7 @@ where a copy is not expected to pay: on a CPU, verifying ten tokens costs about 
 The lookup stays cheap on long prompts: `NgramIndex` keeps, for every n, each n-gram's most recent end
 position, updated as tokens are committed; a round reads a few dict entries instead of rescanning the text.
 """
+
 from __future__ import annotations
 
 import torch
@@ -30,12 +31,24 @@ from specviz.methods.hybrid import CHOOSE, WIDTH_COST, SourceChooser
 from specviz.methods.rounds import commit, verify_block
 
 SOURCE = "lookup"
-LOOKUP_GAMMA = Param("gamma", int, 10, 1, 16,
-                     help="tokens copied per round at most (a copy costs nothing to draft; the target verifies it)")
+LOOKUP_GAMMA = Param(
+    "gamma",
+    int,
+    10,
+    1,
+    16,
+    help="tokens copied per round at most (a copy costs nothing to draft; the target verifies it)",
+)
 MAX_NGRAM = Param("max_ngram", int, 3, 1, 8, help="longest n-gram matched at the end of the text (tried first)")
-MIN_NGRAM = Param("min_ngram", int, 2, 1, 8,
-                  help="shortest n-gram matched; no match of this length: no draft (1 copies after a single common "
-                       "token, seldom accepted: measured slower on every prompt set here)")
+MIN_NGRAM = Param(
+    "min_ngram",
+    int,
+    2,
+    1,
+    8,
+    help="shortest n-gram matched; no match of this length: no draft (1 copies after a single common "
+    "token, seldom accepted: measured slower on every prompt set here)",
+)
 
 
 class NgramIndex:
@@ -57,14 +70,14 @@ class NgramIndex:
         for e in range(self.indexed, end):
             for n, table in self.last.items():
                 if e + 1 >= n:
-                    table[tuple(tokens[e + 1 - n: e + 1])] = e
+                    table[tuple(tokens[e + 1 - n : e + 1])] = e
         self.indexed = max(self.indexed, end)
 
     def match(self) -> tuple[int, int] | None:
         """(n, end) of the longest n-gram ending the text that occurred before: end is its last token's position."""
         tokens = self.tokens
         for n in range(min(self.max_n, len(tokens) - 1), self.min_n - 1, -1):
-            end = self.last[n].get(tuple(tokens[len(tokens) - n:]))
+            end = self.last[n].get(tuple(tokens[len(tokens) - n :]))
             if end is not None:
                 return n, end
         return None
@@ -105,16 +118,33 @@ def one_hot(drafts: list[int], vocab: int, device: torch.device) -> torch.Tensor
     return q
 
 
-def record_copies(ctx: RunContext, step: int, drafts: list[int], sources: list[int], n: int, prompt_length: int,
-                  t0: float, t1: float | None = None) -> None:
+def record_copies(
+    ctx: RunContext,
+    step: int,
+    drafts: list[int],
+    sources: list[int],
+    n: int,
+    prompt_length: int,
+    t0: float,
+    t1: float | None = None,
+) -> None:
     """A draft event per copied token: q = 1, and where in the prompt (or the output) it was copied from."""
     rec = ctx.rec
     if not rec.enabled:
         return
     t1 = rec.now() if t1 is None else t1
     for depth, (token_id, at) in enumerate(zip(drafts, sources)):
-        rec.add("draft", step=step, token_id=token_id, q=1.0, depth=depth, source=SOURCE, t0=t0, t1=t1,
-                info={"copied_from": at, "in_prompt": at < prompt_length, "ngram": n})
+        rec.add(
+            "draft",
+            step=step,
+            token_id=token_id,
+            q=1.0,
+            depth=depth,
+            source=SOURCE,
+            t0=t0,
+            t1=t1,
+            info={"copied_from": at, "in_prompt": at < prompt_length, "ngram": n},
+        )
 
 
 class PromptLookup(Method):
@@ -154,8 +184,15 @@ class PromptLookup(Method):
             record_copies(ctx, step, drafts, sources, n, prompt_length, t0, t1)
             hits += bool(drafts)
             draft_t = torch.tensor(drafts, dtype=seq.dtype, device=seq.device)
-            verdict = verify_block(ctx, target, seq, draft_t, one_hot(drafts, ctx.vocab, seq.device), step,
-                                   plan=plan.info() if plan is not None else None)
+            verdict = verify_block(
+                ctx,
+                target,
+                seq,
+                draft_t,
+                one_hot(drafts, ctx.vocab, seq.device),
+                step,
+                plan=plan.info() if plan is not None else None,
+            )
             if chooser is not None:
                 chooser.update(plan, len(drafts), verdict.accepted, n)
             seq = commit(ctx, seq, draft_t, verdict, step, [SOURCE] * len(drafts))

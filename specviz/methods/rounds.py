@@ -1,6 +1,7 @@
 """The round every chain method shares: a drafter proposes, the target verifies the block in one forward,
 the verdict commits the accepted tokens and the correction (and rolls both caches back).
 """
+
 from __future__ import annotations
 
 import torch
@@ -64,8 +65,16 @@ class Drafter:
         self.decoder.rollback(length)
 
 
-def verify_block(ctx: RunContext, target: Decoder, seq: torch.Tensor, drafts: torch.Tensor, q: torch.Tensor,
-                 step: int, source: str = "target", plan: dict | None = None) -> Verdict:
+def verify_block(
+    ctx: RunContext,
+    target: Decoder,
+    seq: torch.Tensor,
+    drafts: torch.Tensor,
+    q: torch.Tensor,
+    step: int,
+    source: str = "target",
+    plan: dict | None = None,
+) -> Verdict:
     """One target forward over [last committed, drafts] and the lossless verdict on it; `plan`: how the round's
     source and length were chosen (`methods.hybrid`), recorded on the verify event."""
     rec = ctx.rec
@@ -73,14 +82,31 @@ def verify_block(ctx: RunContext, target: Decoder, seq: torch.Tensor, drafts: to
     t0 = rec.now()
     logits = target.feed(block, keep=block.shape[1])  # (gamma+1, V)
     verdict = decide(ctx.sampling, drafts, q, logits, ctx.generator, top=ctx.dist_top, rule=ctx.verify_rule)
-    rec.add("verify", step=step, source=source, t0=t0, t1=rec.now(),
-            info={"tokens": block.shape[1], "drafts": len(drafts), "accepted": verdict.accepted,
-                  **({"plan": plan} if plan else {})})
+    rec.add(
+        "verify",
+        step=step,
+        source=source,
+        t0=t0,
+        t1=rec.now(),
+        info={
+            "tokens": block.shape[1],
+            "drafts": len(drafts),
+            "accepted": verdict.accepted,
+            **({"plan": plan} if plan else {}),
+        },
+    )
     return verdict
 
 
-def commit_tokens(ctx: RunContext, out: Output, drafts: list[int], verdict: Verdict, step: int,
-                  sources: list[str] | None = None, row: int = 0) -> list[int]:
+def commit_tokens(
+    ctx: RunContext,
+    out: Output,
+    drafts: list[int],
+    verdict: Verdict,
+    step: int,
+    sources: list[str] | None = None,
+    row: int = 0,
+) -> list[int]:
     """Emit accept / reject / correct / bonus events of one row and push its tokens; return them."""
     rec = ctx.rec
     now = rec.now()
@@ -99,8 +125,17 @@ def commit_tokens(ctx: RunContext, out: Output, drafts: list[int], verdict: Verd
     top_p = verdict.top_p
     for depth, token_id in enumerate(drafts):
         src = sources[depth] if sources else "draft"
-        common = dict(step=step, row=row, token_id=token_id, p=verdict.p_draft[depth], q=verdict.q_draft[depth],
-                      depth=depth, source=src, t0=now, t1=now)
+        common = dict(
+            step=step,
+            row=row,
+            token_id=token_id,
+            p=verdict.p_draft[depth],
+            q=verdict.q_draft[depth],
+            depth=depth,
+            source=src,
+            t0=now,
+            t1=now,
+        )
         info = verdict_info(verdict, depth, depth <= n)
         if depth < n:
             if out.done:
@@ -117,8 +152,20 @@ def commit_tokens(ctx: RunContext, out: Output, drafts: list[int], verdict: Verd
             info["top_p"] = top_p[n]
         if verdict.residual_top is not None and kind == "correct":
             info["residual_top"] = verdict.residual_top
-        rec.add(kind, step=step, row=row, position=out.push(verdict.token), token_id=verdict.token, p=verdict.p_token,
-                q=None, depth=n, source="target", t0=now, t1=now, info=info)
+        rec.add(
+            kind,
+            step=step,
+            row=row,
+            position=out.push(verdict.token),
+            token_id=verdict.token,
+            p=verdict.p_token,
+            q=None,
+            depth=n,
+            source="target",
+            t0=now,
+            t1=now,
+            info=info,
+        )
         new.append(verdict.token)
     return new
 
@@ -138,8 +185,14 @@ def verdict_info(verdict: Verdict, depth: int, judged: bool) -> dict:
     return info
 
 
-def commit(ctx: RunContext, seq: torch.Tensor, drafts: torch.Tensor, verdict: Verdict, step: int,
-           sources: list[str] | None = None) -> torch.Tensor:
+def commit(
+    ctx: RunContext,
+    seq: torch.Tensor,
+    drafts: torch.Tensor,
+    verdict: Verdict,
+    step: int,
+    sources: list[str] | None = None,
+) -> torch.Tensor:
     """Commit one verdict of the single sequence; return the extended sequence (1, L')."""
     new = commit_tokens(ctx, ctx.out, drafts.tolist(), verdict, step, sources)
     return torch.cat([seq, torch.tensor([new], dtype=seq.dtype, device=seq.device)], dim=1)

@@ -19,6 +19,7 @@ run's own verdicts (prior: the confidence itself), and so is what one more layer
 confidence (prior: the deeper exit's average). `policy="threshold"` is the paper's rule (theta).
 With temperature > 0 drafts are sampled from q (the reference takes argmax), so sampling stays exact.
 """
+
 from __future__ import annotations
 
 import torch
@@ -35,21 +36,31 @@ class SortedDrafter:
 
     BINS = 5
 
-    def __init__(self, ctx: RunContext, model: torch.nn.Module, theta: float, sub_model: int, policy: str = "threshold"):
+    def __init__(
+        self, ctx: RunContext, model: torch.nn.Module, theta: float, sub_model: int, policy: str = "threshold"
+    ):
         self.ctx = ctx
         self.stack = LayerStack(model, ctx.vocab)
         self.depth = self.stack.depth
         if sub_model > self.depth:
-            raise ValueError(f"sub_model must be 0 (adaptive) or 1..{self.depth} for this sorted drafter; got {sub_model}")
+            raise ValueError(
+                f"sub_model must be 0 (adaptive) or 1..{self.depth} for this sorted drafter; got {sub_model}"
+            )
         self.theta, self.sub_model, self.policy = theta, sub_model, policy
-        self.waiting: list[torch.Tensor | None] = [None] * (self.depth + 1)  # inputs to layer j, from position lengths[j]
+        self.waiting: list[torch.Tensor | None] = [None] * (
+            self.depth + 1
+        )  # inputs to layer j, from position lengths[j]
         self.fed = 0  # positions embedded so far
         # the cost policy's measurements: seconds of layer j (+ its exit), one target step, acceptance per exit and bin
 
         target_step = weights_read_per_token(ctx.pair.target)
-        head = sum(p.numel() for p in self.stack.head.parameters()) + sum(p.numel() for p in self.stack.norm.parameters())
+        head = sum(p.numel() for p in self.stack.head.parameters()) + sum(
+            p.numel() for p in self.stack.norm.parameters()
+        )
         # one token through layer j and read out at its exit, in target steps (weights read)
-        self.layer_cost = [(sum(p.numel() for p in layer.parameters()) + head) / target_step for layer in self.stack.layers]
+        self.layer_cost = [
+            (sum(p.numel() for p in layer.parameters()) + head) / target_step for layer in self.stack.layers
+        ]
         # committed tokens per target step of drafting + verifying, this run; before its first verdict,
         # autoregressive decoding's (1 token per target step): the rate any drafting has to beat
         self.throughput = 1.0
@@ -153,18 +164,32 @@ class Sorted(Method):
     memo_safe = True
     PARAMS = (
         GAMMA,
-        Param("theta", float, 0.5, 0.0, 1.0, help="confidence to draft from a shallower exit (the paper: 0.5 at each but the last)"),
+        Param(
+            "theta",
+            float,
+            0.5,
+            0.0,
+            1.0,
+            help="confidence to draft from a shallower exit (the paper: 0.5 at each but the last)",
+        ),
         Param("sub_model", int, 0, 0, 64, help="0 = adaptive per token; k = always draft from the first k layers"),
-        Param("policy", str, "cost", choices=("cost", "threshold"),
-              help="adaptive choice: expected accepted tokens per unit of measured cost, or the paper's confidence threshold"),
+        Param(
+            "policy",
+            str,
+            "cost",
+            choices=("cost", "threshold"),
+            help="adaptive choice: expected accepted tokens per unit of measured cost, or the paper's confidence threshold",
+        ),
     )
 
     def generate(self, ctx: RunContext) -> None:
         rec, out = ctx.rec, ctx.out
         model = ctx.pair.extras.get("sorted_drafter") if ctx.pair.extras else None
         if model is None:
-            raise ValueError("sorted needs a sorted (SoFT) drafter: the embedded pair ships one; "
-                             "put a Llama-family model in pair.extras['sorted_drafter']")
+            raise ValueError(
+                "sorted needs a sorted (SoFT) drafter: the embedded pair ships one; "
+                "put a Llama-family model in pair.extras['sorted_drafter']"
+            )
         gamma = ctx.params["gamma"]
         drafter = SortedDrafter(ctx, model, ctx.params["theta"], ctx.params["sub_model"], ctx.params["policy"])
         target: Decoder = ctx.decoder(ctx.pair.target)
@@ -176,7 +201,7 @@ class Sorted(Method):
             length = seq.shape[1]
             budget = min(gamma, out.room - 1)
             tokens, qs, sources, exits = [], [], [], []
-            pending = seq[:, drafter.fed:]
+            pending = seq[:, drafter.fed :]
             for depth in range(budget):
                 t0 = rec.now()
                 logits, k, confidences = drafter.draft_one(pending)
@@ -184,12 +209,32 @@ class Sorted(Method):
                 t1 = rec.now()
                 token_id = int(token.item())
                 source = f"sorted[:{k}]"
-                rec.add("draft", step=step, token_id=token_id, q=float(q[0, token_id].item()), depth=depth, source=source,
-                        t0=t0, t1=t1, info={"exit": k, "confidences": confidences})
+                rec.add(
+                    "draft",
+                    step=step,
+                    token_id=token_id,
+                    q=float(q[0, token_id].item()),
+                    depth=depth,
+                    source=source,
+                    t0=t0,
+                    t1=t1,
+                    info={"exit": k, "confidences": confidences},
+                )
                 if k < drafter.depth:
-                    rec.add("early_exit", step=step, depth=depth, source=source, t0=t1, t1=t1,
-                            info={"reason": "fixed sub-model" if ctx.params["sub_model"] else "confidence",
-                                  "confidence": confidences[-1], "theta": ctx.params["theta"], "layers": k})
+                    rec.add(
+                        "early_exit",
+                        step=step,
+                        depth=depth,
+                        source=source,
+                        t0=t1,
+                        t1=t1,
+                        info={
+                            "reason": "fixed sub-model" if ctx.params["sub_model"] else "confidence",
+                            "confidence": confidences[-1],
+                            "theta": ctx.params["theta"],
+                            "layers": k,
+                        },
+                    )
                 tokens.append(token)
                 qs.append(q[0])
                 sources.append(source)

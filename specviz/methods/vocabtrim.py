@@ -10,6 +10,7 @@ ids, and the residual max(0, p - q) keeps all of p's mass outside the set).
 MBSU, the paper's memory-bound speed-up: tau / (c * gamma + 1), with c = drafter parameters /
 target parameters, counting the drafter's LM head at its trimmed size.
 """
+
 from __future__ import annotations
 
 import torch
@@ -63,8 +64,12 @@ class TrimmedDrafter(Drafter):
         super().__init__(ctx, model, lean=lean)
         self.source = f"draft[vocab {k}]"
         self.k = k
-        self.head = ctx.once(("trimmed_head", id(model), k), lambda: TrimmedHead(
-            model.get_output_embeddings(), kept_ids(ctx.pair, k, ctx.vocab, ctx.prompt_ids.device), ctx.vocab))
+        self.head = ctx.once(
+            ("trimmed_head", id(model), k),
+            lambda: TrimmedHead(
+                model.get_output_embeddings(), kept_ids(ctx.pair, k, ctx.vocab, ctx.prompt_ids.device), ctx.vocab
+            ),
+        )
         full = model.get_output_embeddings().weight.numel()
         ctx.meta["draft_params"] += self.head.num_parameters() - full  # only K rows of the head are read
         self.base = model.base_model  # the decoder stack, final norm included
@@ -79,5 +84,7 @@ class TrimmedDrafter(Drafter):
     def _logits(self, dec, pending: torch.Tensor) -> torch.Tensor:
         if self.lean:
             return self.head(dec.hidden(pending)[:, -1])
-        hidden = dec.kv.forward(self.base, pending.shape[1], input_ids=pending, use_cache=True).last_hidden_state  # (1, T, d)
+        hidden = dec.kv.forward(
+            self.base, pending.shape[1], input_ids=pending, use_cache=True
+        ).last_hidden_state  # (1, T, d)
         return self.head(hidden[:, -1])  # (1, V), -inf outside the kept ids

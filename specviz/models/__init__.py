@@ -8,6 +8,7 @@ Rule: imports the engine floor only; never a method, never the workshop.
 
 The names the flat module of the same name offered are re-exported, imported on first use.
 """
+
 from __future__ import annotations
 
 from specviz.lazy import exports

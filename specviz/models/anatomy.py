@@ -1,5 +1,5 @@
-"""Where a transformers causal LM keeps its embeddings, layers, final norm and head, and how big it is.
-"""
+"""Where a transformers causal LM keeps its embeddings, layers, final norm and head, and how big it is."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +42,13 @@ def anatomy(model: nn.Module) -> Anatomy:
     for family, (embed_path, layers_path, norm_path) in _ANATOMY_PATHS.items():
         embed, layers = _get(model, embed_path), _get(model, layers_path)
         if isinstance(embed, nn.Module) and isinstance(layers, nn.ModuleList):
-            return Anatomy(embed=embed, layers=layers, final_norm=_get(model, norm_path),
-                           lm_head=model.get_output_embeddings(), family=family)
+            return Anatomy(
+                embed=embed,
+                layers=layers,
+                final_norm=_get(model, norm_path),
+                lm_head=model.get_output_embeddings(),
+                family=family,
+            )
     raise ValueError(f"{type(model).__name__}: unknown layout (no embeddings + decoder layer list found)")
 
 

@@ -1,5 +1,5 @@
-"""Loaded models kept for the next request, bounded by count and parameter memory.
-"""
+"""Loaded models kept for the next request, bounded by count and parameter memory."""
+
 from __future__ import annotations
 
 import os
@@ -66,5 +66,7 @@ class ModelCache:
             self._items.clear()
 
 
-CACHE = ModelCache(max_items=int(os.environ.get(CACHE_MODELS_ENV, "4")),
-                   max_bytes=int(float(os.environ.get(CACHE_BYTES_ENV, "8")) * (1 << 30)))
+CACHE = ModelCache(
+    max_items=int(os.environ.get(CACHE_MODELS_ENV, "4")),
+    max_bytes=int(float(os.environ.get(CACHE_BYTES_ENV, "8")) * (1 << 30)),
+)

@@ -1,11 +1,18 @@
-"""Which device and dtype a pair runs on (CUDA, MPS or CPU; fp16 only where the device has it).
-"""
+"""Which device and dtype a pair runs on (CUDA, MPS or CPU; fp16 only where the device has it)."""
+
 from __future__ import annotations
 
 import torch
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 # ----------------------------------------------------------------------------- device and dtype

@@ -13,6 +13,7 @@ the engine's sources 4 ms, then 1.5 ms.
 Limit (git's "racy" case): a same-size rewrite that keeps every stat field (within one clock tick, or a
 copy that restores mtime, inode and ctime) is not noticed until the process restarts.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,7 +35,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent  # the engine's sources: every .py
 
 _memo: dict[tuple, str] = {}  # (device, inode, size, mtime_ns, ctime_ns) -> content digest
 _memo_lock = threading.Lock()
-_path_locks: dict[tuple, threading.Lock] = {}  # (device, inode) -> one reader per file: concurrent first requests hash it once
+_path_locks: dict[
+    tuple, threading.Lock
+] = {}  # (device, inode) -> one reader per file: concurrent first requests hash it once
 
 
 def short(*parts: str) -> str:
@@ -200,6 +203,9 @@ def loaded_pair_fingerprint(pair) -> str:
             except TypeError:
                 h.update(type(obj).__name__.encode())
     backend = getattr(pair.tokenizer, "backend_tokenizer", None)
-    h.update(backend.to_str().encode() if backend is not None else
-             json.dumps(sorted(pair.tokenizer.get_vocab().items())).encode())
+    h.update(
+        backend.to_str().encode()
+        if backend is not None
+        else json.dumps(sorted(pair.tokenizer.get_vocab().items())).encode()
+    )
     return h.hexdigest()[:20]

@@ -1,6 +1,7 @@
 """What may be loaded and how: the embedded family, the curated pairs, the allowlist of a public server,
 and loading a causal LM or tokenizer through `from_pretrained` (never with remote code).
 """
+
 from __future__ import annotations
 
 import os
@@ -16,7 +17,9 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_N
 EMBEDDED = "embedded"
 EMBEDDED_DIR = Path(os.environ.get("SPECVIZ_EMBEDDED_DIR") or Path(__file__).resolve().parents[2] / "assets" / "models")
 RANKING_FILE = "vocab_ranking.json"  # {"ranked_ids": [...]} beside a local target: VocabTrim's calibration
-PARTS_DIR = "specviz-parts"  # trained Kangaroo adapter / sorted drafter beside a local target (specviz.workshop.parts_training)
+PARTS_DIR = (
+    "specviz-parts"  # trained Kangaroo adapter / sorted drafter beside a local target (specviz.workshop.parts_training)
+)
 ALLOWLIST_ENV = "SPECVIZ_ALLOWED_MODELS"  # comma-separated ids/paths a public deployment may load
 NESTED = re.compile(r"^(.+)\[:(\d{1,3})\]$")  # "embedded[:8]": the first 8 layers as a target of their own
 HF_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
@@ -67,11 +70,14 @@ def check_source(source: Any, role: str) -> str:
     allowed = allowlist()
     shown = source if len(source) <= 80 else source[:77] + "..."
     if allowed is not None and source not in allowed:
-        raise ValueError(f"{role} model {shown!r} is not allowed on this server; allowed: "
-                         f"{', '.join(sorted(allowed | {EMBEDDED}))}")
+        raise ValueError(
+            f"{role} model {shown!r} is not allowed on this server; allowed: {', '.join(sorted(allowed | {EMBEDDED}))}"
+        )
     if len(source) > MAX_SOURCE_CHARS:
-        raise ValueError(f"{role} model {shown!r} is too long for a model id or path ({len(source)} characters; "
-                         f"at most {MAX_SOURCE_CHARS})")
+        raise ValueError(
+            f"{role} model {shown!r} is too long for a model id or path ({len(source)} characters; "
+            f"at most {MAX_SOURCE_CHARS})"
+        )
     try:
         local = Path(source).expanduser().is_dir()
     except (OSError, ValueError):
@@ -87,18 +93,25 @@ def is_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
-def load_causal_lm(source: str, device: torch.device, dtype: torch.dtype, *, device_map: str | None = None) -> nn.Module:
+def load_causal_lm(
+    source: str, device: torch.device, dtype: torch.dtype, *, device_map: str | None = None
+) -> nn.Module:
     """`from_pretrained` with `trust_remote_code=False`, checked to be a causal LM, eval mode, no grads."""
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        hint = " (the hub is unreachable here: HF_HUB_OFFLINE is set; use a local path or the embedded models)" \
-            if is_offline() and not Path(source).is_dir() else ""
+        hint = (
+            " (the hub is unreachable here: HF_HUB_OFFLINE is set; use a local path or the embedded models)"
+            if is_offline() and not Path(source).is_dir()
+            else ""
+        )
         raise ValueError(f"could not load model {source!r}{hint}: {first_line(exc)}") from None
     model_type = getattr(config, "model_type", None)
     if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES or not is_decoder_only(config):
-        raise ValueError(f"{source!r} is not a causal language model (model_type {model_type!r}); "
-                         "speculative decoding needs a decoder-only LM")
+        raise ValueError(
+            f"{source!r} is not a causal language model (model_type {model_type!r}); "
+            "speculative decoding needs a decoder-only LM"
+        )
     kwargs: dict[str, Any] = {"trust_remote_code": False, "dtype": dtype}
     if device_map is not None:
         kwargs["device_map"] = device_map  # accelerate shards a large target over the visible GPUs

@@ -5,6 +5,7 @@ be loaded and how (`hub`: the allowlist, never `trust_remote_code`), the models 
 (`cache`), trained parts beside a target (`parts`), and the load-time proof that the engine computes what the
 model computes (`selfcheck`).
 """
+
 from __future__ import annotations
 
 import copy
@@ -61,7 +62,9 @@ class ModelPair:
 def _embedded_parts(device: torch.device, dtype: torch.dtype) -> tuple[dict, int]:
     root = hub.EMBEDDED_DIR
     if not (root / "target" / "config.json").exists():
-        raise ValueError(f"the embedded models are missing from {root}: run `python -m specviz.workshop.train --out assets/models`")
+        raise ValueError(
+            f"the embedded models are missing from {root}: run `python -m specviz.workshop.train --out assets/models`"
+        )
     target = load_causal_lm(str(root / "target"), device, dtype)
     parts = {
         "target": target,
@@ -101,10 +104,18 @@ def steady_attention(device: torch.device) -> None:
         torch.backends.cuda.enable_cudnn_sdp(False)
 
 
-def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | torch.device | None = None,
-              dtype: str | torch.dtype | None = None, *, target_depth: int | None = None,
-              device_map: str | None = None, compile: str | None = None, parts: str | None = None,
-              cache: ModelCache | None = CACHE) -> ModelPair:
+def load_pair(
+    target: str = EMBEDDED,
+    draft: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    *,
+    target_depth: int | None = None,
+    device_map: str | None = None,
+    compile: str | None = None,
+    parts: str | None = None,
+    cache: ModelCache | None = CACHE,
+) -> ModelPair:
     """Load (or fetch from the cache) a target and its drafter.
 
     `target="embedded"` gives the shipped pair with its Kangaroo adapter, sorted drafter and
@@ -158,7 +169,9 @@ def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | to
 
     if draft_model is None and draft_name is not None:
         check_tokenizers_match(tokenizer, load_tokenizer(draft_name), target_name, draft_name)  # before any weights
-        draft_model = store.get((draft_name, str(dev), str(dt), None), lambda: _hub_parts(draft_name, dev, dt, None))["model"]
+        draft_model = store.get((draft_name, str(dev), str(dt), None), lambda: _hub_parts(draft_name, dev, dt, None))[
+            "model"
+        ]
     if target_depth is not None:
         depth = len(anatomy(target_model).layers)
         if not isinstance(target_depth, int) or not 1 <= target_depth <= depth:
@@ -168,9 +181,20 @@ def load_pair(target: str = EMBEDDED, draft: str | None = None, device: str | to
             target_name = f"{target_name}[:{target_depth}]"
     if compile:
         target_model, draft_model = compiled(target_model, compile), compiled(draft_model, compile)
-    pair = ModelPair(target=target_model, tokenizer=tokenizer, draft=draft_model, target_name=target_name,
-                     draft_name=draft_name, device=dev, dtype=dt, extras=extras)
+    pair = ModelPair(
+        target=target_model,
+        tokenizer=tokenizer,
+        draft=draft_model,
+        target_name=target_name,
+        draft_name=draft_name,
+        device=dev,
+        dtype=dt,
+        extras=extras,
+    )
     # Never run on an engine that disagrees with the model: each (model, device, dtype) is proven once per process.
-    selfcheck.ensure(pair, ("target", target_name, str(dev), str(dt), compile),
-                     ("drafter", draft_name, str(dev), str(dt), compile) if draft_model is not None else None)
+    selfcheck.ensure(
+        pair,
+        ("target", target_name, str(dev), str(dt), compile),
+        ("drafter", draft_name, str(dev), str(dt), compile) if draft_model is not None else None,
+    )
     return pair

@@ -2,6 +2,7 @@
 
 Training them is the workshop's (`specviz.workshop.parts_training`); loading needs none of it.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,12 @@ REPORT = "report.json"
 def fingerprint(config) -> dict:
     """What a part must match in its target (checked at load)."""
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    return {"model_type": text.model_type, "hidden_size": text.hidden_size, "num_hidden_layers": text.num_hidden_layers,
-            "vocab_size": text.vocab_size}
+    return {
+        "model_type": text.model_type,
+        "hidden_size": text.hidden_size,
+        "num_hidden_layers": text.num_hidden_layers,
+        "vocab_size": text.vocab_size,
+    }
 
 
 def load_parts(directory: str | Path, target, device: torch.device, dtype: torch.dtype) -> dict:

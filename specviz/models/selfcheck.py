@@ -18,6 +18,7 @@ a proven tie (the reference's top-2 margin below the measured logit difference) 
 logits stay close overall (relative error bound), so a broken cache cannot pass as "ties".
 A failure raises `SelfCheckFailed` (a ValueError) naming torch, transformers and what differed.
 """
+
 from __future__ import annotations
 
 import threading
@@ -85,16 +86,20 @@ def compare(finding: Finding, got: torch.Tensor, ref: torch.Tensor, dtype: torch
     rel = float((diff.norm(dim=-1) / scale).max())
     finding.positions += got.shape[0]
     if rel > rel_bound(dtype):
-        finding.problem = (f"{where}: logits differ from the reference by {rel:.2e} (relative; allowed "
-                           f"{rel_bound(dtype):.0e} in {str(dtype).replace('torch.', '')})")
+        finding.problem = (
+            f"{where}: logits differ from the reference by {rel:.2e} (relative; allowed "
+            f"{rel_bound(dtype):.0e} in {str(dtype).replace('torch.', '')})"
+        )
         return
     want, have = ref.argmax(-1), got.argmax(-1)
     for i in torch.nonzero(want != have).flatten().tolist():
         margin = float(ref[i, want[i]] - ref[i, have[i]])
         measured = float(diff[i].max())
         if dtype in REL_ERROR or margin > measured:
-            finding.problem = (f"{where}, position {i}: token {int(have[i])} instead of {int(want[i])} "
-                               f"(reference margin {margin:.3g}, logit difference {measured:.3g})")
+            finding.problem = (
+                f"{where}, position {i}: token {int(have[i])} instead of {int(want[i])} "
+                f"(reference margin {margin:.3g}, logit difference {measured:.3g})"
+            )
             return
         finding.ties += 1
 
@@ -103,9 +108,17 @@ def compare(finding: Finding, got: torch.Tensor, ref: torch.Tensor, dtype: torch
 def greedy_reference(model, ids: torch.Tensor, n: int) -> tuple[list[int], torch.Tensor]:
     """`model.generate`'s greedy tokens (no early stop) and its raw logits for them: (n,), (n, V)."""
     pad = model.generation_config.pad_token_id
-    out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=n, min_new_tokens=n, do_sample=False,
-                         pad_token_id=pad if pad is not None else 0, output_logits=True, return_dict_in_generate=True)
-    tokens = out.sequences[0, ids.shape[1]:].tolist()
+    out = model.generate(
+        ids,
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=n,
+        min_new_tokens=n,
+        do_sample=False,
+        pad_token_id=pad if pad is not None else 0,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    tokens = out.sequences[0, ids.shape[1] :].tolist()
     return tokens, torch.cat([step[:1] for step in out.logits], dim=0)
 
 
@@ -118,15 +131,23 @@ def full_logits(model, ids: torch.Tensor) -> torch.Tensor:
 def check_decoder(decoder, seq: torch.Tensor, prompt_len: int, ref: torch.Tensor, dtype, finding: Finding) -> None:
     """Prefill, a one-token step, a rollback of that step and a 2-token block; ref (3, V) predicts seq[prompt_len:]."""
     first = decoder.feed(seq[:, :prompt_len], keep=1)
-    step = decoder.feed(seq[:, prompt_len: prompt_len + 1], keep=1)
+    step = decoder.feed(seq[:, prompt_len : prompt_len + 1], keep=1)
     compare(finding, torch.cat([first, step]), ref[:2], dtype, "one-token steps")
     decoder.rollback(prompt_len)
-    block = decoder.feed(seq[:, prompt_len: prompt_len + 2], keep=2)
+    block = decoder.feed(seq[:, prompt_len : prompt_len + 2], keep=2)
     compare(finding, block, ref[1:3], dtype, "rolled-back block")
 
 
-def check_layer_stack(model, vocab: int, seq: torch.Tensor, prompt_len: int, ref: torch.Tensor, dtype,
-                      finding: Finding, lean: bool = False) -> None:
+def check_layer_stack(
+    model,
+    vocab: int,
+    seq: torch.Tensor,
+    prompt_len: int,
+    ref: torch.Tensor,
+    dtype,
+    finding: Finding,
+    lean: bool = False,
+) -> None:
     """Split at mid depth, as Kangaroo and Mirror-SD run it; `lean`: the shallow half on the lean pass
     (lean.LeanDecoder(exact=True), Kangaroo's default), the deep half on the stack."""
     stack = LayerStack(model, vocab)
@@ -138,15 +159,17 @@ def check_layer_stack(model, vocab: int, seq: torch.Tensor, prompt_len: int, ref
         return stack.logits(stack.run(h, mid, stack.depth))[0]
 
     first = through(seq[:, :prompt_len])[-1:]
-    step = through(seq[:, prompt_len: prompt_len + 1])
+    step = through(seq[:, prompt_len : prompt_len + 1])
     compare(finding, torch.cat([first, step]), ref[:2], dtype, "one-token steps")
     stack.crop(prompt_len)
     if shallow is not None:
         shallow.rollback(prompt_len)
-    compare(finding, through(seq[:, prompt_len: prompt_len + 2]), ref[1:3], dtype, "rolled-back block")
+    compare(finding, through(seq[:, prompt_len : prompt_len + 2]), ref[1:3], dtype, "rolled-back block")
 
 
-def check_batch(model, vocab: int, seq: torch.Tensor, prompt_len: int, ref: torch.Tensor, dtype, finding: Finding) -> None:
+def check_batch(
+    model, vocab: int, seq: torch.Tensor, prompt_len: int, ref: torch.Tensor, dtype, finding: Finding
+) -> None:
     """Two rows (the prompt, and the prompt less its first 2 tokens, left-padded), a 2-token block,
     a realignment that keeps 2 tokens of row 0 and 1 of row 1, then one more token each."""
     cut = 2
@@ -156,17 +179,23 @@ def check_batch(model, vocab: int, seq: torch.Tensor, prompt_len: int, ref: torc
     p = [prompt_len, prompt_len - cut]
     width = max(p)
     pads = [width - x for x in p]
-    ids = torch.stack([torch.cat([torch.zeros(pad, dtype=seq.dtype, device=seq.device), r[:x]])
-                       for r, x, pad in zip(rows, p, pads)])
+    ids = torch.stack(
+        [torch.cat([torch.zeros(pad, dtype=seq.dtype, device=seq.device), r[:x]]) for r, x, pad in zip(rows, p, pads)]
+    )
     first = kv.feed(ids, pads=pads)[:, -1]
     compare(finding, first, torch.stack([refs[b][p[b] - 1] for b in range(2)]), dtype, "batched prefill")
-    block = torch.stack([r[x: x + 2] for r, x in zip(rows, p)])
+    block = torch.stack([r[x : x + 2] for r, x in zip(rows, p)])
     got = kv.feed(block)
-    compare(finding, got.reshape(-1, got.shape[-1]),
-            torch.cat([refs[b][p[b]: p[b] + 2] for b in range(2)]), dtype, "batched block")
+    compare(
+        finding,
+        got.reshape(-1, got.shape[-1]),
+        torch.cat([refs[b][p[b] : p[b] + 2] for b in range(2)]),
+        dtype,
+        "batched block",
+    )
     kept = [2, 1]
     kv.settle(kept, 2)
-    nxt = torch.stack([r[x + k: x + k + 1] for r, x, k in zip(rows, p, kept)])
+    nxt = torch.stack([r[x + k : x + k + 1] for r, x, k in zip(rows, p, kept)])
     got = kv.feed(nxt)[:, -1]
     compare(finding, got, torch.stack([refs[b][p[b] + kept[b]] for b in range(2)]), dtype, "after realignment")
 
@@ -181,9 +210,11 @@ def check_adapter(model, adapter, vocab: int, seq: torch.Tensor, dtype, finding:
         pos = torch.arange(total, device=seq.device)[None]
         whole = stack.logits(adapter(hidden, pos, kvcache.new_cache(), causal_mask(total, 0, seq.device)))[0]
         cache, start = kvcache.new_cache(), total - 2
-        parts = [adapter(hidden[:, :start], pos[:, :start], cache, causal_mask(start, 0, seq.device))[:, -1:],
-                 adapter(hidden[:, start: start + 1], pos[:, start: start + 1], cache, None)]
-        compare(finding, stack.logits(torch.cat(parts, dim=1))[0], whole[start - 1: start + 1], dtype, "cached steps")
+        parts = [
+            adapter(hidden[:, :start], pos[:, :start], cache, causal_mask(start, 0, seq.device))[:, -1:],
+            adapter(hidden[:, start : start + 1], pos[:, start : start + 1], cache, None),
+        ]
+        compare(finding, stack.logits(torch.cat(parts, dim=1))[0], whole[start - 1 : start + 1], dtype, "cached steps")
         kvcache.crop(cache, start)
         block = adapter(hidden[:, start:], pos[:, start:], cache, causal_mask(total - start, start, seq.device))
         compare(finding, stack.logits(block)[0], whole[start:], dtype, "rolled-back block")
@@ -194,7 +225,9 @@ def attempt(report: Report, finding: Finding, check) -> None:
     try:
         check(finding)
     except Exception as exc:  # noqa: BLE001 - whatever broke, the path is not safe to run
-        finding.problem = f"raised {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        finding.problem = (
+            f"raised {type(exc).__name__}: {str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''}"
+        )
     report.findings.append(finding)
 
 
@@ -206,28 +239,42 @@ def check_model(model, role: str, pair, ids: torch.Tensor, report: Report, *, ba
     tokens, gen_logits = greedy_reference(model, ids, NEW_TOKENS)
     seq = torch.cat([ids, torch.tensor([tokens], device=ids.device)], dim=1)
     every = full_logits(model, seq)[:, :vocab]
-    ref = every[prompt_len - 1: -1]
-    attempt(report, Finding("generate vs one forward", role),
-            lambda f: compare(f, ref, gen_logits[:, :vocab], dtype, "model.generate against one no-cache forward"))
-    attempt(report, Finding("decoder", role), lambda f: check_decoder(Decoder(model, vocab), seq, prompt_len, ref, dtype, f))
+    ref = every[prompt_len - 1 : -1]
+    attempt(
+        report,
+        Finding("generate vs one forward", role),
+        lambda f: compare(f, ref, gen_logits[:, :vocab], dtype, "model.generate against one no-cache forward"),
+    )
+    attempt(
+        report, Finding("decoder", role), lambda f: check_decoder(Decoder(model, vocab), seq, prompt_len, ref, dtype, f)
+    )
     try:
         split_parts(model)
         splittable = True
     except ValueError:
         splittable = False
     if splittable and role == "target":  # only targets run per layer (the sorted drafter is one: same code)
-        attempt(report, Finding("layer stack", role),
-                lambda f: check_layer_stack(model, vocab, seq, prompt_len, ref, dtype, f))
+        attempt(
+            report,
+            Finding("layer stack", role),
+            lambda f: check_layer_stack(model, vocab, seq, prompt_len, ref, dtype, f),
+        )
         if supports(model):
-            attempt(report, Finding("lean shallow", role),
-                    lambda f: check_layer_stack(model, vocab, seq, prompt_len, ref, dtype, f, lean=True))
+            attempt(
+                report,
+                Finding("lean shallow", role),
+                lambda f: check_layer_stack(model, vocab, seq, prompt_len, ref, dtype, f, lean=True),
+            )
     if batch:
         attempt(report, Finding("batch", role), lambda f: check_batch(model, vocab, seq, prompt_len, every, dtype, f))
     if adapter is not None and splittable:
         attempt(report, Finding("adapter", role), lambda f: check_adapter(model, adapter, vocab, seq, dtype, f))
     if role == "drafter" and supports(model):
-        attempt(report, Finding("lean", role),
-                lambda f: check_decoder(LeanDecoder(model, vocab), seq, prompt_len, ref, dtype, f))
+        attempt(
+            report,
+            Finding("lean", role),
+            lambda f: check_decoder(LeanDecoder(model, vocab), seq, prompt_len, ref, dtype, f),
+        )
 
 
 def run_checks(pair, *, target: bool = True, draft: bool = True) -> Report:

@@ -2,6 +2,7 @@
 summary shipped beside the models (`python -m specviz.bench ... --json assets/models/bench-summary.json`,
 re-run whenever the family changes), so a learner sees the paper's headline next to what this project
 measured, with the command that measured it."""
+
 from __future__ import annotations
 
 import json
@@ -59,17 +60,22 @@ def cell(key: str, summary: dict[str, Any] | None) -> str:
     if not summary:
         return "not measured"
     rows = summary.get("rows", {})
-    parts = [(_batch(label, rows) if key == "batch" else _single(label, rows[label]))
-             for label in ROWS[key] if label in rows]
+    parts = [
+        (_batch(label, rows) if key == "batch" else _single(label, rows[label])) for label in ROWS[key] if label in rows
+    ]
     parts = [p for p in parts if p]
     return "; ".join(parts) if parts else "not measured"
 
 
 def provenance(summary: dict[str, Any] | None) -> str:
     if not summary:
-        return ("No bench summary ships with these models: run the Learn command in docs/results.md with "
-                f"`--json assets/models/{SUMMARY_NAME}`.")
-    return (f"*Measured here*: the embedded pair on {summary.get('device', '?')} ({summary.get('dtype', '?')}), "
-            f"{summary.get('measured', '?')}, {summary.get('prompts', '?')} prompts x {summary.get('repeats', '?')} repeats, "
-            f"greedy, medians, speedup over autoregressive decoding in the same process: "
-            f"`{portable_text(summary.get('command', '?'))}`.")  # the command, not the folders of the machine it ran on
+        return (
+            "No bench summary ships with these models: run the Learn command in docs/results.md with "
+            f"`--json assets/models/{SUMMARY_NAME}`."
+        )
+    return (
+        f"*Measured here*: the embedded pair on {summary.get('device', '?')} ({summary.get('dtype', '?')}), "
+        f"{summary.get('measured', '?')}, {summary.get('prompts', '?')} prompts x {summary.get('repeats', '?')} repeats, "
+        f"greedy, medians, speedup over autoregressive decoding in the same process: "
+        f"`{portable_text(summary.get('command', '?'))}`."
+    )  # the command, not the folders of the machine it ran on

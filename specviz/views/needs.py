@@ -4,6 +4,7 @@ A paper's speedup is measured where its idea pays: Mirror-SD with target and dra
 batch speculation on a GPU where a batched verification costs little more than one step. On a 2-core CPU the
 same method may run slower than none; the Learn tab says so beside the figure ("0.7x here") with its reason.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,8 +33,11 @@ Verdict = tuple[bool | None, str]  # has it (None: depends on something else), a
 
 
 def a_gpu(machine: Machine) -> Verdict:
-    return (True, machine.name) if machine.gpus else (False, "this page runs on a CPU: a verification of k tokens "
-                                                              "costs about k steps, not one")
+    return (
+        (True, machine.name)
+        if machine.gpus
+        else (False, "this page runs on a CPU: a verification of k tokens costs about k steps, not one")
+    )
 
 
 def two_accelerators(machine: Machine) -> Verdict:
@@ -49,20 +53,35 @@ class Need:
 
 
 NEEDS: dict[str, Need] = {
-    "draft_model": Need("a drafter far cheaper than the target, and memory-bound decoding (a GPU), where verifying "
-                        "γ tokens costs about one step", a_gpu),
+    "draft_model": Need(
+        "a drafter far cheaper than the target, and memory-bound decoding (a GPU), where verifying "
+        "γ tokens costs about one step",
+        a_gpu,
+    ),
     "kangaroo": Need("a GPU, where the shallow exit and the adapter cost a small share of a target step", a_gpu),
-    "sorted": Need("several targets served by one drafter (one drafter's memory instead of many)",
-                   lambda m: (False, "one target per run on this page")),
-    "vocabtrim": Need("a memory-bound drafter whose LM head is a large share of its weights (vocabularies of 100k+ ids)",
-                      lambda m: (False, "the embedded drafter's vocabulary is 8,192 ids") if not m.gpus else
-                      (None, "depends on the drafter's vocabulary")),
+    "sorted": Need(
+        "several targets served by one drafter (one drafter's memory instead of many)",
+        lambda m: (False, "one target per run on this page"),
+    ),
+    "vocabtrim": Need(
+        "a memory-bound drafter whose LM head is a large share of its weights (vocabularies of 100k+ ids)",
+        lambda m: (
+            (False, "the embedded drafter's vocabulary is 8,192 ids")
+            if not m.gpus
+            else (None, "depends on the drafter's vocabulary")
+        ),
+    ),
     "mirror": Need("target and drafter on separate accelerators, running at the same time", two_accelerators),
     "batch": Need("a GPU, where verifying a batch costs little more than one step", a_gpu),
-    "tree": Need("a GPU, where verifying a tree of many nodes costs about one step (on a CPU the target's cost "
-                 "grows with every node verified)", a_gpu),
-    "prompt_lookup": Need("outputs that copy from the input (summaries, RAG, code edits); no drafter at all",
-                          lambda m: (None, "depends on the prompt, not the machine: try one that quotes its input")),
+    "tree": Need(
+        "a GPU, where verifying a tree of many nodes costs about one step (on a CPU the target's cost "
+        "grows with every node verified)",
+        a_gpu,
+    ),
+    "prompt_lookup": Need(
+        "outputs that copy from the input (summaries, RAG, code edits); no drafter at all",
+        lambda m: (None, "depends on the prompt, not the machine: try one that quotes its input"),
+    ),
 }
 
 

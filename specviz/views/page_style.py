@@ -1,5 +1,6 @@
 """The page's look and its accessibility fixes: a theme whose text meets WCAG AA contrast, and page JS that
 repairs two patterns in Gradio's own markup (axe-core's WCAG 2 A/AA rules check both, tests/app/test_a11y.py)."""
+
 from __future__ import annotations
 
 import gradio as gr

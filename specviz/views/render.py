@@ -3,6 +3,7 @@
 gr.HTML does not sanitize, and a token can be `<img src=x onerror=...>`: every piece of text that
 reaches the page (prompt, token text, titles, sources) goes through `html.escape` here, in one place.
 """
+
 from __future__ import annotations
 
 import html
@@ -74,14 +75,19 @@ def token_span(e: Event, text: str | None = None, pos: int | None = None, copied
     if e.kind == "accept" and e.info.get("sibling"):  # a token tree's non-first branch: the drafter's 2nd+ choice
         copied += " sv-sibling"
         extra += f' data-sibling="{int(e.info["sibling"])}"'
-    return (f'<span class="sv-tok sv-{e.kind}{copied}" data-fate="{e.kind}" data-t="{e.t1:.4f}"{extra} title="{title}">'
-            f"{visible(e.text if text is None else text)}</span>")
+    return (
+        f'<span class="sv-tok sv-{e.kind}{copied}" data-fate="{e.kind}" data-t="{e.t1:.4f}"{extra} title="{title}">'
+        f"{visible(e.text if text is None else text)}</span>"
+    )
 
 
 def copy_sources(events: Iterable[Event], row: int = 0) -> dict[tuple[int, int], int]:
     """(round, depth) -> the place in prompt + output that a prompt-lookup draft was copied from."""
-    return {(e.step, e.depth): e.info["copied_from"] for e in events
-            if e.kind == "draft" and e.row == row and e.source == "lookup" and "copied_from" in e.info}
+    return {
+        (e.step, e.depth): e.info["copied_from"]
+        for e in events
+        if e.kind == "draft" and e.row == row and e.source == "lookup" and "copied_from" in e.info
+    }
 
 
 def prompt_html(prompt: str, pieces: list[str] | None) -> str:
@@ -106,21 +112,29 @@ COPY_JS = """
 
 
 def legend_html() -> str:
-    items = "".join(f'<span><span class="sv-tok sv-{k}">&nbsp;&nbsp;</span> {esc(FATE_LABELS[k])}</span>'
-                    for k in ("accept", "correct", "bonus", "emit"))
+    items = "".join(
+        f'<span><span class="sv-tok sv-{k}">&nbsp;&nbsp;</span> {esc(FATE_LABELS[k])}</span>'
+        for k in ("accept", "correct", "bonus", "emit")
+    )
     return f'<div class="sv-legend">{items}</div>'
 
 
-def tokens_html(prompt: str, events: Iterable[Event], row: int = 0, status: str = "",
-                pieces: list[str] | None = None) -> str:
+def tokens_html(
+    prompt: str, events: Iterable[Event], row: int = 0, status: str = "", pieces: list[str] | None = None
+) -> str:
     """The prompt, then every output token of `row` coloured by fate (hover: p, q, round, depth, source). With
     the prompt's token `pieces`, a token whose draft was copied by prompt lookup points at its source on hover."""
     events = list(events)
     copies = copy_sources(events, row)
     start = len(pieces) if pieces and "".join(pieces) == prompt else None
-    spans = [token_span(e, pos=None if start is None else start + e.position,
-                        copied_from=copies.get((e.step, e.depth)) if e.kind == "accept" and start is not None else None)
-             for e in sorted((e for e in events if e.kind in TOKEN_KINDS and e.row == row), key=lambda e: e.position)]
+    spans = [
+        token_span(
+            e,
+            pos=None if start is None else start + e.position,
+            copied_from=copies.get((e.step, e.depth)) if e.kind == "accept" and start is not None else None,
+        )
+        for e in sorted((e for e in events if e.kind in TOKEN_KINDS and e.row == row), key=lambda e: e.position)
+    ]
     note = f'<div class="sv-note">{esc(status)}</div>' if status else ""
     return f'<div class="sv-tokens">{prompt_html(prompt, pieces)}{"".join(spans)}</div>{note}'
 
@@ -143,19 +157,29 @@ def replay_pace(seconds: float, max_seconds: float) -> float:
 def replay_bar(label: str, end: float, pace: float) -> str:
     """The replay's controls and clock (REPLAY_JS drives them; without JS the finished state shows)."""
     faster = f" at {pace:.1f}x the measured pace" if pace > 1 else " at the pace it was measured"
-    return (f'<div class="sv-replay-bar"><button type="button" class="sv-replay-again">replay</button>'
-            f'<button type="button" class="sv-replay-all">show all</button> <span class="sv-replay-label">'
-            f'{esc(label)}{faster}</span> <span class="sv-clock" data-end="{end:.4f}">{end:.2f} s</span></div>')
+    return (
+        f'<div class="sv-replay-bar"><button type="button" class="sv-replay-again">replay</button>'
+        f'<button type="button" class="sv-replay-all">show all</button> <span class="sv-replay-label">'
+        f'{esc(label)}{faster}</span> <span class="sv-clock" data-end="{end:.4f}">{end:.2f} s</span></div>'
+    )
 
 
-def replay_html(trace: Trace, row: int = 0, status: str = "", max_seconds: float = 60.0,
-                measured_at: float | None = None, pieces: list[str] | None = None) -> str:
+def replay_html(
+    trace: Trace,
+    row: int = 0,
+    status: str = "",
+    max_seconds: float = 60.0,
+    measured_at: float | None = None,
+    pieces: list[str] | None = None,
+) -> str:
     """A finished run, sent once: the browser reveals each token at the moment the run committed it.
     `data-measured-at` (epoch seconds) tells one measurement from another (scripts wait for a new one)."""
     pace = replay_pace(trace.wall_time, max_seconds)
     when = f' data-measured-at="{measured_at:.3f}"' if measured_at else ""
-    return (f'<div class="sv-replay" data-end="{trace.wall_time:.4f}" data-pace="{pace:.3f}"{when}>'
-            f'{replay_bar("replay of the measured run", trace.wall_time, pace)}{trace_html(trace, row, status, pieces)}</div>')
+    return (
+        f'<div class="sv-replay" data-end="{trace.wall_time:.4f}" data-pace="{pace:.3f}"{when}>'
+        f"{replay_bar('replay of the measured run', trace.wall_time, pace)}{trace_html(trace, row, status, pieces)}</div>"
+    )
 
 
 def lane_html(label: str, trace: Trace, lane_id: str) -> str:
@@ -163,22 +187,28 @@ def lane_html(label: str, trace: Trace, lane_id: str) -> str:
     shown = sorted((e for e in trace.events if e.kind in TOKEN_KINDS and e.row == 0), key=lambda e: e.position)
     end = trace.wall_time
     rate = f"{len(shown) / end:.0f} tokens/s" if end > 0 else ""
-    return (f'<div class="sv-lane" id="{esc(lane_id)}" data-end="{end:.4f}" data-tokens="{len(shown)}" data-done="true">'
-            f'<h4>{esc(label)}</h4><div><span class="sv-lane-clock">{end:.2f} s</span> - <span class="sv-lane-count">'
-            f'{len(shown)}</span> tokens <span class="sv-lane-rate">{rate}</span> - <span class="sv-lane-state">'
-            f'<span class="sv-done">finished</span></span></div>'
-            f'<div class="sv-tokens"><span class="sv-prompt">{esc(trace.rows[0].prompt)}</span>'
-            f'{"".join(token_span(e) for e in shown)}</div></div>')
+    return (
+        f'<div class="sv-lane" id="{esc(lane_id)}" data-end="{end:.4f}" data-tokens="{len(shown)}" data-done="true">'
+        f'<h4>{esc(label)}</h4><div><span class="sv-lane-clock">{end:.2f} s</span> - <span class="sv-lane-count">'
+        f'{len(shown)}</span> tokens <span class="sv-lane-rate">{rate}</span> - <span class="sv-lane-state">'
+        f'<span class="sv-done">finished</span></span></div>'
+        f'<div class="sv-tokens"><span class="sv-prompt">{esc(trace.rows[0].prompt)}</span>'
+        f"{''.join(token_span(e) for e in shown)}</div></div>"
+    )
 
 
-def race_html(method: Trace, baseline: Trace, max_seconds: float = 60.0, served: str = "",
-              measured_at: float | None = None) -> str:
+def race_html(
+    method: Trace, baseline: Trace, max_seconds: float = 60.0, served: str = "", measured_at: float | None = None
+) -> str:
     """Autoregressive and a method side by side, each MEASURED alone, sent once and replayed together by the
     browser (REPLAY_JS) with both clocks and the running speedup; at the end, whether the outputs agree."""
     end = max(method.wall_time, baseline.wall_time)
     pace = replay_pace(end, max_seconds)
-    final = (baseline.wall_time / baseline.new_tokens) / (method.wall_time / method.new_tokens) \
-        if method.new_tokens and baseline.new_tokens and method.wall_time else None
+    final = (
+        (baseline.wall_time / baseline.new_tokens) / (method.wall_time / method.new_tokens)
+        if method.new_tokens and baseline.new_tokens and method.wall_time
+        else None
+    )
     greedy = not method.params.get("temperature")
     if method.output_ids == baseline.output_ids:
         same = "outputs EQUAL token for token"
@@ -186,18 +216,27 @@ def race_html(method: Trace, baseline: Trace, max_seconds: float = 60.0, served:
         same = "outputs DIFFER (greedy must be equal: see the Playground's stats)"
     else:
         same = "sampling: two different draws from the same distribution (both shown)"
-    verdict = (f'<div class="sv-verdict sv-after" id="race-verdict">finished: {esc(method.method)} '
-               f"{final:.2f}x the speed of autoregressive - {esc(same)}</div>" if final else "")
-    note = ('<div class="sv-note">Each run was MEASURED alone (two runs at once would share the CPU cores and '
-            'distort both); the browser replays the two measured timelines together.'
-            + (f" {esc(served)}." if served else "") + "</div>")
+    verdict = (
+        f'<div class="sv-verdict sv-after" id="race-verdict">finished: {esc(method.method)} '
+        f"{final:.2f}x the speed of autoregressive - {esc(same)}</div>"
+        if final
+        else ""
+    )
+    note = (
+        '<div class="sv-note">Each run was MEASURED alone (two runs at once would share the CPU cores and '
+        "distort both); the browser replays the two measured timelines together."
+        + (f" {esc(served)}." if served else "")
+        + "</div>"
+    )
     speed = f"running speedup {final:.2f}x" if final else "running speedup -"
     when = f' data-measured-at="{measured_at:.3f}"' if measured_at else ""
-    return (f'<div class="sv-replay sv-race-wrap" data-end="{end:.4f}" data-pace="{pace:.3f}"{when}>'
-            f'{replay_bar("replay of both measured runs", end, pace)}'
-            f'<div id="race-speed" data-sv-speedup="1">{esc(speed)}</div><div class="sv-race">'
-            f'{lane_html("autoregressive", baseline, "race-ar")}{lane_html(method.method, method, "race-method")}'
-            f"</div>{verdict}{note}</div>")
+    return (
+        f'<div class="sv-replay sv-race-wrap" data-end="{end:.4f}" data-pace="{pace:.3f}"{when}>'
+        f"{replay_bar('replay of both measured runs', end, pace)}"
+        f'<div id="race-speed" data-sv-speedup="1">{esc(speed)}</div><div class="sv-race">'
+        f"{lane_html('autoregressive', baseline, 'race-ar')}{lane_html(method.method, method, 'race-method')}"
+        f"</div>{verdict}{note}</div>"
+    )
 
 
 # The replay, in the browser: a finished run's HTML (replay_html, race_html) holds every token with the time
@@ -280,13 +319,17 @@ def bars_html(title: str, entries: list, decode, highlight: int | None, kind: st
     for token_id, prob in entries:
         hl = " sv-hl" if token_id == highlight else ""
         label = decode(int(token_id)) if decode else f"#{token_id}"
-        rows.append(f'<div class="sv-bar-row{hl}" data-token="{int(token_id)}"><span class="sv-bar-label" title="id {int(token_id)}">'
-                    f'{visible(label)}</span><div class="sv-bar" style="width:{max(0.5, 100 * float(prob)):.1f}%"></div>'
-                    f"<span>{float(prob):.3f}</span></div>")
+        rows.append(
+            f'<div class="sv-bar-row{hl}" data-token="{int(token_id)}"><span class="sv-bar-label" title="id {int(token_id)}">'
+            f'{visible(label)}</span><div class="sv-bar" style="width:{max(0.5, 100 * float(prob)):.1f}%"></div>'
+            f"<span>{float(prob):.3f}</span></div>"
+        )
     if highlight is not None and all(int(t) != highlight for t, _ in entries):  # the token itself, outside the top-k
         label = decode(int(highlight)) if decode else f"#{highlight}"
-        rows.append(f'<div class="sv-bar-row sv-hl" data-token="{int(highlight)}"><span class="sv-bar-label">{visible(label)}'
-                    '</span><span class="sv-note">outside the top-k shown</span><span></span></div>')
+        rows.append(
+            f'<div class="sv-bar-row sv-hl" data-token="{int(highlight)}"><span class="sv-bar-label">{visible(label)}'
+            '</span><span class="sv-note">outside the top-k shown</span><span></span></div>'
+        )
     return f'<div class="sv-dist" data-dist="{kind}"><h5>{esc(title)}</h5>{"".join(rows)}</div>'
 
 
@@ -296,23 +339,29 @@ def rule_html(event: Event, decode) -> str:
     if info.get("rule") == "argmax":
         top = (info.get("top_p") or [[None, None]])[0]
         best = decode(int(top[0])) if decode and top[0] is not None else f"#{top[0]}"
-        return (f'<div class="sv-rule" data-rule="argmax">greedy rule: the target\'s argmax is <b>{visible(best)}</b>'
-                f'{"" if top[1] is None else f" (p={float(top[1]):.3f})"}, the draft is <b>{visible(event.text)}</b> '
-                f"(p={event.p:.3g}): {'equal' if event.kind == 'accept' else 'different'} -> <b>{verdict}</b></div>")
+        return (
+            f'<div class="sv-rule" data-rule="argmax">greedy rule: the target\'s argmax is <b>{visible(best)}</b>'
+            f"{'' if top[1] is None else f' (p={float(top[1]):.3f})'}, the draft is <b>{visible(event.text)}</b> "
+            f"(p={event.p:.3g}): {'equal' if event.kind == 'accept' else 'different'} -> <b>{verdict}</b></div>"
+        )
     if "u" in info and "accept_prob" in info and event.source == "lookup":
         u, a = float(info["u"]), float(info["accept_prob"])
-        return (f'<div class="sv-rule" data-rule="copy">a copied draft is not sampled: q = 1 at <b>{visible(event.text)}</b>'
-                f" and 0 elsewhere, so it is accepted when u &lt; min(1, p/q) = p = <b>{a:.3f}</b>; drawn u = "
-                f"<b>{u:.3f}</b> -> <b>{verdict}</b>. At a rejection the target draws from norm(max(0, p - q)): p "
-                f"without the copied token, renormalised, so every token keeps probability p exactly."
-                f'<div class="sv-unit" title="0 .. 1: green = accept zone, black = u"><div class="sv-accept-zone" '
-                f'style="width:{100 * a:.1f}%"></div><div class="sv-u" style="left:calc({100 * u:.1f}% - 1px)"></div></div></div>')
+        return (
+            f'<div class="sv-rule" data-rule="copy">a copied draft is not sampled: q = 1 at <b>{visible(event.text)}</b>'
+            f" and 0 elsewhere, so it is accepted when u &lt; min(1, p/q) = p = <b>{a:.3f}</b>; drawn u = "
+            f"<b>{u:.3f}</b> -> <b>{verdict}</b>. At a rejection the target draws from norm(max(0, p - q)): p "
+            f"without the copied token, renormalised, so every token keeps probability p exactly."
+            f'<div class="sv-unit" title="0 .. 1: green = accept zone, black = u"><div class="sv-accept-zone" '
+            f'style="width:{100 * a:.1f}%"></div><div class="sv-u" style="left:calc({100 * u:.1f}% - 1px)"></div></div></div>'
+        )
     if "u" in info and "accept_prob" in info:
         u, a = float(info["u"]), float(info["accept_prob"])
-        return (f'<div class="sv-rule" data-rule="ratio">speculative sampling: accept when u &lt; min(1, p/q) = '
-                f"min(1, {event.p:.3g} / {event.q:.3g}) = <b>{a:.3f}</b>; drawn u = <b>{u:.3f}</b> -> <b>{verdict}</b>"
-                f'<div class="sv-unit" title="0 .. 1: green = accept zone, black = u"><div class="sv-accept-zone" '
-                f'style="width:{100 * a:.1f}%"></div><div class="sv-u" style="left:calc({100 * u:.1f}% - 1px)"></div></div></div>')
+        return (
+            f'<div class="sv-rule" data-rule="ratio">speculative sampling: accept when u &lt; min(1, p/q) = '
+            f"min(1, {event.p:.3g} / {event.q:.3g}) = <b>{a:.3f}</b>; drawn u = <b>{u:.3f}</b> -> <b>{verdict}</b>"
+            f'<div class="sv-unit" title="0 .. 1: green = accept zone, black = u"><div class="sv-accept-zone" '
+            f'style="width:{100 * a:.1f}%"></div><div class="sv-u" style="left:calc({100 * u:.1f}% - 1px)"></div></div></div>'
+        )
     return f'<div class="sv-rule">{verdict} (not judged: an earlier draft of this round was rejected)</div>'
 
 
@@ -330,9 +379,13 @@ def explainer_html(trace: Trace, step: int, row: int = 0, decode=None) -> str:
     verdicts = {e.depth: e for e in events if e.kind in ("accept", "reject")}
     emitted = [e for e in events if e.kind in ("correct", "bonus", "emit")]
     rule = next((e.info.get("rule") for e in list(verdicts.values()) + emitted if e.info.get("rule")), None)
-    rule_name = {"argmax": "greedy (argmax)", "ratio": "speculative sampling (ratio test)"}.get(rule, rule or "not recorded")
-    parts = [f"<h4>Round {step} - rule: {esc(rule_name)}</h4>",
-             f'<div class="sv-tokens"><span class="sv-prompt">... </span>{context}</div>']
+    rule_name = {"argmax": "greedy (argmax)", "ratio": "speculative sampling (ratio test)"}.get(
+        rule, rule or "not recorded"
+    )
+    parts = [
+        f"<h4>Round {step} - rule: {esc(rule_name)}</h4>",
+        f'<div class="sv-tokens"><span class="sv-prompt">... </span>{context}</div>',
+    ]
     plan = next((e.info["plan"] for e in events if e.kind == "verify" and "plan" in e.info), None)
     if plan:
         parts.append(plan_html(plan))
@@ -342,28 +395,38 @@ def explainer_html(trace: Trace, step: int, row: int = 0, decode=None) -> str:
         v = verdicts.get(d.depth)
         fate = "accept" if v is not None and v.kind == "accept" else ("reject" if v is not None else "none")
         info = v.info if v is not None else {}
-        parts.append(f'<div class="sv-card sv-v-{fate}" data-depth="{d.depth}" data-verdict="{fate}">'
-                     f"<b>draft {d.depth + 1}</b>: {token_span(d)} from {esc(d.source)}"
-                     + (f", copied from token {int(d.info['copied_from'])} of the text" if "copied_from" in d.info else "")
-                     + (f" (q={d.q:.3g})" if d.q is not None else "")
-                     + f'<div class="sv-dists">{bars_html("drafter q (top-k)", info.get("top_q") or [], decode, d.token_id, "q")}'
-                     f'{bars_html("target p (top-k)", info.get("top_p") or [], decode, d.token_id, "p")}</div>'
-                     + (rule_html(v, decode) if v is not None else '<div class="sv-note">not verified</div>') + "</div>")
+        parts.append(
+            f'<div class="sv-card sv-v-{fate}" data-depth="{d.depth}" data-verdict="{fate}">'
+            f"<b>draft {d.depth + 1}</b>: {token_span(d)} from {esc(d.source)}"
+            + (f", copied from token {int(d.info['copied_from'])} of the text" if "copied_from" in d.info else "")
+            + (f" (q={d.q:.3g})" if d.q is not None else "")
+            + f'<div class="sv-dists">{bars_html("drafter q (top-k)", info.get("top_q") or [], decode, d.token_id, "q")}'
+            f"{bars_html('target p (top-k)', info.get('top_p') or [], decode, d.token_id, 'p')}</div>"
+            + (rule_html(v, decode) if v is not None else '<div class="sv-note">not verified</div>')
+            + "</div>"
+        )
     copied = any(d.source == "lookup" for d in drafts)
-    residual = ("drawn from p without the copied token, renormalised (norm(max(0, p - q)), q one-hot) (top-k)"
-                if copied else "drawn from the residual norm(max(0, p - q)) (top-k)")
+    residual = (
+        "drawn from p without the copied token, renormalised (norm(max(0, p - q)), q one-hot) (top-k)"
+        if copied
+        else "drawn from the residual norm(max(0, p - q)) (top-k)"
+    )
     parts.extend(emitted_card(e, decode, residual) for e in emitted)
     for e in (e for e in events if e.kind == "early_exit"):
-        parts.append(f'<div class="sv-note">early exit ({esc(str(e.info.get("reason", "")))}), confidence '
-                     f'{e.info.get("confidence", float("nan")):.3f}</div>')
+        parts.append(
+            f'<div class="sv-note">early exit ({esc(str(e.info.get("reason", "")))}), confidence '
+            f"{e.info.get('confidence', float('nan')):.3f}</div>"
+        )
     return f'<div class="sv-step" id="step-explainer-body" data-rule="{esc(rule or "")}">{"".join(parts)}</div>'
 
 
 def emitted_card(e: Event, decode, residual_title: str) -> str:
     """The token the target emitted this round (a correction, a bonus or a plain step) with the distribution it was
     drawn from: the residual at a sampling rejection (titled by the round's kind of draft), else p's top-k."""
-    card = [f'<div class="sv-card" data-emitted="{esc(e.kind)}"><b>the target emits</b> {token_span(e)} '
-            f"({esc(FATE_LABELS[e.kind])}" + (f", p={e.p:.3g}" if e.p is not None else "") + ")"]
+    card = [
+        f'<div class="sv-card" data-emitted="{esc(e.kind)}"><b>the target emits</b> {token_span(e)} '
+        f"({esc(FATE_LABELS[e.kind])}" + (f", p={e.p:.3g}" if e.p is not None else "") + ")"
+    ]
     if e.info.get("residual_top"):
         card.append(bars_html(residual_title, e.info["residual_top"], decode, e.token_id, "residual"))
     elif e.info.get("top_p"):
@@ -372,25 +435,35 @@ def emitted_card(e: Event, decode, residual_title: str) -> str:
 
 
 TREE_DRAWN = 64  # nodes a round's tree draws at most (a summary says what is left out)
-PLAN_SOURCES = {"lookup": "copy {k} token(s) from earlier in the text", "draft": "ask the drafter for up to {k} token(s)",
-                "none": "no draft: one plain target step"}
+PLAN_SOURCES = {
+    "lookup": "copy {k} token(s) from earlier in the text",
+    "draft": "ask the drafter for up to {k} token(s)",
+    "none": "no draft: one plain target step",
+}
 
 
 def plan_html(plan: dict) -> str:
     """Why this round drafted what it did (choose=yield: the best expected tokens per modeled cost so far)."""
     what = PLAN_SOURCES.get(plan.get("source"), "{source}").format(**plan)
-    return (f'<div class="sv-note" data-plan="{esc(str(plan.get("source")))}">chosen for this round: {esc(what)}; '
-            f'expected {float(plan.get("value", 0)):.2f} tokens per target step of modeled cost, the best option on '
-            f"this run's verdicts so far (choose=yield)</div>")
+    return (
+        f'<div class="sv-note" data-plan="{esc(str(plan.get("source")))}">chosen for this round: {esc(what)}; '
+        f"expected {float(plan.get('value', 0)):.2f} tokens per target step of modeled cost, the best option on "
+        f"this run's verdicts so far (choose=yield)</div>"
+    )
 
 
-CAUSES = {"mismatch": "tried: not the target's argmax", "ratio": "tried: refused by the sibling rule",
-          "sibling_accepted": "not tried: a sibling before it was taken", "after_reject": "not reached: its parent was not taken",
-          "past_end": "taken after the output ended"}
+CAUSES = {
+    "mismatch": "tried: not the target's argmax",
+    "ratio": "tried: refused by the sibling rule",
+    "sibling_accepted": "not tried: a sibling before it was taken",
+    "after_reject": "not reached: its parent was not taken",
+    "past_end": "taken after the output ended",
+}
 
 
-def tree_round_html(trace: Trace, step: int, events: list[Event], context: str, decode=None,
-                    limit: int = TREE_DRAWN) -> str:
+def tree_round_html(
+    trace: Trace, step: int, events: list[Event], context: str, decode=None, limit: int = TREE_DRAWN
+) -> str:
     """A token-tree round: the tree drawn as nested lists from the root (the last committed token), the accepted
     path highlighted, each node's q, p and verdict on hover and beside it; then the rule and the token the target
     emitted. Beyond `limit` nodes only the accepted path and the nodes nearest the root are drawn, with a count."""
@@ -406,42 +479,63 @@ def tree_round_html(trace: Trace, step: int, events: list[Event], context: str, 
         if len(drawn) >= limit:
             break
         drawn.add(node)
-    rule = next((v.info.get("rule") for v in verdicts.values() if v.info.get("rule")), None) or \
-        next((e.info.get("rule") for e in emitted), None)
+    rule = next((v.info.get("rule") for v in verdicts.values() if v.info.get("rule")), None) or next(
+        (e.info.get("rule") for e in emitted), None
+    )
     depth = max((d.depth for d in drafts.values()), default=-1) + 1
     leaves = sum(1 for n in drafts if n not in children)
-    summary = (f"a tree of {len(drafts)} candidates, {depth} levels deep, {leaves} leaves; the accepted path is "
-               f"{len(path)} long" + (f"; {len(drafts) - len(drawn)} nodes not drawn (the first {limit} by depth, and "
-                                      "the accepted path, are)" if len(drawn) < len(drafts) else ""))
+    summary = (
+        f"a tree of {len(drafts)} candidates, {depth} levels deep, {leaves} leaves; the accepted path is "
+        f"{len(path)} long"
+        + (
+            f"; {len(drafts) - len(drawn)} nodes not drawn (the first {limit} by depth, and the accepted path, are)"
+            if len(drawn) < len(drafts)
+            else ""
+        )
+    )
 
     def node_html(node: int) -> str:
         d, v = drafts[node], verdicts.get(node)
         cause = v.info.get("cause", "") if v is not None else ""
-        fate = "accept" if v is not None and v.kind == "accept" else ("tried" if cause in ("mismatch", "ratio") else "other")
-        facts = [f"q={d.q:.3g}" if d.q is not None else "", f"p={v.p:.3g}" if v is not None and v.p is not None else "",
-                 "accepted" if fate == "accept" else CAUSES.get(cause, cause)]
+        fate = (
+            "accept"
+            if v is not None and v.kind == "accept"
+            else ("tried" if cause in ("mismatch", "ratio") else "other")
+        )
+        facts = [
+            f"q={d.q:.3g}" if d.q is not None else "",
+            f"p={v.p:.3g}" if v is not None and v.p is not None else "",
+            "accepted" if fate == "accept" else CAUSES.get(cause, cause),
+        ]
         if v is not None and "accept_prob" in v.info:
             facts.append(f"chance {float(v.info['accept_prob']):.3f}, u {float(v.info['u']):.3f}")
         text = " | ".join(f for f in facts if f)
         label = decode(d.token_id) if decode else (d.text or f"#{d.token_id}")
         kids = [c for c in children.get(node, []) if c in drawn]
         inner = f"<ul>{''.join(node_html(c) for c in kids)}</ul>" if kids else ""
-        return (f'<li data-node="{node}" data-verdict="{fate}"><span class="sv-node sv-n-{fate}" title="{esc(text)}">'
-                f'{visible(label)}</span><span class="sv-node-facts">{esc(text)}</span>{inner}</li>')
+        return (
+            f'<li data-node="{node}" data-verdict="{fate}"><span class="sv-node sv-n-{fate}" title="{esc(text)}">'
+            f'{visible(label)}</span><span class="sv-node-facts">{esc(text)}</span>{inner}</li>'
+        )
 
     roots = [c for c in children.get(0, []) if c in drawn]
-    rule_text = {"argmax": "greedy: at each node the child equal to the target's argmax is taken, if there is one",
-                 "sibling": "sampling, the sibling rule: at each node the children are tried in the drafter's order; "
-                            "child x is taken with the residual's probability of x, otherwise x is removed from the "
-                            "residual, which is renormalised, and the next child is tried; when none is taken the "
-                            "target's token is drawn from what is left. Every token keeps probability p exactly."}
-    parts = [f"<h4>Round {step} - a token tree - rule: {esc(rule or 'not recorded')}</h4>",
-             f'<div class="sv-tokens"><span class="sv-prompt">... </span>{context}</div>',
-             f'<div class="sv-note" data-tree-summary="1">{esc(summary)}</div>',
-             f'<div class="sv-tree"><ul><li data-node="0">'
-             f'<span class="sv-node">root (last committed token)</span><ul>{"".join(node_html(c) for c in roots)}</ul>'
-             f"</li></ul></div>",
-             f'<div class="sv-rule" data-rule="{esc(rule or "")}">{esc(rule_text.get(rule or "", ""))}</div>']
-    parts.extend(emitted_card(e, decode, "drawn from p without the children tried, renormalised (top-k)")
-                 for e in emitted)
+    rule_text = {
+        "argmax": "greedy: at each node the child equal to the target's argmax is taken, if there is one",
+        "sibling": "sampling, the sibling rule: at each node the children are tried in the drafter's order; "
+        "child x is taken with the residual's probability of x, otherwise x is removed from the "
+        "residual, which is renormalised, and the next child is tried; when none is taken the "
+        "target's token is drawn from what is left. Every token keeps probability p exactly.",
+    }
+    parts = [
+        f"<h4>Round {step} - a token tree - rule: {esc(rule or 'not recorded')}</h4>",
+        f'<div class="sv-tokens"><span class="sv-prompt">... </span>{context}</div>',
+        f'<div class="sv-note" data-tree-summary="1">{esc(summary)}</div>',
+        f'<div class="sv-tree"><ul><li data-node="0">'
+        f'<span class="sv-node">root (last committed token)</span><ul>{"".join(node_html(c) for c in roots)}</ul>'
+        f"</li></ul></div>",
+        f'<div class="sv-rule" data-rule="{esc(rule or "")}">{esc(rule_text.get(rule or "", ""))}</div>',
+    ]
+    parts.extend(
+        emitted_card(e, decode, "drawn from p without the children tried, renormalised (top-k)") for e in emitted
+    )
     return f'<div class="sv-step" id="step-explainer-body" data-rule="{esc(rule or "")}" data-tree="1">{"".join(parts)}</div>'

@@ -1,4 +1,5 @@
 """`bench --html`: one self-contained HTML report (plotly bundled once, no network) of a bench run."""
+
 from __future__ import annotations
 
 import html
@@ -25,8 +26,12 @@ th, td { border: 1px solid #ddd; padding: .25rem .5rem; text-align: right; } th 
 
 
 def machine_line(pair=None) -> str:
-    parts = [platform.platform(), f"{os.cpu_count()} CPU cores", f"torch {torch.__version__}",
-             f"{torch.get_num_threads()} threads"]
+    parts = [
+        platform.platform(),
+        f"{os.cpu_count()} CPU cores",
+        f"torch {torch.__version__}",
+        f"{torch.get_num_threads()} threads",
+    ]
     if pair is not None:
         parts.append(f"device {pair.device}, dtype {str(pair.dtype).replace('torch.', '')}")
         parts.append(f"target {pair.target_name}" + (f", drafter {pair.draft_name}" if pair.draft_name else ""))
@@ -50,8 +55,15 @@ def category_figure(df: pd.DataFrame) -> go.Figure | None:
     return fig
 
 
-def write_report(df: pd.DataFrame, table: pd.DataFrame, path: str | Path, *, command: str, pair=None,
-                 sections: dict[str, pd.DataFrame] | None = None) -> Path:
+def write_report(
+    df: pd.DataFrame,
+    table: pd.DataFrame,
+    path: str | Path,
+    *,
+    command: str,
+    pair=None,
+    sections: dict[str, pd.DataFrame] | None = None,
+) -> Path:
     """Write the report; returns its path. Tables are escaped by pandas; figures embed plotly.js once.
     `sections`: more tables after the summary, by title (a cluster run's per-device table, its failed units)."""
     path = Path(path)
@@ -63,11 +75,15 @@ def write_report(df: pd.DataFrame, table: pd.DataFrame, path: str | Path, *, com
         figures.append(extra)
     if "batch_size" in df and df["batch_size"].notna().any():
         figures.append(throughput_figure(df[df["batch_size"].notna()]))
-    divs = [pio.to_html(fig, include_plotlyjs=(i == 0), full_html=False, default_width="100%")
-            for i, fig in enumerate(figures)]
+    divs = [
+        pio.to_html(fig, include_plotlyjs=(i == 0), full_html=False, default_width="100%")
+        for i, fig in enumerate(figures)
+    ]
     when = time.strftime("%Y-%m-%d %H:%M %Z")
-    extra = "".join(f"<h2>{html.escape(title)}</h2>\n{frame.to_html(float_format=lambda v: f'{v:.3f}', border=0)}\n"
-                    for title, frame in (sections or {}).items())
+    extra = "".join(
+        f"<h2>{html.escape(title)}</h2>\n{frame.to_html(float_format=lambda v: f'{v:.3f}', border=0)}\n"
+        for title, frame in (sections or {}).items()
+    )
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>specviz bench report</title>
 <style>{STYLE}</style></head><body>
 <h1>specviz bench report</h1>
@@ -78,7 +94,7 @@ speedup is tokens/s over the autoregressive run of the same prompt; values are m
 <h2>Summary (median per method)</h2>
 {table.to_html(float_format=lambda v: f"{v:.3f}", border=0)}
 {extra}
-<h2>Figures</h2><div class="grid">{''.join(f'<div>{d}</div>' for d in divs)}</div>
+<h2>Figures</h2><div class="grid">{"".join(f"<div>{d}</div>" for d in divs)}</div>
 <h2>Every run</h2>
 {df.to_html(index=False, float_format=lambda v: f"{v:.4g}", border=0, na_rep="")}
 </body></html>

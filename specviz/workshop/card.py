@@ -7,6 +7,7 @@ the card cannot drift from the weights it describes.
 
 Paths in the records are written portable (specviz.paths.scrub): relative in the repository, else no machine's layout.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,20 +46,30 @@ def shape_of(directory: Path) -> str:
 
 def corpus_section(manifest: dict) -> list[str]:
     tokens = manifest["tokens"]
-    lines = ["## Corpus", "",
-             f"Built {manifest['built']} by `python -m specviz.workshop.train` (specviz/workshop/corpus.py) from wheels pip fetched, with "
-             f"Python {manifest['python']}'s standard library: {manifest['files']:,} files, {manifest['bytes'] / 1e6:.1f} MB; "
-             f"tokens: {tokens['train']:,} train, {tokens['heldout']:,} held-out, {tokens['heldout_stdlib']:,} in the first "
-             "models' standard-library held-out split. Tests, vendored copies and generated files are left out "
-             f"(skipped folders: {', '.join(manifest['filters']['skip_dirs'])}; files: {manifest['filters']['skip_files']}).",
-             "", f"Held-out splits: {manifest['split_rule']}.", "",
-             "| source | version | licence | files (train / held-out) | MB |", "|---|---|---|---|---|"]
+    lines = [
+        "## Corpus",
+        "",
+        f"Built {manifest['built']} by `python -m specviz.workshop.train` (specviz/workshop/corpus.py) from wheels pip fetched, with "
+        f"Python {manifest['python']}'s standard library: {manifest['files']:,} files, {manifest['bytes'] / 1e6:.1f} MB; "
+        f"tokens: {tokens['train']:,} train, {tokens['heldout']:,} held-out, {tokens['heldout_stdlib']:,} in the first "
+        "models' standard-library held-out split. Tests, vendored copies and generated files are left out "
+        f"(skipped folders: {', '.join(manifest['filters']['skip_dirs'])}; files: {manifest['filters']['skip_files']}).",
+        "",
+        f"Held-out splits: {manifest['split_rule']}.",
+        "",
+        "| source | version | licence | files (train / held-out) | MB |",
+        "|---|---|---|---|---|",
+    ]
     std = manifest["stdlib"]
-    lines.append(f"| Python standard library | {manifest['python']} | PSF-2.0 | {std['train']} / "
-                 f"{std['heldout'] + std['heldout_stdlib']} | {std['bytes'] / 1e6:.1f} |")
+    lines.append(
+        f"| Python standard library | {manifest['python']} | PSF-2.0 | {std['train']} / "
+        f"{std['heldout'] + std['heldout_stdlib']} | {std['bytes'] / 1e6:.1f} |"
+    )
     for p in manifest["packages"]:
-        lines.append(f"| [{p['name']}]({p['url']}) | {p['version']} | {p['licence']} | {p['train']} / "
-                     f"{p['heldout'] + p.get('heldout_stdlib', 0)} | {p['bytes'] / 1e6:.1f} |")
+        lines.append(
+            f"| [{p['name']}]({p['url']}) | {p['version']} | {p['licence']} | {p['train']} / "
+            f"{p['heldout'] + p.get('heldout_stdlib', 0)} | {p['bytes'] / 1e6:.1f} |"
+        )
     return lines + [""]
 
 
@@ -68,23 +79,33 @@ def training_section(ckpt: dict, evals: list[dict], first: dict | None) -> list[
     lines = ["## Training", ""]
     if first:
         f = first["config"]
-        lines.append(f"The target started as the first embedded target: {f['target_steps']} steps of {f['batch_size']} x "
-                     f"{f['seq_len']} tokens of the standard library ({first['minutes']['target']:.0f} min).")
+        lines.append(
+            f"The target started as the first embedded target: {f['target_steps']} steps of {f['batch_size']} x "
+            f"{f['seq_len']} tokens of the standard library ({first['minutes']['target']:.0f} min)."
+        )
     if cfg.get("device", "cpu") == "cpu":
         how, took = "(resumable, several sessions)", f"{ckpt['train_seconds'] / 3600:.1f} h of wall time at 1-2 threads"
     else:
         how = f"on a lent GPU ({ckpt.get('device_name') or cfg['device']}, {cfg.get('amp') or 'fp32'} autocast)"
         took = f"{ckpt['train_seconds'] / 60:.1f} min of wall time (`--fit-to-budget` planned the tokens from the measured speed)"
-    lines += [f"Then `python -m specviz.workshop.train --continue-target` {how}: {ckpt['tokens']:,} tokens "
-              f"in {ckpt['step']} steps of {cfg['tokens_per_step']:,} tokens, {took}; sequence length {curriculum} of {cfg['total_tokens']:,} planned tokens; AdamW "
-              f"(0.9, 0.95, weight decay {cfg['weight_decay']}), warmup-stable-decay: peak lr {cfg['peak_lr']}, linear "
-              f"decay to {cfg['final_lr_share']:.0%} over the last {cfg['decay_share']:.0%}.", "",
-              "Held-out loss (nats/token) while it trained (256-token windows; the old split's figure is the first "
-              "card's metric):", "", "| tokens | new split | old stdlib split | at 2,048 tokens |", "|---|---|---|---|"]
+    lines += [
+        f"Then `python -m specviz.workshop.train --continue-target` {how}: {ckpt['tokens']:,} tokens "
+        f"in {ckpt['step']} steps of {cfg['tokens_per_step']:,} tokens, {took}; sequence length {curriculum} of {cfg['total_tokens']:,} planned tokens; AdamW "
+        f"(0.9, 0.95, weight decay {cfg['weight_decay']}), warmup-stable-decay: peak lr {cfg['peak_lr']}, linear "
+        f"decay to {cfg['final_lr_share']:.0%} over the last {cfg['decay_share']:.0%}.",
+        "",
+        "Held-out loss (nats/token) while it trained (256-token windows; the old split's figure is the first "
+        "card's metric):",
+        "",
+        "| tokens | new split | old stdlib split | at 2,048 tokens |",
+        "|---|---|---|---|",
+    ]
     shown = evals if len(evals) <= 12 else [evals[round(i * (len(evals) - 1) / 11)] for i in range(12)]
     for e in shown:
-        lines.append(f"| {e['tokens']:,} | {e['heldout']:.3f} | {e['heldout_stdlib_card_metric']:.3f} | "
-                     f"{e.get('heldout_2048', float('nan')):.3f} |")
+        lines.append(
+            f"| {e['tokens']:,} | {e['heldout']:.3f} | {e['heldout_stdlib_card_metric']:.3f} | "
+            f"{e.get('heldout_2048', float('nan')):.3f} |"
+        )
     return lines + [""]
 
 
@@ -93,22 +114,28 @@ def unlikelihood_section(record: dict) -> list[str]:
     cfg = record["config"]
     train = [h for h in record["history"] if h["event"] == "train"]
     evals = [h for h in record["history"] if h["event"] == "eval"]
-    head, tail = train[: min(25, len(train))], train[-min(25, len(train)):]
+    head, tail = train[: min(25, len(train))], train[-min(25, len(train)) :]
 
     def mean(rows: list[dict], key: str) -> float:
         return sum(r[key] for r in rows) / len(rows) if rows else float("nan")
 
-    return ["## Unlikelihood fine-tune", "",
-            f"Then `python -m specviz.workshop.unlikelihood` (Welleck et al. 2019, sequence level): {record['steps']} steps at lr "
-            f"{cfg['lr']}, each penalizing -log(1 - p) at every token of the target's own greedy continuations "
-            f"({cfg['ul_batch']} x {cfg['new_tokens']} tokens after {cfg['prefix_tokens']} corpus tokens) that completes "
-            f"an earlier {cfg['ngram']}-gram, weight {cfg['ul_weight']}, beside the multi-exit next-token loss on "
-            f"{cfg['mle_batch']} x {cfg['mle_seq_len']} corpus tokens. Why: lower loss had come with greedy loops "
-            "(a continuation copying its own last line).", "",
-            f"Repeated {cfg['ngram']}-gram share of its greedy training continuations: {mean(head, 'repeat_share'):.3f} "
-            f"(first {len(head)} steps) -> {mean(tail, 'repeat_share'):.3f} (last {len(tail)}); held-out loss on "
-            f"{cfg['eval_windows']} windows of the new split: {evals[0]['heldout']:.3f} -> {evals[-1]['heldout']:.3f}."
-            if evals else "", ""]
+    return [
+        "## Unlikelihood fine-tune",
+        "",
+        f"Then `python -m specviz.workshop.unlikelihood` (Welleck et al. 2019, sequence level): {record['steps']} steps at lr "
+        f"{cfg['lr']}, each penalizing -log(1 - p) at every token of the target's own greedy continuations "
+        f"({cfg['ul_batch']} x {cfg['new_tokens']} tokens after {cfg['prefix_tokens']} corpus tokens) that completes "
+        f"an earlier {cfg['ngram']}-gram, weight {cfg['ul_weight']}, beside the multi-exit next-token loss on "
+        f"{cfg['mle_batch']} x {cfg['mle_seq_len']} corpus tokens. Why: lower loss had come with greedy loops "
+        "(a continuation copying its own last line).",
+        "",
+        f"Repeated {cfg['ngram']}-gram share of its greedy training continuations: {mean(head, 'repeat_share'):.3f} "
+        f"(first {len(head)} steps) -> {mean(tail, 'repeat_share'):.3f} (last {len(tail)}); held-out loss on "
+        f"{cfg['eval_windows']} windows of the new split: {evals[0]['heldout']:.3f} -> {evals[-1]['heldout']:.3f}."
+        if evals
+        else "",
+        "",
+    ]
 
 
 def student_runs(report: dict) -> list[dict]:
@@ -128,46 +155,79 @@ def run_sentence(report: dict) -> str:
     pool = report.get("pool") or {}
     pooled = ""
     if pool.get("fills"):
-        pooled = (f", {pool['generated_tokens']:,} greedy tokens from {pool['fills']} generate calls, each row served "
-                  f"{cfg['pool_reuse']} times" + (f" ({pool['note']})" if pool.get("note") else ""))
-    return (f"{report['steps']['distill']} distillation steps (soft cross-entropy to the target's distribution, all three "
-            f"students) and {report['steps']['refine']} on-policy refinement steps ({refined}; every "
-            f"second batch the target's own greedy continuation{pooled}), {cfg['tokens_per_step']:,} tokens a step, sequence "
-            f"length {curriculum}, {cfg.get('drafter_layers', 1)}-layer drafter, {where}; warm start: "
-            f"{json.dumps(report['warm_start'])}; minutes: {json.dumps(report['minutes'])}.")
+        pooled = (
+            f", {pool['generated_tokens']:,} greedy tokens from {pool['fills']} generate calls, each row served "
+            f"{cfg['pool_reuse']} times" + (f" ({pool['note']})" if pool.get("note") else "")
+        )
+    return (
+        f"{report['steps']['distill']} distillation steps (soft cross-entropy to the target's distribution, all three "
+        f"students) and {report['steps']['refine']} on-policy refinement steps ({refined}; every "
+        f"second batch the target's own greedy continuation{pooled}), {cfg['tokens_per_step']:,} tokens a step, sequence "
+        f"length {curriculum}, {cfg.get('drafter_layers', 1)}-layer drafter, {where}; warm start: "
+        f"{json.dumps(report['warm_start'])}; minutes: {json.dumps(report['minutes'])}."
+    )
 
 
 def students_section(report: dict) -> list[str]:
     runs = student_runs(report)
-    lines = ["## Students", "",
-             f"`python -m specviz.workshop.students` against that target (sha1 {report['target']['sha1'][:12]}), "
-             f"{len(runs)} run(s), each warm from the one before:", ""]
+    lines = [
+        "## Students",
+        "",
+        f"`python -m specviz.workshop.students` against that target (sha1 {report['target']['sha1'][:12]}), "
+        f"{len(runs)} run(s), each warm from the one before:",
+        "",
+    ]
     lines += [f"{i}. {run_sentence(run)}" for i, run in enumerate(runs, 1)]
-    lines += ["", "Held-out next-token loss (nats/token) and greedy agreement with the target's argmax, before the first "
-              "run and after the last, at each evaluated sequence length:", ""]
+    lines += [
+        "",
+        "Held-out next-token loss (nats/token) and greedy agreement with the target's argmax, before the first "
+        "run and after the last, at each evaluated sequence length:",
+        "",
+    ]
     lengths = list(report["metrics"])
     before = runs[0].get("metrics_before", {})
-    lines += ["| metric | " + " | ".join(f"{n.removeprefix('seq_')} before | {n.removeprefix('seq_')} after" for n in lengths) + " |",
-              "|---|" + "---|---|" * len(lengths)]
+    lines += [
+        "| metric | "
+        + " | ".join(f"{n.removeprefix('seq_')} before | {n.removeprefix('seq_')} after" for n in lengths)
+        + " |",
+        "|---|" + "---|---|" * len(lengths),
+    ]
     for key in sorted(report["metrics"][lengths[0]]):
         cells = [f"{before.get(n, {}).get(key, '')} | {report['metrics'][n].get(key, '')}" for n in lengths]
         lines.append(f"| {key} | " + " | ".join(cells) + " |")
     return lines + [""]
 
 
-def card(family: Path, manifest: dict, ckpt: dict, evals: list[dict], report: dict, quality_md: str,
-         first: dict | None = None) -> str:
+def card(
+    family: Path,
+    manifest: dict,
+    ckpt: dict,
+    evals: list[dict],
+    report: dict,
+    quality_md: str,
+    first: dict | None = None,
+) -> str:
     params = report["params"]
-    lines = ["# specviz embedded models", "",
-             "A 12-layer Llama-shaped target trained on permissively licensed Python sources, and the parts every "
-             "method needs: a separate drafter, a sorted (S2D) drafter, a Kangaroo adapter and a VocabTrim ranking. "
-             f"Weights in float16; the whole folder must stay under 45 MB. Context: "
-             f"{read_json(family / 'target' / 'config.json')['max_position_embeddings']} positions, trained at that length.",
-             "", "| model | directory | shape | parameters | role |", "|---|---|---|---|---|"]
+    lines = [
+        "# specviz embedded models",
+        "",
+        "A 12-layer Llama-shaped target trained on permissively licensed Python sources, and the parts every "
+        "method needs: a separate drafter, a sorted (S2D) drafter, a Kangaroo adapter and a VocabTrim ranking. "
+        f"Weights in float16; the whole folder must stay under 45 MB. Context: "
+        f"{read_json(family / 'target' / 'config.json')['max_position_embeddings']} positions, trained at that length.",
+        "",
+        "| model | directory | shape | parameters | role |",
+        "|---|---|---|---|---|",
+    ]
     for name, directory, role in SHAPES:
-        lines.append(f"| {name} | `{directory}/` | {shape_of(family / directory)} | {params[name] / 1e6:.2f} M | {role} |")
-    lines += ["| VocabTrim ranking | `vocabtrim/target-token-ranking.json` | ids by target-generated frequency | | "
-              "VocabTrim's drafter head subset |", ""]
+        lines.append(
+            f"| {name} | `{directory}/` | {shape_of(family / directory)} | {params[name] / 1e6:.2f} M | {role} |"
+        )
+    lines += [
+        "| VocabTrim ranking | `vocabtrim/target-token-ranking.json` | ids by target-generated frequency | | "
+        "VocabTrim's drafter head subset |",
+        "",
+    ]
     target_meta = family / "target" / "specviz.json"
     tuned = read_json(target_meta).get("unlikelihood") if target_meta.is_file() else None
     lines += corpus_section(manifest) + training_section(ckpt, evals, first)
@@ -194,10 +254,14 @@ def training_records(family: Path, train_dir: Path) -> tuple[dict, dict, list[di
     kept = family / TRAINING_RECORD
     if (train_dir / "metrics.jsonl").is_file():
         manifest = read_json(train_dir / "corpus" / "manifest.json")
-        evals = [r for r in map(json.loads, (train_dir / "metrics.jsonl").read_text().splitlines()) if r["event"] == "eval"]
+        evals = [
+            r for r in map(json.loads, (train_dir / "metrics.jsonl").read_text().splitlines()) if r["event"] == "eval"
+        ]
         run = load_run_record(train_dir)
         manifest, run = scrub(manifest), scrub(run)  # the run's config names its folders: no machine's paths
-        kept.write_text(json.dumps({"manifest": manifest, "run": run, "evals": evals}, indent=1) + "\n", encoding="utf-8")
+        kept.write_text(
+            json.dumps({"manifest": manifest, "run": run, "evals": evals}, indent=1) + "\n", encoding="utf-8"
+        )
         return manifest, run, evals
     if not kept.is_file():
         raise OSError(f"neither {train_dir / 'metrics.jsonl'} nor {kept}: the continued training's records are gone")
@@ -207,9 +271,14 @@ def training_records(family: Path, train_dir: Path) -> tuple[dict, dict, list[di
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--family", required=True, help="the family's folder (python -m specviz.workshop.students --out)")
-    parser.add_argument("--train-dir", default=str(cache_dir("train")),
-                        help="the continued training's run folder (python -m specviz.workshop.train --run-dir)")
+    parser.add_argument(
+        "--family", required=True, help="the family's folder (python -m specviz.workshop.students --out)"
+    )
+    parser.add_argument(
+        "--train-dir",
+        default=str(cache_dir("train")),
+        help="the continued training's run folder (python -m specviz.workshop.train --run-dir)",
+    )
     parser.add_argument("--quality", required=True, help="python -m specviz.workshop.quality --json output")
     parser.add_argument("--first", default="", help="the first family's training-stats.json (its origin)")
     parser.add_argument("--out", default="", help="default: FAMILY/README.md")

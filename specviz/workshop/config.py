@@ -1,5 +1,5 @@
-"""The embedded family's training configuration (one dataclass; every phase reads it).
-"""
+"""The embedded family's training configuration (one dataclass; every phase reads it)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -84,4 +84,4 @@ def exit_weights_for(exits: tuple[int, ...]) -> tuple[float, ...]:
     """Loss weights for a target's exits: the default weights' last ones (the deepest exit weighs most), or an
     even 0.25 each when it has more exits than the defaults name."""
     defaults = TrainConfig().exit_weights
-    return defaults[len(defaults) - len(exits):] if len(exits) <= len(defaults) else (0.25,) * len(exits)
+    return defaults[len(defaults) - len(exits) :] if len(exits) <= len(defaults) else (0.25,) * len(exits)

@@ -1,5 +1,5 @@
-"""Continued training of the target (checkpointed, resumable, a time budget, a warmup-stable-decay schedule).
-"""
+"""Continued training of the target (checkpointed, resumable, a time budget, a warmup-stable-decay schedule)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -38,7 +38,9 @@ class ContinueConfig:
     tokens_per_step: int = 4096
     # (share of total_tokens from which it applies, sequence length): 256 -> 512 -> 1024 -> 2048
     curriculum: tuple[tuple[float, int], ...] = ((0.0, 256), (0.3, 512), (0.55, 1024), (0.75, 2048))
-    total_tokens: int = 16_000_000  # the plan over all sessions (~4 x 2 h at 1 thread); lr and curriculum follow tokens / this
+    total_tokens: int = (
+        16_000_000  # the plan over all sessions (~4 x 2 h at 1 thread); lr and curriculum follow tokens / this
+    )
     peak_lr: float = 1e-3
     final_lr_share: float = 0.1
     warmup_steps: int = 100
@@ -61,10 +63,21 @@ class ContinueConfig:
     quick: bool = False
 
     def quickened(self) -> "ContinueConfig":
-        return ContinueConfig(**{**asdict(self), "run_dir": str(specviz_cache("train-quick")), "tokens_per_step": 256,
-                                  "curriculum": ((0.0, 32), (0.5, 64)), "total_tokens": 256 * 12, "warmup_steps": 2,
-                                  "ckpt_minutes": 0.0, "eval_minutes": 0.0, "eval_windows": 4, "long_eval_windows": 1,
-                                  "quick": True})
+        return ContinueConfig(
+            **{
+                **asdict(self),
+                "run_dir": str(specviz_cache("train-quick")),
+                "tokens_per_step": 256,
+                "curriculum": ((0.0, 32), (0.5, 64)),
+                "total_tokens": 256 * 12,
+                "warmup_steps": 2,
+                "ckpt_minutes": 0.0,
+                "eval_minutes": 0.0,
+                "eval_windows": 4,
+                "long_eval_windows": 1,
+                "quick": True,
+            }
+        )
 
 
 RUN_RECORD = "run.json"  # the checkpoint's bookkeeping without its tensors, beside ckpt.pt
@@ -189,7 +202,10 @@ def continue_corpus(ccfg: ContinueConfig, tok, run_dir: Path, log) -> tuple[dict
         where = given
     else:
         where = run_dir / ("corpus" if given is None else "corpus-from-dir")
-        if not (where / "manifest.json").exists() or json.loads((where / "manifest.json").read_text())["tokenizer_sha1"] != vocab_sha:
+        if (
+            not (where / "manifest.json").exists()
+            or json.loads((where / "manifest.json").read_text())["tokenizer_sha1"] != vocab_sha
+        ):
             packages = corpus_mod.PACKAGES
             if ccfg.quick:
                 packages = tuple(p for p in packages if p.name in ("attrs", "click"))
@@ -205,7 +221,6 @@ def continue_corpus(ccfg: ContinueConfig, tok, run_dir: Path, log) -> tuple[dict
 
 def continue_target(ccfg: ContinueConfig, log) -> Path:
     """Train the saved target further; resumes run_dir/ckpt.pt when it exists. Returns the HF fp32 dir."""
-
 
     hf_logging.disable_progress_bar()
     t_start = time.time()
@@ -231,9 +246,15 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
     exits = tuple(e for e in meta.get("exits", []) if e < n_layers) or TrainConfig().target_exits
     tcfg = TrainConfig(target_exits=exits, exit_weights=exit_weights_for(exits))
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": ccfg.weight_decay},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                            lr=ccfg.peak_lr, betas=(0.9, 0.95), fused=model_device(model).type == "cuda")
+    opt = torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.dim() >= 2], "weight_decay": ccfg.weight_decay},
+            {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+        ],
+        lr=ccfg.peak_lr,
+        betas=(0.9, 0.95),
+        fused=model_device(model).type == "cuda",
+    )
     data = WindowStream(streams["train"], ccfg.seed + 11)
     gen = torch.Generator().manual_seed(ccfg.seed + 12)
     step, tokens, seconds_before = 0, 0, 0.0
@@ -259,34 +280,74 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
         new, _ = heldout_loss(model, streams["heldout"], ccfg.eval_windows, 256 if not ccfg.quick else 32)
         old, _ = heldout_loss(model, streams["heldout_stdlib"], ccfg.eval_windows, 256 if not ccfg.quick else 32)
         # the model card's own metric (train.evaluate: 3 seeded batches of 8 x 256) on the same old split: 4.5036 before
-        card = evaluate({}, streams["heldout_stdlib"].astype(np.int32), TrainConfig(target_exits=tcfg.target_exits), model)["loss/target"] \
-            if len(streams["heldout_stdlib"]) > 300 else float("nan")
+        card = (
+            evaluate(
+                {}, streams["heldout_stdlib"].astype(np.int32), TrainConfig(target_exits=tcfg.target_exits), model
+            )["loss/target"]
+            if len(streams["heldout_stdlib"]) > 300
+            else float("nan")
+        )
         model.train()
         long_len = 2048 if not ccfg.quick else 128
         long_all, long_late = heldout_loss(model, streams["heldout"], ccfg.long_eval_windows, long_len, batch=1)
-        rec = {"event": "eval", "step": step, "tokens": tokens, "heldout": round(new, 4), "heldout_stdlib": round(old, 4),
-               "heldout_stdlib_card_metric": card, f"heldout_{long_len}": round(long_all, 4), f"heldout_{long_len}_second_half": round(long_late, 4),
-               "seconds": round(time.time() - t, 1), "time": time.strftime("%H:%M:%S", time.gmtime())}
-        log(f"eval step {step} tokens {tokens}: held-out {new:.4f} (new split), {old:.4f} (old stdlib split; model-card metric {card:.4f}), "
-            f"{long_all:.4f} at {long_len} tokens ({long_late:.4f} on positions >= {long_len // 2}) [{rec['seconds']} s]")
+        rec = {
+            "event": "eval",
+            "step": step,
+            "tokens": tokens,
+            "heldout": round(new, 4),
+            "heldout_stdlib": round(old, 4),
+            "heldout_stdlib_card_metric": card,
+            f"heldout_{long_len}": round(long_all, 4),
+            f"heldout_{long_len}_second_half": round(long_late, 4),
+            "seconds": round(time.time() - t, 1),
+            "time": time.strftime("%H:%M:%S", time.gmtime()),
+        }
+        log(
+            f"eval step {step} tokens {tokens}: held-out {new:.4f} (new split), {old:.4f} (old stdlib split; model-card metric {card:.4f}), "
+            f"{long_all:.4f} at {long_len} tokens ({long_late:.4f} on positions >= {long_len // 2}) [{rec['seconds']} s]"
+        )
         metrics.write(json.dumps(rec) + "\n")
         metrics.flush()
         return rec
 
     def save(reason: str) -> None:
         t = time.time()
-        state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "data": dict(data.state), "gen": gen.get_state(),
-                 "torch_rng": torch.get_rng_state(), "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
-                 "step": step, "tokens": tokens, "train_seconds": seconds_before + (time.time() - t_start),
-                 "init": str(init), "config": asdict(plan), "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        state = {
+            "model": model.state_dict(),
+            "optimizer": opt.state_dict(),
+            "data": dict(data.state),
+            "gen": gen.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "numpy_rng": np.random.get_state(),
+            "python_rng": random.getstate(),
+            "step": step,
+            "tokens": tokens,
+            "train_seconds": seconds_before + (time.time() - t_start),
+            "init": str(init),
+            "config": asdict(plan),
+            "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         save_atomic(state, ckpt_path)
         record = {k: state[k] for k in RUN_RECORD_KEYS} | {"device_name": device_name(model_device(model))}
         (run_dir / RUN_RECORD).write_text(json.dumps(record, indent=2) + "\n")  # what the model card reads
-        save_hf_fp32(model, tok, run_dir / "hf" / "target",
-                     {**meta, "continued": {"step": step, "tokens": tokens, "corpus_tokens": manifest["tokens"],
-                                            "init": portable(init)}})
-        log(f"checkpoint ({reason}): step {step}, {tokens} tokens -> {ckpt_path} and {run_dir / 'hf' / 'target'} "
-            f"[{time.time() - t:.1f} s]")
+        save_hf_fp32(
+            model,
+            tok,
+            run_dir / "hf" / "target",
+            {
+                **meta,
+                "continued": {
+                    "step": step,
+                    "tokens": tokens,
+                    "corpus_tokens": manifest["tokens"],
+                    "init": portable(init),
+                },
+            },
+        )
+        log(
+            f"checkpoint ({reason}): step {step}, {tokens} tokens -> {ckpt_path} and {run_dir / 'hf' / 'target'} "
+            f"[{time.time() - t:.1f} s]"
+        )
 
     with stop_flag() as stop:
         if not ckpt:
@@ -326,12 +387,23 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
             step_seconds = time.time() - t
             if step % (1 if ccfg.quick else 10) == 0:
                 wall, cpu = time.time() - window_t, time.process_time() - window_cpu
-                rec = {"event": "train", "step": step, "tokens": tokens, "seq_len": seq_len, "batch": batch_size, "lr": lr,
-                       "grad_norm": round(grad_norm, 3), **{k: round(v, 4) for k, v in parts.items()},
-                       "tok_s": round(window_tokens / max(wall, 1e-9)), "tok_cpu_s": round(window_tokens / max(cpu, 1e-9))}
-                log(f"step {step} tokens {tokens} seq {seq_len}x{batch_size} lr {lr:.2e} "
+                rec = {
+                    "event": "train",
+                    "step": step,
+                    "tokens": tokens,
+                    "seq_len": seq_len,
+                    "batch": batch_size,
+                    "lr": lr,
+                    "grad_norm": round(grad_norm, 3),
+                    **{k: round(v, 4) for k, v in parts.items()},
+                    "tok_s": round(window_tokens / max(wall, 1e-9)),
+                    "tok_cpu_s": round(window_tokens / max(cpu, 1e-9)),
+                }
+                log(
+                    f"step {step} tokens {tokens} seq {seq_len}x{batch_size} lr {lr:.2e} "
                     + " ".join(f"{k}={v:.3f}" for k, v in parts.items())
-                    + f" gnorm {grad_norm:.2f} {rec['tok_s']} tok/s ({rec['tok_cpu_s']} per CPU-s)")
+                    + f" gnorm {grad_norm:.2f} {rec['tok_s']} tok/s ({rec['tok_cpu_s']} per CPU-s)"
+                )
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
                 window_t, window_cpu, window_tokens = time.time(), time.process_time(), 0
@@ -348,8 +420,15 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
         return run_dir / "hf" / "target"
 
 
-def fitted_plan(plan: ContinueConfig, ccfg: ContinueConfig, steps_here: int, tokens: int, fit_from: tuple[int, float],
-                deadline: float, log) -> tuple[ContinueConfig, tuple[int, float]]:
+def fitted_plan(
+    plan: ContinueConfig,
+    ccfg: ContinueConfig,
+    steps_here: int,
+    tokens: int,
+    fit_from: tuple[int, float],
+    deadline: float,
+    log,
+) -> tuple[ContinueConfig, tuple[int, float]]:
     """total_tokens = tokens so far + measured tokens/s x the seconds left (less the reserve), re-planned every
     25 steps after 10 warm-up steps, until the decay has begun (then moving the end would bend the lr)."""
     now = time.time()

@@ -18,6 +18,7 @@ Splits:
 `build_corpus(...)` writes token streams (uint16 .npy, EOS between files) and `manifest.json`
 (package, version, licence, files, bytes, tokens per split) into one directory.
 """
+
 from __future__ import annotations
 
 import email
@@ -38,8 +39,22 @@ from specviz.workshop.text import encode, stdlib_texts
 
 DEFAULT_CACHE = Path(os.environ.get("SPECVIZ_CORPUS_CACHE", Path.home() / ".cache" / "specviz-corpus"))
 WHEEL_PLATFORM_ARGS = [
-    "--only-binary", ":all:", "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64",
-    "--python-version", "3.11", "--implementation", "cp", "--abi", "cp311", "--abi", "abi3", "--abi", "none",
+    "--only-binary",
+    ":all:",
+    "--platform",
+    "manylinux2014_x86_64",
+    "--platform",
+    "manylinux_2_17_x86_64",
+    "--python-version",
+    "3.11",
+    "--implementation",
+    "cp",
+    "--abi",
+    "cp311",
+    "--abi",
+    "abi3",
+    "--abi",
+    "none",
 ]
 
 
@@ -79,11 +94,30 @@ PACKAGES: tuple[Package, ...] = (
 )
 
 # Path parts that mark tests or vendored third-party copies.
-SKIP_DIRS = frozenset({
-    "tests", "test", "testing_data", "__pycache__", "_vendor", "vendor", "vendored", "_vendored", "externals",
-    "_externals", "extern", "_extern", "third_party", "_third_party", "thirdparty", "array_api_compat",
-    "array_api_extra", "site-packages", "dist-packages", "idle_test",
-})
+SKIP_DIRS = frozenset(
+    {
+        "tests",
+        "test",
+        "testing_data",
+        "__pycache__",
+        "_vendor",
+        "vendor",
+        "vendored",
+        "_vendored",
+        "externals",
+        "_externals",
+        "extern",
+        "_extern",
+        "third_party",
+        "_third_party",
+        "thirdparty",
+        "array_api_compat",
+        "array_api_extra",
+        "site-packages",
+        "dist-packages",
+        "idle_test",
+    }
+)
 SPDX_FAMILY = {"BSD-3-Clause": "BSD", "BSD-2-Clause": "BSD", "MIT": "MIT", "Apache-2.0": "Apache", "PSF-2.0": "Python"}
 
 
@@ -180,8 +214,18 @@ def fetch(pkg: Package, cache: Path = DEFAULT_CACHE, log=print) -> Path | None:
     found = wheel_for(pkg, wheels)
     if found:
         return found
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(wheels),
-           *WHEEL_PLATFORM_ARGS, f"{pkg.name}=={pkg.version}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--quiet",
+        "-d",
+        str(wheels),
+        *WHEEL_PLATFORM_ARGS,
+        f"{pkg.name}=={pkg.version}",
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     found = wheel_for(pkg, wheels)
     if proc.returncode or not found:
@@ -235,7 +279,9 @@ def split_documents(sources, cfg: CorpusConfig = CorpusConfig()):
     splits: dict[str, list[str]] = {"train": [], "heldout": [], "heldout_stdlib": []}
     stats: dict[str, dict] = {}
     for source, docs in sources:
-        s = stats.setdefault(source, {"files": 0, "bytes": 0, "duplicates": 0, "train": 0, "heldout": 0, "heldout_stdlib": 0})
+        s = stats.setdefault(
+            source, {"files": 0, "bytes": 0, "duplicates": 0, "train": 0, "heldout": 0, "heldout_stdlib": 0}
+        )
         for _path, text, forced in docs:
             h = content_hash(text)
             if h in seen and forced is None:  # forced splits (the old stdlib held-out) stay complete
@@ -250,15 +296,25 @@ def split_documents(sources, cfg: CorpusConfig = CorpusConfig()):
     return splits, stats
 
 
-def build_corpus(out: Path, tok, packages: tuple[Package, ...] = PACKAGES, cache: Path = DEFAULT_CACHE,
-                 corpus_dir: Path | None = None, cfg: CorpusConfig = CorpusConfig(), log=print,
-                 include_stdlib: bool = True, quick_stdlib: bool = False) -> dict:
+def build_corpus(
+    out: Path,
+    tok,
+    packages: tuple[Package, ...] = PACKAGES,
+    cache: Path = DEFAULT_CACHE,
+    corpus_dir: Path | None = None,
+    cfg: CorpusConfig = CorpusConfig(),
+    log=print,
+    include_stdlib: bool = True,
+    quick_stdlib: bool = False,
+) -> dict:
     """Fetch, filter, split and tokenize; write {train,heldout,heldout_stdlib}.npy and manifest.json into out."""
     t0 = time.time()
     out.mkdir(parents=True, exist_ok=True)
     sources, package_rows = [], []
     if include_stdlib:
-        sources.append(("stdlib", [(n, t, "heldout_stdlib" if old else None) for n, t, old in stdlib_sources(quick_stdlib)]))
+        sources.append(
+            ("stdlib", [(n, t, "heldout_stdlib" if old else None) for n, t, old in stdlib_sources(quick_stdlib)])
+        )
     for pkg in packages:
         wheel = fetch(pkg, cache, log)
         if wheel is None:
@@ -268,8 +324,14 @@ def build_corpus(out: Path, tok, packages: tuple[Package, ...] = PACKAGES, cache
             log(f"corpus: {pkg.name} declares {declared!r}, not {pkg.licence}: dropped")
             continue
         sources.append((pkg.name, [(p, t, None) for p, t in wheel_sources(wheel, cfg)]))
-        package_rows.append({**asdict(pkg), "declared_licence": declared, "wheel": wheel.name,
-                             "wheel_sha256": hashlib.sha256(wheel.read_bytes()).hexdigest()})
+        package_rows.append(
+            {
+                **asdict(pkg),
+                "declared_licence": declared,
+                "wheel": wheel.name,
+                "wheel_sha256": hashlib.sha256(wheel.read_bytes()).hexdigest(),
+            }
+        )
     if corpus_dir is not None:
         sources.append((f"dir:{corpus_dir}", [(p, t, None) for p, t in directory_sources(Path(corpus_dir), cfg)]))
     splits, stats = split_documents(sources, cfg)
@@ -285,10 +347,13 @@ def build_corpus(out: Path, tok, packages: tuple[Package, ...] = PACKAGES, cache
     manifest = {
         "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "python": sys.version.split()[0],
-        "filters": {**asdict(cfg), "skip_dirs": sorted(SKIP_DIRS),
-                    "skip_files": "test_*.py, *_test.py, conftest.py, tests.py; exact duplicates kept once"},
+        "filters": {
+            **asdict(cfg),
+            "skip_dirs": sorted(SKIP_DIRS),
+            "skip_files": "test_*.py, *_test.py, conftest.py, tests.py; exact duplicates kept once",
+        },
         "split_rule": "heldout_stdlib: sha1(file name) % 1000 < 30 (the first models' split); heldout: "
-                      f"int(sha1(content)[:12], 16) % 1000 < {int(cfg.heldout_share * 1000)}",
+        f"int(sha1(content)[:12], 16) % 1000 < {int(cfg.heldout_share * 1000)}",
         "stdlib": stats.get("stdlib", {}),
         "packages": package_rows,
         "directory": {k: v for k, v in stats.items() if k.startswith("dir:")},
@@ -313,7 +378,11 @@ def licence_table(manifest: dict) -> str:
     rows = ["| package | version | licence | files | MB |", "|---|---|---|---|---|"]
     st = manifest.get("stdlib")
     if st:
-        rows.append(f"| Python standard library | {manifest['python']} | PSF-2.0 | {st['files']} | {st['bytes'] / 1e6:.1f} |")
+        rows.append(
+            f"| Python standard library | {manifest['python']} | PSF-2.0 | {st['files']} | {st['bytes'] / 1e6:.1f} |"
+        )
     for p in manifest["packages"]:
-        rows.append(f"| {p['name']} | {p['version']} | {p['licence']} | {p.get('files', 0)} | {p.get('bytes', 0) / 1e6:.1f} |")
+        rows.append(
+            f"| {p['name']} | {p['version']} | {p['licence']} | {p.get('files', 0)} | {p.get('bytes', 0) / 1e6:.1f} |"
+        )
     return "\n".join(rows)

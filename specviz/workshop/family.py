@@ -1,5 +1,5 @@
-"""The first embedded family's phases: the target, the distilled drafters and exits, the refinement.
-"""
+"""The first embedded family's phases: the target, the distilled drafters and exits, the refinement."""
+
 from __future__ import annotations
 
 import json
@@ -49,7 +49,11 @@ def train_target(cfg: TrainConfig, tok, train_ids: np.ndarray, log) -> torch.nn.
         opt.step()
         if step % 25 == 0 or step == cfg.target_steps - 1:
             tps = (step + 1) * cfg.batch_size * cfg.seq_len / (time.time() - start)
-            log(f"target step {step}/{cfg.target_steps} " + " ".join(f"{k}={v:.3f}" for k, v in parts.items()) + f" {tps:.0f} tok/s")
+            log(
+                f"target step {step}/{cfg.target_steps} "
+                + " ".join(f"{k}={v:.3f}" for k, v in parts.items())
+                + f" {tps:.0f} tok/s"
+            )
     return model.eval()
 
 
@@ -79,7 +83,9 @@ def distill(cfg: TrainConfig, tok, target, train_ids: np.ndarray, log):
             hidden_l = out.hidden_states[cfg.kangaroo_exit]
         losses = {
             "drafter": soft_ce(drafter(x).logits, teacher_logp),
-            "sorted": sum(soft_ce(l, teacher_logp) for l in sorted_logits(sorted_drafter, x, cfg.sorted_layers).values())
+            "sorted": sum(
+                soft_ce(l, teacher_logp) for l in sorted_logits(sorted_drafter, x, cfg.sorted_layers).values()
+            )
             / cfg.sorted_layers,
             "adapter": soft_ce(adapter_logits(adapter, target, hidden_l), teacher_logp),
         }
@@ -91,7 +97,11 @@ def distill(cfg: TrainConfig, tok, target, train_ids: np.ndarray, log):
             opts[name].step()
         if step % 25 == 0 or step == cfg.distill_steps - 1:
             tps = (step + 1) * cfg.batch_size * cfg.seq_len / (time.time() - start)
-            log(f"distill step {step}/{cfg.distill_steps} " + " ".join(f"{k}={v.item():.3f}" for k, v in losses.items()) + f" {tps:.0f} tok/s")
+            log(
+                f"distill step {step}/{cfg.distill_steps} "
+                + " ".join(f"{k}={v.item():.3f}" for k, v in losses.items())
+                + f" {tps:.0f} tok/s"
+            )
     return drafter.eval(), sorted_drafter.eval(), adapter.eval()
 
 
@@ -100,8 +110,14 @@ def target_continuations(target, data: "Batches", cfg: TrainConfig) -> torch.Ten
     """A batch of corpus windows whose tail is replaced by the target's own greedy continuation."""
     prompts = data.next()[:, : cfg.refine_prompt].to(model_device(target))
     new = cfg.seq_len + 1 - cfg.refine_prompt
-    out = target.generate(prompts, attention_mask=torch.ones_like(prompts), max_new_tokens=new, min_new_tokens=new,
-                          do_sample=False, pad_token_id=target.config.pad_token_id)
+    out = target.generate(
+        prompts,
+        attention_mask=torch.ones_like(prompts),
+        max_new_tokens=new,
+        min_new_tokens=new,
+        do_sample=False,
+        pad_token_id=target.config.pad_token_id,
+    )
     return out[:, : cfg.seq_len + 1]
 
 
@@ -126,8 +142,10 @@ def refine_drafter(cfg: TrainConfig, target, drafter, train_ids: np.ndarray, log
         torch.nn.utils.clip_grad_norm_(drafter.parameters(), 1.0)
         opt.step()
         if step % 25 == 0 or step == cfg.refine_steps - 1:
-            log(f"refine step {step}/{cfg.refine_steps} drafter={loss.item():.3f} "
-                f"({'target continuations' if step % 2 else 'corpus'}) {(time.time() - start) / (step + 1):.2f} s/step")
+            log(
+                f"refine step {step}/{cfg.refine_steps} drafter={loss.item():.3f} "
+                f"({'target continuations' if step % 2 else 'corpus'}) {(time.time() - start) / (step + 1):.2f} s/step"
+            )
     return drafter.eval()
 
 
@@ -144,7 +162,9 @@ def calibrate_vocab(cfg: TrainConfig, tok, target, heldout_texts: list[str], log
             prompts.append("\n".join(lines[start : start + 4]) + "\n")
     rng.shuffle(prompts)
     prompts = prompts[: cfg.calibration_prompts]
-    gen_cfg = GenerationConfig(max_new_tokens=cfg.calibration_tokens, do_sample=False, eos_token_id=None, pad_token_id=tok.eos_token_id)
+    gen_cfg = GenerationConfig(
+        max_new_tokens=cfg.calibration_tokens, do_sample=False, eos_token_id=None, pad_token_id=tok.eos_token_id
+    )
     for i, prompt in enumerate(prompts):
         ids = tok(prompt, return_tensors="pt").input_ids[:, -128:].to(model_device(target))
         out = target.generate(ids, generation_config=gen_cfg)
@@ -162,8 +182,11 @@ def calibrate_vocab(cfg: TrainConfig, tok, target, heldout_texts: list[str], log
 
 
 def model_card(cfg: TrainConfig, stats: dict, params: dict, minutes: dict, refined_separately: bool = False) -> str:
-    refined_note = (f"\nThe refinement was run on the saved models by `python -m specviz.workshop.train --refine-only --out {cfg.out}`."
-                    if refined_separately else "")
+    refined_note = (
+        f"\nThe refinement was run on the saved models by `python -m specviz.workshop.train --refine-only --out {cfg.out}`."
+        if refined_separately
+        else ""
+    )
     rows = "\n".join(f"| {k} | {v} |" for k, v in sorted(stats.items()))
     sizes = "\n".join(f"| {k} | {v / 1e6:.2f} M |" for k, v in params.items())
     times = ", ".join(f"{k} {v:.1f} min" for k, v in minutes.items())
@@ -182,7 +205,7 @@ of the name) held out. Byte-level BPE, {cfg.vocab_size} ids, `{EOS}` as EOS/BOS/
 
 | model | directory | shape | role |
 |---|---|---|---|
-| target | `target/` | Llama {cfg.target_layers} x {cfg.target_hidden}, FFN {cfg.target_ffn} | exits after layers {', '.join(map(str, cfg.target_exits))} and {cfg.target_layers} share the final norm + LM head |
+| target | `target/` | Llama {cfg.target_layers} x {cfg.target_hidden}, FFN {cfg.target_ffn} | exits after layers {", ".join(map(str, cfg.target_exits))} and {cfg.target_layers} share the final norm + LM head |
 | drafter | `drafter/` | Llama {cfg.drafter_layers} x {cfg.student_hidden} | separate drafter (draft_model), distilled from the target |
 | sorted drafter | `sorted-drafter/` | Llama {cfg.sorted_layers} x {cfg.student_hidden} | S2D: SoFT-trained exits after each layer |
 | Kangaroo adapter | `kangaroo-adapter/` | attention-only block on layer {cfg.kangaroo_exit} | Kangaroo self-drafter with the target's own norm + head |
@@ -229,8 +252,14 @@ def refine_saved(cfg: TrainConfig, tok, train_ids: np.ndarray, heldout_ids: np.n
     record["minutes"]["drafter refinement"] = minutes
     record["config"].update({k: v for k, v in asdict(cfg).items() if k.startswith("refine")})
     (out / "training-stats.json").write_text(json.dumps(record, indent=2) + "\n")
-    saved_cfg = TrainConfig(**{**record["config"], "target_exits": tuple(record["config"]["target_exits"]),
-                               "exit_weights": tuple(record["config"]["exit_weights"])})
-    (out / "README.md").write_text(model_card(saved_cfg, record["heldout"], record["params"], record["minutes"],
-                                                refined_separately=True))
+    saved_cfg = TrainConfig(
+        **{
+            **record["config"],
+            "target_exits": tuple(record["config"]["target_exits"]),
+            "exit_weights": tuple(record["config"]["exit_weights"]),
+        }
+    )
+    (out / "README.md").write_text(
+        model_card(saved_cfg, record["heldout"], record["params"], record["minutes"], refined_separately=True)
+    )
     log(f"refined drafter saved to {out / 'drafter'}")

@@ -1,5 +1,5 @@
-"""The training kit every trainer shares: batches, models from configs, the schedule, the losses, saving.
-"""
+"""The training kit every trainer shares: batches, models from configs, the schedule, the losses, saving."""
+
 from __future__ import annotations
 
 import contextlib
@@ -136,7 +136,10 @@ def evaluate(models: dict, heldout: np.ndarray, cfg: TrainConfig, target, window
             for sub, logits in fn(x, out).items():
                 parts[f"{name}{sub}"] = logits
         for name, logits in parts.items():
-            sums[f"loss/{name}"] = sums.get(f"loss/{name}", 0.0) + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).item()
+            sums[f"loss/{name}"] = (
+                sums.get(f"loss/{name}", 0.0)
+                + F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1)).item()
+            )
             sums[f"agree/{name}"] = sums.get(f"agree/{name}", 0.0) + (logits.argmax(-1) == t_arg).float().mean().item()
         count += 1
     return {k: round(v / count, 4) for k, v in sums.items()}

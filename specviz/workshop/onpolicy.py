@@ -9,6 +9,7 @@ step's rows, and serving each row `reuse` times halves the cost again. Acceptanc
 the target's own text, not on corpus text (docs/embedded-models.md, "Agreement"), so on-policy tokens are the ones worth
 having many of.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -54,8 +55,9 @@ class OnPolicyPool:
         n = max(batch_size, self.cfg.rows_tokens // (seq_len + 1))
         prompt = self.prompt_len(seq_len)
         corpus = self.windows.next(seq_len, n)
-        self.rows = target_continuations(self.target, SimpleNamespace(next=lambda: corpus),
-                                         TrainConfig(seq_len=seq_len, refine_prompt=prompt))
+        self.rows = target_continuations(
+            self.target, SimpleNamespace(next=lambda: corpus), TrainConfig(seq_len=seq_len, refine_prompt=prompt)
+        )
         rng = np.random.default_rng([self.cfg.seed, self.fills])
         # every row `reuse` times, shuffled within each pass so a batch mixes rows
         self.order = [int(i) for _ in range(max(1, self.cfg.reuse)) for i in rng.permutation(n)]

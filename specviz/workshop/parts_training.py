@@ -14,6 +14,7 @@ A checkpoint is written every `--checkpoint-every` steps; the same command resum
 folder `load_pair(..., parts=DIR)` reads (for a local target the default is `<target>/specviz-parts`,
 found without being named, so the app's model field needs only the target's path).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,7 +71,7 @@ def training_text(cfg: PartsConfig) -> str:
 
     train, heldout = read_corpus(TrainConfig())
     text = "\n\n".join(train + heldout)  # the corpus's held-out files last: they land in our held-out tail
-    return text[-cfg.max_text_chars:]
+    return text[-cfg.max_text_chars :]
 
 
 def token_split(tok, text: str, cfg: PartsConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +86,7 @@ def token_split(tok, text: str, cfg: PartsConfig) -> tuple[torch.Tensor, torch.T
 def windows(stream: torch.Tensor, cfg: PartsConfig, gen: torch.Generator, count: int | None = None) -> torch.Tensor:
     n = len(stream) - cfg.seq_len - 1
     starts = torch.randint(0, n, (count or cfg.batch_size,), generator=gen)
-    return torch.stack([stream[s: s + cfg.seq_len] for s in starts.tolist()])
+    return torch.stack([stream[s : s + cfg.seq_len] for s in starts.tolist()])
 
 
 def heldout_windows(stream: torch.Tensor, cfg: PartsConfig, count: int = 8) -> torch.Tensor:
@@ -101,8 +102,10 @@ def agreement(draft_logits: torch.Tensor, target_logits: torch.Tensor) -> float:
 def measure_adapter(target, adapter, ids: torch.Tensor) -> dict:
     out = target(ids, output_hidden_states=True)
     hidden_l = out.hidden_states[adapter.config.exit_layer]
-    return {"agreement_trained": agreement(adapter_logits(adapter, target, hidden_l), out.logits),
-            "agreement_logit_lens": agreement(exit_logits(target, hidden_l), out.logits)}
+    return {
+        "agreement_trained": agreement(adapter_logits(adapter, target, hidden_l), out.logits),
+        "agreement_logit_lens": agreement(exit_logits(target, hidden_l), out.logits),
+    }
 
 
 def sorted_exits(drafter, x: torch.Tensor) -> list[torch.Tensor]:
@@ -156,8 +159,9 @@ def train_part(cfg: PartsConfig, log: Callable[[str], None] = print) -> dict:
         model = KangarooAdapter.for_target(target.config, exit_layer, identity=True)
     else:
         model = sorted_from_target(target, cfg.layers)
-    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.95),
-                            weight_decay=0.0)
+    opt = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.95), weight_decay=0.0
+    )
     gen = torch.Generator().manual_seed(cfg.seed + 1)
     ckpt, start_step = part_dir / CHECKPOINT, 0
     if ckpt.exists():
@@ -167,7 +171,11 @@ def train_part(cfg: PartsConfig, log: Callable[[str], None] = print) -> dict:
         gen.set_state(state["gen"])
         start_step = state["step"]
         log(f"resuming {cfg.part} at step {start_step} from {ckpt}")
-    before = (measure_adapter(target, model.eval(), held) if cfg.part == ADAPTER_DIR else measure_sorted(target, model.eval(), held))
+    before = (
+        measure_adapter(target, model.eval(), held)
+        if cfg.part == ADAPTER_DIR
+        else measure_sorted(target, model.eval(), held)
+    )
     for p in target.parameters():
         p.requires_grad_(False)
     model.train()
@@ -200,11 +208,22 @@ def train_part(cfg: PartsConfig, log: Callable[[str], None] = print) -> dict:
     else:
         model.save_pretrained(part_dir)
         tok.save_pretrained(part_dir)
-        (part_dir / "specviz.json").write_text(json.dumps({"exits": list(range(1, cfg.layers + 1)), "sorted": True,
-                                                           "distilled_from": cfg.target}, indent=2))
-    report = {"part": cfg.part, "target": cfg.target, "fingerprint": fingerprint(target.config), "before": before,
-              "after": after, "steps": cfg.steps, "train_seconds": round(time.time() - started, 1),
-              "tokens_seen": (cfg.steps - start_step) * cfg.batch_size * cfg.seq_len, "config": asdict(cfg)}
+        (part_dir / "specviz.json").write_text(
+            json.dumps(
+                {"exits": list(range(1, cfg.layers + 1)), "sorted": True, "distilled_from": cfg.target}, indent=2
+            )
+        )
+    report = {
+        "part": cfg.part,
+        "target": cfg.target,
+        "fingerprint": fingerprint(target.config),
+        "before": before,
+        "after": after,
+        "steps": cfg.steps,
+        "train_seconds": round(time.time() - started, 1),
+        "tokens_seen": (cfg.steps - start_step) * cfg.batch_size * cfg.seq_len,
+        "config": asdict(cfg),
+    }
     (part_dir / REPORT).write_text(json.dumps(report, indent=2))
     ckpt.unlink(missing_ok=True)
     log(f"{cfg.part} -> {part_dir}: held-out agreement {json.dumps(after)} (before training {json.dumps(before)})")
@@ -212,7 +231,9 @@ def train_part(cfg: PartsConfig, log: Callable[[str], None] = print) -> dict:
 
 
 def main(part: str, argv: list[str]) -> None:
-    parser = argparse.ArgumentParser(prog=f"python -m specviz.workshop.train {part}", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog=f"python -m specviz.workshop.train {part}", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--target", required=True, help="a local model directory or a Hugging Face id")
     parser.add_argument("--out", default="", help=f"default: <target>/{PARTS_DIR} for a local target")
     parser.add_argument("--text", default="", help="a UTF-8 training text file (default: the standard library)")
@@ -220,15 +241,29 @@ def main(part: str, argv: list[str]) -> None:
     parser.add_argument("--batch-size", type=int, default=PartsConfig.batch_size)
     parser.add_argument("--seq-len", type=int, default=PartsConfig.seq_len)
     parser.add_argument("--lr", type=float, default=PartsConfig.lr)
-    parser.add_argument("--exit-layer", type=int, default=0, help="adapter: the target layer it reads (default depth/6)")
+    parser.add_argument(
+        "--exit-layer", type=int, default=0, help="adapter: the target layer it reads (default depth/6)"
+    )
     parser.add_argument("--layers", type=int, default=PartsConfig.layers, help="sorted drafter: its depth")
     parser.add_argument("--checkpoint-every", type=int, default=PartsConfig.checkpoint_every)
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    cfg = PartsConfig(part=part, target=args.target, out=args.out, text=args.text, steps=args.steps,
-                      batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, exit_layer=args.exit_layer,
-                      layers=args.layers, checkpoint_every=args.checkpoint_every, threads=args.threads, seed=args.seed)
+    cfg = PartsConfig(
+        part=part,
+        target=args.target,
+        out=args.out,
+        text=args.text,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        lr=args.lr,
+        exit_layer=args.exit_layer,
+        layers=args.layers,
+        checkpoint_every=args.checkpoint_every,
+        threads=args.threads,
+        seed=args.seed,
+    )
     try:
         train_part(cfg)
     except ValueError as exc:

@@ -34,6 +34,7 @@ this is that script. Four sections, each a number with its definition written he
     python -m specviz.workshop.quality --target /path/hf/target --draft assets/models/drafter \\
         --corpus ~/.cache/specviz/train/corpus --spec-bench spec_bench_question.jsonl --per-category 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -270,9 +271,21 @@ def continue_prompts(pair, prompts: list[dict], max_new_tokens: int, n: int, hea
         repeated, total = repeated_ngrams(ids, n)
         applied: list[str] = []
         ok = parses(trace.rows[0].prompt, text, finish == "eos", applied)  # the healed prompt when healed
-        out.append(Continuation(id=p["id"], category=p["category"], finish_reason=finish, new_tokens=len(ids),
-                                repeated=repeated, ngrams=total, parses=ok, repairs=applied, text=text, ids=ids,
-                                p=[None if probs[i] is None else round(float(probs[i]), 6) for i in range(len(ids))]))
+        out.append(
+            Continuation(
+                id=p["id"],
+                category=p["category"],
+                finish_reason=finish,
+                new_tokens=len(ids),
+                repeated=repeated,
+                ngrams=total,
+                parses=ok,
+                repairs=applied,
+                text=text,
+                ids=ids,
+                p=[None if probs[i] is None else round(float(probs[i]), 6) for i in range(len(ids))],
+            )
+        )
     return out
 
 
@@ -282,15 +295,24 @@ def continuation_section(pair, cfg: QualityConfig) -> dict[str, Any]:
     prompts = load_prompts(cfg.prompts, cfg.limit)
 
     def scored(rows: list[Continuation]) -> dict[str, Any]:
-        return {"repeated_4gram_share": pooled_share([r.ids for r in rows], NGRAM),
-                "greedy_token_p_median": median(ps) if (ps := [x for r in rows for x in r.p if x is not None]) else None,
-                "parsed": sum(r.parses for r in rows),
-                "parse_rate": sum(r.parses for r in rows) / len(rows), "per_prompt": [asdict(r) for r in rows]}
+        return {
+            "repeated_4gram_share": pooled_share([r.ids for r in rows], NGRAM),
+            "greedy_token_p_median": median(ps) if (ps := [x for r in rows for x in r.p if x is not None]) else None,
+            "parsed": sum(r.parses for r in rows),
+            "parse_rate": sum(r.parses for r in rows) / len(rows),
+            "per_prompt": [asdict(r) for r in rows],
+        }
 
     healed = scored(continue_prompts(pair, prompts, cfg.max_new_tokens, NGRAM, heal=True))
     raw = scored(continue_prompts(pair, prompts, cfg.max_new_tokens, NGRAM, heal=False))
-    return {"prompts": len(prompts), "prompt_file": portable(cfg.prompts), "max_new_tokens": cfg.max_new_tokens,
-            "token_healing": True, **healed, "without_healing": raw}
+    return {
+        "prompts": len(prompts),
+        "prompt_file": portable(cfg.prompts),
+        "max_new_tokens": cfg.max_new_tokens,
+        "token_healing": True,
+        **healed,
+        "without_healing": raw,
+    }
 
 
 # ----------------------------------------------------------------------------- 3. held-out loss
@@ -336,8 +358,11 @@ def real_text_agreement(pair, ids, windows: int, seq_len: int) -> dict[str, Any]
             top_p += best.values.tolist()
             if pair.draft is not None:
                 agree += (pair.draft(x).logits[0, seq_len // 2 :].argmax(-1) == best.indices).tolist()
-    return {"target_top1_p_median": float(np.median(top_p)), "positions": len(top_p),
-            "drafter_agrees": float(np.mean(agree)) if agree else None}
+    return {
+        "target_top1_p_median": float(np.median(top_p)),
+        "positions": len(top_p),
+        "drafter_agrees": float(np.mean(agree)) if agree else None,
+    }
 
 
 def split_loss(model, tokenizer, ids, windows: int, seq_len: int) -> dict[str, Any]:
@@ -345,20 +370,30 @@ def split_loss(model, tokenizer, ids, windows: int, seq_len: int) -> dict[str, A
     if len(ids) < seq_len + 2:
         return {"skipped": f"split has {len(ids)} tokens, fewer than one window of {seq_len}"}
     nats, late = heldout_loss(model, ids, windows, seq_len)
-    n_bytes = sum(len(tokenizer.decode(w.tolist(), skip_special_tokens=True,
-                                       clean_up_tokenization_spaces=False).encode("utf-8"))
-                  for w in window_targets(ids, windows, seq_len))
+    n_bytes = sum(
+        len(tokenizer.decode(w.tolist(), skip_special_tokens=True, clean_up_tokenization_spaces=False).encode("utf-8"))
+        for w in window_targets(ids, windows, seq_len)
+    )
     tokens = windows * seq_len
-    return {"nats_per_token": nats, "bits_per_byte": bits_per_byte(nats, tokens, n_bytes),
-            "nats_per_token_second_half": late, "windows": windows, "seq_len": seq_len, "tokens": tokens,
-            "bytes": n_bytes, "split_tokens": len(ids)}
+    return {
+        "nats_per_token": nats,
+        "bits_per_byte": bits_per_byte(nats, tokens, n_bytes),
+        "nats_per_token_second_half": late,
+        "windows": windows,
+        "seq_len": seq_len,
+        "tokens": tokens,
+        "bytes": n_bytes,
+        "split_tokens": len(ids),
+    }
 
 
 def heldout_section(pair, cfg: QualityConfig) -> dict[str, Any]:
     """Both held-out splits of a built corpus, or the reason they were skipped."""
     root = Path(cfg.corpus) if cfg.corpus else None
     if root is None or not (root / "manifest.json").is_file():
-        return {"skipped": f"no built corpus at {cfg.corpus} (build one with `python -m specviz.workshop.train --continue-target`)"}
+        return {
+            "skipped": f"no built corpus at {cfg.corpus} (build one with `python -m specviz.workshop.train --continue-target`)"
+        }
     manifest = json.loads((root / "manifest.json").read_text())
     if manifest.get("tokenizer_sha1") != vocab_sha1(pair.tokenizer):
         return {"skipped": f"{root} was tokenized with another tokenizer than {pair.target_name}'s"}
@@ -371,9 +406,13 @@ def heldout_section(pair, cfg: QualityConfig) -> dict[str, Any]:
             out[split] = {"skipped": f"{path} missing"}
             continue
         ids = np.load(path)
-        out[split] = {**split_loss(pair.target, pair.tokenizer, ids, cfg.windows, cfg.seq_len),
-                      "corpus_text": {**corpus_repeated_share(ids, cfg.max_new_tokens),
-                                      **real_text_agreement(pair, ids, cfg.windows, cfg.seq_len)}}
+        out[split] = {
+            **split_loss(pair.target, pair.tokenizer, ids, cfg.windows, cfg.seq_len),
+            "corpus_text": {
+                **corpus_repeated_share(ids, cfg.max_new_tokens),
+                **real_text_agreement(pair, ids, cfg.windows, cfg.seq_len),
+            },
+        }
     return out
 
 
@@ -412,16 +451,30 @@ def spec_bench_section(pair, cfg: QualityConfig) -> dict[str, Any]:
     for category in dict.fromkeys(p["category"] for p in prompts):
         rows = df[(df.category == category) & (df.method == label)]
         base = df[(df.category == category) & (df.method == matrix.BASELINE)]
-        per_category.append({"category": category, "prompts": len(rows), "speedup": median(rows.speedup),
-                             "tau": median(rows.tau), "alpha": median(rows.alpha),
-                             "tokens_per_s": median(rows.tokens_per_s),
-                             "autoregressive_tokens_per_s": median(base.tokens_per_s),
-                             "share_equal": float(rows.equal_to_autoregressive.mean())})
+        per_category.append(
+            {
+                "category": category,
+                "prompts": len(rows),
+                "speedup": median(rows.speedup),
+                "tau": median(rows.tau),
+                "alpha": median(rows.alpha),
+                "tokens_per_s": median(rows.tokens_per_s),
+                "autoregressive_tokens_per_s": median(base.tokens_per_s),
+                "share_equal": float(rows.equal_to_autoregressive.mean()),
+            }
+        )
     overall = matrix.summary(df).reset_index().to_dict("records")
-    return {"file": cfg.spec_bench, "method": label, "max_new_tokens": cfg.bench_tokens, "repeats": cfg.repeats,
-            "per_category_asked": cfg.per_category, "prompts": len(prompts),
-            "left_out_too_long": sum(not fits(p) for p in every),
-            "per_category": per_category, "overall": overall}
+    return {
+        "file": cfg.spec_bench,
+        "method": label,
+        "max_new_tokens": cfg.bench_tokens,
+        "repeats": cfg.repeats,
+        "per_category_asked": cfg.per_category,
+        "prompts": len(prompts),
+        "left_out_too_long": sum(not fits(p) for p in every),
+        "per_category": per_category,
+        "overall": overall,
+    }
 
 
 # ----------------------------------------------------------------------------- report
@@ -434,38 +487,60 @@ def markdown_report(result: dict[str, Any]) -> str:
     """The figures as markdown tables, ready for the model card."""
     cont = result["continuations"]
     drafter = f", drafter {result['draft']}" if result.get("draft") else ""
-    lines = [f"### Quality: target {result['target']}{drafter} ({result['device']}, {result['dtype']})", "",
-             "| metric | value | goal | met |", "|---|---|---|---|"]
+    lines = [
+        f"### Quality: target {result['target']}{drafter} ({result['device']}, {result['dtype']})",
+        "",
+        "| metric | value | goal | met |",
+        "|---|---|---|---|",
+    ]
     share = f"repeated 4-gram share ({cont['prompts']} prompts x {cont['max_new_tokens']} greedy tokens)"
-    labels = {"repeated_4gram_share": (share, f"{cont['repeated_4gram_share']:.3f}"),
-              "parse_rate": ("parse rate (prompt + continuation, parse rule)",
-                             f"{cont['parsed']}/{cont['prompts']} = {cont['parse_rate']:.3f}")}
+    labels = {
+        "repeated_4gram_share": (share, f"{cont['repeated_4gram_share']:.3f}"),
+        "parse_rate": (
+            "parse rate (prompt + continuation, parse rule)",
+            f"{cont['parsed']}/{cont['prompts']} = {cont['parse_rate']:.3f}",
+        ),
+    }
     for name, goal in result["goals"].items():
         label, value = labels[name]
         lines.append(f"| {label}, token healing | {value} | {goal['goal']} | {'yes' if goal['met'] else 'no'} |")
     if cont.get("greedy_token_p_median") is not None:
-        lines.append(f"| the target's probability of its greedy token, median (read with the share: a flat target "
-                     f"avoids repeats by a hair) | {cont['greedy_token_p_median']:.3f} | | |")
+        lines.append(
+            f"| the target's probability of its greedy token, median (read with the share: a flat target "
+            f"avoids repeats by a hair) | {cont['greedy_token_p_median']:.3f} | | |"
+        )
     raw = cont.get("without_healing")
     if raw:
-        lines.append(f"| the same without token healing | {raw['repeated_4gram_share']:.3f}; parse "
-                     f"{raw['parsed']}/{cont['prompts']} | | |")
+        lines.append(
+            f"| the same without token healing | {raw['repeated_4gram_share']:.3f}; parse "
+            f"{raw['parsed']}/{cont['prompts']} | | |"
+        )
     held = result["heldout"]
     for split, label in (("heldout", "new held-out split"), ("heldout_stdlib", "old stdlib held-out split")):
         s = held.get(split, {})
         if "nats_per_token" in s:
-            lines.append(f"| held-out loss, {label} ({s['windows']} x {s['seq_len']} tokens) | "
-                         f"{s['nats_per_token']:.4f} nats/token, {s['bits_per_byte']:.4f} bits/byte | | |")
+            lines.append(
+                f"| held-out loss, {label} ({s['windows']} x {s['seq_len']} tokens) | "
+                f"{s['nats_per_token']:.4f} nats/token, {s['bits_per_byte']:.4f} bits/byte | | |"
+            )
         elif "skipped" in s:
             lines.append(f"| held-out loss, {label} | skipped: {s['skipped']} | | |")
         ref = s.get("corpus_text", {})
         if "repeated_4gram_share" in ref:
-            lines.append(f"| reference: repeated 4-gram share of the {label}'s own text ({ref['stretches']} stretches of "
-                         f"{ref['length']} tokens) | {ref['repeated_4gram_share']:.3f} | | |")
+            lines.append(
+                f"| reference: repeated 4-gram share of the {label}'s own text ({ref['stretches']} stretches of "
+                f"{ref['length']} tokens) | {ref['repeated_4gram_share']:.3f} | | |"
+            )
         if ref.get("target_top1_p_median") is not None:
-            drafted = "" if ref.get("drafter_agrees") is None else f"; the drafter's top-1 is the target's {ref['drafter_agrees']:.3f}"
-            lines.append(f"| on the {label}'s own text (teacher-forced, second half of each window): the target's "
-                         f"top-1 probability, median | {ref['target_top1_p_median']:.3f}{drafted} | | |")
+            drafted = (
+                ""
+                if ref.get("drafter_agrees") is None
+                else f"; the drafter's top-1 is the target's {ref['drafter_agrees']:.3f}"
+            )
+            lines.append(
+                f"| on the {label}'s own text (teacher-forced, second half of each window): the target's "
+                f"top-1 probability, median | {ref['target_top1_p_median']:.3f}{drafted} | | |"
+            )
     if "skipped" in held:
         lines.append(f"| held-out loss | skipped: {held['skipped']} | | |")
     sb = result["spec_bench"]
@@ -473,19 +548,28 @@ def markdown_report(result: dict[str, Any]) -> str:
     if "skipped" in sb:
         lines.append(f"Spec-Bench: skipped ({sb['skipped']}).")
     else:
-        lines += [(f"Spec-Bench, {sb['method']} vs autoregressive, {sb['max_new_tokens']} new tokens, first "
-                   f"{sb['per_category_asked']} prompts per category that fit the context, {sb['repeats']} repeat(s); "
-                   "medians over prompts (tau counts the bonus token):"), "",
-                  "| category | prompts | speedup | tau | alpha | tokens/s | AR tokens/s | equal to AR |",
-                  "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            (
+                f"Spec-Bench, {sb['method']} vs autoregressive, {sb['max_new_tokens']} new tokens, first "
+                f"{sb['per_category_asked']} prompts per category that fit the context, {sb['repeats']} repeat(s); "
+                "medians over prompts (tau counts the bonus token):"
+            ),
+            "",
+            "| category | prompts | speedup | tau | alpha | tokens/s | AR tokens/s | equal to AR |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for r in sb["per_category"]:
-            lines.append(f"| {r['category']} | {r['prompts']} | {_fmt(r['speedup'])} | {_fmt(r['tau'])} | "
-                         f"{_fmt(r['alpha'])} | {_fmt(r['tokens_per_s'], 1)} | {_fmt(r['autoregressive_tokens_per_s'], 1)} | "
-                         f"{_fmt(r['share_equal'], 2)} |")
+            lines.append(
+                f"| {r['category']} | {r['prompts']} | {_fmt(r['speedup'])} | {_fmt(r['tau'])} | "
+                f"{_fmt(r['alpha'])} | {_fmt(r['tokens_per_s'], 1)} | {_fmt(r['autoregressive_tokens_per_s'], 1)} | "
+                f"{_fmt(r['share_equal'], 2)} |"
+            )
         for r in sb["overall"]:
             if r["method"] == sb["method"]:
-                lines.append(f"| all | {sb['prompts']} | {_fmt(r.get('speedup'))} | {_fmt(r.get('tau'))} | "
-                             f"{_fmt(r.get('alpha'))} | {_fmt(r.get('tokens_per_s'), 1)} | | {_fmt(r.get('share_equal'), 2)} |")
+                lines.append(
+                    f"| all | {sb['prompts']} | {_fmt(r.get('speedup'))} | {_fmt(r.get('tau'))} | "
+                    f"{_fmt(r.get('alpha'))} | {_fmt(r.get('tokens_per_s'), 1)} | | {_fmt(r.get('share_equal'), 2)} |"
+                )
     lines += ["", f"reproduce: {result['reproduce']}", ""]
     return "\n".join(lines)
 
@@ -513,7 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=d.repeats, help="Spec-Bench timing repeats")
     p.add_argument("--device", default=d.device)
     p.add_argument("--dtype", default=d.dtype)
-    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, which follows OMP_NUM_THREADS)")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's, which follows OMP_NUM_THREADS)"
+    )
     p.add_argument("--json", default=None, help="write every figure to this JSON file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     return p
@@ -521,8 +607,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if min(args.max_new_tokens, args.windows, args.seq_len, args.per_category, args.repeats,
-           args.bench_tokens) < 1:
+    if min(args.max_new_tokens, args.windows, args.seq_len, args.per_category, args.repeats, args.bench_tokens) < 1:
         print("error: counts and lengths must be positive", file=sys.stderr)
         return 2
     if args.threads:
@@ -534,7 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    command = "python -m specviz.workshop.quality " + " ".join(_quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    command = "python -m specviz.workshop.quality " + " ".join(
+        _quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    )
     seconds: dict[str, float] = {}
     t = time.time()
     continuations = continuation_section(pair, cfg)
@@ -555,13 +642,17 @@ def main(argv: list[str] | None = None) -> int:
         "device": str(pair.device),
         "dtype": str(pair.dtype).replace("torch.", ""),
         "threads": torch.get_num_threads(),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "transformers": transformers.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        },
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": scrub(asdict(cfg)),
         "goals": {
             name: {"goal": f"{op} {bound}", "value": continuations[name], "met": goal_met(name, continuations[name])}
-            for name, (op, bound) in GOALS.items()},
+            for name, (op, bound) in GOALS.items()
+        },
         "continuations": continuations,
         "heldout": scrub(heldout),  # figures, folders and messages: no generated text to leave alone
         "spec_bench": scrub(spec_bench),

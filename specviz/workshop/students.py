@@ -30,6 +30,7 @@ assets/models. OUT/ckpt.pt (phase, step, models, optimizers, data positions, RNG
 `ckpt_minutes`, at the deadline and on SIGTERM/SIGINT; the same command resumes it. Do not copy ckpt.pt,
 students.log or the report into assets/models.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -82,8 +83,17 @@ REPORT = "students-report.json"
 LOG = "students.log"
 PHASES = ("distill", "refine", "done")
 FRESH = "fresh: "  # prefix of a student's start that is not a shipped student
-RUN_CONTROL = ("budget_minutes", "until", "max_steps", "restart", "threads", "finish_minutes", "device", "amp",
-               "finish_at_deadline")  # may change between runs
+RUN_CONTROL = (
+    "budget_minutes",
+    "until",
+    "max_steps",
+    "restart",
+    "threads",
+    "finish_minutes",
+    "device",
+    "amp",
+    "finish_at_deadline",
+)  # may change between runs
 Log = Callable[[str], None]
 
 
@@ -139,10 +149,25 @@ class StudentsConfig:
 
     def quickened(self) -> StudentsConfig:
         """Tiny steps and lengths: every phase, checkpoint and output in seconds on a tiny target."""
-        return replace(self, tokens_per_step=64, curriculum=((0.0, 16), (0.5, 32)), warmup_steps=2, distill_steps=6,
-                       refine_steps=4, refine_new=8, refine_min_prompt=8, eval_seq_len=16, eval_windows=8,
-                       eval_long_windows=1, calibration_prompts=2, calibration_tokens=8, ckpt_minutes=0.0, log_every=1,
-                       finish_minutes=0.0, quick=True)
+        return replace(
+            self,
+            tokens_per_step=64,
+            curriculum=((0.0, 16), (0.5, 32)),
+            warmup_steps=2,
+            distill_steps=6,
+            refine_steps=4,
+            refine_new=8,
+            refine_min_prompt=8,
+            eval_seq_len=16,
+            eval_windows=8,
+            eval_long_windows=1,
+            calibration_prompts=2,
+            calibration_tokens=8,
+            ckpt_minutes=0.0,
+            log_every=1,
+            finish_minutes=0.0,
+            quick=True,
+        )
 
 
 @dataclass
@@ -178,7 +203,9 @@ class Progress:
     target: dict  # Teacher.fingerprint: a checkpoint resumes only with the same target
     warm: dict[str, str]  # Students.warm
     initial: dict  # held-out metrics of the starting students against this target
-    seconds: dict[str, float] = field(default_factory=lambda: {"distill": 0.0, "refine": 0.0})  # training time per phase
+    seconds: dict[str, float] = field(
+        default_factory=lambda: {"distill": 0.0, "refine": 0.0}
+    )  # training time per phase
     data: dict[str, dict] = field(default_factory=dict)  # WindowStream.state per phase
     final: dict | None = None  # {"metrics", "ranking", "finish_seconds"} once measured and calibrated
     planned: dict[str, int] = field(default_factory=dict)  # phase -> steps fitted to its seconds (fit by time)
@@ -226,10 +253,15 @@ def load_teacher(path: str, log: Log, device: str = "cpu") -> Teacher:
     kangaroo_exit = int(meta.get("kangaroo_exit") or max(1, round(depth / 6)))
     if not 1 <= kangaroo_exit < depth:
         raise SystemExit(f"kangaroo_exit {kangaroo_exit} does not fit a {depth}-layer target")
-    return Teacher(model=model, tok=AutoTokenizer.from_pretrained(path), meta=meta,
-                   fingerprint={"source": str(path), **before},
-                   exits=tuple(e for e in meta.get("exits", []) if 0 < e < depth), kangaroo_exit=kangaroo_exit,
-                   max_len=int(getattr(model.config, "max_position_embeddings", 2048) or 2048))
+    return Teacher(
+        model=model,
+        tok=AutoTokenizer.from_pretrained(path),
+        meta=meta,
+        fingerprint={"source": str(path), **before},
+        exits=tuple(e for e in meta.get("exits", []) if 0 < e < depth),
+        kangaroo_exit=kangaroo_exit,
+        max_len=int(getattr(model.config, "max_position_embeddings", 2048) or 2048),
+    )
 
 
 def load_streams(corpus: str, tok) -> tuple[dict[str, np.ndarray], dict]:
@@ -251,8 +283,17 @@ def student_llama(target, layers: int):
 
 
 def same_shape(a, b) -> bool:
-    keys = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "vocab_size", "tie_word_embeddings", "max_position_embeddings")
+    keys = (
+        "model_type",
+        "hidden_size",
+        "intermediate_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "vocab_size",
+        "tie_word_embeddings",
+        "max_position_embeddings",
+    )
     return all(getattr(a, k, None) == getattr(b, k, None) for k in keys)
 
 
@@ -273,8 +314,11 @@ def graft_adapter(model, adapter: KangarooAdapter) -> bool:
     config = model.config
     rope = (getattr(config, "rope_parameters", None) or {}).get("rope_theta", getattr(config, "rope_theta", None))
     mine = {k: v.shape for k, v in layer.self_attn.state_dict().items()}
-    if ({k: v.shape for k, v in adapter.attn.state_dict().items()} != mine or rope != adapter.config.rope_theta
-            or config.rms_norm_eps != adapter.config.rms_norm_eps):
+    if (
+        {k: v.shape for k, v in adapter.attn.state_dict().items()} != mine
+        or rope != adapter.config.rope_theta
+        or config.rms_norm_eps != adapter.config.rms_norm_eps
+    ):
         return False  # another attention shape (e.g. grouped KV heads), RoPE base or norm: not the same function
     with torch.no_grad():
         layer.input_layernorm.load_state_dict(adapter.input_norm.state_dict())
@@ -283,8 +327,9 @@ def graft_adapter(model, adapter: KangarooAdapter) -> bool:
     return True
 
 
-def warm_llama(target, tok, layers: int, warm_dir: Path | None, log: Log,
-               adapter: KangarooAdapter | None = None) -> tuple[torch.nn.Module, str]:
+def warm_llama(
+    target, tok, layers: int, warm_dir: Path | None, log: Log, adapter: KangarooAdapter | None = None
+) -> tuple[torch.nn.Module, str]:
     """A shipped student when it has this shape and tokenizer (it saves steps); else the target's first
     `layers` layers, embeddings, norm and head (as specviz.workshop.parts_training starts a sorted drafter), with the Kangaroo
     adapter grafted on as the last layer when `adapter` is given and reads the state after `layers - 1`."""
@@ -318,8 +363,14 @@ def make_students(cfg: StudentsConfig, teacher: Teacher, log: Log) -> Students:
     target, tok = teacher.model, teacher.tok
     sorted_layers = min(cfg.sorted_layers, target.config.num_hidden_layers - 1)
     adapter, a_from = warm_adapter(target, teacher.kangaroo_exit, root / "kangaroo-adapter" if root else None, log)
-    drafter, d_from = warm_llama(target, tok, cfg.drafter_layers, root / "drafter" if root else None, log,
-                                 adapter=adapter if not a_from.startswith(FRESH) else None)
+    drafter, d_from = warm_llama(
+        target,
+        tok,
+        cfg.drafter_layers,
+        root / "drafter" if root else None,
+        log,
+        adapter=adapter if not a_from.startswith(FRESH) else None,
+    )
     sorted_drafter, s_from = warm_llama(target, tok, sorted_layers, root / "sorted-drafter" if root else None, log)
     device = model_device(target)
     drafter, sorted_drafter, adapter = drafter.to(device), sorted_drafter.to(device), adapter.to(device)
@@ -331,12 +382,16 @@ def phase_opts(cfg: StudentsConfig, s: Students, phase: str) -> dict[str, torch.
     own previous guesses (the sorted drafter too unless `refine_sorted` is off: left as distilled, S2D's
     acceptance stayed at 0.17-0.23 with the GPU-trained target)."""
     if phase == "refine":
-        refined = [("drafter", s.drafter), ("adapter", s.adapter)] + ([("sorted", s.sorted_drafter)] if cfg.refine_sorted else [])
+        refined = [("drafter", s.drafter), ("adapter", s.adapter)] + (
+            [("sorted", s.sorted_drafter)] if cfg.refine_sorted else []
+        )
         return {name: optimizer(model.parameters(), cfg.refine_lr) for name, model in refined}
     if phase == "done":
         return {}
-    return {name: optimizer(model.parameters(), peak_lr(cfg, s, name, phase))
-            for name, model in (("drafter", s.drafter), ("sorted", s.sorted_drafter), ("adapter", s.adapter))}
+    return {
+        name: optimizer(model.parameters(), peak_lr(cfg, s, name, phase))
+        for name, model in (("drafter", s.drafter), ("sorted", s.sorted_drafter), ("adapter", s.adapter))
+    }
 
 
 def peak_lr(cfg: StudentsConfig, s: Students, name: str, phase: str) -> float:
@@ -366,11 +421,16 @@ def student_step(s: Students, teacher: Teacher, batch: torch.Tensor) -> dict[str
     layers = s.sorted_drafter.config.num_hidden_layers
     losses = {
         "drafter": lambda: soft_ce(s.drafter(x).logits, teacher_logp),
-        "sorted": lambda: sum(soft_ce(l, teacher_logp) for l in sorted_logits(s.sorted_drafter, x, layers).values()) / layers,
+        "sorted": lambda: (
+            sum(soft_ce(l, teacher_logp) for l in sorted_logits(s.sorted_drafter, x, layers).values()) / layers
+        ),
         "adapter": lambda: soft_ce(adapter_logits(s.adapter, target, hidden_l), teacher_logp),
     }
-    return {name: backward_step(s.opts[name], loss()) for name, loss in losses.items()  # one graph alive at a time
-            if name in s.opts}
+    return {
+        name: backward_step(s.opts[name], loss())
+        for name, loss in losses.items()  # one graph alive at a time
+        if name in s.opts
+    }
 
 
 def backward_step(opt: torch.optim.Optimizer, loss: torch.Tensor) -> float:
@@ -392,12 +452,18 @@ def deadline_of(cfg: StudentsConfig, start: float) -> float:
 
 def save_ckpt(path: Path, cfg: StudentsConfig, progress: Progress, s: Students) -> None:
     """Everything a resume needs, written beside and then swapped in."""
-    state = {"progress": asdict(progress), "config": asdict(cfg),
-             "models": {"drafter": s.drafter.state_dict(), "sorted": s.sorted_drafter.state_dict(),
-                        "adapter": s.adapter.state_dict()},
-             "optimizers": {k: o.state_dict() for k, o in s.opts.items()},
-             "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-             "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    state = {
+        "progress": asdict(progress),
+        "config": asdict(cfg),
+        "models": {
+            "drafter": s.drafter.state_dict(),
+            "sorted": s.sorted_drafter.state_dict(),
+            "adapter": s.adapter.state_dict(),
+        },
+        "optimizers": {k: o.state_dict() for k, o in s.opts.items()},
+        "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
+        "saved": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     save_atomic(state, path)
 
 
@@ -432,14 +498,19 @@ def measure(cfg: StudentsConfig, s: Students, teacher: Teacher, heldout: np.ndar
     loss (nats/token) of target, its exits and each student; agree = share of positions whose argmax is
     the target's final argmax (greedy acceptance's per-token chance)."""
     target, layers = teacher.model, s.sorted_drafter.config.num_hidden_layers
-    models = {"drafter": lambda x, out: {"": s.drafter(x).logits},
-              "sorted": lambda x, out: sorted_logits(s.sorted_drafter, x, layers),
-              "kangaroo": lambda x, out: {"": adapter_logits(s.adapter, target, out.hidden_states[teacher.kangaroo_exit])}}
+    models = {
+        "drafter": lambda x, out: {"": s.drafter(x).logits},
+        "sorted": lambda x, out: sorted_logits(s.sorted_drafter, x, layers),
+        "kangaroo": lambda x, out: {"": adapter_logits(s.adapter, target, out.hidden_states[teacher.kangaroo_exit])},
+    }
     for m in (s.drafter, s.sorted_drafter, s.adapter):
         m.eval()
     result = {}
     long_len = min(max(length for _, length in cfg.curriculum), teacher.max_len, len(heldout) - 2)
-    for seq_len, batch, windows in ((min(cfg.eval_seq_len, long_len), 8, cfg.eval_windows), (long_len, 1, cfg.eval_long_windows)):
+    for seq_len, batch, windows in (
+        (min(cfg.eval_seq_len, long_len), 8, cfg.eval_windows),
+        (long_len, 1, cfg.eval_long_windows),
+    ):
         if windows > 0:
             ecfg = TrainConfig(seq_len=seq_len, batch_size=min(batch, windows), target_exits=teacher.exits)
             result[f"seq_{seq_len}"] = evaluate(models, heldout, ecfg, target, windows=windows)
@@ -458,7 +529,9 @@ def heldout_texts(tok, ids: np.ndarray, limit: int = 400) -> list[str]:
 
 def calibrate(cfg: StudentsConfig, teacher: Teacher, heldout: np.ndarray, log: Log) -> dict:
     """VocabTrim's ranking: train.calibrate_vocab on prompts from held-out documents of the new corpus."""
-    qcfg = TrainConfig(seed=cfg.seed, calibration_prompts=cfg.calibration_prompts, calibration_tokens=cfg.calibration_tokens)
+    qcfg = TrainConfig(
+        seed=cfg.seed, calibration_prompts=cfg.calibration_prompts, calibration_tokens=cfg.calibration_tokens
+    )
     ranking = calibrate_vocab(qcfg, teacher.tok, teacher.model, heldout_texts(teacher.tok, heldout), log)
     ranking["description"] = ranking["description"].replace("held-out stdlib snippets", "held-out corpus snippets")
     return ranking
@@ -483,25 +556,42 @@ def save_outputs(out: Path, s: Students, teacher: Teacher, ranking: dict, log: L
     made_from = {"target_sha1": teacher.fingerprint["sha1"], "distilled_by": "specviz.workshop.students"}
     layers = s.sorted_drafter.config.num_hidden_layers
     save_hf(teacher.model, teacher.tok, out / "target", teacher.meta)
-    save_hf(s.drafter.eval(), teacher.tok, out / "drafter", {"exits": [s.drafter.config.num_hidden_layers],
-                                                              "distilled_from": "target", **made_from})
-    save_hf(s.sorted_drafter.eval(), teacher.tok, out / SORTED_DIR, {"exits": list(range(1, layers + 1)),
-                                                                     "distilled_from": "target", "sorted": True, **made_from})
+    save_hf(
+        s.drafter.eval(),
+        teacher.tok,
+        out / "drafter",
+        {"exits": [s.drafter.config.num_hidden_layers], "distilled_from": "target", **made_from},
+    )
+    save_hf(
+        s.sorted_drafter.eval(),
+        teacher.tok,
+        out / SORTED_DIR,
+        {"exits": list(range(1, layers + 1)), "distilled_from": "target", "sorted": True, **made_from},
+    )
     s.adapter.eval().save(out / ADAPTER_DIR)
     (out / "vocabtrim").mkdir(parents=True, exist_ok=True)
     (out / "vocabtrim" / "target-token-ranking.json").write_text(json.dumps(ranking) + "\n")
     for part in (ADAPTER_DIR, SORTED_DIR):  # what specviz.models.parts.load_parts checks against the target
-        (out / part / PART_REPORT).write_text(json.dumps({"part": part, "fingerprint": parts_fingerprint(teacher.model.config),
-                                                          **made_from}, indent=2) + "\n")
+        (out / part / PART_REPORT).write_text(
+            json.dumps({"part": part, "fingerprint": parts_fingerprint(teacher.model.config), **made_from}, indent=2)
+            + "\n"
+        )
         link(out / "target" / PARTS_DIR / part, out / part)
     link(out / "target" / RANKING_FILE, out / "vocabtrim" / "target-token-ranking.json")
     log(f"saved target (fp16), drafter, sorted drafter, Kangaroo adapter and VocabTrim ranking to {out}")
 
 
 def outputs_present(out: Path, fingerprint: dict) -> bool:
-    need = ["target/config.json", "drafter/config.json", "sorted-drafter/config.json",
-            "kangaroo-adapter/adapter.safetensors", "vocabtrim/target-token-ranking.json",
-            "target/specviz-parts/kangaroo-adapter/report.json", "target/vocab_ranking.json", REPORT]
+    need = [
+        "target/config.json",
+        "drafter/config.json",
+        "sorted-drafter/config.json",
+        "kangaroo-adapter/adapter.safetensors",
+        "vocabtrim/target-token-ranking.json",
+        "target/specviz-parts/kangaroo-adapter/report.json",
+        "target/vocab_ranking.json",
+        REPORT,
+    ]
     if not all((out / p).exists() for p in need):
         return False
     return json.loads((out / REPORT).read_text())["target"]["sha1"] == fingerprint["sha1"]
@@ -523,9 +613,11 @@ def make(cfg: StudentsConfig, log: Log) -> dict | None:
     teacher = load_teacher(cfg.target, log, cfg.device)
     streams, manifest = load_streams(cfg.corpus, teacher.tok)
     teacher.max_len = min(teacher.max_len, len(streams["train"]) // 4)
-    log(f"target {cfg.target} ({sum(p.numel() for p in teacher.model.parameters()) / 1e6:.2f} M params, "
+    log(
+        f"target {cfg.target} ({sum(p.numel() for p in teacher.model.parameters()) / 1e6:.2f} M params, "
         f"{teacher.model.config.num_hidden_layers} layers, exits {teacher.exits}, Kangaroo exit {teacher.kangaroo_exit}, "
-        f"sha1 {teacher.fingerprint['sha1'][:12]}); corpus { {k: len(v) for k, v in streams.items()} } tokens")
+        f"sha1 {teacher.fingerprint['sha1'][:12]}); corpus { {k: len(v) for k, v in streams.items()} } tokens"
+    )
 
     # 1. students: from the checkpoint, else warm-started from the shipped ones (or fresh)
     ckpt_path = out / CKPT
@@ -534,14 +626,21 @@ def make(cfg: StudentsConfig, log: Log) -> dict | None:
         log(f"--restart: removed {ckpt_path}")
     ckpt = torch.load(ckpt_path, weights_only=False, map_location=cfg.device) if ckpt_path.exists() else None
     if ckpt and ckpt["progress"]["target"]["sha1"] != teacher.fingerprint["sha1"]:
-        raise SystemExit(f"{ckpt_path} was made from another target (sha1 {ckpt['progress']['target']['sha1'][:12]}, "
-                         f"now {teacher.fingerprint['sha1'][:12]}): pass the same --target, or --restart")
+        raise SystemExit(
+            f"{ckpt_path} was made from another target (sha1 {ckpt['progress']['target']['sha1'][:12]}, "
+            f"now {teacher.fingerprint['sha1'][:12]}): pass the same --target, or --restart"
+        )
     s = make_students(cfg, teacher, log if not ckpt else (lambda _m: None))
-    datas = {"distill": WindowStream(streams["train"], cfg.seed + 3), "refine": WindowStream(streams["train"], cfg.seed + 5)}
+    datas = {
+        "distill": WindowStream(streams["train"], cfg.seed + 3),
+        "refine": WindowStream(streams["train"], cfg.seed + 5),
+    }
     if ckpt:
         progress = resume(ckpt, cfg, s, datas, log)
-        log(f"resumed {ckpt_path}: phase {progress.phase} step {progress.step} "
-            f"({sum(progress.seconds.values()) / 60:.1f} min trained before)")
+        log(
+            f"resumed {ckpt_path}: phase {progress.phase} step {progress.step} "
+            f"({sum(progress.seconds.values()) / 60:.1f} min trained before)"
+        )
     else:
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -556,7 +655,9 @@ def make(cfg: StudentsConfig, log: Log) -> dict | None:
         t = time.time()
         progress.data = {k: dict(d.state) for k, d in datas.items()}
         save_ckpt(ckpt_path, cfg, progress, s)
-        log(f"checkpoint ({reason}): phase {progress.phase} step {progress.step} -> {ckpt_path} [{time.time() - t:.1f} s]")
+        log(
+            f"checkpoint ({reason}): phase {progress.phase} step {progress.step} -> {ckpt_path} [{time.time() - t:.1f} s]"
+        )
 
     # 2.-3. distill, refine
     train_deadline = deadline - cfg.finish_minutes * 60 if cfg.finish_at_deadline else deadline
@@ -592,16 +693,34 @@ def make(cfg: StudentsConfig, log: Log) -> dict | None:
     return report
 
 
-def train_phases(cfg: StudentsConfig, s: Students, teacher: Teacher, datas: dict[str, WindowStream], progress: Progress,
-                 deadline: float, flag: dict, checkpoint: Callable[[str], None], log: Log) -> str:
+def train_phases(
+    cfg: StudentsConfig,
+    s: Students,
+    teacher: Teacher,
+    datas: dict[str, WindowStream],
+    progress: Progress,
+    deadline: float,
+    flag: dict,
+    checkpoint: Callable[[str], None],
+    log: Log,
+) -> str:
     """distill, then refine, from progress's (phase, step); returns why it stopped early ("" = finished)."""
     steps_here, step_seconds, last_ckpt = 0, 0.0, time.time()
     for m in (s.drafter, s.sorted_drafter, s.adapter):
         m.train()
-    pool = OnPolicyPool(teacher.model, datas["refine"], PoolConfig(
-        rows_tokens=cfg.pool_steps * cfg.tokens_per_step, reuse=cfg.pool_reuse, new_tokens=cfg.refine_new,
-        min_prompt=cfg.refine_min_prompt, seed=cfg.seed),  # its counts go on across resumes
-        fills=progress.pool.get("fills", 0), generated_tokens=progress.pool.get("generated_tokens", 0))
+    pool = OnPolicyPool(
+        teacher.model,
+        datas["refine"],
+        PoolConfig(
+            rows_tokens=cfg.pool_steps * cfg.tokens_per_step,
+            reuse=cfg.pool_reuse,
+            new_tokens=cfg.refine_new,
+            min_prompt=cfg.refine_min_prompt,
+            seed=cfg.seed,
+        ),  # its counts go on across resumes
+        fills=progress.pool.get("fills", 0),
+        generated_tokens=progress.pool.get("generated_tokens", 0),
+    )
     while progress.phase != "done":
         phase = progress.phase
         total = progress.planned.get(phase, cfg.distill_steps if phase == "distill" else cfg.refine_steps)
@@ -637,9 +756,16 @@ def train_phases(cfg: StudentsConfig, s: Students, teacher: Teacher, datas: dict
             window_tokens += batch_size * seq
             if progress.step % cfg.log_every == 0 or progress.step == total or steps_here == 1:
                 tps = window_tokens / max(time.time() - window_t, 1e-9)
-                log(f"{phase} step {progress.step}/{total} seq {seq}x{batch_size} "
-                    + " ".join(f"{k}={v:.3f}" for k, v in losses.items()) + f" {tps:.0f} tok/s"
-                    + (f" (pool: {pool.fills} generate calls, {pool.generated_tokens} greedy tokens)" if phase == "refine" else ""))
+                log(
+                    f"{phase} step {progress.step}/{total} seq {seq}x{batch_size} "
+                    + " ".join(f"{k}={v:.3f}" for k, v in losses.items())
+                    + f" {tps:.0f} tok/s"
+                    + (
+                        f" (pool: {pool.fills} generate calls, {pool.generated_tokens} greedy tokens)"
+                        if phase == "refine"
+                        else ""
+                    )
+                )
                 window_t, window_tokens = time.time(), 0
             if time.time() - last_ckpt >= cfg.ckpt_minutes * 60:
                 checkpoint("periodic")
@@ -653,13 +779,14 @@ def train_phases(cfg: StudentsConfig, s: Students, teacher: Teacher, datas: dict
 def end_training_early(progress: Progress, log: Log) -> None:
     """--finish-at-deadline: the current phase ends at the step it reached, later phases run no steps."""
     log(f"deadline: training ends at {progress.phase} step {progress.step}; finishing with the students as they are")
-    for phase in PHASES[PHASES.index(progress.phase):-1]:
+    for phase in PHASES[PHASES.index(progress.phase) : -1]:
         progress.planned[phase] = progress.step if phase == progress.phase else 0
     progress.phase, progress.step = "done", 0
 
 
-def fitted_steps(progress: Progress, phase: str, phase_seconds: float, total: int, fit_from: tuple[int, float],
-                 log: Log) -> tuple[int, tuple[int, float]]:
+def fitted_steps(
+    progress: Progress, phase: str, phase_seconds: float, total: int, fit_from: tuple[int, float], log: Log
+) -> tuple[int, tuple[int, float]]:
     """The phase's step count from its measured step time (after 4 warm-up steps; every 10 steps, an even
     number, since refinement alternates corpus and on-policy steps of unequal cost), so that it ends on time."""
     done, spent = progress.step, progress.seconds[phase]
@@ -681,20 +808,26 @@ def summary(metrics: dict[str, dict]) -> str:
 
 
 def make_report(cfg: StudentsConfig, s: Students, teacher: Teacher, progress: Progress, manifest: dict) -> dict:
-    params = {"target": sum(p.numel() for p in teacher.model.parameters()),
-              "drafter": sum(p.numel() for p in s.drafter.parameters()),
-              "sorted drafter": sum(p.numel() for p in s.sorted_drafter.parameters()),
-              "Kangaroo adapter": s.adapter.num_parameters()}
+    params = {
+        "target": sum(p.numel() for p in teacher.model.parameters()),
+        "drafter": sum(p.numel() for p in s.drafter.parameters()),
+        "sorted drafter": sum(p.numel() for p in s.sorted_drafter.parameters()),
+        "Kangaroo adapter": s.adapter.num_parameters(),
+    }
     return {
         "target": dict(progress.target),  # source dir and sha1 of its safetensors (+ staged_sha1: OUT/target's fp16)
         "target_meta": teacher.meta,
         "params": params,
         "warm_start": progress.warm,
-        "steps": {"distill": progress.planned.get("distill", cfg.distill_steps),  # fitted to time: the steps run
-                  "refine": progress.planned.get("refine", cfg.refine_steps)},
+        "steps": {
+            "distill": progress.planned.get("distill", cfg.distill_steps),  # fitted to time: the steps run
+            "refine": progress.planned.get("refine", cfg.refine_steps),
+        },
         "pool": progress.pool,  # on-policy windows: generate calls and greedy tokens they made
-        "minutes": {**{k: round(v / 60, 2) for k, v in progress.seconds.items()},
-                    "finish": round(progress.final["finish_seconds"] / 60, 2)},
+        "minutes": {
+            **{k: round(v / 60, 2) for k, v in progress.seconds.items()},
+            "finish": round(progress.final["finish_seconds"] / 60, 2),
+        },
         "metrics_before": progress.initial,  # the starting students against this target
         "metrics": progress.final["metrics"],
         "corpus": {"dir": cfg.corpus, "tokens": manifest.get("tokens"), "built": manifest.get("built")},
@@ -732,28 +865,58 @@ def main(argv: list[str] | None = None, log: Log | None = None) -> dict | None:
     parser.add_argument("--refine-seconds", type=float, default=None, help="fit the refinement's steps to this time")
     parser.add_argument("--calibration-prompts", type=int, default=None)
     parser.add_argument("--warmup-steps", type=int, default=None, help="per phase (default 50)")
-    parser.add_argument("--drafter-layers", type=int, default=None,
-                        help="the separate drafter's depth (default 1); another depth than the warm start's begins "
-                             "from the target's first layers")
-    parser.add_argument("--pool-steps", type=int, default=None,
-                        help="on-policy steps' worth of rows per generate call (default 4)")
+    parser.add_argument(
+        "--drafter-layers",
+        type=int,
+        default=None,
+        help="the separate drafter's depth (default 1); another depth than the warm start's begins "
+        "from the target's first layers",
+    )
+    parser.add_argument(
+        "--pool-steps", type=int, default=None, help="on-policy steps' worth of rows per generate call (default 4)"
+    )
     parser.add_argument("--pool-reuse", type=int, default=None, help="times each generated row is served (default 2)")
     parser.add_argument("--no-refine-sorted", action="store_true", help="leave the sorted drafter as distilled")
     parser.add_argument("--finish-minutes", type=float, default=None, help="time kept for the final phase (default 3)")
-    parser.add_argument("--finish-at-deadline", action="store_true",
-                        help="at the deadline (--budget-minutes/--until less the finish time) end training and finish")
+    parser.add_argument(
+        "--finish-at-deadline",
+        action="store_true",
+        help="at the deadline (--budget-minutes/--until less the finish time) end training and finish",
+    )
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    cfg = StudentsConfig(target=args.target, corpus=args.corpus, out=args.out, warm_from=args.warm_from,
-                         budget_minutes=args.budget_minutes, until=args.until, threads=args.threads, seed=args.seed,
-                         max_steps=args.max_steps, restart=args.restart, device=args.device, amp=args.amp)
+    cfg = StudentsConfig(
+        target=args.target,
+        corpus=args.corpus,
+        out=args.out,
+        warm_from=args.warm_from,
+        budget_minutes=args.budget_minutes,
+        until=args.until,
+        threads=args.threads,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        restart=args.restart,
+        device=args.device,
+        amp=args.amp,
+    )
     if args.quick:
         cfg = cfg.quickened()
-    steps = {k: v for k, v in {"distill_steps": args.distill_steps, "refine_steps": args.refine_steps,
-                               "tokens_per_step": args.tokens_per_step, "distill_seconds": args.distill_seconds,
-                               "refine_seconds": args.refine_seconds,
-                               "calibration_prompts": args.calibration_prompts, "warmup_steps": args.warmup_steps,
-                               "drafter_layers": args.drafter_layers, "pool_steps": args.pool_steps,
-                               "pool_reuse": args.pool_reuse, "finish_minutes": args.finish_minutes}.items() if v is not None}
+    steps = {
+        k: v
+        for k, v in {
+            "distill_steps": args.distill_steps,
+            "refine_steps": args.refine_steps,
+            "tokens_per_step": args.tokens_per_step,
+            "distill_seconds": args.distill_seconds,
+            "refine_seconds": args.refine_seconds,
+            "calibration_prompts": args.calibration_prompts,
+            "warmup_steps": args.warmup_steps,
+            "drafter_layers": args.drafter_layers,
+            "pool_steps": args.pool_steps,
+            "pool_reuse": args.pool_reuse,
+            "finish_minutes": args.finish_minutes,
+        }.items()
+        if v is not None
+    }
     if args.no_refine_sorted:
         steps["refine_sorted"] = False
     if args.finish_at_deadline:

@@ -1,5 +1,5 @@
-"""The training text (the interpreter's standard library and pydoc topics) and the byte-level BPE tokenizer.
-"""
+"""The training text (the interpreter's standard library and pydoc topics) and the byte-level BPE tokenizer."""
+
 from __future__ import annotations
 
 import hashlib
@@ -62,7 +62,9 @@ def read_corpus(cfg: TrainConfig) -> tuple[list[str], list[str]]:
 # ----------------------------------------------------------------------------- tokenizer
 def train_tokenizer(texts: list[str], cfg: TrainConfig):
     bpe = ByteLevelBPETokenizer(add_prefix_space=False)
-    bpe.train_from_iterator(texts, vocab_size=cfg.vocab_size, min_frequency=2, special_tokens=[EOS], show_progress=False)
+    bpe.train_from_iterator(
+        texts, vocab_size=cfg.vocab_size, min_frequency=2, special_tokens=[EOS], show_progress=False
+    )
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS)
     tok.model_max_length = 2048
     return tok

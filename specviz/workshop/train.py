@@ -28,6 +28,7 @@ over --total-tokens; checkpoints (model, optimizer, data position, RNG, step), a
 the corpus and the logs live in --run-dir (default ~/.cache/specviz/train, specviz.paths),
 and the same command resumes from there. Nothing is written into assets/models.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,11 +53,12 @@ from specviz.workshop.text import encode, read_corpus, train_tokenizer
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("kangaroo-adapter", "sorted-drafter"):  # parts for a user's own target
-
         parts_main(argv[0], argv[1:])
         return
-    parser = argparse.ArgumentParser(description="Train specviz's embedded models; `kangaroo-adapter` and "
-                                     "`sorted-drafter` train those parts for any Llama-family target (specviz.workshop.parts_training).")
+    parser = argparse.ArgumentParser(
+        description="Train specviz's embedded models; `kangaroo-adapter` and "
+        "`sorted-drafter` train those parts for any Llama-family target (specviz.workshop.parts_training)."
+    )
     parser.add_argument("--out", default="assets/models")
     parser.add_argument("--quick", action="store_true", help="tiny sizes and few steps: a smoke test of every phase")
     parser.add_argument("--seed", type=int, default=0)
@@ -64,13 +66,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--target-steps", type=int, default=None)
     parser.add_argument("--distill-steps", type=int, default=None)
     parser.add_argument("--refine-steps", type=int, default=None)
-    parser.add_argument("--refine-only", action="store_true",
-                        help="load the target and drafter saved in --out and run only the drafter refinement phase")
+    parser.add_argument(
+        "--refine-only",
+        action="store_true",
+        help="load the target and drafter saved in --out and run only the drafter refinement phase",
+    )
     cont = parser.add_argument_group("continued training of the saved target on the bigger corpus (issue 16)")
-    cont.add_argument("--continue-target", action="store_true",
-                      help="warm-start --init (or resume --run-dir/ckpt.pt) on specviz.workshop.corpus with a 256->2048 curriculum")
-    cont.add_argument("--run-dir", default=None,
-                      help="checkpoints, HF fp32 copy, corpus and logs (default ~/.cache/specviz/train)")
+    cont.add_argument(
+        "--continue-target",
+        action="store_true",
+        help="warm-start --init (or resume --run-dir/ckpt.pt) on specviz.workshop.corpus with a 256->2048 curriculum",
+    )
+    cont.add_argument(
+        "--run-dir", default=None, help="checkpoints, HF fp32 copy, corpus and logs (default ~/.cache/specviz/train)"
+    )
     cont.add_argument("--init", default="assets/models/target")
     cont.add_argument("--corpus", default="", help="a built corpus dir (manifest.json) or a tree of .py files")
     cont.add_argument("--cache-dir", default="", help="pip download cache (default ~/.cache/specviz-corpus)")
@@ -85,21 +94,39 @@ def main(argv: list[str] | None = None) -> None:
     cont.add_argument("--build-corpus-only", action="store_true", help="build --run-dir/corpus and stop")
     cont.add_argument("--device", default=None, help="cpu (default), cuda, mps")
     cont.add_argument("--amp", default=None, choices=("", "bf16", "fp16"), help="mixed precision (on a GPU: bf16)")
-    cont.add_argument("--fit-to-budget", action="store_true",
-                      help="re-plan --total-tokens from the measured speed so the lr decay ends at the deadline")
-    cont.add_argument("--reserve-seconds", type=float, default=None, help="kept before the deadline for the last eval and save")
+    cont.add_argument(
+        "--fit-to-budget",
+        action="store_true",
+        help="re-plan --total-tokens from the measured speed so the lr decay ends at the deadline",
+    )
+    cont.add_argument(
+        "--reserve-seconds", type=float, default=None, help="kept before the deadline for the last eval and save"
+    )
     cont.add_argument("--warmup-steps", type=int, default=None)
     args = parser.parse_args(argv)
     if args.continue_target or args.build_corpus_only:
         ccfg = ContinueConfig(seed=args.seed, threads=args.threads or 1)
         if args.quick:
             ccfg = ccfg.quickened()
-        overrides = {"run_dir": args.run_dir, "init": args.init, "corpus": args.corpus, "cache_dir": args.cache_dir,
-                     "budget_minutes": args.budget_minutes, "until": args.until, "total_tokens": args.total_tokens,
-                     "tokens_per_step": args.tokens_per_step, "peak_lr": args.peak_lr, "ckpt_minutes": args.ckpt_minutes,
-                     "eval_minutes": args.eval_minutes, "max_steps": args.max_steps, "device": args.device, "amp": args.amp,
-                     "fit_to_budget": args.fit_to_budget or None, "reserve_seconds": args.reserve_seconds,
-                     "warmup_steps": args.warmup_steps}
+        overrides = {
+            "run_dir": args.run_dir,
+            "init": args.init,
+            "corpus": args.corpus,
+            "cache_dir": args.cache_dir,
+            "budget_minutes": args.budget_minutes,
+            "until": args.until,
+            "total_tokens": args.total_tokens,
+            "tokens_per_step": args.tokens_per_step,
+            "peak_lr": args.peak_lr,
+            "ckpt_minutes": args.ckpt_minutes,
+            "eval_minutes": args.eval_minutes,
+            "max_steps": args.max_steps,
+            "device": args.device,
+            "amp": args.amp,
+            "fit_to_budget": args.fit_to_budget or None,
+            "reserve_seconds": args.reserve_seconds,
+            "warmup_steps": args.warmup_steps,
+        }
         ccfg = ContinueConfig(**{**asdict(ccfg), **{k: v for k, v in overrides.items() if v not in (None, "")}})
         t0 = time.time()
 
@@ -117,8 +144,15 @@ def main(argv: list[str] | None = None) -> None:
     cfg = TrainConfig(out=args.out, seed=args.seed, threads=args.threads)
     if args.quick:
         cfg = cfg.quickened()
-    overrides = {k: v for k, v in {"target_steps": args.target_steps, "distill_steps": args.distill_steps,
-                                   "refine_steps": args.refine_steps}.items() if v}
+    overrides = {
+        k: v
+        for k, v in {
+            "target_steps": args.target_steps,
+            "distill_steps": args.distill_steps,
+            "refine_steps": args.refine_steps,
+        }.items()
+        if v
+    }
     if overrides:
         cfg = TrainConfig(**{**asdict(cfg), **overrides})
     if cfg.threads:
@@ -137,7 +171,9 @@ def main(argv: list[str] | None = None) -> None:
     tok = train_tokenizer(train_texts, cfg)
     train_ids, heldout_ids = encode(tok, train_texts), encode(tok, heldout_texts)
     minutes["tokenizer"] = (time.time() - t) / 60
-    log(f"corpus: {len(train_texts)} train files ({len(train_ids)} tokens), {len(heldout_texts)} held out ({len(heldout_ids)} tokens)")
+    log(
+        f"corpus: {len(train_texts)} train files ({len(train_ids)} tokens), {len(heldout_texts)} held out ({len(heldout_ids)} tokens)"
+    )
 
     if args.refine_only:
         refine_saved(cfg, tok, train_ids, heldout_ids, out, log)
@@ -168,9 +204,23 @@ def main(argv: list[str] | None = None) -> None:
     minutes["calibration"] = (time.time() - t) / 60
 
     exits = sorted(set(cfg.target_exits) | {cfg.target_layers})
-    save_hf(target, tok, out / "target", {"exits": exits, "nested_targets": [cfg.target_exits[-1], cfg.target_layers], "kangaroo_exit": cfg.kangaroo_exit})
+    save_hf(
+        target,
+        tok,
+        out / "target",
+        {
+            "exits": exits,
+            "nested_targets": [cfg.target_exits[-1], cfg.target_layers],
+            "kangaroo_exit": cfg.kangaroo_exit,
+        },
+    )
     save_hf(drafter, tok, out / "drafter", {"exits": [cfg.drafter_layers], "distilled_from": "target"})
-    save_hf(sorted_drafter, tok, out / "sorted-drafter", {"exits": list(range(1, cfg.sorted_layers + 1)), "distilled_from": "target", "sorted": True})
+    save_hf(
+        sorted_drafter,
+        tok,
+        out / "sorted-drafter",
+        {"exits": list(range(1, cfg.sorted_layers + 1)), "distilled_from": "target", "sorted": True},
+    )
     adapter.save(out / "kangaroo-adapter")
     (out / "vocabtrim").mkdir(parents=True, exist_ok=True)
     (out / "vocabtrim" / "target-token-ranking.json").write_text(json.dumps(ranking) + "\n")
@@ -181,7 +231,9 @@ def main(argv: list[str] | None = None) -> None:
         "Kangaroo adapter": adapter.num_parameters(),
     }
     (out / "README.md").write_text(model_card(cfg, stats, params, minutes))
-    (out / "training-stats.json").write_text(json.dumps({"config": asdict(cfg), "heldout": stats, "params": params, "minutes": minutes}, indent=2) + "\n")
+    (out / "training-stats.json").write_text(
+        json.dumps({"config": asdict(cfg), "heldout": stats, "params": params, "minutes": minutes}, indent=2) + "\n"
+    )
     log(f"saved to {out}; total {(time.time() - t_start) / 60:.1f} min")
 
 

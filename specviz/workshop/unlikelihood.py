@@ -27,6 +27,7 @@ the run on time (the lr is constant after warm-up, so any stop is a finished run
 Resumable (OUT/ckpt.pt), never writes into --target; OUT is an HF directory with its specviz.json carried
 over and an "unlikelihood" record added.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -100,8 +101,14 @@ def greedy_continuations(model, prefixes: torch.Tensor, new_tokens: int) -> torc
     (a continuation must be as long as the one specviz.workshop.quality scores)."""
     was_training = model.training
     model.eval()
-    out = model.generate(prefixes, attention_mask=torch.ones_like(prefixes), do_sample=False,
-                         max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+    out = model.generate(
+        prefixes,
+        attention_mask=torch.ones_like(prefixes),
+        do_sample=False,
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        pad_token_id=0,
+    )
     model.train(was_training)
     return out
 
@@ -111,7 +118,9 @@ def unlikelihood_loss(model, seq: torch.Tensor, mask: torch.Tensor) -> torch.Ten
     return own_text_losses(model, None, seq, mask, seq.shape[1])[0]
 
 
-def own_text_losses(model, reference, seq: torch.Tensor, mask: torch.Tensor, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+def own_text_losses(
+    model, reference, seq: torch.Tensor, mask: torch.Tensor, start: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(unlikelihood, anchor) on one batch of the model's own text seq (B, T), from one forward.
 
     unlikelihood: -log(1 - p(x_t | x_<t)) averaged over the masked (repeating) tokens t.
@@ -136,8 +145,9 @@ def own_text_losses(model, reference, seq: torch.Tensor, mask: torch.Tensor, sta
     return ul, anchor
 
 
-def pseudo_repetitions(train, gen: torch.Generator, rows: int, prefix: int, length: int, span_min: int,
-                       span_max: int) -> tuple[torch.Tensor, list[int]]:
+def pseudo_repetitions(
+    train, gen: torch.Generator, rows: int, prefix: int, length: int, span_min: int, span_max: int
+) -> tuple[torch.Tensor, list[int]]:
     """(rows, length) token ids and each row's period: a corpus prefix of `prefix` tokens, then one corpus
     span of span_min..span_max tokens repeated up to `length` (DITTO's pseudo-repetitive data, with a
     prefix so that the loop follows real context, as it does in the target's own greedy text)."""
@@ -193,7 +203,9 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
     ckpt_path = out / "ckpt.pt"
     tok = AutoTokenizer.from_pretrained(cfg.target)
     model = AutoModelForCausalLM.from_pretrained(cfg.target, dtype=torch.float32).to(cfg.device)
-    meta = json.loads((Path(cfg.target) / SPECVIZ_META).read_text()) if (Path(cfg.target) / SPECVIZ_META).exists() else {}
+    meta = (
+        json.loads((Path(cfg.target) / SPECVIZ_META).read_text()) if (Path(cfg.target) / SPECVIZ_META).exists() else {}
+    )
     # the target's trained exits (the default ones when it records none), those its depth has
     layers = model.config.num_hidden_layers
     exits = tuple(e for e in (meta.get("exits") or TrainConfig().target_exits) if e < layers)
@@ -234,16 +246,28 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
         if cfg.objective == "ditto":  # the penalty never sees the greedy text: look at it here
             with torch.no_grad(), autocast(cfg.device, cfg.amp):
                 seq = greedy_continuations(model, windows(cfg.prefix_tokens, cfg.ul_batch), cfg.new_tokens)
-            rec["repeat_share"] = round(repeat_mask(seq.cpu(), cfg.prefix_tokens, cfg.ngram)[:, cfg.prefix_tokens:]
-                                        .float().mean().item(), 4)
+            rec["repeat_share"] = round(
+                repeat_mask(seq.cpu(), cfg.prefix_tokens, cfg.ngram)[:, cfg.prefix_tokens :].float().mean().item(), 4
+            )
         history.append(rec)
-        log(f"eval step {step}: held-out {loss:.4f}" + (f", repeated share of its greedy text {rec['repeat_share']:.3f}"
-                                                        if "repeat_share" in rec else ""))
+        log(
+            f"eval step {step}: held-out {loss:.4f}"
+            + (f", repeated share of its greedy text {rec['repeat_share']:.3f}" if "repeat_share" in rec else "")
+        )
         return rec
 
     def save(final: bool) -> None:
-        save_atomic({"model": model.state_dict(), "optimizer": opt.state_dict(), "gen": gen.get_state(), "step": step,
-                     "history": history, "config": asdict(cfg)}, ckpt_path)
+        save_atomic(
+            {
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "gen": gen.get_state(),
+                "step": step,
+                "history": history,
+                "config": asdict(cfg),
+            },
+            ckpt_path,
+        )
         if final:
             # the target's specviz.json travels with the model: no machine's paths in it
             record = scrub({"steps": step, "from": cfg.target, "config": asdict(cfg), "history": history})
@@ -269,15 +293,19 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
         with autocast(cfg.device, cfg.amp):
             mle, parts = multi_exit_loss(model, windows(cfg.mle_seq_len + 1, cfg.mle_batch), tcfg, gen)
             if cfg.objective == "ditto":
-                seq, periods = pseudo_repetitions(train, gen, cfg.ul_batch, cfg.prefix_tokens, cfg.ditto_len,
-                                                  cfg.span_min, cfg.span_max)
-                ul, anchor = ditto_loss(model, seq.to(cfg.device), cfg.prefix_tokens, periods, cfg.ditto_ratio), mle * 0.0
+                seq, periods = pseudo_repetitions(
+                    train, gen, cfg.ul_batch, cfg.prefix_tokens, cfg.ditto_len, cfg.span_min, cfg.span_max
+                )
+                ul, anchor = (
+                    ditto_loss(model, seq.to(cfg.device), cfg.prefix_tokens, periods, cfg.ditto_ratio),
+                    mle * 0.0,
+                )
                 share = None  # no greedy text in a DITTO step; evaluate() measures it
             else:
                 seq = greedy_continuations(model, windows(cfg.prefix_tokens, cfg.ul_batch), cfg.new_tokens)
                 mask = repeat_mask(seq.cpu(), cfg.prefix_tokens, cfg.ngram).to(seq.device)
                 ul, anchor = own_text_losses(model, reference, seq, mask, cfg.prefix_tokens)
-                share = mask[:, cfg.prefix_tokens:].float().mean().item()
+                share = mask[:, cfg.prefix_tokens :].float().mean().item()
             loss = mle + cfg.ul_weight * ul + cfg.anchor_weight * anchor
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -286,11 +314,22 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
         step += 1
         steps_here += 1
         step_seconds = time.time() - t
-        history.append({"event": "train", "step": step, "mle": round(parts["final"], 4), "ul": round(ul.item(), 4),
-                        "anchor": round(anchor.item(), 6), "seconds": round(step_seconds, 2)}
-                       | ({} if share is None else {"repeat_share": round(share, 4)}))
-        log(f"step {step}/{cfg.steps} mle {parts['final']:.3f} {cfg.objective} {ul.item():.3f} anchor {anchor.item():.3f}"
-            + ("" if share is None else f" repeated share of its greedy text {share:.3f}") + f" [{step_seconds:.1f} s]")
+        history.append(
+            {
+                "event": "train",
+                "step": step,
+                "mle": round(parts["final"], 4),
+                "ul": round(ul.item(), 4),
+                "anchor": round(anchor.item(), 6),
+                "seconds": round(step_seconds, 2),
+            }
+            | ({} if share is None else {"repeat_share": round(share, 4)})
+        )
+        log(
+            f"step {step}/{cfg.steps} mle {parts['final']:.3f} {cfg.objective} {ul.item():.3f} anchor {anchor.item():.3f}"
+            + ("" if share is None else f" repeated share of its greedy text {share:.3f}")
+            + f" [{step_seconds:.1f} s]"
+        )
         if cfg.eval_every and step % cfg.eval_every == 0:
             evaluate()
         if time.time() - last_ckpt >= cfg.ckpt_minutes * 60:
@@ -300,19 +339,39 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
     if done and history[-1].get("event") != "eval":
         evaluate()
     save(final=done)
-    log(f"{'done' if done else 'stopped'} at step {step}/{cfg.steps}" + (f": {out / 'target'}" if done else
-                                                                       ": run the same command to resume"))
+    log(
+        f"{'done' if done else 'stopped'} at step {step}/{cfg.steps}"
+        + (f": {out / 'target'}" if done else ": run the same command to resume")
+    )
     return {"step": step, "done": done, "history": history}
 
 
 def main(argv: list[str] | None = None) -> int:
     d = UnlikelihoodConfig(target="", corpus="", out="")
-    parser = argparse.ArgumentParser(prog="python -m specviz.workshop.unlikelihood", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m specviz.workshop.unlikelihood", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--target", required=True)
     parser.add_argument("--corpus", required=True)
     parser.add_argument("--out", required=True)
-    for name in ("steps", "threads", "max_steps", "ul_batch", "new_tokens", "prefix_tokens", "mle_batch", "mle_seq_len",
-                 "eval_every", "eval_windows", "ngram", "warmup_steps", "freeze_layers", "ditto_len", "span_min", "span_max"):
+    for name in (
+        "steps",
+        "threads",
+        "max_steps",
+        "ul_batch",
+        "new_tokens",
+        "prefix_tokens",
+        "mle_batch",
+        "mle_seq_len",
+        "eval_every",
+        "eval_windows",
+        "ngram",
+        "warmup_steps",
+        "freeze_layers",
+        "ditto_len",
+        "span_min",
+        "span_max",
+    ):
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=getattr(d, name))
     for name in ("lr", "ul_weight", "ckpt_minutes", "anchor_weight", "ditto_ratio"):
         parser.add_argument("--" + name.replace("_", "-"), type=float, default=getattr(d, name))

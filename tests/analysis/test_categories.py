@@ -1,5 +1,6 @@
 """The table by task: MT-bench's sub-categories are one task (as Spec-Bench reports them), the first N prompts of
 each task that fit are kept, and each cell is a median."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,14 +46,40 @@ def test_skip_takes_the_next_prompts_of_each_task():
 def test_the_real_question_file_has_six_tasks():
     chosen, _ = first_per_task(load_prompts(SPEC_BENCH), 10, lambda p: True)
     counts = pd.Series([task_of(p["category"]) for p in chosen]).value_counts().to_dict()
-    assert counts == {MT_BENCH_TASK: 10, "translation": 10, "summarization": 10, "qa": 10, "math_reasoning": 10, "rag": 10}
+    assert counts == {
+        MT_BENCH_TASK: 10,
+        "translation": 10,
+        "summarization": 10,
+        "qa": 10,
+        "math_reasoning": 10,
+        "rag": 10,
+    }
 
 
 def test_the_table_takes_medians_per_task_and_method():
-    rows = pd.DataFrame([
-        {"method": m, "prompt_id": str(i), "category": c, "speedup": s, "tau": 2.0, "alpha": 0.5, "equal_to_autoregressive": True}
-        for i, (c, m, s) in enumerate([("writing", "a", 1.0), ("coding", "a", 3.0), ("rag", "a", 2.0), ("rag", "a", 4.0),
-                                       ("writing", "b", 1.5), ("rag", "b", 1.1)])])
+    rows = pd.DataFrame(
+        [
+            {
+                "method": m,
+                "prompt_id": str(i),
+                "category": c,
+                "speedup": s,
+                "tau": 2.0,
+                "alpha": 0.5,
+                "equal_to_autoregressive": True,
+            }
+            for i, (c, m, s) in enumerate(
+                [
+                    ("writing", "a", 1.0),
+                    ("coding", "a", 3.0),
+                    ("rag", "a", 2.0),
+                    ("rag", "a", 4.0),
+                    ("writing", "b", 1.5),
+                    ("rag", "b", 1.1),
+                ]
+            )
+        ]
+    )
     table = task_table(rows)
     assert table.loc[(MT_BENCH_TASK, "a"), "speedup"] == 2.0 and table.loc[("rag", "a"), "speedup"] == 3.0
     assert table.loc[(MT_BENCH_TASK, "a"), "prompts"] == 2

@@ -1,4 +1,5 @@
 """Half precision, honestly: a run that differs from autoregressive is classified a proven tie or a bug."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,10 @@ from specviz.engine.trace import Trace
 from specviz.models.pair import load_pair
 from specviz.views.plots import equality_text
 
-PROMPTS = [json.loads(line)["prompt"] for line in
-           (Path(__file__).resolve().parents[2] / "assets" / "prompts" / "code.jsonl").read_text().splitlines()[:3]]
+PROMPTS = [
+    json.loads(line)["prompt"]
+    for line in (Path(__file__).resolve().parents[2] / "assets" / "prompts" / "code.jsonl").read_text().splitlines()[:3]
+]
 
 
 def test_a_wrong_token_with_a_clear_margin_is_a_bug_not_a_tie(embedded_pair):

@@ -1,6 +1,7 @@
 """specviz.analysis.exactness: the chi-square verdict on sampled continuations against the target's exact law.
 The exact rule passes, the rule broken on purpose is caught, and the memoized sampling loop draws
 exactly what `run` draws for the same seeds."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,9 +26,20 @@ def peaky_pair():
     target = peaky_llama(vocab, layers=2, seed=21)
     draft = peaky_llama(vocab, layers=1, seed=22)
     adapter = KangarooAdapter.for_target(target.config, 1).eval()
-    return ModelPair(target=target, tokenizer=tok, draft=draft, target_name="t", draft_name="d", device=torch.device("cpu"),
-                     dtype=torch.float32, extras={"kangaroo_adapter": adapter, "sorted_drafter": peaky_llama(vocab, 2, seed=23),
-                                                  "vocab_ranking": list(range(vocab))})
+    return ModelPair(
+        target=target,
+        tokenizer=tok,
+        draft=draft,
+        target_name="t",
+        draft_name="d",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        extras={
+            "kangaroo_adapter": adapter,
+            "sorted_drafter": peaky_llama(vocab, 2, seed=23),
+            "vocab_ranking": list(range(vocab)),
+        },
+    )
 
 
 def check_result(result: dict, n: int) -> None:
@@ -35,20 +47,32 @@ def check_result(result: dict, n: int) -> None:
     assert all(p >= 0 for p in result["law"].values())
     assert sum(result["counts"].values()) == n and sum(result["reference_counts"].values()) == n
     assert set(result["counts"]) == set(result["law"]) == {c["key"] for c in result["cells"]}
-    for key in ("tv_distance", "chi2_p", "reference_tv_distance", "reference_chi2_p", "seconds", "n", "method", "broken"):
+    for key in (
+        "tv_distance",
+        "chi2_p",
+        "reference_tv_distance",
+        "reference_chi2_p",
+        "seconds",
+        "n",
+        "method",
+        "broken",
+    ):
         assert key in result
     assert 0.0 <= result["tv_distance"] <= 1.0 and 0.0 <= result["chi2_p"] <= 1.0
 
 
 def test_exact_rule_passes_and_the_broken_rule_is_caught(peaky_pair):
     n = 2000
-    exact = specviz.analysis.exactness("draft_model", peaky_pair, PROMPT, n=n, tokens=2, seed=0, temperature=1.0, gamma=3)
+    exact = specviz.analysis.exactness(
+        "draft_model", peaky_pair, PROMPT, n=n, tokens=2, seed=0, temperature=1.0, gamma=3
+    )
     check_result(exact, n)
     assert exact["chi2_p"] > 0.01, exact
     assert exact["reference_chi2_p"] > 0.001
     assert not exact["broken"] and "BROKEN" not in exact["label"]
-    broken = specviz.analysis.exactness("draft_model", peaky_pair, PROMPT, n=n, tokens=2, seed=0, broken=True, temperature=1.0,
-                               gamma=3, reference=False)
+    broken = specviz.analysis.exactness(
+        "draft_model", peaky_pair, PROMPT, n=n, tokens=2, seed=0, broken=True, temperature=1.0, gamma=3, reference=False
+    )
     assert broken["broken"] and broken["label"].startswith("BROKEN on purpose")
     assert broken["chi2_p"] < 0.001, broken
     assert broken["tv_distance"] > exact["tv_distance"]
@@ -56,17 +80,30 @@ def test_exact_rule_passes_and_the_broken_rule_is_caught(peaky_pair):
 
 def test_draft_model_with_a_confidence_stop_passes(peaky_pair):
     """eta changes how many tokens are drafted, never the law of what is emitted."""
-    stops = [run("draft_model", peaky_pair, PROMPT, max_new_tokens=3, temperature=1.0, seed=s, gamma=3, eta=0.9)
-             for s in range(5)]  # 3 tokens: the first round drafts up to 2, so the stop can cut it
+    stops = [
+        run("draft_model", peaky_pair, PROMPT, max_new_tokens=3, temperature=1.0, seed=s, gamma=3, eta=0.9)
+        for s in range(5)
+    ]  # 3 tokens: the first round drafts up to 2, so the stop can cut it
     assert any(e.kind == "early_exit" for trace in stops for e in trace.events)
-    result = specviz.analysis.exactness("draft_model", peaky_pair, PROMPT, n=1000, tokens=3, seed=2, temperature=1.0, gamma=3,
-                               eta=0.9, reference=False)
+    result = specviz.analysis.exactness(
+        "draft_model", peaky_pair, PROMPT, n=1000, tokens=3, seed=2, temperature=1.0, gamma=3, eta=0.9, reference=False
+    )
     assert result["chi2_p"] > 0.01, result
 
 
 def test_kangaroo_passes(peaky_pair):
-    result = specviz.analysis.exactness("kangaroo", peaky_pair, PROMPT, n=1000, tokens=2, seed=1, temperature=0.8, eta=0.0,
-                               exit_layer=1, reference=False)
+    result = specviz.analysis.exactness(
+        "kangaroo",
+        peaky_pair,
+        PROMPT,
+        n=1000,
+        tokens=2,
+        seed=1,
+        temperature=0.8,
+        eta=0.0,
+        exit_layer=1,
+        reference=False,
+    )
     assert result["chi2_p"] > 0.01, result
 
 
@@ -89,15 +126,22 @@ def test_law_enumerates_the_top_tokens_and_bins_the_rest(peaky_pair):
             assert mass == pytest.approx(float(first[a]), abs=1e-6)
 
 
-@pytest.mark.parametrize("name,params", [("draft_model", {"gamma": 3}), ("draft_model", {"gamma": 2, "vocab_trim": 6}),
-                                         ("draft_model", {"gamma": 2, "drafter_forward": "transformers"}),
-                                         ("draft_model", {"gamma": 3, "eta": 0.9}),
-                                         ("sorted", {"gamma": 2}), ("autoregressive", {}),
-                                         ("kangaroo", {"gamma": 3, "eta": 0.0, "exit_layer": 1}),
-                                         ("kangaroo", {"gamma": 3, "eta": 0.5, "exit_layer": 1, "vocab_trim": 5}),
-                                         ("prompt_lookup", {"gamma": 3, "min_ngram": 1}),  # "w1 w2" repeats one token at most
-                                         ("tree", {"nodes": 6, "depth": 3, "branch": 2}),
-                                         ("tree", {"nodes": 5, "depth": 2, "branch": 3, "drafter_forward": "transformers"})])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("draft_model", {"gamma": 3}),
+        ("draft_model", {"gamma": 2, "vocab_trim": 6}),
+        ("draft_model", {"gamma": 2, "drafter_forward": "transformers"}),
+        ("draft_model", {"gamma": 3, "eta": 0.9}),
+        ("sorted", {"gamma": 2}),
+        ("autoregressive", {}),
+        ("kangaroo", {"gamma": 3, "eta": 0.0, "exit_layer": 1}),
+        ("kangaroo", {"gamma": 3, "eta": 0.5, "exit_layer": 1, "vocab_trim": 5}),
+        ("prompt_lookup", {"gamma": 3, "min_ngram": 1}),  # "w1 w2" repeats one token at most
+        ("tree", {"nodes": 6, "depth": 3, "branch": 2}),
+        ("tree", {"nodes": 5, "depth": 2, "branch": 3, "drafter_forward": "transformers"}),
+    ],
+)
 def test_memoized_samples_equal_plain_runs(peaky_pair, name, params):
     """The shared, memoized forwards change no draw: the same seeds give the same tokens as `run`."""
     cls = METHODS[name]
@@ -106,7 +150,9 @@ def test_memoized_samples_equal_plain_runs(peaky_pair, name, params):
     memo, shared = ForwardMemo(), {}
     seeds = range(40)
     fast = list(iter_samples(cls, peaky_pair, ids, values, seeds, 8, memo=memo, shared=shared))
-    plain = [run(name, peaky_pair, PROMPT, max_new_tokens=4, temperature=1.0, seed=s, **params).output_ids for s in seeds]
+    plain = [
+        run(name, peaky_pair, PROMPT, max_new_tokens=4, temperature=1.0, seed=s, **params).output_ids for s in seeds
+    ]
     assert fast == plain
     if name == "kangaroo":  # its forwards split the target by layer: it keeps a layer memo of its own
         from specviz.methods.kangaroo import LayerMemo
@@ -144,18 +190,30 @@ def test_the_broken_rule_is_unreachable_from_run(peaky_pair):
         specviz.analysis.exactness("draft_model", peaky_pair, PROMPT, n=10, verify_rule="broken")
 
 
-@pytest.mark.parametrize("kwargs,message", [({"temperature": 0.0}, "temperature must be > 0"), ({"n": 0}, "n must be"),
-                                            ({"tokens": 9}, "tokens must be"), ({"broken": True, "method": "autoregressive"},
-                                                                                 "choose a speculative method"),
-                                            ({"method": "eqspec"}, "batch method")])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        ({"temperature": 0.0}, "temperature must be > 0"),
+        ({"n": 0}, "n must be"),
+        ({"tokens": 9}, "tokens must be"),
+        ({"broken": True, "method": "autoregressive"}, "choose a speculative method"),
+        ({"method": "eqspec"}, "batch method"),
+    ],
+)
 def test_bad_requests_get_clear_messages(peaky_pair, kwargs, message):
     kwargs = {"method": "draft_model", "n": 10, **kwargs}
     with pytest.raises(ValueError, match=message):
         specviz.analysis.exactness(kwargs.pop("method"), peaky_pair, PROMPT, **kwargs)
 
 
-@pytest.mark.parametrize("name,params", [("draft_model", {"gamma": 3}), ("kangaroo", {"gamma": 3, "eta": 0.0, "exit_layer": 1}),
-                                         ("tree", {"nodes": 6, "depth": 3, "branch": 2})])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("draft_model", {"gamma": 3}),
+        ("kangaroo", {"gamma": 3, "eta": 0.0, "exit_layer": 1}),
+        ("tree", {"nodes": 6, "depth": 3, "branch": 2}),
+    ],
+)
 def test_a_memo_that_starts_over_changes_no_draw(peaky_pair, monkeypatch, name, params):
     """Memos cleared every few entries (their byte cap) still give `run`'s tokens."""
     import specviz.analysis.exactness as ex
@@ -167,5 +225,7 @@ def test_a_memo_that_starts_over_changes_no_draw(peaky_pair, monkeypatch, name, 
     values = validate_params(cls, {**params, "temperature": 1.0, "max_new_tokens": 4})
     ids = peaky_pair.tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
     fast = list(iter_samples(cls, peaky_pair, ids, values, range(20), 8))
-    plain = [run(name, peaky_pair, PROMPT, max_new_tokens=4, temperature=1.0, seed=s, **params).output_ids for s in range(20)]
+    plain = [
+        run(name, peaky_pair, PROMPT, max_new_tokens=4, temperature=1.0, seed=s, **params).output_ids for s in range(20)
+    ]
     assert fast == plain

@@ -2,6 +2,7 @@
 
 The real `python app.py` in Debian's chromium (as tests/app/test_app.py); axe-core is the npm package pinned in
 tests/a11y/package.json, which .ci/run installs (`npm ci --prefix tests/a11y`)."""
+
 from __future__ import annotations
 
 import pytest
@@ -39,8 +40,9 @@ def set_slider(page, label: str, value: int) -> None:
 
 
 def visible_plots(page, n: int, timeout: int = 180_000) -> None:
-    page.wait_for_function(f"[...document.querySelectorAll('.js-plotly-plot')].filter(e => e.offsetParent).length >= {n}",
-                           timeout=timeout)
+    page.wait_for_function(
+        f"[...document.querySelectorAll('.js-plotly-plot')].filter(e => e.offsetParent).length >= {n}", timeout=timeout
+    )
 
 
 def run_tab(page, tab: str) -> bool:
@@ -116,4 +118,3 @@ def test_no_wcag_violation_in_dark_mode(browser, server):
     report = violations_by_tab(page, ["Playground", "Race"])
     page.context.close()
     assert not report, "axe-core WCAG 2 A/AA violations in dark mode:\n" + report
-

@@ -2,6 +2,7 @@
 
 Also the XSS check (gr.HTML does not sanitize: every token must be escaped) and the named API through
 gradio_client. Screenshots of every tab go to docs/screenshots/ (README shows them)."""
+
 from __future__ import annotations
 
 import json
@@ -78,8 +79,9 @@ def test_every_tab_in_a_real_browser(page, server):
     open_tab(page, "Compare")
     t1 = time.time()
     page.click("#compare-run")
-    page.wait_for_function("[...document.querySelectorAll('.js-plotly-plot')].filter(e => e.offsetParent).length >= 4",
-                           timeout=180_000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('.js-plotly-plot')].filter(e => e.offsetParent).length >= 4", timeout=180_000
+    )
     timings["compare_s"] = round(time.time() - t1, 2)
     body = page.inner_text("body")
     assert "kangaroo" in body and "draft_model" in body
@@ -89,8 +91,9 @@ def test_every_tab_in_a_real_browser(page, server):
     open_tab(page, "Batch")
     page.click("#batch-run")
     page.wait_for_function("document.body.innerText.includes('NAIVE: broken on purpose')", timeout=180_000)
-    page.wait_for_function("[...document.querySelectorAll('.js-plotly-plot')].filter(e => e.offsetParent).length >= 3",
-                           timeout=60_000)
+    page.wait_for_function(
+        "[...document.querySelectorAll('.js-plotly-plot')].filter(e => e.offsetParent).length >= 3", timeout=60_000
+    )
     page.screenshot(path=str(SHOTS / "batch.png"), full_page=True)
 
     open_tab(page, "Learn")
@@ -122,18 +125,23 @@ def test_a_run_is_replayed_at_its_measured_pace_and_an_identical_one_comes_from_
                 document.querySelectorAll('#tokens .sv-tok').length];
     }""")
     assert 0 < hidden[0] <= hidden[1], hidden  # just after the replay starts, the later tokens are not shown yet
-    page.wait_for_function("document.querySelectorAll('#tokens .sv-tok.sv-future').length === 0",
-                           timeout=int(end * 1000) + 30_000)
+    page.wait_for_function(
+        "document.querySelectorAll('#tokens .sv-tok.sv-future').length === 0", timeout=int(end * 1000) + 30_000
+    )
     shown_at = status.split("measured at ")[1][:8]
     page.click("#run")  # the same request: from the cache, labelled with the first measurement's time
-    page.wait_for_function("document.querySelector('#tokens .sv-note') && "
-                           "document.querySelector('#tokens .sv-note').innerText.includes('served from cache')",
-                           timeout=60_000)
+    page.wait_for_function(
+        "document.querySelector('#tokens .sv-note') && "
+        "document.querySelector('#tokens .sv-note').innerText.includes('served from cache')",
+        timeout=60_000,
+    )
     assert f"measured at {shown_at}, served from cache" in page.inner_text("#tokens .sv-note")
     page.click("#measure-again")
-    page.wait_for_function("document.querySelector('#tokens .sv-note') && "
-                           "document.querySelector('#tokens .sv-note').innerText.includes('for this request')",
-                           timeout=120_000)
+    page.wait_for_function(
+        "document.querySelector('#tokens .sv-note') && "
+        "document.querySelector('#tokens .sv-note').innerText.includes('for this request')",
+        timeout=120_000,
+    )
     assert not page.errors, f"console errors: {page.errors}"
 
 
@@ -158,8 +166,9 @@ def test_api_playground_matches_the_engine(server):
 
     client = Client(server.url, verbose=False)
     params = {"max_new_tokens": 24, "gamma": 3}
-    text, trace_json = client.predict("def parse(line):\n", "draft_model", json.dumps(params), "embedded", "",
-                                      api_name="/playground")
+    text, trace_json = client.predict(
+        "def parse(line):\n", "draft_model", json.dumps(params), "embedded", "", api_name="/playground"
+    )
     trace = Trace.from_json(trace_json)
     local = run("draft_model", load_pair("embedded"), "def parse(line):\n", **params)
     assert trace.output_ids == local.output_ids and text == local.text
@@ -187,8 +196,11 @@ def test_explorer_draws_the_model_and_this_sessions_measured_runs(page):
     page.wait_for_selector("text=speedup vs autoregressive (measured)", timeout=30_000)
     open_tab(page, "Explorer")
     plot = "#explorer-plot .js-plotly-plot"
-    page.wait_for_function("() => { const g = document.querySelector('" + plot + "'); return g && g.data && "
-                           "g.data.some(t => t.name.startsWith('MEASURED draft_model')); }", timeout=60_000)
+    page.wait_for_function(
+        "() => { const g = document.querySelector('" + plot + "'); return g && g.data && "
+        "g.data.some(t => t.name.startsWith('MEASURED draft_model')); }",
+        timeout=60_000,
+    )
     names = page.evaluate(f"document.querySelector('{plot}').data.map(t => t.name)")
     assert any(n.startswith("MODELED: alpha 0.80") for n in names), names
     measured = page.evaluate(f"document.querySelector('{plot}').data.find(t => t.name.startsWith('MEASURED')).y[0]")
@@ -196,8 +208,9 @@ def test_explorer_draws_the_model_and_this_sessions_measured_runs(page):
     box = page.locator("#x-alpha input[type=number]")
     box.fill("0.5")
     box.press("Enter")
-    page.wait_for_function(f"document.querySelector('{plot}').data[0].name.startsWith('MODELED: alpha 0.50')",
-                           timeout=30_000)
+    page.wait_for_function(
+        f"document.querySelector('{plot}').data[0].name.startsWith('MODELED: alpha 0.50')", timeout=30_000
+    )
     title = page.evaluate(f"document.querySelector('{plot}').layout.title.text")
     assert "best modeled gamma" in title
     page.screenshot(path=str(SHOTS / "explorer.png"), full_page=True)
@@ -264,11 +277,16 @@ def test_exactness_lab_passes_the_real_rule_and_exposes_the_broken_one(page):
     exact law (p > 0.01) and so are plain autoregressive ones; the BROKEN-on-purpose rule is rejected (p < 0.001)."""
     open_tab(page, "Exactness")
     page.click("#exactness-run")
-    page.wait_for_function("document.querySelector('#exactness-table') && "
-                           "document.querySelector('#exactness-table').innerText.includes('BROKEN on purpose')",
-                           timeout=240_000)
-    page.wait_for_function("(() => { const g = document.querySelector('#exactness-plot .js-plotly-plot'); "
-                           "return g && g.data && g.data.length >= 3; })()", timeout=60_000)
+    page.wait_for_function(
+        "document.querySelector('#exactness-table') && "
+        "document.querySelector('#exactness-table').innerText.includes('BROKEN on purpose')",
+        timeout=240_000,
+    )
+    page.wait_for_function(
+        "(() => { const g = document.querySelector('#exactness-plot .js-plotly-plot'); "
+        "return g && g.data && g.data.length >= 3; })()",
+        timeout=60_000,
+    )
     print(repr(page.inner_text("#exactness-table")))
     names = page.evaluate("document.querySelector('#exactness-plot .js-plotly-plot').data.map(t => t.name)")
     assert any(n.startswith("target's exact p") for n in names) and any("BROKEN" in n for n in names)
@@ -330,8 +348,11 @@ def test_a_tree_round_is_drawn_in_step_through(page):
     page.screenshot(path=str(SHOTS / "step-tree.png"), full_page=True)
     open_tab(page, "Explorer")
     plot = "#explorer-tau .js-plotly-plot"
-    page.wait_for_function("() => { const g = document.querySelector('" + plot + "'); return g && g.data && "
-                           "g.data.some(t => t.name.startsWith('MEASURED tree')); }", timeout=60_000)
+    page.wait_for_function(
+        "() => { const g = document.querySelector('" + plot + "'); return g && g.data && "
+        "g.data.some(t => t.name.startsWith('MEASURED tree')); }",
+        timeout=60_000,
+    )
     names = page.evaluate(f"document.querySelector('{plot}').data.map(t => t.name)")
     assert any(n.startswith("MODELED tree") for n in names) and any(n.startswith("MODELED chain") for n in names)
     assert not page.errors, f"console errors: {page.errors}"
@@ -342,8 +363,9 @@ def test_compare_runs_an_uploaded_question_file_by_task(page):
     back with MT-bench's sub-categories as one task."""
     open_tab(page, "Compare")
     page.set_input_files("#compare-file input[type=file]", str(ROOT / "tests" / "data" / "spec_bench_fixture.jsonl"))
-    page.wait_for_function("document.querySelector('#compare-found').innerText.includes('8 questions in 4 tasks')",
-                           timeout=30_000)
+    page.wait_for_function(
+        "document.querySelector('#compare-found').innerText.includes('8 questions in 4 tasks')", timeout=30_000
+    )
     assert page.locator("#compare-source input[value='uploaded file']").is_checked()
     set_number(page, "prompts: the first N", "1")
     page.get_by_label("kangaroo", exact=True).uncheck()

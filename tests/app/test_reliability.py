@@ -1,6 +1,7 @@
 """Issue 8 through the running app (`python app.py`, driven with gradio_client): every bad input gets a
 clear error and the server goes on answering; 16 concurrent mixed runs each equal the same run done
 alone; a cancelled run stops; the allowlist keeps strangers from loading arbitrary models."""
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,11 @@ BAD_INPUTS = [
     ("gamma 17", playground(params={"gamma": 17}), "gamma must be <= 16"),
     ("Kangaroo eta over 1", playground(method="kangaroo", params={"eta": 1.5}), "eta must be <= 1"),
     ("S2D theta negative", playground(method="sorted", params={"theta": -0.2}), "theta must be >= 0"),
-    ("S2D sub_model 9", playground(method="sorted", params={"sub_model": 9}), "sub_model must be 0 \\(adaptive\\) or 1..3"),
+    (
+        "S2D sub_model 9",
+        playground(method="sorted", params={"sub_model": 9}),
+        "sub_model must be 0 \\(adaptive\\) or 1..3",
+    ),
     ("Kangaroo exit layer past the target", playground(method="kangaroo", params={"exit_layer": 40}), "exit_layer"),
     ("VocabTrim K negative", playground(params={"vocab_trim": -5}), "vocab_trim must be >= 0"),
     ("VocabTrim K over the vocabulary", playground(params={"vocab_trim": 10**6}), "exceeds"),
@@ -74,8 +79,11 @@ BAD_INPUTS = [
     ("batch with an empty prompt", batch(prompts=("a", "")), "prompt is empty"),
     ("unknown model id", playground(target="nobody/no-such-model"), "could not load model"),
     ("malformed model id", playground(target="../../etc/passwd"), "neither a local directory nor a Hugging Face id"),
-    ("drafter tokenizer mismatch", playground(target="{saved}/ok/target", draft="{saved}/other/draft"),
-     "tokenizer does not match"),
+    (
+        "drafter tokenizer mismatch",
+        playground(target="{saved}/ok/target", draft="{saved}/other/draft"),
+        "tokenizer does not match",
+    ),
     ("non-causal-LM model", playground(target="{saved}/bert"), "not a causal language model"),
     ("trace file that is not JSON", trace_file("\x89PNG\r\n"), "invalid JSON"),
     ("trace file of something else", trace_file(json.dumps({"name": "x"})), "not a specviz trace"),
@@ -112,11 +120,21 @@ def test_after_bad_inputs_a_good_run_is_still_right(client):
 
 # methods x seeds for the load test: greedy and sampled, every single-sequence method and a batch run
 MIX = [
-    ("autoregressive", {}), ("draft_model", {"gamma": 4}), ("draft_model", {"temperature": 0.8, "seed": 1}),
-    ("draft_model", {"temperature": 0.8, "seed": 2}), ("kangaroo", {}), ("kangaroo", {"temperature": 1.0, "seed": 3}),
-    ("sorted", {}), ("sorted", {"sub_model": 2}), ("mirror", {}), ("mirror", {"temperature": 0.7, "seed": 4}),
-    ("draft_model", {"vocab_trim": 1024}), ("hf_assisted", {}), ("autoregressive", {"temperature": 0.9, "seed": 5}),
-    ("kangaroo", {"eta": 0.0}), ("draft_model", {"temperature": 1.0, "top_p": 0.9, "seed": 6}),
+    ("autoregressive", {}),
+    ("draft_model", {"gamma": 4}),
+    ("draft_model", {"temperature": 0.8, "seed": 1}),
+    ("draft_model", {"temperature": 0.8, "seed": 2}),
+    ("kangaroo", {}),
+    ("kangaroo", {"temperature": 1.0, "seed": 3}),
+    ("sorted", {}),
+    ("sorted", {"sub_model": 2}),
+    ("mirror", {}),
+    ("mirror", {"temperature": 0.7, "seed": 4}),
+    ("draft_model", {"vocab_trim": 1024}),
+    ("hf_assisted", {}),
+    ("autoregressive", {"temperature": 0.9, "seed": 5}),
+    ("kangaroo", {"eta": 0.0}),
+    ("draft_model", {"temperature": 1.0, "top_p": 0.9, "seed": 6}),
 ]
 PROMPTS = ["def parse(line):\n", "class Queue:\n    def __init__(self):\n", "import os\n\ndef walk(root):\n"]
 
@@ -142,8 +160,10 @@ def test_sixteen_concurrent_mixed_runs_each_equal_the_run_alone(app, client):
     alone = [client.predict(*args, api_name=endpoint) for endpoint, args in requests]
     start = time.time()
     with ThreadPoolExecutor(len(requests)) as pool:  # one client per user, all at once, each measured again
-        futures = [pool.submit(lambda r: Client(app.url, verbose=False).predict(*measure_again(r[1]), api_name=r[0]), r)
-                   for r in requests]
+        futures = [
+            pool.submit(lambda r: Client(app.url, verbose=False).predict(*measure_again(r[1]), api_name=r[0]), r)
+            for r in requests
+        ]
         together = [f.result(timeout=600) for f in futures]
     seconds = time.time() - start
     for (endpoint, args), solo, crowd in zip(requests, alone, together):
@@ -152,11 +172,18 @@ def test_sixteen_concurrent_mixed_runs_each_equal_the_run_alone(app, client):
         assert [r.output_ids for r in a.rows] == [r.output_ids for r in b.rows]
         assert a.params == b.params
         if endpoint == "/playground":  # a new run under load, not the stored one
-            assert b.meta["served"]["from"] == "engine" and b.meta["served"]["measured_at"] > a.meta["served"]["measured_at"]
+            assert (
+                b.meta["served"]["from"] == "engine"
+                and b.meta["served"]["measured_at"] > a.meta["served"]["measured_at"]
+            )
     state = healthy(client)
     assert state["runs_in_flight"] == 0
-    figures = {"concurrent_runs": len(requests), "seconds": round(seconds, 1), "failures": 0,
-               "server_peak_rss_mb": round(app.peak_rss_mb(), 1)}
+    figures = {
+        "concurrent_runs": len(requests),
+        "seconds": round(seconds, 1),
+        "failures": 0,
+        "server_peak_rss_mb": round(app.peak_rss_mb(), 1),
+    }
     print("load test:", figures)
 
 
@@ -180,8 +207,14 @@ def test_an_identical_request_is_served_from_the_cache_and_labelled(client):
     first = Trace.from_json(client.predict(*args, api_name="/playground")[1])
     second = Trace.from_json(client.predict(*args, api_name="/playground")[1])
     again = Trace.from_json(client.predict(*measure_again(args), api_name="/playground")[1])
-    assert first.meta["served"]["from"] == "engine" and second.meta["served"] == {**first.meta["served"], "from": "cache"}
-    assert again.meta["served"]["from"] == "engine" and again.meta["served"]["measured_at"] > first.meta["served"]["measured_at"]
+    assert first.meta["served"]["from"] == "engine" and second.meta["served"] == {
+        **first.meta["served"],
+        "from": "cache",
+    }
+    assert (
+        again.meta["served"]["from"] == "engine"
+        and again.meta["served"]["measured_at"] > first.meta["served"]["measured_at"]
+    )
     assert first.output_ids == second.output_ids == again.output_ids
 
 
@@ -189,8 +222,12 @@ def test_a_session_is_refused_its_fourth_run_at_submission(app):
     """One browser session (one gradio_client) with four long runs at once: three take their places, the fourth
     is refused at once with the reason; the other sessions' runs are untouched."""
     session = Client(app.url, verbose=False)
-    jobs = [session.submit(*playground_stream_args("draft_model", 256, prompt=f"def f{i}(x):\n"),
-                           api_name="/playground_stream") for i in range(4)]
+    jobs = [
+        session.submit(
+            *playground_stream_args("draft_model", 256, prompt=f"def f{i}(x):\n"), api_name="/playground_stream"
+        )
+        for i in range(4)
+    ]
     try:
         deadline = time.time() + 60
         refused = []
@@ -231,8 +268,15 @@ def test_a_server_bound_beyond_loopback_refuses_paths_and_unknown_ids_alike(save
     env = {"SPECVIZ_ALLOWED_MODELS": "", "SPACE_ID": ""}
     with running_app(env, command=["python", "app.py", "--host", "0.0.0.0"]) as server:
         client = Client(server.url, verbose=False)
-        probes = ["/etc", "/proc/self", "/nonexistent/dir", str(saved / "ok" / "target"), "nobody/anything",
-                  "../../etc/passwd", "x" * 5000]
+        probes = [
+            "/etc",
+            "/proc/self",
+            "/nonexistent/dir",
+            str(saved / "ok" / "target"),
+            "nobody/anything",
+            "../../etc/passwd",
+            "x" * 5000,
+        ]
         for target in probes:
             with pytest.raises(Exception) as err:
                 client.predict(*playground(target=target)[1], api_name="/playground")

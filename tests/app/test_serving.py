@@ -2,6 +2,7 @@
 a full queue), the serving layer (cache hits labelled, measure-again, one shared run for identical requests, a
 failing run failing only itself, a closed page freeing its place) and the pool of engine workers (two real
 engine processes on this CPU, for correctness, not timing)."""
+
 from __future__ import annotations
 
 import threading
@@ -38,6 +39,7 @@ def gated(gate: threading.Event, value="done"):
             if cancel is not None and cancel.is_set():
                 return "cancelled"
         return kwargs.get("value", value)
+
     return job
 
 
@@ -129,8 +131,11 @@ def test_the_warm_up_waits_behind_visitors_until_a_visitor_wants_its_run():
 
 # ----------------------------------------------------------------------------- serving
 def service(jobs: dict, workers: int = 1, cache: TraceCache | None = None, per_session: int = 3) -> Service:
-    return Service(FakePool(workers, jobs), Admission(AdmissionConfig(workers=workers, per_session=per_session)),
-                   cache if cache is not None else TraceCache())
+    return Service(
+        FakePool(workers, jobs),
+        Admission(AdmissionConfig(workers=workers, per_session=per_session)),
+        cache if cache is not None else TraceCache(),
+    )
 
 
 def test_the_first_answer_is_the_place_in_the_queue_and_a_cached_answer_is_labelled():
@@ -230,9 +235,23 @@ def test_two_engine_processes_run_side_by_side_and_give_the_runs_alone_results()
     prompts = ["def f(x):\n", "class A:\n", "import os\n", "for i in range(3):\n"]
     try:
         results: list[list] = [[] for _ in prompts]
-        threads = [consume(svc.submit(Job("single", dict(method="draft_model", target="embedded", draft=None, prompt=p,
-                                                         params={"max_new_tokens": 12}), kind="single", units=12),
-                                      session="s"), results[i]) for i, p in enumerate(prompts)]
+        threads = [
+            consume(
+                svc.submit(
+                    Job(
+                        "single",
+                        dict(
+                            method="draft_model", target="embedded", draft=None, prompt=p, params={"max_new_tokens": 12}
+                        ),
+                        kind="single",
+                        units=12,
+                    ),
+                    session="s",
+                ),
+                results[i],
+            )
+            for i, p in enumerate(prompts)
+        ]
         for t in threads:
             t.join(240)
         workers = {r[-1].worker for r in results}
@@ -241,6 +260,9 @@ def test_two_engine_processes_run_side_by_side_and_give_the_runs_alone_results()
         assert len(pids) == 2
         pair = load_pair("embedded")
         for prompt, r in zip(prompts, results):
-            assert Trace.from_json(r[-1].result).output_ids == run("draft_model", pair, prompt, max_new_tokens=12).output_ids
+            assert (
+                Trace.from_json(r[-1].result).output_ids
+                == run("draft_model", pair, prompt, max_new_tokens=12).output_ids
+            )
     finally:
         pool.close()

@@ -1,5 +1,6 @@
 """The trace cache: what its key covers, LRU by bytes, the order of measurements, labels, and the model and
 engine fingerprints it keys on. No model is loaded and no server runs."""
+
 from __future__ import annotations
 
 import json
@@ -14,9 +15,14 @@ from specviz.app import trace_cache
 from specviz.app.trace_cache import CacheLimits, TraceCache, label, request_key
 from specviz.models import fingerprint, hub
 
-BASE = dict(job="playground", pair_fp="ab" * 8, method="draft_model",
-            params={"max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "gamma": 4}, prompt="def f(x):",
-            seed=0)
+BASE = dict(
+    job="playground",
+    pair_fp="ab" * 8,
+    method="draft_model",
+    params={"max_new_tokens": 32, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "gamma": 4},
+    prompt="def f(x):",
+    seed=0,
+)
 
 
 def key(**changes) -> str:
@@ -24,16 +30,25 @@ def key(**changes) -> str:
 
 
 # ----------------------------------------------------------------------------- the key
-@pytest.mark.parametrize("name, value", [("max_new_tokens", 33), ("temperature", 0.5), ("top_k", 5), ("top_p", 0.9),
-                                         ("gamma", 5), ("heal_prompt", True)])
+@pytest.mark.parametrize(
+    "name, value",
+    [("max_new_tokens", 33), ("temperature", 0.5), ("top_k", 5), ("top_p", 0.9), ("gamma", 5), ("heal_prompt", True)],
+)
 def test_key_changes_with_every_parameter(name, value):
     assert key(params={**BASE["params"], name: value}) != key()
 
 
 def test_key_changes_with_seed_prompt_model_method_job_extra():
     reference = key()
-    others = [key(seed=1), key(prompt="def f(x): "), key(prompt=["def f(x):"]), key(pair_fp="cd" * 8),
-              key(method="autoregressive"), key(job="single"), key(extra={"n": 100})]
+    others = [
+        key(seed=1),
+        key(prompt="def f(x): "),
+        key(prompt=["def f(x):"]),
+        key(pair_fp="cd" * 8),
+        key(method="autoregressive"),
+        key(job="single"),
+        key(extra={"n": 100}),
+    ]
     assert reference not in others and len(set(others)) == len(others)
 
 

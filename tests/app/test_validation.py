@@ -1,6 +1,7 @@
 """Every bad input of issue 8, table-driven, against the engine boundary: a ValueError with a message a
 person can act on, and the next good run still correct. (tests/app/test_reliability.py sends the same kinds
 of input through the running app.)"""
+
 from __future__ import annotations
 
 import json
@@ -89,11 +90,17 @@ def test_bad_model_references(saved, monkeypatch):
         (lambda: load_pair("nobody/missing-model", cache=cache), "could not load model"),
         (lambda: load_pair("not a model id!", cache=cache), "neither a local directory nor a Hugging Face id"),
         (lambda: load_pair(str(saved / "bert"), cache=cache), "not a causal language model"),
-        (lambda: load_pair(str(saved / "ok" / "target"), str(saved / "other" / "draft"), cache=cache),
-         "tokenizer does not match"),
+        (
+            lambda: load_pair(str(saved / "ok" / "target"), str(saved / "other" / "draft"), cache=cache),
+            "tokenizer does not match",
+        ),
         (lambda: load_pair(str(saved / "ok" / "target"), "embedded", cache=cache), "embedded drafter only fits"),
-        (lambda: load_pair(str(saved / "ok" / "target"), device="cuda:7" if not __import__("torch").cuda.is_available() else "tpu"),
-         "cuda|unknown device"),
+        (
+            lambda: load_pair(
+                str(saved / "ok" / "target"), device="cuda:7" if not __import__("torch").cuda.is_available() else "tpu"
+            ),
+            "cuda|unknown device",
+        ),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -110,8 +117,14 @@ def test_bad_trace_files(tmp_path, pair):
         "not json": (b"\x89PNG\r\n", "invalid JSON"),
         "json of something else": (json.dumps({"name": "x"}).encode(), "not a specviz trace"),
         "a list": (b"[1, 2, 3]", "not a specviz trace"),
-        "unknown event kind": (good.to_json().replace('"kind": "draft"', '"kind": "evil"').encode(), "unknown event kind"),
-        "extra event field": (good.to_json().replace('"kind": "draft"', '"kind": "draft", "x": 1', 1).encode(), "not a specviz trace"),
+        "unknown event kind": (
+            good.to_json().replace('"kind": "draft"', '"kind": "evil"').encode(),
+            "unknown event kind",
+        ),
+        "extra event field": (
+            good.to_json().replace('"kind": "draft"', '"kind": "draft", "x": 1', 1).encode(),
+            "not a specviz trace",
+        ),
     }
     for what, (content, message) in files.items():
         path = tmp_path / f"{what}.json"
@@ -137,8 +150,10 @@ def test_an_exception_inside_a_method_leaves_the_engine_usable(pair, monkeypatch
         m.setattr(DraftModel, "generate", boom)
         with pytest.raises(RuntimeError, match="injected fault"):
             run("draft_model", pair, "def f(x):", max_new_tokens=5)
-    assert run("draft_model", pair, "def f(x):", max_new_tokens=6).output_ids == \
-        run("autoregressive", pair, "def f(x):", max_new_tokens=6).output_ids
+    assert (
+        run("draft_model", pair, "def f(x):", max_new_tokens=6).output_ids
+        == run("autoregressive", pair, "def f(x):", max_new_tokens=6).output_ids
+    )
 
 
 def test_an_error_names_a_wrong_value_by_type_and_excerpt_never_a_full_repr(embedded_pair):

@@ -1,5 +1,6 @@
 """The engine process: jobs run on its main thread; a fault or a crash fails only the run that caused it,
 with a clear error, and the next run works; Stop reaches a running job."""
+
 from __future__ import annotations
 
 import threading
@@ -21,7 +22,9 @@ def test_jobs_run_on_the_engine_process_main_thread_and_stream(engine):
     seen = []
     assert engine.call("echo", {"x": 3}, seen.append) == 3 and seen == [{"seen": 3}]
     assert engine.call("on_main_thread", {}) is True
-    assert ThreadEngine(registry="engine_faults").call("on_main_thread", {}) is (threading.current_thread() is threading.main_thread())
+    assert ThreadEngine(registry="engine_faults").call("on_main_thread", {}) is (
+        threading.current_thread() is threading.main_thread()
+    )
 
 
 def test_a_fault_and_a_crash_fail_only_their_run(engine):

@@ -6,6 +6,7 @@ this machine's cores, so no timing is checked.
 Ray comes from requirements-cluster.txt; without it these tests fail (no skip). CI starts a loopback Ray
 instance of two CPUs and exports RAY_ADDRESS; without one, this module starts its own (loopback only).
 """
+
 from __future__ import annotations
 
 import json
@@ -29,9 +30,24 @@ pytestmark = pytest.mark.slow  # a real Ray instance: about 2 minutes
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "assets" / "prompts" / "code.jsonl"
-STABLE = ["method", "prompt_id", "category", "new_tokens", "alpha", "tau", "equal_to_autoregressive", "output_digest",
-          "tie_divergences", "real_divergences", "early_exits", "wasted_drafts", "rows", "rounds", "realigned_rounds",
-          "share_equal_rows"]
+STABLE = [
+    "method",
+    "prompt_id",
+    "category",
+    "new_tokens",
+    "alpha",
+    "tau",
+    "equal_to_autoregressive",
+    "output_digest",
+    "tie_divergences",
+    "real_divergences",
+    "early_exits",
+    "wasted_drafts",
+    "rows",
+    "rounds",
+    "realigned_rounds",
+    "share_equal_rows",
+]
 
 
 @pytest.fixture(scope="module")
@@ -61,9 +77,26 @@ def saved_pair(tiny_tokenizer, tmp_path_factory):
 
 
 def command(pair: Path, out: Path, *extra: str, tokens: int = 8) -> list[str]:
-    return ["--methods", "draft_model,draft_model:gamma=2,eqspec", "--batch-size", "4", "--prompts", str(BUNDLED),
-            "--max-new-tokens", str(tokens), "--repeats", "2", "--target", str(pair / "target"), "--draft",
-            str(pair / "draft"), "--out", str(out), "--quiet", *extra]
+    return [
+        "--methods",
+        "draft_model,draft_model:gamma=2,eqspec",
+        "--batch-size",
+        "4",
+        "--prompts",
+        str(BUNDLED),
+        "--max-new-tokens",
+        str(tokens),
+        "--repeats",
+        "2",
+        "--target",
+        str(pair / "target"),
+        "--draft",
+        str(pair / "draft"),
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +119,14 @@ def spawn(argv: list[str]) -> subprocess.Popen:
     """A bench driver of its own (a separate Ray driver), its output in a pipe. Ctrl-C is restored to its default
     in it: a test run started as a background job of a shell without job control inherits SIGINT ignored, and
     Python then never raises KeyboardInterrupt (seen in a `(bash .ci/run &)` run: the driver finished every unit)."""
-    return subprocess.Popen([sys.executable, "-m", "specviz.bench", *argv], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(
+        [sys.executable, "-m", "specviz.bench", *argv],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
 
 def done_records(out: Path) -> list[dict]:
@@ -117,8 +155,11 @@ def wait_for(out: Path, count: int, proc: subprocess.Popen, seconds: float = 180
 
 def test_ray_local_workers_give_the_local_outputs(address, saved_pair, local_run, tmp_path):
     out = tmp_path / "ray.csv"
-    code = bench.main(command(saved_pair, out, *on_ray(address), "--json", str(tmp_path / "s.json"),
-                              "--html", str(tmp_path / "r.html")))
+    code = bench.main(
+        command(
+            saved_pair, out, *on_ray(address), "--json", str(tmp_path / "s.json"), "--html", str(tmp_path / "r.html")
+        )
+    )
     assert code == 0
     df = pd.read_csv(out)
     assert df.equal_to_autoregressive.all() and df.real_divergences.eq(0).all()
@@ -162,8 +203,9 @@ def test_interrupted_run_resumes_and_another_command_is_refused(address, saved_p
     assert 3 <= finished < 17 and "interrupted" in log
     assert partial[partial.category != "batch"].groupby("prompt_id").size().eq(3).all()  # whole units only
 
-    again = subprocess.run([sys.executable, "-m", "specviz.bench", *argv], cwd=ROOT, capture_output=True, text=True,
-                           timeout=300)
+    again = subprocess.run(
+        [sys.executable, "-m", "specviz.bench", *argv], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     assert again.returncode == 0, again.stdout + again.stderr
     assert f"{finished} of 17 units came from the journal" in again.stdout
     units = done_records(out)
@@ -171,20 +213,39 @@ def test_interrupted_run_resumes_and_another_command_is_refused(address, saved_p
     pd.testing.assert_frame_equal(stable(pd.read_csv(out)), stable(local_run))
 
     changed = command(saved_pair, out, *on_ray(address), tokens=9)
-    other = subprocess.run([sys.executable, "-m", "specviz.bench", *changed], cwd=ROOT, capture_output=True, text=True,
-                           timeout=120)
+    other = subprocess.run(
+        [sys.executable, "-m", "specviz.bench", *changed], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert other.returncode == 2 and "written by a different command" in other.stderr
     assert "max_new_tokens: 8 there, 9 here" in other.stderr
 
 
 def test_unfit_worker_takes_no_units_and_a_unit_failing_twice_is_reported(address, saved_pair, tmp_path, capsys):
     prompts = tmp_path / "p.jsonl"
-    prompts.write_text("".join(json.dumps({"id": i, "prompt": f"def {i}(x):"}) + "\n"
-                               for i in ("a", cluster_faults.BOOM, "c")))
+    prompts.write_text(
+        "".join(json.dumps({"id": i, "prompt": f"def {i}(x):"}) + "\n" for i in ("a", cluster_faults.BOOM, "c"))
+    )
     out = tmp_path / "faults.csv"
-    argv = ["--methods", "draft_model", "--prompts", str(prompts), "--max-new-tokens", "6", "--repeats", "1",
-            "--target", str(saved_pair / "target"), "--draft", str(saved_pair / "draft"), "--out", str(out), "--quiet",
-            "--json", str(tmp_path / "s.json"), *on_ray(address)]
+    argv = [
+        "--methods",
+        "draft_model",
+        "--prompts",
+        str(prompts),
+        "--max-new-tokens",
+        "6",
+        "--repeats",
+        "1",
+        "--target",
+        str(saved_pair / "target"),
+        "--draft",
+        str(saved_pair / "draft"),
+        "--out",
+        str(out),
+        "--quiet",
+        "--json",
+        str(tmp_path / "s.json"),
+        *on_ray(address),
+    ]
     args = bench.build_parser().parse_args(argv)
     methods, loaded = bench.prepare(args)
     plan = matrix.make_plan(methods, args.repeats)

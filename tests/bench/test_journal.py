@@ -1,6 +1,7 @@
 """The bench's journal and the cluster's plans, without Ray: units keyed by what determines them, an
 interrupted local run (`--resume`) that completes to the same result, another command refused, a torn line
 skipped; `--ray` parsed and worker slots planned from a cluster's node list; Ray never imported."""
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,20 @@ from specviz.models.fingerprint import loaded_pair_fingerprint
 
 ROOT = Path(__file__).resolve().parents[2]
 # What does not depend on timing: two runs of one command must agree on these.
-STABLE = ["method", "prompt_id", "category", "new_tokens", "alpha", "tau", "equal_to_autoregressive", "output_digest",
-          "tie_divergences", "real_divergences", "early_exits", "wasted_drafts"]
+STABLE = [
+    "method",
+    "prompt_id",
+    "category",
+    "new_tokens",
+    "alpha",
+    "tau",
+    "equal_to_autoregressive",
+    "output_digest",
+    "tie_divergences",
+    "real_divergences",
+    "early_exits",
+    "wasted_drafts",
+]
 
 
 @pytest.fixture(scope="module")
@@ -33,15 +46,31 @@ def saved_pair(tiny_tokenizer, tmp_path_factory):
 
 
 def write_prompts(path: Path, n: int = 3) -> Path:
-    path.write_text("".join(json.dumps({"id": f"p{i}", "category": "code", "prompt": f"def f{i}(x):"}) + "\n"
-                            for i in range(n)))
+    path.write_text(
+        "".join(json.dumps({"id": f"p{i}", "category": "code", "prompt": f"def f{i}(x):"}) + "\n" for i in range(n))
+    )
     return path
 
 
 def command(pair: Path, prompts: Path, out: Path, *extra: str) -> list[str]:
-    return ["--methods", "draft_model,draft_model:gamma=2", "--prompts", str(prompts), "--max-new-tokens", "6",
-            "--repeats", "1", "--target", str(pair / "target"), "--draft", str(pair / "draft"), "--out", str(out),
-            "--quiet", *extra]
+    return [
+        "--methods",
+        "draft_model,draft_model:gamma=2",
+        "--prompts",
+        str(prompts),
+        "--max-new-tokens",
+        "6",
+        "--repeats",
+        "1",
+        "--target",
+        str(pair / "target"),
+        "--draft",
+        str(pair / "draft"),
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def stable(df: pd.DataFrame) -> pd.DataFrame:
@@ -178,9 +207,11 @@ def test_worker_slots_one_per_gpu_or_per_cpu_node():
 @pytest.mark.slow  # fresh interpreters import the app
 def test_the_app_and_the_bench_never_import_ray(tmp_path):
     """Ray is optional: the core modules, the bench's parser and its --ray check work without importing it."""
-    code = ("import sys, specviz, specviz.api, specviz.models.pair, specviz.bench as b, specviz.bench.journal, specviz.bench.cluster\n"
-            "b.prepare(b.build_parser().parse_args(['--ray', 'local:2', '--methods', 'draft_model']))\n"
-            "assert 'ray' not in sys.modules, 'ray imported'\n")
+    code = (
+        "import sys, specviz, specviz.api, specviz.models.pair, specviz.bench as b, specviz.bench.journal, specviz.bench.cluster\n"
+        "b.prepare(b.build_parser().parse_args(['--ray', 'local:2', '--methods', 'draft_model']))\n"
+        "assert 'ray' not in sys.modules, 'ray imported'\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     lock = (ROOT / "requirements.txt").read_text()

@@ -1,6 +1,7 @@
 """Token healing at the prompt boundary (specviz.engine.healing): the backed-off token's text is extended by the
 first generated token, every method decodes the same healed prompt (greedy equality holds with healing
 on), batch rows heal one by one, and the sampled first token stays inside the allowed set."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,13 @@ from specviz.methods import METHODS
 
 PROMPT = "def add(a, b):\n"  # ends in a bare newline: BPE merges newline + indentation elsewhere
 SINGLE = [name for name, cls in METHODS.items() if not cls.batch and name != "autoregressive"]
-PARAMS = {"draft_model": {"gamma": 3}, "hf_assisted": {"gamma": 3}, "kangaroo": {"gamma": 4, "eta": 0.0, "exit_layer": 1},
-          "sorted": {"gamma": 3}, "mirror": {"gamma": 3, "exit_layer": 1, "kappa": 2}}
+PARAMS = {
+    "draft_model": {"gamma": 3},
+    "hf_assisted": {"gamma": 3},
+    "kangaroo": {"gamma": 4, "eta": 0.0, "exit_layer": 1},
+    "sorted": {"gamma": 3},
+    "mirror": {"gamma": 3, "exit_layer": 1, "kappa": 2},
+}
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +31,10 @@ def pair(tiny_tokenizer):
     vocab = pair.target.get_output_embeddings().weight.shape[0]
     from conftest import make_tiny_model
 
-    pair.extras = {"sorted_drafter": make_tiny_model("llama", vocab, layers=3, seed=11),
-                   "vocab_ranking": list(range(vocab - 1, -1, -1))}
+    pair.extras = {
+        "sorted_drafter": make_tiny_model("llama", vocab, layers=3, seed=11),
+        "vocab_ranking": list(range(vocab - 1, -1, -1)),
+    }
     torch.manual_seed(5)
     pair.extras["kangaroo_adapter"] = KangarooAdapter.for_target(pair.target.config, 1).eval()
     return pair
@@ -94,8 +102,10 @@ def test_single_token_budget_is_the_healed_token(pair):
 def test_sampled_first_token_stays_in_the_allowed_set(pair, tiny_tokenizer):
     ids = tiny_tokenizer(PROMPT, add_special_tokens=False)["input_ids"]
     allowed = set(plan(tiny_tokenizer, ids, len(token_texts(tiny_tokenizer))).allowed)
-    firsts = {run("draft_model", pair, PROMPT, max_new_tokens=2, heal_prompt=True, temperature=1.5, seed=s).output_ids[0]
-              for s in range(12)}
+    firsts = {
+        run("draft_model", pair, PROMPT, max_new_tokens=2, heal_prompt=True, temperature=1.5, seed=s).output_ids[0]
+        for s in range(12)
+    }
     assert firsts <= allowed and len(firsts) > 1, "sampling draws among the allowed tokens, not only the argmax"
 
 

@@ -1,6 +1,7 @@
 """`specviz.engine.kvcache.KVCache`, the one owner of a single-sequence cache and its lengths: every change it
 makes (feed, crop, replay, row selection, the path gather of tree verification) leaves exactly the entries a
 plain feed of the same tokens would."""
+
 from __future__ import annotations
 
 import torch
@@ -44,8 +45,9 @@ def test_gathered_tree_path_equals_feeding_the_path_alone():
             mask[0, 0, node, n + at] = True
             at = parent[at]
     positions = torch.tensor([[n, n, n + 1]])
-    tree.forward(model, 3, input_ids=torch.tensor([[x1, x2, x3]]), attention_mask=mask, position_ids=positions,
-                 use_cache=True)
+    tree.forward(
+        model, 3, input_ids=torch.tensor([[x1, x2, x3]]), attention_mask=mask, position_ids=positions, use_cache=True
+    )
     assert tree.lengths == [n + 3] * len(tree.lengths)
     tree.gather(list(range(n)) + [n, n + 2])
     assert_same(tree, fed(model, prompt + [x1, x3]))

@@ -1,5 +1,6 @@
 """The two speed changes under the engine give the same numbers as transformers' own path:
 the lean drafter forward (Llama family) and the growing KV layer that replaces DynamicLayer's cat."""
+
 from __future__ import annotations
 
 import pytest
@@ -72,17 +73,29 @@ def test_drafter_forward_is_recorded_and_only_lean_where_supported(tiny_tokenize
         pair = make_tiny_pair(arch, tiny_tokenizer, seed=2)
         trace = run("draft_model", pair, "def f(x):", max_new_tokens=6)
         assert trace.meta["drafter_forward"] == expected
-        assert run("draft_model", pair, "def f(x):", max_new_tokens=6,
-                   drafter_forward="transformers").meta["drafter_forward"] == "transformers"
+        assert (
+            run("draft_model", pair, "def f(x):", max_new_tokens=6, drafter_forward="transformers").meta[
+                "drafter_forward"
+            ]
+            == "transformers"
+        )
     assert not supports(make_tiny_model("gpt_neox", VOCAB))
 
 
 def test_models_with_a_sliding_window_stay_on_transformers():
     from transformers import AutoModelForCausalLM, Qwen2Config
 
-    config = Qwen2Config(vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, use_sliding_window=True, sliding_window=8,
-                         max_window_layers=0)
+    config = Qwen2Config(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        use_sliding_window=True,
+        sliding_window=8,
+        max_window_layers=0,
+    )
     assert not supports(AutoModelForCausalLM.from_config(config))
 
 

@@ -12,8 +12,13 @@ def sample_trace() -> Trace:
     rec.add("verify", step=0, t0=0.02, t1=0.05, source="target", info={"tokens": 2})
     rec.add("accept", step=0, position=0, token_id=5, text="<b>", p=0.4, q=0.5, depth=0, t0=0.05, t1=0.05)
     rec.add("bonus", step=0, position=1, token_id=7, text="x", p=0.9, depth=1, t0=0.05, t1=0.05)
-    return Trace(method="draft_model", params={"gamma": 1}, rows=[RowResult("ab", [1, 2, 3], [5, 7], "<b>x", "length")],
-                 events=rec.events, wall_time=0.05)
+    return Trace(
+        method="draft_model",
+        params={"gamma": 1},
+        rows=[RowResult("ab", [1, 2, 3], [5, 7], "<b>x", "length")],
+        events=rec.events,
+        wall_time=0.05,
+    )
 
 
 def test_json_round_trip_is_exact():
@@ -40,9 +45,18 @@ def test_chrome_trace_has_spans_and_instants():
     assert all(e["dur"] > 0 for e in spans)
 
 
-@pytest.mark.parametrize("payload", ["", "{", "[]", '{"schema": 1}', '{"schema": 99, "rows": [], "events": []}',
-                                     '{"schema": 1, "rows": [], "events": [{"kind": "bogus"}], "method": "x", "params": {}}',
-                                     '{"schema": 1, "rows": [{"nope": 1}], "events": [], "method": "x", "params": {}}'])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        "",
+        "{",
+        "[]",
+        '{"schema": 1}',
+        '{"schema": 99, "rows": [], "events": []}',
+        '{"schema": 1, "rows": [], "events": [{"kind": "bogus"}], "method": "x", "params": {}}',
+        '{"schema": 1, "rows": [{"nope": 1}], "events": [], "method": "x", "params": {}}',
+    ],
+)
 def test_from_json_rejects_what_is_not_a_trace(payload):
     with pytest.raises(ValueError, match="not a specviz trace|unknown event kind"):
         Trace.from_json(payload)

@@ -1,4 +1,5 @@
 """The acceptance rules on fixed distributions (fast), including a chi-square test of exactness."""
+
 import pytest
 import torch
 

@@ -1,6 +1,7 @@
 """Batch speculative decoding keeps output equivalence: every row of batch_autoregressive, EQSPEC and EXSPEC
 equals single-sequence autoregressive decoding (or diverges only at a proven tie), while the naive mode
 visibly breaks it. Realignment and grouping decisions are in the trace."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,9 +19,22 @@ from helpers import (
 from specviz.api import run, run_batch
 from specviz.models.pair import ModelPair
 
-PROMPTS = ["def add(a, b):\n    return", "import os", "class Foo(object):\n    def __init__(self, x):\n        self.x = x",
-           "x", "for i in range(10):\n    print(i)", "# a comment\n", "while True:", "return {\"key\": [1, 2, 3]}"]
-BATCH_METHODS = [("batch_autoregressive", {}), ("eqspec", {"gamma": 3}), ("exspec", {"gamma": 3}), ("exspec", {"gamma": 2, "pool_factor": 1})]
+PROMPTS = [
+    "def add(a, b):\n    return",
+    "import os",
+    "class Foo(object):\n    def __init__(self, x):\n        self.x = x",
+    "x",
+    "for i in range(10):\n    print(i)",
+    "# a comment\n",
+    "while True:",
+    'return {"key": [1, 2, 3]}',
+]
+BATCH_METHODS = [
+    ("batch_autoregressive", {}),
+    ("eqspec", {"gamma": 3}),
+    ("exspec", {"gamma": 3}),
+    ("exspec", {"gamma": 2, "pool_factor": 1}),
+]
 
 
 def references(pair, prompts, n):
@@ -33,13 +47,23 @@ def agreeing_pair(tiny_tokenizer):
     vocab = len(tiny_tokenizer)
     target = peaky_llama(vocab, layers=3, seed=3, hidden=32, init=0.2)
     damp_layers_after(target, 1, 0.1)
-    return ModelPair(target=target, tokenizer=tiny_tokenizer, draft=near_copy(target, 0.1, seed=5), target_name="agree",
-                     draft_name="agree-draft", device=torch.device("cpu"), dtype=torch.float32)
+    return ModelPair(
+        target=target,
+        tokenizer=tiny_tokenizer,
+        draft=near_copy(target, 0.1, seed=5),
+        target_name="agree",
+        draft_name="agree-draft",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
 
 
 @pytest.fixture(scope="module")
 def arch_pairs(tiny_tokenizer):
-    return {arch: make_tiny_pair(arch, tiny_tokenizer, target_layers=2, draft_layers=1, seed=2) for arch in ("llama", "gpt2", "opt", "gpt_neox")}
+    return {
+        arch: make_tiny_pair(arch, tiny_tokenizer, target_layers=2, draft_layers=1, seed=2)
+        for arch in ("llama", "gpt2", "opt", "gpt_neox")
+    }
 
 
 @pytest.mark.parametrize("batch_size", [1, 3, 8])
@@ -78,8 +102,15 @@ def test_naive_mode_breaks_equivalence_beyond_ties(agreeing_pair, arch_pairs):
     for pair in (agreeing_pair, arch_pairs["gpt2"]):
         refs = references(pair, PROMPTS, 24)
         for name in ("eqspec", "batch_autoregressive"):
-            trace = run_batch(name, pair, PROMPTS, max_new_tokens=24, batch_size=8, realign="naive",
-                              **({"gamma": 3} if name == "eqspec" else {}))
+            trace = run_batch(
+                name,
+                pair,
+                PROMPTS,
+                max_new_tokens=24,
+                batch_size=8,
+                realign="naive",
+                **({"gamma": 3} if name == "eqspec" else {}),
+            )
             assert trace.meta["naive"] and trace.meta["realign_mode"] == "naive"
             broken += [d for d in row_divergences(pair, trace, refs) if d[2] >= 1e-3]
     assert broken, "naive realignment produced no non-tie divergence: the equivalence test could not catch the bug"
@@ -129,14 +160,25 @@ def test_batch_sampling_keeps_the_target_distribution():
     tok = word_tokenizer(7)
     vocab = len(tok)
     target, draft = peaky_llama(vocab, 2, seed=21), peaky_llama(vocab, 1, seed=22)
-    pair = ModelPair(target=target, tokenizer=tok, draft=draft, target_name="t", draft_name="d",
-                     device=torch.device("cpu"), dtype=torch.float32)
+    pair = ModelPair(
+        target=target,
+        tokenizer=tok,
+        draft=draft,
+        target_name="t",
+        draft_name="d",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     prompt = "w1 w2"
     with torch.no_grad():
-        law = torch.softmax(target(torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])).logits[0, -1].double() / 0.8, -1)
+        law = torch.softmax(
+            target(torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])).logits[0, -1].double() / 0.8, -1
+        )
     counts = torch.zeros(vocab)
     for seed in range(250):
-        trace = run_batch("eqspec", pair, [prompt] * 8, max_new_tokens=1, batch_size=8, gamma=2, temperature=0.8, seed=seed)
+        trace = run_batch(
+            "eqspec", pair, [prompt] * 8, max_new_tokens=1, batch_size=8, gamma=2, temperature=0.8, seed=seed
+        )
         for row in trace.rows:
             counts[row.output_ids[0]] += 1
     assert chi_square(counts.tolist(), law.double().tolist()).p_value > 1e-3

@@ -1,6 +1,7 @@
 """Distributions in the trace (schema 2): every verified draft position carries the top-k of the
 drafter's q and the target's p the rule used; sampling verdicts carry u and min(1, p/q), a correction
 after a sampling rejection the residual's top-k. Version-1 traces (without them) still load."""
+
 from __future__ import annotations
 
 import json
@@ -69,10 +70,14 @@ def check_events(trace: Trace, k: int, sampling: bool) -> dict[str, int]:
     return seen
 
 
-CASES = [("draft_model", {"gamma": 4}), ("draft_model", {"gamma": 3, "vocab_trim": 200}),
-         ("draft_model", {"gamma": 3, "drafter_forward": "transformers", "gamma_schedule": "heuristic"}),
-         ("kangaroo", {"gamma": 5, "eta": 0.0, "exit_layer": 2}), ("sorted", {"gamma": 4, "theta": 0.3}),
-         ("mirror", {"gamma": 3, "exit_layer": 2, "kappa": 2})]
+CASES = [
+    ("draft_model", {"gamma": 4}),
+    ("draft_model", {"gamma": 3, "vocab_trim": 200}),
+    ("draft_model", {"gamma": 3, "drafter_forward": "transformers", "gamma_schedule": "heuristic"}),
+    ("kangaroo", {"gamma": 5, "eta": 0.0, "exit_layer": 2}),
+    ("sorted", {"gamma": 4, "theta": 0.3}),
+    ("mirror", {"gamma": 3, "exit_layer": 2, "kappa": 2}),
+]
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -92,7 +97,9 @@ def test_every_drafting_method_records_the_distributions(pair, name, params, tem
 @pytest.mark.parametrize("name", ["eqspec", "exspec"])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
 def test_batch_methods_record_the_distributions(pair, name, temperature):
-    trace = run_batch(name, pair, PROMPTS + ["x = 1\n"], max_new_tokens=24, temperature=temperature, batch_size=2, gamma=3)
+    trace = run_batch(
+        name, pair, PROMPTS + ["x = 1\n"], max_new_tokens=24, temperature=temperature, batch_size=2, gamma=3
+    )
     seen = check_events(trace, 8, temperature > 0)
     assert seen["accept"] and (seen["reject"] or seen["bonus"])
 

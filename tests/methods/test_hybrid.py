@@ -1,5 +1,6 @@
 """The per-round source choice (`choose=yield`): its counts, its plans, and that it changes how a run drafts, never
 what it outputs."""
+
 from __future__ import annotations
 
 import pytest
@@ -26,7 +27,7 @@ def test_expected_accepted_drafts_follow_the_two_rates():
     rate = Acceptance(first_hits=1, first_tries=2, more_hits=3, more_tries=4)  # a1 = 0.5, a = 0.75
     assert rate.expected(0) == 0
     assert rate.expected(1) == pytest.approx(0.5)
-    assert rate.expected(3) == pytest.approx(0.5 * (1 + 0.75 + 0.75 ** 2))
+    assert rate.expected(3) == pytest.approx(0.5 * (1 + 0.75 + 0.75**2))
 
 
 def test_the_plan_weighs_tokens_against_modeled_cost():
@@ -60,11 +61,16 @@ def test_a_source_left_out_is_tried_again():
 REPEATING = "def area(w, h):\n    return w * h\n\n\ndef area2(w, h):\n    return w * h\n\n\ndef area3(w, h):\n"
 
 
-@pytest.mark.parametrize("name,params", [("prompt_lookup", {"choose": "yield"}),
-                                         ("draft_model", {"choose": "yield"}),
-                                         ("draft_model", {"lookup": 2, "choose": "yield"}),
-                                         ("kangaroo", {"lookup": 2}),
-                                         ("kangaroo", {"lookup": 2, "choose": "yield"})])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("prompt_lookup", {"choose": "yield"}),
+        ("draft_model", {"choose": "yield"}),
+        ("draft_model", {"lookup": 2, "choose": "yield"}),
+        ("kangaroo", {"lookup": 2}),
+        ("kangaroo", {"lookup": 2, "choose": "yield"}),
+    ],
+)
 def test_every_round_records_its_plan_and_the_output_is_the_targets(embedded_pair, name, params):
     reference = run("autoregressive", embedded_pair, REPEATING, max_new_tokens=48)
     trace = run(name, embedded_pair, REPEATING, max_new_tokens=48, **params)

@@ -1,6 +1,7 @@
 """scripts/lookup_ceiling.py: lookup drafting replayed against a known output, each round priced by its width. The
 replay's rounds are prompt_lookup's own (greedy equality makes them so), and a trie of every earlier match holds at
 most its budget of nodes."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,6 +1,7 @@
 """Every registered single-sequence method is lossless: greedy output equals autoregressive decoding
 token for token (or diverges only at a proven numerical tie), on random tiny models of several
 architectures and on the embedded pair; sampled output follows the target's distribution."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,7 +23,11 @@ from specviz.engine.adapter import KangarooAdapter
 from specviz.methods import METHODS
 from specviz.models.pair import ModelPair
 
-SPLIT_ARCHS = {"llama", "qwen2", "mistral"}  # layers take rotary embeddings from the model: Kangaroo/Mirror can split them
+SPLIT_ARCHS = {
+    "llama",
+    "qwen2",
+    "mistral",
+}  # layers take rotary embeddings from the model: Kangaroo/Mirror can split them
 SLIDING_ARCHS = {"mistral"}  # the tiny Mistral has sliding-window layers: a token tree is refused with a message
 SINGLE = [name for name, cls in METHODS.items() if not cls.batch and name != "autoregressive"]
 PROMPTS = ["def add(a, b):\n    return", "import os\n\nclass"]
@@ -47,25 +52,48 @@ def with_extras(pair: ModelPair, arch: str) -> ModelPair:
 
 @pytest.fixture(scope="module")
 def pairs(tiny_tokenizer):
-    return {arch: with_extras(make_tiny_pair(arch, tiny_tokenizer, target_layers=3, draft_layers=1, seed=1), arch) for arch in ARCHS}
+    return {
+        arch: with_extras(make_tiny_pair(arch, tiny_tokenizer, target_layers=3, draft_layers=1, seed=1), arch)
+        for arch in ARCHS
+    }
 
 
 def method_params(name: str) -> list[dict]:
     return {
-        "draft_model": [{"gamma": 1}, {"gamma": 4}, {"gamma": 3, "gamma_schedule": "heuristic"}, {"gamma": 3, "vocab_trim": 100},
-                        {"gamma": 4, "drafter_forward": "transformers"}, {"gamma": 3, "vocab_trim": 100, "drafter_forward": "transformers"},
-                        {"gamma": 6, "eta": 0.5}, {"gamma": 3, "eta": 0.5, "gamma_schedule": "heuristic", "vocab_trim": 100},
-                        {"gamma": 3, "lookup": 1}, {"gamma": 2, "lookup": 2, "lookup_gamma": 6, "vocab_trim": 100},
-                        {"gamma": 4, "lookup": 1, "choose": "yield"}, {"gamma": 4, "choose": "yield", "width_cost": 0.3}],
+        "draft_model": [
+            {"gamma": 1},
+            {"gamma": 4},
+            {"gamma": 3, "gamma_schedule": "heuristic"},
+            {"gamma": 3, "vocab_trim": 100},
+            {"gamma": 4, "drafter_forward": "transformers"},
+            {"gamma": 3, "vocab_trim": 100, "drafter_forward": "transformers"},
+            {"gamma": 6, "eta": 0.5},
+            {"gamma": 3, "eta": 0.5, "gamma_schedule": "heuristic", "vocab_trim": 100},
+            {"gamma": 3, "lookup": 1},
+            {"gamma": 2, "lookup": 2, "lookup_gamma": 6, "vocab_trim": 100},
+            {"gamma": 4, "lookup": 1, "choose": "yield"},
+            {"gamma": 4, "choose": "yield", "width_cost": 0.3},
+        ],
         "prompt_lookup": [{}, {"gamma": 3, "min_ngram": 1, "max_ngram": 2}, {"choose": "yield", "width_cost": 0.2}],
         "hf_assisted": [{"gamma": 3}],
-        "tree": [{}, {"nodes": 5, "depth": 3, "branch": 2}, {"nodes": 1, "depth": 1, "branch": 1},
-                 {"nodes": 10, "depth": 5, "branch": 3, "drafter_forward": "transformers"}],
-        "kangaroo": [{"gamma": 4, "eta": 0.0, "exit_layer": 1}, {"gamma": 6, "eta": 0.6, "exit_layer": 1},
-                     {"gamma": 3, "exit_layer": 1, "vocab_trim": 100}, {"gamma": 4, "exit_layer": 1, "lookup": 1},
-                     {"gamma": 4, "exit_layer": 1, "lookup": 1, "choose": "yield"}],
+        "tree": [
+            {},
+            {"nodes": 5, "depth": 3, "branch": 2},
+            {"nodes": 1, "depth": 1, "branch": 1},
+            {"nodes": 10, "depth": 5, "branch": 3, "drafter_forward": "transformers"},
+        ],
+        "kangaroo": [
+            {"gamma": 4, "eta": 0.0, "exit_layer": 1},
+            {"gamma": 6, "eta": 0.6, "exit_layer": 1},
+            {"gamma": 3, "exit_layer": 1, "vocab_trim": 100},
+            {"gamma": 4, "exit_layer": 1, "lookup": 1},
+            {"gamma": 4, "exit_layer": 1, "lookup": 1, "choose": "yield"},
+        ],
         "sorted": [{"gamma": 4}, {"gamma": 3, "sub_model": 1}, {"gamma": 4, "theta": 0.01}],
-        "mirror": [{"gamma": 3, "exit_layer": 1, "kappa": 2}, {"gamma": 2, "exit_layer": 2, "kappa": 3, "parallel": False}],
+        "mirror": [
+            {"gamma": 3, "exit_layer": 1, "kappa": 2},
+            {"gamma": 2, "exit_layer": 2, "kappa": 3, "parallel": False},
+        ],
     }.get(name, [{}])
 
 
@@ -95,9 +123,16 @@ def agreeing_pair(tiny_tokenizer):
     return make_agreeing_pair(tiny_tokenizer)
 
 
-@pytest.mark.parametrize("name,params", [("draft_model", {"gamma": 4}), ("kangaroo", {"gamma": 5, "eta": 0.0, "exit_layer": 2}),
-                                         ("kangaroo", {"gamma": 5, "eta": 0.5, "exit_layer": 2}),
-                                         ("sorted", {"gamma": 4, "theta": 0.3}), ("mirror", {"gamma": 3, "exit_layer": 2, "kappa": 2})])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("draft_model", {"gamma": 4}),
+        ("kangaroo", {"gamma": 5, "eta": 0.0, "exit_layer": 2}),
+        ("kangaroo", {"gamma": 5, "eta": 0.5, "exit_layer": 2}),
+        ("sorted", {"gamma": 4, "theta": 0.3}),
+        ("mirror", {"gamma": 3, "exit_layer": 2, "kappa": 2}),
+    ],
+)
 def test_partial_acceptance_paths_stay_lossless(agreeing_pair, name, params):
     for prompt in PROMPTS:
         reference = run("autoregressive", agreeing_pair, prompt, max_new_tokens=40)
@@ -105,7 +140,9 @@ def test_partial_acceptance_paths_stay_lossless(agreeing_pair, name, params):
         assert_greedy_equal(agreeing_pair, trace, reference)
         assert_trace_invariants(trace)
         kinds = [e.kind for e in trace.events]
-        assert kinds.count("accept") >= 5, f"{name}: too few accepts to exercise the accept path ({kinds.count('accept')})"
+        assert kinds.count("accept") >= 5, (
+            f"{name}: too few accepts to exercise the accept path ({kinds.count('accept')})"
+        )
         assert "reject" in kinds or "bonus" in kinds
     if name == "mirror":
         fates = {e.info["fate"] for e in trace.events if e.kind == "branch"}
@@ -118,7 +155,9 @@ def test_partial_acceptance_paths_stay_lossless(agreeing_pair, name, params):
             if e.kind == "branch" and e.info["fate"] == "reused":
                 nxt = [d.token_id for d in trace.events if d.kind == "draft" and d.step == e.step + 1]
                 assert nxt == e.info["tokens"][: len(nxt)] and nxt
-                assert e.token_id == trace.output_ids[[t.position for t in trace.token_events() if t.step == e.step][-1]]
+                assert (
+                    e.token_id == trace.output_ids[[t.position for t in trace.token_events() if t.step == e.step][-1]]
+                )
 
 
 def test_kangaroo_early_exit_events_carry_confidence(agreeing_pair):
@@ -159,8 +198,16 @@ def test_sorted_lazy_fill_matches_a_full_forward(agreeing_pair):
 
     model = agreeing_pair.extras["sorted_drafter"]
     ids = torch.tensor([[5, 17, 42, 7, 99, 3, 64, 12, 8]])
-    ctx = RunContext(pair=agreeing_pair, prompt_ids=ids, params={}, sampling=Sampling(), generator=torch.Generator(),
-                     rec=Recorder(), out=Output(10, set(), 100), vocab=model.config.vocab_size)
+    ctx = RunContext(
+        pair=agreeing_pair,
+        prompt_ids=ids,
+        params={},
+        sampling=Sampling(),
+        generator=torch.Generator(),
+        rec=Recorder(),
+        out=Output(10, set(), 100),
+        vocab=model.config.vocab_size,
+    )
     drafter = SortedDrafter(ctx, model, theta=0.0, sub_model=0)  # theta 0: every token exits after layer 1
     drafter.prefill(ids[:, :3])
     for i in range(3, 8):
@@ -173,10 +220,17 @@ def test_sorted_lazy_fill_matches_a_full_forward(agreeing_pair):
     assert torch.allclose(logits[0], expected, atol=1e-4)
 
 
-@pytest.mark.parametrize("name,params", [("draft_model", {"gamma": 3}), ("draft_model", {"gamma": 2, "vocab_trim": 6}),
-                                         ("kangaroo", {"gamma": 2, "eta": 0.0, "exit_layer": 1}),
-                                         ("kangaroo", {"gamma": 2, "eta": 0.0, "exit_layer": 1, "_lens": True}),
-                                         ("sorted", {"gamma": 2, "theta": 0.4}), ("mirror", {"gamma": 2, "exit_layer": 1})])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("draft_model", {"gamma": 3}),
+        ("draft_model", {"gamma": 2, "vocab_trim": 6}),
+        ("kangaroo", {"gamma": 2, "eta": 0.0, "exit_layer": 1}),
+        ("kangaroo", {"gamma": 2, "eta": 0.0, "exit_layer": 1, "_lens": True}),
+        ("sorted", {"gamma": 2, "theta": 0.4}),
+        ("mirror", {"gamma": 2, "exit_layer": 1}),
+    ],
+)
 @pytest.mark.slow  # chi-square over thousands of samples per method: 3 minutes
 def test_speculative_sampling_preserves_the_target_distribution(name, params):
     """Joint law of the first two sampled tokens vs the target's exact law (chi-square, 3,000 runs).
@@ -188,9 +242,20 @@ def test_speculative_sampling_preserves_the_target_distribution(name, params):
     target = peaky_llama(vocab, layers=2, seed=21)
     draft = peaky_llama(vocab, layers=1, seed=22)
     adapter = KangarooAdapter.for_target(target.config, 1).eval()
-    pair = ModelPair(target=target, tokenizer=tok, draft=draft, target_name="t", draft_name="d", device=torch.device("cpu"),
-                     dtype=torch.float32, extras={"kangaroo_adapter": adapter, "sorted_drafter": peaky_llama(vocab, 2, seed=23),
-                                                  "vocab_ranking": list(range(vocab))})
+    pair = ModelPair(
+        target=target,
+        tokenizer=tok,
+        draft=draft,
+        target_name="t",
+        draft_name="d",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        extras={
+            "kangaroo_adapter": adapter,
+            "sorted_drafter": peaky_llama(vocab, 2, seed=23),
+            "vocab_ranking": list(range(vocab)),
+        },
+    )
     if lens:
         del pair.extras["kangaroo_adapter"]
     prompt, temperature, runs = "w1 w2", 0.8, 3000
@@ -213,19 +278,22 @@ def test_seeded_sampling_is_reproducible(pairs):
     assert a.output_ids != c.output_ids or len(a.output_ids) < 3
 
 
-@pytest.mark.parametrize("prompt,params,message", [
-    ("", {}, "prompt is empty"),
-    ("   ", {}, "prompt is empty"),
-    ("x", {"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
-    ("x", {"max_new_tokens": 10**7}, "max_new_tokens must be <="),
-    ("x", {"max_new_tokens": "many"}, "max_new_tokens must be int"),
-    ("x", {"gamma": 0}, "gamma must be >= 1"),
-    ("x", {"gamma": 99}, "gamma must be <= 16"),
-    ("x", {"temperature": -1}, "temperature must be >= 0"),
-    ("x", {"top_p": 0}, "top_p must be >="),
-    ("x", {"gamma_schedule": "wild"}, "gamma_schedule must be one of"),
-    ("x", {"bogus": 1}, "unknown parameter"),
-])
+@pytest.mark.parametrize(
+    "prompt,params,message",
+    [
+        ("", {}, "prompt is empty"),
+        ("   ", {}, "prompt is empty"),
+        ("x", {"max_new_tokens": 0}, "max_new_tokens must be >= 1"),
+        ("x", {"max_new_tokens": 10**7}, "max_new_tokens must be <="),
+        ("x", {"max_new_tokens": "many"}, "max_new_tokens must be int"),
+        ("x", {"gamma": 0}, "gamma must be >= 1"),
+        ("x", {"gamma": 99}, "gamma must be <= 16"),
+        ("x", {"temperature": -1}, "temperature must be >= 0"),
+        ("x", {"top_p": 0}, "top_p must be >="),
+        ("x", {"gamma_schedule": "wild"}, "gamma_schedule must be one of"),
+        ("x", {"bogus": 1}, "unknown parameter"),
+    ],
+)
 def test_bad_input_gets_a_clear_message(pairs, prompt, params, message):
     with pytest.raises(ValueError, match=message):
         run("draft_model", pairs["llama"], prompt, **params)
@@ -247,8 +315,16 @@ def test_method_specific_ranges(pairs):
         run("draft_model", pair, "x", vocab_trim=10**6)
     with pytest.raises(ValueError, match="kappa must be <= 8"):
         run("mirror", pair, "x", kappa=9)
-    no_draft = ModelPair(target=pair.target, tokenizer=pair.tokenizer, draft=None, target_name="t", draft_name=None,
-                         device=pair.device, dtype=pair.dtype, extras={})
+    no_draft = ModelPair(
+        target=pair.target,
+        tokenizer=pair.tokenizer,
+        draft=None,
+        target_name="t",
+        draft_name=None,
+        device=pair.device,
+        dtype=pair.dtype,
+        extras={},
+    )
     with pytest.raises(ValueError, match="needs a draft model"):
         run("draft_model", no_draft, "x")
     lens = run("kangaroo", no_draft, "x", exit_layer=1, max_new_tokens=4)  # no adapter: the logit lens, not an error
@@ -268,10 +344,19 @@ def test_cancel_returns_a_partial_trace(pairs):
     assert_trace_invariants(trace)
 
 
-EMBEDDED_CASES = [("draft_model", {"gamma": 4}), ("draft_model", {"gamma": 3, "vocab_trim": 2048}),
-                  ("kangaroo", {}), ("sorted", {}), ("sorted", {"sub_model": 1}), ("mirror", {}), ("hf_assisted", {"gamma": 4}),
-                  ("prompt_lookup", {}), ("hf_prompt_lookup", {}), ("draft_model", {"gamma": 4, "lookup": 2}),
-                  ("tree", {"nodes": 32, "depth": 8, "branch": 4})]  # the default tree: tests/methods/test_tree.py
+EMBEDDED_CASES = [
+    ("draft_model", {"gamma": 4}),
+    ("draft_model", {"gamma": 3, "vocab_trim": 2048}),
+    ("kangaroo", {}),
+    ("sorted", {}),
+    ("sorted", {"sub_model": 1}),
+    ("mirror", {}),
+    ("hf_assisted", {"gamma": 4}),
+    ("prompt_lookup", {}),
+    ("hf_prompt_lookup", {}),
+    ("draft_model", {"gamma": 4, "lookup": 2}),
+    ("tree", {"nodes": 32, "depth": 8, "branch": 4}),
+]  # the default tree: tests/methods/test_tree.py
 
 
 @pytest.mark.parametrize("name,params", EMBEDDED_CASES)
@@ -294,7 +379,10 @@ def test_mirror_stats_read_from_the_trace(embedded_pair):
     assert stats["branch_hit_rate"] == pytest.approx(len(reused_rounds) / len({e.step for e in branches}))
     if stats["branch_hit_rate"]:  # a reused branch saves its round's serial drafting in the modeled timeline
         assert stats["modeled_speedup_over_sd"] > 1.0
-    assert stats["modeled_speedup_over_ar"] > 0 and mirror_stats(run("autoregressive", embedded_pair, "x", max_new_tokens=2)) == {}
+    assert (
+        stats["modeled_speedup_over_ar"] > 0
+        and mirror_stats(run("autoregressive", embedded_pair, "x", max_new_tokens=2)) == {}
+    )
 
 
 def test_leviathan_speedup_is_expected_tokens_over_round_cost():

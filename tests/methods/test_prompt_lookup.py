@@ -1,5 +1,6 @@
 """Prompt lookup: the n-gram index finds the most recent earlier match and copies from it, every copied draft is
 traced with where it came from, greedy output equals autoregressive, and sampling follows the target's law."""
+
 from __future__ import annotations
 
 import pytest
@@ -49,16 +50,25 @@ def test_no_match_no_draft_and_the_index_grows_with_the_text():
 def test_min_ngram_above_max_ngram_is_refused(embedded_pair):
     with pytest.raises(ValueError, match=r"min_ngram \(3\) must not exceed max_ngram \(2\)"):
         run("prompt_lookup", embedded_pair, "def f(x):", max_new_tokens=4, min_ngram=3, max_ngram=2)
-    with pytest.raises(ValueError, match=r"min_ngram \(2\) must not exceed max_ngram \(1\); min_ngram is 2 unless set: "
-                                         r"set min_ngram=1 too"):
+    with pytest.raises(
+        ValueError,
+        match=r"min_ngram \(2\) must not exceed max_ngram \(1\); min_ngram is 2 unless set: "
+        r"set min_ngram=1 too",
+    ):
         run("prompt_lookup", embedded_pair, "def f(x):", max_new_tokens=4, max_ngram=1)
     with pytest.raises(ValueError, match="gamma must be >= 1"):
         run("prompt_lookup", embedded_pair, "def f(x):", max_new_tokens=4, gamma=0)
 
 
-@pytest.mark.parametrize("name,params", [("prompt_lookup", {}), ("prompt_lookup", {"gamma": 3, "min_ngram": 1, "max_ngram": 1}),
-                                         ("prompt_lookup", {"gamma": 16, "min_ngram": 2, "max_ngram": 4}),
-                                         ("hf_prompt_lookup", {})])
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("prompt_lookup", {}),
+        ("prompt_lookup", {"gamma": 3, "min_ngram": 1, "max_ngram": 1}),
+        ("prompt_lookup", {"gamma": 16, "min_ngram": 2, "max_ngram": 4}),
+        ("hf_prompt_lookup", {}),
+    ],
+)
 def test_embedded_pair_is_lossless(embedded_pair, name, params):
     reference = run("autoregressive", embedded_pair, REPEATING, max_new_tokens=48)
     trace = run(name, embedded_pair, REPEATING, max_new_tokens=48, **params)
@@ -82,11 +92,19 @@ def test_every_draft_says_where_it_was_copied_from(embedded_pair):
 
 
 @pytest.mark.slow  # chi-square over 3,000 runs each
-@pytest.mark.parametrize("name,params,prompt,source", [
-    ("prompt_lookup", {"gamma": 2}, "w1 w2 w3 w4 w1 w2", "lookup"),
-    ("draft_model", {"gamma": 2, "lookup": 1, "lookup_gamma": 2}, "w1 w2 w3 w4 w1 w2", "lookup"),
-    ("kangaroo", {"gamma": 2, "exit_layer": 1, "lookup": 1, "lookup_gamma": 2, "choose": "yield"}, "w1 w2 w3 w4 w1 w2",
-     "lookup")])
+@pytest.mark.parametrize(
+    "name,params,prompt,source",
+    [
+        ("prompt_lookup", {"gamma": 2}, "w1 w2 w3 w4 w1 w2", "lookup"),
+        ("draft_model", {"gamma": 2, "lookup": 1, "lookup_gamma": 2}, "w1 w2 w3 w4 w1 w2", "lookup"),
+        (
+            "kangaroo",
+            {"gamma": 2, "exit_layer": 1, "lookup": 1, "lookup_gamma": 2, "choose": "yield"},
+            "w1 w2 w3 w4 w1 w2",
+            "lookup",
+        ),
+    ],
+)
 def test_speculative_sampling_with_copied_drafts_preserves_the_target_distribution(name, params, prompt, source):
     """Joint law of the first two sampled tokens against the target's exact law. After a prompt that ends in a
     repeat the first round copies (q = 1 at the copy: accepted with p(x), otherwise drawn from p without x), in
@@ -95,8 +113,16 @@ def test_speculative_sampling_with_copied_drafts_preserves_the_target_distributi
     tok = word_tokenizer(7)
     vocab = len(tok)
     target = peaky_llama(vocab, layers=2, seed=21)
-    pair = ModelPair(target=target, tokenizer=tok, draft=peaky_llama(vocab, layers=1, seed=22), target_name="t",
-                     draft_name="d", device=torch.device("cpu"), dtype=torch.float32, extras={})
+    pair = ModelPair(
+        target=target,
+        tokenizer=tok,
+        draft=peaky_llama(vocab, layers=1, seed=22),
+        target_name="t",
+        draft_name="d",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        extras={},
+    )
     temperature, runs = 0.8, 3000
     law = two_token_law(target, tok(prompt, add_special_tokens=False)["input_ids"], temperature)
     counts = {cell: 0 for cell in law}

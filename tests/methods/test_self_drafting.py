@@ -1,6 +1,7 @@
 """Training-free self-drafting on any supported target: Kangaroo reads the target's own layer-l state through
 its final norm and head (the logit lens) at a calibrated exit, Mirror-SD's exit is calibrated the same way;
 greedy output stays the target's, sampling stays exact; through the Python API and the app."""
+
 from __future__ import annotations
 
 import json
@@ -58,10 +59,12 @@ def test_the_app_runs_training_free_kangaroo_on_a_qwen3_path(qwen3_dir, monkeypa
     monkeypatch.setenv("SPECVIZ_ENGINE", "thread")
     from specviz.app import handlers
 
-    text, trace_json = handlers.playground_api(None, "def f(x):", "kangaroo", json.dumps({"max_new_tokens": 16}),
-                                         str(qwen3_dir / "target"), "")  # None: no browser session
+    text, trace_json = handlers.playground_api(
+        None, "def f(x):", "kangaroo", json.dumps({"max_new_tokens": 16}), str(qwen3_dir / "target"), ""
+    )  # None: no browser session
     trace = json.loads(trace_json)
     assert trace["meta"]["kangaroo_drafter"] == "logit lens (no adapter)"
-    local = run("autoregressive", load_pair(str(qwen3_dir / "target"), device="cpu", cache=None), "def f(x):",
-                max_new_tokens=16)
+    local = run(
+        "autoregressive", load_pair(str(qwen3_dir / "target"), device="cpu", cache=None), "def f(x):", max_new_tokens=16
+    )
     assert trace["rows"][0]["output_ids"] == local.output_ids

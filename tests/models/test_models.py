@@ -1,4 +1,5 @@
 """Loading pairs: anatomy of every supported family, local paths, what may not be loaded, the model cache."""
+
 from __future__ import annotations
 
 import threading
@@ -55,8 +56,9 @@ def test_drafter_with_another_tokenizer_is_refused(tiny_tokenizer, tmp_path):
 def test_non_causal_models_and_bad_references_get_clear_messages(tmp_path):
     from transformers import BertConfig, BertModel
 
-    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=32)).save_pretrained(tmp_path / "bert")
+    BertModel(
+        BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).save_pretrained(tmp_path / "bert")
     cache = ModelCache()
     with pytest.raises(ValueError, match="not a causal language model"):
         load_pair(str(tmp_path / "bert"), cache=cache)
@@ -101,6 +103,7 @@ def test_cache_loads_each_key_once_under_concurrency():
             calls.append(name)
             time.sleep(0.05)
             return object(), 10
+
         return load
 
     results: list[object] = []
@@ -138,6 +141,7 @@ def test_embedded_pair_ships_everything(embedded_pair):
     assert {"kangaroo_adapter", "sorted_drafter", "vocab_ranking", "target_meta"} <= set(pair.extras)
     assert anatomy(pair.target).family == "llama-like"
     assert pair.target.config.model_type == "llama"
+
     def body(model) -> int:  # parameters past the (tied) embedding: what a drafter adds per token
         return sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
 
@@ -167,8 +171,10 @@ def test_compiled_forwards_give_the_same_tokens(tiny_tokenizer, tmp_path):
     plain = load_pair(str(tmp_path / "target"), str(tmp_path / "draft"), cache=ModelCache())
     fast = load_pair(str(tmp_path / "target"), str(tmp_path / "draft"), cache=ModelCache(), compile="eager")
     assert fast.target.forward is not plain.target.forward
-    assert run("draft_model", fast, "def f(x):", max_new_tokens=8).output_ids == \
-        run("draft_model", plain, "def f(x):", max_new_tokens=8).output_ids
+    assert (
+        run("draft_model", fast, "def f(x):", max_new_tokens=8).output_ids
+        == run("draft_model", plain, "def f(x):", max_new_tokens=8).output_ids
+    )
 
 
 def test_gpu_choices_without_a_gpu(monkeypatch):

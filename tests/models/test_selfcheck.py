@@ -1,5 +1,6 @@
 """The load-time self-check: it passes on a healthy engine, refuses a broken cache hand-off, and in
 half precision tells a numerical tie from a real disagreement."""
+
 from __future__ import annotations
 
 import pytest
@@ -15,8 +16,15 @@ def test_a_healthy_pair_passes_every_path(saved_pairs):
     load_pair(str(saved_pairs / "ok" / "target"), str(saved_pairs / "ok" / "draft"), device="cpu", cache=None)
     report = selfcheck.LAST["report"]
     paths = {(f.model, f.path) for f in report.findings}
-    assert {("target", "decoder"), ("target", "layer stack"), ("target", "lean shallow"), ("target", "batch"), ("drafter", "decoder"),
-            ("drafter", "lean"), ("drafter", "batch")} <= paths
+    assert {
+        ("target", "decoder"),
+        ("target", "layer stack"),
+        ("target", "lean shallow"),
+        ("target", "batch"),
+        ("drafter", "decoder"),
+        ("drafter", "lean"),
+        ("drafter", "batch"),
+    } <= paths
     assert report.ok and all(f.positions > 0 for f in report.findings)
 
 

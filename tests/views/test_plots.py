@@ -1,4 +1,5 @@
 """Figures read traces only: lanes and tokens where they belong, escaped hover text, labels measured vs modeled."""
+
 from __future__ import annotations
 
 import pandas as pd
@@ -19,9 +20,16 @@ def pair(tiny_tokenizer):
     target = peaky_llama(vocab, layers=4, seed=3, hidden=32, init=0.2)
     damp_layers_after(target, 2, 0.1)
     adapter = KangarooAdapter.for_target(target.config, 2).eval()
-    return ModelPair(target=target, tokenizer=tiny_tokenizer, draft=near_copy(target, 0.1, seed=5), target_name="t",
-                     draft_name="d", device=torch.device("cpu"), dtype=torch.float32,
-                     extras={"kangaroo_adapter": adapter})
+    return ModelPair(
+        target=target,
+        tokenizer=tiny_tokenizer,
+        draft=near_copy(target, 0.1, seed=5),
+        target_name="t",
+        draft_name="d",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        extras={"kangaroo_adapter": adapter},
+    )
 
 
 def test_token_timeline_places_every_token(pair):
@@ -35,13 +43,34 @@ def test_token_timeline_places_every_token(pair):
 
 
 def test_hover_text_is_escaped():
-    trace = Trace(method="autoregressive", params={}, rows=[], events=[], target_name="t", draft_name=None, device="cpu",
-                  dtype="float32", wall_time=0.1, started_at=0.0)
+    trace = Trace(
+        method="autoregressive",
+        params={},
+        rows=[],
+        events=[],
+        target_name="t",
+        draft_name=None,
+        device="cpu",
+        dtype="float32",
+        wall_time=0.1,
+        started_at=0.0,
+    )
     from specviz.engine.trace import Event, RowResult
 
     trace.rows = [RowResult(prompt="p", prompt_ids=[1], output_ids=[5], text="<script>", finish_reason="length")]
-    trace.events = [Event("emit", step=0, position=0, token_id=5, text="<script>alert(1)</script>", p=0.5, source="target",
-                          t0=0.0, t1=0.001)]
+    trace.events = [
+        Event(
+            "emit",
+            step=0,
+            position=0,
+            token_id=5,
+            text="<script>alert(1)</script>",
+            p=0.5,
+            source="target",
+            t0=0.0,
+            t1=0.001,
+        )
+    ]
     hover = " ".join(" ".join(t.hovertext) for t in plots.token_timeline(trace).data if t.hovertext is not None)
     assert "<script>" not in hover and "&lt;script&gt;" in hover
 
@@ -79,14 +108,27 @@ def test_mirror_figure_labels_modeled_and_refuses_others(pair):
 
 
 def test_compare_and_throughput_figures():
-    frame = pd.DataFrame({"method": ["autoregressive", "draft_model"] * 2, "prompt_id": [1, 1, 2, 2],
-                          "speedup": [1.0, 1.6, 1.0, 1.4], "tau": [1, 3, 1, 2.5], "tokens_per_s": [200, 320, 210, 290],
-                          "equal_to_autoregressive": [True, True, True, False]})
+    frame = pd.DataFrame(
+        {
+            "method": ["autoregressive", "draft_model"] * 2,
+            "prompt_id": [1, 1, 2, 2],
+            "speedup": [1.0, 1.6, 1.0, 1.4],
+            "tau": [1, 3, 1, 2.5],
+            "tokens_per_s": [200, 320, 210, 290],
+            "equal_to_autoregressive": [True, True, True, False],
+        }
+    )
     figs = plots.compare_figures(frame)
     assert set(figs) == {"speedup", "tau", "tokens_per_s", "equal"}
     assert list(figs["equal"].data[0].y) == [1.0, 0.5]
     assert "no results" in plots.compare_figures(pd.DataFrame())["speedup"].layout.annotations[0].text
-    batch = pd.DataFrame({"method": ["eqspec:batch_size=1", "eqspec:batch_size=4"], "batch_size": [1, 4],
-                          "tokens_per_s": [100.0, 250.0], "realign_share": [0.0, 0.2]})
+    batch = pd.DataFrame(
+        {
+            "method": ["eqspec:batch_size=1", "eqspec:batch_size=4"],
+            "batch_size": [1, 4],
+            "tokens_per_s": [100.0, 250.0],
+            "realign_share": [0.0, 0.2],
+        }
+    )
     tfig = plots.throughput_figure(batch)
     assert list(tfig.data[0].x) == [1, 4] and tfig.data[0].name == "eqspec"

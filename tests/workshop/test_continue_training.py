@@ -1,6 +1,7 @@
 """Continued training of the target (continued.continue_target) and the time-fitted phases a GPU lease needs:
 a run writes its record (run.json) for the model card, resumes where it stopped, and runs under mixed
 precision on any device; fitting to a budget plans tokens and steps from measured speed, not from a guess."""
+
 from __future__ import annotations
 
 import inspect
@@ -31,13 +32,18 @@ def run_inputs(tiny_tokenizer, tmp_path):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     tokens = {}
-    for split, modules in {"train": [inspect, textwrap, string], "heldout": [string], "heldout_stdlib": [textwrap]}.items():
+    for split, modules in {
+        "train": [inspect, textwrap, string],
+        "heldout": [string],
+        "heldout_stdlib": [textwrap],
+    }.items():
         ids = text.encode(tiny_tokenizer, [inspect.getsource(m) for m in modules]).astype(np.uint16)
         np.save(corpus / f"{split}.npy", ids)
         tokens[split] = len(ids)
     vocab_sha = hashlib.sha1(json.dumps(tiny_tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()
-    (corpus / "manifest.json").write_text(json.dumps({"tokens": tokens, "tokenizer_sha1": vocab_sha, "packages": [],
-                                                      "files": 5, "bytes": 1000}))
+    (corpus / "manifest.json").write_text(
+        json.dumps({"tokens": tokens, "tokenizer_sha1": vocab_sha, "packages": [], "files": 5, "bytes": 1000})
+    )
     return target, corpus
 
 
@@ -49,8 +55,9 @@ def tiny_config(target, corpus, run_dir, **changes) -> ContinueConfig:
 def test_a_run_writes_its_record_and_resumes_under_mixed_precision(run_inputs, tmp_path):
     target, corpus = run_inputs
     logs: list[str] = []
-    ccfg = tiny_config(target, corpus, tmp_path / "run", amp="bf16", max_steps=5, total_tokens=256 * 10,
-                       eval_minutes=1000.0)
+    ccfg = tiny_config(
+        target, corpus, tmp_path / "run", amp="bf16", max_steps=5, total_tokens=256 * 10, eval_minutes=1000.0
+    )
     out = continued.continue_target(ccfg, logs.append)
     record = json.loads((tmp_path / "run" / continued.RUN_RECORD).read_text())
     assert record["step"] == 5 and record["tokens"] == 5 * 256 and record["config"]["amp"] == "bf16"

@@ -1,4 +1,5 @@
 """specviz.workshop.corpus: file filters, the stable hash split, licence checks and the manifest (no network)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -13,9 +14,20 @@ from specviz.workshop.corpus import CorpusConfig, Package
 
 def test_path_filter_drops_tests_and_vendored_copies():
     keep = ["numpy/linalg/linalg.py", "django/db/models/query.py", "click/core.py", "pkg/testing.py", "pkg/contest.py"]
-    drop = ["numpy/linalg/tests/test_linalg.py", "pkg/test/helpers.py", "pkg/test_core.py", "pkg/core_test.py",
-            "pkg/conftest.py", "setuptools/_vendor/packaging/version.py", "sklearn/externals/_packaging/version.py",
-            "pkg/vendor/six.py", "pkg/third_party/x.py", "astropy/extern/ply/lex.py", "pkg/data.json", "pkg/mod.pyi"]
+    drop = [
+        "numpy/linalg/tests/test_linalg.py",
+        "pkg/test/helpers.py",
+        "pkg/test_core.py",
+        "pkg/core_test.py",
+        "pkg/conftest.py",
+        "setuptools/_vendor/packaging/version.py",
+        "sklearn/externals/_packaging/version.py",
+        "pkg/vendor/six.py",
+        "pkg/third_party/x.py",
+        "astropy/extern/ply/lex.py",
+        "pkg/data.json",
+        "pkg/mod.pyi",
+    ]
     assert all(corpus.path_ok(p) for p in keep)
     assert not any(corpus.path_ok(p) for p in drop)
 
@@ -57,8 +69,11 @@ def test_licence_check():
 def test_split_documents_dedups_and_keeps_forced_splits():
     a, b = "a = 1\n" * 30, "b = 2\n" * 30
     splits, stats = corpus.split_documents(
-        [("stdlib", [("a.py", a, None), ("old.py", b, "heldout_stdlib")]),
-         ("pkg", [("pkg/a.py", a, None), ("pkg/b.py", b, None)])])
+        [
+            ("stdlib", [("a.py", a, None), ("old.py", b, "heldout_stdlib")]),
+            ("pkg", [("pkg/a.py", a, None), ("pkg/b.py", b, None)]),
+        ]
+    )
     assert splits["heldout_stdlib"] == [b]
     assert sorted(splits["train"] + splits["heldout"]) == [a]
     assert stats["pkg"]["duplicates"] == 2 and stats["pkg"]["files"] == 0
@@ -67,8 +82,10 @@ def test_split_documents_dedups_and_keeps_forced_splits():
 def _fake_wheel(path, name, version, licence_expression):
     body = "\n".join(f"def f{i}(x):\n    '''Return x plus {i}.'''\n    return x + {i}\n" for i in range(20))
     with zipfile.ZipFile(path, "w") as z:
-        z.writestr(f"{name}-{version}.dist-info/METADATA",
-                   f"Metadata-Version: 2.4\nName: {name}\nVersion: {version}\nLicense-Expression: {licence_expression}\n")
+        z.writestr(
+            f"{name}-{version}.dist-info/METADATA",
+            f"Metadata-Version: 2.4\nName: {name}\nVersion: {version}\nLicense-Expression: {licence_expression}\n",
+        )
         z.writestr(f"{name}/__init__.py", body)
         z.writestr(f"{name}/core.py", body.replace("plus", "and"))
         z.writestr(f"{name}/tests/test_core.py", body + "\n# test\n")
@@ -86,8 +103,15 @@ def test_build_corpus_writes_streams_and_manifest(tmp_path, tiny_tokenizer):
     (tree / "tests" / "test_mod.py").write_text("def test():\n    assert True\n" * 10)
     out = tmp_path / "built"
     logged = []
-    manifest = corpus.build_corpus(out, tiny_tokenizer, (Package("fakepkg", "1.0", "MIT"), Package("gplpkg", "2.0", "MIT")),
-                                   tmp_path / "cache", corpus_dir=tree, include_stdlib=False, log=logged.append)
+    manifest = corpus.build_corpus(
+        out,
+        tiny_tokenizer,
+        (Package("fakepkg", "1.0", "MIT"), Package("gplpkg", "2.0", "MIT")),
+        tmp_path / "cache",
+        corpus_dir=tree,
+        include_stdlib=False,
+        log=logged.append,
+    )
     assert any("gplpkg" in line and "dropped" in line for line in logged)
     assert [p["name"] for p in manifest["packages"]] == ["fakepkg"]
     row = manifest["packages"][0]

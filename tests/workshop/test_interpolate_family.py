@@ -1,5 +1,6 @@
 """scripts/interpolate_family.py: every tensor of every sub-model mixed as (1 - lam) * A + lam * B, the rest
 taken from B; the mix loads with from_pretrained, and families of other shapes are refused."""
+
 from __future__ import annotations
 
 import importlib.util

@@ -1,6 +1,7 @@
 """onpolicy.OnPolicyPool: its windows are corpus prefixes followed by the target's own greedy continuation,
 one generate call fills `rows_tokens` worth of rows, each row is served `reuse` times, and a new length
 refills. And the students' refinement now trains the sorted drafter too (unless told not to)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -64,8 +65,9 @@ def test_a_batch_larger_than_the_pool_is_still_served_whole():
 
 def test_refinement_trains_the_sorted_drafter_too_unless_told_not_to(tiny_tokenizer):
     teacher_model = make_tiny_model("llama", len(tiny_tokenizer), layers=4, hidden=32, seed=3)
-    teacher = students.Teacher(model=teacher_model, tok=tiny_tokenizer, meta={}, fingerprint={}, exits=(1, 2),
-                               kangaroo_exit=1, max_len=64)
+    teacher = students.Teacher(
+        model=teacher_model, tok=tiny_tokenizer, meta={}, fingerprint={}, exits=(1, 2), kangaroo_exit=1, max_len=64
+    )
     batch = torch.randint(1, len(tiny_tokenizer), (2, 17))
     for refine_sorted in (True, False):
         cfg = students.StudentsConfig(target="", corpus="", out="", refine_sorted=refine_sorted)

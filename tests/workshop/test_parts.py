@@ -1,6 +1,7 @@
 """Training Kangaroo's adapter and S2D's sorted drafter for a user's own target (specviz.workshop.parts_training), end to end
 on a tiny random Llama target: the trained part beats the untrained logit lens, loads beside the target,
 and both methods stay greedy-equal to autoregressive with it; an interrupted run resumes."""
+
 from __future__ import annotations
 
 import inspect
@@ -31,8 +32,20 @@ def tiny_target(tiny_tokenizer, tmp_path_factory):
 
 
 def small(part: str, root, *extra: str) -> list[str]:
-    return [part, "--target", str(root / "target"), "--text", str(root / "text.txt"), "--seq-len", "64",
-            "--batch-size", "8", "--threads", "1", *extra]
+    return [
+        part,
+        "--target",
+        str(root / "target"),
+        "--text",
+        str(root / "text.txt"),
+        "--seq-len",
+        "64",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 def test_trained_parts_beat_the_logit_lens_and_run_beside_the_target(tiny_target):
@@ -67,8 +80,16 @@ def test_an_interrupted_training_resumes(tiny_target, monkeypatch, tmp_path):
     assert (tmp_path / parts.ADAPTER_DIR / parts.CHECKPOINT).exists()
     monkeypatch.setattr(parts, "soft_ce", original)
     said = []
-    cfg = parts.PartsConfig(part="kangaroo-adapter", target=str(tiny_target / "target"), out=str(tmp_path),
-                            text=str(tiny_target / "text.txt"), steps=8, seq_len=64, checkpoint_every=2, threads=1)
+    cfg = parts.PartsConfig(
+        part="kangaroo-adapter",
+        target=str(tiny_target / "target"),
+        out=str(tmp_path),
+        text=str(tiny_target / "text.txt"),
+        steps=8,
+        seq_len=64,
+        checkpoint_every=2,
+        threads=1,
+    )
     parts.train_part(cfg, log=said.append)
     assert any("resuming kangaroo-adapter at step 4" in line for line in said)
     assert not (tmp_path / parts.ADAPTER_DIR / parts.CHECKPOINT).exists()
@@ -79,4 +100,6 @@ def test_parts_for_another_target_are_refused(tiny_target, tiny_tokenizer, tmp_p
     other.save_pretrained(tmp_path / "other")
     tiny_tokenizer.save_pretrained(tmp_path / "other")
     with pytest.raises(ValueError, match="trained for another target"):
-        load_pair(str(tmp_path / "other"), parts=str(tiny_target / "target" / parts.PARTS_DIR), device="cpu", cache=None)
+        load_pair(
+            str(tmp_path / "other"), parts=str(tiny_target / "target" / parts.PARTS_DIR), device="cpu", cache=None
+        )

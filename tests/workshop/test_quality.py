@@ -1,4 +1,5 @@
 """specviz.workshop.quality: the metric definitions on hand-made inputs, and the CLI end to end on a tiny model."""
+
 from __future__ import annotations
 
 import json
@@ -39,8 +40,10 @@ def test_cut_to_lines_drops_the_partial_last_line_unless_complete():
 
 def test_repair_closes_what_the_cut_left_open():
     assert repair("def f():\n") == "def f():\n    pass\n"
-    assert repair("class A:\n    def f(self,\n          x):  # c\n") == \
-        "class A:\n    def f(self,\n          x):  # c\n        pass\n"
+    assert (
+        repair("class A:\n    def f(self,\n          x):  # c\n")
+        == "class A:\n    def f(self,\n          x):  # c\n        pass\n"
+    )
     assert repair('def f():\n    """Doc\n    more\n') == 'def f():\n    """Doc\n    more\n"""'
     assert repair("x = foo(1, [2,  # c\n") == "x = foo(1, [2,  # c\n])\n"
     assert repair("x = 1\n") == "x = 1\n"
@@ -88,12 +91,36 @@ def saved_pair(tiny_tokenizer, tmp_path_factory):
 
 def test_cli_writes_every_figure_with_corpus_and_spec_bench_skipped(saved_pair, tmp_path, capsys):
     out = tmp_path / "q.json"
-    code = quality.main(["--target", str(saved_pair / "target"), "--draft", str(saved_pair / "draft"),
-                         "--limit", "2", "--max-new-tokens", "8", "--corpus", str(tmp_path / "no-corpus"),
-                         "--json", str(out), "--quiet"])
+    code = quality.main(
+        [
+            "--target",
+            str(saved_pair / "target"),
+            "--draft",
+            str(saved_pair / "draft"),
+            "--limit",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--corpus",
+            str(tmp_path / "no-corpus"),
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     got = json.loads(out.read_text())
-    for key in ("reproduce", "target", "draft", "versions", "config", "goals", "continuations", "heldout", "spec_bench"):
+    for key in (
+        "reproduce",
+        "target",
+        "draft",
+        "versions",
+        "config",
+        "goals",
+        "continuations",
+        "heldout",
+        "spec_bench",
+    ):
         assert key in got, key
     assert set(got["versions"]) >= {"torch", "transformers"}
     assert got["reproduce"].startswith("python -m specviz.workshop.quality --target ")
@@ -142,13 +169,44 @@ def test_cli_held_out_and_spec_bench_sections(saved_pair, tiny_tokenizer, tmp_pa
     np.save(corpus / "heldout_stdlib.npy", stream[:300])
     (corpus / "manifest.json").write_text(json.dumps({"tokenizer_sha1": quality.vocab_sha1(tiny_tokenizer)}))
     questions = tmp_path / "questions.jsonl"
-    questions.write_text("\n".join(json.dumps({"question_id": i, "category": c, "turns": [f"Say {i} things."]})
-                                   for i, c in enumerate(["qa", "qa", "rag"])) + "\n")
+    questions.write_text(
+        "\n".join(
+            json.dumps({"question_id": i, "category": c, "turns": [f"Say {i} things."]})
+            for i, c in enumerate(["qa", "qa", "rag"])
+        )
+        + "\n"
+    )
     out = tmp_path / "q.json"
-    assert quality.main(["--target", str(saved_pair / "target"), "--draft", str(saved_pair / "draft"), "--limit", "1",
-                         "--max-new-tokens", "4", "--corpus", str(corpus), "--windows", "2", "--seq-len", "16",
-                         "--spec-bench", str(questions), "--per-category", "1", "--bench-tokens", "4",
-                         "--json", str(out), "--quiet"]) == 0
+    assert (
+        quality.main(
+            [
+                "--target",
+                str(saved_pair / "target"),
+                "--draft",
+                str(saved_pair / "draft"),
+                "--limit",
+                "1",
+                "--max-new-tokens",
+                "4",
+                "--corpus",
+                str(corpus),
+                "--windows",
+                "2",
+                "--seq-len",
+                "16",
+                "--spec-bench",
+                str(questions),
+                "--per-category",
+                "1",
+                "--bench-tokens",
+                "4",
+                "--json",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     got = json.loads(out.read_text())
     new = got["heldout"]["heldout"]
     from specviz.models.pair import load_pair
@@ -168,7 +226,9 @@ def test_cli_held_out_and_spec_bench_sections(saved_pair, tiny_tokenizer, tmp_pa
     probs = pair.target(x).logits[0, 8:].softmax(-1)
     agree = (pair.draft(x).logits[0, 8:].argmax(-1) == probs.argmax(-1)).float().mean().item()
     one = quality.real_text_agreement(pair, stream[:18], 1, 16)
-    assert one["positions"] == 8 and one["target_top1_p_median"] == pytest.approx(float(np.median(probs.max(-1).values.tolist())))
+    assert one["positions"] == 8 and one["target_top1_p_median"] == pytest.approx(
+        float(np.median(probs.max(-1).values.tolist()))
+    )
     assert one["drafter_agrees"] == pytest.approx(agree)
     assert 0 < ref["target_top1_p_median"] <= 1 and 0 <= ref["drafter_agrees"] <= 1 and ref["positions"] == 2 * 8
     sb = got["spec_bench"]
@@ -185,8 +245,14 @@ def test_a_healed_first_token_is_left_out_of_the_probabilities(saved_pair):
     pair = load_pair(str(saved_pair / "target"), str(saved_pair / "draft"), device="cpu", cache=None)
     prompts = load_prompts(DEFAULT_PROMPTS, 4)
     rows = quality.continue_prompts(pair, prompts, 6, 4, heal=True)
-    healed = [(run("autoregressive", pair, p["prompt"], max_new_tokens=6, heal_prompt=True).meta.get("token_healing")
-               or [None])[0] is not None for p in prompts]
+    healed = [
+        (
+            run("autoregressive", pair, p["prompt"], max_new_tokens=6, heal_prompt=True).meta.get("token_healing")
+            or [None]
+        )[0]
+        is not None
+        for p in prompts
+    ]
     assert any(healed), "no bundled prompt was healed: the test shows nothing"
     assert [r.p[0] is None for r in rows] == healed
     assert all(x is not None for r in rows for x in r.p[1:])

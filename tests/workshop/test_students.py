@@ -2,6 +2,7 @@
 loads like assets/models (by path, with the Kangaroo adapter, sorted drafter and VocabTrim ranking found,
 and as the embedded models), the report names the target's fingerprint, and every way a run can end
 early (--max-steps, SIGTERM, a deleted output) resumes from ckpt.pt instead of starting over."""
+
 from __future__ import annotations
 
 import inspect
@@ -40,7 +41,9 @@ def inputs(tiny_tokenizer, tmp_path_factory):
     import textwrap
 
     root = tmp_path_factory.mktemp("students")
-    save_target(make_tiny_model("llama", len(tiny_tokenizer), layers=4, hidden=32, seed=3), tiny_tokenizer, root / "target")
+    save_target(
+        make_tiny_model("llama", len(tiny_tokenizer), layers=4, hidden=32, seed=3), tiny_tokenizer, root / "target"
+    )
     corpus = root / "corpus"
     corpus.mkdir()
     splits = {"train": [inspect, json_module.decoder, textwrap, string], "heldout": [csv], "heldout_stdlib": [string]}
@@ -55,8 +58,18 @@ def inputs(tiny_tokenizer, tmp_path_factory):
 
 
 def args(root, out, *extra: str) -> list[str]:
-    return ["--target", str(root / "target"), "--corpus", str(root / "corpus"), "--out", str(out), "--quick",
-            "--threads", "1", *extra]
+    return [
+        "--target",
+        str(root / "target"),
+        "--corpus",
+        str(root / "corpus"),
+        "--out",
+        str(out),
+        "--quick",
+        "--threads",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -121,8 +134,9 @@ def test_a_lease_run_ends_training_at_its_deadline_and_finishes(inputs, tmp_path
     assert students.main(args(inputs, out, "--max-steps", "3"), log=[].append) is None
     said = []
     # a minute's budget less a minute kept for finishing: training is out of time at once (steps take milliseconds)
-    report = students.main(args(inputs, out, "--finish-at-deadline", "--budget-minutes", "1", "--finish-minutes", "1"),
-                           log=said.append)
+    report = students.main(
+        args(inputs, out, "--finish-at-deadline", "--budget-minutes", "1", "--finish-minutes", "1"), log=said.append
+    )
     assert report is not None and report["steps"] == {"distill": 3, "refine": 0}
     assert any(line.startswith("deadline: training ends at distill step 3") for line in said), said
     assert not any(line.startswith(("distill step", "refine step")) for line in said)
@@ -163,15 +177,22 @@ def test_sigterm_saves_and_stops_and_a_changed_target_is_refused(made, inputs, t
     assert students.main(args(inputs, out, "--warm-from", str(made[0])), log=said.append) is None
     assert signal.getsignal(signal.SIGTERM) == handler
     assert any(line.startswith(f"stopped (signal {int(signal.SIGTERM)})") for line in said)
-    assert any(line == f"students: drafter from {made[0] / 'drafter'}, sorted from {made[0] / 'sorted-drafter'}, "
-               f"adapter from {made[0] / 'kangaroo-adapter'}" for line in said), said[:6]
+    assert any(
+        line == f"students: drafter from {made[0] / 'drafter'}, sorted from {made[0] / 'sorted-drafter'}, "
+        f"adapter from {made[0] / 'kangaroo-adapter'}"
+        for line in said
+    ), said[:6]
     assert torch.load(out / students.CKPT, weights_only=False)["progress"]["step"] == 2  # the step in flight completed
 
     other = tmp_path / "other"
-    save_target(make_tiny_model("llama", len(tiny_tokenizer), layers=4, hidden=32, seed=4), tiny_tokenizer, other / "target")
+    save_target(
+        make_tiny_model("llama", len(tiny_tokenizer), layers=4, hidden=32, seed=4), tiny_tokenizer, other / "target"
+    )
     assert students.stale(made[0], other / "target")
     with pytest.raises(SystemExit, match="another target"):
-        students.main(["--target", str(other / "target"), "--corpus", str(inputs / "corpus"), "--out", str(out), "--quick"])
+        students.main(
+            ["--target", str(other / "target"), "--corpus", str(inputs / "corpus"), "--out", str(out), "--quick"]
+        )
 
 
 def test_a_drafter_one_layer_past_the_kangaroo_exit_starts_as_the_adapters_draft(tiny_tokenizer):
@@ -185,7 +206,8 @@ def test_a_drafter_one_layer_past_the_kangaroo_exit_starts_as_the_adapters_draft
     target = make_tiny_model("llama", len(tiny_tokenizer), layers=4, hidden=32, seed=3)
     grouped = KangarooAdapter.for_target(target.config, 1)  # all heads keep K/V; this target groups them
     assert students.warm_llama(target, tiny_tokenizer, 2, None, log=lambda _m: None, adapter=grouped)[1] == (
-        students.FRESH + "the target's first layers")
+        students.FRESH + "the target's first layers"
+    )
     adapter = KangarooAdapter(replace(grouped.config, num_key_value_heads=target.config.num_key_value_heads))
     assert isinstance(adapter.config, AdapterConfig)
     torch.manual_seed(5)

@@ -2,6 +2,7 @@
 -log(1 - p) there, and the command runs, saves an HF target with its record and resumes. The DITTO objective:
 its rows are a corpus prefix and one corpus span repeated, and its loss pulls each copy's probability to a
 share of the copy before."""
+
 from __future__ import annotations
 
 import json
@@ -77,9 +78,22 @@ def test_anchor_is_kl_to_the_starting_target_on_unpenalized_continuation_tokens(
 
 def test_finetune_runs_saves_and_resumes(tmp_path):
     corpus = tiny_target_and_corpus(tmp_path, meta={"exits": [1, 3], "kangaroo_exit": 1})
-    cfg = UnlikelihoodConfig(target=str(tmp_path / "target"), corpus=str(corpus), out=str(tmp_path / "out"), steps=3,
-                             mle_seq_len=16, mle_batch=2, prefix_tokens=8, new_tokens=12, ul_batch=2, eval_every=0,
-                             eval_windows=2, max_steps=2, lr=1e-3, anchor_weight=1.0)
+    cfg = UnlikelihoodConfig(
+        target=str(tmp_path / "target"),
+        corpus=str(corpus),
+        out=str(tmp_path / "out"),
+        steps=3,
+        mle_seq_len=16,
+        mle_batch=2,
+        prefix_tokens=8,
+        new_tokens=12,
+        ul_batch=2,
+        eval_every=0,
+        eval_windows=2,
+        max_steps=2,
+        lr=1e-3,
+        anchor_weight=1.0,
+    )
     first = finetune(cfg, log=lambda msg: None)
     assert first["step"] == 2 and not first["done"] and not (tmp_path / "out" / "target").exists()
     second = finetune(cfg, log=lambda msg: None)  # resumes from OUT/ckpt.pt
@@ -89,7 +103,11 @@ def test_finetune_runs_saves_and_resumes(tmp_path):
     trained = [h for h in meta["unlikelihood"]["history"] if h["event"] == "train"]
     assert [h["step"] for h in trained] == [1, 2, 3] and all(0 <= h["repeat_share"] <= 1 for h in trained)
     assert trained[0]["anchor"] == 0.0 < trained[2]["anchor"]  # held to the target it started from, also on resume
-    assert [h["event"] for h in meta["unlikelihood"]["history"]][0] == "eval" == meta["unlikelihood"]["history"][-1]["event"]
+    assert (
+        [h["event"] for h in meta["unlikelihood"]["history"]][0]
+        == "eval"
+        == meta["unlikelihood"]["history"][-1]["event"]
+    )
 
 
 def test_seconds_finish_the_run_on_time_under_autocast(tmp_path):
@@ -97,9 +115,21 @@ def test_seconds_finish_the_run_on_time_under_autocast(tmp_path):
     is the path a lent GPU takes."""
     corpus = tiny_target_and_corpus(tmp_path)
     said = []
-    cfg = UnlikelihoodConfig(target=str(tmp_path / "target"), corpus=str(corpus), out=str(tmp_path / "out"),
-                             steps=10_000, mle_seq_len=16, mle_batch=2, prefix_tokens=8, new_tokens=12, ul_batch=2,
-                             eval_every=0, eval_windows=2, seconds=1.0, amp="bf16")
+    cfg = UnlikelihoodConfig(
+        target=str(tmp_path / "target"),
+        corpus=str(corpus),
+        out=str(tmp_path / "out"),
+        steps=10_000,
+        mle_seq_len=16,
+        mle_batch=2,
+        prefix_tokens=8,
+        new_tokens=12,
+        ul_batch=2,
+        eval_every=0,
+        eval_windows=2,
+        seconds=1.0,
+        amp="bf16",
+    )
     result = finetune(cfg, log=said.append)
     assert result["done"] and 0 < result["step"] < 10_000
     assert any(line.startswith("--seconds 1") for line in said)
@@ -114,9 +144,22 @@ def test_freeze_layers_keeps_what_the_family_reads_bit_identical(tmp_path):
 
     corpus = tiny_target_and_corpus(tmp_path)
     said = []
-    cfg = UnlikelihoodConfig(target=str(tmp_path / "target"), corpus=str(corpus), out=str(tmp_path / "out"), steps=3,
-                             mle_seq_len=16, mle_batch=2, prefix_tokens=8, new_tokens=12, ul_batch=2, eval_every=0,
-                             eval_windows=2, lr=1e-2, warmup_steps=1, freeze_layers=1)
+    cfg = UnlikelihoodConfig(
+        target=str(tmp_path / "target"),
+        corpus=str(corpus),
+        out=str(tmp_path / "out"),
+        steps=3,
+        mle_seq_len=16,
+        mle_batch=2,
+        prefix_tokens=8,
+        new_tokens=12,
+        ul_batch=2,
+        eval_every=0,
+        eval_windows=2,
+        lr=1e-2,
+        warmup_steps=1,
+        freeze_layers=1,
+    )
     assert finetune(cfg, log=said.append)["done"]
     assert any(line.startswith("frozen:") for line in said)
     before = AutoModelForCausalLM.from_pretrained(tmp_path / "target").state_dict()
@@ -130,8 +173,9 @@ def test_freeze_layers_keeps_what_the_family_reads_bit_identical(tmp_path):
 
 def test_pseudo_repetitions_are_a_corpus_prefix_then_one_corpus_span_repeated():
     train = np.arange(1000, dtype=np.uint16)  # every window of it is unique: where a row came from is readable
-    seq, periods = pseudo_repetitions(train, torch.Generator().manual_seed(3), rows=5, prefix=6, length=40,
-                                      span_min=3, span_max=7)
+    seq, periods = pseudo_repetitions(
+        train, torch.Generator().manual_seed(3), rows=5, prefix=6, length=40, span_min=3, span_max=7
+    )
     assert seq.shape == (5, 40) and len(periods) == 5 and all(3 <= k <= 7 for k in periods)
     for row, k in zip(seq.tolist(), periods):
         assert row[: 6 + k] == list(range(row[0], row[0] + 6 + k))  # prefix and span: consecutive corpus tokens
@@ -149,8 +193,13 @@ def test_ditto_loss_pulls_each_copy_to_a_share_of_the_copy_before():
     def expected(stop_gradient: bool) -> torch.Tensor:
         p = model(seq[:, :-1]).logits.softmax(-1).gather(-1, seq[:, 1:, None]).squeeze(-1)  # p[:, t - 1]: token t
         before = p.detach() if stop_gradient else p
-        return torch.stack([-torch.log(1 - (p[r, t - 1] - ratio * before[r, t - 1 - k]).abs())
-                            for r, k in enumerate(periods) for t in range(prefix + k, 12)]).mean()
+        return torch.stack(
+            [
+                -torch.log(1 - (p[r, t - 1] - ratio * before[r, t - 1 - k]).abs())
+                for r, k in enumerate(periods)
+                for t in range(prefix + k, 12)
+            ]
+        ).mean()
 
     def grads(loss: torch.Tensor) -> list[torch.Tensor]:
         model.zero_grad()
@@ -166,9 +215,23 @@ def test_ditto_loss_pulls_each_copy_to_a_share_of_the_copy_before():
 
 def test_ditto_objective_trains_and_reports_the_greedy_repeat_share(tmp_path):
     corpus = tiny_target_and_corpus(tmp_path)
-    cfg = UnlikelihoodConfig(target=str(tmp_path / "target"), corpus=str(corpus), out=str(tmp_path / "out"), steps=2,
-                             mle_seq_len=16, mle_batch=2, prefix_tokens=8, new_tokens=12, ul_batch=2, eval_every=1,
-                             eval_windows=2, objective="ditto", ditto_len=32, span_min=3, span_max=6)
+    cfg = UnlikelihoodConfig(
+        target=str(tmp_path / "target"),
+        corpus=str(corpus),
+        out=str(tmp_path / "out"),
+        steps=2,
+        mle_seq_len=16,
+        mle_batch=2,
+        prefix_tokens=8,
+        new_tokens=12,
+        ul_batch=2,
+        eval_every=1,
+        eval_windows=2,
+        objective="ditto",
+        ditto_len=32,
+        span_min=3,
+        span_max=6,
+    )
     assert finetune(cfg, log=lambda msg: None)["done"]
     history = json.loads((tmp_path / "out" / "target" / "specviz.json").read_text())["unlikelihood"]["history"]
     evals = [h for h in history if h["event"] == "eval"]
