@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from specviz.engine import quiet
 from specviz.engine.decoder import Output, context_limit, eos_ids
 from specviz.engine.healing import Healing, healed_prompt, plan
 from specviz.engine.healing import first_token as heal_token
@@ -102,6 +103,7 @@ def run(
     the run goes on (the UI streams tokens that way; events get their `text` only at the end).
     `dist_top_k` (default 8, 0 = off): verdict events carry the top-k of q and p the rule used
     (trace schema 2; see specviz.engine.trace). `specviz.analysis.exactness` tests a method's sampling law.
+    `trace.disturbance` says what else took the machine's CPU while the run was timed (specviz.engine.quiet).
     """
     cls = method_class(name)
     if cls.batch:
@@ -122,6 +124,7 @@ def run(
     sampling = Sampling(values["temperature"], values["top_k"], values["top_p"])
     meta: dict[str, Any] = {}
     ctx = None
+    clocks = quiet.read()  # what else takes the CPU during the run (specviz.engine.quiet)
     start = time.perf_counter()
     try:
         if healing is not None:
@@ -147,6 +150,7 @@ def run(
         meta.update(ctx.meta)  # a cancelled run keeps its method's notes
     synchronize(device)
     wall = time.perf_counter() - start
+    disturbance = quiet.since(clocks).to_dict()
     row = RowResult(
         prompt=healed_prompt(prompt, healing, pair.tokenizer),
         prompt_ids=conditioned,
@@ -173,6 +177,7 @@ def run(
             "target_layers": target_layers(pair.target),
             **meta,
         },
+        disturbance=disturbance,
     )
 
 
@@ -186,8 +191,8 @@ def heal_first(
     out: Output | None,
     row: int,
 ) -> int:
-    """The healed first token, pushed into `out` (a batch method pushes it itself: position 0) and recorded: one target forward over the kept prompt
-    (a prefill span) and the token it emits under the healing constraint."""
+    """The healed first token, pushed into `out` (a batch method pushes it itself: position 0) and recorded: one
+    target forward over the kept prompt (a prefill span) and the token it emits under the healing constraint."""
     t0 = rec.now()
     token, prob = heal_token(pair.target, healing, sampling, generator, vocab)
     t1 = rec.now()
@@ -252,6 +257,7 @@ def run_batch(
     generator = torch.Generator(device="cpu").manual_seed(values["seed"])
     sampling = Sampling(values["temperature"], values["top_k"], values["top_p"])
     meta: dict[str, Any] = {}
+    clocks = quiet.read()
     start = time.perf_counter()
     cancelled = False
     ctx = None
@@ -281,6 +287,7 @@ def run_batch(
         cancelled = True
     synchronize(device)
     wall = time.perf_counter() - start
+    disturbance = quiet.since(clocks).to_dict()
     outputs = (ctx.outputs if ctx is not None else None) or []
     if ctx is not None:
         meta.update(ctx.meta)
@@ -318,4 +325,5 @@ def run_batch(
             "throughput": new_tokens / wall if wall > 0 else 0.0,
             **meta,
         },
+        disturbance=disturbance,
     )

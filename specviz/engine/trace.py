@@ -98,6 +98,9 @@ class Trace:
     wall_time: float = 0.0  # seconds, prefill included
     started_at: float = 0.0  # unix time of the run's start
     meta: dict[str, Any] = field(default_factory=dict)  # method extras (costs, notes, labels)
+    # what else took the CPU while the run was timed: specviz.engine.quiet.Disturbance.to_dict() (others' share of
+    # the machine's CPU time, whether that disturbed the run); None: not probed (a trace from before the probe)
+    disturbance: dict[str, Any] | None = None
 
     # -- single-sequence conveniences (a batch Trace uses .rows) ---------------------------
     @property

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from specviz.engine.quiet import Disturbance, Reading, between
 from specviz.engine.trace import EVENT_KINDS, Event, Recorder, RowResult, Trace
 
 
@@ -72,3 +73,16 @@ def test_event_kinds_cover_the_design():
     for kind in ("prefill", "draft", "early_exit", "verify", "accept", "reject", "correct", "bonus", "realign", "emit"):
         assert kind in EVENT_KINDS
     assert Event("draft").row == 0
+
+
+def test_the_disturbance_record_survives_json_and_older_traces_load_without_it():
+    start = Reading(wall_s=0.0, own_cpu_s=0.0, busy_ticks=0, total_ticks=0, cpus=2)
+    record = between(start, Reading(wall_s=1.0, own_cpu_s=0.7, busy_ticks=194, total_ticks=200, cpus=2)).to_dict()
+    trace = sample_trace()
+    trace.disturbance = record
+    again = Trace.from_json(trace.to_json())
+    assert again.disturbance == record and Disturbance.from_dict(again.disturbance).disturbed
+    assert Disturbance.from_dict(again.disturbance).others_share == pytest.approx(0.62)
+    older = json.loads(sample_trace().to_json())
+    del older["disturbance"]  # a trace saved before the probe existed
+    assert Trace.from_dict(older).disturbance is None
