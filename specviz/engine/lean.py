@@ -133,26 +133,31 @@ class KVBuffers:
         self._grow(min(capacity, limit))
 
     def _grow(self, capacity: int) -> None:
-        """(Re)allocate for `capacity` positions, keeping what is held."""
+        """(Re)allocate for `capacity` entries, keeping what is held."""
         shape = (1, self.kv_heads, capacity, self.head_dim)
         keys = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.count)]
         values = [torch.zeros(shape, device=self.device, dtype=self.dtype) for _ in range(self.count)]
         for old, new in zip(self.keys + self.values, keys + values):
             new[:, :, : self.length] = old[:, :, : self.length]
         self.keys, self.values, self.capacity = keys, values, capacity
-        # as transformers' rotary module computes it: float32 angles, cos/sin cast to the model's dtype
-        positions = torch.arange(capacity, device=self.device, dtype=torch.float32)
+        # as transformers' rotary module computes it: float32 angles, cos/sin cast to the model's dtype; no row past
+        # the position limit (a tree's scratch slots past it have positions below it; a position past it is a bug)
+        positions = torch.arange(min(capacity, self.limit), device=self.device, dtype=torch.float32)
         freqs = positions[:, None] * self.inv_freq.to(self.device, torch.float32)[None]
         emb = torch.cat((freqs, freqs), dim=-1)
-        self.cos, self.sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)  # (capacity, head_dim)
+        self.cos, self.sin = emb.cos().to(self.dtype), emb.sin().to(self.dtype)  # (positions, head_dim)
 
-    def reserve(self, new: int, who: str) -> tuple[int, int]:
-        """Room for `new` more positions: (past, end)."""
+    def reserve(self, new: int, who: str, tree: bool = False) -> tuple[int, int]:
+        """Room for `new` more entries: (past, end). A plain feed's entries sit at their positions, so it must end
+        within the position limit. A token tree's entries (`tree`) carry their own positions, which its caller
+        keeps below the limit (methods/tree.py caps the depth by the room left), and stay only until `keep_path`
+        moves the accepted ones down: they are scratch, and may take slots past the limit (up to (depth - 1) x
+        branch a round), so a tree keeps its shape up to the last token of the context."""
         past, end = self.length, self.length + new
         if end > self.capacity:
-            if end > self.limit:
+            if end > self.limit and not tree:
                 raise ValueError(f"the {who}'s context is {self.limit} positions")
-            self._grow(min(self.limit, max(end, 2 * self.capacity)))
+            self._grow(max(end, min(self.limit, 2 * self.capacity)))
         return past, end
 
     @staticmethod
@@ -268,7 +273,7 @@ class LeanDecoder(HoldsKV):
         """Append ids (1, T); return the residual stream after this decoder's layers (1, T, d), un-normed. A token
         tree's nodes come with their `positions` (1, T) and attention `mask` (1, 1, T, length + T)."""
         new = ids.shape[1]
-        past, end = self.kv.reserve(new, "drafter")
+        past, end = self.kv.reserve(new, "drafter", tree=positions is not None)
         if mask is None:
             mask = self.kv.causal(new, past, end, ids.device)
         rotary = None if positions is None else positions.reshape(-1)
