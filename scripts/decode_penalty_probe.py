@@ -93,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         agreement = agreed / scored
         print(
             f"| {name} | {pooled_share(continuations, 4):.3f} | {parsed}/{len(prompts)} | "
-            f"{statistics.median(p_top):.3f} | {agreement:.3f} | {leviathan_speedup(agreement, GAMMA, DRAFT_COST, VERIFY_COST):.2f}x |",
+            f"{statistics.median(p_top):.3f} | {agreement:.3f} | "
+            f"{leviathan_speedup(agreement, GAMMA, DRAFT_COST, VERIFY_COST):.2f}x |",
             flush=True,
         )
     return 0

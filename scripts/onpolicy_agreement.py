@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = torch.load(args.students_ckpt, map_location="cpu", weights_only=False)
         drafter.load_state_dict(ckpt["models"]["drafter"])
         print(
-            f"drafter weights from {args.students_ckpt}: phase {ckpt['progress']['phase']} step {ckpt['progress']['step']}"
+            f"drafter weights from {args.students_ckpt}: phase {ckpt['progress']['phase']} "
+            f"step {ckpt['progress']['step']}"
         )
     if args.code_prompts:
         import json

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -16,12 +17,13 @@ import sys
 CHILD = """
 import json, time
 start = time.perf_counter()
-from specviz import selfcheck
+from specviz.models import selfcheck
 from specviz.models.pair import load_pair
 imported = time.perf_counter()
 load_pair("embedded", device="cpu")
 done = time.perf_counter()
-print(json.dumps({"import_s": imported - start, "load_s": done - imported, "check_s": selfcheck.LAST["report"].seconds}))
+check_s = selfcheck.LAST["report"].seconds
+print(json.dumps({"import_s": imported - start, "load_s": done - imported, "check_s": check_s}))
 """
 
 
@@ -36,7 +38,7 @@ def main() -> None:
             capture_output=True,
             text=True,
             check=True,
-            env={"HF_HUB_OFFLINE": "1", **__import__("os").environ},
+            env={"HF_HUB_OFFLINE": "1", **os.environ},
         )
         runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
     med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
