@@ -1,0 +1,79 @@
+"""A specviz trace and a bench row convert to the same record as a deployment's, and back out as vLLM writes it."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from specviz.engine.acceptance import acceptance_record_from_trace
+from specviz.engine.trace import Event, RowResult, Trace
+from specviz.observe import prometheus
+from specviz.observe.local import acceptance_columns, from_bench_row
+from specviz.observe.reader import ReadStats, iter_path, iter_text
+from specviz.observe.writers import to_jsonl, to_prometheus, write_acceptance
+
+
+def hand_counted_trace() -> Trace:
+    """Round 0 accepts 2 of 3, round 1 none of 3, round 2 all 3 (+ bonus), round 3 drafts nothing (an emit)."""
+    events = [Event("prefill", step=-1)]
+    verdicts = {0: ["accept", "accept", "reject"], 1: ["reject", "reject", "reject"], 2: ["accept"] * 3}
+    for step, kinds in verdicts.items():
+        events += [Event("draft", step=step, depth=d) for d in range(3)]
+        events.append(Event("verify", step=step))
+        events += [Event(kind, step=step, depth=d) for d, kind in enumerate(kinds)]
+        events.append(Event("bonus" if step == 2 else "correct", step=step, depth=3))
+    events.append(Event("emit", step=3))
+    return Trace(method="draft_model", params={"gamma": 3}, rows=[RowResult("p", [1])], events=events)
+
+
+def test_trace_against_a_hand_count():
+    r = acceptance_record_from_trace(hand_counted_trace())
+    assert (r.engine, r.scope, r.k, r.steps, r.drafted, r.accepted) == ("specviz", "request", 3, 3, 9, 5)
+    assert r.accepted_per_position == [2, 2, 1] and r.per_position == [2 / 3, 2 / 3, 1 / 3]
+    assert r.histogram == {2: 1, 0: 1, 3: 1} and r.per_step_accepted == [2, 0, 3]
+    assert r.mean_acceptance_length == 1 + 5 / 3 and r.acceptance_rate == 5 / 9
+
+
+def test_a_saved_trace_reads_as_a_record(tmp_path):
+    path = tmp_path / "trace.json"
+    path.write_text(hand_counted_trace().to_json())
+    (record,) = list(iter_path(path, ReadStats(name="t")))
+    assert (record.steps, record.accepted, record.per_position) == (3, 5, [2 / 3, 2 / 3, 1 / 3])
+
+
+def test_writers_round_trip_through_the_vllm_readers():
+    record = acceptance_record_from_trace(hand_counted_trace())
+    (back,) = list(iter_text(to_jsonl([record])))
+    assert (back.engine, back.steps, back.drafted, back.accepted, back.histogram) == ("vllm", 3, 9, 5, record.histogram)
+    (prom,) = prometheus.read(to_prometheus([record, record]))
+    assert (prom.steps, prom.drafted, prom.accepted, prom.accepted_per_position) == (6, 18, 10, [4, 4, 2])
+    assert prom.labels["model_name"] == "draft_model"
+
+
+def test_bench_rows_with_and_without_the_acceptance_columns(tmp_path):
+    record = acceptance_record_from_trace(hand_counted_trace())
+    counted = {"method": "draft_model", "prompt_id": "p1", "tau": 2.0, "param_gamma": 3, **acceptance_columns(record)}
+    # 9 tokens over 4 rounds (the draftless round included): tau 2.25, 2.25 drafts a round, 4 wasted
+    medians = {"method": "draft_model", "prompt_id": "p2", "new_tokens": 9, "tau": 2.25, "alpha": 5 / 9}
+    medians.update({"mean_drafts_per_round": 2.25, "wasted_drafts": 4})
+    baseline = {"method": "autoregressive", "prompt_id": "p1", "new_tokens": 9, "tau": 1.0}
+    baseline.update({"mean_drafts_per_round": 0.0, "wasted_drafts": 0})
+    path = tmp_path / "results.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=sorted(set(counted) | set(medians)))
+        writer.writeheader()
+        writer.writerows([counted, medians, baseline])
+    stats = ReadStats(name="csv")
+    first, second = list(iter_path(path, stats))
+    assert stats.kind == "csv" and stats.skipped == 1  # the autoregressive row drafted nothing
+    assert (first.steps, first.drafted, first.accepted, first.per_position) == (3, 9, 5, record.per_position)
+    assert first.derived == ["per_position", "acceptance_rate", "mean_acceptance_length"]
+    assert (second.steps, second.drafted, second.accepted) == (4, 9, 5)
+    assert {"steps", "drafted", "accepted"} <= set(second.derived)
+    assert from_bench_row(baseline) is None
+
+
+def test_write_acceptance_writes_both_files(tmp_path):
+    jsonl, prom = write_acceptance([acceptance_record_from_trace(hand_counted_trace())], tmp_path / "acc.jsonl")
+    assert prom.name == "acc.prom" and "vllm:spec_decode_num_drafts_total" in prom.read_text()
+    assert json.loads(jsonl.read_text())["metrics"]["speculative_decoding"]["num_spec_steps"] == 3
