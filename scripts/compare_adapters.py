@@ -3,7 +3,7 @@ embedded target: greedy agreement on the command's own held-out windows, then sp
 in one process, the same target object, medians over repeats).
 
     python -m specviz.workshop.train kangaroo-adapter --target assets/models/target --exit-layer 2 --steps 400 --out DIR
-    python scripts/compare_adapters.py --new DIR/kangaroo-adapter
+    python scripts/compare_adapters.py --new DIR/kangaroo-adapter [--limit 8] [--repeats 3] [--max-new-tokens 128]
 
 Nothing else may run meanwhile (pause training first).
 """
@@ -36,6 +36,8 @@ def main() -> None:
     parser.add_argument("--shipped", default="assets/models/kangaroo-adapter")
     parser.add_argument("--limit", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max-new-tokens", type=int, default=128)
+    parser.add_argument("--text", default="", help="held-out text from this UTF-8 file (default: the stdlib's sources)")
     args = parser.parse_args()
     os.chdir(Path(__file__).resolve().parents[1])  # the assets' relative paths
     cpu = torch.device("cpu")
@@ -43,7 +45,7 @@ def main() -> None:
         name: KangarooAdapter.load(path, device=cpu, dtype=torch.float32).eval()
         for name, path in (("shipped", args.shipped), ("new", args.new))
     }
-    cfg = PartsConfig(part="kangaroo-adapter", target="assets/models/target")
+    cfg = PartsConfig(part="kangaroo-adapter", target="assets/models/target", text=args.text)
     target = load_causal_lm("assets/models/target", cpu, torch.float32)
     held = heldout_windows(token_split(load_tokenizer("assets/models/target"), training_text(cfg), cfg)[1], cfg)
     for name, adapter in adapters.items():
@@ -57,7 +59,7 @@ def main() -> None:
 
     def timed(label: str, i: int, pair, method: str, params: dict) -> None:
         start = time.perf_counter()
-        trace = run(method, pair, prompts[i], max_new_tokens=128, **params)
+        trace = run(method, pair, prompts[i], max_new_tokens=args.max_new_tokens, **params)
         seconds = time.perf_counter() - start
         drafted = sum(e.kind == "draft" for e in trace.events)
         alpha = sum(e.kind == "accept" for e in trace.events) / max(1, drafted)

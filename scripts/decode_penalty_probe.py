@@ -12,7 +12,7 @@ fell with it. A processor leaves the weights alone, so if the target's confidenc
 loops, a processor would keep the speedup. Every method stays lossless under a deterministic processor (the
 verify applies it at each position over the same prefix); this probe asks only whether it is worth wiring in.
 
-    python scripts/decode_penalty_probe.py [--family assets/models] [--max-new-tokens 96] [--threads 2]
+    python scripts/decode_penalty_probe.py [--family assets/models] [--max-new-tokens 96] [--threads 2] [--limit N]
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompts", default=str(ROOT / "assets/prompts/code.jsonl"))
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--limit", type=int, default=None, help="the first N prompts")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     family = Path(args.family)
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     target = AutoModelForCausalLM.from_pretrained(family / "target", dtype=torch.float32).eval()
     drafter = AutoModelForCausalLM.from_pretrained(family / "drafter", dtype=torch.float32).eval()
     prompts = [json.loads(line) for line in Path(args.prompts).read_text().splitlines() if line.strip()]
+    prompts = prompts[: args.limit]
     eos = tokenizer.eos_token_id
 
     print(

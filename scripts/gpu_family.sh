@@ -17,6 +17,10 @@
 # default) keeps the embedding/head, final norm and layers 0-1 as they are: the Kangaroo exit's state and the
 # grafted drafter's body stay valid, and only the students' upper parts must follow (0 = train everything).
 set -uo pipefail
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then  # the header above, without its comment marks
+  sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
 OUT=${OUT:-gpu-family}
 CORPUS_PACK=${CORPUS_PACK:-.corpus}
 TARGET_SECONDS=${TARGET_SECONDS:-285}

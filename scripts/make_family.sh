@@ -18,6 +18,10 @@
 # README's tables (`python scripts/remeasure_readme.py --out DIR`). Nothing else may run meanwhile: two
 # processes on two cores slow a 2-thread job several-fold, and steps 3-4 are timings.
 set -euo pipefail
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then  # the header above, without its comment marks
+  sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
 cd "$(dirname "$0")/.."
 # defaults under ~/.cache/specviz (specviz.paths: $XDG_CACHE_HOME/specviz when that is set)
 RUN_DIR="${SPECVIZ_TRAIN_DIR:-$(python -m specviz.paths train)}"

@@ -5,6 +5,7 @@ needs before those figures can be replaced. Nothing else may run meanwhile (paus
     python scripts/remeasure_readme.py --list
     python scripts/remeasure_readme.py --out results/2026-11-27   # resumable: finished tables are kept
     python scripts/remeasure_readme.py --apply results/2026-11-27  # put them back into README.md and docs/
+    python scripts/remeasure_readme.py --out DIR --only 1 --smoke  # a rehearsal in seconds (CI)
 
 The files are README.md, then docs/*.md in name order (or the ones given with --files); commands are numbered
 across them in that order. --apply replaces each table that stands right above its command (blank lines
@@ -28,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a file from anywhere: specviz.paths
 COMMAND = re.compile(r"`python -m specviz\.bench ([^`]+)`(?:\s*\((\w) = ([\d, ]+)\))?")
+SMOKE = ["--limit", "1", "--max-new-tokens", "8", "--repeats", "1"]  # --smoke: seconds, not a measurement
 OPTIONAL = re.compile(r"\[(--[a-z-]+ '[^']*')\]")  # "[--target 'embedded[:8]']": with and without
 
 
@@ -143,6 +145,11 @@ def main(argv: list[str] | None = None) -> int:
         help="comma-separated command numbers (1-based, as --list): the tables a "
         "session has time for, the rest on the next run",
     )
+    parser.add_argument(
+        "--smoke",
+        action="store_true",
+        help="each command on its first prompt, 8 new tokens, one repeat: a rehearsal of this script, no figures",
+    )
     args = parser.parse_args(argv)
     files = [Path(f) for f in args.files] if args.files else [Path(args.readme)] if args.readme else default_files()
     docs = documents(files)
@@ -170,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         if markdown.exists():
             print(f"[{index}/{len(commands)}] kept {markdown}")
             continue
+        if args.smoke:  # the last of a repeated option wins; a rehearsal writes no committed summary
+            full += SMOKE
+            if "--json" in full[:-1]:
+                full[full.index("--json") + 1] = str(out_dir / f"{index:02d}-summary.json")
         print(f"[{index}/{len(commands)}] python -m specviz.bench {shlex.join(full)}", flush=True)
         done = subprocess.run([sys.executable, "-m", "specviz.bench", *full], cwd=ROOT)
         if done.returncode:

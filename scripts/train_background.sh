@@ -16,6 +16,10 @@
 # Pause (benchmarks): kill -STOP "$(cat ~/.cache/specviz/train/train.pid)"; resume: kill -CONT ...
 # Stop early and save: kill -TERM "$(cat ~/.cache/specviz/train/train.pid)" (it saves a checkpoint, then exits).
 set -euo pipefail
+if [[ "${1:-}" == -h || "${1:-}" == --help ]]; then  # the header above, without its comment marks
+  sed -n '2,/^set -/p' "$0" | sed '$d; s/^# \{0,1\}//'
+  exit 0
+fi
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python}"
 RUN_DIR="${SPECVIZ_TRAIN_DIR:-$("$PYTHON" -m specviz.paths train)}"
