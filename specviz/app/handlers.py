@@ -35,6 +35,7 @@ from specviz.app.controls import PARAMS, UI_DEFAULTS, collect_params, parse_para
 from specviz.app.serving import Update
 from specviz.bench.matrix import summary
 from specviz.bench.prompts import DEFAULT_PROMPTS, load_prompts
+from specviz.engine.quiet import Disturbance
 from specviz.engine.trace import MAX_TRACE_BYTES, Trace
 from specviz.methods import METHODS
 from specviz.models.hub import EMBEDDED, EMBEDDED_DIR, allowlist, load_tokenizer
@@ -56,26 +57,64 @@ def save_downloads(trace: Trace) -> list[str]:
     return [str(folder / name) for name in ("trace.json", "trace.csv", "trace.chrome.json")]
 
 
+NOT_KEPT = "not kept in the cache"
+
+
 def where_measured(trace: Trace) -> str:
-    """Beside every measured figure: where the run ran and whether it had the engine to itself."""
+    """Beside every measured figure: where the run ran, whether it had the engine to itself, what else took the
+    machine's CPU meanwhile (specviz.engine.quiet) and whether it was the engine process's cold start. A run
+    disturbed by other processes is never called "alone": the disturbance is named instead."""
     note = trace.meta.get("engine") or {}
     if not note:
         return ""
-    alone = note.get("runs_at_once", 1) <= 1
-    text = f", {note.get('where', 'engine')}, " + (
-        "alone" if alone else f"sharing the engine with {note['runs_at_once'] - 1} other run(s)"
-    )
+    disturbance = Disturbance.from_dict(trace.disturbance)
+    if note.get("runs_at_once", 1) > 1:
+        company = f"sharing the engine with {note['runs_at_once'] - 1} other run(s)"
+    elif disturbance is not None and disturbance.disturbed:
+        company = f"while {disturbance.words()}: disturbed, {NOT_KEPT}"
+    else:
+        company = "alone" + (f" ({disturbance.words()})" if disturbance is not None else "")
+    text = f", {note.get('where', 'engine')}, {company}"
     if note.get("where") == "server thread":
         text += " (an in-process engine: its timings share the process with the page and other requests)"
+    if note.get("cold_start"):
+        text += f", the first {trace.method} run of this engine process (its cold start: {NOT_KEPT})"
     if note.get("queued_s"):
         text += f", after {note['queued_s']:.2f} s in the queue"
     return text
 
 
-def run_status(trace: Trace, served: str = "") -> str:
+def baseline_note(baseline: Trace) -> str:
+    """What made the autoregressive baseline (and so the speedup) not this engine's alone, or ""."""
+    note = baseline.meta.get("engine") or {}
+    disturbance = Disturbance.from_dict(baseline.disturbance)
+    said = []
+    if disturbance is not None and disturbance.disturbed:
+        said.append(f"measured while {disturbance.words()}")
+    if note.get("cold_start"):
+        said.append("the first autoregressive run of this engine process (its cold start)")
+    if not said:
+        return ""
+    return f"the autoregressive baseline was {' and '.join(said)}: the speedup is disturbed, {NOT_KEPT}"
+
+
+def disturbance_note(trace: Trace, baseline: Trace | None = None) -> str:
+    """One sentence naming what disturbed a pair of runs (a Race), or "" when both were the engine's alone."""
+    said = []
+    for run in (trace, baseline) if baseline is not None and baseline is not trace else (trace,):
+        disturbance = Disturbance.from_dict(run.disturbance)
+        if disturbance is not None and disturbance.disturbed:
+            said.append(f"the {run.method} run was measured while {disturbance.words()}")
+        if (run.meta.get("engine") or {}).get("cold_start"):
+            said.append(f"the {run.method} run was the first of this engine process (its cold start)")
+    return f"DISTURBED: {'; '.join(said)}; {NOT_KEPT}" if said else ""
+
+
+def run_status(trace: Trace, served: str = "", baseline: Trace | None = None) -> str:
+    extra = baseline_note(baseline) if baseline is not None and baseline is not trace else ""
     return (
         f"{trace.new_tokens} tokens in {trace.wall_time:.2f} s (measured{where_measured(trace)}) - "
-        f"finish: {trace.rows[0].finish_reason}" + (f" - {served}" if served else "")
+        f"finish: {trace.rows[0].finish_reason}" + (f" - {extra}" if extra else "") + (f" - {served}" if served else "")
     )
 
 
@@ -102,7 +141,7 @@ _RENDERED_LOCK = threading.Lock()
 
 
 def rendered(result: dict, key: str | None, measured_at: float | None, costs: tuple) -> tuple:
-    """(trace, figures, trace JSON, download files) of one measured result, drawn once: a class clicking the
+    """(trace, baseline, figures, trace JSON, download files) of one measured result, drawn once: a class clicking the
     same example is served its figures, not 32 drawings of them (a drawing costs 0.2-0.3 s of this process).
     Requests for a result being drawn wait for that drawing."""
     memo = (key, measured_at, tuple(costs)) if key else None
@@ -117,7 +156,9 @@ def rendered(result: dict, key: str | None, measured_at: float | None, costs: tu
     with lock:
         if not drawn:
             trace, baseline = Trace.from_json(result["trace"]), Trace.from_json(result["baseline"])
-            drawn.append((trace, result_figures(trace, baseline, costs), result["trace"], save_downloads(trace)))
+            drawn.append(
+                (trace, baseline, result_figures(trace, baseline, costs), result["trace"], save_downloads(trace))
+            )
     return drawn[0]
 
 
@@ -131,8 +172,8 @@ def prompt_pieces(trace: Trace) -> list[str] | None:
 
 
 def playground_views(result: dict, update: Update, costs, key: str | None = None) -> tuple:
-    trace, figures, trace_json, files = rendered(result, key, update.measured_at, costs)
-    status = run_status(trace, served_text(update))
+    trace, baseline, figures, trace_json, files = rendered(result, key, update.measured_at, costs)
+    status = run_status(trace, served_text(update), baseline)
     html = render.replay_html(trace, status=status, measured_at=update.measured_at, pieces=prompt_pieces(trace))
     return (html,) + figures + (trace_json, files)
 
@@ -197,9 +238,8 @@ def race(request: gr.Request, prompt, method, max_new_tokens, target, draft, fre
             yield status_html(queue_text(update), update.state, update) if update.changed else gr.skip()
     trace = Trace.from_json(update.result["trace"])
     baseline = Trace.from_json(update.result["baseline"])
-    yield render.race_html(
-        trace, baseline, max_seconds=RACE_MAX_SECONDS, served=served_text(update), measured_at=update.measured_at
-    )
+    served = "; ".join(t for t in (disturbance_note(trace, baseline), served_text(update)) if t)
+    yield render.race_html(trace, baseline, max_seconds=RACE_MAX_SECONDS, served=served, measured_at=update.measured_at)
 
 
 def race_measure_again(request: gr.Request, prompt, method, max_new_tokens, target, draft):

@@ -2,8 +2,13 @@
 
 They run where `specviz.app.worker` puts them: on the main thread of the engine process (the default), or
 in a server thread. Each takes `cancel` (a threading.Event: Stop, a closed page, the run deadline)
-and `emit` (sends a progress payload to the waiting handler: Compare's and Batch's progress bars, between timed runs). Results are JSON-able,
-so nothing but data crosses the process boundary; the UI draws its plots from the traces it gets back.
+and `emit` (sends a progress payload to the waiting handler: Compare's and Batch's progress bars, between timed
+runs). Results are JSON-able, so nothing but data crosses the process boundary; the UI draws its plots from the
+traces it gets back.
+
+Every timed trace says where it ran (`meta["engine"]`, `engine_note`), whether it was this process's first run of
+its method on its pair (`cold_start`: `first_run`) and what else took the CPU meanwhile (`trace.disturbance`,
+specviz.engine.quiet); the trace cache keeps neither a cold start nor a disturbed run (specviz.app.trace_cache).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from specviz.analysis import metrics
 from specviz.analysis.categories import first_per_task
 from specviz.analysis.divergence import annotate
 from specviz.analysis.exactness import exactness
-from specviz.api import fits_context, run, run_batch
+from specviz.api import fits_context, method_class, run, run_batch
 from specviz.app.worker import InFlight
 from specviz.bench.matrix import run_matrix
 from specviz.engine.decoder import context_limit
@@ -30,6 +35,10 @@ from specviz.models.pair import load_pair
 
 JOBS = ("warm", "single", "playground", "batch", "compare", "batch_compare", "exactness_lab", "health")
 _RUNNING = InFlight()  # engine runs executing in this process now
+_TIMED: set[tuple] = set()  # (target, draft, method) this process has run before: its later runs are not cold
+WARM_PROMPT = "def add(a, b):\n"  # the warm-up's untimed runs (`warm`): any short prompt
+WARM_TOKENS = 8
+WARM_METHODS = ("autoregressive", "draft_model")  # the page's defaults and the start-up measurement's method
 
 
 def pair_for(target: str | None, draft: str | None):
@@ -37,13 +46,26 @@ def pair_for(target: str | None, draft: str | None):
     return load_pair(target, draft, device=os.environ.get("SPECVIZ_DEVICE") or None)
 
 
-def engine_note(queued_s: float | None = None) -> dict:
-    """Where a run ran and how many runs shared the engine: shown beside its measured figures."""
+def first_run(pair, method: str) -> bool:
+    """True the first time this process runs `method` on `pair` (and marks it run): that run is the process's
+    cold start for it, paying one-time work the next runs do not (the first forwards' kernels and buffers, a lazy
+    calibration), so its timing is never the one the trace cache keeps."""
+    key = (pair.target_name, pair.draft_name, method)
+    cold = key not in _TIMED
+    _TIMED.add(key)
+    return cold
+
+
+def engine_note(queued_s: float | None = None, cold: bool = False) -> dict:
+    """Where a run ran, how many runs shared the engine and whether it was a cold start (`first_run`): shown
+    beside its measured figures."""
     running = _RUNNING.count
     where = "engine process, main thread" if threading.current_thread() is threading.main_thread() else "server thread"
     note = {"where": where, "runs_at_once": running, "pid": os.getpid()}
     if queued_s is not None:
         note["queued_s"] = round(max(0.0, queued_s), 3)
+    if cold:
+        note["cold_start"] = True
     return note
 
 
@@ -56,22 +78,35 @@ class Running:
 
 
 def warm(target: str = "embedded", *, cancel: threading.Event, emit: Callable) -> str:
-    return pair_for(target, None).describe()
+    """Load the pair, then make a short untimed run of each of WARM_METHODS: the cold starts of this process
+    (`first_run`) happen here, not in the first run a visitor or the start-up measurement makes."""
+    pair = pair_for(target, None)
+    for method in WARM_METHODS:
+        if pair.draft is None and method_class(method).needs_draft:
+            continue
+        first_run(pair, method)
+        run(method, pair, WARM_PROMPT, max_new_tokens=WARM_TOKENS, cancel=cancel)
+    return pair.describe()
 
 
-def traced(runner: Callable, target: str, draft: str | None, first, params: dict, cancel: threading.Event) -> str:
+def traced(
+    runner: Callable, method: str, target: str, draft: str | None, first, params: dict, cancel: threading.Event
+) -> str:
     """One run (`specviz.run` or `run_batch`) on the engine, noted with where it ran: its trace as JSON."""
     pair = pair_for(target, draft)
     with Running():
+        cold = first_run(pair, method)
         trace = runner(pair, first, cancel=cancel, **params)
-        trace.meta["engine"] = engine_note()
+        trace.meta["engine"] = engine_note(cold=cold)
     return trace.to_json()
 
 
 def single(
     method: str, target: str, draft: str | None, prompt: str, params: dict, *, cancel: threading.Event, emit: Callable
 ) -> str:
-    return traced(lambda pair, prompt_, **kw: run(method, pair, prompt_, **kw), target, draft, prompt, params, cancel)
+    return traced(
+        lambda pair, prompt_, **kw: run(method, pair, prompt_, **kw), method, target, draft, prompt, params, cancel
+    )
 
 
 def playground(
@@ -92,14 +127,15 @@ def playground(
     queued = time.time() - submitted_at if submitted_at else None
     pair = pair_for(target, draft)
     with Running():
-        note = engine_note(queued)
+        note = engine_note(queued, cold=first_run(pair, method))
         trace = run(method, pair, prompt, cancel=cancel, **params)
     trace.meta["engine"] = note
     baseline = trace
     if method != "autoregressive":
         with Running():
+            cold = first_run(pair, "autoregressive")
             baseline = run("autoregressive", pair, prompt, cancel=cancel, **common_values(params))
-        baseline.meta["engine"] = engine_note()
+        baseline.meta["engine"] = engine_note(cold=cold)
         if not params.get("temperature") and trace.output_ids != baseline.output_ids:
             annotate(pair, trace, baseline)  # greedy must be equal: a difference is classified, tie or bug, and shown
         figures = metrics.compare(trace, baseline)
@@ -113,7 +149,13 @@ def batch(
     method: str, target: str, draft: str | None, prompts: list, params: dict, *, cancel: threading.Event, emit: Callable
 ) -> str:
     return traced(
-        lambda pair, prompts_, **kw: run_batch(method, pair, prompts_, **kw), target, draft, prompts, params, cancel
+        lambda pair, prompts_, **kw: run_batch(method, pair, prompts_, **kw),
+        method,
+        target,
+        draft,
+        prompts,
+        params,
+        cancel,
     )
 
 

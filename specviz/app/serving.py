@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Iterator
 
 from specviz.app.admission import Admission, Place, Ticket
+from specviz.engine import quiet
 
 POLL_SECONDS = 0.25  # how often a waiting handler re-reads its place (its page updates only on a change)
 HEARTBEAT_SECONDS = 1.0  # longest time between two yields of a waiting handler
@@ -27,6 +28,11 @@ SETTLE_SECONDS = 0.2  # between telling a page its run starts and starting it (t
 SETTLE_MAX_SECONDS = 1.0
 # A generator handler must yield that often: Gradio stops (Stop, a closed page) a sync generator only between
 # two of its yields, and waits for that before it answers the cancel request.
+# The start-up measurement (`Service.wait_idle`) starts a run only after this many seconds with no request, no run
+# queued or running and the machine's CPUs quiet (specviz.engine.quiet: everyone's share of them at most its
+# DISTURBED_SHARE): long enough to see a page load or the server's own start-up, short enough to be done soon after.
+IDLE_SECONDS = 3.0
+IDLE_PATIENCE_SECONDS = 300.0  # ... and gives up after this long without such a quiet stretch
 
 
 @dataclass(frozen=True)
@@ -180,6 +186,42 @@ class Service:
             if quiet >= SETTLE_SECONDS:
                 return
             time.sleep(min(SETTLE_SECONDS - quiet, SETTLE_MAX_SECONDS - (time.monotonic() - start)) + 0.005)
+
+    def busy(self) -> bool:
+        """A run queued or running."""
+        queue = self.admission.snapshot()
+        return queue["running"] + queue["waiting"] > 0
+
+    def wait_idle(
+        self,
+        seconds: float = IDLE_SECONDS,
+        patience: float = IDLE_PATIENCE_SECONDS,
+        stop: threading.Event | None = None,
+    ) -> bool:
+        """Block until, for `seconds` on end, no request arrived, no run was queued or running and the machine's
+        CPUs were quiet (everyone's share of them, this process included, at most quiet.DISTURBED_SHARE; where the
+        CPUs cannot be read, the requests alone decide). True then; False after `patience` seconds without such
+        a stretch, or once `stop` is set. The start-up measurement waits so: what it measures is kept."""
+        deadline = time.monotonic() + patience
+        stop = stop or threading.Event()
+        while time.monotonic() < deadline and not stop.is_set():
+            start, arrival = quiet.read(), getattr(self.admission, "last_arrival", 0.0)
+            wait = min(seconds, max(0.0, deadline - time.monotonic()))
+            if self.busy():
+                stop.wait(min(wait, POLL_SECONDS * 4))
+                continue
+            if stop.wait(wait):
+                return False
+            window = quiet.since(start)
+            cpus_quiet = window.busy_share is None or window.busy_share <= window.threshold
+            if (
+                window.wall_s >= seconds
+                and cpus_quiet
+                and not self.busy()
+                and getattr(self.admission, "last_arrival", 0.0) == arrival
+            ):
+                return True
+        return False
 
     def call(self, job: Job, session: str = "", fresh: bool = False) -> tuple[Any, Update]:
         """The result without the updates (API endpoints that return once): (result, the final update)."""

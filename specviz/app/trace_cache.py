@@ -5,6 +5,11 @@ such ("measured at 14:03:22, served from cache") and when everything that decide
 key (`request_key`) covers the pair's weights (specviz.models.fingerprint), the job, the method, every parameter,
 the seed, the prompt(s) and the engine's sources. Identical requests already running share one
 measurement and "measure again" bypasses the stored trace: both are `specviz.app.serving`'s.
+
+Only a measurement that is the engine's alone is kept (`complete`, `undisturbed`): never a stopped run, never a
+run disturbed by other processes taking the CPU (`specviz.engine.quiet`), never the first run of a method in a
+fresh engine process (its cold start, `specviz.app.jobs.first_run`). Those are served once, to the requests
+that waited for them, with what disturbed them named, and the next identical request measures again.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import hashlib
 import json
 import numbers
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
@@ -133,6 +139,34 @@ def complete(value: Any) -> bool:
     return True
 
 
+DISTURBED_JSON = re.compile(r'"(?:disturbed|cold_start)"\s*:\s*true')  # a trace's JSON that may hold either
+
+
+def undisturbed(value: Any) -> bool:
+    """False when a result holds a trace measured while other processes took the CPU (its `disturbance` says
+    `disturbed`, specviz.engine.quiet) or a cold start (its `meta["engine"]["cold_start"]`, the first run of its
+    method in a fresh engine process). Such a result is never stored. Results that are not traces count as
+    undisturbed, and so do traces that were not probed (nothing says they were disturbed)."""
+    if isinstance(value, Mapping):
+        if "events" in value and "rows" in value:  # a trace's dict
+            record = value.get("disturbance")
+            meta = value.get("meta")
+            engine = meta.get("engine") if isinstance(meta, Mapping) else None
+            if isinstance(record, Mapping) and record.get("disturbed") is True:
+                return False
+            if isinstance(engine, Mapping) and engine.get("cold_start") is True:
+                return False
+        return all(undisturbed(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return all(undisturbed(v) for v in value)
+    if isinstance(value, str) and value.startswith("{") and DISTURBED_JSON.search(value):
+        try:
+            return undisturbed(json.loads(value))
+        except ValueError:
+            return True
+    return True
+
+
 @dataclass(frozen=True)
 class Entry:
     """One measured result. Shared by every request served it: treat `value` as read-only."""
@@ -160,6 +194,7 @@ class CacheStats:
     hits: int = 0  # lookups that found a stored result
     misses: int = 0  # lookups that found none
     stored: int = 0  # results stored
+    refused: int = 0  # complete results not stored: disturbed or a cold start (`undisturbed`)
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -188,11 +223,21 @@ class TraceCache:
             self._items.move_to_end(key)
             return self._items[key][0]
 
+    def __contains__(self, key: str) -> bool:
+        """Whether `key` is stored (no hit or miss counted: the start-up measurement asks whether it kept a run)."""
+        with self._lock:
+            return key in self._items
+
     def put(self, key: str, value: Any, measured_at: float, order: int = 0) -> Entry:
-        """Keep a measured result unless it is a stopped run (`complete`), larger than the whole cache, or a
-        measurement started later (a higher `order`: "measure again" runs) is already stored for `key`."""
+        """Keep a measured result unless it is a stopped run (`complete`), a disturbed run or a cold start
+        (`undisturbed`), larger than the whole cache, or a measurement started later (a higher `order`: "measure
+        again" runs) is already stored for `key`."""
         entry = Entry(value=value, measured_at=measured_at, nbytes=value_bytes(value))
         if not complete(value):
+            return entry
+        if not undisturbed(value):
+            with self._lock:
+                self._stats.refused += 1
             return entry
         with self._lock:
             if key in self._items:
@@ -226,6 +271,7 @@ class TraceCache:
                 "hits": self._stats.hits,
                 "misses": self._stats.misses,
                 "stored": self._stats.stored,
+                "refused": self._stats.refused,
                 "max_bytes": self.limits.max_bytes,
                 "max_entries": self.limits.max_entries,
             }

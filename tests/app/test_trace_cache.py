@@ -13,6 +13,8 @@ import pytest
 
 from specviz.app import trace_cache
 from specviz.app.trace_cache import CacheLimits, TraceCache, label, request_key
+from specviz.engine.quiet import Reading, between
+from specviz.engine.trace import RowResult, Trace
 from specviz.models import fingerprint, hub
 
 BASE = dict(
@@ -150,6 +152,55 @@ def test_cancelled_traces_are_not_stored():
     assert cache.get("k") is not None
     nested = {"rows": [{"method": "eqspec"}], "traces": {"eqspec": cancelled}}  # batch_compare's shape
     assert not trace_cache.complete(nested) and trace_cache.complete({**nested, "traces": {"eqspec": finished}})
+
+
+def probed_trace(others_share: float | None, cold: bool = False) -> Trace:
+    """A finished trace whose probe saw other processes take `others_share` of 2 CPUs for 1 s (None: unreadable),
+    and, if `cold`, the first run of its method in its engine process."""
+    busy = None if others_share is None else round(200 * others_share) + 50  # + the run's own 0.5 CPU seconds
+    end = Reading(wall_s=1.0, own_cpu_s=0.5, busy_ticks=busy, total_ticks=None if busy is None else 200, cpus=2)
+    start = Reading(wall_s=0.0, own_cpu_s=0.0, busy_ticks=None if busy is None else 0, total_ticks=0, cpus=2)
+    trace = Trace(method="draft_model", params={}, rows=[RowResult("p", [1], [2], "x", "length")], wall_time=1.0)
+    trace.disturbance = between(start, end).to_dict()
+    trace.meta["engine"] = {"where": "engine process, main thread", "runs_at_once": 1} | (
+        {"cold_start": True} if cold else {}
+    )
+    return trace
+
+
+def test_a_disturbed_run_is_served_but_never_stored():
+    quiet, busy = probed_trace(0.02).to_json(), probed_trace(0.62).to_json()
+    cache = TraceCache()
+    for value in (busy, {"trace": busy, "baseline": quiet}, {"trace": quiet, "baseline": busy}, json.loads(busy)):
+        entry = cache.put("k", value, time.time())
+        assert entry.value is value and "k" not in cache and cache.get("k") is None
+    assert cache.stats()["refused"] == 4 and cache.stats()["stored"] == 0
+    cache.put("k", {"trace": quiet, "baseline": quiet}, time.time())
+    assert "k" in cache and cache.stats()["stored"] == 1
+    unknown = probed_trace(None).to_json()  # macOS: nothing says it was disturbed
+    assert trace_cache.undisturbed(unknown) and trace_cache.undisturbed(json.dumps({"rows": [], "events": []}))
+
+
+def test_a_cold_start_is_never_stored():
+    cold, warm = probed_trace(0.0, cold=True).to_json(), probed_trace(0.0).to_json()
+    cache = TraceCache()
+    cache.put("k", {"trace": warm, "baseline": cold}, time.time())
+    assert "k" not in cache
+    cache.put("k", {"trace": warm, "baseline": warm}, time.time())
+    assert "k" in cache
+
+
+def test_a_disturbed_measure_again_leaves_the_quiet_entry():
+    cache = TraceCache()
+    cache.put("k", probed_trace(0.0).to_json(), 1.0, order=1)
+    cache.put("k", probed_trace(0.5).to_json(), 2.0, order=2)
+    assert cache.get("k").measured_at == 1.0
+
+
+def test_token_text_that_looks_like_the_flag_does_not_refuse_a_quiet_run():
+    trace = probed_trace(0.0)
+    trace.rows[0].text = '"disturbed": true, "cold_start": true'
+    assert trace_cache.undisturbed(trace.to_json())
 
 
 # ----------------------------------------------------------------------------- fingerprints
