@@ -52,20 +52,26 @@ def tree_tau(alpha: float, nodes: int, branch: int, depth: int) -> float:
     return tau
 
 
+def iid_tokens(alpha: float, gamma: float) -> float:
+    """(1 - alpha^(g+1)) / (1 - alpha): expected tokens of a chain round of g drafts, each accepted with
+    probability alpha given the ones before it were (the bonus or correction included)."""
+    return gamma + 1 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
+
+
 def leviathan_speedup(alpha: float, gamma: float, c: float, verify_cost: float = 1.0) -> float:
     """(1 - alpha^(g+1)) / ((1 - alpha)(g c + v)): expected speedup for i.i.d. acceptance alpha; v, the cost of
     one verification in target steps, is 1 in the paper (a measured one: compare's v)."""
-    tokens = gamma + 1 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
-    return tokens / (gamma * c + verify_cost)
+    return iid_tokens(alpha, gamma) / (gamma * c + verify_cost)
 
 
-def mbsu(tau: float, gamma: float, draft_params: int, target_params: int) -> float:
-    """VocabTrim's memory-bound speed-up, MBSU = tau / (gamma * c_mem + 1) with c_mem = drafter weights
-    read per step / target weights read per step: the speedup when every forward costs the bytes it
-    reads (the GPU serving regime), whatever this CPU measures. Here tau counts tokens per round
-    (bonus included), gamma the mean drafts per round, and weights exclude input-embedding tables
-    (a lookup reads one row) - see specviz.models.anatomy.weights_read_per_token."""
-    return tau / (draft_params / target_params * gamma + 1)
+def mbsu(tau: float, forwards: float, draft_params: int, target_params: int) -> float:
+    """VocabTrim's memory-bound speed-up, MBSU = tau / (forwards * c_mem + 1) with c_mem = drafter
+    weights read per forward / target weights read per forward: the speedup when every forward costs the
+    bytes it reads (the GPU serving regime), whatever this CPU measures. Here tau counts tokens per round
+    (bonus included), forwards the drafter forwards per round (a chain's drafts, gamma in the paper; a token
+    tree's levels: a level's nodes go through the drafter in one forward, one read of its weights), and weights
+    exclude input-embedding tables (a lookup reads one row) - see specviz.models.anatomy.weights_read_per_token."""
+    return tau / (draft_params / target_params * forwards + 1)
 
 
 @dataclass(frozen=True)

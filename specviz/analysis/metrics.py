@@ -1,21 +1,34 @@
-"""Summaries of Traces. Definitions live next to the code that computes them:
+"""Summaries of Traces. Definitions live next to the code that computes them.
 
-- alpha (acceptance rate) = accepted drafts / drafted tokens.
+A chain round drafts gamma tokens one after another; a token tree (`tree`, info.tree on its verify events) drafts
+a whole level of candidates per drafter forward and verifies all of them in one target forward. Where the two
+differ, the definition says so:
+
+- alpha (acceptance rate) = accepted drafts / drafted tokens (a tree: accepted nodes / nodes).
 - tau (mean accepted tokens) = output tokens / verification rounds, the bonus or correction token
   included (1.00 for autoregressive decoding).
-- per-position acceptance = for each depth d in the draft block, accepted drafts at d / drafts at d.
-- c (cost ratio) = mean duration of one draft step / mean duration of one autoregressive target
-  step (the reference run's decode steps, first token excluded).
-- v (verification cost) = mean duration of one verification / one autoregressive target step.
+- gamma (`mean_drafts_per_round`) = drafted tokens / rounds (a tree: its nodes).
+- drafter forwards per round (`forwards_per_round`) = what drafting costs, counted in drafter forwards: a chain
+  makes one per draft, a copied draft (prompt lookup) none; a tree one per level grown, however wide the level.
+- per-position acceptance: see `position_counts`.
+- c (cost ratio) = median duration of one drafter forward / median autoregressive target step (the reference
+  run's decode steps, first token excluded). None where no drafter forward was made (prompt lookup).
+- v (verification cost) = median duration of one round's verification / one autoregressive target step. A tree's
+  verify event spans its forward over nodes + 1 tokens, so for a tree v is the cost at the tree's width.
 - speedup = tokens/s of the method / tokens/s of the autoregressive run of the same prompt, in
   the same process (the caller pairs them).
-- theoretical speedup (Leviathan et al.) = (1 - alpha^(g+1)) / ((1 - alpha) (g c + 1)), g = mean
-  drafts per round, alpha measured; efficiency = measured speedup / theoretical.
+- modeled speedup = tau / (forwards c + v): the measured acceptance with the measured costs (chain: forwards =
+  gamma; tree: forwards = levels; copies: forwards = 0, tau / v).
+- theoretical speedup (Leviathan et al.) = (1 - alpha^(g+1)) / ((1 - alpha) (forwards c + 1)), g = mean drafts
+  per round, alpha measured; efficiency = measured speedup / theoretical. CHAIN ONLY: the formula is the expected
+  length of an accepted prefix of g i.i.d. drafts; a tree's siblings are not a prefix (None for a tree).
 - alpha_iid = the i.i.d. acceptance that would give the measured tau: solves
-  (1 - a^(g+1)) / (1 - a) = tau. Acceptance is not i.i.d. in practice, so it differs from alpha.
-- modeled speedup = tau / (g c + v): the measured acceptance with the measured costs.
-- MBSU (VocabTrim's memory-bound speed-up) = tau / (c_params g + 1), c_params = drafter
-  parameters (its LM head at the size used) / target parameters.
+  (1 - a^(g+1)) / (1 - a) = tau. Acceptance is not i.i.d. in practice, so it differs from alpha. CHAIN ONLY, as
+  the theoretical speedup (None for a tree: `speedup.tree_tau` is the tree's own model).
+- MBSU (VocabTrim's memory-bound speed-up) = tau / (c_params forwards + 1), c_params = drafter
+  parameters (its LM head at the size used) / target parameters: every forward costs the weights it reads, so
+  a tree's level costs one drafter read however many nodes it holds, and its verification one target read, as a
+  chain's. Copies read no drafter weights: MBSU = tau for prompt lookup.
 """
 
 from __future__ import annotations
@@ -23,8 +36,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from statistics import median
 
-from specviz.engine.trace import TOKEN_KINDS, Trace, is_healed_token
-from specviz.speedup import HeterogeneousCosts, iid_alpha, leviathan_speedup, mbsu, modeled_timeline
+from specviz.engine.trace import TOKEN_KINDS, Event, Trace, is_healed_token
+from specviz.speedup import HeterogeneousCosts, iid_alpha, iid_tokens, mbsu, modeled_timeline
 
 
 def _durations(trace: Trace, kind: str, min_step: int = -10) -> list[float]:
@@ -35,6 +48,45 @@ def target_step_cost(ar_trace: Trace) -> float | None:
     """Median seconds of one autoregressive target step (decode steps only, prefill excluded)."""
     spans = _durations(ar_trace, "emit", min_step=1)
     return median(spans) if spans else None
+
+
+def is_tree(trace: Trace) -> bool:
+    """A token-tree run: its verify events say so (info.tree, schema 3)."""
+    return any(e.kind == "verify" and e.info.get("tree") for e in trace.events)
+
+
+def _round_drafts(drafts: list[Event]) -> dict[tuple[int, int], list[Event]]:
+    rounds: dict[tuple[int, int], list[Event]] = {}
+    for e in drafts:
+        rounds.setdefault((e.row, e.step), []).append(e)
+    return rounds
+
+
+def drafter_forwards(trace: Trace) -> int:
+    """Drafter forwards spent drafting (prefill excluded): what a round's drafting costs, in forwards.
+
+    Chain: one per drafted token a model made; a copied token (info.copied_from, prompt lookup) costs none.
+    Tree: one per level grown: the root's forward proposes level 1, and each further forward feeds a level's
+    expanded nodes together (one forward, a tree mask) and proposes the next level. A round counts its verify
+    event's info.forwards where the method records it, else the levels of the verified tree (its deepest node's
+    depth + 1), which misses a forward whose whole level was then cut by the node budget."""
+    drafts = [e for e in trace.events if e.kind == "draft"]
+    if not is_tree(trace):
+        return sum(1 for e in drafts if "copied_from" not in e.info)
+    recorded = {
+        (e.row, e.step): e.info["forwards"] for e in trace.events if e.kind == "verify" and "forwards" in e.info
+    }
+    return sum(recorded.get(key, max(e.depth for e in nodes) + 1) for key, nodes in _round_drafts(drafts).items())
+
+
+def forward_spans(trace: Trace) -> list[float]:
+    """Seconds of each drafter forward seen in the events. Chain: one per drafted token, copies and Mirror's branch
+    rollouts (run beside the target, not in series) left out. Tree: the nodes of one level share the span of the
+    forward that proposed them, so a round's distinct spans are its forwards."""
+    drafts = [e for e in trace.events if e.kind == "draft"]
+    if is_tree(trace):
+        return [t1 - t0 for _, _, t0, t1 in sorted({(e.row, e.step, e.t0, e.t1) for e in drafts})]
+    return [e.t1 - e.t0 for e in drafts if "branch" not in e.info and "copied_from" not in e.info]
 
 
 @dataclass
@@ -48,8 +100,10 @@ class RunStats:
     accepted: int
     alpha: float | None
     tau: float | None  # None where rounds are not visible (hf_assisted)
-    mean_drafts_per_round: float
-    draft_step_s: float | None  # median seconds of one draft step
+    mean_drafts_per_round: float  # gamma: drafted tokens per round (a tree's nodes)
+    forwards_per_round: float  # drafter forwards per round (`drafter_forwards`: a tree's levels)
+    tree: bool  # a token tree: the chain-only figures of `compare` are None
+    draft_step_s: float | None  # median seconds of one drafter forward (None: no forward, copies only)
     verify_s: float | None  # median seconds of one round's verification (all its parts)
     early_exits: int
     wasted_drafts: int  # drafted tokens that did not become output
@@ -73,7 +127,7 @@ def summarize(trace: Trace) -> RunStats:
         if verify_time
         else len({(e.row, e.step) for e in trace.events if e.kind in TOKEN_KINDS})
     )
-    draft_spans = [e.t1 - e.t0 for e in drafts if "branch" not in e.info]  # serial draft steps only
+    draft_spans = forward_spans(trace)
     verify_spans = list(verify_time.values())
     new_tokens = trace.new_tokens
     opaque = any(e.info.get("opaque") for e in trace.events if e.kind == "prefill")  # hf_assisted: no rounds seen
@@ -88,6 +142,8 @@ def summarize(trace: Trace) -> RunStats:
         alpha=accepts / len(drafts) if drafts else None,
         tau=None if opaque else (tokens / rounds if rounds else 0.0),
         mean_drafts_per_round=len(drafts) / rounds if rounds and drafts else 0.0,
+        forwards_per_round=drafter_forwards(trace) / rounds if rounds and drafts else 0.0,
+        tree=is_tree(trace),
         draft_step_s=median(draft_spans) if draft_spans else None,
         verify_s=median(verify_spans) if verify_spans else None,
         early_exits=sum(1 for e in trace.events if e.kind == "early_exit"),
@@ -104,28 +160,54 @@ def tokens_per_round(trace: Trace) -> list[int]:
     return list(counts.values())
 
 
-def per_position_acceptance(trace: Trace) -> dict[int, float]:
-    """depth -> accepted drafts at that depth / drafts at that depth."""
-    drafted: dict[int, int] = {}
+def position_counts(trace: Trace) -> dict[int, tuple[int, int]]:
+    """depth -> (accepted, offered): per-position acceptance is accepted / offered.
+
+    Chain: offered = drafts at depth d, accepted = accepted drafts at depth d (a draft at depth d is accepted only
+    if every draft before it was: the share of rounds drafting that deep whose accepted prefix reached it).
+    Tree: the same share, by depth: offered = rounds whose tree holds a node at depth d, accepted = rounds whose
+    accepted path reached depth d (at most one node per depth is accepted). Siblings are alternatives for one
+    position, not positions: counting them as drafts would divide each depth by the tree's width. Of the two
+    readings (the share reaching d, or accepted at d given d - 1 was reached) this one is kept because with one
+    child per node it is exactly the chain's figure, so a chain and a tree read on the same axis; the conditional
+    one is the ratio of consecutive bars."""
+    offered: dict[int, int] = {}
     accepted: dict[int, int] = {}
+    drafts = [e for e in trace.events if e.kind == "draft"]
+    if is_tree(trace):
+        for (row, step), nodes in _round_drafts(drafts).items():
+            for d in {e.depth for e in nodes}:
+                offered[d] = offered.get(d, 0) + 1
+    else:
+        for e in drafts:
+            offered[e.depth] = offered.get(e.depth, 0) + 1
     for e in trace.events:
-        if e.kind == "draft":
-            drafted[e.depth] = drafted.get(e.depth, 0) + 1
-        elif e.kind == "accept":
+        if e.kind == "accept":
             accepted[e.depth] = accepted.get(e.depth, 0) + 1
-    return {d: accepted.get(d, 0) / n for d, n in sorted(drafted.items())}
+    return {d: (accepted.get(d, 0), n) for d, n in sorted(offered.items())}
+
+
+def per_position_acceptance(trace: Trace) -> dict[int, float]:
+    """depth -> accepted / offered at that depth (`position_counts`)."""
+    return {d: a / n for d, (a, n) in position_counts(trace).items()}
 
 
 def compare(trace: Trace, baseline: Trace) -> dict:
-    """The method against the autoregressive run of the same prompt (same process)."""
+    """The method against the autoregressive run of the same prompt (same process); the module's docstring
+    defines every figure. Chain-only figures are None for a tree."""
     s, b = summarize(trace), summarize(baseline)
     step = target_step_cost(baseline)
-    gamma = s.mean_drafts_per_round
+    gamma, forwards = s.mean_drafts_per_round, s.forwards_per_round
     c = s.draft_step_s / step if step and s.draft_step_s is not None else None
     v = s.verify_s / step if step and s.verify_s is not None else None
     speedup = s.tokens_per_s / b.tokens_per_s if b.tokens_per_s else None
-    theoretical = leviathan_speedup(s.alpha, gamma, c) if s.alpha is not None and c is not None and gamma else None
-    a_iid = iid_alpha(s.tau, gamma) if gamma else None
+    speculated = bool(s.drafted) and bool(s.tau)  # rounds with drafts were seen
+    # drafting's cost per round in target steps: forwards x c (copies only: nothing to pay)
+    cost = (forwards * c if c is not None else None) if forwards else 0.0
+    chain = speculated and not s.tree
+    theoretical = (
+        iid_tokens(s.alpha, gamma) / (cost + 1.0) if chain and s.alpha is not None and cost is not None else None
+    )
     return {
         **s.to_dict(),
         "speedup": speedup,
@@ -133,16 +215,23 @@ def compare(trace: Trace, baseline: Trace) -> dict:
         **divergence_counts(trace),
         "c": c,
         "v": v,
-        "alpha_iid": a_iid,
+        "alpha_iid": iid_alpha(s.tau, gamma) if chain else None,
         "theoretical_speedup": theoretical,
         "efficiency": speedup / theoretical if speedup and theoretical else None,
-        "modeled_speedup": s.tau / (gamma * c + v) if c is not None and v is not None and gamma else None,
-        "mbsu": (
-            mbsu(s.tau, gamma, trace.meta["draft_params"], trace.meta["target_params"])
-            if gamma and s.tau and trace.meta.get("draft_params") and trace.meta.get("target_params")
-            else None
-        ),
+        "modeled_speedup": s.tau / (cost + v) if speculated and cost is not None and v is not None else None,
+        "mbsu": memory_bound_speedup(s, trace.meta) if speculated else None,
     }
+
+
+def memory_bound_speedup(s: RunStats, meta: dict) -> float | None:
+    """MBSU (the module's docstring) from the drafter forwards per round: tau where drafting read no drafter
+    weights (copies only), None where the trace does not say what the models weigh."""
+    if not s.forwards_per_round:
+        return s.tau
+    draft_params, target_params = meta.get("draft_params"), meta.get("target_params")
+    if not (s.tau and draft_params and target_params):
+        return None
+    return mbsu(s.tau, s.forwards_per_round, draft_params, target_params)
 
 
 def divergence_counts(trace: Trace) -> dict:

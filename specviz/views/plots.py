@@ -14,9 +14,9 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from specviz.analysis.exactness import OTHER
-from specviz.analysis.metrics import compare, per_position_acceptance, tokens_per_round
+from specviz.analysis.metrics import compare, is_tree, position_counts, tokens_per_round
 from specviz.engine.trace import TOKEN_KINDS, Trace
-from specviz.speedup import HeterogeneousCosts, modeled_timeline, tree_tau
+from specviz.speedup import HeterogeneousCosts, leviathan_speedup, modeled_timeline, tree_tau
 
 FATE_COLORS = {
     "accept": "#2e9d5b",
@@ -200,27 +200,32 @@ def acceptance_histogram(trace: Trace) -> go.Figure:
 
 
 def position_acceptance(trace: Trace) -> go.Figure:
-    """How often the draft at depth d is accepted (given it was drafted)."""
-    title = f"Acceptance by draft position - {trace.method}"
-    rates = per_position_acceptance(trace)
-    if not rates:
+    """How often the draft at depth d is accepted (given it was drafted); a tree by depth, its siblings as one
+    position (`metrics.position_counts` defines both)."""
+    tree = is_tree(trace)
+    title = f"Acceptance by {'depth in the tree' if tree else 'draft position'} - {trace.method}"
+    counts = position_counts(trace)
+    if not counts:
         return empty_figure(title, "no drafts in this trace")
-    drafted = Counter(e.depth for e in trace.events if e.kind == "draft" and "branch" not in e.info)
-    xs = [d + 1 for d in rates]
+    offered = "rounds whose tree reached this depth" if tree else "drafts"
     fig = go.Figure(
         go.Bar(
-            x=xs,
-            y=list(rates.values()),
+            x=[d + 1 for d in counts],
+            y=[a / n for a, n in counts.values()],
             marker_color=FATE_COLORS["bonus"],
-            customdata=[drafted.get(d, 0) for d in rates],
-            hovertemplate="depth %{x}: %{y:.0%} of %{customdata} drafts accepted<extra></extra>",
+            customdata=[n for _, n in counts.values()],
+            hovertemplate=f"depth %{{x}}: %{{y:.0%}} of %{{customdata}} {offered} accepted<extra></extra>",
         )
     )
     fig.update_layout(
         title=title,
         template=TEMPLATE,
         height=300,
-        xaxis_title="draft position in the round (1 = first)",
+        xaxis_title=(
+            "depth in the tree (1 = the root's children); share of rounds whose accepted path reached it"
+            if tree
+            else "draft position in the round (1 = first)"
+        ),
         yaxis_title="acceptance rate",
         yaxis_range=[0, 1.05],
         yaxis_tickformat=".0%",
@@ -345,7 +350,10 @@ def mirror_timelines(trace: Trace, costs=None) -> go.Figure:
         barmode="overlay",
         height=620,
         legend=dict(orientation="h", y=-0.12),
-        title=f"Mirror-SD timelines - measured vs modeled (hit rate {trace.meta.get('mirror', {}).get('hit_rate', 0):.0%})",
+        title=(
+            "Mirror-SD timelines - measured vs modeled "
+            f"(hit rate {trace.meta.get('mirror', {}).get('hit_rate', 0):.0%})"
+        ),
     )
     fig.update_xaxes(title_text="ms (measured)", row=1, col=1)
     fig.update_xaxes(title_text="ms (MODELED)", row=2, col=1)
@@ -457,13 +465,19 @@ def equality_text(stats: dict) -> str:
     )
 
 
+NOT_SHOWN = "—"  # a figure with no value for this run (a chain-only formula on a tree, a cost not measured)
+
+
 def stats_table(trace: Trace, baseline: Trace) -> pd.DataFrame:
-    """The run against the autoregressive run of the same prompt, as (metric, value) rows."""
+    """The run against the autoregressive run of the same prompt, as (metric, value) rows. Figures that only a
+    chain defines (metrics.compare sets them to None for a tree) show as a dash, never as a chain formula's number."""
     s = compare(trace, baseline)
 
     def fmt(value, spec="{:.3f}") -> str:
-        return "-" if value is None else spec.format(value)
+        return NOT_SHOWN if value is None else spec.format(value)
 
+    drafts = "nodes" if s["tree"] else "drafts"
+    forwards = "levels" if s["tree"] else "forwards"
     rows = [
         ("tokens/s (measured)", fmt(s["tokens_per_s"], "{:.1f}")),
         (
@@ -471,15 +485,16 @@ def stats_table(trace: Trace, baseline: Trace) -> pd.DataFrame:
             fmt(baseline.new_tokens / baseline.wall_time if baseline.wall_time else None, "{:.1f}"),
         ),
         ("speedup vs autoregressive (measured)", fmt(s["speedup"], "{:.2f}x")),
-        ("alpha: accepted / drafted (measured)", fmt(s["alpha"])),
-        ("alpha fitted from tau, i.i.d. model", fmt(s["alpha_iid"])),
+        (f"alpha: accepted / drafted {drafts} (measured)", fmt(s["alpha"])),
+        ("alpha fitted from tau, i.i.d. chain model", fmt(s["alpha_iid"])),
         ("tau: tokens per round, bonus included", fmt(s["tau"], "{:.2f}")),
-        ("mean drafts per round", fmt(s["mean_drafts_per_round"], "{:.2f}")),
-        ("c: draft step / target step (measured)", fmt(s["c"])),
+        (f"mean {drafts} per round", fmt(s["mean_drafts_per_round"], "{:.2f}")),
+        (f"drafter forwards per round ({forwards})", fmt(s["forwards_per_round"], "{:.2f}")),
+        ("c: drafter forward / target step (measured)", fmt(s["c"])),
         ("v: verify / target step (measured)", fmt(s["v"], "{:.2f}")),
-        ("theoretical speedup (Leviathan, from alpha, c)", fmt(s["theoretical_speedup"], "{:.2f}x")),
-        ("modeled speedup tau / (gamma c + v)", fmt(s["modeled_speedup"], "{:.2f}x")),
-        ("efficiency: measured / theoretical", fmt(s["efficiency"], "{:.2f}")),
+        ("theoretical speedup (Leviathan's chain, from alpha, c)", fmt(s["theoretical_speedup"], "{:.2f}x")),
+        (f"modeled speedup tau / ({forwards} x c + v)", fmt(s["modeled_speedup"], "{:.2f}x")),
+        ("efficiency: measured / theoretical (chain)", fmt(s["efficiency"], "{:.2f}")),
         ("early exits", str(s["early_exits"])),
         ("wasted drafts", str(s["wasted_drafts"])),
         ("output equals autoregressive", equality_text(s)),
@@ -494,15 +509,16 @@ def token_counts(trace: Trace) -> dict[str, int]:
 def expected_speedup(alpha: float, gamma: int, c: float, v: float) -> float:
     """Leviathan et al.: expected tokens per round (1 - a^(g+1)) / (1 - a) over the round's cost g c + v
     (v: verifying g + 1 tokens / one target step; v = 1 is the paper's formula)."""
-    tokens = gamma + 1 if alpha >= 1 else (1 - alpha ** (gamma + 1)) / (1 - alpha)
-    return tokens / (gamma * c + v)
+    return leviathan_speedup(alpha, gamma, c, v)
 
 
 def speedup_explorer(
     alpha: float, gamma: int, c: float, v: float, points: list[dict] | None = None, gamma_max: int = 16
 ) -> go.Figure:
     """The MODELED expected speedup against gamma for the chosen alpha, c and v, with this session's
-    MEASURED runs as points (at their mean drafts per round), so the gap between model and measurement shows."""
+    MEASURED runs as points (at their mean drafts per round), so the gap between model and measurement shows.
+    The curve is a chain's: a token tree's run (point "tree") has no place on it (its nodes are not gamma, its
+    cost is its levels) and is left off; `tau_explorer` shows it."""
     gammas = list(range(1, gamma_max + 1))
     curve = [expected_speedup(alpha, g, c, v) for g in gammas]
     best = max(gammas, key=lambda g: expected_speedup(alpha, g, c, v))
@@ -527,6 +543,10 @@ def speedup_explorer(
         )
     )
     for p in points or []:
+        if p.get("tree"):
+            continue
+        alpha_text = "—" if p.get("alpha") is None else f"{p['alpha']:.2f}"
+        c_text = "— (no drafter forward)" if p.get("c") is None else f"{p['c']:.2f}"
         fig.add_trace(
             go.Scatter(
                 x=[p["gamma"]],
@@ -534,10 +554,9 @@ def speedup_explorer(
                 mode="markers",
                 name=f"MEASURED {esc(p['method'])}",
                 marker=dict(size=10),
-                customdata=[[p.get("alpha") or 0, p.get("c") or 0]],
                 hovertemplate=(
                     f"{esc(p['method'])}: %{{y:.2f}}x measured at %{{x:.2f}} drafts/round "
-                    "(alpha %{customdata[0]:.2f}, c %{customdata[1]:.2f})<extra></extra>"
+                    f"(alpha {alpha_text}, c {c_text})<extra></extra>"
                 ),
             )
         )
@@ -603,12 +622,14 @@ def tau_explorer(alpha: float, branch: int, depth: int, points: list[dict] | Non
 
 
 def explorer_point(trace: Trace) -> dict | None:
-    """A measured run as an explorer point, from what the Playground stored in its trace."""
+    """A measured run as an explorer point, from what the Playground stored in its trace ("tree": a token tree's
+    run, whose gamma is its nodes per round: the tau explorer's x, not the chain speedup curve's)."""
     m = trace.meta.get("against_autoregressive") or {}
     if not m.get("speedup") or not m.get("mean_drafts_per_round"):
         return None
     return {
         "method": trace.method,
+        "tree": is_tree(trace),
         "gamma": m["mean_drafts_per_round"],
         "speedup": m["speedup"],
         "alpha": m.get("alpha"),
