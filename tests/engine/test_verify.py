@@ -1,10 +1,12 @@
-"""The acceptance rules on fixed distributions (fast), including a chi-square test of exactness."""
+"""The acceptance rules on fixed distributions (fast): chi-square tests of exactness, and the tree's sibling rule
+enumerated exactly."""
 
 import pytest
 import torch
 
+import specviz.engine.verify as verify
 from specviz.analysis.stats import chi_square
-from specviz.engine.verify import Sampling, greedy_verdict, sampling_verdict
+from specviz.engine.verify import Sampling, greedy_verdict, sampling_verdict, sibling_verdict
 
 
 def test_greedy_accepts_matching_prefix_and_corrects():
@@ -83,3 +85,73 @@ def test_chi_square_matches_scipy_and_ignores_float_rounding_of_the_sums():
     assert abs(result.p_value - chi2.sf(stat, len(obs) - 1)) < 1e-9
     assert chi_square([0, 10], [0.0, 1.0]).p_value == 1.0
     assert chi_square([1, 10], [0.0, 1.0]).p_value == 0.0  # a draw where the law has none
+
+
+def sibling_law(monkeypatch, p: torch.Tensor, children: list[int], rule: str = "exact") -> torch.Tensor:
+    """P(emit y) for every y under `sibling_verdict`, by exact enumeration of its branches, run by the code itself:
+    the uniforms are forced (u = 1 rejects a child whatever its chance, u = 0 accepts it), so branch i rejects the
+    first i children and accepts child i, and the last branch rejects them all. A branch weighs the chances the rule
+    reports it used (`tried`); the last one's token is drawn from what the rule hands to `sample`, normalised as
+    torch.multinomial does."""
+    script: list[float] = []  # the uniforms of the branch, in the order the rule draws them
+    handed: list[torch.Tensor] = []  # what the rule passed to `sample`
+
+    def forced_uniform(n, generator, device):
+        values = [script.pop(0) if script else 1.0 for _ in range(n)]  # past the script: reject
+        return torch.tensor(values, device=device)
+
+    def captured_sample(probs, generator):
+        handed.append(probs[0].double().clone())
+        return torch.zeros(probs.shape[0], dtype=torch.long)
+
+    monkeypatch.setattr(verify, "uniform", forced_uniform)
+    monkeypatch.setattr(verify, "sample", captured_sample)
+    law = torch.zeros(p.shape[0], dtype=torch.float64)
+    for i in range(len(children) + 1):
+        script[:] = [1.0] * i + ([0.0] if i < len(children) else [])
+        handed.clear()
+        v = sibling_verdict(Sampling(1.0), p.log(), p, children, None, rule=rule)
+        reached = float(torch.tensor([1.0 - t for t in v.tried[:i]], dtype=torch.float64).prod())
+        if i < len(children):
+            weight = reached * v.tried[i]
+            if weight == 0.0:
+                continue  # a child with no chance: u = 0 cannot accept it, and the branch weighs nothing
+            assert (v.accepted, v.token, len(v.tried)) == (i, children[i], i + 1) and not handed
+            law[children[i]] += weight
+        elif reached > 0.0:
+            assert v.accepted is None and len(v.tried) == len(children) and len(handed) == 1
+            law += reached * handed[0] / handed[0].sum()
+    return law
+
+
+def sibling_cases() -> list[tuple[torch.Tensor, list[int]]]:
+    """(p, children) on V = 5: children the top-k of a drafter's q for k = 1..5 (as the tree takes them: distinct,
+    in q's order), children in an order unrelated to q, and a p with zeros (top-k filtered) whose children include
+    a token p never emits."""
+    cases = []
+    for seed in range(4):
+        g = torch.Generator().manual_seed(seed)
+        p = torch.softmax(torch.randn(5, generator=g) * 1.5, -1)
+        q = torch.softmax(torch.randn(5, generator=g) * 1.5, -1)
+        order = torch.argsort(q, descending=True).tolist()
+        cases += [(p, order[:k]) for k in range(1, 6)]
+        cases.append((p, torch.randperm(5, generator=g)[:3].tolist()))
+    filtered = Sampling(0.8, top_k=3).probs(torch.tensor([[0.3, 2.0, -1.0, 1.2, 0.9]]))[0]
+    cases += [(filtered, [2, 1]), (filtered, [0, 3, 4]), (filtered, [4, 2, 0, 1, 3])]
+    return cases
+
+
+@pytest.mark.parametrize("p,children", sibling_cases())
+def test_the_sibling_rule_emits_exactly_the_targets_law(monkeypatch, p, children):
+    """The tree's rule over siblings: summed over every branch (which child is accepted, or the residual draw), the
+    probability of emitting each token is p's, to float precision."""
+    law = sibling_law(monkeypatch, p, children)
+    assert torch.allclose(law, p.double(), atol=1e-6, rtol=0), (law.tolist(), p.tolist())
+
+
+def test_the_enumeration_catches_the_broken_sibling_rule(monkeypatch):
+    """The enumeration can fail: the broken rule (the correction drawn from p, as if no sibling had been tried)
+    over-weights the siblings."""
+    p = torch.softmax(torch.tensor([1.0, 0.5, 0.0, -0.5, -1.0]), -1)
+    law = sibling_law(monkeypatch, p, [0, 1], rule="broken")
+    assert float((law - p.double()).abs().max()) > 0.05
