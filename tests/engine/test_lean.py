@@ -12,6 +12,7 @@ from specviz.api import run
 from specviz.engine.decoder import Decoder
 from specviz.engine.kvcache import GrowingLayer, KVCache
 from specviz.engine.lean import LeanDecoder, supports
+from specviz.engine.tree import TokenTree, tree_mask
 
 VOCAB = 64
 # (tokens fed, then the length to roll back to): prefill, single steps, a verification block, rollbacks
@@ -186,3 +187,82 @@ def test_a_layer_whose_mlp_adds_nothing_is_skipped_with_the_same_logits():
     assert LeanDecoder(model, VOCAB, exact=True).adds_mlp == [True] * 3  # Kangaroo's exact path: op for op
     for got, want in zip(replay(lean), replay(PlainDecoder(model, VOCAB))):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+# The lean tree drafter (`feed_tree`, `keep_path`) against plain feeds. A corrupted drafter cache only lowers
+# acceptance (the target verifies every draft), so greedy equality cannot catch it: these compare numbers.
+TREE_PROMPT = [5, 9, 17, 3, 22, 40, 8]  # the committed text; its last token is the tree's root
+TREE_TOL = dict(rtol=1e-5, atol=1e-5)
+
+
+def lean_tree() -> TokenTree:
+    """root -> 1, 2, 3; 1 -> 4, 5; 2 -> 6; 5 -> 7, 8; 6 -> 9; 8 -> 10 (four levels, numbered level by level)."""
+    tree = TokenTree.rooted_at(TREE_PROMPT[-1])
+    for parent, token in [(0, 11), (0, 12), (0, 13), (1, 14), (1, 15), (2, 16), (5, 17), (5, 18), (6, 19), (8, 20)]:
+        tree.add(parent, token)
+    return tree
+
+
+def tree_path(tree: TokenTree, node: int) -> list[int]:
+    """The nodes from the root's first child down to `node`."""
+    return tree.ancestors(node)[1:] + [node]
+
+
+def fed_tree(model, feeding: str) -> tuple[LeanDecoder, dict[int, torch.Tensor]]:
+    """A lean decoder fed the committed text plainly, then the tree's nodes after it (node n at slot committed + n -
+    1): in one feed_tree, or level by level as `methods.tree` grows a tree (each level sees the slots of its
+    ancestors fed before it). Returns the decoder and each node's logits."""
+    tree, committed = lean_tree(), len(TREE_PROMPT)
+    lean = LeanDecoder(model, VOCAB, capacity=8)  # grows during the tree feeds too
+    lean.feed(torch.tensor([TREE_PROMPT]))
+    levels = [list(range(1, len(tree)))]
+    if feeding == "levels":
+        levels = [[n for n in range(1, len(tree)) if tree.depths[n] == d] for d in range(1, max(tree.depths) + 1)]
+    logits = {}
+    for nodes in levels:
+        past = lean.length
+        visible = [[committed - 1 + a for a in tree.ancestors(n)] for n in nodes]
+        mask = tree_mask(visible, committed, past, torch.float32, "cpu")
+        positions = torch.tensor([[committed - 1 + tree.depths[n] for n in nodes]])
+        out = lean.feed_tree(torch.tensor([[tree.tokens[n] for n in nodes]]), positions, mask)
+        assert [committed - 1 + n for n in nodes] == list(range(past, lean.length))  # node n sits at its slot
+        logits.update(zip(nodes, out))
+    return lean, logits
+
+
+@pytest.mark.parametrize("feeding", ["whole", "levels"])
+def test_lean_feed_tree_gives_each_node_the_logits_of_its_path_fed_plainly(feeding):
+    model = make_tiny_model("llama", VOCAB, layers=2, hidden=32, seed=8)
+    tree = lean_tree()
+    _, logits = fed_tree(model, feeding)
+    assert sorted(logits) == list(range(1, len(tree)))
+    for node, got in logits.items():
+        text = TREE_PROMPT + [tree.tokens[n] for n in tree_path(tree, node)]
+        with torch.inference_mode():
+            plain = model(torch.tensor([text])).logits[0, -1]  # transformers' own forward of the path
+        torch.testing.assert_close(got, plain, **TREE_TOL, msg=f"node {node}")
+
+
+@pytest.mark.parametrize("feeding", ["whole", "levels"])
+@pytest.mark.parametrize("leaf", [10, 9, 3, 4])  # gaps after the first slot, at the first slot, a lone child
+def test_lean_keep_path_leaves_the_cache_of_a_plain_feed_of_that_path(feeding, leaf):
+    model = make_tiny_model("llama", VOCAB, layers=2, hidden=32, seed=8)
+    tree, committed = lean_tree(), len(TREE_PROMPT)
+    lean, _ = fed_tree(model, feeding)
+    path = tree_path(tree, leaf)
+    lean.keep_path(list(range(committed)) + [committed - 1 + n for n in path])
+    text = TREE_PROMPT + [tree.tokens[n] for n in path]
+    plain = LeanDecoder(model, VOCAB)
+    plain.feed(torch.tensor([text]))
+    assert lean.length == plain.length == len(text)
+    for layer, (keys, values) in enumerate(zip(lean.kv.keys, lean.kv.values)):
+        for name, got, want in (("keys", keys, plain.kv.keys[layer]), ("values", values, plain.kv.values[layer])):
+            torch.testing.assert_close(
+                got[:, :, : len(text)], want[:, :, : len(text)], **TREE_TOL, msg=f"layer {layer} {name}"
+            )
+    nxt = torch.tensor([[7, 30]])  # the next round's feed: the rest of the path and the target's token
+    got = lean.feed(nxt, keep=2)
+    torch.testing.assert_close(got, plain.feed(nxt, keep=2), **TREE_TOL)
+    with torch.inference_mode():
+        reference = model(torch.tensor([text + [7, 30]])).logits[0, -2:]
+    torch.testing.assert_close(got, reference, **TREE_TOL)
