@@ -109,6 +109,11 @@ def project(linear, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return linear(x, module.weight, getattr(module, "bias", None))
 
 
+# Slots a token tree's drafter feeds may take past the position limit before another growth: a round feeds up to
+# (depth - 1) x branch, at most 15 x 16 = 240 in methods/tree.py's ranges (more would still grow, a level at a time).
+TREE_SCRATCH = 256
+
+
 class KVBuffers:
     """Preallocated keys and values for a few attention layers of one sequence, and their rotary table.
     Every layer holds the same `length`; rolling back is setting it."""
@@ -154,10 +159,13 @@ class KVBuffers:
         moves the accepted ones down: they are scratch, and may take slots past the limit (up to (depth - 1) x
         branch a round), so a tree keeps its shape up to the last token of the context."""
         past, end = self.length, self.length + new
+        if end > self.limit and not tree:  # checked even where scratch slots past the limit are allocated
+            raise ValueError(f"the {who}'s context is {self.limit} positions")
         if end > self.capacity:
-            if end > self.limit and not tree:
-                raise ValueError(f"the {who}'s context is {self.limit} positions")
-            self._grow(max(end, min(self.limit, 2 * self.capacity)))
+            if end <= self.limit:
+                self._grow(min(self.limit, max(end, 2 * self.capacity)))
+            else:  # a tree's scratch: grown once for the rounds left, not once a level
+                self._grow(max(end, self.limit + TREE_SCRATCH))
         return past, end
 
     @staticmethod

@@ -266,3 +266,32 @@ def test_lean_keep_path_leaves_the_cache_of_a_plain_feed_of_that_path(feeding, l
     with torch.inference_mode():
         reference = model(torch.tensor([text + [7, 30]])).logits[0, -2:]
     torch.testing.assert_close(got, reference, **TREE_TOL)
+
+
+def test_lean_tree_entries_may_pass_the_position_limit_but_no_plain_feed_or_position_may():
+    """A token tree's drafter entries are scratch until keep_path (issue 38: a tree near the end of the context
+    asked for slots past the limit and the run stopped); a plain feed or a position past the limit stays an error."""
+    from transformers import LlamaForCausalLM
+
+    config = make_tiny_model("llama", VOCAB).config
+    config.max_position_embeddings = 16
+    torch.manual_seed(9)
+    model = LlamaForCausalLM(config).eval()
+    lean, text = LeanDecoder(model, VOCAB, capacity=8), list(range(30, 44))  # 14 of the 16 positions
+    lean.feed(torch.tensor([text]))
+    tokens = [11, 12, 13, 14, 15, 16]  # six children of the root: slots 14..19, all at position 14
+    mask = tree_mask([[13]] * 6, 14, 14, torch.float32, "cpu")
+    logits = lean.feed_tree(torch.tensor([tokens]), torch.tensor([[14] * 6]), mask)
+    assert lean.length == 20 > lean.kv.limit
+    with torch.inference_mode():
+        for token, got in zip(tokens, logits):
+            torch.testing.assert_close(got, model(torch.tensor([text + [token]])).logits[0, -1], **TREE_TOL)
+    lean.keep_path(list(range(14)) + [18])  # the fifth child: copied down from past the limit
+    got = lean.feed(torch.tensor([[7]]))[0]
+    with torch.inference_mode():
+        torch.testing.assert_close(got, model(torch.tensor([text + [15, 7]])).logits[0, -1], **TREE_TOL)
+    assert lean.length == 16
+    with pytest.raises(ValueError, match="context is 16 positions"):
+        lean.feed(torch.tensor([[8]]))  # the scratch slots are there, but position 16 is not
+    with pytest.raises(IndexError):
+        lean.feed_tree(torch.tensor([[8]]), torch.tensor([[16]]), tree_mask([[15]], 16, 16, torch.float32, "cpu"))
