@@ -20,9 +20,10 @@ def refused(text: str) -> list[str]:
     return stats.messages
 
 
-def test_binary_file(tmp_path):
+@pytest.mark.parametrize("blob", [bytes(range(256)) * 10, b"SpecDecoding metrics:\x00\x01\n" * 100])
+def test_binary_file(tmp_path, blob):
     path = tmp_path / "blob"
-    path.write_bytes(bytes(range(256)) * 10)
+    path.write_bytes(blob)  # undecodable bytes; or text with NUL bytes (a core dump, a database page)
     stats = ReadStats(name=str(path))
     assert list(iter_path(path, stats)) == []
     assert "binary file" in stats.error
