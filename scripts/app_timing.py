@@ -11,6 +11,14 @@ process (`specviz.run` on its main thread), on the same prompt and settings:
 Every page run uses "Measure again" (or a tab that never caches) and checks that its figure was measured for
 this request, not served from the cache. Each check passes when the page's median is within 10 % of the
 engine's. Exit status 1 when one fails. Nothing else should run on this machine meanwhile.
+
+`--first-run` checks what a visitor sees first instead (docs/serving.md, "A measurement knows whether it was
+disturbed"): `specviz.run` makes the Playground's default run (draft_model against autoregressive, the default
+prompt and settings) `--repeats` times in this process before any app starts; then the app starts with its
+start-up measurement on (`SPECVIZ_PREWARM=1`), the page is opened at once and Run is clicked with the defaults,
+without "Measure again". It passes when the speedup the page shows is within 10 % of the engine's median, or the
+page says that its measurement was disturbed (other processes' share of the CPU named, or a cold start). Exit
+status 2 when the reference itself was disturbed in most of its runs: this machine is not quiet, no verdict.
 """
 
 from __future__ import annotations
@@ -121,12 +129,78 @@ def playground_run(page, method: str) -> tuple[float, float]:
     return speedup, ar_rate
 
 
+DISTURBED_WORDS = ("while other processes used", "cold start", "DISTURBED")  # how the page names a disturbance
+
+
+def first_run(repeats: int) -> int:
+    """The `--first-run` check (module docstring): 0 pass, 1 fail, 2 no verdict (the reference was disturbed)."""
+    from appserver import running_app
+    from browser import launch
+    from playwright.sync_api import sync_playwright
+
+    from specviz import load_pair, run
+    from specviz.analysis.metrics import compare
+    from specviz.app.controls import EXAMPLES, UI_DEFAULTS
+    from specviz.methods.base import COMMON_PARAMS
+
+    pair = load_pair("embedded")
+    prompt = EXAMPLES[0]
+    common = {p.name: UI_DEFAULTS.get(p.name, p.default) for p in COMMON_PARAMS}
+    for m in ("autoregressive", "draft_model"):
+        run(m, pair, prompt, max_new_tokens=8)  # this process's cold starts, not timed
+    speeds, disturbed = [], 0
+    for _ in range(repeats):
+        trace = run("draft_model", pair, prompt, **common)
+        baseline = run("autoregressive", pair, prompt, **common)
+        speeds.append(compare(trace, baseline)["speedup"])
+        disturbed += any((t.disturbance or {}).get("disturbed") for t in (trace, baseline))
+    engine = statistics.median(speeds)
+    print(
+        f"specviz.run, draft_model vs autoregressive, {common['max_new_tokens']} tokens: median {engine:.3f}x "
+        f"of {[round(v, 3) for v in speeds]} ({disturbed} of {repeats} disturbed)",
+        flush=True,
+    )
+    if disturbed * 2 > repeats:
+        print("the reference runs were disturbed: this machine is not quiet; no verdict")
+        return 2
+    with running_app({"SPECVIZ_PREWARM": "1"}) as app, sync_playwright() as p:
+        browser = launch(p)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(app.url)  # at once, while the start-up measurement may still wait or run
+        page.wait_for_selector("#run", timeout=60_000)
+        page.click("#run")
+        page.wait_for_function(
+            "() => { const r = document.querySelector('#tokens .sv-replay'); return r && r.dataset.measuredAt; }",
+            timeout=300_000,
+        )
+        page.wait_for_timeout(300)
+        status = page.inner_text("#tokens .sv-note")
+        speedup = number(r"speedup vs autoregressive \(measured\)\s+([\d.]+)x", page.inner_text("#stats"))
+        browser.close()
+    ratio = speedup / engine
+    named = [w for w in DISTURBED_WORDS if w in status]
+    ok = abs(ratio - 1) <= TOLERANCE or bool(named)
+    print(f"  page status: {status}")
+    print(
+        f"  first Run: page {speedup:.3f}x | engine {engine:.3f}x | page/engine {ratio:.3f} | "
+        f"disturbance named: {', '.join(named) or 'no'} -> {'ok' if ok else 'FAIL'}"
+    )
+    return 0 if ok else 1
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokens", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--tabs", default="playground,race,compare,batch,exactness")
+    parser.add_argument(
+        "--first-run",
+        action="store_true",
+        help="check the first Run of a freshly started app (defaults, no 'Measure again') against specviz.run",
+    )
     args = parser.parse_args()
+    if args.first_run:
+        sys.exit(first_run(args.repeats))
     tabs = set(args.tabs.split(","))
     from appserver import running_app
     from browser import launch
