@@ -14,35 +14,43 @@ from specviz.views.plots import FATE_LABELS, token_facts
 
 CSS = """
 .sv-tokens { font-family: ui-monospace, SFMono-Regular, Menlo, monospace; white-space: pre-wrap; line-height: 1.7;
-             font-size: 0.92rem; padding: .6rem; border: 1px solid #e3e5e8; border-radius: 6px; background: #fff; color: #222; }
+             font-size: 0.92rem; padding: .6rem; border: 1px solid #e3e5e8; border-radius: 6px; background: #fff;
+             color: #222; }
 .sv-prompt { color: #4b5563; }
 .sv-tok { border-radius: 3px; padding: 0 1px; margin: 0 0.5px; color: #111; } .sv-tok.sv-draft { color: inherit; }
 .sv-accept { background: #c7ebd5; } .sv-correct { background: #f8d2bf; } .sv-bonus { background: #cbd9f6; }
 .sv-emit { background: #e6e7ea; } .sv-copied { text-decoration: underline dotted #15803d 2px; }
-.sv-source { outline: 2px solid #c2410c; background: #ffedd5; border-radius: 2px; } .sv-reject { background: #f3c6cc; text-decoration: line-through; }
+.sv-source { outline: 2px solid #c2410c; background: #ffedd5; border-radius: 2px; }
+.sv-reject { background: #f3c6cc; text-decoration: line-through; }
 .sv-legend span { margin-right: .8rem; font-size: .85rem; } .sv-note { color: #4b5563; font-size: .85rem; }
-.dark .sv-note { color: #a1a1aa; } .dark .sv-done { color: #4ade80; } [data-sv-scroll]:focus-visible { outline: 2px solid #c2410c; outline-offset: 2px; }
+.dark .sv-note { color: #a1a1aa; } .dark .sv-done { color: #4ade80; }
+[data-sv-scroll]:focus-visible { outline: 2px solid #c2410c; outline-offset: 2px; }
 .sv-race { display: grid; grid-template-columns: 1fr 1fr; gap: .8rem; }
 .sv-lane h4 { margin: .2rem 0; } .sv-clock { font-variant-numeric: tabular-nums; font-weight: 600; }
 .sv-done { color: #15803d; font-weight: 600; } .sv-verdict { margin-top: .5rem; font-weight: 600; }
 .sv-card { border: 1px solid #e3e5e8; border-radius: 6px; padding: .5rem .7rem; margin: .5rem 0; }
 .sv-card.sv-v-accept { border-left: 4px solid #2f9e63; } .sv-card.sv-v-reject { border-left: 4px solid #d9485f; }
-.sv-dists { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; } .sv-dist h5 { margin: .2rem 0; font-size: .85rem; }
+.sv-card.sv-v-untried { border-left: 4px dashed #9ca3af; }
+.sv-dists { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
+.sv-dist h5 { margin: .2rem 0; font-size: .85rem; }
 .sv-bar-row { display: grid; grid-template-columns: 7rem 1fr 4rem; gap: .4rem; align-items: center; font-size: .8rem; }
 .sv-bar-label { font-family: ui-monospace, monospace; white-space: pre; overflow: hidden; text-overflow: ellipsis; }
 .sv-bar { height: .8rem; background: #9fb3d9; border-radius: 2px; } .sv-bar-row.sv-hl .sv-bar { background: #e8590c; }
 .sv-bar-row.sv-hl .sv-bar-label { font-weight: 700; } .sv-rule { margin-top: .4rem; font-size: .85rem; }
-.sv-unit { position: relative; height: 1rem; background: #f1f3f5; border: 1px solid #ced4da; border-radius: 2px; margin: .3rem 0; }
+.sv-unit { position: relative; height: 1rem; background: #f1f3f5; border: 1px solid #ced4da; border-radius: 2px;
+           margin: .3rem 0; }
 .sv-unit .sv-accept-zone { position: absolute; left: 0; top: 0; bottom: 0; background: #c7ebd5; }
 .sv-unit .sv-u { position: absolute; top: -3px; bottom: -3px; width: 3px; background: #111; }
 .sv-sibling { box-shadow: inset 0 -3px 0 #7c3aed; }
 .sv-tree ul { list-style: none; margin: 0; padding-left: 1.3rem; border-left: 1px dotted #9ca3af; }
 .sv-tree > ul { padding-left: 0; border-left: 0; } .sv-tree li { margin: .15rem 0; }
 .sv-node { font-family: ui-monospace, monospace; border: 1px solid #ced4da; border-radius: 3px; padding: 0 .3rem;
-           background: #fff; color: #111; } .sv-node.sv-n-accept { background: #c7ebd5; border-color: #2f9e63; font-weight: 700; }
+           background: #fff; color: #111; }
+.sv-node.sv-n-accept { background: #c7ebd5; border-color: #2f9e63; font-weight: 700; }
 .sv-node.sv-n-tried { background: #f3c6cc; } .sv-node-facts { color: #4b5563; font-size: .78rem; margin-left: .4rem; }
 .dark .sv-node-facts { color: #a1a1aa; }
-.sv-step table { border-collapse: collapse; margin-top: .4rem; } .sv-step td, .sv-step th { border: 1px solid #e3e5e8; padding: .2rem .5rem; }
+.sv-step table { border-collapse: collapse; margin-top: .4rem; }
+.sv-step td, .sv-step th { border: 1px solid #e3e5e8; padding: .2rem .5rem; }
 """
 
 
@@ -178,7 +186,8 @@ def replay_html(
     when = f' data-measured-at="{measured_at:.3f}"' if measured_at else ""
     return (
         f'<div class="sv-replay" data-end="{trace.wall_time:.4f}" data-pace="{pace:.3f}"{when}>'
-        f"{replay_bar('replay of the measured run', trace.wall_time, pace)}{trace_html(trace, row, status, pieces)}</div>"
+        f"{replay_bar('replay of the measured run', trace.wall_time, pace)}"
+        f"{trace_html(trace, row, status, pieces)}</div>"
     )
 
 
@@ -246,7 +255,8 @@ def race_html(
 REPLAY_CSS = """
 .sv-replay.sv-playing .sv-future { display: none; } .sv-replay.sv-playing .sv-after { visibility: hidden; }
 .sv-replay-bar { display: flex; gap: .5rem; align-items: center; font-size: .85rem; margin-bottom: .3rem; }
-.sv-replay-bar button { border: 1px solid #6b7280; border-radius: 4px; padding: 0 .5rem; background: #fff; color: #111; }
+.sv-replay-bar button { border: 1px solid #6b7280; border-radius: 4px; padding: 0 .5rem; background: #fff;
+                        color: #111; }
 .sv-queue { padding: .6rem; border: 1px dashed #6b7280; border-radius: 6px; color: #1f2937; }
 .generating { animation: none !important; }
 """
@@ -314,13 +324,17 @@ REPLAY_JS = """
 def bars_html(title: str, entries: list, decode, highlight: int | None, kind: str) -> str:
     """A top-k distribution as horizontal bars (token text escaped); the `highlight` id stands out."""
     if not entries:
-        return f'<div class="sv-dist" data-dist="{kind}"><h5>{esc(title)}</h5><div class="sv-note">not recorded</div></div>'
+        return (
+            f'<div class="sv-dist" data-dist="{kind}"><h5>{esc(title)}</h5>'
+            '<div class="sv-note">not recorded</div></div>'
+        )
     rows = []
     for token_id, prob in entries:
         hl = " sv-hl" if token_id == highlight else ""
         label = decode(int(token_id)) if decode else f"#{token_id}"
         rows.append(
-            f'<div class="sv-bar-row{hl}" data-token="{int(token_id)}"><span class="sv-bar-label" title="id {int(token_id)}">'
+            f'<div class="sv-bar-row{hl}" data-token="{int(token_id)}">'
+            f'<span class="sv-bar-label" title="id {int(token_id)}">'
             f'{visible(label)}</span><div class="sv-bar" style="width:{max(0.5, 100 * float(prob)):.1f}%"></div>'
             f"<span>{float(prob):.3f}</span></div>"
         )
@@ -333,8 +347,28 @@ def bars_html(title: str, entries: list, decode, highlight: int | None, kind: st
     return f'<div class="sv-dist" data-dist="{kind}"><h5>{esc(title)}</h5>{"".join(rows)}</div>'
 
 
+UNTRIED = "not tried: the round ended at an earlier rejection"
+
+
+def untried(event: Event) -> bool:
+    """A draft after the round's first rejection (reject, info.cause "after_reject"): no rule judged it."""
+    return event.kind == "reject" and event.info.get("cause") == "after_reject"
+
+
+def untried_html(event: Event) -> str:
+    """A draft the rule never reached. The target's p of it is shown only as what it is: the target's probability
+    had the earlier drafts stood (its forward ran over the whole block), not a verdict."""
+    stood = (
+        f" Had the earlier drafts stood, the target would have given it p={event.p:.3g}." if event.p is not None else ""
+    )
+    return f'<div class="sv-rule" data-rule="untried"><b>{UNTRIED}</b>.{stood}</div>'
+
+
 def rule_html(event: Event, decode) -> str:
-    """The rule applied to one draft, with its numbers: greedy's argmax test or sampling's u vs min(1, p/q)."""
+    """The rule applied to one draft, with its numbers: greedy's argmax test or sampling's u vs min(1, p/q); a
+    draft after the round's first rejection was never tried and says so."""
+    if untried(event):
+        return untried_html(event)
     info, verdict = event.info, ("accepted" if event.kind == "accept" else "rejected")
     if info.get("rule") == "argmax":
         top = (info.get("top_p") or [[None, None]])[0]
@@ -347,12 +381,14 @@ def rule_html(event: Event, decode) -> str:
     if "u" in info and "accept_prob" in info and event.source == "lookup":
         u, a = float(info["u"]), float(info["accept_prob"])
         return (
-            f'<div class="sv-rule" data-rule="copy">a copied draft is not sampled: q = 1 at <b>{visible(event.text)}</b>'
+            '<div class="sv-rule" data-rule="copy">a copied draft is not sampled: '
+            f"q = 1 at <b>{visible(event.text)}</b>"
             f" and 0 elsewhere, so it is accepted when u &lt; min(1, p/q) = p = <b>{a:.3f}</b>; drawn u = "
             f"<b>{u:.3f}</b> -> <b>{verdict}</b>. At a rejection the target draws from norm(max(0, p - q)): p "
             f"without the copied token, renormalised, so every token keeps probability p exactly."
             f'<div class="sv-unit" title="0 .. 1: green = accept zone, black = u"><div class="sv-accept-zone" '
-            f'style="width:{100 * a:.1f}%"></div><div class="sv-u" style="left:calc({100 * u:.1f}% - 1px)"></div></div></div>'
+            f'style="width:{100 * a:.1f}%"></div>'
+            f'<div class="sv-u" style="left:calc({100 * u:.1f}% - 1px)"></div></div></div>'
         )
     if "u" in info and "accept_prob" in info:
         u, a = float(info["u"]), float(info["accept_prob"])
@@ -360,9 +396,10 @@ def rule_html(event: Event, decode) -> str:
             f'<div class="sv-rule" data-rule="ratio">speculative sampling: accept when u &lt; min(1, p/q) = '
             f"min(1, {event.p:.3g} / {event.q:.3g}) = <b>{a:.3f}</b>; drawn u = <b>{u:.3f}</b> -> <b>{verdict}</b>"
             f'<div class="sv-unit" title="0 .. 1: green = accept zone, black = u"><div class="sv-accept-zone" '
-            f'style="width:{100 * a:.1f}%"></div><div class="sv-u" style="left:calc({100 * u:.1f}% - 1px)"></div></div></div>'
+            f'style="width:{100 * a:.1f}%"></div>'
+            f'<div class="sv-u" style="left:calc({100 * u:.1f}% - 1px)"></div></div></div>'
         )
-    return f'<div class="sv-rule">{verdict} (not judged: an earlier draft of this round was rejected)</div>'
+    return f'<div class="sv-rule">{verdict} (the rule\'s numbers were not recorded)</div>'
 
 
 def explainer_html(trace: Trace, step: int, row: int = 0, decode=None) -> str:
@@ -393,15 +430,18 @@ def explainer_html(trace: Trace, step: int, row: int = 0, decode=None) -> str:
         parts.append('<div class="sv-note">no drafts this round: the target produced the token itself</div>')
     for d in drafts:
         v = verdicts.get(d.depth)
-        fate = "accept" if v is not None and v.kind == "accept" else ("reject" if v is not None else "none")
+        fate = "none" if v is None else "accept" if v.kind == "accept" else "untried" if untried(v) else "reject"
         info = v.info if v is not None else {}
+        p_title = "target p (top-k), had the earlier drafts stood" if fate == "untried" else "target p (top-k)"
         parts.append(
             f'<div class="sv-card sv-v-{fate}" data-depth="{d.depth}" data-verdict="{fate}">'
             f"<b>draft {d.depth + 1}</b>: {token_span(d)} from {esc(d.source)}"
             + (f", copied from token {int(d.info['copied_from'])} of the text" if "copied_from" in d.info else "")
             + (f" (q={d.q:.3g})" if d.q is not None else "")
-            + f'<div class="sv-dists">{bars_html("drafter q (top-k)", info.get("top_q") or [], decode, d.token_id, "q")}'
-            f"{bars_html('target p (top-k)', info.get('top_p') or [], decode, d.token_id, 'p')}</div>"
+            + '<div class="sv-dists">'
+            + bars_html("drafter q (top-k)", info.get("top_q") or [], decode, d.token_id, "q")
+            + bars_html(p_title, info.get("top_p") or [], decode, d.token_id, "p")
+            + "</div>"
             + (rule_html(v, decode) if v is not None else '<div class="sv-note">not verified</div>')
             + "</div>"
         )
@@ -538,4 +578,7 @@ def tree_round_html(
     parts.extend(
         emitted_card(e, decode, "drawn from p without the children tried, renormalised (top-k)") for e in emitted
     )
-    return f'<div class="sv-step" id="step-explainer-body" data-rule="{esc(rule or "")}" data-tree="1">{"".join(parts)}</div>'
+    return (
+        f'<div class="sv-step" id="step-explainer-body" data-rule="{esc(rule or "")}" data-tree="1">'
+        f"{''.join(parts)}</div>"
+    )
