@@ -310,7 +310,7 @@ def write_outputs(
     tasks = task_table(df) if outcome.rows else None
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.3f}".format):
         if table is not None:
-            print(table.to_string())
+            print(table.to_string(na_rep="—"))  # a figure the method does not define (a tree's efficiency)
         if tasks is not None:
             print("\nby task (median speedup, tau, alpha):\n" + task_markdown(tasks))
         if devices is not None:

@@ -125,6 +125,7 @@ def prompt_rows(
                     "theoretical_speedup",
                     "modeled_speedup",
                     "mean_drafts_per_round",
+                    "forwards_per_round",
                     "early_exits",
                     "wasted_drafts",
                     "equal_to_autoregressive",
@@ -140,6 +141,7 @@ def prompt_rows(
             **mirror_stats(typical),
             "verify_ms": stats["verify_s"] * 1e3 if stats["verify_s"] else None,
         }
+        # None where the theoretical speedup is (a tree: a chain-only formula): an empty cell, not a number
         row["efficiency"] = row["speedup"] / row["theoretical_speedup"] if row["theoretical_speedup"] else None
         row.update(after_prefill(runs, traces[BASELINE]))
         if overhead:
@@ -394,6 +396,9 @@ def plain_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def summary(df) -> "pd.DataFrame":
+    """Medians per method. A figure a method does not define (a tree's efficiency, a lookup's c) is None in every
+    row of it, so its median is NaN: an empty cell in the markdown, JSON null, a dash in the printed table and
+    the HTML report."""
     agg = {
         "speedup": "median",
         "tau": "median",
@@ -409,6 +414,7 @@ def summary(df) -> "pd.DataFrame":
     }
     for optional in (
         "mean_drafts_per_round",
+        "forwards_per_round",
         "wasted_drafts",
         "recording_overhead",
         "realign_share",

@@ -75,7 +75,8 @@ def provenance(summary: dict[str, Any] | None) -> str:
         )
     return (
         f"*Measured here*: the embedded pair on {summary.get('device', '?')} ({summary.get('dtype', '?')}), "
-        f"{summary.get('measured', '?')}, {summary.get('prompts', '?')} prompts x {summary.get('repeats', '?')} repeats, "
+        f"{summary.get('measured', '?')}, {summary.get('prompts', '?')} prompts x "
+        f"{summary.get('repeats', '?')} repeats, "
         f"greedy, medians, speedup over autoregressive decoding in the same process: "
         f"`{portable_text(summary.get('command', '?'))}`."
     )  # the command, not the folders of the machine it ran on

@@ -19,7 +19,8 @@ from specviz.views.plots import TEMPLATE, compare_figures, throughput_figure
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2rem auto; max-width: 1150px; color: #222; }
 h1 { margin-bottom: .2rem; } .meta { color: #555; } code, pre { background: #f4f5f7; padding: .2rem .4rem; }
-pre { padding: .8rem; white-space: pre-wrap; } table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0 1.5rem; }
+pre { padding: .8rem; white-space: pre-wrap; }
+table { border-collapse: collapse; font-size: .85rem; margin: .5rem 0 1.5rem; }
 th, td { border: 1px solid #ddd; padding: .25rem .5rem; text-align: right; } th { background: #f4f5f7; }
 .grid { display: grid; grid-template-columns: 1fr 1fr; gap: 1rem; }
 """
@@ -81,7 +82,7 @@ def write_report(
     ]
     when = time.strftime("%Y-%m-%d %H:%M %Z")
     extra = "".join(
-        f"<h2>{html.escape(title)}</h2>\n{frame.to_html(float_format=lambda v: f'{v:.3f}', border=0)}\n"
+        f"<h2>{html.escape(title)}</h2>\n{frame.to_html(float_format=lambda v: f'{v:.3f}', border=0, na_rep='—')}\n"
         for title, frame in (sections or {}).items()
     )
     body = f"""<!doctype html><html><head><meta charset="utf-8"><title>specviz bench report</title>
@@ -92,7 +93,7 @@ def write_report(
 speedup is tokens/s over the autoregressive run of the same prompt; values are medians over repeats.</p>
 <h2>Reproduce</h2><pre>{html.escape(command)}</pre>
 <h2>Summary (median per method)</h2>
-{table.to_html(float_format=lambda v: f"{v:.3f}", border=0)}
+{table.to_html(float_format=lambda v: f"{v:.3f}", border=0, na_rep="—")}
 {extra}
 <h2>Figures</h2><div class="grid">{"".join(f"<div>{d}</div>" for d in divs)}</div>
 <h2>Every run</h2>

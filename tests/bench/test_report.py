@@ -1,10 +1,13 @@
-"""`bench --html` writes one self-contained report with the expected figures, tables and command."""
+"""`bench --html` writes one self-contained report with the expected figures, tables and command; a figure a
+method does not define (a token tree's Leviathan figures) is an empty cell or a dash, never NaN or a chain
+formula's number."""
 
 from __future__ import annotations
 
 import json
 import re
 
+import pandas as pd
 from conftest import make_tiny_pair
 
 from specviz.bench import cli as bench
@@ -27,7 +30,7 @@ def test_bench_html_report(tiny_tokenizer, tmp_path, capsys):
     code = bench.main(
         [
             "--methods",
-            "draft_model,draft_model:gamma=2",
+            "draft_model,draft_model:gamma=2,tree:nodes=6:depth=3",
             "--prompts",
             str(prompts),
             "--max-new-tokens",
@@ -61,4 +64,15 @@ def test_bench_html_report(tiny_tokenizer, tmp_path, capsys):
     assert "python -m specviz.bench --methods draft_model,draft_model:gamma=2" in page
     assert "draft_model:gamma=2" in page and "<table" in page
     assert "<b>bold</b>" not in page  # prompt text never reaches the page unescaped
-    assert str(report) in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert str(report) in printed
+    summary = page[page.index("<h2>Summary") : page.index("<h2>Figures")]
+    assert "NaN" not in summary and "—" in summary  # autoregressive's c, the tree's efficiency
+    assert "NaN" not in printed.split("reproduce:")[0]
+    rows = pd.read_csv(tmp_path / "r.csv")
+    tree = rows[rows.method == "tree:nodes=6:depth=3"]
+    assert len(tree) == 2 and tree.equal_to_autoregressive.all()
+    for chain_only in ("alpha_iid", "theoretical_speedup", "efficiency"):
+        assert tree[chain_only].isna().all() and rows[rows.method == "draft_model"][chain_only].notna().all()
+    assert tree.modeled_speedup.notna().all() and (tree.forwards_per_round <= 3).all()  # levels, at most depth
+    assert (tree.forwards_per_round < tree.mean_drafts_per_round).any()  # nodes are not forwards
