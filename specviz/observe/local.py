@@ -12,7 +12,7 @@ import json
 import math
 from typing import Any
 
-from specviz.engine.acceptance import AcceptanceRecord, BadRecord, acceptance_record_from_trace
+from specviz.engine.acceptance import AcceptanceRecord, BadRecord, acceptance_record_from_trace, complete
 from specviz.engine.trace import Trace
 from specviz.observe.common import count, new
 
@@ -86,3 +86,10 @@ def from_bench_row(row: dict) -> AcceptanceRecord | None:
     record.mark("accepted", drafted - count(_number(row, "wasted_drafts"), "wasted_drafts"))
     record.notes.append("from a bench row's medians: steps = new_tokens / tau, rounds that drafted nothing included")
     return record
+
+
+def records_from_bench_rows(rows: list[dict]) -> list[AcceptanceRecord]:
+    """The bench's rows (dicts, as written to its CSV) as completed records; rows that drafted nothing are left out
+    (`python -m specviz.bench ... --acceptance-out FILE` writes these with writers.write_acceptance)."""
+    found = (from_bench_row(row) for row in rows)
+    return [complete(record) for record in found if record is not None]

@@ -8,7 +8,7 @@ import json
 from specviz.engine.acceptance import acceptance_record_from_trace
 from specviz.engine.trace import Event, RowResult, Trace
 from specviz.observe import prometheus
-from specviz.observe.local import acceptance_columns, from_bench_row
+from specviz.observe.local import acceptance_columns, from_bench_row, records_from_bench_rows
 from specviz.observe.reader import ReadStats, iter_path, iter_text
 from specviz.observe.writers import to_jsonl, to_prometheus, write_acceptance
 
@@ -71,6 +71,11 @@ def test_bench_rows_with_and_without_the_acceptance_columns(tmp_path):
     assert (second.steps, second.drafted, second.accepted) == (4, 9, 5)
     assert {"steps", "drafted", "accepted"} <= set(second.derived)
     assert from_bench_row(baseline) is None
+    rows = [counted, medians, baseline]
+    assert [(r.steps, r.accepted, r.mean_acceptance_length) for r in records_from_bench_rows(rows)] == [
+        (3, 5, 1 + 5 / 3),
+        (4, 5, 2.25),
+    ]
 
 
 def test_write_acceptance_writes_both_files(tmp_path):
