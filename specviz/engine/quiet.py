@@ -22,6 +22,9 @@ run by up to 1 / (1 - s), 11 % at 0.10: the 10 % within which the page's figures
 `specviz.run`'s in a quiet process (scripts/app_timing.py). Why 50 ms: `/proc/stat` counts sampled ticks (1/100 s
 per CPU), so over a short run the others' time is uncertain by a few ticks; under 5 ticks it is rounding.
 
+`SPECVIZ_DISTURBED_SHARE` sets another threshold (read at each run): 1 calls no run disturbed, for a machine whose
+background load is known and accepted, or a test server whose timings nobody reads.
+
 Where `/proc/stat` cannot be read (macOS, Windows, a sandbox), the figure is None: "unknown", never an error,
 and such a run is not called disturbed (nothing says it was). Not seen: a container's CPU quota (cgroup cpu.max),
 which slows a run without other processes on its CPUs; and on a GPU the figure speaks of the CPU side only.
@@ -36,6 +39,7 @@ from typing import Any
 
 STAT_PATH = "/proc/stat"
 DISTURBED_SHARE = 0.10  # others' share of the machine's CPU time above which a run is disturbed (see above)
+SHARE_ENV = "SPECVIZ_DISTURBED_SHARE"  # another threshold, 0..1 (1: no run is disturbed)
 MIN_OTHERS_CPU_S = 0.05  # and other processes used at least this much CPU, seconds (5 ticks of /proc/stat)
 BUSY_FIELDS = (0, 1, 2, 5, 6, 7)  # of a cpuN line: user nice system [idle iowait] irq softirq steal
 TOTAL_FIELDS = 8  # user .. steal (guest and guest_nice are already counted in user and nice)
@@ -148,6 +152,20 @@ def percent(share: float) -> str:
     return "<1 %" if 0 < share < 0.005 else f"{share * 100:.0f} %"
 
 
+def disturbed_share() -> float:
+    """The threshold in force: SPECVIZ_DISTURBED_SHARE where set, else DISTURBED_SHARE."""
+    text = os.environ.get(SHARE_ENV, "").strip()
+    if not text:
+        return DISTURBED_SHARE
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"{SHARE_ENV} must be a share between 0 and 1, got {text!r}") from None
+    if not 0 <= value <= 1:
+        raise ValueError(f"{SHARE_ENV} must be a share between 0 and 1, got {text!r}")
+    return value
+
+
 def is_disturbed(others_share: float | None, others_cpu_s: float | None, threshold: float = DISTURBED_SHARE) -> bool:
     """The rule (module docstring): more than `threshold` of the machine's CPU time, and at least
     MIN_OTHERS_CPU_S seconds of it, went to other processes. Unknown figures are no disturbance."""
@@ -156,8 +174,9 @@ def is_disturbed(others_share: float | None, others_cpu_s: float | None, thresho
     return others_share > threshold and others_cpu_s >= MIN_OTHERS_CPU_S
 
 
-def between(start: Reading, end: Reading, threshold: float = DISTURBED_SHARE) -> Disturbance:
-    """What happened between two readings (pure: tests give it fabricated ones)."""
+def between(start: Reading, end: Reading, threshold: float | None = None) -> Disturbance:
+    """What happened between two readings (pure but for the threshold: `disturbed_share()` where None)."""
+    threshold = disturbed_share() if threshold is None else threshold
     wall = max(0.0, end.wall_s - start.wall_s)
     own = max(0.0, end.own_cpu_s - start.own_cpu_s)
     share = others_s = busy_share = None
@@ -180,6 +199,6 @@ def between(start: Reading, end: Reading, threshold: float = DISTURBED_SHARE) ->
     )
 
 
-def since(start: Reading, threshold: float = DISTURBED_SHARE) -> Disturbance:
+def since(start: Reading, threshold: float | None = None) -> Disturbance:
     """What happened from `start` until now."""
     return between(start, read(), threshold)

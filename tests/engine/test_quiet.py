@@ -48,6 +48,17 @@ def test_the_threshold_and_the_tick_floor():
     assert between(start, reading(1.0, 0.0, 22, 200), threshold=0.2).disturbed is False
 
 
+def test_the_threshold_can_be_set_for_a_machine(monkeypatch):
+    busy = (reading(0.0, 0.0, 0, 0), reading(1.0, 0.0, 124, 200))
+    monkeypatch.setenv(quiet.SHARE_ENV, "1")
+    assert not between(*busy).disturbed and between(*busy).threshold == 1.0
+    monkeypatch.setenv(quiet.SHARE_ENV, "0.5")
+    assert between(*busy).disturbed
+    monkeypatch.setenv(quiet.SHARE_ENV, "lots")
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        between(*busy)
+
+
 def test_sampled_ticks_below_the_runs_own_time_are_no_disturbance():
     d = between(reading(0.0, 0.0, 0, 0), reading(1.0, 1.5, 140, 200))  # own time exceeds the busy ticks
     assert d.others_share == 0.0 and d.others_cpu_s == 0.0 and not d.disturbed
