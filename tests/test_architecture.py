@@ -4,7 +4,11 @@ floor imports only the floors below it, and nothing outside the workshop imports
 from __future__ import annotations
 
 import ast
+import importlib
+import re
 from pathlib import Path
+
+import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "specviz"
 
@@ -178,3 +182,137 @@ def test_function_level_imports_are_few_and_say_why():
     assert not any(target for p in PACKAGE.rglob("*.py") for target, in_function, _ in imports(p) if in_function), (
         "specviz's own modules are imported at the top: a cycle is fixed, not hidden"
     )
+
+
+# The tree in docs/architecture.md: every module of specviz/ named in its floor's line (`engine/     trace, ...`;
+# a leaf or api.py by its file name), and no name there that is not a module.
+DOC = PACKAGE.parent / "docs" / "architecture.md"
+
+
+def tree_lines(doc: str) -> dict[str, set[str]]:
+    """{floor: the names its line gives} from the doc's first code block: a floor's line starts at an indent of two
+    under `specviz/` (a package as `engine/`, leaves as their file names); deeper-indented lines continue it;
+    comments (`# ...`) and parenthesized remarks name no module."""
+    block = doc.split("```", 2)[1]
+    lines: dict[str, set[str]] = {}
+    floor = None
+    inside = False
+    for raw in block.splitlines():
+        if raw.startswith("specviz/"):
+            inside = True
+            continue
+        if inside and raw and not raw.startswith(" "):
+            break  # the next top-level entry (scripts/, tests/ ...)
+        if not inside or not raw.strip():
+            continue
+        text = re.sub(r"\([^)]*\)", "", raw.split("#", 1)[0])
+        words = [w for w in re.split(r"[\s,:]+", text) if w]
+        if len(raw) - len(raw.lstrip()) == 2:
+            if words[0].endswith("/"):
+                floor = words[0].rstrip("/")
+                lines.setdefault(floor, set()).update(words[1:])
+            else:  # leaves (and api.py): their file names, then prose
+                floor = None
+                for w in words:
+                    if w.endswith(".py"):
+                        lines.setdefault("", set()).add(w)
+        elif floor is not None:
+            lines[floor].update(words)
+    return lines
+
+
+def tree_gaps(lines: dict[str, set[str]]) -> tuple[list[str], list[str]]:
+    """(modules the tree leaves out, names in the tree that are no module) against the files of specviz/."""
+    omitted, stale = [], []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        rel = path.relative_to(PACKAGE)
+        if path.stem in ("__init__", "__main__"):
+            continue
+        if len(rel.parts) == 1:
+            if rel.name not in lines.get("", set()):
+                omitted.append(str(rel))
+        elif "/".join(rel.with_suffix("").parts[1:]) not in lines.get(rel.parts[0], set()):
+            omitted.append(str(rel))
+    for floor, names in lines.items():
+        for name in names:
+            where = PACKAGE / name if floor == "" else PACKAGE / floor / f"{name}.py"
+            if not where.is_file():
+                stale.append(f"{floor}/{name}" if floor else name)
+    return omitted, sorted(stale)
+
+
+def test_the_architecture_tree_names_every_module():
+    omitted, stale = tree_gaps(tree_lines(DOC.read_text()))
+    assert omitted == [], f"docs/architecture.md's tree leaves out {omitted}: name each in its floor's line"
+    assert stale == [], f"docs/architecture.md's tree names modules that are not there: {stale}"
+
+
+def test_every_floor_has_a_line_in_the_tree_and_a_row_in_the_table():
+    doc = DOC.read_text()
+    lines = tree_lines(doc)
+    packages = sorted(p.parent.name for p in PACKAGE.glob("*/__init__.py"))
+    assert [p for p in packages if p not in lines] == []
+    table = [line for line in doc.splitlines() if line.startswith("| `")]
+    assert [p for p in packages if not any(f"| `{p}/`" in row for row in table)] == []
+
+
+def test_the_tree_reader_sees_an_omission_and_a_stale_name():
+    doc = "```\nspecviz/\n  paths.py   # leaves\n  engine/     trace, verify,\n"
+    doc += "              gone (a remark)\nscripts/\n```"
+    lines = tree_lines(doc)
+    assert lines == {"": {"paths.py"}, "engine": {"trace", "verify", "gone"}}
+    omitted, stale = tree_gaps(lines)
+    assert "engine/kvcache.py" in omitted and "shown.py" in omitted and stale == ["engine/gone"]
+
+
+# Lazily re-exported names (specviz/lazy.py; the `_EXPORTS` table of a package's __init__): the compatibility
+# promise of docs/architecture.md. Each must resolve, and to the object the named module defines.
+def export_tables() -> dict[str, dict[str, str]]:
+    tables = {}
+    for init in sorted(PACKAGE.rglob("__init__.py")):
+        if "_EXPORTS" in init.read_text():
+            package = module_name(init)
+            tables[package] = importlib.import_module(package)._EXPORTS
+    return tables
+
+
+def defined_at_top(module: str, name: str) -> bool:
+    """`name` is defined in `module`'s own source (def, class or assignment at its top level), not imported."""
+    path = PACKAGE.parent / (module.replace(".", "/") + ".py")
+    if not path.is_file():
+        path = PACKAGE.parent / module.replace(".", "/") / "__init__.py"
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return True
+        targets = (
+            node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        )
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return True
+    return False
+
+
+def test_every_lazily_re_exported_name_resolves_to_its_definition():
+    tables = export_tables()
+    assert set(tables) >= {"specviz", "specviz.models", "specviz.bench", "specviz.engine"}
+    wrong = []
+    for package, table in tables.items():
+        imported = importlib.import_module(package)
+        assert sorted(imported.__all__) == sorted(table), package
+        for name, module in table.items():
+            try:
+                got = getattr(imported, name)
+            except AttributeError as exc:
+                wrong.append(f"{package}.{name}: {exc}")
+                continue
+            if got is not getattr(importlib.import_module(module), name) or not defined_at_top(module, name):
+                wrong.append(f"{package}.{name} is not the {name} that {module} defines")
+    assert wrong == []
+    assert sum(len(t) for t in tables.values()) > 50
+
+
+def test_a_name_not_re_exported_is_an_attribute_error():
+    import specviz
+
+    with pytest.raises(AttributeError, match="has no attribute 'selfcheck'"):
+        specviz.selfcheck  # noqa: B018 - moved to specviz.models.selfcheck: not re-exported

@@ -29,7 +29,6 @@ _EXPORTS = {
     "resolve_device": "specviz.models.device",
     "resolve_dtype": "specviz.models.device",
     "Anatomy": "specviz.models.anatomy",
-    "anatomy": "specviz.models.anatomy",
     "param_bytes": "specviz.models.anatomy",
     "weights_read_per_token": "specviz.models.anatomy",
     "PUBLIC_ENV": "specviz.models.hub",
