@@ -9,8 +9,9 @@ import re
 import pytest
 
 from specviz.api import run
+from specviz.engine.trace import Trace
 from specviz.speedup import tree_tau
-from specviz.views.plots import tau_explorer
+from specviz.views.plots import explorer_point, speedup_explorer, tau_explorer
 from specviz.views.render import explainer_html, tokens_html
 
 
@@ -68,3 +69,22 @@ def test_tree_tau_model():
     fig = tau_explorer(0.6, 4, 6, [{"method": "tree", "gamma": 16, "speedup": 1.1, "tau": 3.9}])
     assert [t.name for t in fig.data][:2] == ["MODELED chain: alpha 0.60", "MODELED tree: branch 4, depth 6"]
     assert fig.data[2].y[0] == 3.9
+
+
+def test_the_chain_speedup_explorer_leaves_a_tree_off(tree_trace):
+    """Its curve is Leviathan's chain against gamma: a tree's nodes are not gamma, so its point goes to the tau
+    explorer only."""
+    stored = Trace.from_json(tree_trace.to_json())  # as the Playground stores it
+    stored.meta["against_autoregressive"] = {"speedup": 1.2, "alpha": 0.3, "c": 0.2, "tau": 2.5}
+    stored.meta["against_autoregressive"]["mean_drafts_per_round"] = 11.0
+    point = explorer_point(stored)
+    assert point["tree"] and point["gamma"] == 11.0
+    chain = {"method": "draft_model", "tree": False, "gamma": 4.0, "speedup": 1.1, "alpha": 0.6, "c": None, "tau": 2.0}
+    measured = [t for t in speedup_explorer(0.6, 4, 0.2, 1.3, [point, chain]).data if t.name.startswith("MEASURED")]
+    assert [t.name for t in measured] == ["MEASURED draft_model"] and "c — (no drafter forward)" in measured[
+        0
+    ].hovertemplate
+    assert [t.name for t in tau_explorer(0.6, 3, 5, [point, chain]).data][2:] == [
+        "MEASURED tree",
+        "MEASURED draft_model",
+    ]
