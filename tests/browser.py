@@ -96,7 +96,8 @@ def launched():
 
 
 AXE_RUN = """async () => {
-  const r = await axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa"]}, resultTypes: ["violations"]});
+  const r = await axe.run(document, {runOnly: {type: "tag", values: ["wcag2a", "wcag2aa"]}, \
+resultTypes: ["violations"]});
   return r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
                                  nodes: v.nodes.map(n => ({target: n.target.join(" "), summary: n.failureSummary}))}));
 }"""

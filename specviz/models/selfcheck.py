@@ -203,9 +203,9 @@ def check_batch(
 def check_adapter(model, adapter, vocab: int, seq: torch.Tensor, dtype, finding: Finding) -> None:
     """The adapter over layer-l states: all at once (no cache) vs prefill + one-token steps + rollback."""
     stack = LayerStack(model, vocab)
-    l = adapter.config.exit_layer
+    exit_layer = adapter.config.exit_layer
     with torch.inference_mode():
-        hidden = stack.run(stack.embed_ids(seq), 0, l)
+        hidden = stack.run(stack.embed_ids(seq), 0, exit_layer)
         total = seq.shape[1]
         pos = torch.arange(total, device=seq.device)[None]
         whole = stack.logits(adapter(hidden, pos, kvcache.new_cache(), causal_mask(total, 0, seq.device)))[0]

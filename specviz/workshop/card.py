@@ -49,11 +49,14 @@ def corpus_section(manifest: dict) -> list[str]:
     lines = [
         "## Corpus",
         "",
-        f"Built {manifest['built']} by `python -m specviz.workshop.train` (specviz/workshop/corpus.py) from wheels pip fetched, with "
-        f"Python {manifest['python']}'s standard library: {manifest['files']:,} files, {manifest['bytes'] / 1e6:.1f} MB; "
+        f"Built {manifest['built']} by `python -m specviz.workshop.train` (specviz/workshop/corpus.py) "
+        "from wheels pip fetched, with "
+        f"Python {manifest['python']}'s standard library: {manifest['files']:,} files, "
+        f"{manifest['bytes'] / 1e6:.1f} MB; "
         f"tokens: {tokens['train']:,} train, {tokens['heldout']:,} held-out, {tokens['heldout_stdlib']:,} in the first "
         "models' standard-library held-out split. Tests, vendored copies and generated files are left out "
-        f"(skipped folders: {', '.join(manifest['filters']['skip_dirs'])}; files: {manifest['filters']['skip_files']}).",
+        f"(skipped folders: {', '.join(manifest['filters']['skip_dirs'])}; "
+        f"files: {manifest['filters']['skip_files']}).",
         "",
         f"Held-out splits: {manifest['split_rule']}.",
         "",
@@ -87,10 +90,14 @@ def training_section(ckpt: dict, evals: list[dict], first: dict | None) -> list[
         how, took = "(resumable, several sessions)", f"{ckpt['train_seconds'] / 3600:.1f} h of wall time at 1-2 threads"
     else:
         how = f"on a lent GPU ({ckpt.get('device_name') or cfg['device']}, {cfg.get('amp') or 'fp32'} autocast)"
-        took = f"{ckpt['train_seconds'] / 60:.1f} min of wall time (`--fit-to-budget` planned the tokens from the measured speed)"
+        took = (
+            f"{ckpt['train_seconds'] / 60:.1f} min of wall time "
+            "(`--fit-to-budget` planned the tokens from the measured speed)"
+        )
     lines += [
         f"Then `python -m specviz.workshop.train --continue-target` {how}: {ckpt['tokens']:,} tokens "
-        f"in {ckpt['step']} steps of {cfg['tokens_per_step']:,} tokens, {took}; sequence length {curriculum} of {cfg['total_tokens']:,} planned tokens; AdamW "
+        f"in {ckpt['step']} steps of {cfg['tokens_per_step']:,} tokens, {took}; sequence length {curriculum} "
+        f"of {cfg['total_tokens']:,} planned tokens; AdamW "
         f"(0.9, 0.95, weight decay {cfg['weight_decay']}), warmup-stable-decay: peak lr {cfg['peak_lr']}, linear "
         f"decay to {cfg['final_lr_share']:.0%} over the last {cfg['decay_share']:.0%}.",
         "",
@@ -122,7 +129,8 @@ def unlikelihood_section(record: dict) -> list[str]:
     return [
         "## Unlikelihood fine-tune",
         "",
-        f"Then `python -m specviz.workshop.unlikelihood` (Welleck et al. 2019, sequence level): {record['steps']} steps at lr "
+        "Then `python -m specviz.workshop.unlikelihood` (Welleck et al. 2019, sequence level): "
+        f"{record['steps']} steps at lr "
         f"{cfg['lr']}, each penalizing -log(1 - p) at every token of the target's own greedy continuations "
         f"({cfg['ul_batch']} x {cfg['new_tokens']} tokens after {cfg['prefix_tokens']} corpus tokens) that completes "
         f"an earlier {cfg['ngram']}-gram, weight {cfg['ul_weight']}, beside the multi-exit next-token loss on "
@@ -162,7 +170,8 @@ def run_sentence(report: dict) -> str:
     return (
         f"{report['steps']['distill']} distillation steps (soft cross-entropy to the target's distribution, all three "
         f"students) and {report['steps']['refine']} on-policy refinement steps ({refined}; every "
-        f"second batch the target's own greedy continuation{pooled}), {cfg['tokens_per_step']:,} tokens a step, sequence "
+        f"second batch the target's own greedy continuation{pooled}), {cfg['tokens_per_step']:,} tokens a step, "
+        "sequence "
         f"length {curriculum}, {cfg.get('drafter_layers', 1)}-layer drafter, {where}; warm start: "
         f"{json.dumps(report['warm_start'])}; minutes: {json.dumps(report['minutes'])}."
     )

@@ -303,8 +303,10 @@ def continue_target(ccfg: ContinueConfig, log) -> Path:
             "time": time.strftime("%H:%M:%S", time.gmtime()),
         }
         log(
-            f"eval step {step} tokens {tokens}: held-out {new:.4f} (new split), {old:.4f} (old stdlib split; model-card metric {card:.4f}), "
-            f"{long_all:.4f} at {long_len} tokens ({long_late:.4f} on positions >= {long_len // 2}) [{rec['seconds']} s]"
+            f"eval step {step} tokens {tokens}: held-out {new:.4f} (new split), "
+            f"{old:.4f} (old stdlib split; model-card metric {card:.4f}), "
+            f"{long_all:.4f} at {long_len} tokens ({long_late:.4f} on positions >= {long_len // 2}) "
+            f"[{rec['seconds']} s]"
         )
         metrics.write(json.dumps(rec) + "\n")
         metrics.flush()

@@ -84,7 +84,7 @@ def distill(cfg: TrainConfig, tok, target, train_ids: np.ndarray, log):
         losses = {
             "drafter": soft_ce(drafter(x).logits, teacher_logp),
             "sorted": sum(
-                soft_ce(l, teacher_logp) for l in sorted_logits(sorted_drafter, x, cfg.sorted_layers).values()
+                soft_ce(logits, teacher_logp) for logits in sorted_logits(sorted_drafter, x, cfg.sorted_layers).values()
             )
             / cfg.sorted_layers,
             "adapter": soft_ce(adapter_logits(adapter, target, hidden_l), teacher_logp),
@@ -174,7 +174,8 @@ def calibrate_vocab(cfg: TrainConfig, tok, target, heldout_texts: list[str], log
     order = sorted(range(len(tok)), key=lambda i: (-counts[i], i))
     return {
         "description": "Token ids ranked by how often the embedded target emitted them when generating greedily "
-        f"{cfg.calibration_tokens} tokens after each of {len(prompts)} held-out stdlib snippets (VocabTrim calibration).",
+        f"{cfg.calibration_tokens} tokens after each of {len(prompts)} held-out stdlib snippets "
+        "(VocabTrim calibration).",
         "total_tokens": int(counts.sum()),
         "ranked_ids": order,
         "counts": [int(counts[i]) for i in order],
@@ -183,7 +184,8 @@ def calibrate_vocab(cfg: TrainConfig, tok, target, heldout_texts: list[str], log
 
 def model_card(cfg: TrainConfig, stats: dict, params: dict, minutes: dict, refined_separately: bool = False) -> str:
     refined_note = (
-        f"\nThe refinement was run on the saved models by `python -m specviz.workshop.train --refine-only --out {cfg.out}`."
+        "\nThe refinement was run on the saved models by "
+        f"`python -m specviz.workshop.train --refine-only --out {cfg.out}`."
         if refined_separately
         else ""
     )
@@ -205,11 +207,16 @@ of the name) held out. Byte-level BPE, {cfg.vocab_size} ids, `{EOS}` as EOS/BOS/
 
 | model | directory | shape | role |
 |---|---|---|---|
-| target | `target/` | Llama {cfg.target_layers} x {cfg.target_hidden}, FFN {cfg.target_ffn} | exits after layers {", ".join(map(str, cfg.target_exits))} and {cfg.target_layers} share the final norm + LM head |
-| drafter | `drafter/` | Llama {cfg.drafter_layers} x {cfg.student_hidden} | separate drafter (draft_model), distilled from the target |
-| sorted drafter | `sorted-drafter/` | Llama {cfg.sorted_layers} x {cfg.student_hidden} | S2D: SoFT-trained exits after each layer |
-| Kangaroo adapter | `kangaroo-adapter/` | attention-only block on layer {cfg.kangaroo_exit} | Kangaroo self-drafter with the target's own norm + head |
-| VocabTrim ranking | `vocabtrim/target-token-ranking.json` | ids by target-generated frequency | VocabTrim's drafter head subset |
+| target | `target/` | Llama {cfg.target_layers} x {cfg.target_hidden}, FFN {cfg.target_ffn} | \
+exits after layers {", ".join(map(str, cfg.target_exits))} and {cfg.target_layers} share the final norm + LM head |
+| drafter | `drafter/` | Llama {cfg.drafter_layers} x {cfg.student_hidden} | \
+separate drafter (draft_model), distilled from the target |
+| sorted drafter | `sorted-drafter/` | Llama {cfg.sorted_layers} x {cfg.student_hidden} | \
+S2D: SoFT-trained exits after each layer |
+| Kangaroo adapter | `kangaroo-adapter/` | attention-only block on layer {cfg.kangaroo_exit} | \
+Kangaroo self-drafter with the target's own norm + head |
+| VocabTrim ranking | `vocabtrim/target-token-ranking.json` | ids by target-generated frequency | \
+VocabTrim's drafter head subset |
 
 Parameters:
 

@@ -322,7 +322,8 @@ def bits_per_byte(nats_per_token: float, tokens: int, n_bytes: int) -> float:
 
 
 def window_targets(ids, windows: int, seq_len: int) -> list:
-    """The predicted tokens of each window `train.heldout_loss` evaluates (each predicts ids[s + 1 : s + seq_len + 1])."""
+    """The predicted tokens of each window `train.heldout_loss` evaluates (each predicts
+    ids[s + 1 : s + seq_len + 1])."""
     return [ids[s + 1 : s + seq_len + 1] for s in window_starts(len(ids), windows, seq_len)]
 
 
@@ -392,7 +393,8 @@ def heldout_section(pair, cfg: QualityConfig) -> dict[str, Any]:
     root = Path(cfg.corpus) if cfg.corpus else None
     if root is None or not (root / "manifest.json").is_file():
         return {
-            "skipped": f"no built corpus at {cfg.corpus} (build one with `python -m specviz.workshop.train --continue-target`)"
+            "skipped": f"no built corpus at {cfg.corpus} "
+            "(build one with `python -m specviz.workshop.train --continue-target`)"
         }
     manifest = json.loads((root / "manifest.json").read_text())
     if manifest.get("tokenizer_sha1") != vocab_sha1(pair.tokenizer):

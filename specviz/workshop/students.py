@@ -304,11 +304,11 @@ def graft_adapter(model, adapter: KangarooAdapter) -> bool:
     norm, head) as a plain causal LM. Why: a 1-layer drafter cannot copy and agrees 0.64-0.68 with the
     target's greedy text, the adapter path 0.82-0.86 (scripts/onpolicy_agreement.py --family). False when
     the layout is not Llama's."""
-    l = adapter.config.exit_layer
+    exit_layer = adapter.config.exit_layer
     layers = getattr(getattr(model, "model", None), "layers", None)
-    if layers is None or len(layers) != l + 1:
+    if layers is None or len(layers) != exit_layer + 1:
         return False
-    layer = layers[l]
+    layer = layers[exit_layer]
     if not all(hasattr(layer, name) for name in ("input_layernorm", "self_attn", "mlp")):
         return False
     config = model.config
@@ -331,8 +331,8 @@ def warm_llama(
     target, tok, layers: int, warm_dir: Path | None, log: Log, adapter: KangarooAdapter | None = None
 ) -> tuple[torch.nn.Module, str]:
     """A shipped student when it has this shape and tokenizer (it saves steps); else the target's first
-    `layers` layers, embeddings, norm and head (as specviz.workshop.parts_training starts a sorted drafter), with the Kangaroo
-    adapter grafted on as the last layer when `adapter` is given and reads the state after `layers - 1`."""
+    `layers` layers, embeddings, norm and head (as specviz.workshop.parts_training starts a sorted drafter), with the
+    Kangaroo adapter grafted on as the last layer when `adapter` is given and reads the state after `layers - 1`."""
     model = student_llama(target, layers)
     if warm_dir is not None and (warm_dir / "config.json").exists():
         same_tok = AutoTokenizer.from_pretrained(warm_dir).get_vocab() == tok.get_vocab()
@@ -422,7 +422,7 @@ def student_step(s: Students, teacher: Teacher, batch: torch.Tensor) -> dict[str
     losses = {
         "drafter": lambda: soft_ce(s.drafter(x).logits, teacher_logp),
         "sorted": lambda: (
-            sum(soft_ce(l, teacher_logp) for l in sorted_logits(s.sorted_drafter, x, layers).values()) / layers
+            sum(soft_ce(lg, teacher_logp) for lg in sorted_logits(s.sorted_drafter, x, layers).values()) / layers
         ),
         "adapter": lambda: soft_ce(adapter_logits(s.adapter, target, hidden_l), teacher_logp),
     }
@@ -615,7 +615,8 @@ def make(cfg: StudentsConfig, log: Log) -> dict | None:
     teacher.max_len = min(teacher.max_len, len(streams["train"]) // 4)
     log(
         f"target {cfg.target} ({sum(p.numel() for p in teacher.model.parameters()) / 1e6:.2f} M params, "
-        f"{teacher.model.config.num_hidden_layers} layers, exits {teacher.exits}, Kangaroo exit {teacher.kangaroo_exit}, "
+        f"{teacher.model.config.num_hidden_layers} layers, exits {teacher.exits}, "
+        f"Kangaroo exit {teacher.kangaroo_exit}, "
         f"sha1 {teacher.fingerprint['sha1'][:12]}); corpus { {k: len(v) for k, v in streams.items()} } tokens"
     )
 
@@ -656,7 +657,8 @@ def make(cfg: StudentsConfig, log: Log) -> dict | None:
         progress.data = {k: dict(d.state) for k, d in datas.items()}
         save_ckpt(ckpt_path, cfg, progress, s)
         log(
-            f"checkpoint ({reason}): phase {progress.phase} step {progress.step} -> {ckpt_path} [{time.time() - t:.1f} s]"
+            f"checkpoint ({reason}): phase {progress.phase} step {progress.step} -> {ckpt_path} "
+            f"[{time.time() - t:.1f} s]"
         )
 
     # 2.-3. distill, refine

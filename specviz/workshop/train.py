@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     train_ids, heldout_ids = encode(tok, train_texts), encode(tok, heldout_texts)
     minutes["tokenizer"] = (time.time() - t) / 60
     log(
-        f"corpus: {len(train_texts)} train files ({len(train_ids)} tokens), {len(heldout_texts)} held out ({len(heldout_ids)} tokens)"
+        f"corpus: {len(train_texts)} train files ({len(train_ids)} tokens), "
+        f"{len(heldout_texts)} held out ({len(heldout_ids)} tokens)"
     )
 
     if args.refine_only:

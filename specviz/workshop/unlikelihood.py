@@ -326,7 +326,8 @@ def finetune(cfg: UnlikelihoodConfig, log=print) -> dict:
             | ({} if share is None else {"repeat_share": round(share, 4)})
         )
         log(
-            f"step {step}/{cfg.steps} mle {parts['final']:.3f} {cfg.objective} {ul.item():.3f} anchor {anchor.item():.3f}"
+            f"step {step}/{cfg.steps} mle {parts['final']:.3f} {cfg.objective} {ul.item():.3f} "
+            f"anchor {anchor.item():.3f}"
             + ("" if share is None else f" repeated share of its greedy text {share:.3f}")
             + f" [{step_seconds:.1f} s]"
         )

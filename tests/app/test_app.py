@@ -190,7 +190,8 @@ def test_every_method_runs_from_the_playground_controls(server):
 
 
 def test_explorer_draws_the_model_and_this_sessions_measured_runs(page):
-    """Speedup explorer: the MODELED Leviathan curve follows the sliders; a Playground run appears as a MEASURED point."""
+    """Speedup explorer: the MODELED Leviathan curve follows the sliders; a Playground run appears as a MEASURED
+    point."""
     page.click("#run")
     page.wait_for_function("document.querySelectorAll('.js-plotly-plot').length >= 4", timeout=120_000)
     page.wait_for_selector("text=speedup vs autoregressive (measured)", timeout=30_000)
@@ -273,8 +274,9 @@ def test_step_explainer_shows_both_distributions_the_rule_and_moves_by_keyboard(
 
 
 def test_exactness_lab_passes_the_real_rule_and_exposes_the_broken_one(page):
-    """N = 5,000 (the default) with a fixed seed on the embedded pair: draft_model's samples are consistent with the target's
-    exact law (p > 0.01) and so are plain autoregressive ones; the BROKEN-on-purpose rule is rejected (p < 0.001)."""
+    """N = 5,000 (the default) with a fixed seed on the embedded pair: draft_model's samples are consistent with the
+    target's exact law (p > 0.01) and so are plain autoregressive ones; the BROKEN-on-purpose rule is rejected
+    (p < 0.001)."""
     open_tab(page, "Exactness")
     page.click("#exactness-run")
     page.wait_for_function(

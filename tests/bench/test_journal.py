@@ -208,7 +208,8 @@ def test_worker_slots_one_per_gpu_or_per_cpu_node():
 def test_the_app_and_the_bench_never_import_ray(tmp_path):
     """Ray is optional: the core modules, the bench's parser and its --ray check work without importing it."""
     code = (
-        "import sys, specviz, specviz.api, specviz.models.pair, specviz.bench as b, specviz.bench.journal, specviz.bench.cluster\n"
+        "import sys, specviz, specviz.api, specviz.models.pair, specviz.bench as b, specviz.bench.journal, "
+        "specviz.bench.cluster\n"
         "b.prepare(b.build_parser().parse_args(['--ray', 'local:2', '--methods', 'draft_model']))\n"
         "assert 'ray' not in sys.modules, 'ray imported'\n"
     )

@@ -1,5 +1,5 @@
-"""Training Kangaroo's adapter and S2D's sorted drafter for a user's own target (specviz.workshop.parts_training), end to end
-on a tiny random Llama target: the trained part beats the untrained logit lens, loads beside the target,
+"""Training Kangaroo's adapter and S2D's sorted drafter for a user's own target (specviz.workshop.parts_training), end
+to end on a tiny random Llama target: the trained part beats the untrained logit lens, loads beside the target,
 and both methods stay greedy-equal to autoregressive with it; an interrupted run resumes."""
 
 from __future__ import annotations

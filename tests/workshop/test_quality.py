@@ -136,7 +136,8 @@ def test_cli_writes_every_figure_with_corpus_and_spec_bench_skipped(saved_pair, 
 
 
 def check_greedy_token_probabilities(target_dir, section: dict) -> None:
-    """Each p is the target's softmax probability of the id it wrote there, its top-1 (greedy); the median pools them."""
+    """Each p is the target's softmax probability of the id it wrote there, its top-1 (greedy); the median pools
+    them."""
     from statistics import median
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
