@@ -12,18 +12,13 @@ target's own law? A measurement, not an assumption.
    noise alone looks like.
 
 Speed. The samples share one prompt, and a model forward is a deterministic function of the tokens
-it has seen: every decoder a method takes from `ctx.decoder(...)` is, here, a lazy view of ONE
-shared decoder per model whose forwards are memoized by (tokens held, tokens fed). The prompt's
-prefill runs once, and a continuation seen before costs a dictionary look-up; on a miss the shared
-decoder is rolled back to the longest common prefix (a crop) and fed the rest. Kangaroo, whose
-forwards split the target by layer, keeps its own prefill and a layer-range memo the same way (a hit
-re-appends the KV entries the forward appended). A token tree's forwards (`feed_tree`) are memoized by the tree's
-tokens, positions and mask; a view holds them as a pending tree until `keep_path` keeps a root-to-node path, whose
-entries are then those of the path fed as plain tokens (each node saw only its ancestors). The sorted drafter
-runs its own forwards per sample; Mirror-SD, whose branches copy the drafter's cache, is never memoized. Every
-random choice (drafts, acceptance uniforms, residual and bonus draws) is still made per sample by the method's own
-code with that sample's generator, so the samples are independent draws; tests check that they equal `run`'s
-outputs for the same seeds. (A memoized forward may have been computed along another path to the same
+it has seen: a method that takes every forward from `ctx.decoder(...)` and `ctx.split_decoder(...)` (`memo_safe`)
+gets, here, the memoizing implementations of those protocols (`specviz.engine.memo.ForwardMemo`, configured
+below): the prompt's prefill runs once, and a continuation seen before costs a dictionary look-up. The sorted
+drafter runs its own forwards per sample; Mirror-SD, whose branches copy the drafter's cache, is never memoized.
+Every random choice (drafts, acceptance uniforms, residual and bonus draws) is still made per sample by the
+method's own code with that sample's generator, so the samples are independent draws; tests check that they equal
+`run`'s outputs for the same seeds. (A memoized forward may have been computed along another path to the same
 tokens, e.g. in a longer block: its last float bits can then differ from a fresh run's, as any two
 block shapes do; the law tested is unaffected.)
 
@@ -38,14 +33,14 @@ from __future__ import annotations
 import sys
 import time
 import types
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from specviz.analysis.stats import chi_square, total_variation
 from specviz.api import common_vocab, encode_prompt, method_class
-from specviz.engine.decoder import Decoder, Output, context_limit, eos_ids
+from specviz.engine.decoder import Output, TransformersDecoder, context_limit, eos_ids
+from specviz.engine.memo import ForwardMemo
 from specviz.engine.trace import Recorder
 from specviz.engine.verify import Sampling
 from specviz.methods import METHODS
@@ -59,186 +54,7 @@ BROKEN_LABEL = (
 MAX_SAMPLES = 200_000
 MAX_TOKENS = 4
 MAX_TOP = 64
-MEMO_BYTES = 256 * 2**20  # memoized forward outputs kept per model before the memo starts over
-
-
-@dataclass(frozen=True, eq=False)
-class TreeFeed:
-    """One `feed_tree` call held in a cache after its linear tokens: the memo key, and what replays it."""
-
-    key: tuple
-    ids: torch.Tensor
-    positions: torch.Tensor
-    mask: torch.Tensor
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, TreeFeed) and self.key == other.key
-
-    def __hash__(self) -> int:
-        return hash(self.key)
-
-    @staticmethod
-    def of(ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> TreeFeed:
-        seen = mask[0, 0].eq(0).cpu().numpy()  # which entries each node attends to: the tree's shape
-        key = (tuple(ids[0].tolist()), tuple(positions[0].tolist()), seen.shape, seen.tobytes())
-        return TreeFeed(key, ids, positions, mask)
-
-
-class SharedDecoder:
-    """One real decoder over a model, with the tokens its cache holds and the memo of its forwards."""
-
-    def __init__(self, inner: Any):
-        self.inner = inner
-        self.tokens: list[int] = []  # what the real cache holds: these tokens, in order,
-        self.trees: tuple[TreeFeed, ...] = ()  # then the nodes of these tree feeds
-        self.memo: dict[tuple, torch.Tensor] = {}
-        self.bytes = 0
-        self.hits = self.misses = 0
-
-    def sync(self, tokens: list[int], device: torch.device, trees: tuple[TreeFeed, ...] = ()) -> None:
-        """Make the real cache hold exactly `tokens` (crop to the common prefix, feed the rest), then `trees`."""
-        if self.trees and (trees[: len(self.trees)] != self.trees or self.tokens != tokens):
-            self.inner.rollback(len(self.tokens))  # the tree nodes go first; the linear part is kept
-            self.trees = ()
-        common = 0
-        for a, b in zip(self.tokens, tokens):
-            if a != b:
-                break
-            common += 1
-        if common < len(self.tokens):
-            self.inner.rollback(common)
-            self.tokens = self.tokens[:common]
-        if common < len(tokens):
-            self.inner.feed(torch.tensor([tokens[common:]], dtype=torch.long, device=device))
-            self.tokens = list(tokens)
-        for feed in trees[len(self.trees) :]:
-            self.inner.feed_tree(feed.ids, feed.positions, feed.mask)
-        self.trees = trees
-
-
-class LazyDecoder:
-    """The `Decoder` interface (feed / rollback / length) over a SharedDecoder: `tokens` is what this
-    view holds; the real cache is brought to it only when a forward is not in the memo."""
-
-    def __init__(self, shared: SharedDecoder):
-        self.shared = shared
-        self.tokens: list[int] = []
-        self.trees: tuple[TreeFeed, ...] = ()  # tree feeds after `tokens`, until keep_path makes them a path
-        self.model = getattr(shared.inner, "model", None)
-        self.vocab = getattr(shared.inner, "vocab", None)
-
-    @property
-    def length(self) -> int:
-        return len(self.tokens) + sum(feed.ids.shape[1] for feed in self.trees)
-
-    def remember(self, key: tuple, compute: Callable[[], torch.Tensor]) -> torch.Tensor:
-        """The memoized value of `key`, computed (on the real decoder, brought to this view) on a miss."""
-        shared = self.shared
-        value = shared.memo.get(key)
-        if value is not None:
-            shared.hits += 1
-            return value
-        shared.misses += 1
-        value = compute()
-        size = value.numel() * value.element_size()
-        if shared.bytes + size > MEMO_BYTES:
-            shared.memo.clear()
-            shared.bytes = 0
-        shared.memo[key] = value
-        shared.bytes += size
-        return value
-
-    def through(
-        self, tag: Any, ids: torch.Tensor, compute: Callable[[Any, torch.Tensor], torch.Tensor]
-    ) -> torch.Tensor:
-        """`compute(real decoder, ids)` after the tokens this view holds, memoized; ids (1, T) are appended."""
-        if self.trees:
-            raise RuntimeError("a linear feed after a tree feed: keep a path of the tree first (keep_path)")
-        new = ids[0].tolist()
-        shared = self.shared
-
-        def compute_here() -> torch.Tensor:
-            shared.sync(self.tokens, ids.device)
-            value = compute(shared.inner, ids)
-            shared.tokens = self.tokens + new
-            return value
-
-        value = self.remember((tag, tuple(self.tokens), tuple(new)), compute_here)
-        self.tokens = self.tokens + new
-        return value
-
-    def feed_tree(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """A tree's nodes after what this view holds (`Decoder.feed_tree`), memoized by the tree's tokens, positions
-        and shape; the view holds them as a pending tree until `keep_path`."""
-        feed, shared = TreeFeed.of(ids, positions, mask), self.shared
-
-        def compute_here() -> torch.Tensor:
-            shared.sync(self.tokens, ids.device, self.trees)
-            value = shared.inner.feed_tree(ids, positions, mask)
-            shared.trees = self.trees + (feed,)
-            return value
-
-        value = self.remember(("tree", tuple(self.tokens), tuple(f.key for f in self.trees), feed.key), compute_here)
-        self.trees = self.trees + (feed,)
-        return value
-
-    def keep_path(self, positions: list[int]) -> None:
-        """Keep the entries at `positions`: the committed text and a root-to-node path of the pending trees, whose
-        entries are then those of that path fed as plain tokens (each node saw only its ancestors). The real cache
-        does the same gather when it holds exactly this view's entries; otherwise its next sync feeds the path."""
-        flat = self.tokens + [t for feed in self.trees for t in feed.ids[0].tolist()]
-        linear = len(self.tokens)
-        if (
-            list(positions[:linear]) != list(range(linear))
-            or any(b <= a for a, b in zip(positions, positions[1:]))
-            or (positions and positions[-1] >= len(flat))
-        ):
-            raise ValueError(
-                "keep_path keeps every plain token and then ascending tree entries (one root-to-node path)"
-            )
-        kept = [flat[p] for p in positions]
-        shared = self.shared
-        if shared.tokens == self.tokens and shared.trees == self.trees:
-            shared.inner.keep_path(positions)
-            shared.tokens, shared.trees = list(kept), ()
-        self.tokens, self.trees = kept, ()
-
-    def feed(self, ids: torch.Tensor, keep: int = 1) -> torch.Tensor:
-        return self.through(("feed", keep), ids, lambda dec, x: dec.feed(x, keep=keep))
-
-    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.through("hidden", ids, lambda dec, x: dec.hidden(x))
-
-    def rollback(self, length: int) -> None:
-        if self.trees and length < self.length:
-            raise RuntimeError("rollback inside a pending tree: keep a path of it first (keep_path)")
-        if length < len(self.tokens):
-            self.tokens = self.tokens[:length]
-
-    def reset(self) -> None:
-        self.tokens, self.trees = [], ()
-
-    def check(self) -> None:  # the real cache is checked by its own decoder
-        pass
-
-
-class ForwardMemo:
-    """The shared decoders of one exactness session, one per (model, kind of forward)."""
-
-    def __init__(self) -> None:
-        self.shared: dict[tuple, SharedDecoder] = {}
-
-    def decoder(self, model: torch.nn.Module, kind: str, make: Callable[[], Any]) -> LazyDecoder:
-        key = (id(model), kind)
-        if key not in self.shared:
-            self.shared[key] = SharedDecoder(make())
-        return LazyDecoder(self.shared[key])
-
-    def stats(self) -> dict[str, int]:
-        return {
-            "hits": sum(s.hits for s in self.shared.values()),
-            "misses": sum(s.misses for s in self.shared.values()),
-        }
+MEMO_BYTES = 256 * 2**20  # memoized forward outputs kept per shared model before its memo starts over
 
 
 # ----------------------------------------------------------------------------- the exact law
@@ -254,7 +70,7 @@ def target_law(
     pair, prompt_ids: list[int], sampling: Sampling, tokens: int, top: int, vocab: int, eos: set[int]
 ) -> tuple[dict[tuple[int, ...], float], float]:
     """{token-id tuple: exact probability} for the enumerated prefixes, and the mass of everything else."""
-    dec = Decoder(pair.target, vocab)
+    dec = TransformersDecoder(pair.target, vocab)
     device = pair.target.device
     logits = dec.feed(torch.tensor([prompt_ids], dtype=torch.long, device=device))[0]
     law: dict[tuple[int, ...], float] = {}
@@ -301,7 +117,7 @@ def iter_samples(
     seeds,
     vocab: int,
     rule: str = "exact",
-    memo: "ForwardMemo | None" = None,
+    memo: ForwardMemo | None = None,
     shared: dict | None = None,
 ):
     """The output ids of one run of method `cls` per seed (`values`: validated parameters; the run's
@@ -314,7 +130,7 @@ def iter_samples(
     room = context_limit(pair.target) - len(prompt_ids)
     limit = values["max_new_tokens"]
     if memo is None and cls.memo_safe:
-        memo = ForwardMemo()
+        memo = ForwardMemo(MEMO_BYTES)
     shared = {} if shared is None else shared
     rec = Recorder(device, enabled=False)
     for seed in seeds:
@@ -349,7 +165,7 @@ def sample_panel(
     rule: str,
 ) -> tuple[dict[str, int], dict]:
     """n runs of method `cls`, seeds first_seed .. first_seed+n-1: counts per cell, and memo stats."""
-    memo = ForwardMemo() if cls.memo_safe else None
+    memo = ForwardMemo(MEMO_BYTES) if cls.memo_safe else None
     shared: dict = {}
     counts: dict[str, int] = {}
     for output in iter_samples(
@@ -357,11 +173,7 @@ def sample_panel(
     ):
         key = classify(output, law, tokens)
         counts[key] = counts.get(key, 0) + 1
-    stats = memo.stats() if memo is not None else {"hits": 0, "misses": 0}
-    for value in shared.values():  # memos a method keeps itself (Kangaroo's layer memo)
-        if hasattr(value, "hits") and hasattr(value, "misses"):
-            stats = {"hits": stats["hits"] + value.hits, "misses": stats["misses"] + value.misses}
-    return counts, stats
+    return counts, memo.stats() if memo is not None else {"hits": 0, "misses": 0}
 
 
 def exactness(
@@ -416,11 +228,10 @@ def exactness(
     law[OTHER] = other
     total = sum(law.values())
     law = {k: v / total for k, v in law.items()}  # float64 rounding only: total is 1 within ~1e-12
-    decode = lambda path: pair.tokenizer.decode(
-        list(path),
-        skip_special_tokens=False,  # noqa: E731
-        clean_up_tokenization_spaces=False,
-    )
+
+    def decode(path: tuple[int, ...]) -> str:
+        return pair.tokenizer.decode(list(path), skip_special_tokens=False, clean_up_tokenization_spaces=False)
+
     cells = [
         {"key": cell_key(path), "ids": list(path), "text": decode(path), "prob": law[cell_key(path)]}
         for path, _ in ordered

@@ -1,6 +1,8 @@
-"""The one place that owns single-sequence KV caches: feed tokens, read logits, roll back.
+"""The transformers-backed decoder (`TransformersDecoder`): feed tokens, read logits, roll back, on a model's own
+forward; and the stop rules of one output (`Output`).
 
-Invariant kept by every method and asserted in tests: a model's cache holds exactly the tokens
+It implements `specviz.engine.protocols.Decoder`, the seam every method sees (as do the lean and the memoizing
+decoders). Invariant kept by every method and asserted in tests: a model's cache holds exactly the tokens
 it was fed that are still committed; rollback is an index (`KVCache.crop`), never a copy; the cache and its
 length belong to one `specviz.engine.kvcache.KVCache`.
 """
@@ -19,14 +21,16 @@ CHECKS = os.environ.get("SPECVIZ_CHECKS") == "1"
 
 
 @dataclass
-class Decoder:
-    """A causal LM with its own KV cache over one sequence (batch 1)."""
+class TransformersDecoder:
+    """A causal LM with its own KV cache over one sequence (batch 1), run by its own transformers forward."""
 
     model: torch.nn.Module
     vocab: int  # logits are cut to this width (the pair's common vocabulary)
     kv: KVCache = field(init=False)
+    base: torch.nn.Module = field(init=False, repr=False)  # the decoder stack, final norm included (no LM head)
 
     def __post_init__(self) -> None:
+        self.base = self.model.base_model
         self.reset()
 
     @property
@@ -44,6 +48,14 @@ class Decoder:
         if CHECKS:
             self.check()
         return out.logits[0, -keep:, : self.vocab]
+
+    @torch.inference_mode()
+    def hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """Append ids (1, T); return the final-normed hidden states (1, T, d), before the LM head."""
+        out = self.kv.forward(self.base, ids.shape[1], input_ids=ids, use_cache=True)
+        if CHECKS:
+            self.check()
+        return out.last_hidden_state
 
     @torch.inference_mode()
     def feed_tree(self, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -79,6 +91,13 @@ class Decoder:
         """The cache really holds `length` entries (tests call this after every step)."""
         assert len(set(self.kv.lengths)) == 1, f"layers were fed different lengths: {self.kv.lengths}"
         self.kv.check()
+
+
+# The name this class had before `Decoder` became the protocol (`specviz.engine.protocols`); kept until its
+# callers outside the methods say TransformersDecoder (models.selfcheck, analysis.divergence, scripts/tree_cost.py,
+# scripts/lookup_ceiling.py, tests/engine/test_lean.py, tests/engine/test_tree_mask.py; methods.tree names it as
+# a type).
+Decoder = TransformersDecoder
 
 
 class Output:

@@ -15,8 +15,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from specviz.engine.decoder import Decoder, Output
+from specviz.engine.decoder import Output, TransformersDecoder
 from specviz.engine.lean import LeanDecoder
+from specviz.engine.memo import ForwardMemo
+from specviz.engine.protocols import Decoder, SplitDecoder
+from specviz.engine.split import SplitTarget
 from specviz.engine.trace import Recorder
 from specviz.engine.verify import Sampling
 from specviz.shown import shown
@@ -163,23 +166,27 @@ class RunContext:
     outputs: list[Output] = field(default_factory=list)  # batch methods: every row's output
     # -- private to specviz.analysis.exactness (no parameter of `run` reaches them) ------------------------------
     verify_rule: str = "exact"  # "broken": the deliberately wrong rule of the exactness demo (verify.py)
-    memo: Any = None  # exactness.ForwardMemo: forwards reused across samples of one prompt (None: plain run)
+    memo: ForwardMemo | None = None  # forwards reused across samples of one prompt (None: a plain run)
     shared: dict[str, Any] | None = None  # per-model setup reused across samples (see `once`)
 
     def check_cancel(self) -> None:
         if self.cancel is not None and self.cancel.is_set():
             raise Cancelled("run cancelled")
 
-    def decoder(self, model: torch.nn.Module, lean: bool = False):
+    def decoder(self, model: torch.nn.Module, lean: bool = False) -> Decoder:
         """A KV-cached decoder over `model` (specviz's lean Llama loop when `lean`); under exactness
         sampling a lazy view of one shared decoder whose forwards are memoized by token prefix."""
-        if lean:
-            make = lambda: LeanDecoder(model, self.vocab)  # noqa: E731
-        else:
-            make = lambda: Decoder(model, self.vocab)  # noqa: E731
         if self.memo is not None:
-            return self.memo.decoder(model, "lean" if lean else "transformers", make)
-        return make()
+            return self.memo.decoder(model, self.vocab, lean)
+        return LeanDecoder(model, self.vocab) if lean else TransformersDecoder(model, self.vocab)
+
+    def split_decoder(self, model: torch.nn.Module, exit_layer: int, lean: bool = False) -> SplitDecoder:
+        """`model` split at `exit_layer` (layers [0, l) over ids, layers [l, N) + head over stored states), its
+        shallow pass lean where asked; under exactness sampling one shared split whose layer-range forwards are
+        memoized by token prefix (always on transformers' layer modules: its `lean` says which ran)."""
+        if self.memo is not None:
+            return self.memo.split_decoder(model, self.vocab, exit_layer)
+        return SplitTarget(model, self.vocab, exit_layer, lean)
 
     def once(self, key: Any, make):
         """`make()`, computed once per exactness session (every call in a plain run)."""

@@ -23,9 +23,10 @@ would make the output of a seeded run depend on the machine's load.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from specviz.methods.base import Param
+from specviz.methods.base import Param, RunContext
+from specviz.models.anatomy import weights_read_per_token
 
 PROBE_EVERY = 4  # rounds a source may be left out before it is tried again
 LONGEST_MATCH_BUCKET = 4
@@ -47,6 +48,13 @@ WIDTH_COST = Param(
     help="with choose=yield: the modeled cost of verifying one more token, in target steps (this 2-core "
     "CPU: about 0.05; a GPU: about 0.01)",
 )
+
+
+def draft_cost(ctx: RunContext, target) -> float:
+    """A drafter token's modeled cost in target steps: the weights it reads (`ctx.meta["draft_params"]`, set by the
+    method's drafter) over the target's (MBSU's model)."""
+    whole = ctx.once(("target_params", id(target)), lambda: weights_read_per_token(target))
+    return ctx.meta["draft_params"] / max(1, whole)
 
 
 @dataclass
@@ -74,15 +82,22 @@ class Acceptance:
         return a1 * (1 - a**k) / (1 - a) if k else 0.0
 
 
+NO_COPY = "lookup: the text's ending matched, but what followed it starts past the drafter's vocabulary"
+
+
 @dataclass(frozen=True)
 class Plan:
     source: str | None  # "lookup", "draft", or None: a plain target step
     k: int
     value: float  # expected tokens per modeled cost
+    skipped: str = ""  # a source the round could not take, and why (NO_COPY), or ""
 
     def info(self) -> dict:
         """What the verify event records of the choice."""
-        return {"source": self.source or "none", "k": self.k, "value": round(self.value, 3)}
+        info = {"source": self.source or "none", "k": self.k, "value": round(self.value, 3)}
+        if self.skipped:
+            info["skipped"] = self.skipped
+        return info
 
 
 @dataclass
@@ -104,12 +119,20 @@ class SourceChooser:
         plans = [Plan(source, k, (1 + rate.expected(k)) / (1 + k * per_token)) for k in range(1, k_max + 1)]
         return max(plans, key=lambda p: p.value) if plans else Plan(None, 0, 1.0)
 
-    def plan_round(self, index, copy_max: int, draft_max: int = 0) -> tuple[Plan, int]:
-        """The round's plan and the n-gram the text's ending matched in `index` (an NgramIndex, or None: no copy);
-        a copy is planned only where there is a match."""
-        found = index.match() if index is not None else None
-        ngram = found[0] if found else 0
-        return self.plan(copy_max=copy_max if found else 0, ngram=ngram, draft_max=draft_max), ngram
+    def plan_round(
+        self, index, copy_max: int, draft_max: int = 0, vocab: int | None = None
+    ) -> tuple[Plan, tuple[list[int], list[int], int]]:
+        """The round's plan, and the copy it takes from `index` (an NgramIndex, or None: no copy): the drafts (none
+        unless the plan is a copy), the positions they were copied from, and the n-gram the text's ending matched. A
+        copy is planned only where it yields tokens: the ending occurred before, and what followed starts inside
+        `vocab` (where it does not, the round is planned without the copy, and the plan says so)."""
+        drafts, sources, n = index.draft(copy_max, vocab) if index is not None else ([], [], 0)
+        plan = self.plan(copy_max=len(drafts), ngram=n, draft_max=draft_max)
+        if n and not drafts:
+            plan = replace(plan, skipped=NO_COPY)
+        if plan.source != "lookup":
+            return plan, ([], [], n)
+        return plan, (drafts[: plan.k], sources[: plan.k], n)
 
     def plan(self, copy_max: int = 0, ngram: int = 0, draft_max: int = 0) -> Plan:
         """The round's plan: copy_max > 0 when a copy is possible (of a matched `ngram`), draft_max > 0 when the

@@ -25,20 +25,24 @@ forward; `choose=yield` picks the copy, the early exit or no draft per round (`m
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Callable
+
 import torch
 
 from specviz.engine import kvcache
 from specviz.engine.adapter import KangarooAdapter
-from specviz.engine.layers import LayerStack, causal_mask
-from specviz.engine.lean import LeanAdapter, LeanDecoder, draft_linear, fast_norm, project, supports
-from specviz.engine.verify import decide
+from specviz.engine.layers import causal_mask, split_parts
+from specviz.engine.lean import LeanAdapter, draft_linear, fast_norm, project, supports
+from specviz.engine.protocols import SplitDecoder
+from specviz.engine.verify import Verdict
 from specviz.methods.base import Method, Param, RunContext, confidence_exit, eta_param
 from specviz.methods.calibrate import calibrated_exit
-from specviz.methods.draft_model import LOOKUP_GAMMA_PARAM, LOOKUP_PARAM, draft_cost
-from specviz.methods.hybrid import CHOOSE, WIDTH_COST, SourceChooser
+from specviz.methods.draft_model import LOOKUP_GAMMA_PARAM, LOOKUP_PARAM
+from specviz.methods.hybrid import CHOOSE, WIDTH_COST
 from specviz.methods.prompt_lookup import SOURCE as LOOKUP
-from specviz.methods.prompt_lookup import NgramIndex, one_hot, record_copies
-from specviz.methods.rounds import commit
+from specviz.methods.prompt_lookup import LookupOrDraft
+from specviz.methods.rounds import commit, judge
 from specviz.methods.vocabtrim import TrimmedHead, kept_ids
 
 
@@ -106,39 +110,77 @@ class LensDraftState:
         self.length = min(self.length, length)
 
 
-class LayerMemo:
-    """Exactness sessions only (`specviz.analysis.exactness`, ctx.memo set): the stack's layer-range forwards and
-    the adapter's steps memoized by the token ids they cover. A hit re-appends the KV entries the first
-    computation appended (through the cache's KVCache), so every cache ends as if the forward had run."""
+class SelfDrafter:
+    """Kangaroo's drafter: the target's shallow pass (layers [0, l) of a `SplitDecoder`), the adapter's state (or the
+    logit lens) and the draft head. It proposes tokens, hands verification the layer-l states of the round's block
+    (the deep layers continue from them), and rolls every cache back to what was committed."""
 
-    MAX_BYTES = 256 * 2**20  # kept before the memo starts over
+    def __init__(self, ctx: RunContext, split: SplitDecoder, state, head: Callable, source: str):
+        self.ctx, self.split, self.state, self.head, self.source = ctx, split, state, head, source
+        self.adapter = isinstance(state, SelfDraftState)  # False: the logit lens
 
-    def __init__(self) -> None:
-        self.table: dict[tuple, tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]] = {}
-        self.bytes = 0
-        self.hits = self.misses = 0
+    def prefill(self, ids: torch.Tensor) -> None:
+        """Every layer over ids (1, T); their layer-l states wait for the adapter's first step."""
+        states = self.split.prefill(ids)
+        self.state.pending = [states] if states is not None else []
 
-    def call(self, key: tuple, kv: kvcache.KVCache, layers: range, compute, after=None) -> torch.Tensor:
-        """compute() (which appends to `layers` of `kv`), or its remembered output with its entries replayed."""
-        hit = self.table.get(key)
-        if hit is not None and len(hit[1]) == len(layers) and kv.ready(layers):
-            out, entries = hit
-            kv.replay(layers, entries)
-            if after is not None:
-                after()
-            self.hits += 1
-            return out
-        self.misses += 1
-        before = [kv.lengths[i] for i in layers]
-        out = compute()
-        entries = kv.since(layers, before)
-        size = sum(t.numel() * t.element_size() for t in [out] + [x for kv_pair in entries for x in kv_pair])
-        if self.bytes + size > self.MAX_BYTES:
-            self.table.clear()
-            self.bytes = 0
-        self.table[key] = (out, entries)
-        self.bytes += size
-        return out
+    def propose(self, token: torch.Tensor, k: int, step: int, eta: float):
+        """Up to k drafts after `token` (1, 1), each from one shallow pass + adapter + head; drafting stops after a
+        draft whose top-1 probability is under eta (that draft kept: the second early exit). Returns drafts (k,),
+        their q (k, V) (None: no draft) and the layer-l states of [token, d_1 .. d_(k-1)]."""
+        ctx, rec, split = self.ctx, self.ctx.rec, self.split
+        t0 = rec.now()
+        h = split.shallow(token)
+        states, tokens, qs = [h], [], []
+        for depth in range(k):
+            token_t, q = ctx.sampling.choose(self.head(self.state.step(h)), ctx.generator)
+            confidence = float(q.max().item())
+            t1 = rec.now()
+            token_id = int(token_t.item())
+            q_x = float(q[0, token_id].item())
+            info = {"confidence": confidence}
+            rec.add(
+                "draft", step=step, token_id=token_id, q=q_x, depth=depth, source=self.source, t0=t0, t1=t1, info=info
+            )
+            tokens.append(token_t)
+            qs.append(q[0])
+            if depth + 1 == k or confidence_exit(rec, step, depth, self.source, t1, confidence, eta):
+                break
+            t0 = rec.now()
+            h = split.shallow(token_t.view(1, 1))
+            states.append(h)
+        drafts = torch.cat(tokens) if tokens else token.new_zeros(0)
+        return drafts, torch.stack(qs) if qs else None, states
+
+    def copy_states(self, token: torch.Tensor, copy: torch.Tensor) -> list[torch.Tensor]:
+        """A lookup round: the shallow pass of [token, copied drafts] in one forward."""
+        return [self.split.shallow(torch.cat([token, copy.view(1, -1)], dim=1))]
+
+    def verify(self, states: list[torch.Tensor], drafts: torch.Tensor, q, step: int, plan: dict | None):
+        """Layers [l, N) over the layer-l states of [last token, d_1 .. d_k] (d_k, which no draft step fed, gets its
+        shallow pass first) and the verdict on their logits; returns it and the block of states (1, k+1, d)."""
+        t0 = self.ctx.rec.now()
+        if sum(h.shape[1] for h in states) == len(drafts):
+            states = states + [self.split.shallow(drafts[-1:].view(1, 1))]
+        block = torch.cat(states, dim=1)  # (1, k+1, d)
+        logits = self.split.deep(block)  # (k+1, V)
+        return judge(self.ctx, drafts, q, logits, step, t0, f"target[{self.split.exit_layer}:]", plan), block
+
+    def rollback(self, length: int, verdict: Verdict, block: torch.Tensor) -> None:
+        """Every cache back to [.. last token, d_1 .. d_n] (n accepted); the adapter will read their layer-l
+        states. block[:, 0] is position length - 1; states before it (rounds without a draft step) are pending."""
+        keep = length + verdict.accepted
+        self.split.rollback(keep)
+        self.state.crop(keep)
+        start = max(self.state.length, length - 1)
+        if keep > start:
+            self.state.pending = self.state.pending + [block[:, start - (length - 1) : keep - (length - 1)]]
+
+
+@torch.inference_mode()
+def exit_logits(norm: torch.nn.Module, head: torch.nn.Module, vocab: int, hidden: torch.Tensor) -> torch.Tensor:
+    """The target's own final norm and head at an exit: (..., vocab)."""
+    return head(norm(hidden))[..., :vocab]
 
 
 class Kangaroo(Method):
@@ -155,8 +197,8 @@ class Kangaroo(Method):
             1,
             64,
             optional=True,
-            help="l: the draft uses the target's first l layers (default: the adapter's trained layer, embedded: 2; "
-            "without an adapter, the calibrated logit-lens exit)",
+            help="l: the draft uses the target's first l layers (default: the adapter's trained layer, "
+            "embedded: 2; without an adapter, the calibrated logit-lens exit)",
         ),
         Param(
             "vocab_trim",
@@ -171,9 +213,9 @@ class Kangaroo(Method):
             str,
             "lean",
             choices=("lean", "transformers"),
-            help="the draft's forward (layers [0, l), adapter, head): specviz's lean Llama-family loop, bit-identical "
-            "to transformers' layers in float32, or transformers' per-layer modules; other architectures (and "
-            "exactness sessions, which memoize per-layer forwards) always use transformers",
+            help="the draft's forward (layers [0, l), adapter, head): specviz's lean Llama-family loop, "
+            "bit-identical to transformers' layers in float32, or transformers' per-layer modules; other "
+            "architectures (and exactness sessions, which memoize per-layer forwards) always use transformers",
         ),
         LOOKUP_PARAM,
         LOOKUP_GAMMA_PARAM,
@@ -182,246 +224,92 @@ class Kangaroo(Method):
     )
 
     def generate(self, ctx: RunContext) -> None:
-        rec, out = ctx.rec, ctx.out
-        gamma, eta, l = ctx.params["gamma"], ctx.params["eta"], ctx.params["exit_layer"]
-        stack = LayerStack(ctx.pair.target, ctx.vocab)
-        lean = (
-            ctx.params["drafter_forward"] == "lean"
-            and ctx.memo is None
-            and ctx.once(("lean_supports", id(ctx.pair.target)), lambda: supports(ctx.pair.target))
-        )
-        ctx.meta["drafter_forward"] = "lean" if lean else "transformers"
-        if l is not None and l >= stack.depth:
-            raise ValueError(f"exit_layer must be below the target's {stack.depth} layers; got {l}")
-        adapter = find_adapter(ctx, l)
-        if adapter is not None:
-            l = adapter.config.exit_layer
-            if l >= stack.depth:
-                raise ValueError(f"the adapter was trained on layer {l}, not below this target's {stack.depth} layers")
-            draft = SelfDraftState(adapter, lean=lean)
-        else:  # training-free: the logit lens at a calibrated (or the given) exit
-            if l is None:
-                calibration = calibrated_exit(ctx.pair, ctx.vocab)
-                ctx.meta["exit_calibration"] = calibration
-                l = calibration["exit_layer"]
-            draft = LensDraftState()
-        ctx.params["exit_layer"] = l  # the trace records the layer really used
-        # the shallow pass: lean (its own preallocated KV for layers [0, l), exact arithmetic: verification
-        # continues from its states) or the stack's per-layer transformers modules (their KV in the stack's cache)
-        shallow_pass = LeanDecoder(ctx.pair.target, ctx.vocab, depth=l, exact=True) if lean else None
-        ctx.meta["kangaroo_drafter"] = "adapter" if adapter is not None else "logit lens (no adapter)"
-        head = self.draft_head(ctx, stack, lean)
-        ctx.meta["draft_params"] = self.draft_params(ctx, stack, adapter, l)
-        source = (f"target[:{l}]+adapter" if adapter is not None else f"target[:{l}]+head (no adapter)") + (
-            f"[vocab {ctx.params['vocab_trim']}]" if ctx.params["vocab_trim"] else ""
-        )
-
+        out, gamma, eta = ctx.out, ctx.params["gamma"], ctx.params["eta"]
+        drafter = self.make_drafter(ctx)
         seq = ctx.prompt_ids
-        t0 = rec.now()
-        # exactness sessions (ctx.shared set) prefill a prompt once: each sample crops every cache back to it
-        key = ("kangaroo_prefill", id(ctx.pair.target), id(adapter) if adapter is not None else None, l)
-        saved = ctx.shared.get(key) if ctx.shared is not None else None
-        if saved is not None and saved[0] == seq[0, :-1].tolist():
-            _, stack, draft, h_l = saved  # exactness sessions only, which never take the lean path
-            stack.crop(seq.shape[1] - 1)
-            draft.crop(0)
-            draft.pending = [h_l] if h_l is not None else []
-        else:
-            h_l = None
-            if seq.shape[1] > 1:
-                h_l = (
-                    shallow_pass.states(seq[:, :-1])
-                    if shallow_pass is not None
-                    else stack.run(stack.embed_ids(seq[:, :-1]), 0, l)
-                )
-                stack.run(h_l, l, stack.depth)
-                draft.pending = [h_l]
-            if ctx.shared is not None:
-                ctx.shared[key] = (seq[0, :-1].tolist(), stack, draft, h_l)
-        rec.add(
-            "prefill",
-            source="target",
-            t0=t0,
-            t1=rec.now(),
-            info={"tokens": seq.shape[1] - 1, "adapter": adapter is not None},
-        )
-        memo = (
-            ctx.once(("kangaroo_layer_memo", ctx.params["vocab_trim"]) + key[1:], LayerMemo)
-            if ctx.memo is not None
-            else None
-        )
-        full: list[int] = seq[0].tolist() if memo is not None else []  # memo keys: committed ids + this round's drafts
-
-        def shallow(ids: torch.Tensor) -> torch.Tensor:
-            """Layers [0, l) over ids (1, T): their layer-l states (one token a draft step; a lookup round's last token
-            and its copies at once)."""
-            if shallow_pass is not None:
-                return shallow_pass.states(ids)
-            compute = lambda: stack.run(stack.embed_ids(ids), 0, l)  # noqa: E731
-            if memo is None:
-                return compute()
-            pos = stack.lengths[0]
-            return memo.call(("shallow", pos, tuple(full[: pos + ids.shape[1]])), stack.kv, range(0, l), compute)
-
-        def draft_logits(h: torch.Tensor) -> torch.Tensor:
-            compute = lambda: head(draft.step(h))  # noqa: E731
-            if memo is None or adapter is None:
-                return compute()
-            new = sum(x.shape[1] for x in draft.pending) + 1
-
-            def seen() -> None:
-                draft.pending = []
-
-            return memo.call(
-                ("adapter", draft.length, tuple(full[: draft.length + new])), draft.kv, range(1), compute, seen
-            )
-
-        def deep_logits(block: torch.Tensor) -> torch.Tensor:
-            compute = lambda: stack.logits(stack.run(block, l, stack.depth))[0]  # noqa: E731
-            if memo is None:
-                return compute()
-            pos, new = stack.lengths[l], block.shape[1]
-            return memo.call(("deep", pos, tuple(full[: pos + new])), stack.kv, range(l, stack.depth), compute)
-
-        lookup = ctx.params["lookup"]
-        index = NgramIndex(lookup, max(lookup, 4)) if lookup else None
-        if index is not None:
-            index.extend(seq[0].tolist())
-        chooser = (
-            SourceChooser(ctx.params["width_cost"], draft_cost(ctx, ctx.pair.target))
-            if ctx.params["choose"] == "yield"
-            else None
-        )
-        step = lookup_rounds = 0
+        t0 = ctx.rec.now()
+        drafter.prefill(seq[:, :-1])  # all but the last token, which the first round feeds
+        info = {"tokens": seq.shape[1] - 1, "adapter": drafter.adapter}
+        ctx.rec.add("prefill", source="target", t0=t0, t1=ctx.rec.now(), info=info)
+        sources = LookupOrDraft(ctx)
+        step = 0
         while not out.done:
             ctx.check_cancel()
             length = seq.shape[1]
-            budget = min(gamma, out.room - 1)
-            plan, ngram, copies = None, 0, []
-            copy_budget = min(ctx.params["lookup_gamma"], out.room - 1)
-            if chooser is not None:
-                plan, ngram = chooser.plan_round(index, copy_budget, budget)
-                budget = plan.k if plan.source == "draft" else 0
-                copy_budget = plan.k if plan.source == LOOKUP else 0
-            if index is not None and copy_budget > 0:
-                t0 = rec.now()
-                copies, sources, ngram = index.draft(copy_budget, ctx.vocab)
-                record_copies(ctx, step, copies, sources, ngram, ctx.prompt_ids.shape[1], t0)
-            # 1-2. draft through layers [0, l) + adapter until the confidence exit or the depth limit (or copy)
-            states = []  # layer-l states of [last token, d_1 .. d_k]
-            tokens, qs = [], []
-            token = seq[:, -1:]
-            t0 = rec.now()
-            if copies:
-                lookup_rounds += 1
-                copied = torch.tensor(copies, dtype=seq.dtype, device=seq.device)
-                tokens = list(copied.split(1))
-                if memo is not None:
-                    full.extend(copies)
-                states.append(shallow(torch.cat([token, copied.view(1, -1)], dim=1)))
-                budget = 0
+            # 1. plan: a copy (lookup=n), up to gamma self-drafts, or (choose=yield) what the verdicts say pays most
+            source = sources.plan(seq, step, gamma)
+            # 2. draft: the copy's shallow pass in one forward, or layers [0, l) + adapter + head per token until
+            #    the confidence exit or the depth limit
+            if source.copy is not None:
+                drafts, q, by = source.copy, source.q, LOOKUP
+                states = drafter.copy_states(seq[:, -1:], drafts)
             else:
-                h = shallow(token)
-                states.append(h)
-            for depth in range(budget):
-                logits = draft_logits(h)
-                token_t, q = ctx.sampling.choose(logits, ctx.generator)
-                confidence = float(q.max().item())
-                t1 = rec.now()
-                token_id = int(token_t.item())
-                rec.add(
-                    "draft",
-                    step=step,
-                    token_id=token_id,
-                    q=float(q[0, token_id].item()),
-                    depth=depth,
-                    source=source,
-                    t0=t0,
-                    t1=t1,
-                    info={"confidence": confidence},
-                )
-                tokens.append(token_t)
-                qs.append(q[0])
-                if memo is not None:
-                    full.append(token_id)
-                if depth + 1 < budget and confidence_exit(rec, step, depth, source, t1, confidence, eta):
-                    break
-                if depth + 1 == budget:
-                    break
-                t0 = rec.now()
-                h = shallow(token_t.view(1, 1))
-                states.append(h)
-            drafts = torch.cat(tokens) if tokens else seq.new_zeros(0)
-            q = one_hot(copies, ctx.vocab, seq.device) if copies else (torch.stack(qs) if qs else None)
-            # 3. verify: the last draft's shallow pass, then layers [l, N) over every stored state
-            t0 = rec.now()
-            if tokens and not copies:
-                states.append(shallow(drafts[-1:].view(1, 1)))
-            block = torch.cat(states, dim=1)  # (1, k+1, d)
-            logits = deep_logits(block)  # (k+1, V)
-            verdict = decide(ctx.sampling, drafts, q, logits, ctx.generator, top=ctx.dist_top, rule=ctx.verify_rule)
-            rec.add(
-                "verify",
-                step=step,
-                source=f"target[{l}:]",
-                t0=t0,
-                t1=rec.now(),
-                info={
-                    "tokens": block.shape[1],
-                    "drafts": len(tokens),
-                    "accepted": verdict.accepted,
-                    **({"plan": plan.info()} if plan is not None else {}),
-                },
-            )
-            seq = commit(ctx, seq, drafts, verdict, step, [LOOKUP if copies else source] * len(tokens))
-            if chooser is not None:
-                chooser.update(plan, len(tokens), verdict.accepted, ngram)
-            if index is not None:
-                index.extend(seq[0, length:].tolist())
-            if memo is not None:
-                full = seq[0].tolist()
-            # 4. roll back to [.. last token, d_1..d_n]; keep their layer-l states for the adapter
-            keep = length + verdict.accepted
-            stack.crop(keep)
-            if shallow_pass is not None:
-                shallow_pass.rollback(keep)
-            draft.crop(keep)
-            # states of committed positions the adapter has not seen; block[:, 0] is position length-1,
-            # and positions before it (rounds without a draft step) are already in draft.pending
-            start = max(draft.length, length - 1)
-            if keep > start:
-                draft.pending = draft.pending + [block[:, start - (length - 1) : keep - (length - 1)]]
+                (drafts, q, states), by = drafter.propose(seq[:, -1:], source.k, step, eta), drafter.source
+            # 3. verify: layers [l, N) over the stored layer-l states of [last token, d_1 .. d_k]
+            verdict, block = drafter.verify(states, drafts, q, step, source.plan_info)
+            # 4. accept: commit, roll every cache back to the committed length
+            seq = commit(ctx, seq, drafts, verdict, step, [by] * len(drafts))
+            drafter.rollback(length, verdict, block)
+            sources.update(source, len(drafts), verdict.accepted, seq, length)
             step += 1
-        if index is not None:
-            ctx.meta["lookup"] = {"rounds": step, "lookup_rounds": lookup_rounds}
-        if chooser is not None:
-            ctx.meta["chooser"] = chooser.summary()
+        sources.finish(ctx.meta)
+
+    def make_drafter(self, ctx: RunContext) -> SelfDrafter:
+        """The exit layer (the adapter's, the one asked for, or the calibrated logit-lens exit), the split target,
+        the adapter's state and the draft head; what the trace records of them."""
+        target = ctx.pair.target
+        _, layers, norm, head, _ = split_parts(target)  # a target that cannot be split by layer is refused here
+        l, depth = ctx.params["exit_layer"], len(layers)
+        if l is not None and l >= depth:
+            raise ValueError(f"exit_layer must be below the target's {depth} layers; got {l}")
+        adapter = find_adapter(ctx, l)
+        if adapter is not None:
+            l = adapter.config.exit_layer
+            if l >= depth:
+                raise ValueError(f"the adapter was trained on layer {l}, not below this target's {depth} layers")
+        elif l is None:  # training-free: the logit lens at the calibrated exit
+            calibration = calibrated_exit(ctx.pair, ctx.vocab)
+            ctx.meta["exit_calibration"] = calibration
+            l = calibration["exit_layer"]
+        ctx.params["exit_layer"] = l  # the trace records the layer really used
+        lean = ctx.params["drafter_forward"] == "lean" and ctx.once(
+            ("lean_supports", id(target)), lambda: supports(target)
+        )
+        split = ctx.split_decoder(target, l, lean=lean)
+        ctx.meta["drafter_forward"] = "lean" if split.lean else "transformers"
+        ctx.meta["kangaroo_drafter"] = "adapter" if adapter is not None else "logit lens (no adapter)"
+        ctx.meta["draft_params"] = self.draft_params(ctx, layers[:l], norm, head, adapter)
+        state = SelfDraftState(adapter, lean=split.lean) if adapter is not None else LensDraftState()
+        trim = ctx.params["vocab_trim"]
+        source = (f"target[:{l}]+adapter" if adapter is not None else f"target[:{l}]+head (no adapter)") + (
+            f"[vocab {trim}]" if trim else ""
+        )
+        return SelfDrafter(ctx, split, state, self.draft_head(ctx, norm, head, split.lean), source)
 
     @staticmethod
-    def draft_params(ctx: RunContext, stack: LayerStack, adapter: KangarooAdapter | None, l: int) -> int:
+    def draft_params(ctx: RunContext, layers, norm, head, adapter: KangarooAdapter | None) -> int:
         """Weights one draft step reads: the first l layers, the adapter, the final norm and the (trimmed) head."""
-        count = lambda m: sum(p.numel() for p in m.parameters()) if m is not None else 0  # noqa: E731
-        head_rows = ctx.params["vocab_trim"] or stack.head.weight.shape[0]
-        return (
-            sum(count(layer) for layer in stack.layers[:l])
-            + count(adapter)
-            + count(stack.norm)
-            + head_rows * stack.head.weight.shape[1]
-        )
 
-    def draft_head(self, ctx: RunContext, stack: LayerStack, lean: bool = False):
+        def count(module) -> int:
+            return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+        head_rows = ctx.params["vocab_trim"] or head.weight.shape[0]
+        return sum(count(layer) for layer in layers) + count(adapter) + count(norm) + head_rows * head.weight.shape[1]
+
+    @staticmethod
+    def draft_head(ctx: RunContext, norm: torch.nn.Module, head: torch.nn.Module, lean: bool) -> Callable:
         """Adapted state (1, d) -> draft logits (1, V): the target's norm and head, or VocabTrim's
         K-row head (composed with Kangaroo: only the drafter's copy of the head is cut). The draft only
         steers proposals, so `lean` may use the fused norm."""
         k = ctx.params["vocab_trim"]
-        norm = (lambda hidden: fast_norm(stack.norm, hidden)) if lean else stack.norm
+        norm_of = partial(fast_norm, norm) if lean else norm
         if not k:
             if not lean:
-                return stack.logits
-            return lambda hidden: project(draft_linear, stack.head, norm(hidden))[..., : ctx.vocab]
+                return partial(exit_logits, norm, head, ctx.vocab)
+            return lambda hidden: project(draft_linear, head, norm_of(hidden))[..., : ctx.vocab]
 
         trimmed = ctx.once(
-            ("kangaroo_trimmed_head", id(stack.head), k),
-            lambda: TrimmedHead(stack.head, kept_ids(ctx.pair, k, ctx.vocab, ctx.prompt_ids.device), ctx.vocab),
+            ("kangaroo_trimmed_head", id(head), k),
+            lambda: TrimmedHead(head, kept_ids(ctx.pair, k, ctx.vocab, ctx.prompt_ids.device), ctx.vocab),
         )
-        return lambda hidden: trimmed(norm(hidden))
+        return lambda hidden: trimmed(norm_of(hidden))

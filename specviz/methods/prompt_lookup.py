@@ -24,10 +24,12 @@ position, updated as tokens are committed; a round reads a few dict entries inst
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from specviz.methods.base import Method, Param, RunContext
-from specviz.methods.hybrid import CHOOSE, WIDTH_COST, SourceChooser
+from specviz.methods.hybrid import CHOOSE, WIDTH_COST, Plan, SourceChooser, draft_cost
 from specviz.methods.rounds import commit, verify_block
 
 SOURCE = "lookup"
@@ -147,6 +149,77 @@ def record_copies(
         )
 
 
+@dataclass(frozen=True)
+class RoundSource:
+    """Where one round's drafts come from: a copy, or k tokens of the method's drafter (k = 0: no draft at all, a
+    plain target step)."""
+
+    k: int  # tokens the drafter drafts (0 in a lookup round)
+    copy: torch.Tensor | None = None  # a lookup round's copied drafts (k_copy,); None: the drafter drafts
+    q: torch.Tensor | None = None  # the copy's q: 1 at each copied token
+    plan: Plan | None = None  # choose=yield: the round's plan; None: `choose=match` decided
+    ngram: int = 0  # n of the n-gram the text's ending matched (0: none)
+
+    @property
+    def plan_info(self) -> dict | None:
+        """What the verify event records of the plan."""
+        return self.plan.info() if self.plan is not None else None
+
+
+class LookupOrDraft:
+    """The lookup side of a drafting method (draft_model, Kangaroo: `lookup=n`, `choose`): each round copies what
+    followed an earlier occurrence of the text's last n tokens, or lets the drafter draft, or (`choose=yield`)
+    takes the source and length the run's own verdicts say pay most, no draft included; it learns from each
+    verdict. Without `lookup` and with `choose=match`, every round is the drafter's."""
+
+    def __init__(self, ctx: RunContext):
+        self.ctx = ctx
+        n = ctx.params["lookup"]
+        self.index = NgramIndex(n, max(n, 4)) if n else None
+        if self.index is not None:
+            self.index.extend(ctx.prompt_ids[0].tolist())
+        yields = ctx.params["choose"] == "yield"
+        self.chooser = SourceChooser(ctx.params["width_cost"], draft_cost(ctx, ctx.pair.target)) if yields else None
+        self.rounds = self.lookup_rounds = 0
+
+    def plan(self, seq: torch.Tensor, step: int, gamma: int) -> RoundSource:
+        """This round's source, for at most gamma drafter tokens (and lookup_gamma copied ones) within the room
+        left; a copy is recorded here (its draft events: copying is all its drafting)."""
+        ctx = self.ctx
+        room = ctx.out.room - 1
+        if self.index is None and self.chooser is None:
+            return RoundSource(k=min(gamma, room))
+        t0 = ctx.rec.now()
+        copy_max = min(ctx.params["lookup_gamma"], room)
+        if self.chooser is not None:
+            plan, (drafts, sources, n) = self.chooser.plan_round(self.index, copy_max, min(gamma, room), ctx.vocab)
+            k = plan.k if plan.source == "draft" else 0
+        else:  # choose=match: copy where the ending matched, else draft
+            plan, (drafts, sources, n) = None, self.index.draft(copy_max, ctx.vocab)
+            k = min(gamma, room)
+        if not drafts:
+            return RoundSource(k=k, plan=plan, ngram=n)
+        record_copies(ctx, step, drafts, sources, n, ctx.prompt_ids.shape[1], t0)
+        self.lookup_rounds += 1
+        copy = torch.tensor(drafts, dtype=seq.dtype, device=seq.device)
+        return RoundSource(k=0, copy=copy, q=one_hot(drafts, ctx.vocab, seq.device), plan=plan, ngram=n)
+
+    def update(self, source: RoundSource, drafted: int, accepted: int, seq: torch.Tensor, length: int) -> None:
+        """Learn from the round's verdict; index the tokens it committed (seq's from `length` on)."""
+        if self.chooser is not None:
+            self.chooser.update(source.plan, drafted, accepted, source.ngram)
+        if self.index is not None:
+            self.index.extend(seq[0, length:].tolist())
+        self.rounds += 1
+
+    def finish(self, meta: dict) -> None:
+        """The run's lookup counts and learnt rates, into the trace's meta."""
+        if self.index is not None:
+            meta["lookup"] = {"rounds": self.rounds, "lookup_rounds": self.lookup_rounds}
+        if self.chooser is not None:
+            meta["chooser"] = self.chooser.summary()
+
+
 class PromptLookup(Method):
     """Drafts copied from earlier in the prompt or the output (n-gram matching), verified by the target."""
 
@@ -177,9 +250,9 @@ class PromptLookup(Method):
             t0 = rec.now()
             k, plan = min(gamma, out.room - 1), None
             if chooser is not None:
-                plan, _ = chooser.plan_round(index, k)
-                k = plan.k
-            drafts, sources, n = index.draft(k, ctx.vocab)
+                plan, (drafts, sources, n) = chooser.plan_round(index, k, vocab=ctx.vocab)
+            else:
+                drafts, sources, n = index.draft(k, ctx.vocab)
             t1 = rec.now()
             record_copies(ctx, step, drafts, sources, n, prompt_length, t0, t1)
             hits += bool(drafts)

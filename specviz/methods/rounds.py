@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import torch
 
-from specviz.engine.decoder import Decoder, Output
+from specviz.engine.decoder import Output
 from specviz.engine.lean import supports
+from specviz.engine.protocols import Decoder
 from specviz.engine.verify import Verdict, decide
 from specviz.methods.base import RunContext, confidence_exit
 from specviz.models.anatomy import weights_read_per_token
@@ -77,19 +78,33 @@ def verify_block(
 ) -> Verdict:
     """One target forward over [last committed, drafts] and the lossless verdict on it; `plan`: how the round's
     source and length were chosen (`methods.hybrid`), recorded on the verify event."""
-    rec = ctx.rec
     block = torch.cat([seq[:, -1:], drafts.view(1, -1)], dim=1)
-    t0 = rec.now()
+    t0 = ctx.rec.now()
     logits = target.feed(block, keep=block.shape[1])  # (gamma+1, V)
+    return judge(ctx, drafts, q, logits, step, t0, source, plan)
+
+
+def judge(
+    ctx: RunContext,
+    drafts: torch.Tensor,
+    q: torch.Tensor | None,
+    logits: torch.Tensor,
+    step: int,
+    t0: float,
+    source: str = "target",
+    plan: dict | None = None,
+) -> Verdict:
+    """The lossless verdict on the target's logits (k+1, V) over [last committed, d_1..d_k], recorded as the
+    round's verify event from t0 (when the target's forward began); `plan` as in `verify_block`."""
     verdict = decide(ctx.sampling, drafts, q, logits, ctx.generator, top=ctx.dist_top, rule=ctx.verify_rule)
-    rec.add(
+    ctx.rec.add(
         "verify",
         step=step,
         source=source,
         t0=t0,
-        t1=rec.now(),
+        t1=ctx.rec.now(),
         info={
-            "tokens": block.shape[1],
+            "tokens": len(drafts) + 1,
             "drafts": len(drafts),
             "accepted": verdict.accepted,
             **({"plan": plan} if plan else {}),

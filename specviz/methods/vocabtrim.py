@@ -25,8 +25,8 @@ def ranking_for(pair) -> list[int]:
     if not ranking:
         raise ValueError(
             "vocab_trim needs a token ranking computed from the target's own outputs; the embedded pair ships one "
-            "(assets/models/vocabtrim). For another target, put vocab_ranking.json ({'ranked_ids': [...]}) beside a local target "
-            "or pass pair.extras['vocab_ranking'] = ids ranked by frequency."
+            "(assets/models/vocabtrim). For another target, put vocab_ranking.json ({'ranked_ids': [...]}) beside "
+            "a local target or pass pair.extras['vocab_ranking'] = ids ranked by frequency."
         )
     return ranking
 
@@ -72,19 +72,7 @@ class TrimmedDrafter(Drafter):
         )
         full = model.get_output_embeddings().weight.numel()
         ctx.meta["draft_params"] += self.head.num_parameters() - full  # only K rows of the head are read
-        self.base = model.base_model  # the decoder stack, final norm included
-
-    def logits(self, pending: torch.Tensor) -> torch.Tensor:
-        through = getattr(self.decoder, "through", None)  # exactness: memoized by token prefix
-        if through is not None:
-            return through(("trimmed", self.k), pending, self._logits)
-        return self._logits(self.decoder, pending)
 
     @torch.inference_mode()
-    def _logits(self, dec, pending: torch.Tensor) -> torch.Tensor:
-        if self.lean:
-            return self.head(dec.hidden(pending)[:, -1])
-        hidden = dec.kv.forward(
-            self.base, pending.shape[1], input_ids=pending, use_cache=True
-        ).last_hidden_state  # (1, T, d)
-        return self.head(hidden[:, -1])  # (1, V), -inf outside the kept ids
+    def logits(self, pending: torch.Tensor) -> torch.Tensor:
+        return self.head(self.decoder.hidden(pending)[:, -1])  # (1, V), -inf outside the kept ids

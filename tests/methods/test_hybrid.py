@@ -4,11 +4,13 @@ what it outputs."""
 from __future__ import annotations
 
 import pytest
+import torch
 
 from specviz import run
 from specviz.methods.hybrid import PROBE_EVERY, Acceptance, SourceChooser
+from specviz.models.pair import ModelPair
 from specviz.views.render import explainer_html
-from tests.helpers import assert_trace_invariants
+from tests.helpers import assert_trace_invariants, peaky_llama, word_tokenizer
 
 
 def test_acceptance_counts_the_first_draft_and_the_later_ones_judged():
@@ -91,3 +93,47 @@ def test_every_round_records_its_plan_and_the_output_is_the_targets(embedded_pai
         assert trace.meta["chooser"]
         lesson = explainer_html(trace, rounds[0].step, decode=embedded_pair.tokenizer.decode)
         assert f'data-plan="{rounds[0].info["plan"]["source"]}"' in lesson and "chosen for this round" in lesson
+
+
+@pytest.fixture(scope="module")
+def narrow_drafter_pair():
+    """A tokenizer of 12 ids and a target over all of them, with a drafter that reads every id but whose logits cover
+    only ids 0..7 (its LM head cut to 8 rows): the pair's common vocabulary is 8, so a copy that starts with a higher
+    id yields nothing."""
+    tok = word_tokenizer(11)
+    draft = peaky_llama(len(tok), layers=1, seed=32)
+    head = torch.nn.Linear(draft.config.hidden_size, 8, bias=False)
+    head.weight.data = draft.lm_head.weight.data[:8].clone()
+    draft.lm_head = head
+    return ModelPair(
+        target=peaky_llama(len(tok), layers=2, seed=31),
+        tokenizer=tok,
+        draft=draft,
+        target_name="t",
+        draft_name="d",
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+
+
+def test_a_planned_copy_that_yields_nothing_is_planned_again_without_it(narrow_drafter_pair):
+    """The text ends in "w1 w9 w1", whose earlier "w1" was followed by w9 (id 10, past the drafter's 8 ids): the
+    lookup matches, but nothing can be copied. The round is planned without the copy: the drafter drafts (or no
+    draft), the verify event says so, and its verdict counts for the drafter, not the lookup."""
+    pair = narrow_drafter_pair
+    prompt = "w1 w9 w1 w9 w1"
+    reference = run("autoregressive", pair, prompt, max_new_tokens=2)
+    trace = run("draft_model", pair, prompt, max_new_tokens=2, gamma=4, lookup=1, choose="yield")
+    assert trace.output_ids == reference.output_ids
+    assert_trace_invariants(trace)
+    first = next(e for e in trace.events if e.kind == "verify" and e.step == 0)
+    plan = first.info["plan"]
+    assert plan["source"] in ("draft", "none"), plan
+    assert "lookup" in plan.get("skipped", ""), plan  # the copy was dropped, and the trace says why
+    drafts = [e for e in trace.events if e.kind == "draft" and e.step == 0]
+    assert first.info["drafts"] == len(drafts) <= plan["k"]
+    assert all(d.source == "draft" for d in drafts)
+    rates = trace.meta["chooser"]
+    assert not any(key.startswith("lookup") for key in rates), rates  # the lookup was never offered, nor credited
+    if plan["source"] == "draft":
+        assert rates["draft"] != {"first": 0.6, "more": 0.75}, rates  # the verdict moved the drafter's prior
