@@ -502,6 +502,12 @@ def stats_table(trace: Trace, baseline: Trace) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["metric", "value"])
 
 
+def dashes(frame: pd.DataFrame) -> pd.DataFrame:
+    """A table for the page: a cell no figure fills (a token tree's efficiency, a lookup's c: NaN or None) shows
+    as a dash, not as NaN."""
+    return frame.astype(object).where(frame.notna(), NOT_SHOWN)
+
+
 def token_counts(trace: Trace) -> dict[str, int]:
     return dict(Counter(e.kind for e in trace.events if e.kind in TOKEN_KINDS))
 

@@ -132,3 +132,9 @@ def test_compare_and_throughput_figures():
     )
     tfig = plots.throughput_figure(batch)
     assert list(tfig.data[0].x) == [1, 4] and tfig.data[0].name == "eqspec"
+
+
+def test_dashes_fill_what_a_method_does_not_define():
+    table = pd.DataFrame({"method": ["autoregressive", "tree"], "efficiency": [None, float("nan")], "tau": [1.0, 2.5]})
+    shown = plots.dashes(table)
+    assert list(shown.efficiency) == [plots.NOT_SHOWN] * 2 and list(shown.tau) == [1.0, 2.5]
