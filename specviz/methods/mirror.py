@@ -73,7 +73,8 @@ class MirrorSD(Method):
             1,
             64,
             optional=True,
-            help="l_e: the target's early exit that launches the branches (default: the trained exit nearest half depth; embedded: 6)",
+            help="l_e: the target's early exit that launches the branches (default: the trained exit nearest half "
+            "depth; embedded: 6)",
         ),
         Param("kappa", int, 2, 1, 8, help="early-exit candidates, one branch each"),
         Param(

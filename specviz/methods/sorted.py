@@ -12,11 +12,12 @@ Several targets: run with a nested target (`load_pair(..., target_depth=8)`); th
 `policy="cost"` (the default) chooses the depth per token by expected accepted tokens per unit of cost
 instead of a fixed threshold: at exit k it goes one layer deeper only when the expected tokens that layer
 adds (the acceptance gained there, times the chance this draft is reached at all) per unit of cost beat
-the run's own throughput so far (tokens per unit of cost; autoregressive decoding's before the first verdict). Costs are the weights a step reads (a layer and
-the exit head it is read through, against one target step: MBSU's memory-bound model), not wall time, so a
-seeded run stays reproducible; acceptance is calibrated online per exit and confidence bin from this
-run's own verdicts (prior: the confidence itself), and so is what one more layer buys a token of a given
-confidence (prior: the deeper exit's average). `policy="threshold"` is the paper's rule (theta).
+the run's own throughput so far (tokens per unit of cost; autoregressive decoding's before the first
+verdict). Costs are the weights a step reads (a layer and the exit head it is read through, against one
+target step: MBSU's memory-bound model), not wall time, so a seeded run stays reproducible; acceptance is
+calibrated online per exit and confidence bin from this run's own verdicts (prior: the confidence itself),
+and so is what one more layer buys a token of a given confidence (prior: the deeper exit's average).
+`policy="threshold"` is the paper's rule (theta).
 With temperature > 0 drafts are sampled from q (the reference takes argmax), so sampling stays exact.
 """
 
@@ -24,8 +25,8 @@ from __future__ import annotations
 
 import torch
 
-from specviz.engine.decoder import Decoder
 from specviz.engine.layers import LayerStack
+from specviz.engine.protocols import Decoder
 from specviz.methods.base import GAMMA, Method, Param, RunContext
 from specviz.methods.rounds import commit, prefill_both, verify_block
 from specviz.models.anatomy import weights_read_per_token
@@ -178,7 +179,8 @@ class Sorted(Method):
             str,
             "cost",
             choices=("cost", "threshold"),
-            help="adaptive choice: expected accepted tokens per unit of measured cost, or the paper's confidence threshold",
+            help="adaptive choice: expected accepted tokens per unit of measured cost, or the paper's confidence "
+            "threshold",
         ),
     )
 
