@@ -21,8 +21,8 @@ differ, the definition says so:
   gamma; tree: forwards = levels; copies: forwards = 0, tau / v).
 - theoretical speedup (Leviathan et al.) = (1 - alpha^(g+1)) / ((1 - alpha) (forwards c + 1)), g = mean drafts
   per round, alpha measured (copies only: forwards = 0, the paper's c = 0); efficiency = measured speedup /
-  theoretical. CHAIN ONLY: the formula is the expected
-  length of an accepted prefix of g i.i.d. drafts; a tree's siblings are not a prefix (None for a tree).
+  theoretical. CHAIN ONLY: the formula is the expected length of an accepted prefix of g i.i.d. drafts; a tree's
+  siblings are not a prefix (None for a tree).
 - alpha_iid = the i.i.d. acceptance that would give the measured tau: solves
   (1 - a^(g+1)) / (1 - a) = tau. Acceptance is not i.i.d. in practice, so it differs from alpha. CHAIN ONLY, as
   the theoretical speedup (None for a tree: `speedup.tree_tau` is the tree's own model).
