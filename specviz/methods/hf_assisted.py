@@ -43,23 +43,30 @@ class HFAssisted(Method):
         )
 
 
-def opaque_generate(ctx: RunContext, name: str, models: dict, **config) -> None:
-    """`target.generate` greedy with `config`, recorded as one prefill span and an `emit` per output token."""
+def opaque_generate(ctx: RunContext, name: str, models: dict, limit: int | None = None, **config) -> None:
+    """`target.generate` greedy with `config`, recorded as one prefill span and an `emit` per output token. It
+    continues after the tokens already emitted (a second call finishes what a first left), for at most `limit`
+    new tokens (default: the room left)."""
     if not ctx.sampling.greedy:
         raise ValueError(f"{name} runs greedy only here (temperature 0): its sampling uses torch's global RNG")
     rec, out, pair = ctx.rec, ctx.out, ctx.pair
     eos = sorted(out.eos_ids)
+    prefix = ctx.prompt_ids
+    if out.ids:
+        prefix = torch.cat([prefix, torch.tensor([out.ids], dtype=prefix.dtype, device=prefix.device)], dim=1)
     cfg = GenerationConfig(
-        max_new_tokens=out.limit, do_sample=False, eos_token_id=eos or None, pad_token_id=eos[0] if eos else 0, **config
+        max_new_tokens=out.room if limit is None else limit,
+        do_sample=False,
+        eos_token_id=eos or None,
+        pad_token_id=eos[0] if eos else 0,
+        **config,
     )
     t0 = rec.now()
     with torch.inference_mode():
-        ids = pair.target.generate(
-            ctx.prompt_ids, attention_mask=torch.ones_like(ctx.prompt_ids), generation_config=cfg, **models
-        )
+        ids = pair.target.generate(prefix, attention_mask=torch.ones_like(prefix), generation_config=cfg, **models)
     t1 = rec.now()
     rec.add("prefill", source="transformers.generate", t0=t0, t1=t1, info={"opaque": True})
-    for token_id in ids[0, ctx.prompt_ids.shape[1] :].tolist():
+    for token_id in ids[0, prefix.shape[1] :].tolist():
         if out.done:
             break
         rec.add("emit", step=0, position=out.push(int(token_id)), token_id=int(token_id), source=name, t0=t1, t1=t1)

@@ -8,6 +8,7 @@ only. transformers matches the n-gram's earliest occurrence (ours, the most rece
 
 from __future__ import annotations
 
+from specviz.engine.decoder import context_limit
 from specviz.methods.base import Method, RunContext
 from specviz.methods.hf_assisted import opaque_generate
 from specviz.methods.prompt_lookup import LOOKUP_GAMMA, MAX_NGRAM
@@ -22,10 +23,16 @@ class HFPromptLookup(Method):
     PARAMS = (LOOKUP_GAMMA, MAX_NGRAM)
 
     def generate(self, ctx: RunContext) -> None:
-        opaque_generate(
-            ctx,
-            self.name,
-            {},
-            prompt_lookup_num_tokens=ctx.params["gamma"],
-            max_matching_ngram_size=ctx.params["max_ngram"],
-        )
+        config = dict(prompt_lookup_num_tokens=ctx.params["gamma"], max_matching_ngram_size=ctx.params["max_ngram"])
+        # transformers 5.24 caps a copy by the text it copies from, not by the context left
+        # (PromptLookupCandidateGenerator.get_candidates in generation/candidate_generator.py), so near the end its
+        # verification feeds positions past a learned position table (GPT-2's wpe raises). The lookup stops
+        # gamma + 1 tokens short of the context and plain greedy `generate` finishes the run.
+        past = ctx.prompt_ids.shape[1] + ctx.out.limit + ctx.params["gamma"] + 1 - context_limit(ctx.pair.target)
+        if past <= 0:
+            opaque_generate(ctx, self.name, {}, **config)
+            return
+        if ctx.out.limit > past:
+            opaque_generate(ctx, self.name, {}, limit=ctx.out.limit - past, **config)
+        if not ctx.out.done:
+            opaque_generate(ctx, self.name, {})

@@ -127,9 +127,7 @@ def check_to_the_limit(pair, name: str, params: list[dict], distances: list[int]
 # transformers 5.24's PromptLookupCandidateGenerator caps a copy by the text it copies from, not by the room left
 # (max_length - input_length - 1): near the end it feeds positions past GPT-2's learned table (IndexError in wpe).
 # A rotary model computes those positions and the output is still right. Strict: it fails once the wrapper is fixed.
-KNOWN = {
-    ("hf_prompt_lookup", "gpt2"): "transformers' prompt lookup feeds candidates past the context (issue 38)",
-}
+KNOWN: dict[tuple[str, str], str] = {}  # (method, architecture) -> why it cannot run to the limit yet
 
 
 def tiny_cases() -> list:
