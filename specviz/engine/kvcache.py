@@ -155,7 +155,7 @@ class KVCache:
     `replay`), rollback (`crop`: an index, never a copy), row selection (`select_rows`, `repeated`) and the
     gather of a path of positions (`gather`, what tree verification keeps). Methods hold a KVCache, never the
     transformers cache inside it. (Batched, left-padded caches are `specviz.engine.batch_cache.BatchKV`'s; the
-    lean decoders' preallocated buffers are `specviz.engine.lean.LeanKV`'s.)"""
+    lean decoders' preallocated buffers are `specviz.engine.lean.KVBuffers`'s.)"""
 
     def __init__(self, config: Any = None, *, growing: bool = False, depth: int | None = None):
         self.cache = growing_cache(config) if growing else new_cache(config)
