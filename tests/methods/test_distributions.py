@@ -1,16 +1,25 @@
 """Distributions in the trace (schema 2): every verified draft position carries the top-k of the
 drafter's q and the target's p the rule used; sampling verdicts carry u and min(1, p/q), a correction
-after a sampling rejection the residual's top-k. Version-1 traces (without them) still load."""
+after a sampling rejection the residual's top-k. Version-1 traces (without them) still load.
+
+And the law itself: each drafting method's sampled output against the target's exact law (chi-square), in runs
+long enough that a round drafts two tokens, so the rule at a second drafted or copied position, and the chooser
+past its priors, are tested too."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from helpers import make_agreeing_pair
+import torch
+from helpers import make_agreeing_pair, near_copy, peaky_llama, two_token_law, word_tokenizer
 
+from specviz.analysis.exactness import exactness
+from specviz.analysis.stats import chi_square
 from specviz.api import run, run_batch
+from specviz.engine.adapter import KangarooAdapter
 from specviz.engine.trace import SCHEMA_VERSION, Trace
+from specviz.models.pair import ModelPair
 
 PROMPTS = ["def add(a, b):\n    return", "import os\n\nclass"]
 VERDICT_KINDS = ("accept", "reject")
@@ -155,3 +164,129 @@ def test_version_1_and_2_traces_still_load(pair):
     d["schema"] = 4
     with pytest.raises(ValueError, match="not a specviz trace"):
         Trace.from_json(json.dumps(d))
+
+
+# ----------------------------------------------------------------------------- the law past the first draft
+LAW_PROMPT = "w1 w2"
+REPEAT_PROMPT = "w1 w2 w3 w4 w1 w2"  # ends in "w1 w2", seen before: a lookup round copies "w3 w4"
+LAW_TEMPERATURE = 0.8
+NEW_TOKENS = 3  # a round drafts at most (tokens left - 1): with 3 the first round drafts 2, so gamma = 2 matters
+LAW_RUNS = 3000
+TRACED_RUNS = 40  # runs of each case (the first seeds of the law's samples) whose traces are read
+
+
+@pytest.fixture(scope="module")
+def law_pairs() -> dict[str, ModelPair]:
+    """Peaky random Llamas on an 8-id vocabulary (id 0 = EOS): "adapter" has a Kangaroo adapter and a sorted
+    drafter that is a noisy copy of the target (so its first draft passes often enough to reach the second);
+    "lens" has no adapter (Kangaroo's training-free logit lens, whose draft is cheap enough for the chooser)."""
+    tok = word_tokenizer(7)
+    vocab = len(tok)
+    target = peaky_llama(vocab, layers=2, seed=21)
+
+    def pair(**extras) -> ModelPair:
+        return ModelPair(
+            target=target,
+            tokenizer=tok,
+            draft=peaky_llama(vocab, layers=1, seed=22),
+            target_name="t",
+            draft_name="d",
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+            extras=extras,
+        )
+
+    torch.manual_seed(5)
+    adapter = KangarooAdapter.for_target(target.config, 1).eval()
+    return {
+        "adapter": pair(
+            kangaroo_adapter=adapter,
+            sorted_drafter=near_copy(target, 0.3, seed=23),
+            vocab_ranking=list(range(vocab)),
+        ),
+        "lens": pair(),
+    }
+
+
+YIELD = {"lookup": 2, "lookup_gamma": 2, "choose": "yield"}
+LAW_CASES = [
+    pytest.param("draft_model", {"gamma": 2}, LAW_PROMPT, "adapter", id="draft_model"),
+    pytest.param("draft_model", {"gamma": 2, "vocab_trim": 6}, LAW_PROMPT, "adapter", id="vocabtrim"),
+    pytest.param("kangaroo", {"gamma": 2, "eta": 0.0, "exit_layer": 1}, LAW_PROMPT, "adapter", id="kangaroo"),
+    pytest.param("kangaroo", {"gamma": 2, "eta": 0.0, "exit_layer": 1}, LAW_PROMPT, "lens", id="kangaroo-lens"),
+    pytest.param("sorted", {"gamma": 2, "theta": 0.4}, LAW_PROMPT, "adapter", id="sorted"),
+    pytest.param("mirror", {"gamma": 2, "exit_layer": 1}, LAW_PROMPT, "adapter", id="mirror"),
+    pytest.param("prompt_lookup", {"gamma": 2}, REPEAT_PROMPT, "adapter", id="prompt_lookup"),
+    pytest.param("draft_model", {"gamma": 2, "lookup": 1, "lookup_gamma": 2}, REPEAT_PROMPT, "adapter", id="lookup"),
+    pytest.param("draft_model", {"gamma": 2, **YIELD}, REPEAT_PROMPT, "adapter", id="draft_model-yield"),
+    pytest.param("kangaroo", {"gamma": 2, "exit_layer": 1, **YIELD}, REPEAT_PROMPT, "lens", id="kangaroo-yield"),
+]
+
+
+def first_two(cell: str) -> tuple[int, ...]:
+    """The two-token cell of an exactness cell key ("a b c", "a 0" or "0"): its first two ids, or (0,) at EOS."""
+    ids = tuple(int(token) for token in cell.split())
+    return ids[:1] if ids[0] == 0 else ids[:2]
+
+
+def reached(trace: Trace) -> dict[str, int]:
+    """What a trace shows of the rounds: rounds that drafted two tokens or more, verdicts of the rule at a round's
+    second draft (accepted, or rejected by its uniform: not merely after an earlier rejection), and per source
+    the rounds it drafted."""
+    drafted: dict[int, list[str]] = {}
+    for e in trace.events:
+        if e.kind == "draft":
+            drafted.setdefault(e.step, []).append(e.source)
+    seen = {"two_draft_rounds": sum(len(sources) >= 2 for sources in drafted.values())}
+    seen["second_judged"] = sum(e.kind in VERDICT_KINDS and e.depth == 1 and "u" in e.info for e in trace.events)
+    for sources in drafted.values():
+        for source in set(sources):
+            seen[source] = seen.get(source, 0) + 1
+    return seen
+
+
+@pytest.mark.slow  # 3,000 sampled runs per case: seconds with the exactness memo, minutes for Mirror (never memoized)
+@pytest.mark.parametrize("name,params,prompt,which", LAW_CASES)
+def test_sampling_past_the_first_draft_preserves_the_target_distribution(law_pairs, name, params, prompt, which):
+    """The joint law of the first two tokens of three-token runs (and of all three, rare cells pooled) against the
+    target's exact law. The first round drafts (or copies) two tokens, so the second token is often the rule's
+    verdict at a second draft: a rejection there draws from max(0, p - q) after an accepted first draft (a copy's
+    q is 1 at the copy: accepted with p(x), otherwise drawn from p without x). After a prompt that ends in a
+    repeat the first round copies; with `choose=yield` a round that follows a refused copy is planned from the
+    run's own verdicts (not the priors), and the drafter is chosen in some runs."""
+    pair = law_pairs[which]
+    seen: dict[str, int] = {}
+    for seed in range(TRACED_RUNS):
+        trace = run(
+            name,
+            pair,
+            prompt,
+            max_new_tokens=NEW_TOKENS,
+            temperature=LAW_TEMPERATURE,
+            seed=seed,
+            dist_top_k=0,
+            **params,
+        )
+        for key, count in reached(trace).items():
+            seen[key] = seen.get(key, 0) + count
+    assert seen["two_draft_rounds"] >= TRACED_RUNS // 2, f"too few rounds drafted two tokens: {seen}"
+    assert seen["second_judged"] >= TRACED_RUNS // 5, f"the rule rarely judged a second draft: {seen}"
+    if prompt == REPEAT_PROMPT:
+        assert seen.get("lookup", 0) >= TRACED_RUNS // 2, f"too few rounds copied: {seen}"
+    if params.get("choose") == "yield":
+        drafter = set(seen) - {"two_draft_rounds", "second_judged", "lookup"}
+        assert drafter and seen.get("lookup"), f"the chooser did not choose both the copy and the drafter: {seen}"
+
+    result = exactness(
+        name, pair, prompt, n=LAW_RUNS, tokens=NEW_TOKENS, temperature=LAW_TEMPERATURE, reference=False, **params
+    )
+    assert result["counts"]["other"] == 0  # every continuation of 8 ids is enumerated (top = 16)
+    law = two_token_law(pair.target, pair.tokenizer(prompt, add_special_tokens=False)["input_ids"], LAW_TEMPERATURE)
+    counts = dict.fromkeys(law, 0)
+    for cell, count in result["counts"].items():
+        if count:
+            counts[first_two(cell)] += count
+    cells = list(law)
+    pvalue = chi_square([counts[c] for c in cells], [law[c] for c in cells]).p_value
+    assert pvalue > 1e-3, f"{name}: chi-square of the first two tokens p = {pvalue:.2e}"
+    assert result["chi2_p"] > 1e-3, f"{name}: chi-square of all three tokens p = {result['chi2_p']:.2e}"
