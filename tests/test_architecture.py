@@ -23,6 +23,7 @@ FLOORS = {
     "methods": 3,
     "api": 4,
     "analysis": 5,
+    "observe": 5.5,  # docs/architecture.md: above analysis, below views (the bench writes records, the page reads)
     "views": 6,
     "bench": 7,
     "app": 8,
