@@ -69,6 +69,7 @@ class GrownTree:
     q: list[float]  # node -> q of its token at its parent (1.0 for the root)
     spans: list[tuple[float, float]]  # node -> the drafter forward that proposed it (t0, t1)
     slots: list[int | None]  # node -> where the drafter's cache holds it (None: never fed, a leaf of the growth)
+    forwards: int = 1  # drafter forwards this round's growth made (a level the node budget cut whole included)
 
 
 class TreeDrafter(Drafter):
@@ -82,6 +83,7 @@ class TreeDrafter(Drafter):
         score, q, spans, slot = [0.0], [1.0], [(0.0, 0.0)], {0: committed - 1}
         t0 = rec.now()
         probs = ctx.sampling.probs(self.decoder.feed(seq[:, self.decoder.length :]))  # (1, V) at the root
+        forwards = 1
         parents = [0]
         for level in range(1, depth + 1):
             span = (t0, rec.now())
@@ -111,6 +113,7 @@ class TreeDrafter(Drafter):
                 torch.tensor([[tree.tokens[n] for n in parents]], device=seq.device), positions, mask
             )
             probs = ctx.sampling.probs(logits)
+            forwards += 1
             for i, n in enumerate(parents):
                 slot[n] = past + i
         keep = sorted(sorted(range(1, len(tree)), key=lambda n: (-score[n], n))[:nodes])
@@ -120,6 +123,7 @@ class TreeDrafter(Drafter):
             [1.0] + [q[n] for n in keep],
             [spans[0]] + [spans[n] for n in keep],
             [slot[0]] + [slot.get(n) for n in keep],
+            forwards,
         )
 
     def keep(self, committed: int, grown: GrownTree, path: list[int]) -> None:
@@ -216,6 +220,7 @@ class Tree(Method):
                 "drafts": len(tree) - 1,
                 "accepted": len(path),
                 "tree": True,
+                "forwards": grown.forwards,
                 "depth": max(tree.depths),
                 "leaves": tree.leaves(),
             },

@@ -91,3 +91,13 @@ def test_events_form_a_tree_and_greedy_is_lossless(embedded_pair):
 def test_bad_tree_parameters_get_clear_messages(peaky_pair, params, name):
     with pytest.raises(ValueError, match=name):
         run("tree", peaky_pair, "w1", **params)
+
+
+def test_a_round_records_its_drafter_forwards(peaky_pair):
+    """One drafter forward per level grown (the root's feed, then one per deeper level): with room for every node
+    the count equals the tree's depth; a level the node budget cuts whole still counts."""
+    ample = run("tree", peaky_pair, "w1 w2", max_new_tokens=12, nodes=64, depth=3, branch=2)
+    rounds = [e.info for e in ample.events if e.kind == "verify"]
+    assert rounds and all(info["forwards"] == info["depth"] for info in rounds)
+    tight = run("tree", peaky_pair, "w1 w2", max_new_tokens=12, nodes=2, depth=4, branch=2)
+    assert any(e.info["forwards"] > e.info["depth"] for e in tight.events if e.kind == "verify")
