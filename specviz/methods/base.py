@@ -210,7 +210,8 @@ class Method:
     batch: ClassVar[bool] = False  # takes a list of prompts
     # transformers' own loop, run as the row a user would pick instead: opaque (no rounds seen), greedy only
     peer: ClassVar[bool] = False
-    # every model forward goes through ctx.decoder(...): exactness may memoize forwards by token prefix
+    # every model forward goes through ctx.decoder(...) or ctx.split_decoder(...): exactness may memoize forwards by
+    # token prefix
     memo_safe: ClassVar[bool] = False
 
     def check_pair(self, pair: Any) -> None:
