@@ -45,6 +45,8 @@ from specviz.bench.prompts import DEFAULT_PROMPTS, load_prompts
 from specviz.engine.decoder import context_limit
 from specviz.models.fingerprint import loaded_pair_fingerprint
 from specviz.models.pair import load_pair
+from specviz.observe.local import records_from_bench_rows
+from specviz.observe.writers import write_acceptance
 from specviz.views.report import write_report
 
 
@@ -164,6 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--overhead", action="store_true", help="also run each method without recording: recording overhead column"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--acceptance-out",
+        default=None,
+        metavar="FILE",
+        help="also write each row's acceptance record as vLLM-style per-request JSONL to FILE and as Prometheus text "
+        "beside it (.prom): the same records a deployment gives `python -m specviz.observe` (docs/observe.md)",
+    )
     p.add_argument(
         "--resume",
         action="store_true",
@@ -327,6 +336,9 @@ def write_outputs(
         f"\n{prompts} prompts x {methods} methods x {args.repeats} repeats in {seconds:.0f} s on "
         f"{on.device} ({str(on.dtype).removeprefix('torch.')}); rows in {out}\nreproduce: {command}"
     )
+    if args.acceptance_out and outcome.rows:
+        jsonl, prom = write_acceptance(records_from_bench_rows(outcome.rows), args.acceptance_out)
+        print(f"acceptance records: {jsonl} and {prom}")
     if outcome.resumed:
         print(
             f"{outcome.resumed} of {outcome.units} units came from the journal {journal_path(args.out)} "

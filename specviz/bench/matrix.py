@@ -23,8 +23,10 @@ from tqdm import tqdm
 from specviz.analysis.divergence import annotate, classify
 from specviz.analysis.metrics import compare, mirror_stats
 from specviz.api import method_class, run, run_batch
+from specviz.engine.acceptance import acceptance_record_from_trace
 from specviz.methods import METHODS
 from specviz.methods.base import all_params, common_values, validate_params
+from specviz.observe.local import acceptance_columns
 
 BASELINE = "autoregressive"
 
@@ -150,6 +152,7 @@ def prompt_rows(
         row.update({f"param_{k}": v for k, v in typical.params.items()})
         if digest:
             row["output_digest"] = output_digest([typical.output_ids])
+        row.update(acceptance_columns(acceptance_record_from_trace(typical)))  # exact counts: --acceptance-out
         rows.append(row)
     return rows
 
