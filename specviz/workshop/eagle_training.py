@@ -289,17 +289,17 @@ def eagle3_losses(
     and a (B, T) bool of the positions where the head's argmax equals the target's (the agreement)."""
     ids = head.draft_ids()
     rows, window_len = outputs[0].shape[1], logits.shape[1]
+    best = logits.argmax(-1)  # (B, T+1): the target's greedy token at every position, computed once per window
+    p = F.softmax(logits if ids is None else logits[..., ids], dim=-1)  # over the draft vocabulary
+    keep = head.t2d[best]
     losses, agree = [], []
     for j, g in enumerate(outputs):
-        teacher = shifted(logits, 1 + j, rows)  # (B, T, V): the target at position t+1+j
         valid = valid_rows(rows, j, window_len, g.device)[None]
-        best = teacher.argmax(-1)
-        inside = head.t2d[best] & valid
-        p = F.softmax(teacher if ids is None else teacher[..., ids], dim=-1)
+        best_j = shifted(best, 1 + j, rows)  # the target at position t+1+j
         logq = F.log_softmax(head.logits(g).float(), dim=-1)
-        losses.append(-((p * logq).sum(-1) * inside).mean())
+        losses.append(-((shifted(p, 1 + j, rows) * logq).sum(-1) * (shifted(keep, 1 + j, rows) & valid)).mean())
         drafted = logq.argmax(-1) if ids is None else ids[logq.argmax(-1)]
-        agree.append((drafted == best) & valid)
+        agree.append((drafted == best_j) & valid)
     return losses, agree
 
 
