@@ -200,7 +200,9 @@ SMOKE: dict[str, Smoke] = {
         lambda tmp: [["--limit", "1", "--repeats", "1", "--max-new-tokens", "8"]], "[F.linear]"
     ),
     "load_test.py": Smoke(
-        lambda tmp: [["--users", "2", "--memory-runs", "2", "--out", str(tmp / "load.json")]], "(d) {"
+        lambda tmp: [["--users", "2", "--memory-runs", "2", "--out", str(tmp / "load.json")]],
+        "(d) {",
+        limit_s=600,
     ),
     "lookup_ceiling.py": Smoke(
         lambda tmp: [
