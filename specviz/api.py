@@ -115,6 +115,9 @@ def run(
     device = pair.target.device
     vocab = common_vocab(pair)
     healing = plan(pair.tokenizer, ids, vocab) if values["heal_prompt"] else None
+    # what else takes the CPU during the run (specviz.engine.quiet), read before the recorder's clock starts: the
+    # events' times and the wall time must not count the reading (a replay ends at the wall time)
+    clocks = quiet.read()
     rec = recorder if recorder is not None else Recorder(device, enabled=record)
     conditioned = healing.kept_ids if healing else ids
     out = Output(
@@ -124,7 +127,6 @@ def run(
     sampling = Sampling(values["temperature"], values["top_k"], values["top_p"])
     meta: dict[str, Any] = {}
     ctx = None
-    clocks = quiet.read()  # what else takes the CPU during the run (specviz.engine.quiet)
     start = time.perf_counter()
     try:
         if healing is not None:
@@ -253,11 +255,13 @@ def run_batch(
     vocab = common_vocab(pair)
     healings = [plan(pair.tokenizer, row_ids, vocab) if values["heal_prompt"] else None for row_ids in ids]
     conditioned = [h.kept_ids if h else row_ids for h, row_ids in zip(healings, ids)]
+    # what else takes the CPU during the run (specviz.engine.quiet), read before the recorder's clock starts: the
+    # events' times and the wall time must not count the reading (a replay ends at the wall time)
+    clocks = quiet.read()
     rec = recorder if recorder is not None else Recorder(device, enabled=record)
     generator = torch.Generator(device="cpu").manual_seed(values["seed"])
     sampling = Sampling(values["temperature"], values["top_k"], values["top_p"])
     meta: dict[str, Any] = {}
-    clocks = quiet.read()
     start = time.perf_counter()
     cancelled = False
     ctx = None
