@@ -168,7 +168,9 @@ def test_version_1_and_2_traces_still_load(pair):
 
 # ----------------------------------------------------------------------------- the law past the first draft
 LAW_PROMPT = "w1 w2"
-REPEAT_PROMPT = "w1 w2 w3 w4 w1 w2"  # ends in "w1 w2", seen before: a lookup round copies "w3 w4"
+# ends in "w4 w6", seen before: a lookup round copies "w5 w0", which the target accepts with p = 0.64, then 0.54
+# (a copy the target nearly always accepts or always refuses would leave the rule at it untested)
+REPEAT_PROMPT = "w4 w6 w5 w0 w4 w6"
 LAW_TEMPERATURE = 0.8
 NEW_TOKENS = 3  # a round drafts at most (tokens left - 1): with 3 the first round drafts 2, so gamma = 2 matters
 LAW_RUNS = 3000
