@@ -77,7 +77,7 @@ def test_a_few_steps_lower_the_loss(target, target_dir, tmp_path, layout):
         result.loss.backward()
         opt.step()
         losses.append(float(result.loss.detach()))
-    assert losses[-1] < 0.67 * losses[0], losses
+    assert losses[0] > 0 and losses[-1] < 0.67 * losses[0], losses
     if layout == "eagle3":
         assert set(result.parts) == {"p0", "p1", "p2"}
     else:
@@ -154,6 +154,21 @@ def test_eagle3_loss_is_restricted_to_the_draft_vocabulary(target, target_dir, t
     g2[0, 1, 0] = 1.0
     (_,), (agree,) = et.eagle3_losses(head, [g2], logits)
     assert bool(agree[0, 1]) and not bool(agree[0, 0])
+
+
+def test_eagle1_targets_are_the_next_feature_and_the_next_distribution(target, target_dir, tmp_path):
+    """An output g_t equal to the target's final state at t+1 is EAGLE-1's perfect prediction: no regression loss,
+    the target's own greedy token at every step-0 position, and a token loss equal to the target's entropy."""
+    cfg = tiny_cfg(target_dir, tmp_path, layout="eagle1")
+    head = et.new_head(cfg, target, None).eval()
+    window = window_of(target.config.vocab_size)
+    _, final, logits = et.target_pass(target, window, head.config.layer_ids)
+    parts, (agree,) = et.eagle1_losses(head, [final], logits, final, target.get_output_embeddings())
+    assert float(parts["v"]) == 0.0
+    assert bool(agree.all())
+    p = torch.softmax(logits[:, 1:], -1)
+    entropy = -(p * torch.log_softmax(logits[:, 1:], -1)).sum(-1).mean()
+    torch.testing.assert_close(parts["p"], entropy, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("layout", ["eagle3", "eagle1"])
