@@ -44,6 +44,7 @@ from transformers import AutoTokenizer
 
 from specviz.workshop.config import TrainConfig
 from specviz.workshop.continued import ContinueConfig, continue_corpus, continue_target
+from specviz.workshop.eagle_training import main as eagle_main
 from specviz.workshop.family import calibrate_vocab, distill, model_card, refine_drafter, refine_saved, train_target
 from specviz.workshop.kit import adapter_logits, evaluate, save_hf, sorted_logits
 from specviz.workshop.parts_training import main as parts_main
@@ -54,6 +55,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("kangaroo-adapter", "sorted-drafter"):  # parts for a user's own target
         parts_main(argv[0], argv[1:])
+        return
+    if argv and argv[0] == "eagle-head":  # an EAGLE head for a target (specviz.workshop.eagle_training)
+        eagle_main(argv[1:])
         return
     parser = argparse.ArgumentParser(
         description="Train specviz's embedded models; `kangaroo-adapter` and "

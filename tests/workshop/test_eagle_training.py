@@ -15,6 +15,7 @@ from specviz.engine.eagle import EagleDrafter, EagleHead, gather_features
 from specviz.models.eagle_checkpoint import load_head
 from specviz.workshop import eagle_training as et
 from specviz.workshop.config import TrainConfig
+from specviz.workshop.train import main as train_main
 
 LAYERS = 4
 
@@ -205,15 +206,9 @@ def test_eagle1_refuses_other_layer_ids(target_dir, tmp_path, target):
 @pytest.mark.parametrize("layout", ["eagle3", "eagle1"])
 def test_quick_run_writes_a_head_that_loads_and_drafts(target_dir, target, tmp_path, layout):
     out = tmp_path / "head"
-    et.main(
-        ["--target", str(target_dir), "--quick", "--layout", layout, "--run-dir", str(tmp_path / "run")]
-        + [
-            "--out",
-            str(out),
-            "--draft-vocab",
-            "64",
-        ]
-    )
+    run_dir = str(tmp_path / "run")
+    common = ["--quick", "--layout", layout, "--run-dir", run_dir, "--out", str(out), "--draft-vocab", "64"]
+    train_main(["eagle-head", "--target", str(target_dir), *common])
     record = json.loads((out / et.RECORD).read_text())
     assert record["finished"] and record["step"] == 4
     head = load_head(out, target.config)
