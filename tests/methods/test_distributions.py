@@ -210,16 +210,19 @@ def law_pairs() -> dict[str, ModelPair]:
     }
 
 
-YIELD = {"lookup": 2, "lookup_gamma": 2, "choose": "yield"}
+KANGAROO = {"gamma": 2, "eta": 0.0, "exit_layer": 1}  # eta 0: no confidence stop (kangaroo-yield keeps 0.6)
+LOOKUP = {"lookup": 1, "lookup_gamma": 2}  # the hybrid copies where the text's last token occurred before
+YIELD = {"lookup": 2, "lookup_gamma": 2, "choose": "yield"}  # each round planned: a copy, the drafter or no draft
 LAW_CASES = [
     pytest.param("draft_model", {"gamma": 2}, LAW_PROMPT, "adapter", id="draft_model"),
     pytest.param("draft_model", {"gamma": 2, "vocab_trim": 6}, LAW_PROMPT, "adapter", id="vocabtrim"),
-    pytest.param("kangaroo", {"gamma": 2, "eta": 0.0, "exit_layer": 1}, LAW_PROMPT, "adapter", id="kangaroo"),
-    pytest.param("kangaroo", {"gamma": 2, "eta": 0.0, "exit_layer": 1}, LAW_PROMPT, "lens", id="kangaroo-lens"),
+    pytest.param("kangaroo", KANGAROO, LAW_PROMPT, "adapter", id="kangaroo"),
+    pytest.param("kangaroo", KANGAROO, LAW_PROMPT, "lens", id="kangaroo-lens"),
     pytest.param("sorted", {"gamma": 2, "theta": 0.4}, LAW_PROMPT, "adapter", id="sorted"),
     pytest.param("mirror", {"gamma": 2, "exit_layer": 1}, LAW_PROMPT, "adapter", id="mirror"),
     pytest.param("prompt_lookup", {"gamma": 2}, REPEAT_PROMPT, "adapter", id="prompt_lookup"),
-    pytest.param("draft_model", {"gamma": 2, "lookup": 1, "lookup_gamma": 2}, REPEAT_PROMPT, "adapter", id="lookup"),
+    pytest.param("draft_model", {"gamma": 2, **LOOKUP}, REPEAT_PROMPT, "adapter", id="draft_model-lookup"),
+    pytest.param("kangaroo", {**KANGAROO, **LOOKUP}, REPEAT_PROMPT, "adapter", id="kangaroo-lookup"),
     pytest.param("draft_model", {"gamma": 2, **YIELD}, REPEAT_PROMPT, "adapter", id="draft_model-yield"),
     pytest.param("kangaroo", {"gamma": 2, "exit_layer": 1, **YIELD}, REPEAT_PROMPT, "lens", id="kangaroo-yield"),
 ]
