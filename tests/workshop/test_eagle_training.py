@@ -172,6 +172,7 @@ def test_eagle1_targets_are_the_next_feature_and_the_next_distribution(target, t
     torch.testing.assert_close(parts["p"], entropy, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.slow  # training runs (the corpus read and encoded, checkpoints, the head written)
 @pytest.mark.parametrize("layout", ["eagle3", "eagle1"])
 def test_resume_continues_to_the_same_head(target_dir, tmp_path, layout):
     """Interrupted after 3 of 6 steps and run again, a run ends with the weights of an uninterrupted one
@@ -192,6 +193,7 @@ def test_resume_continues_to_the_same_head(target_dir, tmp_path, layout):
     assert second["heldout"][-1]["agree"] == whole["heldout"][-1]["agree"]
 
 
+@pytest.mark.slow  # training runs (the corpus read and encoded, checkpoints, the head written)
 def test_a_checkpoint_of_another_configuration_is_refused(target_dir, tmp_path):
     et.train_eagle_head(tiny_cfg(target_dir, tmp_path, steps=1), log=lambda m: None)
     with pytest.raises(ValueError, match="another configuration"):
@@ -203,6 +205,7 @@ def test_eagle1_refuses_other_layer_ids(target_dir, tmp_path, target):
         et.new_head(tiny_cfg(target_dir, tmp_path, layout="eagle1", features=(1,)), target, None)
 
 
+@pytest.mark.slow  # training runs (the corpus read and encoded, checkpoints, the head written)
 @pytest.mark.parametrize("layout", ["eagle3", "eagle1"])
 def test_quick_run_writes_a_head_that_loads_and_drafts(target_dir, target, tmp_path, layout):
     out = tmp_path / "head"
