@@ -29,8 +29,9 @@ SETTLE_MAX_SECONDS = 1.0
 # A generator handler must yield that often: Gradio stops (Stop, a closed page) a sync generator only between
 # two of its yields, and waits for that before it answers the cancel request.
 # The start-up measurement (`Service.wait_idle`) starts a run only after this many seconds with no request, no run
-# queued or running and the machine's CPUs quiet (specviz.engine.quiet: everyone's share of them at most its
-# DISTURBED_SHARE): long enough to see a page load or the server's own start-up, short enough to be done soon after.
+# queued or running and the machine's CPUs quiet (specviz.engine.quiet: everyone's share of them at most the
+# threshold that calls a run disturbed): long enough to see a page load or the server's own start-up, short enough
+# to be done soon after.
 IDLE_SECONDS = 3.0
 IDLE_PATIENCE_SECONDS = 300.0  # ... and gives up after this long without such a quiet stretch
 
@@ -182,10 +183,10 @@ class Service:
         start = time.monotonic()
         time.sleep(SETTLE_SECONDS)
         while time.monotonic() - start < SETTLE_MAX_SECONDS:
-            quiet = time.monotonic() - getattr(self.admission, "last_arrival", 0.0)
-            if quiet >= SETTLE_SECONDS:
+            silent = time.monotonic() - getattr(self.admission, "last_arrival", 0.0)
+            if silent >= SETTLE_SECONDS:
                 return
-            time.sleep(min(SETTLE_SECONDS - quiet, SETTLE_MAX_SECONDS - (time.monotonic() - start)) + 0.005)
+            time.sleep(min(SETTLE_SECONDS - silent, SETTLE_MAX_SECONDS - (time.monotonic() - start)) + 0.005)
 
     def busy(self) -> bool:
         """A run queued or running."""
@@ -199,7 +200,7 @@ class Service:
         stop: threading.Event | None = None,
     ) -> bool:
         """Block until, for `seconds` on end, no request arrived, no run was queued or running and the machine's
-        CPUs were quiet (everyone's share of them, this process included, at most quiet.DISTURBED_SHARE; where the
+        CPUs were quiet (everyone's share of them, this process included, at most quiet.disturbed_share(); where the
         CPUs cannot be read, the requests alone decide). True then; False after `patience` seconds without such
         a stretch, or once `stop` is set. The start-up measurement waits so: what it measures is kept."""
         deadline = time.monotonic() + patience
