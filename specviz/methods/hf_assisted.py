@@ -43,17 +43,19 @@ class HFAssisted(Method):
         )
 
 
-def opaque_generate(ctx: RunContext, name: str, models: dict, limit: int | None = None, **config) -> None:
+def opaque_generate(
+    ctx: RunContext, name: str, models: dict, limit: int | None = None, after: list[int] | None = None, **config
+) -> None:
     """`target.generate` greedy with `config`, recorded as one prefill span and an `emit` per output token. It
-    continues after the tokens already emitted (a second call finishes what a first left), for at most `limit`
-    new tokens (default: the room left)."""
+    continues from the prompt plus `after` (what an earlier call of the same run emitted: a second call finishes
+    what a first left), for at most `limit` new tokens (default: the room left)."""
     if not ctx.sampling.greedy:
         raise ValueError(f"{name} runs greedy only here (temperature 0): its sampling uses torch's global RNG")
     rec, out, pair = ctx.rec, ctx.out, ctx.pair
     eos = sorted(out.eos_ids)
     prefix = ctx.prompt_ids
-    if out.ids:
-        prefix = torch.cat([prefix, torch.tensor([out.ids], dtype=prefix.dtype, device=prefix.device)], dim=1)
+    if after:
+        prefix = torch.cat([prefix, torch.tensor([after], dtype=prefix.dtype, device=prefix.device)], dim=1)
     cfg = GenerationConfig(
         max_new_tokens=out.room if limit is None else limit,
         do_sample=False,

@@ -32,7 +32,8 @@ class HFPromptLookup(Method):
         if past <= 0:
             opaque_generate(ctx, self.name, {}, **config)
             return
+        start = len(ctx.out.ids)  # a healed prompt's first token is in the output and in prompt_ids already
         if ctx.out.limit > past:
             opaque_generate(ctx, self.name, {}, limit=ctx.out.limit - past, **config)
         if not ctx.out.done:
-            opaque_generate(ctx, self.name, {})
+            opaque_generate(ctx, self.name, {}, after=ctx.out.ids[start:])
