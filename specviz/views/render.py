@@ -232,8 +232,8 @@ def race_html(
         else ""
     )
     note = (
-        '<div class="sv-note">Each run was MEASURED alone in the engine (two runs at once would share the CPU cores and '
-        "distort both); the browser replays the two measured timelines together."
+        '<div class="sv-note">Each run was MEASURED alone in the engine (two runs at once would share the CPU cores '
+        "and distort both); the browser replays the two measured timelines together."
         + (f" {esc(served)}." if served else "")
         + "</div>"
     )
