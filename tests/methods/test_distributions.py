@@ -168,8 +168,8 @@ def test_version_1_and_2_traces_still_load(pair):
 
 # ----------------------------------------------------------------------------- the law past the first draft
 LAW_PROMPT = "w1 w2"
-# ends in "w4 w6", seen before: a lookup round copies "w5 w0", which the target accepts with p = 0.64, then 0.54
-# (a copy the target nearly always accepts or always refuses would leave the rule at it untested)
+# ends in "w4 w6", seen before: a lookup round copies "w5 w0", which the target (at LAW_TEMPERATURE) accepts with
+# p = 0.64, then 0.54: a copy it nearly always accepted or always refused would leave the rule there untested
 REPEAT_PROMPT = "w4 w6 w5 w0 w4 w6"
 LAW_TEMPERATURE = 0.8
 NEW_TOKENS = 3  # a round drafts at most (tokens left - 1): with 3 the first round drafts 2, so gamma = 2 matters
@@ -250,7 +250,7 @@ def reached(trace: Trace) -> dict[str, int]:
     return seen
 
 
-@pytest.mark.slow  # 3,000 sampled runs per case: seconds with the exactness memo, minutes for Mirror (never memoized)
+@pytest.mark.slow  # 3,000 sampled runs per case, memoized by the exactness lab (Mirror's are not: the longest)
 @pytest.mark.parametrize("name,params,prompt,which", LAW_CASES)
 def test_sampling_past_the_first_draft_preserves_the_target_distribution(law_pairs, name, params, prompt, which):
     """The joint law of the first two tokens of three-token runs (and of all three, rare cells pooled) against the
