@@ -34,7 +34,7 @@ from specviz.analysis.categories import first_per_task, task_of  # noqa: E402
 from specviz.api import fits_context, run  # noqa: E402
 from specviz.bench.matrix import target_prefill_s  # noqa: E402
 from specviz.bench.prompts import load_prompts  # noqa: E402
-from specviz.engine.decoder import Decoder, context_limit  # noqa: E402
+from specviz.engine.decoder import TransformersDecoder, context_limit  # noqa: E402
 from specviz.methods.prompt_lookup import LOOKUP_GAMMA, MAX_NGRAM, MIN_NGRAM, NgramIndex  # noqa: E402
 from specviz.models.pair import load_pair  # noqa: E402
 
@@ -48,7 +48,7 @@ def width_costs(pair, text: list[int], repeats: int) -> dict[int, float]:
     context = min(len(text), context_limit(pair.target) - max(WIDTHS))
     torch.manual_seed(0)
     ids = torch.tensor([text[:context] + torch.randint(0, vocab, (max(WIDTHS),)).tolist()])
-    target = Decoder(pair.target, vocab)
+    target = TransformersDecoder(pair.target, vocab)
     target.feed(ids[:, :context])
     times: dict[int, list[float]] = {w: [] for w in WIDTHS}
     for _ in range(repeats):

@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from specviz.engine.decoder import Decoder  # noqa: E402
+from specviz.engine.decoder import TransformersDecoder  # noqa: E402
 from specviz.engine.lean import LeanDecoder, supports  # noqa: E402
 from specviz.engine.tree import TokenTree, tree_mask  # noqa: E402
 from specviz.models.pair import load_pair  # noqa: E402
@@ -62,7 +62,7 @@ def main() -> None:
     pair = load_pair(args.target)
     vocab = pair.target.get_output_embeddings().weight.shape[0]
     context = torch.randint(0, vocab, (1, CONTEXT))
-    target = Decoder(pair.target, vocab)
+    target = TransformersDecoder(pair.target, vocab)
 
     def at(length: int) -> None:
         """The target's cache holds exactly the first `length` context tokens."""
@@ -112,7 +112,7 @@ def main() -> None:
 
     draft = pair.draft
     if draft is not None:
-        lean = LeanDecoder(draft, vocab) if supports(draft) else Decoder(draft, vocab)
+        lean = LeanDecoder(draft, vocab) if supports(draft) else TransformersDecoder(draft, vocab)
         lean.feed(context)
         costs = {}
         for w in DRAFT_WIDTHS:

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from specviz.api import common_vocab
-from specviz.engine.decoder import Decoder
+from specviz.engine.decoder import TransformersDecoder
 from specviz.engine.trace import TOKEN_KINDS, Trace
 
 
@@ -76,7 +76,7 @@ def classify(pair, trace: Trace, baseline: Trace, row: int = 0) -> Divergence | 
     device = pair.target.device
     start, block_tokens = round_block(trace, row, i, out)
     # autoregressive: the prompt in one prefill, then one token at a time
-    dec = Decoder(pair.target, vocab)
+    dec = TransformersDecoder(pair.target, vocab)
     one = dec.feed(torch.tensor([prompt], device=device))[-1]
     for t in ref[:i]:
         one = dec.feed(torch.tensor([[t]], device=device))[-1]

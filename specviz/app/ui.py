@@ -1,4 +1,5 @@
-"""The Gradio app's layout: the tabs (Playground, Race, Compare, Batch, Exactness lab, Step through, Learn),
+"""The Gradio app's layout: the tabs (Playground, Race, Compare, Batch, Exactness lab, Step through, Explorer,
+Observe, Learn),
 their events wired to `specviz.app.handlers`, the start-up warm-up and `launch`.
 
 Handlers validate nothing themselves: the engine boundary (`specviz.api`, `specviz.models.pair`) raises
@@ -18,6 +19,7 @@ from dataclasses import replace
 
 import gradio as gr
 
+from specviz.app import observe_tab
 from specviz.app import requests as app_requests
 from specviz.app.bridge import log, service
 from specviz.app.controls import EXAMPLES, PARAMS, SINGLE, UI_DEFAULTS, control, friendly, method_changed
@@ -266,7 +268,9 @@ def build_demo() -> gr.Blocks:
                         "acceptance rate alpha, gamma drafts per round, a draft step costing c target steps and a "
                         "verification costing v target steps: (1 - alpha^(gamma+1)) / ((1 - alpha)(gamma c + v)). "
                         "The curve is MODELED; every Playground run of this session appears as a MEASURED point "
-                        "(at its mean drafts per round), so the gap between model and measurement shows."
+                        "(at its mean drafts per round), so the gap between model and measurement shows. A token "
+                        "tree's runs are left off this chain curve (its nodes are not gamma): they appear on the tau "
+                        "figure below."
                     )
                     with gr.Row():
                         x_alpha = gr.Slider(
@@ -283,13 +287,15 @@ def build_demo() -> gr.Blocks:
                         "Below: the expected tokens per round (tau) of a chain of gamma drafts against the best tree "
                         "of as many nodes, if the target takes the drafter's r-th choice with probability "
                         "alpha (1 - alpha)^(r-1). What the tree costs is the wider verification (cheap on a GPU, "
-                        "about linear in the nodes on a CPU)."
+                        "about linear in the nodes on a CPU) and one drafter forward per level, however wide."
                     )
                     with gr.Row():
                         x_branch = gr.Slider(1, 8, value=4, step=1, label="tree: children per node", elem_id="x-branch")
                         x_depth = gr.Slider(1, 12, value=6, step=1, label="tree: depth limit", elem_id="x-depth")
                     x_tau = gr.Plot(label="expected tokens per round: chain vs tree", elem_id="explorer-tau")
                     x_points = gr.State([])
+            with gr.Tab("Observe", id="observe-tab"):
+                observe_tab.build(trace_state)
             with gr.Tab("Learn", id="learn"):
                 gr.Markdown(learn_markdown())
 

@@ -93,13 +93,6 @@ class TransformersDecoder:
         self.kv.check()
 
 
-# The name this class had before `Decoder` became the protocol (`specviz.engine.protocols`); kept until its
-# callers outside the methods say TransformersDecoder (models.selfcheck, analysis.divergence, scripts/tree_cost.py,
-# scripts/lookup_ceiling.py, tests/engine/test_lean.py, tests/engine/test_tree_mask.py; methods.tree names it as
-# a type).
-Decoder = TransformersDecoder
-
-
 class Output:
     """The generated tokens of one sequence, with the stop rules (EOS, max_new_tokens)."""
 

@@ -16,6 +16,8 @@ from typing import Any, Iterable
 import pandas as pd
 import torch
 
+from specviz.engine.acceptance import AcceptanceRecord, acceptance_record_from_trace
+
 # 3: token trees (the `tree` method): a round's draft / accept / reject events carry info.node, info.parent (node
 #    numbers within the round; 0 is the root, the last committed token) and info.sibling (rank among the parent's
 #    children), so several drafts of a round may share a depth; reject's info.cause adds "sibling_accepted" and
@@ -135,6 +137,11 @@ class Trace:
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent, ensure_ascii=False)
+
+    def acceptance_record(self) -> AcceptanceRecord:
+        """This run under vLLM's acceptance definitions (`specviz.engine.acceptance`), the shape a deployment's
+        records take in `specviz.observe`: one plot, one set of definitions."""
+        return acceptance_record_from_trace(self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Trace":

@@ -36,8 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
-from specviz.engine.decoder import Decoder
 from specviz.engine.kvcache import full_attention_only
+from specviz.engine.protocols import Decoder
 from specviz.engine.tree import TokenTree, tree_mask
 from specviz.engine.verify import SiblingVerdict, sibling_verdict, top_entries
 from specviz.methods.base import Method, Param, RunContext

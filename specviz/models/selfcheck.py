@@ -31,7 +31,7 @@ import transformers
 
 from specviz.engine import kvcache
 from specviz.engine.batch_cache import BatchKV
-from specviz.engine.decoder import Decoder
+from specviz.engine.decoder import TransformersDecoder
 from specviz.engine.layers import LayerStack, causal_mask, split_parts
 from specviz.engine.lean import LeanDecoder, supports
 
@@ -246,7 +246,9 @@ def check_model(model, role: str, pair, ids: torch.Tensor, report: Report, *, ba
         lambda f: compare(f, ref, gen_logits[:, :vocab], dtype, "model.generate against one no-cache forward"),
     )
     attempt(
-        report, Finding("decoder", role), lambda f: check_decoder(Decoder(model, vocab), seq, prompt_len, ref, dtype, f)
+        report,
+        Finding("decoder", role),
+        lambda f: check_decoder(TransformersDecoder(model, vocab), seq, prompt_len, ref, dtype, f),
     )
     try:
         split_parts(model)

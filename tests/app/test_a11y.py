@@ -10,7 +10,12 @@ from browser import axe_script, axe_violations, describe, launched
 
 pytestmark = pytest.mark.slow  # a real server in a real browser or under load: minutes
 
-TABS = ["Playground", "Compare", "Batch", "Step through", "Exactness", "Race", "Explorer", "Learn"]
+# a vLLM V1 log interval whose acceptance drops to zero after position 2 (a flag, the curve, the histogram)
+OBSERVE_LINE = (
+    "INFO 06-10 12:00:00 [metrics.py:96] SpecDecoding metrics: Mean acceptance length: 1.90, Accepted: 90 tokens, "
+    "Drafted: 400 tokens, Per-position acceptance rate: 0.600, 0.300, 0.000, 0.000"
+)
+TABS = ["Playground", "Compare", "Batch", "Step through", "Exactness", "Race", "Explorer", "Observe", "Learn"]
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +79,11 @@ def run_tab(page, tab: str) -> bool:
         set_slider(page, "max new tokens", 8)
         page.click("#race-run")
         page.wait_for_selector("#race-verdict", timeout=180_000)
+    elif tab == "Observe":
+        page.fill("#observe-text textarea", OBSERVE_LINE)
+        page.click("#observe-run")
+        page.wait_for_selector("#observe-flags .sv-flag", timeout=60_000)
+        visible_plots(page, 3, 60_000)
     else:
         return False
     page.wait_for_timeout(500)

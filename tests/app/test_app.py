@@ -379,3 +379,32 @@ def test_compare_runs_an_uploaded_question_file_by_task(page):
         assert task in table
     assert "prompt_lookup" in table
     assert not page.errors, f"console errors: {page.errors}"
+
+
+# a vLLM V1 interval (SpecDecodingLogging's line) whose acceptance drops to zero after position 2
+VLLM_LINE = (
+    "INFO 06-10 12:00:00 [metrics.py:96] SpecDecoding metrics: Mean acceptance length: 1.90, "
+    "Accepted throughput: 9.00 tokens/s, Drafted throughput: 40.00 tokens/s, Accepted: 90 tokens, "
+    "Drafted: 400 tokens, Per-position acceptance rate: 0.600, 0.300, 0.000, 0.000, Avg Draft acceptance rate: 22.5%"
+)
+
+
+def test_observe_reads_a_pasted_vllm_line(page):
+    """Paste one log line: the per-position curve, the acceptance-length histogram and a flag appear; with a
+    preset's costs the MODELED which-k table names the best k."""
+    open_tab(page, "Observe")
+    page.fill("#observe-text textarea", VLLM_LINE)
+    page.locator("#observe-preset input").click()
+    page.get_by_role("option", name="GPU, batch 1, one-layer head (assumed)").click()
+    page.click("#observe-run")
+    page.wait_for_selector("#observe-flags .sv-flag", timeout=60_000)
+    assert "drops to about zero after position 2" in page.inner_text("#observe-flags")
+    page.wait_for_selector("#observe-curve .js-plotly-plot", timeout=30_000)
+    page.wait_for_selector("#observe-hist .js-plotly-plot", timeout=30_000)
+    curve = page.evaluate("document.querySelector('#observe-curve .js-plotly-plot').data[0].y")
+    assert curve == [0.6, 0.3, 0.0, 0.0]
+    bars = page.evaluate("document.querySelector('#observe-hist .js-plotly-plot').data[0].y")
+    assert bars == [40, 30, 30, 0, 0]
+    assert "MODELED" in page.inner_text("#observe-k-text") and "is best" in page.inner_text("#observe-k-text")
+    page.screenshot(path=str(SHOTS / "observe.png"), full_page=True)
+    assert not page.errors, f"console errors: {page.errors}"

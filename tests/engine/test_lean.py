@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import ARCHS, make_tiny_model, make_tiny_pair
 
 from specviz.api import run
-from specviz.engine.decoder import Decoder
+from specviz.engine.decoder import TransformersDecoder
 from specviz.engine.kvcache import GrowingLayer, KVCache
 from specviz.engine.lean import LeanDecoder, supports
 from specviz.engine.tree import TokenTree, tree_mask
@@ -30,7 +30,7 @@ def replay(decoder, gen_seed: int = 0) -> list[torch.Tensor]:
     return outs
 
 
-class PlainDecoder(Decoder):
+class PlainDecoder(TransformersDecoder):
     """transformers' own DynamicCache layers (torch.cat per step): the reference."""
 
     def reset(self) -> None:
@@ -50,7 +50,7 @@ def test_lean_forward_matches_transformers(arch):
 @pytest.mark.parametrize("arch", ARCHS)
 def test_growing_cache_gives_the_same_logits_as_dynamic_cache(arch):
     model = make_tiny_model(arch, VOCAB, layers=2, hidden=32, seed=4)
-    decoder = Decoder(model, VOCAB)
+    decoder = TransformersDecoder(model, VOCAB)
     kinds = {type(layer).__name__ for layer in decoder.kv.cache.layers}
     assert kinds in ({"GrowingLayer"}, {"DynamicSlidingWindowLayer"}, set())  # sliding windows keep their own layer
     for a, b in zip(replay(PlainDecoder(model, VOCAB)), replay(decoder)):

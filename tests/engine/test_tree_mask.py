@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import ARCHS, make_tiny_model
 
-from specviz.engine.decoder import Decoder
+from specviz.engine.decoder import TransformersDecoder
 from specviz.engine.kvcache import full_attention_only
 from specviz.engine.tree import TokenTree, tree_mask
 
@@ -53,7 +53,7 @@ def test_tree_logits_equal_each_path_fed_alone(arch):
     if not full_attention_only(model.config):
         pytest.skip("sliding-window layers: the tree method refuses this model")
     tree = sample_tree()
-    dec = Decoder(model, VOCAB)
+    dec = TransformersDecoder(model, VOCAB)
     dec.feed(torch.tensor([PROMPT[:-1]]))
     past = dec.length
     visible = [[past + a for a in tree.ancestors(n)] for n in range(len(tree))]
@@ -64,12 +64,12 @@ def test_tree_logits_equal_each_path_fed_alone(arch):
     )
     assert logits.shape == (len(tree), VOCAB) and dec.length == past + len(tree)
     for node in range(len(tree)):
-        alone = Decoder(model, VOCAB).feed(torch.tensor([PROMPT + path_tokens(tree, node)]))[0]
+        alone = TransformersDecoder(model, VOCAB).feed(torch.tensor([PROMPT + path_tokens(tree, node)]))[0]
         torch.testing.assert_close(logits[node], alone, rtol=1e-4, atol=1e-4)
     # keep the path root -> a -> c -> e, then feed one more token: the same as feeding that text plainly
     path = [1, 3, 6]
     dec.keep_path(list(range(past + 1)) + [past + n for n in path])
     nxt = dec.feed(torch.tensor([[7]]))[0]
-    plain = Decoder(model, VOCAB).feed(torch.tensor([PROMPT + path_tokens(tree, 6) + [7]]))[0]
+    plain = TransformersDecoder(model, VOCAB).feed(torch.tensor([PROMPT + path_tokens(tree, 6) + [7]]))[0]
     torch.testing.assert_close(nxt, plain, rtol=1e-4, atol=1e-4)
     dec.check()

@@ -4,13 +4,10 @@ traced with where it came from, greedy output equals autoregressive, and samplin
 from __future__ import annotations
 
 import pytest
-import torch
-from helpers import assert_greedy_equal, assert_trace_invariants, peaky_llama, two_token_law, word_tokenizer
+from helpers import assert_greedy_equal, assert_trace_invariants
 
-from specviz.analysis.stats import chi_square
 from specviz.api import run
 from specviz.methods.prompt_lookup import NgramIndex
-from specviz.models.pair import ModelPair
 
 REPEATING = "def area(width, height):\n    return width * height\n\n\ndef perimeter(width, height):\n    return"
 
@@ -89,53 +86,6 @@ def test_every_draft_says_where_it_was_copied_from(embedded_pair):
         assert e.info["in_prompt"] == (e.info["copied_from"] < len(prompt))
         assert 1 <= e.info["ngram"] <= 3
     assert trace.meta["lookup"]["rounds_with_a_match"] > 0
-
-
-@pytest.mark.slow  # chi-square over 3,000 runs each
-@pytest.mark.parametrize(
-    "name,params,prompt,source",
-    [
-        ("prompt_lookup", {"gamma": 2}, "w1 w2 w3 w4 w1 w2", "lookup"),
-        ("draft_model", {"gamma": 2, "lookup": 1, "lookup_gamma": 2}, "w1 w2 w3 w4 w1 w2", "lookup"),
-        (
-            "kangaroo",
-            {"gamma": 2, "exit_layer": 1, "lookup": 1, "lookup_gamma": 2, "choose": "yield"},
-            "w1 w2 w3 w4 w1 w2",
-            "lookup",
-        ),
-    ],
-)
-def test_speculative_sampling_with_copied_drafts_preserves_the_target_distribution(name, params, prompt, source):
-    """Joint law of the first two sampled tokens against the target's exact law. After a prompt that ends in a
-    repeat the first round copies (q = 1 at the copy: accepted with p(x), otherwise drawn from p without x), in
-    prompt_lookup and in the hybrids (whose rounds without a match are draft_model's and Kangaroo's own, tested in
-    test_methods); Kangaroo's plans each round by yield (`choose=yield`), whose first plan is a copy."""
-    tok = word_tokenizer(7)
-    vocab = len(tok)
-    target = peaky_llama(vocab, layers=2, seed=21)
-    pair = ModelPair(
-        target=target,
-        tokenizer=tok,
-        draft=peaky_llama(vocab, layers=1, seed=22),
-        target_name="t",
-        draft_name="d",
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-        extras={},
-    )
-    temperature, runs = 0.8, 3000
-    law = two_token_law(target, tok(prompt, add_special_tokens=False)["input_ids"], temperature)
-    counts = {cell: 0 for cell in law}
-    drafted = 0
-    for seed in range(runs):
-        trace = run(name, pair, prompt, max_new_tokens=2, temperature=temperature, seed=seed, **params)
-        out = trace.output_ids
-        counts[tuple(out[:1]) if out[0] == 0 else tuple(out[:2])] += 1
-        drafted += any(e.kind == "draft" and e.step == 0 and e.source == source for e in trace.events)
-    assert drafted == runs  # every first round drafted from the expected source
-    cells = list(law)
-    pvalue = chi_square([counts[c] for c in cells], [law[c] for c in cells]).p_value
-    assert pvalue > 1e-3, f"chi-square p = {pvalue:.2e}"
 
 
 def test_the_page_marks_copied_tokens_and_the_explainer_shows_the_copy_rule(embedded_pair):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 
-from specviz.engine.acceptance import acceptance_record_from_trace
 from specviz.engine.trace import Event, RowResult, Trace
 from specviz.observe import prometheus
 from specviz.observe.local import acceptance_columns, from_bench_row, records_from_bench_rows
@@ -27,7 +26,7 @@ def hand_counted_trace() -> Trace:
 
 
 def test_trace_against_a_hand_count():
-    r = acceptance_record_from_trace(hand_counted_trace())
+    r = hand_counted_trace().acceptance_record()
     assert (r.engine, r.scope, r.k, r.steps, r.drafted, r.accepted) == ("specviz", "request", 3, 3, 9, 5)
     assert r.accepted_per_position == [2, 2, 1] and r.per_position == [2 / 3, 2 / 3, 1 / 3]
     assert r.histogram == {2: 1, 0: 1, 3: 1} and r.per_step_accepted == [2, 0, 3]
@@ -42,7 +41,7 @@ def test_a_saved_trace_reads_as_a_record(tmp_path):
 
 
 def test_writers_round_trip_through_the_vllm_readers():
-    record = acceptance_record_from_trace(hand_counted_trace())
+    record = hand_counted_trace().acceptance_record()
     (back,) = list(iter_text(to_jsonl([record])))
     assert (back.engine, back.steps, back.drafted, back.accepted, back.histogram) == ("vllm", 3, 9, 5, record.histogram)
     (prom,) = prometheus.read(to_prometheus([record, record]))
@@ -51,7 +50,7 @@ def test_writers_round_trip_through_the_vllm_readers():
 
 
 def test_bench_rows_with_and_without_the_acceptance_columns(tmp_path):
-    record = acceptance_record_from_trace(hand_counted_trace())
+    record = hand_counted_trace().acceptance_record()
     counted = {"method": "draft_model", "prompt_id": "p1", "tau": 2.0, "param_gamma": 3, **acceptance_columns(record)}
     # 9 tokens over 4 rounds (the draftless round included): tau 2.25, 2.25 drafts a round, 4 wasted
     medians = {"method": "draft_model", "prompt_id": "p2", "new_tokens": 9, "tau": 2.25, "alpha": 5 / 9}
@@ -79,6 +78,6 @@ def test_bench_rows_with_and_without_the_acceptance_columns(tmp_path):
 
 
 def test_write_acceptance_writes_both_files(tmp_path):
-    jsonl, prom = write_acceptance([acceptance_record_from_trace(hand_counted_trace())], tmp_path / "acc.jsonl")
+    jsonl, prom = write_acceptance([hand_counted_trace().acceptance_record()], tmp_path / "acc.jsonl")
     assert prom.name == "acc.prom" and "vllm:spec_decode_num_drafts_total" in prom.read_text()
     assert json.loads(jsonl.read_text())["metrics"]["speculative_decoding"]["num_spec_steps"] == 3
