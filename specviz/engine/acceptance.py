@@ -235,7 +235,9 @@ def acceptance_record_from_trace(trace: Any) -> AcceptanceRecord:
     by_depth: dict[int, int] = {}
     tree = False
     for e in trace.events:
-        if e.kind == "draft" and "branch" not in e.info:  # Mirror-SD's branch rollouts are not verified drafts
+        # every draft event is verified: Mirror-SD's unverified rollouts are `branch` events, and a reused rollout's
+        # drafts (a draft with info["branch"]) are its next round's verified drafts
+        if e.kind == "draft":
             drafted[_round_key(e)] = drafted.get(_round_key(e), 0) + 1
             tree = tree or "node" in e.info
         elif e.kind == "accept":
@@ -248,11 +250,16 @@ def acceptance_record_from_trace(trace: Any) -> AcceptanceRecord:
     labels = {"method": str(trace.method), "target": str(getattr(trace, "target_name", "") or "")}
     if getattr(trace, "draft_name", None):
         labels["draft"] = str(trace.draft_name)
-    k = trace.params.get("gamma") if isinstance(getattr(trace, "params", None), dict) else None
+    # k: the most drafts a round may hold, the drafter's gamma or the copy's lookup_gamma (a hybrid copies more
+    # than it drafts), and never less than a round really drafted; a tree's rounds hold nodes, not a chain's k
+    params = trace.params if isinstance(getattr(trace, "params", None), dict) else {}
+    budgets = [params.get("gamma"), params.get("lookup_gamma") if params.get("lookup") else None]
+    budgets.append(max(drafted.values(), default=0))
+    k = None if tree else max((b for b in budgets if _is_count(b)), default=0) or None
     record = AcceptanceRecord(
         engine="specviz",
         scope="request" if len(rows) == 1 else "run",
-        k=k if _is_count(k) else None,
+        k=k,
         drafted=sum(drafted.values()),
         accepted_per_position=[by_depth.get(d, 0) for d in range(depth)],
         per_step_accepted=per_step_accepted,

@@ -5,6 +5,9 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
+
+from specviz.api import run
 from specviz.engine.trace import Event, RowResult, Trace
 from specviz.observe import prometheus
 from specviz.observe.local import acceptance_columns, from_bench_row, records_from_bench_rows
@@ -81,3 +84,36 @@ def test_write_acceptance_writes_both_files(tmp_path):
     jsonl, prom = write_acceptance([hand_counted_trace().acceptance_record()], tmp_path / "acc.jsonl")
     assert prom.name == "acc.prom" and "vllm:spec_decode_num_drafts_total" in prom.read_text()
     assert json.loads(jsonl.read_text())["metrics"]["speculative_decoding"]["num_spec_steps"] == 3
+
+
+# a prompt whose text repeats, so the hybrids copy more than gamma tokens and Mirror-SD reuses branch rollouts
+REPEATING = "def add(a, b):\n    return a + b\n\n\ndef add(a, b):\n    return a + b\n\n\ndef sub(a, b):\n"
+
+
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("mirror", {}),
+        ("draft_model", {"lookup": 2, "choose": "yield"}),
+        ("kangaroo", {"lookup": 2}),
+        ("prompt_lookup", {}),
+        ("tree", {}),
+    ],
+)
+def test_every_drafting_method_converts_as_its_events_count(embedded_pair, name, params):
+    """Steps, drafted and accepted equal the trace's own draft, verify and accept events, for the methods whose
+    rounds are not plain gamma-chains: Mirror-SD's reused rollouts are verified drafts, a hybrid's copy may be
+    longer than gamma (k is the largest budget), a tree's k is unknown."""
+    trace = run(name, embedded_pair, REPEATING, max_new_tokens=48, **params)
+    record = trace.acceptance_record()
+    drafts = [e for e in trace.events if e.kind == "draft"]
+    assert record.drafted == len(drafts) and record.accepted == sum(e.kind == "accept" for e in trace.events)
+    assert record.steps == len({e.step for e in drafts})
+    if name == "mirror":
+        assert any("branch" in e.info for e in drafts), "no branch was reused: the case is not reached"
+    if name == "tree":
+        assert record.k is None
+    else:
+        assert max(record.per_step_drafted) <= record.k
+    if params.get("lookup"):
+        assert max(record.per_step_drafted) > trace.params["gamma"], "no copy longer than gamma: not reached"
