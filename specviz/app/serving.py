@@ -200,7 +200,7 @@ class Service:
         stop: threading.Event | None = None,
     ) -> bool:
         """Block until, for `seconds` on end, no request arrived, no run was queued or running and the machine's
-        CPUs were quiet (everyone's share of them, this process included, at most quiet.disturbed_share(); where the
+        CPUs were quiet (everyone's share of them, this process included, at most quiet.disturbed_share(cpus); where the
         CPUs cannot be read, the requests alone decide). True then; False after `patience` seconds without such
         a stretch, or once `stop` is set. The start-up measurement waits so: what it measures is kept."""
         deadline = time.monotonic() + patience

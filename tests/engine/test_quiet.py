@@ -36,11 +36,14 @@ def test_a_run_beside_a_busy_process_is_disturbed():
     assert d.words() == "other processes used 62 % of the CPU"
 
 
-def test_the_threshold_and_the_tick_floor():
+def test_the_threshold_is_a_tenth_of_a_core_and_the_tick_floor():
     start = reading(0.0, 0.0, 0, 0)
-    at = between(start, reading(1.0, 0.0, 20, 200))  # exactly 10 %: not more than the threshold
-    over = between(start, reading(1.0, 0.0, 22, 200))
-    assert not at.disturbed and over.disturbed
+    at = between(start, reading(1.0, 0.0, 10, 200))  # 0.1 core of 2: exactly 5 %, not more than the threshold
+    over = between(start, reading(1.0, 0.0, 11, 200))
+    assert not at.disturbed and over.disturbed and at.threshold == pytest.approx(0.05)
+    # the same tenth of a core on 8 cores is 1.25 % of the machine (the intra-op team waits for its slowest core)
+    eight = (reading(0.0, 0.0, 0, 0, cpus=8), reading(1.0, 0.0, 11, 800, cpus=8))
+    assert between(*eight).disturbed and between(*eight).threshold == pytest.approx(0.0125)
     # a short run: 4 ticks of others' time is 40 % of 10 ticks, but within /proc/stat's rounding (5 ticks)
     short = between(start, reading(0.05, 0.0, 4, 10))
     assert short.others_share == pytest.approx(0.4) and not short.disturbed
