@@ -228,6 +228,7 @@ SMOKE: dict[str, Smoke] = {
         after=trained_in_background,
     ),
     "tree_cost.py": Smoke(lambda tmp: [["--repeats", "1"]], "break-even"),
+    "eagle_cost.py": Smoke(lambda tmp: [["--repeats", "2", "--context", "16"]], "EAGLE-1 head"),
 }
 
 
