@@ -142,11 +142,12 @@ def costs_from(preset: str, c, v2, slope) -> tuple[Costs | None, str]:
     """The costs the user picked or typed, with what they assume; (None, why) when nothing was given."""
     if preset in PRESETS:
         return PRESETS[preset].costs, "Costs: " + PRESETS[preset].assumes
-    if c is None or v2 is None:
+    if not v2 and not c:  # the page's empty number boxes arrive as 0 (an API call may send None)
         return None, (
             "Which k? Type your costs (c: one draft step / one target step; v: a verification of 2 tokens / one "
             "step, and what each further token adds) or pick a preset that says what it assumes."
         )
+    c, v2 = c or 0.0, v2 or 0.0
     if c < 0 or v2 <= 0 or (slope or 0) < 0:
         raise ValueError("costs must be positive: c >= 0, v > 0, the per-token addition >= 0")
     costs = Costs(draft_step=float(c), verify_widths=((2, float(v2)),), verify_slope=float(slope or 0))

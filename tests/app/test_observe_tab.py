@@ -28,6 +28,7 @@ def test_a_vllm_line_gives_the_curve_histogram_and_a_flag() -> None:
     assert list(curve.data[0].y) == [0.6, 0.3, 0.0, 0.0]
     assert list(hist.data[0].x) == [1, 2, 3, 4, 5] and list(hist.data[0].y) == [40, 30, 30, 0, 0]
     assert "Type your costs" in k_text  # no default pretends to know the hardware
+    assert "Type your costs" in run(LINE, c=0, v2=0, slope=0)[5]  # the page's empty number boxes send zeros
 
 
 def test_which_k_with_typed_costs_is_modeled() -> None:
