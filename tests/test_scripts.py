@@ -228,6 +228,7 @@ SMOKE: dict[str, Smoke] = {
         after=trained_in_background,
     ),
     "tree_cost.py": Smoke(lambda tmp: [["--repeats", "1"]], "break-even"),
+    "observe_throughput.py": Smoke(lambda tmp: [["--lines", "2000"]], "lines/s"),
     "eagle_cost.py": Smoke(lambda tmp: [["--repeats", "2", "--context", "16"]], "EAGLE-1 head"),
 }
 
