@@ -64,9 +64,8 @@ def read_sources(text: str, paths: list[str]) -> Observed:
         sources.append((name, raw.decode("utf-8", errors="replace")))
     for name, body in sources:
         read = ReadStats(name=name)
-        for record in iter_text(body, read, name=name):
-            if len(records) < MAX_RECORDS * len(sources):
-                records.append(record)
+        kept = list(iter_text(body, read, name=name))
+        records.extend(kept[:MAX_RECORDS])  # each source keeps its first MAX_RECORDS, as the constant says
         stats.append(read)
     groups: dict[tuple, list[AcceptanceRecord]] = {}
     for record in records:
